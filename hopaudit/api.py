@@ -1,0 +1,281 @@
+"""``audit()``: the whole flow, top to bottom.
+
+data -> blocks -> one hooked forward pass -> per-layer store -> per-layer search and geometry
+-> UMAP of a few layers -> :class:`~hopaudit.audit.Audit`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .audit import Audit, Embedding
+from .blocks import count_parameters, find_blocks, find_final_norm
+from .capture import capture
+from .data import prepare_data
+from .errors import DataError, HopauditError, SearchError
+from .loading import load_model
+from .measure import measure
+
+NORMALIZE_MODES = ("rms", "none")
+INDEX_KINDS = ("auto", "hnsw", "exact")
+
+
+def audit(
+    model: Any,
+    data: Any,
+    *,
+    tokenizer: Any = None,
+    max_length: int = 256,
+    chunking: str = "stream",
+    positions: str | int | list[int] = "last",
+    blocks: str | None = None,
+    normalize: str = "rms",
+    index: str = "auto",
+    heldout: Any = None,
+    store: str | None = None,
+    store_dtype: str = "float16",
+    batch_size: int | None = None,
+    max_sequences: int | None = None,
+    k: int = 15,
+    umap_layers: list[int | str] | None = None,
+    umap_max_points: int = 20_000,
+    progress: bool = True,
+    seed: int = 0,
+) -> Audit:
+    """Audit what ``model`` has memorized of ``data``.
+
+    Runs ``data`` through ``model`` once with a hook on every transformer block (and on the
+    final norm, layer ``final``), stores the activations at ``positions``, then measures
+    every layer as THEORY.md defines: nearest-pattern distances, ball radii against
+    sqrt(n / 2 pi e), separation, basins, the partition function and the loss floor. A
+    2-D UMAP is made for ``umap_layers`` (default: first, middle and last block, ``final``).
+
+    ``model`` is a torch model, a local model directory, a ``.gguf`` file, or ``"smollm2"``.
+    ``data`` is a list of strings, a text file, a directory of ``.txt`` files, a
+    ``datasets.Dataset``, a LongTensor of token ids, or a DataLoader of ``input_ids`` dicts.
+    ``heldout`` (same forms) adds the containment fraction and held-out basins.
+    ``store=PATH`` keeps activations in memory-mapped files there (captures bigger than RAM).
+    """
+    t_start = time.perf_counter()
+    _check_options(normalize, index, store_dtype, umap_max_points, k)
+
+    model, tokenizer = load_model(model, tokenizer=tokenizer)
+    block_list = find_blocks(model, blocks)
+    final = find_final_norm(model, [path for path, _ in block_list])
+    n_total, n_blocks_params = count_parameters(model, block_list)
+    device = _model_device(model)
+
+    def tokens_of(d: Any):
+        return prepare_data(
+            d,
+            tokenizer,
+            max_length=max_length,
+            chunking=chunking,
+            max_sequences=max_sequences,
+            model=model,
+        )
+
+    def capture_of(tokens: Any, where: str | None):
+        return capture(
+            model,
+            tokens,
+            block_list,
+            final=final,
+            positions=positions,
+            store_dtype=getattr(torch, store_dtype),
+            store=where,
+            batch_size=batch_size,
+            progress=progress,
+        )
+
+    tokens = tokens_of(data)
+    stored = capture_of(tokens, store)
+    held = None
+    if heldout is not None:
+        held = capture_of(tokens_of(heldout), None if store is None else f"{store}/heldout")
+    t_captured = time.perf_counter()
+
+    reports, skipped = {}, {}
+    names = stored.layer_names
+    for name in tqdm(names, desc="measuring layers", disable=not progress):
+        try:
+            reports[name] = measure(
+                stored.store.get(name),
+                None if held is None else held.store.get(name),
+                normalize=normalize,
+                index=index,
+                k=k,
+                n_blocks=len(block_list),
+                seed=seed,
+                device=device,
+            )
+        except SearchError as exc:
+            skipped[name] = str(exc)
+    if not reports:
+        raise HopauditError(
+            "no layer could be measured: " + "; ".join(f"{n}: {r}" for n, r in skipped.items())
+        )
+    t_measured = time.perf_counter()
+
+    embeddings = {}
+    chosen = _umap_layers(names, umap_layers, reports)
+    for name in tqdm(chosen, desc="UMAP", disable=not progress or not chosen):
+        embeddings[name] = _embed(
+            reports[name],
+            stored.store.get(name),
+            stored.row_sequence,
+            umap_max_points,
+            seed,
+            device,
+        )
+    t_done = time.perf_counter()
+
+    return Audit(
+        model_name=_model_name(model),
+        model_config=_config_dict(model),
+        options={
+            "max_length": max_length,
+            "chunking": chunking,
+            "positions": positions,
+            "blocks": [p for p, _ in block_list],
+            "final": None if final is None else final[0],
+            "normalize": normalize,
+            "index": index,
+            "store": store,
+            "store_dtype": store_dtype,
+            "k": k,
+            "umap_layers": chosen,
+            "umap_max_points": umap_max_points,
+            "max_sequences": max_sequences,
+            "heldout": heldout is not None,
+            "seed": seed,
+        },
+        layer_names=list(names),
+        hidden_size=int(stored.store.get(names[0]).shape[1]),
+        n_blocks=len(block_list),
+        n_params_total=n_total,
+        n_params_blocks=n_blocks_params,
+        texts=tokens.texts,
+        n_tokens=stored.n_tokens,
+        capture=stored,
+        reports=reports,
+        skipped=skipped,
+        embeddings=embeddings,
+        heldout_capture=held,
+        timings={
+            "capture": t_captured - t_start,
+            "measure": t_measured - t_captured,
+            "umap": t_done - t_measured,
+            "total": t_done - t_start,
+        },
+    )
+
+
+def _check_options(normalize: str, index: str, store_dtype: str, umap_max: int, k: int) -> None:
+    if normalize not in NORMALIZE_MODES:
+        raise DataError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+    if index not in INDEX_KINDS:
+        raise DataError(f"index must be one of {INDEX_KINDS}, got {index!r}")
+    if store_dtype not in ("float16", "bfloat16", "float32"):
+        raise DataError(f"store_dtype must be float16, bfloat16 or float32, got {store_dtype!r}")
+    if umap_max < 0:
+        raise DataError(f"umap_max_points must be >= 0, got {umap_max}")
+    if k < 2:
+        raise DataError(f"k must be at least 2 (TwoNN needs two neighbours), got {k}")
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _model_name(model: torch.nn.Module) -> str:
+    for name in (
+        getattr(model, "hopaudit_name", None),
+        getattr(model, "name_or_path", None),
+        getattr(getattr(model, "config", None), "_name_or_path", None),
+    ):
+        if name:
+            return str(name)
+    return type(model).__name__
+
+
+def _config_dict(model: torch.nn.Module) -> dict[str, Any]:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return {"class": type(model).__name__}
+    out = {}
+    for key, value in config.to_dict().items():
+        if isinstance(value, (str, int, float, bool, type(None))):
+            out[key] = value
+    out["class"] = type(model).__name__
+    return out
+
+
+def _umap_layers(names: list[str], chosen: list[int | str] | None, reports: dict) -> list[str]:
+    """Default: the first, middle and last block and ``final``; only measured layers."""
+    if chosen is None:
+        blocks = names[:-1]
+        picks = [blocks[0], blocks[len(blocks) // 2], blocks[-1], names[-1]] if blocks else names
+    else:
+        picks = []
+        for layer in chosen:
+            if isinstance(layer, (int, np.integer)):
+                if not -len(names) <= layer < len(names):
+                    raise DataError(f"umap_layers: layer {layer} out of range 0..{len(names) - 1}")
+                picks.append(names[layer])
+            elif layer in names:
+                picks.append(layer)
+            else:
+                raise DataError(f"umap_layers: no layer named {layer!r}")
+    seen: list[str] = []
+    for name in picks:
+        if name in reports and name not in seen:
+            seen.append(name)
+    return seen
+
+
+def _embed(
+    report: Any,
+    activations: np.ndarray,
+    row_sequence: np.ndarray,
+    max_points: int,
+    seed: int,
+    device: torch.device,
+) -> Embedding:
+    """UMAP of one layer on the kNN graph its search built (a fresh graph for a subsample)."""
+    from .embedding import umap_from_knn
+    from .geometry import normalize_rows
+    from .search import build_index, knn_self
+
+    valid = np.asarray(report.valid_rows)
+    n = len(valid)
+    k = report.knn_ids.shape[1] - 1
+    if max_points and n > max_points:
+        pick = np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
+        sub = normalize_rows(np.asarray(activations[valid[pick]], np.float32), report.normalize)
+        idx = build_index(sub, report.index.kind, device=device)
+        ids, dists = knn_self(idx, sub, k)
+        ids = np.concatenate([np.arange(len(pick))[:, None], ids], axis=1)
+        dists = np.concatenate([np.zeros((len(pick), 1), dists.dtype), dists], axis=1)
+    else:
+        pick = np.arange(n)
+        ids, dists = report.knn_ids, report.knn_dists
+    xy = umap_from_knn(ids, dists, n_neighbors=min(k + 1, 15), seed=seed)
+    rows = valid[pick]
+    ratio = report.nn[pick] / report.r_hat if report.r_hat > 0 else np.full(len(pick), np.nan)
+    return Embedding(
+        xy=np.asarray(xy, dtype=np.float32),
+        rows=rows,
+        sequence=row_sequence[rows],
+        basin=np.asarray(report.basin)[pick],
+        ratio=np.asarray(ratio, dtype=np.float32),
+        n_total=n,
+    )

