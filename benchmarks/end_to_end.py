@@ -1,0 +1,136 @@
+"""hopaudit.audit against doing the same audit by hand, on SmolLM2, in one run.
+
+By hand is what a user would write without hopaudit: ``output_hidden_states=True``, every
+layer's last-position vector kept in float32, sklearn ``NearestNeighbors`` (brute force) per
+layer, umap-learn with its own neighbour search on the same layers hopaudit embeds. Both run
+in fresh subprocesses (so peak memory is each one's own), on the same sequences, after the
+model is loaded; the model load is timed apart and left out of both.
+
+    python benchmarks/end_to_end.py [--sequences 1000] [--length 64]
+
+Prints ``wall_ratio=`` (by hand / hopaudit; target >= 2), ``peak_rss_ratio=`` (hopaudit / by
+hand; target <= 0.5), ``peak_rss_above_model_ratio=`` (the same, less the loaded model), and
+``max_rel_diff_median_nn=`` (per-layer median nearest distances; target <= 0.01).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _tokens(tokenizer, n_seq: int, length: int):
+    import hopaudit
+    from hopaudit.data import prepare_data
+
+    return prepare_data(
+        hopaudit.zoo.corpus("pydoc"), tokenizer, max_length=length, max_sequences=n_seq
+    )
+
+
+def worker_hopaudit(n_seq: int, length: int) -> dict:
+    import hopaudit
+
+    model, tok = hopaudit.zoo.smollm2()
+    data = _tokens(tok, n_seq, length)
+    rss_model = _rss_mb()
+    t = time.perf_counter()
+    a = hopaudit.audit(model, data, normalize="none", progress=False)
+    wall = time.perf_counter() - t
+    layers = a.layers
+    # hidden_states[i + 1] is block i's raw output for i < L - 1; the last one is `final`.
+    medians = {row.name: float(row.nn_median) for row in layers.itertuples()}
+    return {"wall": wall, "rss": _rss_mb(), "rss_model": rss_model, "medians": medians}
+
+
+def worker_manual(n_seq: int, length: int) -> dict:
+    import torch
+    import umap
+    from sklearn.neighbors import NearestNeighbors
+
+    import hopaudit
+
+    model, tok = hopaudit.zoo.smollm2()
+    data = _tokens(tok, n_seq, length)
+    rss_model = _rss_mb()
+    t = time.perf_counter()
+    n_layers = model.config.num_hidden_layers
+    kept: list[list[np.ndarray]] = [[] for _ in range(n_layers + 1)]
+    with torch.inference_mode():
+        for start in range(0, data.num_sequences, 32):
+            ids = data.input_ids[start : start + 32]
+            out = model(ids, output_hidden_states=True)
+            for i, h in enumerate(out.hidden_states):
+                kept[i].append(h[:, -1].float().numpy())
+    names = [f"model.layers.{i}" for i in range(n_layers - 1)] + ["final"]
+    medians = {}
+    for i, name in enumerate(names):
+        x = np.concatenate(kept[i + 1])
+        dist, _ = NearestNeighbors(n_neighbors=2, algorithm="brute").fit(x).kneighbors(x)
+        medians[name] = float(np.median(dist[:, 1]))
+    embed = [names[0], names[(n_layers - 1) // 2], names[-2], names[-1]]
+    for name in embed:
+        x = np.concatenate(kept[names.index(name) + 1])
+        umap.UMAP(n_neighbors=15).fit_transform(x)
+    wall = time.perf_counter() - t
+    return {"wall": wall, "rss": _rss_mb(), "rss_model": rss_model, "medians": medians}
+
+
+def _run_worker(kind: str, n_seq: int, length: int) -> dict:
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            kind,
+            "--sequences",
+            str(n_seq),
+            "--length",
+            str(length),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sequences", type=int, default=1000)
+    p.add_argument("--length", type=int, default=64)
+    p.add_argument("--worker", choices=["hopaudit", "manual"])
+    args = p.parse_args()
+    if args.worker:
+        fn = worker_hopaudit if args.worker == "hopaudit" else worker_manual
+        print(json.dumps(fn(args.sequences, args.length)))
+        return
+
+    hop = _run_worker("hopaudit", args.sequences, args.length)
+    man = _run_worker("manual", args.sequences, args.length)
+    common = sorted(set(hop["medians"]) & set(man["medians"]))
+    rel = max(abs(hop["medians"][k] - man["medians"][k]) / man["medians"][k] for k in common)
+    print(f"sequences={args.sequences} length={args.length} layers_compared={len(common)}")
+    print(f"hopaudit_seconds={hop['wall']:.1f}")
+    print(f"by_hand_seconds={man['wall']:.1f}")
+    print(f"wall_ratio={man['wall'] / hop['wall']:.2f}  (by hand / hopaudit; target >= 2)")
+    print(f"hopaudit_peak_rss_mb={hop['rss']:.0f} by_hand_peak_rss_mb={man['rss']:.0f}")
+    print(f"peak_rss_ratio={hop['rss'] / man['rss']:.2f}  (hopaudit / by hand; target <= 0.5)")
+    above_h = hop["rss"] - hop["rss_model"]
+    above_m = man["rss"] - man["rss_model"]
+    print(f"peak_rss_above_model_ratio={above_h / max(above_m, 1e-9):.2f}")
+    print(f"max_rel_diff_median_nn={rel:.4f}  (target <= 0.01)")
+
+
+if __name__ == "__main__":
+    main()
