@@ -8,6 +8,7 @@ head receives, seen by a forward pre-hook the test puts on the head itself.
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import ClassVar
 
 import pytest
 import torch
@@ -150,7 +151,7 @@ def test_no_split_modules_decides_between_lists_of_the_config_length():
         pass
 
     class Model(nn.Module):
-        _no_split_modules = ["MyBlock"]
+        _no_split_modules: ClassVar[list[str]] = ["MyBlock"]
 
         def __init__(self):
             super().__init__()
@@ -161,7 +162,7 @@ def test_no_split_modules_decides_between_lists_of_the_config_length():
     model = Model()
     assert [p for p, _ in find_blocks(model)] == ["stack_b.0", "stack_b.1", "stack_b.2"]
     Model._no_split_modules = ["Adapter"]
-    assert [p for p, _ in find_blocks(model)][0] == "stack_a.0"
+    assert next(p for p, _ in find_blocks(model)) == "stack_a.0"
 
 
 def test_plain_model_generic_search_prefers_top_level_blocks():
@@ -214,7 +215,7 @@ def test_bad_overrides_error_with_what_is_there():
         ModelError, match=r"no module at that path.*transformer\.h \(3 x GPT2Block\)"
     ):
         find_blocks(model, "transformer.blocks")
-    with pytest.raises(ModelError, match="is a Linear, not an nn.ModuleList"):
+    with pytest.raises(ModelError, match=r"is a Linear, not an nn\.ModuleList"):
         find_blocks(model, "lm_head")
     with pytest.raises(ModelError, match="no module at"):
         find_blocks(model, ["transformer.h.0", "transformer.h.7"])
