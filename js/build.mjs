@@ -1,0 +1,32 @@
+// Bundle the widget into one self-contained ESM file (every dependency inlined, no CDN).
+import { mkdirSync, copyFileSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import * as esbuild from "esbuild";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const outdir = resolve(here, "../hopaudit/static");
+mkdirSync(outdir, { recursive: true });
+
+const options = {
+  entryPoints: [resolve(here, "src/index.ts")],
+  outfile: resolve(outdir, "widget.js"),
+  bundle: true,
+  format: "esm",
+  platform: "browser",
+  target: ["es2020"],
+  minify: true,
+  legalComments: "none",
+  sourcemap: false,
+  // UMD dependencies must not see a require.js `define` on notebook pages.
+  define: { "define.amd": "false" },
+  logLevel: "info",
+};
+
+copyFileSync(resolve(here, "css/widget.css"), resolve(outdir, "widget.css"));
+if (process.argv.includes("--watch")) {
+  const ctx = await esbuild.context(options);
+  await ctx.watch();
+} else {
+  await esbuild.build(options);
+}

@@ -1,0 +1,100 @@
+// The anywidget entry: render({ model, el }) draws the six panels of an audit.
+import { BasinsPanel } from "./panels/basins";
+import type { Context, Panel } from "./panels/base";
+import { DistancesPanel } from "./panels/distances";
+import { FloorPanel } from "./panels/floor";
+import { RadiiPanel } from "./panels/radii";
+import { SamplesPanel } from "./panels/samples";
+import { SummaryPanel } from "./panels/summary";
+import { AuditState, type ModelLike } from "./state";
+import { observeTheme, readTheme } from "./theme";
+import { h } from "./util";
+
+const DATA_TRAITS = [
+  "summary", "layer_info", "layer_columns", "layer_stats", "hist_fractions", "hist_bins", "hist_range",
+  "hist_counts", "hist_medians", "scatter_layers", "scatter_xy", "scatter_basin", "scatter_ratio",
+  "scatter_basin_sizes", "scatter_seq", "n_sequences", "sequence_ids", "seq_ce", "text_bytes",
+  "text_offsets", "sample_seq", "sample_values",
+];
+
+export interface View {
+  panels: Panel[];
+  destroy(): void;
+}
+
+export function mount(model: ModelLike, el: HTMLElement): View {
+  const root = h("div", { class: "hopaudit ha-auto" });
+  el.append(root);
+  const view: View = { panels: [], destroy: () => undefined };
+  let cleanups: (() => void)[] = [];
+
+  const build = () => {
+    for (const p of view.panels) p.destroy();
+    root.replaceChildren();
+    root.removeAttribute("data-ready");
+    const state = new AuditState(model);
+    const ctx: Context = {
+      state,
+      theme: readTheme(root),
+      ready: () => {
+        if (view.panels.length && view.panels.every((p) => p.el.getAttribute("data-ready") === "true")) {
+          if (!root.hasAttribute("data-ready")) root.setAttribute("data-ready", "true");
+        }
+      },
+    };
+    const panels: Panel[] = [
+      new SummaryPanel(ctx),
+      new DistancesPanel(ctx),
+      new FloorPanel(ctx),
+      new RadiiPanel(ctx),
+      new BasinsPanel(ctx),
+      new SamplesPanel(ctx),
+    ];
+    view.panels = panels;
+    const grid = h("div", { class: "ha-grid" }, ...panels.map((p) => p.el));
+    root.append(grid);
+    for (const p of panels) {
+      try {
+        p.render();
+      } catch (err) {
+        p.body.replaceChildren(h("pre", { class: "ha-error", text: `This panel failed to draw: ${String(err)}` }));
+        console.error("hopaudit:", p.name, err);
+      }
+    }
+    (root as any).__hopaudit = view;
+    (el as any).__hopaudit = view;
+    return ctx;
+  };
+
+  let ctx = build();
+  const onTheme = () => {
+    const theme = readTheme(root);
+    if (theme.dark === ctx.theme.dark && theme.bg === ctx.theme.bg && theme.fg === ctx.theme.fg) return;
+    ctx.theme = theme;
+    for (const p of view.panels) p.render();
+  };
+  cleanups.push(observeTheme(onTheme));
+  const onChange = () => {
+    ctx = build();
+  };
+  for (const t of DATA_TRAITS) model.on(`change:${t}`, onChange);
+  cleanups.push(() => {
+    for (const t of DATA_TRAITS) model.off(`change:${t}`, onChange);
+  });
+  view.destroy = () => {
+    for (const p of view.panels) p.destroy();
+    for (const c of cleanups) c();
+    cleanups = [];
+    root.remove();
+  };
+  return view;
+}
+
+function render({ model, el }: { model: ModelLike; el: HTMLElement }) {
+  const view = mount(model, el);
+  return () => view.destroy();
+}
+
+export default { render };
+
+export { unpackReport } from "./report";

@@ -1,0 +1,42 @@
+// What every panel shares: its element (data-panel=NAME), the decoded state, the theme.
+import type { AuditState } from "../state";
+import type { Theme } from "../theme";
+import { h } from "../util";
+
+export interface Context {
+  state: AuditState;
+  theme: Theme;
+  /** Mark a panel drawn (sets data-ready on it; the root once all are). */
+  ready(panel: Panel): void;
+}
+
+export abstract class Panel {
+  el: HTMLElement;
+  body: HTMLElement;
+  header: HTMLElement;
+  protected cleanups: (() => void)[] = [];
+
+  constructor(
+    readonly name: string,
+    title: string,
+    protected ctx: Context,
+    wide = false,
+  ) {
+    this.header = h("header", {}, h("h3", { text: title }));
+    this.body = h("div", { class: "ha-body" });
+    this.el = h("section", { class: `ha-panel${wide ? " ha-wide" : ""}`, "data-panel": name, "aria-label": title });
+    this.el.append(this.header, this.body);
+  }
+
+  /** Draw (again) with the current theme and sizes. */
+  abstract render(): void;
+
+  markReady(): void {
+    this.el.setAttribute("data-ready", "true");
+    this.ctx.ready(this);
+  }
+
+  destroy(): void {
+    for (const c of this.cleanups.splice(0)) c();
+  }
+}

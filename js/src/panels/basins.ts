@@ -1,0 +1,269 @@
+// The UMAP of one layer's patterns in WebGL (regl-scatterplot, as jupyter-scatter uses),
+// coloured by basin, by distance ratio nn/r_hat, or by the sequence's cross-entropy.
+// Hover shows the sequence's text; wheel/drag zoom and pan; arrows, +/- and 0 from the keyboard.
+import * as Plot from "@observablehq/plot";
+import createScatterplot, { createRenderer } from "regl-scatterplot";
+import type { ScatterLayer } from "../state";
+import { toRgba } from "../theme";
+import { fmt, h, observeSize, select } from "../util";
+import { type Context, Panel } from "./base";
+
+type Mode = "basin" | "ratio" | "ce";
+type Scatter = ReturnType<typeof createScatterplot>;
+const RAMP = 64; // continuous colours are 64 categories; index RAMP = missing (grey)
+
+let sharedRenderer: ReturnType<typeof createRenderer> | null = null;
+let rendererUsers = 0;
+
+/** Whether this browser can give us a WebGL context at all. */
+export function hasWebGL(): boolean {
+  try {
+    const c = document.createElement("canvas");
+    return !!(c.getContext("webgl") || c.getContext("experimental-webgl"));
+  } catch {
+    return false;
+  }
+}
+
+export class BasinsPanel extends Panel {
+  layer = 0;
+  mode: Mode = "basin";
+  box = h("div", { class: "ha-scatter", tabindex: "0", role: "img" });
+  canvas = h("canvas", {});
+  tooltip = h("div", { class: "ha-tooltip", hidden: "" });
+  legend = h("div", { class: "ha-legend" });
+  note = h("p", { class: "ha-note" });
+  sp: Scatter | null = null;
+  current: ReturnType<Context["state"]["points"]> | null = null;
+  size = [0, 0];
+  drawToken = 0;
+
+  constructor(ctx: Context) {
+    super("basins", "Basins (UMAP)", ctx, true);
+    const st = ctx.state;
+    const layers = st.scatter;
+    this.layer = Math.max(0, layers.length - 1);
+    if (layers.length) {
+      this.header.append(
+        select("layer", layers.map((s, i) => ({ value: String(i), label: s.name })), String(this.layer), (v) => {
+          this.layer = Number(v);
+          this.draw();
+        }),
+        select(
+          "colour",
+          [
+            { value: "basin", label: "basin" },
+            { value: "ratio", label: "distance ratio nn/r̂" },
+            { value: "ce", label: "sequence cross-entropy", disabled: !st.seqCe.some((v) => Number.isFinite(v)) },
+          ],
+          this.mode,
+          (v) => {
+            this.mode = v as Mode;
+            this.draw();
+          },
+        ),
+      );
+      const reset = h("button", { type: "button", text: "reset view", title: "Reset zoom (key 0)" });
+      reset.addEventListener("click", () => this.sp?.zoomToOrigin({ transition: true }));
+      this.header.append(reset);
+    }
+    this.box.setAttribute("aria-label", "UMAP scatter plot: drag to pan, wheel to zoom; arrow keys pan, + and - zoom, 0 resets");
+    this.box.append(this.canvas, this.tooltip);
+    this.body.append(this.box, this.legend, this.note);
+  }
+
+  render(): void {
+    const st = this.ctx.state;
+    if (!st.scatter.length) {
+      this.box.replaceChildren(h("div", { class: "ha-message", text: "No UMAP was computed for this audit (umap_layers=[])." }));
+      this.markReady();
+      return;
+    }
+    if (!hasWebGL()) {
+      this.box.replaceChildren(
+        h("div", { class: "ha-message", "data-webgl": "missing", text: "WebGL is not available in this browser, so the scatter plot cannot be drawn. Enable hardware acceleration (or WebGL) and reload; the other panels do not need it." }),
+      );
+      this.markReady();
+      return;
+    }
+    if (!this.sp) {
+      this.cleanups.push(
+        observeSize(this.box, (w, hgt) => {
+          if (w <= 0 || hgt <= 0) return;
+          this.size = [w, hgt];
+          if (!this.sp) this.create();
+          else this.sp.set({ width: w, height: hgt });
+        }),
+      );
+      this.box.addEventListener("keydown", (e) => this.onKey(e));
+    } else {
+      this.applyTheme();
+      this.draw();
+    }
+  }
+
+  private create(): void {
+    const theme = this.ctx.theme;
+    try {
+      if (!sharedRenderer || sharedRenderer.isDestroyed) sharedRenderer = createRenderer();
+      rendererUsers++;
+      this.sp = createScatterplot({
+        renderer: sharedRenderer,
+        canvas: this.canvas,
+        width: this.size[0],
+        height: this.size[1],
+        backgroundColor: toRgba(theme.bg) as [number, number, number, number],
+        pointSize: 3,
+        pointSizeSelected: 4,
+        pointOutlineWidth: 1,
+        opacity: 0.85,
+        lassoOnLongPress: false,
+        deselectOnEscape: true,
+        showReticle: false,
+      } as any);
+    } catch (err) {
+      this.box.replaceChildren(h("div", { class: "ha-message", text: `The scatter plot could not start WebGL: ${String(err)}` }));
+      this.markReady();
+      return;
+    }
+    const sp = this.sp;
+    sp.subscribe("pointOver", (i: number) => this.showTooltip(i));
+    sp.subscribe("pointOut", () => this.tooltip.setAttribute("hidden", ""));
+    sp.subscribe("view", () => this.tooltip.setAttribute("hidden", ""));
+    this.cleanups.push(() => {
+      sp.destroy();
+      this.sp = null;
+      rendererUsers--;
+      if (rendererUsers <= 0 && sharedRenderer) {
+        sharedRenderer.destroy();
+        sharedRenderer = null;
+      }
+    });
+    this.draw();
+  }
+
+  private layerMeta(): ScatterLayer {
+    return this.ctx.state.scatter[this.layer];
+  }
+
+  private colours(): { z: Uint16Array; colors: string[]; legend: HTMLElement[] } {
+    const st = this.ctx.state;
+    const theme = this.ctx.theme;
+    const s = this.layerMeta();
+    const p = this.current!;
+    const n = s.n;
+    const z = new Uint16Array(n);
+    const sw = (c: string) => h("i", { style: `background:${c}` });
+    if (this.mode === "basin") {
+      const top = s.top_basins;
+      const colors = [...theme.categorical.slice(0, top), theme.other];
+      for (let i = 0; i < n; i++) z[i] = Math.min(p.basin[i], top);
+      const legend = [h("span", { text: `${s.n_basins} basins;` })];
+      for (let b = 0; b < top; b++) legend.push(h("span", {}, sw(colors[b]), `#${b + 1} (${p.basinSizes[b]})`));
+      if (s.n_basins > top) legend.push(h("span", {}, sw(theme.other), "other"));
+      return { z, colors, legend };
+    }
+    const values = new Float64Array(n);
+    if (this.mode === "ratio") for (let i = 0; i < n; i++) values[i] = st.ratioValue(s, p.ratio[i]);
+    else for (let i = 0; i < n; i++) values[i] = st.seqCe[p.seq[i]] ?? NaN;
+    const finite = Array.from(values).filter(Number.isFinite).sort((a, b) => a - b);
+    const lo = finite.length ? finite[Math.floor(0.02 * (finite.length - 1))] : 0;
+    const hi = finite.length ? finite[Math.ceil(0.98 * (finite.length - 1))] : 1;
+    const scheme = this.mode === "ratio" ? "viridis" : "magma";
+    const scale = Plot.scale({ color: { type: "linear", scheme, domain: [0, 1] } });
+    const colors: string[] = [];
+    for (let k = 0; k < RAMP; k++) colors.push(String(scale.apply(k / (RAMP - 1))));
+    colors.push(theme.other);
+    for (let i = 0; i < n; i++) {
+      const v = values[i];
+      z[i] = Number.isFinite(v) ? Math.round(Math.min(1, Math.max(0, (v - lo) / (hi - lo || 1))) * (RAMP - 1)) : RAMP;
+    }
+    const ramp = h("span", { class: "ha-ramp", style: `background:linear-gradient(to right, ${colors[0]}, ${colors[21]}, ${colors[42]}, ${colors[RAMP - 1]})` });
+    const label = this.mode === "ratio" ? "nn / r̂ (low = tightly packed, memorized)" : "sequence cross-entropy (nats)";
+    return { z, colors, legend: [h("span", {}, `${label}: ${fmt(lo)}`, ramp, `${fmt(hi)}`)] };
+  }
+
+  async draw(): Promise<void> {
+    const sp = this.sp;
+    if (!sp) return;
+    const token = ++this.drawToken;
+    const st = this.ctx.state;
+    const s = this.layerMeta();
+    this.current = st.points(s);
+    const p = this.current;
+    const cx = (s.x0 + s.x1) / 2;
+    const cy = (s.y0 + s.y1) / 2;
+    const half = (Math.max(s.x1 - s.x0, s.y1 - s.y0) / 2) * 1.06 || 1;
+    const x = new Float32Array(s.n);
+    const y = new Float32Array(s.n);
+    for (let i = 0; i < s.n; i++) {
+      x[i] = (p.x[i] - cx) / half;
+      y[i] = (p.y[i] - cy) / half;
+    }
+    const { z, colors, legend } = this.colours();
+    const size = s.n < 2000 ? 6 : s.n < 10000 ? 4 : s.n < 50000 ? 3 : 2;
+    sp.set({ pointColor: colors, colorBy: "valueA", pointSize: size } as any);
+    await sp.draw({ x, y, valueA: z } as any, { zDataType: "categorical" } as any);
+    if (token !== this.drawToken) return;
+    this.legend.replaceChildren(...legend);
+    this.note.textContent = `${s.name}: ${s.n.toLocaleString("en-US")} points${s.n_total > s.n ? ` (a random subset of ${s.n_total.toLocaleString("en-US")})` : ""}. Hover a point for its sequence; colour by basin puts the ${s.top_basins} largest basins in distinct colours.`;
+    this.box.setAttribute("data-layer", s.name);
+    this.box.setAttribute("data-mode", this.mode);
+    requestAnimationFrame(() => {
+      if (token === this.drawToken) this.markReady();
+    });
+  }
+
+  applyTheme(): void {
+    this.sp?.set({ backgroundColor: toRgba(this.ctx.theme.bg) as any });
+  }
+
+  /** Screen position (CSS px, relative to the scatter box) of point i: for tooltips and tests. */
+  screenPosition(i: number): [number, number] | undefined {
+    return this.sp?.getScreenPosition(i) as [number, number] | undefined;
+  }
+
+  private showTooltip(i: number): void {
+    const st = this.ctx.state;
+    const s = this.layerMeta();
+    const p = this.current;
+    if (!p || i < 0 || i >= s.n) return;
+    const seq = p.seq[i];
+    const ce = st.seqCe[seq];
+    const meta = `sequence ${st.sequenceId(seq)} · basin #${p.basin[i] + 1} (${p.basinSizes[p.basin[i]] ?? "?"}) · nn/r̂ ${fmt(st.ratioValue(s, p.ratio[i]))}${Number.isFinite(ce) ? ` · CE ${fmt(ce)}` : ""}`;
+    this.tooltip.replaceChildren(h("div", { class: "ha-tt-meta", text: meta }), h("div", { class: "ha-tt-text", text: st.text(seq) || "(no text)" }));
+    const pos = this.screenPosition(i);
+    const [w, hgt] = this.size;
+    if (pos) {
+      const left = Math.min(Math.max(4, pos[0] + 12), Math.max(4, w - 300));
+      const top = pos[1] + 12 + 120 > hgt ? Math.max(4, pos[1] - 130) : pos[1] + 12;
+      this.tooltip.style.left = `${left}px`;
+      this.tooltip.style.top = `${top}px`;
+    }
+    this.tooltip.removeAttribute("hidden");
+    this.tooltip.setAttribute("data-point", String(i));
+  }
+
+  private onKey(e: KeyboardEvent): void {
+    const sp = this.sp;
+    if (!sp) return;
+    const cam = sp.get("camera") as any;
+    const target: [number, number] = [cam.target[0], cam.target[1]];
+    const dist: number = Array.isArray(cam.distance) ? cam.distance[0] : cam.distance;
+    const step = 0.15 * dist;
+    let t = target;
+    let d = dist;
+    switch (e.key) {
+      case "ArrowLeft": t = [target[0] - step, target[1]]; break;
+      case "ArrowRight": t = [target[0] + step, target[1]]; break;
+      case "ArrowUp": t = [target[0], target[1] + step]; break;
+      case "ArrowDown": t = [target[0], target[1] - step]; break;
+      case "+": case "=": d = dist / 1.25; break;
+      case "-": case "_": d = dist * 1.25; break;
+      case "0": sp.zoomToOrigin({ transition: true }); e.preventDefault(); return;
+      default: return;
+    }
+    e.preventDefault();
+    sp.zoomToLocation(t, d, { transition: false });
+  }
+}

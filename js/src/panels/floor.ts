@@ -1,0 +1,108 @@
+// The loss floor F(Z) = log Z + 1/Z with Z = d V_n(r) (THEORY.md section 3), against the ball
+// radius r on a log axis, computed here from n and d; markers at r_hat, r_star, r_c; reference
+// lines at the model's cross-entropy, the universal floor (1 nat) and Chinchilla's fit.
+import * as Plot from "@observablehq/plot";
+import { floorAt } from "../lgamma";
+import { fmt, h, observeSize, select } from "../util";
+import { type Context, Panel } from "./base";
+
+export class FloorPanel extends Panel {
+  layer: number;
+  chart = h("div", { class: "ha-chart ha-floor" });
+  note = h("p", { class: "ha-note" });
+  width = 0;
+
+  constructor(ctx: Context) {
+    super("floor", "Loss floor against radius", ctx);
+    const st = ctx.state;
+    const measured = st.layers.map((l, i) => ({ l, i })).filter(({ l }) => !l.skipped_reason);
+    this.layer = measured.length ? measured[measured.length - 1].i : st.nLayers - 1;
+    this.header.append(
+      select(
+        "layer",
+        st.layers.map((l, i) => ({ value: String(i), label: `${l.id}: ${l.name}`, disabled: !!l.skipped_reason })),
+        String(this.layer),
+        (v) => {
+          this.layer = Number(v);
+          this.render();
+        },
+      ),
+    );
+    this.body.append(this.chart, this.note);
+    this.cleanups.push(
+      observeSize(this.chart, (w) => {
+        if (w > 0 && w !== this.width) {
+          this.width = w;
+          this.render();
+        }
+      }),
+    );
+  }
+
+  render(): void {
+    const { state: st, theme } = this.ctx;
+    const i = this.layer;
+    const n = st.stat(i, "n");
+    const d = st.stat(i, "n_patterns");
+    const rHat = st.stat(i, "r_hat");
+    const rStar = st.stat(i, "r_star");
+    const rC = st.stat(i, "r_c");
+    const width = this.width || this.chart.clientWidth || 420;
+    if (!(n > 0 && d > 0)) {
+      this.chart.replaceChildren(h("div", { class: "ha-message", text: "This layer was not measured: no floor to draw." }));
+      this.note.textContent = "";
+      this.markReady();
+      return;
+    }
+    const marks = [
+      { r: rHat, label: "r̂", color: theme.lines.rHat },
+      { r: rStar, label: "r*", color: theme.lines.rStar },
+      { r: rC, label: "r_c", color: theme.lines.rC },
+    ].filter((m) => Number.isFinite(m.r) && m.r > 0);
+    const rs = marks.map((m) => m.r);
+    const lo = Math.min(...rs) / 1.6;
+    const hi = Math.max(...rs) * 1.6;
+    const curve: { r: number; F: number }[] = [];
+    const steps = 400;
+    for (let k = 0; k <= steps; k++) {
+      const r = lo * (hi / lo) ** (k / steps);
+      curve.push({ r, F: floorAt(n, d, r) });
+    }
+    const s = st.summary;
+    const ce = typeof s.cross_entropy === "number" ? s.cross_entropy : NaN;
+    const chin = typeof s.chinchilla_loss === "number" ? s.chinchilla_loss : NaN;
+    const refs = [
+      { y: 1, label: "universal floor 1 nat", color: theme.lines.floor },
+      { y: ce, label: `measured cross-entropy ${fmt(ce)}`, color: theme.lines.ce },
+      { y: chin, label: `Chinchilla reference ${fmt(chin)}`, color: theme.lines.chinchilla },
+    ].filter((r) => Number.isFinite(r.y));
+    const yMax = Math.max(4, ...refs.map((r) => r.y)) * 1.5;
+    const pts = marks.map((m) => {
+      const F = floorAt(n, d, m.r);
+      return { ...m, F, shown: Math.min(F, yMax * 0.96), text: `${m.label} = ${fmt(m.r)}\nF = ${fmt(F)}` };
+    });
+    const svg = Plot.plot({
+      width,
+      height: 260,
+      marginLeft: 44,
+      marginRight: 16,
+      style: { background: "transparent", color: theme.fg, fontSize: "11px" },
+      x: { type: "log", label: `ball radius r (log scale; n = ${fmt(n)}, d = ${fmt(d)})`, domain: [lo, hi], grid: true },
+      y: { label: "loss floor F (nats)", domain: [0, yMax], grid: true },
+      clip: true,
+      marks: [
+        Plot.ruleY(refs, { y: "y", stroke: "color", strokeDasharray: "6,3", strokeWidth: 1.3 }),
+        Plot.text(refs, { y: "y", text: "label", frameAnchor: "left", dx: 4, dy: -7, fill: "color" }),
+        Plot.line(curve.filter((c) => Number.isFinite(c.F)), { x: "r", y: "F", stroke: theme.fg, strokeWidth: 2 }),
+        Plot.ruleX(pts, { x: "r", stroke: "color", strokeOpacity: 0.6, strokeDasharray: "2,3" }),
+        Plot.dot(pts, { x: "r", y: "shown", fill: "color", r: 4.5, stroke: theme.bg }),
+        Plot.text(pts, { x: "r", y: "shown", text: "label", dy: -11, fill: "color", fontWeight: 700 }),
+        Plot.tip(pts, Plot.pointer({ x: "r", y: "shown", title: "text" })),
+      ],
+    });
+    this.chart.replaceChildren(svg);
+    const fHat = floorAt(n, d, rHat);
+    this.note.textContent = `Volume form log Z = log d + log V_n(r); F = log Z + 1/Z ≥ 1 with equality at r_c. At r̂ = ${fmt(rHat)}: F = ${fmt(fHat)} nats (band [${fmt(st.stat(i, "floor_low"))}, ${fmt(st.stat(i, "floor_high"))}] adds log l). Chinchilla's fit is on another corpus: a reference, not a verdict.`;
+    this.markReady();
+  }
+}

@@ -1,0 +1,88 @@
+// Ball radius per layer: r_hat (median nn/2) with its interquartile band, against the flat
+// r_star = sqrt(n / 2 pi e) and the critical radius r_c; intrinsic dimension (TwoNN) beside it.
+import * as Plot from "@observablehq/plot";
+import { fmt, h, observeSize } from "../util";
+import { type Context, Panel } from "./base";
+
+export class RadiiPanel extends Panel {
+  left = h("div", { class: "ha-chart ha-radii" });
+  right = h("div", { class: "ha-chart ha-id ha-narrow" });
+  note = h("p", { class: "ha-note" });
+  width = 0;
+
+  constructor(ctx: Context) {
+    super("radii", "Ball radius per layer", ctx, true);
+    this.body.append(h("div", { class: "ha-row" }, this.left, this.right), this.note);
+    this.cleanups.push(
+      observeSize(this.body, (w) => {
+        if (w > 0 && w !== this.width) {
+          this.width = w;
+          this.render();
+        }
+      }),
+    );
+  }
+
+  render(): void {
+    const { state: st, theme } = this.ctx;
+    const rows = st.layers.map((l, i) => ({
+      i,
+      label: l.name === "final" ? "final" : String(l.id),
+      name: l.name,
+      rHat: st.stat(i, "r_hat"),
+      q25: st.stat(i, "r_hat_q25"),
+      q75: st.stat(i, "r_hat_q75"),
+      rStar: st.stat(i, "r_star"),
+      rC: st.stat(i, "r_c"),
+      id: st.stat(i, "twonn_id"),
+    }));
+    const ok = rows.filter((r) => Number.isFinite(r.rHat));
+    const tick = (i: number) => rows[i]?.label ?? "";
+    const common = {
+      height: 230,
+      marginLeft: 44,
+      style: { background: "transparent", color: theme.fg, fontSize: "11px" },
+    };
+    const series = [
+      ...ok.map((r) => ({ i: r.i, v: r.rHat, s: "r̂ (median nn/2)" })),
+      ...rows.filter((r) => Number.isFinite(r.rStar)).map((r) => ({ i: r.i, v: r.rStar, s: "r* = √(n/2πe)" })),
+      ...rows.filter((r) => Number.isFinite(r.rC)).map((r) => ({ i: r.i, v: r.rC, s: "r_c (d·V_n(r)=1)" })),
+    ];
+    const domain = ["r̂ (median nn/2)", "r* = √(n/2πe)", "r_c (d·V_n(r)=1)"];
+    const leftW = Math.max(240, this.left.clientWidth || this.width * 0.64 || 300);
+    const rightW = Math.max(180, this.right.clientWidth || this.width * 0.34 || 200);
+    const many = rows.length > 16;
+    const radii = Plot.plot({
+      ...common,
+      width: leftW,
+      x: { label: "layer", tickFormat: tick, ticks: many ? undefined : rows.map((r) => r.i), domain: [0, Math.max(1, rows.length - 1)] },
+      y: { label: `radius (normalize=${String(st.summary.normalize ?? "")})`, grid: true, zero: false },
+      color: { domain, range: [theme.lines.rHat, theme.lines.rStar, theme.lines.rC], legend: true },
+      marks: [
+        Plot.areaY(ok.filter((r) => Number.isFinite(r.q25)), { x: "i", y1: "q25", y2: "q75", fill: theme.lines.rHat, fillOpacity: 0.18 }),
+        Plot.line(series, { x: "i", y: "v", stroke: "s", strokeWidth: 1.8, strokeDasharray: (d: { s: string }) => (d.s === domain[0] ? null : "5,3") } as any),
+        Plot.dot(ok, { x: "i", y: "rHat", fill: theme.lines.rHat, r: 2.5, tip: true, title: (d: any) => `${d.name}\nr̂ = ${fmt(d.rHat)} (IQR ${fmt(d.q25)}–${fmt(d.q75)})\nr* = ${fmt(d.rStar)} · r_c = ${fmt(d.rC)}` }),
+      ],
+    });
+    const idRows = rows.filter((r) => Number.isFinite(r.id));
+    const idChart = idRows.length
+      ? Plot.plot({
+          ...common,
+          width: rightW,
+          x: { label: "layer", tickFormat: tick, domain: [0, Math.max(1, rows.length - 1)] },
+          y: { label: "intrinsic dim (TwoNN)", grid: true, zero: true },
+          marks: [
+            Plot.line(idRows, { x: "i", y: "id", stroke: theme.accent, strokeWidth: 1.6 }),
+            Plot.dot(idRows, { x: "i", y: "id", fill: theme.accent, r: 2.5, title: (d: any) => `${d.name}: ${fmt(d.id)}` }),
+          ],
+        })
+      : h("div", { class: "ha-message", text: "No intrinsic dimension was measured." });
+    this.left.replaceChildren(radii);
+    this.right.replaceChildren(idChart);
+    const last = ok[ok.length - 1];
+    this.note.textContent = last
+      ? `${last.name}: r̂ = ${fmt(last.rHat)}, r̂/r* = ${fmt(last.rHat / last.rStar)}; r̂ ${last.rHat < last.rC ? "below" : "above"} r_c = ${fmt(last.rC)} means Z ${last.rHat < last.rC ? "< 1 (over-packed)" : "> 1"}. Intrinsic dimension is beyond the paper (TwoNN).`
+      : "No layer was measured.";
+    this.markReady();
+  }
+}
