@@ -1,24 +1,77 @@
-"""Any dataset form a user has -> fixed-length token sequences, with their text kept for display."""
+"""Any dataset form a user has -> fixed-length token sequences, with their text kept for display.
+
+``prepare_data`` accepts texts (a list, a file, a directory, a ``datasets.Dataset``, any
+iterable of strings or of ``{"text": ...}`` dicts) and pre-tokenized ids (a tensor, a numpy
+array, lists of ints, a DataLoader or iterable of ``{"input_ids", "attention_mask"}`` dicts,
+a ``TokenData``), and returns one right-padded ``TokenData``.
+
+Decisions, so results are reproducible and unsurprising:
+
+- **Special tokens follow the tokenizer.** Each text is tokenized without special tokens; every
+  sequence then gets exactly what the tokenizer itself adds to one text (found by encoding a
+  probe with and without ``add_special_tokens``): a BOS first for Llama/Gemma-style tokenizers,
+  CLS ... SEP for BERT-style ones, nothing for GPT-2-style ones. ``max_length`` counts them.
+- **Stream chunking** joins the documents' tokens with the tokenizer's EOS (else SEP, else
+  nothing) *between* documents and cuts the stream into full sequences; the short rest is
+  dropped, unless the whole stream is shorter than one sequence: then it is kept as one shorter
+  sequence and a warning says so.
+- **Document chunking**: one sequence per non-empty text, truncated (a warning counts the
+  truncated texts), right-padded with the tokenizer's pad id (else EOS, else 0).
+- **Files**: a text file is one document (UTF-8, undecodable bytes replaced); a ``.jsonl``
+  file holds one document per line in its ``"text"`` field. A directory is searched
+  recursively for ``*.txt`` files (hidden files and folders skipped), in sorted path order, one
+  document per file. For one document per line pass ``path.read_text().splitlines()``.
+  A plain ``str`` is always a path; a text itself goes in a list: ``[text]``.
+- **Pre-tokenized rows are kept as rows** (no special tokens added): a row longer than
+  ``max_length`` is cut into full ``max_length`` pieces (stream; its short rest dropped) or
+  truncated (document). Masks select the real tokens, so left padding becomes right padding.
+- **``max_sequences`` keeps the first N sequences** (in order); texts are tokenized in batches
+  and reading stops once N sequences are complete, so a cap on a big corpus is cheap.
+- A ``TokenData`` passes through unchanged (no re-chunking); only ``max_sequences`` and the
+  vocabulary check apply.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import json
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
+from .errors import DataError
 
-@dataclass
+_TEXT_BATCH = 1000  # texts per tokenizer call: big enough for the Rust batch path
+_ACCEPTED = (
+    "a list of strings, a path to a text file or to a directory of .txt files, a "
+    "datasets.Dataset with a text column, a LongTensor of token ids (batch, seq), a DataLoader "
+    "(or iterable) of dicts with input_ids, or a TokenData"
+)
+
+
+@dataclass(repr=False)
 class TokenData:
     """Token sequences ready for the forward pass.
 
     ``input_ids`` and ``attention_mask`` are (num_sequences, seq_len), right-padded with
     ``pad_token_id``; ``texts`` holds the decoded text of every sequence for display.
+    ``source`` describes where the data came from, ``chunking`` how it was cut, and
+    ``dropped_tokens`` how many real tokens chunking left out (stream rest, truncation).
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     texts: list[str]
     pad_token_id: int = 0
+    source: str = ""
+    chunking: str | None = None
+    dropped_tokens: int = 0
+    special_tokens: list[int] = field(default_factory=list)  # ids the template added per row
 
     @property
     def num_sequences(self) -> int:
@@ -31,3 +84,683 @@ class TokenData:
     @property
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum())
+
+    def __len__(self) -> int:
+        return self.num_sequences
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenData(num_sequences={self.num_sequences}, seq_len={self.seq_len}, "
+            f"num_tokens={self.num_tokens}, chunking={self.chunking!r}, source={self.source!r})"
+        )
+
+    def head(self, n: int) -> TokenData:
+        """The first ``n`` sequences (padding columns that only padding used are dropped)."""
+        mask = self.attention_mask[:n]
+        width = int(mask.sum(dim=1).max()) if mask.shape[0] else 0
+        width = max(width, 1)
+        return TokenData(
+            self.input_ids[:n, :width],
+            mask[:, :width],
+            self.texts[:n],
+            self.pad_token_id,
+            self.source,
+            self.chunking,
+            self.dropped_tokens,
+            list(self.special_tokens),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point
+
+
+def prepare_data(
+    data: Any,
+    tokenizer: Any = None,
+    *,
+    max_length: int = 256,
+    chunking: str = "stream",
+    max_sequences: int | None = None,
+    model: Any = None,
+) -> TokenData:
+    """Turn ``data`` in any accepted form into a right-padded :class:`TokenData`.
+
+    Texts are tokenized with ``tokenizer``, or the one found beside ``model``
+    (:func:`find_tokenizer`). ``chunking`` is ``"stream"`` or ``"document"`` (see the module
+    docstring). With ``model`` given, token ids are checked against its vocabulary.
+    Raises :class:`DataError` with one line saying what to do for any bad input.
+    """
+    _check_options(max_length, chunking, max_sequences)
+    if isinstance(data, TokenData):
+        out = _check_token_data(data)
+        if max_sequences is not None and out.num_sequences > max_sequences:
+            out = out.head(max_sequences)
+        _check_vocab(out.input_ids[out.attention_mask.bool()], model)
+        return out
+
+    kind, payload, source = _classify(data)
+    if kind == "texts":
+        tok = _resolve_tokenizer(tokenizer, model)
+        if tok is None:
+            where = _model_path(model)
+            beside = f" beside the model ({where})" if where else ""
+            raise DataError(
+                f"the data are texts but no tokenizer was given and none was found{beside}; "
+                "pass tokenizer=AutoTokenizer.from_pretrained(...) or token ids instead"
+            )
+        if chunking == "stream":
+            rows, dropped, specials = _stream_rows(payload, tok, max_length, max_sequences)
+        else:
+            rows, dropped, specials = _document_rows(payload, tok, max_length, max_sequences)
+        pad = _pad_id(tok, model)
+    else:
+        rows, dropped = _fit_rows(payload, max_length, chunking, max_sequences)
+        specials = []
+        tok = _resolve_tokenizer(tokenizer, model, quiet=True)
+        pad = _pad_id(tok, model)
+
+    real = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+    _check_vocab(real, model)
+    pad = _pad_in_vocab(pad, model)
+    input_ids, mask = _pad_rows(rows, pad)
+    texts = _decode(rows, tok)
+    return TokenData(input_ids, mask, texts, pad, source, chunking, dropped, specials)
+
+
+def _check_options(max_length: Any, chunking: Any, max_sequences: Any) -> None:
+    if not _is_int(max_length) or max_length < 2:
+        raise DataError(
+            f"max_length must be an integer >= 2 (tokens per sequence), got {max_length!r}"
+        )
+    if chunking not in ("stream", "document"):
+        raise DataError(f"chunking must be 'stream' or 'document', got {chunking!r}")
+    if max_sequences is not None and (not _is_int(max_sequences) or max_sequences < 1):
+        raise DataError(f"max_sequences must be None or an integer >= 1, got {max_sequences!r}")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+# ---------------------------------------------------------------------------------------------
+# What did the user give us?
+
+
+def _classify(data: Any) -> tuple[str, Any, str]:
+    """Return ("texts", iterable of str, source) or ("rows", iterator of 1-D id tensors, source)."""
+    if isinstance(data, (str, Path)):
+        return _classify_path(Path(data).expanduser())
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        return "rows", iter(_tensor_rows(data, "the token id tensor")), _shape_source(data)
+    module = type(data).__module__ or ""
+    if module.startswith("datasets"):
+        return _classify_hf_dataset(data)
+    if type(data).__name__ == "DataFrame" and hasattr(data, "columns"):
+        col = _text_column(list(data.columns), lambda c: data[c].head(1).map(type).tolist())
+        return "texts", data[col].tolist(), f"DataFrame column {col!r}"
+    if isinstance(data, Mapping):
+        if "input_ids" in data:
+            return "rows", _batch_rows(data, 0), "a batch of input_ids"
+        if isinstance(data.get("text"), (list, tuple)):
+            return "texts", data["text"], f"{len(data['text'])} texts"
+        raise DataError(
+            f"a dict needs an 'input_ids' or a 'text' key, got keys {sorted(map(str, data))[:8]}"
+        )
+    if isinstance(data, (bytes, bytearray)) or not isinstance(data, Iterable):
+        raise DataError(f"cannot read data of type {type(data).__name__}; pass {_ACCEPTED}")
+    return _classify_iterable(data)
+
+
+def _classify_iterable(data: Iterable) -> tuple[str, Any, str]:
+    items = iter(data)
+    try:
+        first = next(items)
+    except StopIteration:
+        raise DataError(f"the dataset is empty (an empty {type(data).__name__})") from None
+    rest = itertools.chain([first], items)
+    n = f"{len(data)} " if isinstance(data, Sequence) else ""
+    if isinstance(first, str):
+        return "texts", rest, f"{n}texts"
+    if isinstance(first, Mapping):
+        if "input_ids" in first:
+            return "rows", _mapping_rows(rest), f"{n}batches of input_ids"
+        if isinstance(first.get("text"), str):
+            return "texts", (_text_of(item) for item in rest), f"{n}records with text"
+        raise DataError(
+            "the data yields dicts without 'input_ids' or 'text' "
+            f"(keys: {sorted(map(str, first))[:8]}); tokenize them or pick the text field"
+        )
+    if isinstance(first, (torch.Tensor, np.ndarray, list, tuple)):
+        return "rows", _sequence_rows(rest), f"{n}rows of token ids"
+    raise DataError(f"cannot read data whose items are {type(first).__name__}; pass {_ACCEPTED}")
+
+
+def _text_of(item: Any) -> str:
+    text = item.get("text") if isinstance(item, Mapping) else None
+    if not isinstance(text, str):
+        raise DataError("every record must have a string 'text' field")
+    return text
+
+
+def _classify_path(path: Path) -> tuple[str, Any, str]:
+    if not path.exists():
+        raise DataError(
+            f"no such file or directory: {str(path)!r}; to audit a text itself, pass it in a "
+            "list: [text]"
+        )
+    if path.is_dir():
+        files = sorted(
+            p
+            for p in path.rglob("*.txt")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+        if not files:
+            raise DataError(f"no .txt files in the directory {str(path)!r} (searched recursively)")
+        return "texts", (_read_text(p) for p in files), f"{len(files)} .txt files in {path}"
+    if path.suffix == ".jsonl":
+        return "texts", _read_jsonl(path), f"{path.name}"
+    return "texts", [_read_text(path)], f"{path.name}"
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    if b"\x00" in raw[:8192]:
+        raise DataError(f"{str(path)!r} looks binary (NUL bytes), not a text file")
+    return raw.decode("utf-8", errors="replace")
+
+
+def _read_jsonl(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path.name} line {i} is not JSON ({e.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise DataError(f"{path.name} line {i} has no string 'text' field")
+            yield record["text"]
+
+
+def _classify_hf_dataset(ds: Any) -> tuple[str, Any, str]:
+    name = type(ds).__name__
+    if name in ("DatasetDict", "IterableDatasetDict"):
+        raise DataError(
+            f"a {name} holds several splits ({', '.join(map(str, ds.keys()))}); pass one, "
+            f"e.g. ds[{next(iter(ds.keys()))!r}]"
+        )
+    columns = list(getattr(ds, "column_names", None) or [])
+    features = getattr(ds, "features", None) or {}
+    if "input_ids" in columns:
+        batches = ds.iter(batch_size=_TEXT_BATCH)
+        return "rows", _mapping_rows(batches), f"{name} input_ids"
+
+    def dtype_of(c: str) -> list:
+        return [getattr(features.get(c), "dtype", None)]
+
+    col = _text_column(columns, dtype_of)
+    texts = (t for batch in ds.iter(batch_size=_TEXT_BATCH) for t in batch[col])
+    size = f"{len(ds)} rows, " if hasattr(ds, "__len__") else ""
+    return "texts", _none_as_empty(texts), f"{name} ({size}column {col!r})"
+
+
+def _none_as_empty(texts: Iterable) -> Iterator[str]:
+    for t in texts:
+        yield "" if t is None else t
+
+
+def _text_column(columns: list[str], kinds: Any) -> str:
+    """The column named "text", else the only string column."""
+    if "text" in columns:
+        return "text"
+    stringy = [c for c in columns if any(k in ("string", "large_string", str) for k in kinds(c))]
+    if len(stringy) == 1:
+        return stringy[0]
+    what = f"string columns {stringy}" if stringy else "no string column"
+    raise DataError(
+        f"cannot tell which column holds the text: no 'text' column and {what} among "
+        f"{columns}; pick it, e.g. ds.rename_column('your_column', 'text')"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-tokenized input -> rows of real tokens
+
+
+def _shape_source(t: Any) -> str:
+    return f"token ids {tuple(t.shape)}"
+
+
+def _as_ids(x: Any, what: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        if not np.issubdtype(x.dtype, np.integer):
+            raise DataError(f"{what} must hold integer token ids, got numpy {x.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif isinstance(x, (list, tuple)):
+        try:
+            x = torch.tensor(x)
+        except (TypeError, ValueError, RuntimeError):
+            raise DataError(f"{what} must be integer token ids of one length per row") from None
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{what} must be a tensor of token ids, got {type(x).__name__}")
+    if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
+        raise DataError(
+            f"{what} must hold integer token ids (torch.long), got {x.dtype}; "
+            "convert with .long() only if these really are ids"
+        )
+    return x.detach().to("cpu", torch.long)
+
+
+def _tensor_rows(data: Any, what: str, mask: Any = None) -> list[torch.Tensor]:
+    ids = _as_ids(data, what)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2:
+        raise DataError(
+            f"{what} must be 1-D (one sequence) or 2-D (batch, seq), got shape {tuple(ids.shape)}"
+        )
+    if mask is None:
+        return list(ids)
+    m = _as_ids(mask, "attention_mask")
+    if m.ndim == 1:
+        m = m[None]
+    if m.shape != ids.shape:
+        raise DataError(
+            f"attention_mask shape {tuple(m.shape)} differs from input_ids {tuple(ids.shape)}"
+        )
+    keep = m.bool()
+    return [row[k] for row, k in zip(ids, keep, strict=True)]
+
+
+def _batch_rows(batch: Mapping, i: int) -> Iterator[torch.Tensor]:
+    ids, mask = batch["input_ids"], batch.get("attention_mask")
+    what = f"input_ids of batch {i}"
+    ragged = isinstance(ids, (list, tuple)) and ids and isinstance(ids[0], (list, tuple))
+    if ragged and len({len(r) for r in ids}) > 1:  # e.g. a datasets batch of unpadded rows
+        masks = mask if mask is not None else [None] * len(ids)
+        for row, m in zip(ids, masks, strict=True):
+            yield from _tensor_rows(row, what, m)
+        return
+    yield from _tensor_rows(ids, what, mask)
+
+
+def _mapping_rows(batches: Iterable) -> Iterator[torch.Tensor]:
+    for i, batch in enumerate(batches):
+        if not isinstance(batch, Mapping) or "input_ids" not in batch:
+            raise DataError(f"batch {i} has no 'input_ids'; every batch must be a dict with them")
+        yield from _batch_rows(batch, i)
+
+
+def _sequence_rows(items: Iterable) -> Iterator[torch.Tensor]:
+    for i, item in enumerate(items):
+        if isinstance(item, (list, tuple)) and item and isinstance(item[0], torch.Tensor):
+            item = item[0]  # a DataLoader over a TensorDataset yields [ids, ...]
+        if isinstance(item, (torch.Tensor, np.ndarray)) and item.ndim == 2:
+            yield from _tensor_rows(item, f"batch {i} of token ids")
+        elif isinstance(item, (torch.Tensor, np.ndarray, list, tuple)):
+            yield from _tensor_rows(item, f"row {i} of token ids")
+        else:
+            raise DataError(f"row {i} is a {type(item).__name__}, not token ids")
+
+
+def _fit_rows(
+    rows: Iterable[torch.Tensor], max_length: int, chunking: str, max_sequences: int | None
+) -> tuple[list[torch.Tensor], int]:
+    """Keep rows that fit; cut (stream) or truncate (document) longer ones; cap the count."""
+    out: list[torch.Tensor] = []
+    dropped = 0
+    seen = 0
+    for row in rows:
+        seen += 1
+        if row.numel() == 0:
+            continue
+        if row.numel() <= max_length:
+            pieces = [row]
+        elif chunking == "stream":
+            n = row.numel() // max_length
+            pieces = list(row[: n * max_length].view(n, max_length))
+        else:
+            pieces = [row[:max_length]]
+        dropped += row.numel() - sum(p.numel() for p in pieces)
+        out.extend(pieces)
+        if max_sequences is not None and len(out) >= max_sequences:
+            return out[:max_sequences], dropped
+    if not out:
+        detail = "it has no rows" if seen == 0 else f"all {seen} rows have no real tokens"
+        raise DataError(f"the dataset is empty: {detail}")
+    return out, dropped
+
+
+# ---------------------------------------------------------------------------------------------
+# Texts -> rows
+
+
+def _special_template(tok: Any) -> tuple[list[int], list[int]]:
+    """What the tokenizer adds around one text: (prefix ids, suffix ids)."""
+    probe = "hello world"
+    try:
+        plain = list(tok(probe, add_special_tokens=False)["input_ids"])
+        full = list(tok(probe, add_special_tokens=True)["input_ids"])
+    except Exception:
+        return [], []
+    for i in range(len(full) - len(plain) + 1):
+        if full[i : i + len(plain)] == plain:
+            return full[:i], full[i + len(plain) :]
+    return [], []
+
+
+def _encode(tok: Any, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    try:
+        enc = tok(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)
+    except TypeError:  # tokenizers that do not take every keyword
+        enc = tok(texts, add_special_tokens=False)
+    return [list(ids) for ids in enc["input_ids"]]
+
+
+def _text_batches(texts: Iterable[Any]) -> Iterator[tuple[list[str], int]]:
+    """Non-empty texts in batches, with how many texts (empty ones too) each batch consumed."""
+    batch: list[str] = []
+    consumed = 0
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise DataError(f"text {i} is a {type(text).__name__}, not a str")
+        consumed += 1
+        if text.strip():
+            batch.append(text)
+        if len(batch) >= _TEXT_BATCH:
+            yield batch, consumed
+            batch, consumed = [], 0
+    yield batch, consumed
+
+
+def _content_room(max_length: int, prefix: list[int], suffix: list[int]) -> int:
+    room = max_length - len(prefix) - len(suffix)
+    if room < 1:
+        raise DataError(
+            f"max_length={max_length} leaves no room for text after the tokenizer's "
+            f"{len(prefix) + len(suffix)} special tokens; use a larger max_length"
+        )
+    return room
+
+
+def _empty_error(n_texts: int) -> DataError:
+    if n_texts == 0:
+        return DataError("the dataset is empty: it has no texts")
+    return DataError(f"all {n_texts} texts are empty or whitespace; there is nothing to tokenize")
+
+
+def _stream_rows(
+    texts: Iterable[Any], tok: Any, max_length: int, max_sequences: int | None
+) -> tuple[list[torch.Tensor], int, list[int]]:
+    prefix, suffix = _special_template(tok)
+    room = _content_room(max_length, prefix, suffix)
+    sep = tok.eos_token_id if tok.eos_token_id is not None else getattr(tok, "sep_token_id", None)
+    need = None if max_sequences is None else max_sequences * room
+    parts: list[np.ndarray] = []
+    total = n_texts = n_docs = 0
+    for batch, consumed in _text_batches(texts):
+        n_texts += consumed
+        for ids in _encode(tok, batch):
+            if n_docs and sep is not None:
+                parts.append(np.array([sep], dtype=np.int64))
+                total += 1
+            parts.append(np.asarray(ids, dtype=np.int64))
+            total += len(ids)
+            n_docs += 1
+        if need is not None and total >= need:
+            break
+    if n_docs == 0:
+        raise _empty_error(n_texts)
+    stream = torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros(0, dtype=torch.long)
+    n_full = stream.numel() // room
+    if n_full == 0:
+        warnings.warn(
+            f"the whole token stream ({stream.numel()} tokens) is shorter than max_length="
+            f"{max_length}: it is kept as one sequence of "
+            f"{stream.numel() + len(prefix) + len(suffix)} tokens; give more text or a smaller "
+            "max_length",
+            UserWarning,
+            stacklevel=3,
+        )
+        body = [stream]
+    else:
+        if max_sequences is not None:
+            n_full = min(n_full, max_sequences)
+        body = list(stream[: n_full * room].view(n_full, room))
+    dropped = stream.numel() - sum(b.numel() for b in body)
+    pre = torch.tensor(prefix, dtype=torch.long)
+    post = torch.tensor(suffix, dtype=torch.long)
+    rows = [torch.cat([pre, b, post]) if prefix or suffix else b for b in body]
+    return rows, dropped, prefix + suffix
+
+
+def _document_rows(
+    texts: Iterable[Any], tok: Any, max_length: int, max_sequences: int | None
+) -> tuple[list[torch.Tensor], int, list[int]]:
+    prefix, suffix = _special_template(tok)
+    room = _content_room(max_length, prefix, suffix)
+    pre = torch.tensor(prefix, dtype=torch.long)
+    post = torch.tensor(suffix, dtype=torch.long)
+    rows: list[torch.Tensor] = []
+    n_texts = truncated = dropped = 0
+    for batch, consumed in _text_batches(texts):
+        n_texts += consumed
+        if max_sequences is not None:
+            batch = batch[: max_sequences - len(rows)]
+        # Fast tokenizers encode a whole text before truncating anyway, so encode it all and
+        # count the cut tokens exactly.
+        for ids in _encode(tok, batch):
+            if len(ids) > room:
+                truncated += 1
+                dropped += len(ids) - room
+            body = torch.tensor(ids[:room], dtype=torch.long)
+            rows.append(torch.cat([pre, body, post]) if prefix or suffix else body)
+        if max_sequences is not None and len(rows) >= max_sequences:
+            break
+    if not rows:
+        raise _empty_error(n_texts)
+    if truncated:
+        warnings.warn(
+            f"{truncated} of {len(rows)} texts were longer than max_length={max_length} tokens "
+            f"and were truncated ({dropped} tokens cut); use chunking='stream' to keep them",
+            UserWarning,
+            stacklevel=3,
+        )
+    return rows, dropped, prefix + suffix
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer, pad id, vocabulary, output
+
+
+def find_tokenizer(model: Any) -> Any | None:
+    """The tokenizer that belongs to ``model``, found offline, or None.
+
+    Looks at ``model.hopaudit_tokenizer`` first (set by hopaudit's loaders, e.g. for GGUF
+    models), then loads ``AutoTokenizer.from_pretrained(dir, local_files_only=True)`` from the
+    model's ``name_or_path`` / ``config._name_or_path`` when that is a local directory (or a
+    ``.gguf`` file, or a directory holding exactly one). Never touches the network.
+    """
+    if model is None:
+        return None
+    attached = getattr(model, "hopaudit_tokenizer", None)
+    if attached is not None:
+        return attached
+    for where in _model_paths(model):
+        path = Path(where).expanduser()
+        try:
+            from transformers import AutoTokenizer
+
+            if path.is_file() and path.suffix == ".gguf":
+                return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            if path.is_dir():
+                try:
+                    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+                except Exception:
+                    ggufs = sorted(path.glob("*.gguf"))
+                    if len(ggufs) == 1:
+                        return AutoTokenizer.from_pretrained(str(path), gguf_file=ggufs[0].name)
+        except Exception:
+            continue
+    return None
+
+
+def _model_paths(model: Any) -> list[str]:
+    config = getattr(model, "config", None)
+    paths = [
+        getattr(model, "name_or_path", None),
+        getattr(config, "_name_or_path", None),
+        getattr(config, "name_or_path", None),
+    ]
+    out: list[str] = []
+    for p in paths:
+        if isinstance(p, (str, Path)) and str(p) and str(p) not in out:
+            out.append(str(p))
+    return out
+
+
+def _model_path(model: Any) -> str:
+    paths = _model_paths(model)
+    return paths[0] if paths else ""
+
+
+def _resolve_tokenizer(tokenizer: Any, model: Any, quiet: bool = False) -> Any | None:
+    if tokenizer is None:
+        return find_tokenizer(model)
+    if isinstance(tokenizer, (str, Path)):
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(str(tokenizer))
+        except Exception as e:
+            if quiet:
+                return None
+            raise DataError(f"cannot load the tokenizer {str(tokenizer)!r}: {e}") from None
+    if type(tokenizer).__module__.startswith("tokenizers") and hasattr(tokenizer, "encode_batch"):
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+    if not callable(tokenizer):
+        raise DataError(
+            f"tokenizer must be a transformers tokenizer, got {type(tokenizer).__name__}"
+        )
+    return tokenizer
+
+
+def _first_int(x: Any) -> int | None:
+    if isinstance(x, (list, tuple)):
+        x = x[0] if x else None
+    return int(x) if _is_int(x) else None
+
+
+def _pad_id(tok: Any, model: Any) -> int:
+    for source in (tok, _text_config(model)):
+        if source is None:
+            continue
+        for name in ("pad_token_id", "eos_token_id"):
+            value = _first_int(getattr(source, name, None))
+            if value is not None and value >= 0:
+                return value
+    return 0
+
+
+def _text_config(model: Any) -> Any:
+    config = getattr(model, "config", None)
+    get_text = getattr(config, "get_text_config", None)
+    if callable(get_text):
+        try:
+            return get_text()
+        except Exception:
+            return config
+    return config
+
+
+def _vocab_size(model: Any) -> int | None:
+    if model is None:
+        return None
+    get = getattr(model, "get_input_embeddings", None)
+    if callable(get):
+        try:
+            emb = get()
+            n = getattr(emb, "num_embeddings", None)
+            if _is_int(n):
+                return int(n)
+        except Exception:
+            pass
+    return _first_int(getattr(_text_config(model), "vocab_size", None))
+
+
+def _check_vocab(real_ids: torch.Tensor, model: Any) -> None:
+    vocab = _vocab_size(model)
+    if vocab is None or real_ids.numel() == 0:
+        return
+    lo, hi = int(real_ids.min()), int(real_ids.max())
+    if lo < 0:
+        raise DataError(
+            f"token id {lo} is negative; input_ids must be vocabulary ids (not -100 labels)"
+        )
+    if hi >= vocab:
+        raise DataError(
+            f"token id {hi} is out of range for the model's vocabulary of {vocab}; were the "
+            "data tokenized with another model's tokenizer?"
+        )
+
+
+def _pad_in_vocab(pad: int, model: Any) -> int:
+    vocab = _vocab_size(model)
+    return 0 if vocab is not None and not 0 <= pad < vocab else pad
+
+
+def _pad_rows(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(r.numel() for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : r.numel()] = r
+        mask[i, : r.numel()] = 1
+    return ids, mask
+
+
+def _decode(rows: list[torch.Tensor], tok: Any) -> list[str]:
+    if tok is not None and hasattr(tok, "batch_decode"):
+        try:
+            return list(
+                tok.batch_decode(
+                    [r.tolist() for r in rows],
+                    skip_special_tokens=False,
+                    clean_up_tokenization_spaces=False,
+                )
+            )
+        except Exception:
+            pass
+    return [_ids_label(r) for r in rows]
+
+
+def _ids_label(row: torch.Tensor, show: int = 8) -> str:
+    head = " ".join(str(int(i)) for i in row[:show])
+    more = " ..." if row.numel() > show else ""
+    return f"<{row.numel()} token ids: {head}{more}>"
+
+
+def _check_token_data(data: TokenData) -> TokenData:
+    ids, mask = data.input_ids, data.attention_mask
+    if not isinstance(ids, torch.Tensor) or not isinstance(mask, torch.Tensor):
+        raise DataError("TokenData.input_ids and attention_mask must be torch tensors")
+    if ids.ndim != 2 or ids.shape != mask.shape:
+        raise DataError(
+            f"TokenData.input_ids {tuple(ids.shape)} and attention_mask {tuple(mask.shape)} "
+            "must be the same (num_sequences, seq_len) shape"
+        )
+    if ids.is_floating_point() or ids.dtype == torch.bool:
+        raise DataError(f"TokenData.input_ids must be torch.long, got {ids.dtype}")
+    if ids.shape[0] == 0 or int(mask.sum()) == 0:
+        raise DataError("the dataset is empty: the TokenData has no real tokens")
+    if len(data.texts) != ids.shape[0]:
+        raise DataError(
+            f"TokenData has {len(data.texts)} texts for {ids.shape[0]} sequences; give one each"
+        )
+    return data

@@ -346,17 +346,37 @@ def _trained_tokenizer_json(vocab_size: int) -> str:
     return tok.to_str()
 
 
-def tiny_tokenizer(vocab_size: int = 320, *, pad: bool = True, eos: bool = True, bos: bool = True):
+def tiny_tokenizer(
+    vocab_size: int = 320,
+    *,
+    pad: bool = True,
+    eos: bool = True,
+    bos: bool = True,
+    template: str | None = None,
+):
     """A real byte-level BPE ``PreTrainedTokenizerFast`` trained offline on a short text.
 
     Special tokens: ``<pad>`` (id 0), ``<eos>`` (id 1), ``<bos>`` (id 2); each can be left out
     of the tokenizer's roles with ``pad=False`` etc. (the ids stay in the vocabulary). Any text
-    can be encoded (byte-level), and ``decode(encode(text)) == text``.
+    can be encoded (byte-level), and ``decode(encode(text)) == text``. ``template`` sets what
+    ``add_special_tokens=True`` adds: None (nothing, like GPT-2), ``"bos"`` (``<bos>`` first,
+    like Llama) or ``"cls_sep"`` (``<bos> ... <eos>`` around the text, like BERT's CLS/SEP).
     """
-    from tokenizers import Tokenizer
+    from tokenizers import Tokenizer, processors
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer.from_str(_trained_tokenizer_json(vocab_size))
+    specials = [("<bos>", 2), ("<eos>", 1)]
+    if template == "bos":
+        backend.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", pair="<bos> $A $B", special_tokens=specials
+        )
+    elif template == "cls_sep":
+        backend.post_processor = processors.TemplateProcessing(
+            single="<bos> $A <eos>", pair="<bos> $A <eos> $B <eos>", special_tokens=specials
+        )
+    elif template is not None:
+        raise ValueError(f"template must be None, 'bos' or 'cls_sep', got {template!r}")
     roles: dict[str, str] = {}
     if pad:
         roles["pad_token"] = "<pad>"
