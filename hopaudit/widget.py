@@ -67,8 +67,10 @@ STATE_LAYOUT = {
     "scatter_xy": "uint16 (sum m, 2): x, y quantized on [x0, x1], [y0, y1] of the layer's meta",
     "scatter_basin": "uint16 (sum m): basin rank by size within the layer (0 = largest)",
     "scatter_ratio": "uint8 (sum m): nn / r_hat quantized on [ratio_lo, ratio_hi]; 255 = NaN",
-    "scatter_seq": "uint32 (sum of distinct sequence arrays): the sequence of each point",
-    "scatter_basin_sizes": "uint32: size of each basin rank, per layer at basin_offset",
+    "scatter_seq": "uint16 or uint32 (scatter_seq_bytes; sum of distinct sequence arrays): "
+    "the sequence of each point",
+    "scatter_basin_sizes": "uint32 (size, run) pairs: basin sizes by rank, run-length encoded, "
+    "per layer at basin_offset (basin_runs pairs)",
     "seq_ce": "float16 (n_sequences): mean token cross-entropy; NaN = none",
     "text_bytes": "UTF-8 of every shown sequence's text (truncated to text_chars)",
     "text_offsets": "uint32 (n_sequences + 1): byte offsets into text_bytes",
@@ -227,7 +229,10 @@ def _scatter(audit: Any, names: list[str], top_basins: int) -> dict[str, Any]:
         rank[order] = np.arange(order.size)
         basin_parts.append(np.minimum(rank[inverse], 65535).astype(np.uint16))
         sizes = counts[order][:65536]
-        size_parts.append(sizes.astype(np.uint32))
+        # Sizes by rank never increase: send them run-length encoded as (size, run) pairs.
+        starts = np.flatnonzero(np.r_[True, sizes[1:] != sizes[:-1]])
+        runs = np.diff(np.r_[starts, sizes.size])
+        size_parts.append(np.stack([sizes[starts], runs], axis=1).astype(np.uint32).ravel())
 
         ratio = np.asarray(emb.ratio, dtype=np.float64).ravel()
         fr = ratio[np.isfinite(ratio)]
@@ -257,12 +262,16 @@ def _scatter(audit: Any, names: list[str], top_basins: int) -> dict[str, Any]:
                 "ratio_hi": r_hi,
                 "seq_offset": next(o for o, s in seq_parts if s is seq_arrays[ref]),
                 "basin_offset": basin_offset,
+                "basin_runs": int(starts.size),
                 "n_basins": int(sizes.size),
                 "top_basins": int(min(top_basins, sizes.size)),
             }
         )
-        basin_offset += int(sizes.size)
+        basin_offset += 2 * int(starts.size)
         point_offset += m
+
+    top_seq = max((int(s.max()) for _, s in seq_parts if s.size), default=0)
+    seq_dtype = "u2" if top_seq < 65536 else "u4"
 
     def cat(parts: list[np.ndarray], dtype: str) -> bytes:
         return _le(np.concatenate(parts) if parts else np.zeros(0), dtype)
@@ -273,7 +282,8 @@ def _scatter(audit: Any, names: list[str], top_basins: int) -> dict[str, Any]:
         "scatter_basin": cat(basin_parts, "u2"),
         "scatter_ratio": cat(ratio_parts, "u1"),
         "scatter_basin_sizes": cat(size_parts, "u4"),
-        "scatter_seq": cat([s for _, s in seq_parts], "u4"),
+        "scatter_seq": cat([s for _, s in seq_parts], seq_dtype),
+        "scatter_seq_bytes": int(np.dtype(seq_dtype).itemsize),
     }
 
 
@@ -345,7 +355,7 @@ def widget_state(
     state.update(_layer_table(audit, names))
     state.update(_histograms(audit, names, bins))
     state.update(_scatter(audit, names, top_basins))
-    shown = np.frombuffer(state["scatter_seq"], dtype="<u4").astype(np.int64)
+    shown = decode(state, "scatter_seq").astype(np.int64)
     state.update(_samples(audit, shown, text_chars))
     return state
 
@@ -368,6 +378,8 @@ def decode(state: dict[str, Any], key: str) -> np.ndarray:
         "sample_values": "<f4",
         "sequence_ids": "<u4",
     }
+    if key == "scatter_seq":
+        dtypes[key] = "<u2" if state.get("scatter_seq_bytes") == 2 else "<u4"
     a = np.frombuffer(state[key], dtype=dtypes[key])
     n_layers = len(state["layer_names"])
     if key == "layer_stats":
@@ -383,6 +395,14 @@ def decode(state: dict[str, Any], key: str) -> np.ndarray:
     if key == "sample_values":
         return a.reshape(-1, 5)
     return a
+
+
+def basin_sizes(state: dict[str, Any], layer: int) -> np.ndarray:
+    """The basin sizes by rank of scatter layer ``layer`` (expands the run-length pairs)."""
+    meta = state["scatter_layers"][layer]
+    pairs = decode(state, "scatter_basin_sizes")
+    pairs = pairs[meta["basin_offset"] : meta["basin_offset"] + 2 * meta["basin_runs"]]
+    return np.repeat(pairs[0::2], pairs[1::2])
 
 
 def _read_static(path: Path) -> str:
@@ -414,6 +434,7 @@ class AuditWidget(anywidget.AnyWidget):
     scatter_ratio = traitlets.Bytes(b"").tag(sync=True)
     scatter_basin_sizes = traitlets.Bytes(b"").tag(sync=True)
     scatter_seq = traitlets.Bytes(b"").tag(sync=True)
+    scatter_seq_bytes = traitlets.Int(4).tag(sync=True)
     n_sequences = traitlets.Int(0).tag(sync=True)
     sequence_ids = traitlets.Bytes(b"").tag(sync=True)
     seq_ce = traitlets.Bytes(b"").tag(sync=True)

@@ -26,6 +26,7 @@ export interface ScatterLayer {
   ratio_hi: number;
   seq_offset: number;
   basin_offset: number;
+  basin_runs: number;
   n_basins: number;
   top_basins: number;
 }
@@ -96,7 +97,7 @@ export class AuditState {
   basin: Uint16Array;
   ratio: Uint8Array;
   basinSizes: Uint32Array;
-  seq: Uint32Array;
+  seq: Uint16Array | Uint32Array;
   nSequences: number;
   sequenceIds: Uint32Array;
   seqCe: Float64Array;
@@ -124,7 +125,7 @@ export class AuditState {
     this.basin = typed(model.get("scatter_basin"), Uint16Array);
     this.ratio = typed(model.get("scatter_ratio"), Uint8Array);
     this.basinSizes = typed(model.get("scatter_basin_sizes"), Uint32Array);
-    this.seq = typed(model.get("scatter_seq"), Uint32Array);
+    this.seq = model.get("scatter_seq_bytes") === 2 ? typed(model.get("scatter_seq"), Uint16Array) : typed(model.get("scatter_seq"), Uint32Array);
     this.nSequences = model.get("n_sequences") ?? 0;
     this.sequenceIds = typed(model.get("sequence_ids"), Uint32Array);
     this.seqCe = decodeHalf(model.get("seq_ce"));
@@ -197,8 +198,19 @@ export class AuditState {
       basin: this.basin.subarray(base, base + n),
       ratio: this.ratio.subarray(base, base + n),
       seq: this.seq.subarray(s.seq_offset, s.seq_offset + n),
-      basinSizes: this.basinSizes.subarray(s.basin_offset, s.basin_offset + s.n_basins),
+      basinSizes: this.expandRuns(this.basinSizes.subarray(s.basin_offset, s.basin_offset + 2 * s.basin_runs), s.n_basins),
     };
+  }
+
+  /** (value, run) pairs -> the values, each repeated run times. */
+  private expandRuns(pairs: Uint32Array, n: number): Uint32Array {
+    const out = new Uint32Array(n);
+    let k = 0;
+    for (let j = 0; j + 1 < pairs.length; j += 2) {
+      out.fill(pairs[j], k, Math.min(n, k + pairs[j + 1]));
+      k += pairs[j + 1];
+    }
+    return out;
   }
 
   ratioValue(s: ScatterLayer, q: number): number {

@@ -1,0 +1,249 @@
+"""widget_state packing and the HTML report, checked by decoding the bytes back by hand."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import math
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "browser"))
+from fakes import fake_audit
+
+from hopaudit import report, widget
+from hopaudit.widget import LAYER_STAT_COLUMNS, decode, widget_state
+
+HAS_BUNDLE = widget.ESM_PATH.is_file()
+
+
+@pytest.fixture(scope="module")
+def audit():
+    return fake_audit(n_blocks=3, d=160, n=24, seed=3, skip=1)
+
+
+@pytest.fixture(scope="module")
+def state(audit):
+    return widget_state(audit)
+
+
+def test_every_array_is_bytes_never_a_json_list_of_numbers(state):
+    def numbers_in_lists(v):
+        if isinstance(v, list):
+            return any(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) or any(
+                numbers_in_lists(x) for x in v
+            )
+        if isinstance(v, dict):
+            return any(numbers_in_lists(x) for x in v.values())
+        return False
+
+    # hist_fractions is the one short list of numbers (the four fractions, not data)
+    offenders = [k for k, v in state.items() if k != "hist_fractions" and numbers_in_lists(v)]
+    assert offenders == []
+    for key in widget.STATE_LAYOUT:
+        assert isinstance(state[key], bytes), key
+
+
+def test_layer_table_round_trips(audit, state):
+    stats = decode(state, "layer_stats")
+    table = audit.layers
+    assert stats.shape == (len(table), len(LAYER_STAT_COLUMNS))
+    for col in ("r_hat", "r_star", "r_c", "nn_median", "twonn_id", "floor_low"):
+        j = LAYER_STAT_COLUMNS.index(col)
+        want = table[col].to_numpy(dtype=float)
+        np.testing.assert_allclose(stats[:, j], want, rtol=0, atol=0, equal_nan=True)
+    # The interquartile band comes from the report's raw distances.
+    name = table["name"].iloc[-1]
+    q25, q75 = np.quantile(audit.reports[name].nn, [0.25, 0.75])
+    j25, j75 = LAYER_STAT_COLUMNS.index("r_hat_q25"), LAYER_STAT_COLUMNS.index("r_hat_q75")
+    assert stats[-1, j25] == pytest.approx(q25 / 2, rel=1e-12)
+    assert stats[-1, j75] == pytest.approx(q75 / 2, rel=1e-12)
+    # The skipped layer is all NaN and says why.
+    assert np.isnan(stats[1, LAYER_STAT_COLUMNS.index("r_hat")])
+    assert state["layer_info"][1]["skipped_reason"] == "all rows were non-finite"
+    assert state["layer_info"][0]["skipped_reason"] is None
+
+
+def test_histograms_match_numpy_on_the_shared_edges(audit, state):
+    counts = decode(state, "hist_counts")
+    ranges = decode(state, "hist_range")
+    medians = decode(state, "hist_medians")
+    bins = state["hist_bins"]
+    for i, name in enumerate(state["layer_names"]):
+        rep = audit.reports.get(name)
+        if rep is None:
+            assert counts[i].sum() == 0 and np.isnan(ranges[i]).all()
+            continue
+        lo, hi = ranges[i]
+        assert lo <= 2 * rep.r_star <= hi and lo <= 2 * rep.r_hat <= hi
+        edges = np.linspace(lo, hi, bins + 1)
+        for j, frac in enumerate(state["hist_fractions"]):
+            d = rep.saturation_nn[frac]
+            # every distance lands in a bin: nothing dropped at the edges
+            assert counts[i, j].sum() == len(d)
+            # independent binning: searchsorted on the edges, last bin closed
+            k = np.clip(np.searchsorted(edges, d, side="right") - 1, 0, bins - 1)
+            np.testing.assert_array_equal(counts[i, j], np.bincount(k, minlength=bins))
+            assert medians[i, j] == pytest.approx(float(np.median(d)))
+
+
+def test_scatter_points_decode_within_quantization_error(audit, state):
+    xy = decode(state, "scatter_xy")
+    basin = decode(state, "scatter_basin")
+    ratio = decode(state, "scatter_ratio")
+    seq = decode(state, "scatter_seq")
+    assert [m["name"] for m in state["scatter_layers"]] == list(audit.embeddings)
+    for meta in state["scatter_layers"]:
+        emb = audit.embeddings[meta["name"]]
+        o, m = meta["offset"], meta["n"]
+        q = xy[o : o + m].astype(np.float64)
+        x = meta["x0"] + q[:, 0] / 65535 * (meta["x1"] - meta["x0"])
+        y = meta["y0"] + q[:, 1] / 65535 * (meta["y1"] - meta["y0"])
+        step = max(meta["x1"] - meta["x0"], meta["y1"] - meta["y0"]) / 65535
+        assert np.abs(x - emb.xy[:, 0]).max() <= step / 2 + 1e-6
+        assert np.abs(y - emb.xy[:, 1]).max() <= step / 2 + 1e-6
+        r = meta["ratio_lo"] + ratio[o : o + m] / 254 * (meta["ratio_hi"] - meta["ratio_lo"])
+        assert np.abs(r - emb.ratio).max() <= (meta["ratio_hi"] - meta["ratio_lo"]) / 254 / 2 + 1e-6
+        s = seq[meta["seq_offset"] : meta["seq_offset"] + m]
+        np.testing.assert_array_equal(s, emb.sequence)
+        # basin ranks: rank 0 is the largest basin, points sharing a basin share a rank
+        ranks = basin[o : o + m]
+        layer_sizes = widget.basin_sizes(state, state["scatter_layers"].index(meta))
+        assert len(layer_sizes) == meta["n_basins"]
+        assert np.all(np.diff(layer_sizes.astype(np.int64)) <= 0)
+        true_size = audit.reports[meta["name"]].basin_sizes
+        for b in np.unique(emb.basin):
+            rb = np.unique(ranks[emb.basin == b])
+            assert len(rb) == 1
+            assert layer_sizes[rb[0]] == true_size[b]
+        assert meta["n_basins"] == len(np.unique(emb.basin))
+
+
+def test_shared_sequence_arrays_are_sent_once(state):
+    metas = state["scatter_layers"]
+    assert len({m["seq_offset"] for m in metas}) == 1  # the fake reuses one subsample
+    assert len(decode(state, "scatter_seq")) == metas[0]["n"]
+
+
+def test_samples_and_texts(audit, state):
+    df = audit.samples
+    rows = decode(state, "sample_seq").astype(np.int64)
+    values = decode(state, "sample_values")
+    ce = df["cross_entropy"].to_numpy()
+    # the 100 lowest cross-entropies are all in the table
+    assert set(np.argsort(ce)[:100]) <= set(rows.tolist())
+    np.testing.assert_allclose(values[:, 0], ce[rows].astype(np.float32))
+    ratio = df["distance_ratio"].to_numpy()[rows]
+    np.testing.assert_allclose(values[:, 3], ratio.astype(np.float32))
+    offsets = decode(state, "text_offsets")
+    blob = state["text_bytes"]
+    for i in (0, 7, int(rows[0])):
+        text = blob[offsets[i] : offsets[i + 1]].decode("utf-8")
+        assert text == df["text"].iloc[i]
+    seq_ce = decode(state, "seq_ce")
+    np.testing.assert_allclose(seq_ce.astype(np.float64), ce, rtol=1e-3)
+
+
+def test_long_texts_are_cut_and_multibyte_safe():
+    a = fake_audit(n_blocks=1, d=40, n=8, seed=1)
+    a.samples.loc[0, "text"] = "é" * 500
+    s = widget_state(a, text_chars=50)
+    off = decode(s, "text_offsets")
+    t0 = s["text_bytes"][off[0] : off[1]].decode("utf-8")
+    assert t0 == "é" * 49 + "…"
+
+
+def test_size_is_about_eight_bytes_per_point():
+    a = fake_audit(n_blocks=2, d=1500, n=8, seed=2)
+    for e in a.embeddings.values():
+        e.sequence = e.sequence.copy()  # same values: still sent once
+    s = widget_state(a, text_chars=0)
+    points = sum(m["n"] for m in s["scatter_layers"])
+    scatter = sum(
+        len(s[k])
+        for k in (
+            "scatter_xy",
+            "scatter_basin",
+            "scatter_ratio",
+            "scatter_seq",
+            "scatter_basin_sizes",
+        )
+    )
+    # 4 (xy) + 2 (basin) + 1 (ratio) per point, one shared uint16 sequence array, basin sizes
+    # run-length encoded (sizes by rank never increase: few distinct values)
+    runs = sum(m["basin_runs"] for m in s["scatter_layers"])
+    assert s["scatter_seq_bytes"] == 2
+    assert scatter == points * 7 + 1500 * 2 + 8 * runs
+    assert runs < 100
+    assert scatter / points < 8
+
+
+def test_json_parts_have_no_nan(state):
+    import json
+
+    json.dumps({k: v for k, v in state.items() if not isinstance(v, bytes)}, allow_nan=False)
+
+
+def test_bins_must_be_at_least_two(audit):
+    with pytest.raises(ValueError, match="bins"):
+        widget_state(audit, bins=1)
+
+
+def test_report_payload_round_trips(state):
+    packed = report.pack_state(state)
+    back = report.unpack_state(packed)
+    assert back.keys() == state.keys()
+    for k, v in state.items():
+        assert back[k] == v, k
+    # buffers are 8-byte aligned in the body so typed arrays need no copy
+    n = int.from_bytes(packed[4:8], "little")
+    assert (8 + n) % 8 == 0
+    enc = report.encode_state(state)
+    assert report.unpack_state(gzip.decompress(base64.b64decode(enc))) == back
+
+
+@pytest.mark.skipif(not HAS_BUNDLE, reason="front end not built (npm run build in js/)")
+def test_html_is_self_contained(audit, tmp_path):
+    path = report.to_html(audit, tmp_path / "r.html")
+    text = path.read_text(encoding="utf-8")
+    assert "<script" in text and "unpackReport" in text
+    # no network: no external script, stylesheet or module URL
+    assert not re.search(r"<(script|link)[^>]+(src|href)=", text)
+    assert "cdn" not in text.lower().split("hopaudit-esm")[0]
+    payload = re.search(r'id="hopaudit-state">([^<]+)<', text).group(1)
+    back = report.unpack_state(gzip.decompress(base64.b64decode(payload)))
+    assert back["layer_stats"] == widget_state(audit)["layer_stats"]
+    # the inlined module cannot end its <script> element early
+    esm = text.split('id="hopaudit-esm">', 1)[1]
+    assert esm.index("</script") == esm.index('</script>\n<script type="module">')
+
+
+def test_to_html_rejects_other_objects(tmp_path):
+    with pytest.raises(TypeError, match="to_html takes"):
+        report.to_html(object(), tmp_path / "x.html")
+
+
+def test_missing_bundle_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(widget, "ESM_PATH", tmp_path / "nope" / "widget.js")
+    with pytest.raises(FileNotFoundError, match=r"reinstall with pip install -e \. \(needs npm\)"):
+        widget.AuditWidget()
+
+
+@pytest.mark.skipif(not HAS_BUNDLE, reason="front end not built (npm run build in js/)")
+def test_widget_traits_hold_the_state(audit, state):
+    w = widget.AuditWidget.from_audit(audit)
+    for k, v in state.items():
+        assert getattr(w, k) == v, k
+    assert w._esm.startswith(widget.ESM_PATH.read_text()[:50])
+    # everything the view needs is synced (a saved notebook shows it all)
+    synced = set(w.trait_names(sync=True))
+    assert set(state) <= synced
+
+
+def test_float_helper():
+    assert widget._f(float("nan")) is None and widget._f(math.inf) is None
+    assert widget._f(np.float32(2.5)) == 2.5
