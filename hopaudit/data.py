@@ -395,7 +395,12 @@ def _mapping_rows(batches: Iterable) -> Iterator[torch.Tensor]:
 
 def _sequence_rows(items: Iterable) -> Iterator[torch.Tensor]:
     for i, item in enumerate(items):
-        if isinstance(item, (list, tuple)) and item and isinstance(item[0], torch.Tensor):
+        if (
+            isinstance(item, (list, tuple))
+            and item
+            and isinstance(item[0], torch.Tensor)
+            and item[0].ndim >= 1
+        ):
             item = item[0]  # a DataLoader over a TensorDataset yields [ids, ...]
         if isinstance(item, (torch.Tensor, np.ndarray)) and item.ndim == 2:
             yield from _tensor_rows(item, f"batch {i} of token ids")
