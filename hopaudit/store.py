@@ -104,15 +104,13 @@ class ActivationStore:
                         "activation store; give a new or empty directory so nothing of yours "
                         "is overwritten"
                     )
-                known = {META_FILE} | {entry["file"] for entry in old["layers"]}
-                strangers = sorted(e.name for e in entries if e.name not in known)
+                strangers = _foreign_entries(path, old)
                 if strangers:
                     raise FormatError(
                         f"store path {str(path)!r} holds a previous activation store plus other "
                         f"files ({strangers[:5]}); give a new or empty directory"
                     )
-                for e in entries:  # replace the previous store
-                    e.unlink()
+                _remove_store(path, old)  # replace the previous store
         else:
             path.mkdir(parents=True)
             self._created_dir = True
@@ -346,3 +344,33 @@ def _read_meta(path: Path) -> dict[str, Any]:
     ):
         raise FormatError(f"{str(file)!r} has no valid layer list; the store is damaged")
     return meta
+
+
+def _foreign_entries(path: Path, meta: dict[str, Any]) -> list[str]:
+    """Entries of a previous store directory that are not part of it (nested stores, such as
+    the ``heldout`` store :func:`hopaudit.audit` writes inside the main one, are part of it)."""
+    known = {META_FILE, META_FILE + ".tmp"} | {e["file"] for e in meta["layers"]}
+    foreign = []
+    for e in path.iterdir():
+        if e.name in known and e.is_file():
+            continue
+        if e.is_dir() and (e / META_FILE).is_file():
+            try:
+                inner = _read_meta(e)
+            except FormatError:
+                foreign.append(e.name)
+                continue
+            foreign += [f"{e.name}/{x}" for x in _foreign_entries(e, inner)]
+            continue
+        foreign.append(e.name)
+    return sorted(foreign)
+
+
+def _remove_store(path: Path, meta: dict[str, Any]) -> None:
+    """Delete a previous store checked by :func:`_foreign_entries` (its files and nested stores)."""
+    for e in path.iterdir():
+        if e.is_dir():
+            _remove_store(e, _read_meta(e))
+            e.rmdir()
+        else:
+            e.unlink()

@@ -138,6 +138,16 @@ def test_path_must_be_empty_dir_or_previous_store(tmp_path):
     new.finalize()
     assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["layer_000.f16", "meta.json"]
     assert ActivationStore.open(tmp_path / "old").get("c").shape == (1, 5)
+    # ... also with a nested store inside (audit's held-out store), but not with strangers
+    inner = ActivationStore(["a"], path=tmp_path / "old" / "heldout")
+    inner.append("a", np.ones((1, 2)))
+    inner.finalize()
+    ActivationStore(["d"], path=tmp_path / "old").finalize()
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["meta.json"]
+    ActivationStore(["a"], path=tmp_path / "old" / "heldout").finalize()
+    (tmp_path / "old" / "heldout" / "mine.txt").write_text("x")
+    with pytest.raises(FormatError, match="heldout/mine.txt"):
+        ActivationStore(["d"], path=tmp_path / "old")
 
 
 def test_open_errors(tmp_path):
