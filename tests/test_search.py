@@ -1,0 +1,229 @@
+"""Nearest-neighbour search: both backends against a float64 numpy brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hopaudit import search
+from hopaudit.errors import SearchError
+from hopaudit.search import AUTO_EXACT_MAX, build_index, knn_self
+
+
+def brute(x: np.ndarray, y: np.ndarray, k: int, exclude_self: bool = False):
+    """float64 brute force by direct differences: ids and L2 distances of the k nearest rows
+    of y for each row of x (lower id first on ties)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    ids = np.empty((len(x), k), dtype=np.int64)
+    dists = np.empty((len(x), k))
+    step = max(1, 2_000_000 // (len(y) * x.shape[1]))
+    for s in range(0, len(x), step):
+        d = np.sqrt(((x[s : s + step, None, :] - y[None, :, :]) ** 2).sum(-1))
+        if exclude_self:
+            d[np.arange(d.shape[0]), np.arange(s, s + d.shape[0])] = np.inf
+        i = np.argsort(d, axis=1, kind="stable")[:, :k]
+        ids[s : s + step] = i
+        dists[s : s + step] = np.take_along_axis(d, i, 1)
+    return ids, dists
+
+
+def mixture(n: int, dim: int, centres: int = 40, spread: float = 0.3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, dim))
+    lab = rng.integers(0, centres, n)
+    return (c[lab] + spread * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- exact backend
+
+
+def test_exact_matches_numpy_brute_force():
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=(700, 24))
+    x = rng.normal(size=(90, 24))
+    index = build_index(y, "exact")
+    assert (index.kind, len(index), index.dim) == ("exact", 700, 24)
+    ids, dists = index.query(x, 7)
+    ref_ids, ref_d = brute(x, y, 7)
+    assert ids.dtype == np.int64 and dists.dtype == np.float32
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(dists, ref_d, rtol=2e-6, atol=1e-6)
+
+
+def test_exact_is_tiled_correctly(monkeypatch):
+    # Tiny tiles and chunks force many query tiles, stored tiles and candidate merges.
+    monkeypatch.setattr(search, "_TILE_ELEMS", 1 << 14)
+    monkeypatch.setattr(search, "_CHUNK_BYTES", 4 * 16 * 37)
+    y = mixture(1500, 16, seed=2)
+    index = build_index(y, "exact")
+    ids, dists = knn_self(index, y, 5)
+    ref_ids, ref_d = brute(y, y, 5, exclude_self=True)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(dists, ref_d, rtol=2e-6, atol=1e-6)
+
+
+def test_exact_centres_away_a_large_common_offset():
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=(500, 32)) + 1e4  # float64 input far from the origin
+    index = build_index(y, "exact")
+    ids, dists = knn_self(index, y, 4)
+    ref_ids, ref_d = brute(y - 1e4, y - 1e4, 4, exclude_self=True)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(dists, ref_d, rtol=1e-5)
+    # The test can fail: without centring, float32 |x|^2 - 2x.y + |y|^2 is off by far more.
+    y32 = y.astype(np.float32)
+    sq = (y32 * y32).sum(1)
+    naive = np.sqrt(np.maximum(sq[:5, None] - 2 * y32[:5] @ y32.T + sq[None], 0))
+    exact = np.sqrt(((y[:5, None] - y[None]) ** 2).sum(-1))
+    assert np.abs(naive - exact).max() > 0.1
+
+
+def test_exact_duplicates_give_zero_with_self_excluded_by_id():
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(200, 12))
+    y = np.concatenate([base, base[:50]])  # rows 200..249 duplicate rows 0..49
+    for kind in ("exact", "hnsw"):
+        ids, dists = knn_self(build_index(y, kind), y, 3)
+        assert np.all(ids != np.arange(250)[:, None]), kind
+        np.testing.assert_array_equal(dists[:50, 0], 0.0)
+        np.testing.assert_array_equal(ids[:50, 0], np.arange(200, 250))
+        np.testing.assert_array_equal(ids[200:, 0], np.arange(50))
+        assert np.all(dists[50:200, 0] > 0)
+
+
+def test_all_identical_rows():
+    y = np.ones((30, 5), dtype=np.float16)
+    for kind in ("exact", "hnsw"):
+        ids, dists = knn_self(build_index(y, kind), y, 4)
+        np.testing.assert_array_equal(dists, 0.0)
+        assert np.all(ids != np.arange(30)[:, None])
+        assert np.all((ids >= 0) & (ids < 30))
+
+
+def test_exact_accepts_torch_and_float16_memmap(tmp_path):
+    y = mixture(600, 20, seed=5)
+    path = tmp_path / "acts.f16"
+    mm = np.memmap(path, dtype=np.float16, mode="w+", shape=y.shape)
+    mm[:] = y
+    mm.flush()
+    mm = np.memmap(path, dtype=np.float16, mode="r", shape=y.shape)
+    ids_mm, d_mm = knn_self(build_index(mm, "exact"), mm, 3)
+    ids_t, _ = knn_self(build_index(torch.from_numpy(y), "exact"), y, 3)
+    ref_ids, ref_d = brute(np.asarray(mm, np.float64), np.asarray(mm, np.float64), 3, True)
+    np.testing.assert_allclose(d_mm, ref_d, rtol=2e-6, atol=1e-6)
+    np.testing.assert_array_equal(ids_mm[:, 0], ref_ids[:, 0])
+    np.testing.assert_array_equal(ids_t, brute(y, y, 3, True)[0])
+
+
+def test_add_extends_ids():
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(size=(300, 8)), rng.normal(size=(200, 8))
+    both = np.concatenate([a, b])
+    for kind in ("exact", "hnsw"):
+        index = build_index(a, kind)
+        index.add(b)
+        assert len(index) == 500
+        ids, dists = index.query(both[::7], 1)
+        np.testing.assert_array_equal(ids[:, 0], np.arange(500)[::7])
+        np.testing.assert_allclose(dists[:, 0], 0.0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- HNSW backend
+
+
+def test_hnsw_recall_at_1_and_true_l2_distances(monkeypatch):
+    y = mixture(20000, 64, centres=60, spread=0.35, seed=7).astype(np.float16)
+    # Small float32 chunks: the build and the queries cross many chunk boundaries.
+    monkeypatch.setattr(search, "_CHUNK_BYTES", 4 * 64 * 3000)
+    hnsw = build_index(y, "hnsw", threads=2)
+    assert (hnsw.kind, len(hnsw), hnsw.dim) == ("hnsw", 20000, 64)
+    ids, dists = knn_self(hnsw, y, 5)
+    # Ground truth on every 10th pattern (the exact backend is checked against numpy above).
+    rows = np.arange(0, 20000, 10)
+    ex_ids, ex_d = build_index(y, "exact").query(y[rows], 2)
+    assert np.all(ex_ids[:, 0] == rows)  # no duplicates in this set: self comes first
+    recall_id = np.mean(ids[rows, 0] == ex_ids[:, 1])
+    recall_dist = np.mean(dists[rows, 0] <= ex_d[:, 1] * (1 + 1e-5))
+    assert recall_id >= 0.99 and recall_dist >= 0.99, (recall_id, recall_dist)
+    assert np.all(np.diff(dists, axis=1) >= 0)
+    # True L2 (not squared) to the ids returned, recomputed in float64.
+    y64 = y.astype(np.float64)
+    rows = np.arange(0, 20000, 97)
+    direct = np.linalg.norm(y64[rows, None, :] - y64[ids[rows]], axis=2)
+    np.testing.assert_allclose(dists[rows], direct, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_hnsw_recall_at_1_dimension_576():
+    y = mixture(20000, 576, centres=80, spread=0.35, seed=8).astype(np.float16)
+    ids, dists = knn_self(build_index(y, "hnsw"), y, 15)
+    ex_ids, ex_d = knn_self(build_index(y, "exact"), y, 15)
+    assert np.mean(dists[:, 0] <= ex_d[:, 0] * (1 + 1e-5)) >= 0.99
+    assert np.mean(ids[:, 0] == ex_ids[:, 0]) >= 0.99
+
+
+def test_hnsw_offset_data_keeps_precision():
+    rng = np.random.default_rng(9)
+    y = rng.normal(size=(800, 16)) + 5e3
+    ids, dists = build_index(y, "hnsw").query(y[:50] + 0.01, 1)
+    np.testing.assert_array_equal(ids[:, 0], np.arange(50))
+    np.testing.assert_allclose(dists[:, 0], 0.01 * 4, rtol=1e-3)  # |0.01 * ones(16)| = 0.04
+
+
+def test_hnsw_query_ef_covers_k():
+    y = mixture(3000, 8, seed=10)
+    index = build_index(y, "hnsw", ef=4)
+    ids, dists = index.query(y[:100], 40)  # ef is raised to k + 1
+    assert ids.shape == (100, 40) and np.all(np.diff(dists, axis=1) >= 0)
+    ref_ids, _ = brute(y[:100], y, 40)
+    assert np.mean([len(set(a) & set(b)) / 40 for a, b in zip(ids, ref_ids, strict=True)]) > 0.9
+
+
+# --------------------------------------------------------------------------- choice and errors
+
+
+def test_auto_kind_and_threads(monkeypatch):
+    assert search._resolve_kind("auto", AUTO_EXACT_MAX, None) == "exact"
+    assert search._resolve_kind("auto", AUTO_EXACT_MAX + 1, None) == "hnsw"
+    assert search._resolve_kind("auto", AUTO_EXACT_MAX + 1, "cpu") == "hnsw"
+    assert search._resolve_kind("auto", 10**7, "cuda") == "exact"
+    assert search._resolve_kind("auto", 10**7, torch.device("cuda", 0)) == "exact"
+    assert search._resolve_kind("hnsw", 10, None) == "hnsw"
+    monkeypatch.setattr(search, "AUTO_EXACT_MAX", 100)
+    y = np.random.default_rng(11).normal(size=(101, 3)).astype(np.float32)
+    assert build_index(y[:100]).kind == "exact"
+    hnsw = build_index(y)
+    assert hnsw.kind == "hnsw"
+    import os
+
+    assert hnsw.threads == len(os.sched_getaffinity(0))
+    assert build_index(y, "hnsw", threads=1).threads == 1
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+def test_errors_say_what_is_wrong(kind):
+    rng = np.random.default_rng(12)
+    y = rng.normal(size=(10, 4))
+    with pytest.raises(SearchError, match=r"at least 2 patterns.*got 1"):
+        build_index(y[:1], kind)
+    with pytest.raises(SearchError, match="2-D"):
+        build_index(y[0], kind)
+    with pytest.raises(SearchError, match="2-D"):
+        build_index(y[None], kind)
+    index = build_index(y, kind)
+    with pytest.raises(SearchError, match=r"k=10 .* only 10 patterns; use k <= 9"):
+        knn_self(index, y, 10)
+    with pytest.raises(SearchError, match=r"dimension 5 .* dimension 4"):
+        index.query(rng.normal(size=(3, 5)), 1)
+    with pytest.raises(SearchError, match=r"k=11 .* only 10 patterns"):
+        index.query(y, 11)
+    bad = y.copy()
+    bad[6, 2] = np.nan
+    with pytest.raises(SearchError, match="NaN or inf \\(first at row 6"):
+        build_index(bad, kind)
+    with pytest.raises(SearchError, match="NaN or inf"):
+        index.query(bad, 1)
+    with pytest.raises(SearchError, match="kind must be"):
+        build_index(y, "faiss")
