@@ -310,12 +310,13 @@ def _probe_head_input(
     handles = [m.register_forward_hook(on_output(p, m)) for p, m in watched]
     handles.append(head.register_forward_pre_hook(on_head, with_kwargs=True))
     ids = torch.tensor([[1, 2, 3]], dtype=torch.long, device=device)
+    run = getattr(model, "_orig_mod", model)  # torch.compile wrapper: probe without compiling
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             try:
-                model(input_ids=ids)
+                run(input_ids=ids)
             except TypeError:
-                model(ids)
+                run(ids)
     except Exception:
         return None
     finally:

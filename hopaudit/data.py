@@ -646,6 +646,7 @@ def _resolve_tokenizer(tokenizer: Any, model: Any, quiet: bool = False) -> Any |
                 return None
             raise DataError(f"cannot load the tokenizer {str(tokenizer)!r}: {e}") from None
     if type(tokenizer).__module__.startswith("tokenizers") and hasattr(tokenizer, "encode_batch"):
+        # A raw tokenizers.Tokenizer knows no EOS/pad roles: no separator, pad id 0.
         from transformers import PreTrainedTokenizerFast
 
         return PreTrainedTokenizerFast(tokenizer_object=tokenizer)

@@ -270,3 +270,12 @@ def test_parameter_counts_nanogpt_by_hand():
     model.blocks[1].ln_1.weight = model.blocks[0].ln_1.weight
     total2, in_blocks2 = count_parameters(model, find_blocks(model))
     assert (total2, in_blocks2) == (expect_total - d, n_layer * block - d)
+
+
+def test_compiled_model_is_found_and_probed_without_compiling():
+    model, info = tiny_model("llama")
+    compiled = torch.compile(model)  # compiles lazily: a forward through it would compile
+    found = find_blocks(compiled)
+    assert [p for p, _ in found] == ["_orig_mod." + p for p in info.block_paths]
+    path, module = find_final_norm(compiled, found)
+    assert path == "_orig_mod.model.norm" and module is model.model.norm

@@ -443,3 +443,15 @@ def test_bad_token_data():
         prepare_data(TokenData(ids, torch.ones_like(ids), ["a"]))
     with pytest.raises(DataError, match="no real tokens"):
         prepare_data(TokenData(ids, torch.zeros_like(ids), ["a", "b"]))
+
+
+def test_tokenizer_output_and_raw_tokenizers_object(tok):
+    batch = tok(NONEMPTY[:2], padding=True, return_tensors="pt")  # a BatchEncoding
+    d = prepare_data(batch, tok)
+    for i, text in enumerate(NONEMPTY[:2]):
+        assert d.input_ids[i, : d.attention_mask[i].sum()].tolist() == enc(tok, text)
+    raw = tok.backend_tokenizer  # a tokenizers.Tokenizer: no special-token roles, so no EOS
+    got = prepare_data(TEXTS, raw, max_length=8)
+    stream = hand_stream(tok, TEXTS, sep=None)
+    n = len(stream) // 8
+    assert torch.equal(got.input_ids, torch.tensor(stream[: n * 8]).view(n, 8))
