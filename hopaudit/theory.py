@@ -53,9 +53,11 @@ _lgamma_ufunc = np.frompyfunc(math.lgamma, 1, 1)
 def _lgamma(x: np.ndarray) -> np.ndarray:
     """log Gamma(x) elementwise, as float64 (x > 0 here, so no sign to track)."""
     x = np.asarray(x, dtype=np.float64)
-    if x.size == 0:
-        return np.empty(x.shape, dtype=np.float64)
-    return np.asarray(_lgamma_ufunc(x), dtype=np.float64)
+    if x.size <= 16:
+        return np.asarray(_lgamma_ufunc(x), dtype=np.float64).reshape(x.shape)
+    # one layer's radii all share a = n/2: evaluate each distinct value once
+    values, inverse = np.unique(x, return_inverse=True)
+    return np.asarray(_lgamma_ufunc(values), dtype=np.float64)[inverse].reshape(x.shape)
 
 
 def _result(values: np.ndarray) -> float | np.ndarray:
@@ -146,8 +148,11 @@ def _log_prefactor(a: np.ndarray, x: np.ndarray) -> np.ndarray:
     the direct form loses about log10(a log a) digits; Temme's form -a (t - log1p t) -
     log(2 pi a) / 2 - stirling(a), with t = (x - a)/a, keeps them all.
     """
-    out = a * np.log(x) - x - _lgamma(a + 1.0)
+    out = np.empty_like(x)
     big = a >= _STIRLING_MIN
+    small = ~big
+    if np.any(small):
+        out[small] = a[small] * np.log(x[small]) - x[small] - _lgamma(a[small] + 1.0)
     if np.any(big):
         ab, xb = a[big], x[big]
         inv = 1.0 / ab
@@ -167,20 +172,25 @@ def _log_p_series(a: np.ndarray, x: np.ndarray) -> np.ndarray:
     P(a, x) = x^a e^-x / Gamma(a + 1) * sum_k x^k / ((a+1)...(a+k)); every ratio x / (a+k)
     is below one, so the terms fall monotonically and the sum never overflows.
     """
-    total = np.ones_like(x)
+    result = np.empty_like(x)
+    idx = np.arange(x.size)
+    xs, denom = x.copy(), a.copy()
     term = np.ones_like(x)
-    denom = a.copy()
-    active = np.arange(x.size)
+    total = np.ones_like(x)
     for _ in range(_max_iterations(a)):
-        denom[active] += 1.0
-        term[active] *= x[active] / denom[active]
-        total[active] += term[active]
-        active = active[term[active] > 0.5 * _EPS * total[active]]
-        if active.size == 0:
-            break
+        denom += 1.0
+        term *= xs / denom
+        total += term
+        done = term <= 0.5 * _EPS * total
+        if done.any():  # store the converged sums, keep iterating on the rest only
+            result[idx[done]] = total[done]
+            keep = ~done
+            idx, xs, denom, term, total = idx[keep], xs[keep], denom[keep], term[keep], total[keep]
+            if idx.size == 0:
+                break
     else:  # pragma: no cover - the bound above is never reached in double precision
         raise RuntimeError("the incomplete gamma series did not converge")
-    return _log_prefactor(a, x) + np.log(total)
+    return _log_prefactor(a, x) + np.log(result)
 
 
 def _log_q_continued_fraction(a: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -189,31 +199,33 @@ def _log_q_continued_fraction(a: np.ndarray, x: np.ndarray) -> np.ndarray:
     Q(a, x) = x^a e^-x / Gamma(a) * 1/(x+1-a- 1(1-a)/(x+3-a- 2(2-a)/(x+5-a- ...))),
     evaluated as a log so that Q never underflows, whatever the size of x.
     """
-    b = x + 1.0 - a
+    result = np.empty_like(x)
+    idx = np.arange(x.size)
+    aa = a.copy()
+    b = x + 1.0 - a  # >= 2 in this branch
     c = np.full_like(x, 1.0 / _TINY)
     d = 1.0 / b
     h = d.copy()
-    active = np.arange(x.size)
     for i in range(1, _max_iterations(a) + 1):
-        aa = a[active]
         an = -i * (i - aa)
-        b[active] += 2.0
-        bb = b[active]
-        dd = an * d[active] + bb
-        dd = np.where(np.abs(dd) < _TINY, _TINY, dd)
-        cc = bb + an / c[active]
-        cc = np.where(np.abs(cc) < _TINY, _TINY, cc)
-        dd = 1.0 / dd
-        delta = dd * cc
-        d[active] = dd
-        c[active] = cc
-        h[active] *= delta
-        active = active[np.abs(delta - 1.0) >= _EPS]
-        if active.size == 0:
-            break
+        b += 2.0
+        d = an * d + b
+        d[np.abs(d) < _TINY] = _TINY
+        c = b + an / c
+        c[np.abs(c) < _TINY] = _TINY
+        d = 1.0 / d
+        delta = d * c
+        h *= delta
+        done = np.abs(delta - 1.0) < _EPS
+        if done.any():
+            result[idx[done]] = h[done]
+            keep = ~done
+            idx, aa, b, c, d, h = idx[keep], aa[keep], b[keep], c[keep], d[keep], h[keep]
+            if idx.size == 0:
+                break
     else:  # pragma: no cover
         raise RuntimeError("the incomplete gamma continued fraction did not converge")
-    return _log_prefactor(a, x) + np.log(a) + np.log(h)  # Gamma(a+1) = a Gamma(a)
+    return _log_prefactor(a, x) + np.log(a) + np.log(result)  # Gamma(a+1) = a Gamma(a)
 
 
 def log_lower_gamma_regularized(a: ArrayLike, x: ArrayLike) -> float | np.ndarray:
