@@ -14,7 +14,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "audit": "hopaudit.api",
-    "Audit": "hopaudit.audit",
+    "Audit": "hopaudit.result",
+    "Embedding": "hopaudit.result",
+    "load": "hopaudit.persist",
     "measure": "hopaudit.measure",
     "LayerReport": "hopaudit.measure",
     "find_blocks": "hopaudit.blocks",

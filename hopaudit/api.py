@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .audit import Audit, Embedding
 from .blocks import count_parameters, find_blocks, find_final_norm
 from .capture import capture
 from .data import prepare_data
 from .errors import DataError, HopauditError, SearchError
 from .loading import load_model
 from .measure import measure
+from .result import Audit, Embedding
 
 NORMALIZE_MODES = ("rms", "none")
 INDEX_KINDS = ("auto", "hnsw", "exact")

@@ -220,6 +220,13 @@ class Audit:
             raise HopauditError(f"layer {name!r} was skipped: {self.skipped.get(name)}")
         return self.reports[name]
 
+    # ------------------------------------------------------------------ disk
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write this audit to a directory; ``hopaudit.load(path)`` reads it back whole."""
+        from .persist import save_audit
+
+        return save_audit(self, path, overwrite=overwrite)
+
     # ----------------------------------------------------------------- views
     def widget(self) -> Any:
         """The interactive anywidget view of this audit."""
