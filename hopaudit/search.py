@@ -38,11 +38,15 @@ __all__ = [
     "knn_self",
 ]
 
-#: ``kind="auto"`` uses exact search up to this many patterns on the CPU (measured: below it,
-#: exact search of the whole set is about as fast as building the HNSW graph, and it is exact).
+#: ``kind="auto"`` uses exact search up to this many patterns on the CPU. Measured on 2 cores
+#: (build + knn_self, k = 15, clustered data): 5 000 x 576 exact 1.15 s vs HNSW 1.16 s;
+#: 10 000 x 576 exact 4.0 s vs HNSW 5.0 s; 10 000 x 64 exact 2.1 s vs HNSW 1.7 s; 20 000 x 576
+#: exact 11-22 s vs HNSW 4-10 s. Up to about 10 000 exact costs no more and has no misses.
 AUTO_EXACT_MAX = 10000
-#: Default query-time ``ef`` of the HNSW backend (raised to ``k + 1`` when needed); chosen by
-#: measurement for recall@1 >= 0.99 on clustered data of dimension 64 to 576.
+#: Default query-time ``ef`` of the HNSW backend (raised to ``k + 1`` when needed). Measured
+#: recall@1 on 20 000 x 576 clustered data (M = 16, ef_construction = 200): ef 16 -> 0.994 /
+#: 0.998, ef 32 -> 0.9992 / 0.9997, ef 64 -> 1.0000 (two data sets); 64 leaves a margin for
+#: real activations, at about 1.5x the query time of ef 32.
 DEFAULT_EF = 64
 #: Bytes of float32 handed to hnswlib or torch per chunk (bounds the temporary copies).
 _CHUNK_BYTES = 64 << 20
@@ -359,9 +363,7 @@ class ExactIndex:
         step = max(1, _TILE_ELEMS // max(1, cand.shape[1] * self.dim))
         for r0 in range(0, cand.shape[0], step):
             diff = self._data[cand[r0 : r0 + step]] - xq[r0 : r0 + step].unsqueeze(1)
-            out_d[r0 : r0 + step] = torch.linalg.vector_norm(
-                diff, dim=2, dtype=self._rerank_dtype
-            )
+            out_d[r0 : r0 + step] = torch.linalg.vector_norm(diff, dim=2, dtype=self._rerank_dtype)
         order = torch.sort(out_d, dim=1, stable=True).indices[:, :k]
         ids = torch.gather(cand, 1, order)
         d = torch.gather(out_d, 1, order)
