@@ -26,7 +26,9 @@ Decisions, so results are reproducible and unsurprising:
   ``max_length`` is cut into full ``max_length`` pieces (stream; its short rest dropped) or
   truncated (document). Masks select the real tokens, so left padding becomes right padding.
 - **``max_sequences`` keeps the first N sequences** (in order); texts are tokenized in batches
-  and reading stops once N sequences are complete, so a cap on a big corpus is cheap.
+  and reading stops once N sequences are complete, so a cap on a big corpus is cheap. When only
+  a text's first tokens can be used (document truncation, a capped stream), a very long text is
+  encoded by a prefix long enough to give exactly those tokens.
 - A ``TokenData`` passes through unchanged (no re-chunking); only ``max_sequences`` and the
   vocabulary check apply.
 """
@@ -36,7 +38,7 @@ from __future__ import annotations
 import itertools
 import json
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,10 @@ import torch
 from .errors import DataError
 
 _TEXT_BATCH = 1000  # texts per tokenizer call: big enough for the Rust batch path
+_BATCH_CHARS = 2_000_000  # characters per tokenizer call at most (one huge text goes alone)
+_MIN_BATCH_CHARS = 20_000
+_CHARS_PER_TOKEN = 16  # a prefix of want * 16 characters holds more than `want` tokens
+_MARGIN = 16  # tokens past the needed ones that a prefix must give to be trusted
 _ACCEPTED = (
     "a list of strings, a path to a text file or to a directory of .txt files, a "
     "datasets.Dataset with a text column, a LongTensor of token ids (batch, seq), a DataLoader "
@@ -61,7 +67,9 @@ class TokenData:
     ``input_ids`` and ``attention_mask`` are (num_sequences, seq_len), right-padded with
     ``pad_token_id``; ``texts`` holds the decoded text of every sequence for display.
     ``source`` describes where the data came from, ``chunking`` how it was cut, and
-    ``dropped_tokens`` how many real tokens chunking left out (stream rest, truncation).
+    ``dropped_tokens`` how many real tokens chunking left out (the stream's short rest, or
+    what document truncation cut; None when a very long text was only read in part; tokens
+    past ``max_sequences`` are not counted).
     """
 
     input_ids: torch.Tensor
@@ -70,7 +78,7 @@ class TokenData:
     pad_token_id: int = 0
     source: str = ""
     chunking: str | None = None
-    dropped_tokens: int = 0
+    dropped_tokens: int | None = 0
     special_tokens: list[int] = field(default_factory=list)  # ids the template added per row
 
     @property
@@ -466,20 +474,49 @@ def _encode(tok: Any, texts: list[str]) -> list[list[int]]:
     return [list(ids) for ids in enc["input_ids"]]
 
 
-def _text_batches(texts: Iterable[Any]) -> Iterator[tuple[list[str], int]]:
-    """Non-empty texts in batches, with how many texts (empty ones too) each batch consumed."""
+def _text_batches(
+    texts: Iterable[Any], char_cap: Callable[[], int]
+) -> Iterator[tuple[list[str], int]]:
+    """Non-empty texts in batches, with how many texts (empty ones too) each batch consumed.
+
+    A batch holds at most ``_TEXT_BATCH`` texts and about ``char_cap()`` characters (asked
+    anew for every batch, so a reader that needs few more tokens reads few more texts).
+    """
     batch: list[str] = []
-    consumed = 0
+    consumed = chars = 0
+    cap = char_cap()
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise DataError(f"text {i} is a {type(text).__name__}, not a str")
         consumed += 1
         if text.strip():
             batch.append(text)
-        if len(batch) >= _TEXT_BATCH:
+            chars += len(text)
+        if len(batch) >= _TEXT_BATCH or chars >= cap:
             yield batch, consumed
-            batch, consumed = [], 0
+            batch, consumed, chars = [], 0, 0
+            cap = char_cap()
     yield batch, consumed
+
+
+def _encode_prefixes(tok: Any, texts: list[str], want: int | None) -> tuple[list[list[int]], int]:
+    """Encode texts; when only the first ``want`` tokens matter, encode a prefix of each.
+
+    A prefix of ``want * 16`` characters gives far more than ``want`` tokens for real text;
+    tokenization is local (pre-tokenizers split at spaces and punctuation), so its first
+    ``want`` tokens equal the full text's when the prefix yields ``_MARGIN`` tokens more.
+    Texts whose prefix yields fewer are encoded in full. Returns the ids and how many texts
+    were cut (their token counts past the prefix are unknown).
+    """
+    if want is None:
+        return _encode(tok, texts), 0
+    limit = want * _CHARS_PER_TOKEN + 256
+    ids = _encode(tok, [t[:limit] for t in texts])
+    redo = [i for i, t in enumerate(texts) if len(t) > limit and len(ids[i]) < want + _MARGIN]
+    for i, full in zip(redo, _encode(tok, [texts[i] for i in redo]), strict=True):
+        ids[i] = full
+    cut = sum(1 for t in texts if len(t) > limit) - len(redo)
+    return ids, cut
 
 
 def _content_room(max_length: int, prefix: list[int], suffix: list[int]) -> int:
@@ -500,16 +537,23 @@ def _empty_error(n_texts: int) -> DataError:
 
 def _stream_rows(
     texts: Iterable[Any], tok: Any, max_length: int, max_sequences: int | None
-) -> tuple[list[torch.Tensor], int, list[int]]:
+) -> tuple[list[torch.Tensor], int | None, list[int]]:
     prefix, suffix = _special_template(tok)
     room = _content_room(max_length, prefix, suffix)
     sep = tok.eos_token_id if tok.eos_token_id is not None else getattr(tok, "sep_token_id", None)
     need = None if max_sequences is None else max_sequences * room
     parts: list[np.ndarray] = []
     total = n_texts = n_docs = 0
-    for batch, consumed in _text_batches(texts):
+
+    def char_cap() -> int:
+        if need is None:
+            return _BATCH_CHARS
+        return min(_BATCH_CHARS, max(_MIN_BATCH_CHARS, (need - total) * 8))
+
+    for batch, consumed in _text_batches(texts, char_cap):
         n_texts += consumed
-        for ids in _encode(tok, batch):
+        encoded, _ = _encode_prefixes(tok, batch, None if need is None else need - total)
+        for ids in encoded:
             if n_docs and sep is not None:
                 parts.append(np.array([sep], dtype=np.int64))
                 total += 1
@@ -522,6 +566,7 @@ def _stream_rows(
         raise _empty_error(n_texts)
     stream = torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros(0, dtype=torch.long)
     n_full = stream.numel() // room
+    capped = False
     if n_full == 0:
         warnings.warn(
             f"the whole token stream ({stream.numel()} tokens) is shorter than max_length="
@@ -533,10 +578,11 @@ def _stream_rows(
         )
         body = [stream]
     else:
-        if max_sequences is not None:
-            n_full = min(n_full, max_sequences)
+        capped = max_sequences is not None and n_full >= max_sequences
+        n_full = min(n_full, max_sequences) if capped else n_full
         body = list(stream[: n_full * room].view(n_full, room))
-    dropped = stream.numel() - sum(b.numel() for b in body)
+    # The rest of a capped stream was excluded by max_sequences, not dropped by chunking.
+    dropped = 0 if capped else stream.numel() - sum(b.numel() for b in body)
     pre = torch.tensor(prefix, dtype=torch.long)
     post = torch.tensor(suffix, dtype=torch.long)
     rows = [torch.cat([pre, b, post]) if prefix or suffix else b for b in body]
@@ -545,20 +591,26 @@ def _stream_rows(
 
 def _document_rows(
     texts: Iterable[Any], tok: Any, max_length: int, max_sequences: int | None
-) -> tuple[list[torch.Tensor], int, list[int]]:
+) -> tuple[list[torch.Tensor], int | None, list[int]]:
     prefix, suffix = _special_template(tok)
     room = _content_room(max_length, prefix, suffix)
     pre = torch.tensor(prefix, dtype=torch.long)
     post = torch.tensor(suffix, dtype=torch.long)
     rows: list[torch.Tensor] = []
-    n_texts = truncated = dropped = 0
-    for batch, consumed in _text_batches(texts):
+    n_texts = truncated = dropped = n_cut = 0
+
+    def char_cap() -> int:
+        left = _TEXT_BATCH if max_sequences is None else max_sequences - len(rows)
+        return max(_MIN_BATCH_CHARS, left * room * 8)
+
+    for batch, consumed in _text_batches(texts, char_cap):
         n_texts += consumed
         if max_sequences is not None:
             batch = batch[: max_sequences - len(rows)]
-        # Fast tokenizers encode a whole text before truncating anyway, so encode it all and
-        # count the cut tokens exactly.
-        for ids in _encode(tok, batch):
+        # Only the first `room` tokens are kept: very long texts are encoded by prefix.
+        encoded, cut = _encode_prefixes(tok, batch, room)
+        n_cut += cut
+        for ids in encoded:
             if len(ids) > room:
                 truncated += 1
                 dropped += len(ids) - room
@@ -569,13 +621,14 @@ def _document_rows(
     if not rows:
         raise _empty_error(n_texts)
     if truncated:
+        how_many = f"{dropped} tokens cut" if not n_cut else "their rest left out"
         warnings.warn(
             f"{truncated} of {len(rows)} texts were longer than max_length={max_length} tokens "
-            f"and were truncated ({dropped} tokens cut); use chunking='stream' to keep them",
+            f"and were truncated ({how_many}); use chunking='stream' to keep all their tokens",
             UserWarning,
             stacklevel=3,
         )
-    return rows, dropped, prefix + suffix
+    return rows, (None if n_cut else dropped), prefix + suffix
 
 
 # ---------------------------------------------------------------------------------------------

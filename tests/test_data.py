@@ -455,3 +455,18 @@ def test_tokenizer_output_and_raw_tokenizers_object(tok):
     stream = hand_stream(tok, TEXTS, sep=None)
     n = len(stream) // 8
     assert torch.equal(got.input_ids, torch.tensor(stream[: n * 8]).view(n, 8))
+
+
+def test_very_long_texts_are_read_by_prefix_with_the_same_tokens(tok):
+    long_text = " ".join(NONEMPTY) * 40  # > max_length * 16 + 256 characters
+    full = enc(tok, long_text)
+    with pytest.warns(UserWarning, match="truncated"):
+        d = prepare_data(["Ada.", long_text], tok, max_length=10, chunking="document")
+    assert d.input_ids[1].tolist() == full[:10]
+    assert d.dropped_tokens is None  # the long text was only read in part
+    capped = prepare_data([long_text], tok, max_length=10, max_sequences=3)
+    assert capped.input_ids.tolist() == [full[i * 10 : (i + 1) * 10] for i in range(3)]
+    assert capped.dropped_tokens == 0
+    uncapped = prepare_data([long_text], tok, max_length=10)
+    assert uncapped.dropped_tokens == len(full) % 10
+    assert uncapped.num_sequences == len(full) // 10
