@@ -1,0 +1,73 @@
+"""The hopaudit command: exit status 0 / 1 / 2, one readable line on user errors."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+
+import pytest
+from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
+
+from hopaudit.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    model, _ = tiny_model("gpt2")
+    tok = tiny_tokenizer()
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    rng = random.Random(0)
+    words = TOKENIZER_TEXT.split()
+    text = "\n\n".join(" ".join(rng.choice(words) for _ in range(40)) for _ in range(60))
+    (root / "data.txt").write_text(text)
+    return root
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hopaudit", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_audit_prints_summary_and_table(model_dir, capsys):
+    code = main(
+        [
+            "audit",
+            str(model_dir / "model"),
+            str(model_dir / "data.txt"),
+            "--max-length",
+            "16",
+            "--quiet",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "cross_entropy" in out and "n_params_blocks" in out
+    for i in range(3):
+        assert f"transformer.h.{i}" in out
+    assert "final" in out
+
+
+def test_user_error_is_one_line_and_status_1(tmp_path):
+    proc = _run("audit", str(tmp_path / "missing-model"), str(tmp_path / "missing.txt"))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("hopaudit: error:")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_usage_is_status_2():
+    proc = _run("audit")
+    assert proc.returncode == 2
+    assert "usage" in proc.stderr
+    assert _run("frobnicate").returncode == 2
+
+
+def test_help_lists_every_command():
+    proc = _run("--help")
+    assert proc.returncode == 0
+    for command in ("audit", "demo"):
+        assert command in proc.stdout
