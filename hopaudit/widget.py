@@ -57,11 +57,14 @@ LAYER_STAT_COLUMNS = (
     "nonfinite",
 )
 #: Distinct basin colours in the scatter: the largest basins; the rest are drawn grey.
+#: Histogram bins become geometric (log axis) when the range spans more than this factor.
+LOG_BINS_ABOVE = 30.0
 SAMPLE_ROWS = 100  # sequences kept per ranking (lowest CE, highest Min-K%, lowest ratio)
 
 STATE_LAYOUT = {
     "layer_stats": "float64 (n_layers, len(layer_columns)) row-major; NaN = missing",
-    "hist_range": "float64 (n_layers, 2): [lo, hi] of the shared linear bin edges of a layer",
+    "hist_range": "float64 (n_layers, 2): [lo, hi] of the shared bin edges of a layer",
+    "hist_log": "uint8 (n_layers): 1 = geometric edges (log axis), 0 = linear edges",
     "hist_counts": "uint32 (n_layers, len(hist_fractions), hist_bins)",
     "hist_medians": "float64 (n_layers, len(hist_fractions)): median distance per fraction",
     "scatter_xy": "uint16 (sum m, 2): x, y quantized on [x0, x1], [y0, y1] of the layer's meta",
@@ -134,6 +137,7 @@ def _histograms(audit: Any, names: list[str], bins: int) -> dict[str, Any]:
     counts = np.zeros((n_layers, n_frac, bins), dtype=np.uint32)
     ranges = np.full((n_layers, 2), np.nan)
     medians = np.full((n_layers, n_frac), np.nan)
+    scale = np.zeros(n_layers, dtype=np.uint8)
     for i, name in enumerate(names):
         rep = audit.reports.get(name)
         if rep is None:
@@ -147,15 +151,24 @@ def _histograms(audit: Any, names: list[str], bins: int) -> dict[str, Any]:
         # The view draws 2 r_star and 2 r_hat on the same axis: keep them inside the range.
         for extra in (2 * (_f(getattr(rep, "r_star", None)) or lo), 2 * (_f(rep.r_hat) or lo)):
             lo, hi = min(lo, extra), max(hi, extra)
-        lo = max(0.0, lo - 0.02 * (hi - lo))
-        hi = hi + 0.02 * (hi - lo) if hi > lo else lo + 1.0
+        positive = [float(d[d > 0].min()) for d in values if (d > 0).any()]
+        if positive and hi / max(min(positive), 1e-300) > LOG_BINS_ABOVE:
+            # Distances and 2 r_star orders of magnitude apart: geometric bins, log axis
+            # (zero distances, exact duplicates, are counted in the first bin).
+            lo = min(positive) / 1.05
+            hi = hi * 1.05
+            scale[i] = 1
+            edges = np.geomspace(lo, hi, bins + 1)
+        else:
+            lo = max(0.0, lo - 0.02 * (hi - lo))
+            hi = hi + 0.02 * (hi - lo) if hi > lo else lo + 1.0
+            edges = np.linspace(lo, hi, bins + 1)
         ranges[i] = (lo, hi)
-        edges = np.linspace(lo, hi, bins + 1)
         for j, frac in enumerate(FRACTIONS):
             d = dists.get(frac)
             if d is None or not d.size:
                 continue
-            counts[i, j] = np.histogram(d, bins=edges)[0]
+            counts[i, j] = np.histogram(np.clip(d, lo, hi), bins=edges)[0]
             medians[i, j] = float(np.median(d))
     return {
         "hist_fractions": list(FRACTIONS),
@@ -163,6 +176,7 @@ def _histograms(audit: Any, names: list[str], bins: int) -> dict[str, Any]:
         "hist_range": _le(ranges, "f8"),
         "hist_counts": _le(counts, "u4"),
         "hist_medians": _le(medians, "f8"),
+        "hist_log": _le(scale, "u1"),
     }
 
 
@@ -367,6 +381,7 @@ def decode(state: dict[str, Any], key: str) -> np.ndarray:
         "hist_range": "<f8",
         "hist_counts": "<u4",
         "hist_medians": "<f8",
+        "hist_log": "u1",
         "scatter_xy": "<u2",
         "scatter_basin": "<u2",
         "scatter_ratio": "u1",
@@ -428,6 +443,7 @@ class AuditWidget(anywidget.AnyWidget):
     hist_range = traitlets.Bytes(b"").tag(sync=True)
     hist_counts = traitlets.Bytes(b"").tag(sync=True)
     hist_medians = traitlets.Bytes(b"").tag(sync=True)
+    hist_log = traitlets.Bytes(b"").tag(sync=True)
     scatter_layers = traitlets.List().tag(sync=True)
     scatter_xy = traitlets.Bytes(b"").tag(sync=True)
     scatter_basin = traitlets.Bytes(b"").tag(sync=True)

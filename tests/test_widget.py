@@ -80,9 +80,10 @@ def test_histograms_match_numpy_on_the_shared_edges(audit, state):
             continue
         lo, hi = ranges[i]
         assert lo <= 2 * rep.r_star <= hi and lo <= 2 * rep.r_hat <= hi
-        edges = np.linspace(lo, hi, bins + 1)
+        log = decode(state, "hist_log")[i]
+        edges = np.geomspace(lo, hi, bins + 1) if log else np.linspace(lo, hi, bins + 1)
         for j, frac in enumerate(state["hist_fractions"]):
-            d = rep.saturation_nn[frac]
+            d = np.clip(rep.saturation_nn[frac], lo, hi)
             # every distance lands in a bin: nothing dropped at the edges
             assert counts[i, j].sum() == len(d)
             # independent binning: searchsorted on the edges, last bin closed
@@ -247,3 +248,19 @@ def test_widget_traits_hold_the_state(audit, state):
 def test_float_helper():
     assert widget._f(float("nan")) is None and widget._f(math.inf) is None
     assert widget._f(np.float32(2.5)) == 2.5
+
+
+def test_histogram_goes_log_when_distances_are_far_below_two_r_star():
+    a = fake_audit(n_blocks=1, d=60, n=8, seed=4)
+    rep = a.reports["final"]
+    for k in rep.saturation_nn:
+        rep.saturation_nn[k] = rep.saturation_nn[k] * 1e-3
+    rep.nn = rep.nn * 1e-3
+    rep.r_hat = float(np.median(rep.nn) / 2)
+    s = widget_state(a)
+    i = s["layer_names"].index("final")
+    assert decode(s, "hist_log")[i] == 1
+    lo, hi = decode(s, "hist_range")[i]
+    assert lo <= rep.nn.min() and hi >= 2 * rep.r_star
+    assert decode(s, "hist_counts")[i, -1].sum() == len(rep.nn)
+    assert decode(s, "hist_log")[0] == 0  # block 0 untouched: linear

@@ -12,7 +12,7 @@ import { h } from "./util";
 
 const DATA_TRAITS = [
   "summary", "layer_info", "layer_columns", "layer_stats", "hist_fractions", "hist_bins", "hist_range",
-  "hist_counts", "hist_medians", "scatter_layers", "scatter_xy", "scatter_basin", "scatter_ratio",
+  "hist_counts", "hist_medians", "hist_log", "scatter_layers", "scatter_xy", "scatter_basin", "scatter_ratio",
   "scatter_basin_sizes", "scatter_seq", "scatter_seq_bytes", "n_sequences", "sequence_ids", "seq_ce", "text_bytes",
   "text_offsets", "sample_seq", "sample_values",
 ];
@@ -46,8 +46,8 @@ export function mount(model: ModelLike, el: HTMLElement): View {
       new SummaryPanel(ctx),
       new DistancesPanel(ctx),
       new FloorPanel(ctx),
-      new RadiiPanel(ctx),
       new BasinsPanel(ctx),
+      new RadiiPanel(ctx),
       new SamplesPanel(ctx),
     ];
     view.panels = panels;

@@ -92,6 +92,7 @@ export class AuditState {
   histRange: Float64Array;
   histCounts: Uint32Array;
   histMedians: Float64Array;
+  histLog: Uint8Array;
   scatter: ScatterLayer[];
   xy: Uint16Array;
   basin: Uint16Array;
@@ -120,6 +121,7 @@ export class AuditState {
     this.histRange = typed(model.get("hist_range"), Float64Array);
     this.histCounts = typed(model.get("hist_counts"), Uint32Array);
     this.histMedians = typed(model.get("hist_medians"), Float64Array);
+    this.histLog = typed(model.get("hist_log"), Uint8Array);
     this.scatter = model.get("scatter_layers") ?? [];
     this.xy = typed(model.get("scatter_xy"), Uint16Array);
     this.basin = typed(model.get("scatter_basin"), Uint16Array);
@@ -165,11 +167,16 @@ export class AuditState {
   }
 
   /** Counts of layer `layer`, fraction index `f`, with the bin edges. */
-  histogram(layer: number, f: number): { lo: number; hi: number; counts: Uint32Array } {
+  histogram(layer: number, f: number): { lo: number; hi: number; log: boolean; edges: Float64Array; counts: Uint32Array } {
     const lo = this.histRange[2 * layer];
     const hi = this.histRange[2 * layer + 1];
+    const log = this.histLog[layer] === 1;
+    const edges = new Float64Array(this.bins + 1);
+    for (let b = 0; b <= this.bins; b++) {
+      edges[b] = log ? lo * (hi / lo) ** (b / this.bins) : lo + ((hi - lo) * b) / this.bins;
+    }
     const start = (layer * this.fractions.length + f) * this.bins;
-    return { lo, hi, counts: this.histCounts.subarray(start, start + this.bins) };
+    return { lo, hi, log, edges, counts: this.histCounts.subarray(start, start + this.bins) };
   }
 
   median(layer: number, f: number): number {

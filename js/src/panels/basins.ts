@@ -39,7 +39,7 @@ export class BasinsPanel extends Panel {
   drawToken = 0;
 
   constructor(ctx: Context) {
-    super("basins", "Basins (UMAP)", ctx, true);
+    super("basins", "Basins (UMAP)", ctx);
     const st = ctx.state;
     const layers = st.scatter;
     this.layer = Math.max(0, layers.length - 1);
@@ -64,7 +64,7 @@ export class BasinsPanel extends Panel {
         ),
       );
       const reset = h("button", { type: "button", text: "reset view", title: "Reset zoom (key 0)" });
-      reset.addEventListener("click", () => this.sp?.zoomToOrigin({ transition: true }));
+      reset.addEventListener("click", () => this.fit(true));
       this.header.append(reset);
     }
     this.box.setAttribute("aria-label", "UMAP scatter plot: drag to pan, wheel to zoom; arrow keys pan, + and - zoom, 0 resets");
@@ -205,6 +205,8 @@ export class BasinsPanel extends Panel {
     sp.set({ pointColor: colors, colorBy: "valueA", pointSize: size } as any);
     await sp.draw({ x, y, valueA: z } as any, { zDataType: "categorical" } as any);
     if (token !== this.drawToken) return;
+    await this.fit();
+    if (token !== this.drawToken) return;
     this.legend.replaceChildren(...legend);
     this.note.textContent = `${s.name}: ${s.n.toLocaleString("en-US")} points${s.n_total > s.n ? ` (a random subset of ${s.n_total.toLocaleString("en-US")})` : ""}. Hover a point for its sequence; colour by basin puts the ${s.top_basins} largest basins in distinct colours.`;
     this.box.setAttribute("data-layer", s.name);
@@ -212,6 +214,11 @@ export class BasinsPanel extends Panel {
     requestAnimationFrame(() => {
       if (token === this.drawToken) this.markReady();
     });
+  }
+
+  /** Fit the points' box ([-1, 1]^2 after normalization) into the canvas, whatever its aspect. */
+  fit(transition = false): Promise<void> {
+    return this.sp ? this.sp.zoomToArea({ x: -1, y: -1, width: 2, height: 2 }, { transition }) : Promise.resolve();
   }
 
   applyTheme(): void {
@@ -260,7 +267,7 @@ export class BasinsPanel extends Panel {
       case "ArrowDown": t = [target[0], target[1] - step]; break;
       case "+": case "=": d = dist / 1.25; break;
       case "-": case "_": d = dist * 1.25; break;
-      case "0": sp.zoomToOrigin({ transition: true }); e.preventDefault(); return;
+      case "0": this.fit(true); e.preventDefault(); return;
       default: return;
     }
     e.preventDefault();

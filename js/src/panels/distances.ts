@@ -53,17 +53,20 @@ export class DistancesPanel extends Panel {
     }
     const bars: { x1: number; x2: number; y: number }[] = [];
     const curves: { x: number; y: number; fraction: string }[] = [];
+    let log = false;
     st.fractions.forEach((f, j) => {
-      const { lo, hi, counts } = st.histogram(i, j);
-      const w = (hi - lo) / st.bins;
+      const { edges, counts, log: isLog } = st.histogram(i, j);
+      log = isLog;
       let total = 0;
       for (const c of counts) total += c;
       if (!total) return;
       const label = `${Math.round(f * 100)} %`;
       counts.forEach((c, b) => {
-        const dens = c / (total * w);
-        if (f === 1) bars.push({ x1: lo + b * w, x2: lo + (b + 1) * w, y: dens });
-        curves.push({ x: lo + (b + 0.5) * w, y: dens, fraction: label });
+        // share of the patterns per bin: comparable across fractions on the shared edges
+        const y = c / total;
+        const mid = isLog ? Math.sqrt(edges[b] * edges[b + 1]) : (edges[b] + edges[b + 1]) / 2;
+        if (f === 1) bars.push({ x1: edges[b], x2: edges[b + 1], y });
+        curves.push({ x: mid, y, fraction: label });
       });
     });
     const rStar = st.stat(i, "r_star");
@@ -76,11 +79,11 @@ export class DistancesPanel extends Panel {
     const svg = Plot.plot({
       width,
       height: 250,
-      marginLeft: 48,
+      marginLeft: 56,
       marginTop: 22,
       style: { background: "transparent", color: theme.fg, fontSize: "11px" },
-      x: { label: `nearest-pattern distance (normalize=${String(st.summary.normalize ?? "")})`, grid: false },
-      y: { label: "density", grid: true },
+      x: { type: log ? "log" : "linear", tickFormat: log ? "~g" : undefined, label: `nearest-pattern distance${log ? " (log scale)" : ""} (normalize=${String(st.summary.normalize ?? "")})`, grid: false },
+      y: { label: "share of patterns per bin", labelAnchor: "center", grid: true, tickFormat: "%" },
       color: { domain: fracLabels, range: theme.fractions },
       marks: [
         Plot.rectY(bars, { x1: "x1", x2: "x2", y: "y", fill: theme.muted, fillOpacity: 0.25 }),

@@ -66,7 +66,8 @@ export class FloorPanel extends Panel {
     const steps = 400;
     for (let k = 0; k <= steps; k++) {
       const r = lo * (hi / lo) ** (k / steps);
-      curve.push({ r, F: floorAt(n, d, r) });
+      const F = floorAt(n, d, r);
+      curve.push({ r, F: Number.isFinite(F) ? F : Infinity });
     }
     const s = st.summary;
     const ce = typeof s.cross_entropy === "number" ? s.cross_entropy : NaN;
@@ -87,13 +88,14 @@ export class FloorPanel extends Panel {
       marginLeft: 44,
       marginRight: 16,
       style: { background: "transparent", color: theme.fg, fontSize: "11px" },
-      x: { type: "log", label: `ball radius r (log scale; n = ${fmt(n)}, d = ${fmt(d)})`, domain: [lo, hi], grid: true },
+      x: { type: "log", tickFormat: "~g", label: `ball radius r (log scale; n = ${fmt(n)}, d = ${fmt(d)})`, domain: [lo, hi], grid: true },
       y: { label: "loss floor F (nats)", domain: [0, yMax], grid: true },
       clip: true,
       marks: [
         Plot.ruleY(refs, { y: "y", stroke: "color", strokeDasharray: "6,3", strokeWidth: 1.3 }),
         Plot.text(refs, { y: "y", text: "label", frameAnchor: "left", dx: 4, dy: -7, fill: "color" }),
-        Plot.line(curve.filter((c) => Number.isFinite(c.F)), { x: "r", y: "F", stroke: theme.fg, strokeWidth: 2 }),
+        // Values far above the frame are clipped anyway; cap them so SVG gets sane numbers.
+        Plot.line(curve.map((c) => ({ r: c.r, F: Math.min(c.F, yMax * 4) })), { x: "r", y: "F", stroke: theme.fg, strokeWidth: 2 }),
         Plot.ruleX(pts, { x: "r", stroke: "color", strokeOpacity: 0.6, strokeDasharray: "2,3" }),
         Plot.dot(pts, { x: "r", y: "shown", fill: "color", r: 4.5, stroke: theme.bg }),
         Plot.text(pts, { x: "r", y: "shown", text: "label", dy: -11, fill: "color", fontWeight: 700 }),

@@ -11,7 +11,7 @@ export class RadiiPanel extends Panel {
   width = 0;
 
   constructor(ctx: Context) {
-    super("radii", "Ball radius per layer", ctx, true);
+    super("radii", "Ball radius per layer", ctx);
     this.body.append(h("div", { class: "ha-row" }, this.left, this.right), this.note);
     this.cleanups.push(
       observeSize(this.body, (w) => {
@@ -52,14 +52,16 @@ export class RadiiPanel extends Panel {
     const leftW = Math.max(240, this.left.clientWidth || this.width * 0.64 || 300);
     const rightW = Math.max(180, this.right.clientWidth || this.width * 0.34 || 200);
     const many = rows.length > 16;
+    const vals = series.map((d) => d.v).concat(ok.map((r) => r.q25)).filter((v) => Number.isFinite(v) && v > 0);
+    const logY = vals.length > 0 && Math.max(...vals) / Math.min(...vals) > 30;
     const radii = Plot.plot({
       ...common,
       width: leftW,
       x: { label: "layer", tickFormat: tick, ticks: many ? undefined : rows.map((r) => r.i), domain: [0, Math.max(1, rows.length - 1)] },
-      y: { label: `radius (normalize=${String(st.summary.normalize ?? "")})`, grid: true, zero: false },
+      y: { type: logY ? "log" : "linear", tickFormat: logY ? "~g" : undefined, label: `radius${logY ? " (log scale)" : ""} (normalize=${String(st.summary.normalize ?? "")})`, grid: true, zero: false },
       color: { domain, range: [theme.lines.rHat, theme.lines.rStar, theme.lines.rC], legend: true },
       marks: [
-        Plot.areaY(ok.filter((r) => Number.isFinite(r.q25)), { x: "i", y1: "q25", y2: "q75", fill: theme.lines.rHat, fillOpacity: 0.18 }),
+        Plot.areaY(ok.filter((r) => Number.isFinite(r.q25) && (!logY || r.q25 > 0)), { x: "i", y1: "q25", y2: "q75", fill: theme.lines.rHat, fillOpacity: 0.18 }),
         Plot.line(series, { x: "i", y: "v", stroke: "s", strokeWidth: 1.8, strokeDasharray: (d: { s: string }) => (d.s === domain[0] ? null : "5,3") } as any),
         Plot.dot(ok, { x: "i", y: "rHat", fill: theme.lines.rHat, r: 2.5, tip: true, title: (d: any) => `${d.name}\nr̂ = ${fmt(d.rHat)} (IQR ${fmt(d.q25)}–${fmt(d.q75)})\nr* = ${fmt(d.rStar)} · r_c = ${fmt(d.rC)}` }),
       ],

@@ -1,0 +1,181 @@
+"""Browser fixtures: Debian's Chromium through Playwright, a real audit of a tiny model, and
+its exported report. Skips (with the reason) only when /usr/bin/chromium is absent."""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+PANELS = ("summary", "distances", "radii", "basins", "floor", "samples")
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.browser)
+            if not CHROMIUM.exists():
+                item.add_marker(
+                    pytest.mark.skip(reason="/usr/bin/chromium is absent: apt-get install chromium")
+                )
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="session")
+def real_audit():
+    """A real audit of a tiny random GPT-2 (3 blocks, hidden 32) on 96 short texts."""
+    from tiny_models import tiny_model, tiny_tokenizer
+
+    import hopaudit
+
+    model, _ = tiny_model("gpt2")
+    texts = [
+        f"Sequence {i}: the {['red', 'green', 'blue', 'grey'][i % 4]} basin holds pattern "
+        f"{i * 7 % 13} of layer {i % 5}, and the ball radius grows with depth {i}."
+        for i in range(96)
+    ]
+    return hopaudit.audit(
+        model,
+        texts,
+        tokenizer=tiny_tokenizer(),
+        max_length=64,
+        chunking="document",
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def report_path(real_audit, tmp_path_factory):
+    from hopaudit.report import to_html
+
+    return to_html(real_audit, tmp_path_factory.mktemp("report") / "audit.html")
+
+
+@pytest.fixture(scope="session")
+def report_state(real_audit):
+    from hopaudit.widget import widget_state
+
+    return widget_state(real_audit)
+
+
+class Page:
+    """A page with its console errors collected."""
+
+    def __init__(self, page):
+        self.page = page
+        self.errors: list[str] = []
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+
+
+@pytest.fixture
+def open_report(browser, report_path):
+    pages = []
+
+    def _open(width=1100, height=900, color_scheme="light", init_script=None, path=None):
+        ctx = browser.new_context(
+            viewport={"width": width, "height": height}, color_scheme=color_scheme
+        )
+        page = ctx.new_page()
+        if init_script:
+            page.add_init_script(init_script)
+        wrapped = Page(page)
+        pages.append(ctx)
+        page.goto((path or report_path).as_uri())
+        page.wait_for_selector(".hopaudit[data-ready=true]", timeout=30_000)
+        return wrapped
+
+    yield _open
+    for ctx in pages:
+        ctx.close()
+
+
+def decode_png(data: bytes) -> tuple[int, int, int, bytes]:
+    """(width, height, channels, raw pixel bytes) of an 8-bit, non-interlaced RGB/RGBA PNG.
+
+    A small decoder so the pixel checks need no imaging library."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, width = 8, b"", 0
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        chunk = data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", chunk)
+            assert depth == 8 and interlace == 0 and ctype in (2, 6)
+            channels = 3 if ctype == 2 else 4
+        elif kind == b"IDAT":
+            idat += chunk
+        pos += 12 + length
+    raw = zlib.decompress(idat)
+    stride = width * channels
+    out = bytearray(height * stride)
+    prev = bytearray(stride)
+    for y in range(height):
+        f = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for x in range(stride):
+            a = line[x - channels] if x >= channels else 0
+            b = prev[x]
+            c = prev[x - channels] if x >= channels else 0
+            if f == 1:
+                line[x] = (line[x] + a) & 255
+            elif f == 2:
+                line[x] = (line[x] + b) & 255
+            elif f == 3:
+                line[x] = (line[x] + (a + b) // 2) & 255
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                line[x] = (line[x] + pred) & 255
+        out[y * stride : (y + 1) * stride] = line
+        prev = line
+    return width, height, channels, bytes(out)
+
+
+def save_screenshot(page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / name
+    page.locator(".hopaudit").screenshot(path=str(path))
+    return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+os.environ.setdefault("PYTHONHASHSEED", "0")

@@ -1,0 +1,203 @@
+"""The exported report of a real (tiny) audit, opened from disk in Chromium."""
+
+from __future__ import annotations
+
+import numpy as np
+from conftest import PANELS, decode_png, save_screenshot
+
+from hopaudit.widget import decode
+
+
+def _luminance(css: str) -> float:
+    nums = [float(v) for v in css[css.index("(") + 1 : css.index(")")].split(",")[:3]]
+    r, g, b = (v / 255 for v in nums)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def test_every_panel_draws_without_console_errors(open_report):
+    p = open_report()
+    for name in PANELS:
+        panel = p.page.locator(f'[data-panel="{name}"]')
+        assert panel.count() == 1, name
+        assert panel.get_attribute("data-ready") == "true", name
+    assert p.page.locator(".ha-error").count() == 0
+    # the charts are real SVGs with axes, not empty boxes
+    for name in ("distances", "radii", "floor"):
+        assert p.page.locator(f'[data-panel="{name}"] svg g[aria-label="x-axis tick"]').count()
+    assert p.errors == []
+
+
+def test_summary_shows_the_audit_numbers(open_report, real_audit):
+    p = open_report()
+    text = p.page.locator('[data-panel="summary"]').inner_text()
+    s = real_audit.summary()
+    assert f"{s['cross_entropy']:.4g}"[:4] in text
+    assert str(s["normalize"]) in text
+    assert f"{s['log10_N']:.3g}" in text
+
+
+def test_scatter_canvas_is_not_blank(open_report):
+    p = open_report()
+    canvas = p.page.locator('[data-panel="basins"] canvas')
+    w, h, ch, px = decode_png(canvas.screenshot())
+    arr = np.frombuffer(px, dtype=np.uint8).reshape(h, w, ch)[..., :3].astype(int)
+    # background: the most common colour; points: pixels clearly different from it
+    flat = arr.reshape(-1, 3)
+    colours, counts = np.unique(flat, axis=0, return_counts=True)
+    bg = colours[counts.argmax()]
+    differs = np.abs(flat - bg).sum(axis=1) > 60
+    assert differs.sum() > 200, f"only {differs.sum()} non-background pixels"
+    assert len(colours) > 5
+
+
+def test_changing_the_layer_changes_the_histogram(open_report, report_state):
+    p = open_report()
+    chart = p.page.locator('[data-panel="distances"] .ha-hist')
+    before = chart.inner_html()
+    sel = p.page.locator('[data-panel="distances"] select')
+    current = sel.input_value()
+    other = next(
+        str(i)
+        for i, info in enumerate(report_state["layer_info"])
+        if str(i) != current and not info["skipped_reason"]
+    )
+    sel.select_option(other)
+    p.page.wait_for_function(
+        f"document.querySelector('[data-panel=distances] .ha-hist').dataset.layer === '{other}'"
+    )
+    after = chart.inner_html()
+    assert after != before
+    # the lines are at the new layer's 2 r_hat
+    stats = decode(report_state, "layer_stats")
+    j = report_state["layer_columns"].index("r_hat")
+    two_r_hat = 2 * stats[int(other), j]
+    label = p.page.locator('[data-panel="distances"] text', has_text="2 r̂").first.text_content()
+    assert float(label.split("=")[1]) == float(f"{two_r_hat:.3g}")
+    assert p.errors == []
+
+
+def test_the_layer_selector_works_from_the_keyboard(open_report):
+    p = open_report()
+    sel = p.page.locator('[data-panel="distances"] select')
+    start = sel.input_value()
+    sel.focus()
+    p.page.keyboard.press("ArrowUp")
+    p.page.wait_for_function(
+        f"document.querySelector('[data-panel=distances] .ha-hist').dataset.layer !== '{start}'"
+    )
+    assert sel.input_value() != start
+
+
+def test_samples_sort_from_the_keyboard(open_report):
+    p = open_report()
+    button = p.page.locator('[data-panel="samples"] th button[data-sort="3"]')
+    button.focus()
+    p.page.keyboard.press("Enter")
+    th = p.page.locator('[data-panel="samples"] th[aria-sort="ascending"] button')
+    assert th.get_attribute("data-sort") == "3"
+    cells = p.page.locator('[data-panel="samples"] tbody tr td:nth-child(4)').all_inner_texts()
+    vals = [float(c) for c in cells if c not in ("–", "")]
+    assert vals == sorted(vals) and len(vals) > 3
+
+
+def test_hovering_a_point_shows_its_text(open_report, report_state):
+    p = open_report()
+    metas = report_state["scatter_layers"]
+    shown = p.page.locator('[data-panel="basins"] select').first.input_value()
+    meta = metas[int(shown)]
+    xy = decode(report_state, "scatter_xy")[meta["offset"] : meta["offset"] + meta["n"]]
+    xy = xy.astype(float)
+    # the most isolated point, so the hover cannot pick a neighbour
+    d2 = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d2, np.inf)
+    i = int(d2.min(axis=1).argmax())
+    seq = int(decode(report_state, "scatter_seq")[meta["seq_offset"] + i])
+    off = decode(report_state, "text_offsets")
+    text = report_state["text_bytes"][off[seq] : off[seq + 1]].decode()
+    pos = p.page.evaluate(
+        f"""() => {{
+        const view = document.querySelector('.hopaudit').__hopaudit;
+        const panel = view.panels.find((q) => q.name === 'basins');
+        return panel.screenPosition({i});
+    }}"""
+    )
+    scatter = p.page.locator('[data-panel="basins"] .ha-scatter')
+    scatter.scroll_into_view_if_needed()
+    box = scatter.bounding_box()
+    assert 0 <= pos[0] <= box["width"] and 0 <= pos[1] <= box["height"]
+    p.page.mouse.move(box["x"] + pos[0] - 3, box["y"] + pos[1] - 3)
+    p.page.mouse.move(box["x"] + pos[0], box["y"] + pos[1], steps=3)
+    tip = p.page.locator('[data-panel="basins"] .ha-tooltip')
+    tip.wait_for(state="visible", timeout=5000)
+    assert tip.get_attribute("data-point") == str(i)
+    assert text[:40] in tip.inner_text()
+    assert p.errors == []
+
+
+def test_colour_modes_redraw_the_scatter(open_report):
+    p = open_report()
+    sel = p.page.locator('[data-panel="basins"] select').nth(1)
+    canvas = p.page.locator('[data-panel="basins"] canvas')
+    before = canvas.screenshot()
+    sel.select_option("ratio")
+    p.page.wait_for_function(
+        "document.querySelector('[data-panel=basins] .ha-scatter').dataset.mode === 'ratio'"
+    )
+    p.page.wait_for_timeout(300)
+    assert canvas.screenshot() != before
+    assert "nn / r̂" in p.page.locator('[data-panel="basins"] .ha-legend').inner_text()
+
+
+def test_dark_theme_follows_jupyterlab_and_vscode(open_report):
+    p = open_report()
+    root = p.page.locator(".hopaudit")
+    light = root.evaluate("e => getComputedStyle(e).backgroundColor")
+    assert _luminance(light) > 0.8
+    save_screenshot(p.page, "widget-light.png")
+    p.page.evaluate("document.body.setAttribute('data-jp-theme-light', 'false')")
+    p.page.wait_for_timeout(200)
+    dark = root.evaluate("e => getComputedStyle(e).backgroundColor")
+    assert _luminance(dark) < 0.2
+    # the charts re-render with light text on the dark background
+    fg = p.page.locator('[data-panel="floor"] svg').evaluate("e => getComputedStyle(e).color")
+    assert _luminance(fg) > 0.6
+    save_screenshot(p.page, "widget-dark.png")
+    p.page.evaluate(
+        "document.body.removeAttribute('data-jp-theme-light'); document.body.className = 'vscode-dark'"
+    )
+    p.page.wait_for_timeout(200)
+    assert _luminance(root.evaluate("e => getComputedStyle(e).backgroundColor")) < 0.2
+    assert p.errors == []
+
+
+def test_host_css_variables_win(open_report):
+    p = open_report()
+    p.page.evaluate("document.body.style.setProperty('--jp-layout-color0', 'rgb(10, 20, 30)')")
+    bg = p.page.locator(".hopaudit").evaluate("e => getComputedStyle(e).backgroundColor")
+    assert bg == "rgb(10, 20, 30)"
+
+
+def test_missing_webgl_gives_a_message(open_report):
+    no_webgl = """
+      const orig = HTMLCanvasElement.prototype.getContext;
+      HTMLCanvasElement.prototype.getContext = function (kind, ...rest) {
+        if (String(kind).includes('webgl')) return null;
+        return orig.call(this, kind, ...rest);
+      };
+    """
+    p = open_report(init_script=no_webgl)
+    msg = p.page.locator('[data-panel="basins"] [data-webgl="missing"]')
+    assert "WebGL is not available" in msg.inner_text()
+    assert p.page.locator('[data-panel="distances"]').get_attribute("data-ready") == "true"
+    assert p.errors == []
+
+
+def test_fits_a_900px_notebook_output(open_report):
+    p = open_report(width=900)
+    over = p.page.evaluate(
+        """() => [...document.querySelectorAll('.hopaudit [data-panel]')]
+            .filter((e) => e.scrollWidth > e.clientWidth + 1).map((e) => e.dataset.panel)"""
+    )
+    assert over == []
+    width = p.page.locator('[data-panel="basins"] canvas').bounding_box()["width"]
+    assert 300 < width < 900
