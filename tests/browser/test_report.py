@@ -163,7 +163,8 @@ def test_dark_theme_follows_jupyterlab_and_vscode(open_report):
     assert _luminance(fg) > 0.6
     save_screenshot(p.page, "widget-dark.png")
     p.page.evaluate(
-        "document.body.removeAttribute('data-jp-theme-light'); document.body.className = 'vscode-dark'"
+        "document.body.removeAttribute('data-jp-theme-light');"
+        "document.body.className = 'vscode-dark'"
     )
     p.page.wait_for_timeout(200)
     assert _luminance(root.evaluate("e => getComputedStyle(e).backgroundColor")) < 0.2
