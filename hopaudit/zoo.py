@@ -12,6 +12,7 @@ The cache directory is ``$HOPAUDIT_CACHE``, else ``$XDG_CACHE_HOME/hopaudit``, e
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -321,10 +322,14 @@ def smollm2(
     Returns ``(model, tokenizer)``: a ``LlamaForCausalLM`` in eval mode whose Q4_1 GGUF weights
     transformers dequantizes to ``dtype`` at load, and its tokenizer (pad token = EOS when the
     GGUF names none). ``model.hopaudit_tokenizer`` and ``model.hopaudit_name`` are set so the
-    audit finds both. The file is fetched once (see :func:`smollm2_path`). Loading takes about
-    15-30 s on two CPU cores (transformers parses the GGUF metadata twice; measured 26 s on a
-    busy 2-core machine) and holds about 0.55 GB of float32 weights (peak RSS about 1.2 GB).
-    Needs the ``gguf`` and ``accelerate`` packages.
+    audit finds both. The file is fetched once (see :func:`smollm2_path`). Needs the ``gguf``
+    and ``accelerate`` packages.
+
+    Loading is slow because transformers parses the GGUF metadata (49152 token strings) three
+    times and dequantizes every tensor in Python: DESIGN measured 15 s on two idle cores; on a
+    shared 2-core machine we measured 26 s (load average 2) to 48-60 s (load average 10),
+    against 85 s without the tensor-name memo below. The float32 model holds 0.54 GB of
+    weights; the process peaks at about 1.2 GB RSS during the load.
     """
     dtype = _torch_dtype(dtype)
     _require_gguf_loading()
@@ -334,7 +339,10 @@ def smollm2(
     source, kwargs = str(path.parent), {"gguf_file": path.name}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **{_dtype_kwarg(): dtype})
+        with _memoized_gguf_name_maps():
+            model = AutoModelForCausalLM.from_pretrained(
+                source, **kwargs, **{_dtype_kwarg(): dtype}
+            )
     except ImportError as exc:
         raise ZooError(
             f"loading a GGUF file needs the gguf and accelerate packages ({exc}); "
@@ -440,6 +448,26 @@ def _dtype_kwarg() -> str:
     from packaging.version import Version
 
     return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
+@contextlib.contextmanager
+def _memoized_gguf_name_maps() -> Iterator[None]:
+    """Build gguf's tensor-name table once per (architecture, blocks) during a load.
+
+    transformers builds a fresh ``TensorNameMap`` for every submodule of the model (397 times
+    for SmolLM2, about a third of the load time) and only reads it, so one per argument
+    tuple gives the same mapping. The original function is restored afterwards.
+    """
+    gguf = sys.modules.get("gguf") or importlib.import_module("gguf")
+    original = getattr(gguf, "get_tensor_name_map", None)
+    if not callable(original):
+        yield
+        return
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(original)
+    try:
+        yield
+    finally:
+        gguf.get_tensor_name_map = original
 
 
 def _ensure_pad_token(tokenizer: Any) -> None:
