@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -449,3 +450,59 @@ def knn_self(index: NeighborIndex, data: np.ndarray, k: int) -> tuple[np.ndarray
     keep = np.ones_like(own)
     keep[np.arange(n), drop] = False
     return ids[keep].reshape(n, k), dists[keep].reshape(n, k)
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_index(index: NeighborIndex, path: Path) -> dict:
+    """Write an index beside a saved audit; returns the metadata :func:`load_index` needs.
+
+    An HNSW graph goes to ``path`` in hnswlib's own format. An exact index *is* its data, so
+    nothing is written: it is rebuilt from the saved activations on load.
+    """
+    if isinstance(index, HnswIndex):
+        index._index.save_index(str(path))
+        return {
+            "kind": "hnsw",
+            "dim": index.dim,
+            "count": index._count,
+            "M": index.M,
+            "ef_construction": index.ef_construction,
+            "ef": index.ef,
+            "center": None if index._center is None else index._center.tolist(),
+        }
+    if isinstance(index, ExactIndex):
+        return {"kind": "exact", "dim": index.dim, "count": index._count}
+    raise SearchError(f"cannot save an index of type {type(index).__name__}")
+
+
+def load_index(meta: dict, path: Path, *, patterns) -> NeighborIndex:
+    """Rebuild a saved index; ``patterns()`` returns the normalized patterns of an exact one."""
+    kind = meta.get("kind")
+    if kind == "exact":
+        index = ExactIndex(int(meta["dim"]))
+        index.add(patterns())
+        return index
+    if kind != "hnsw":
+        raise SearchError(f"{path}: unknown index kind {kind!r}")
+    import hnswlib
+
+    index = HnswIndex.__new__(HnswIndex)
+    index.dim, index.M = int(meta["dim"]), int(meta["M"])
+    index.ef_construction, index.ef = int(meta["ef_construction"]), meta["ef"]
+    index.threads = default_threads()
+    index._count = int(meta["count"])
+    center = meta.get("center")
+    index._center = None if center is None else np.asarray(center, dtype=np.float64)
+    index._index = hnswlib.Index(space="l2", dim=index.dim)
+    try:
+        index._index.load_index(str(path), max_elements=max(index._count, 1))
+    except RuntimeError as exc:
+        raise SearchError(f"{path}: damaged HNSW index ({exc})") from None
+    if index._index.get_current_count() != index._count:
+        raise SearchError(
+            f"{path}: holds {index._index.get_current_count()} patterns, expected {index._count}"
+        )
+    index._index.set_num_threads(index.threads)
+    return index
