@@ -52,7 +52,7 @@ def assert_same(a, b, where="audit"):
         np.testing.assert_array_equal(a, b, err_msg=where)
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same(x, y, f"{where}[{i}]")
     elif isinstance(a, float) and math.isnan(a):
         assert isinstance(b, float) and math.isnan(b), where
@@ -116,14 +116,14 @@ def test_damaged_file_is_named(audited, tmp_path):
     root = audited.save(tmp_path / "a")
     victim = root / "reports" / "layer_001.npz"
     victim.write_bytes(victim.read_bytes()[:-10])
-    with pytest.raises(FormatError, match="layer_001.npz"):
+    with pytest.raises(FormatError, match=r"layer_001\.npz"):
         hopaudit.load(root)
 
 
 def test_missing_file_is_named(audited, tmp_path):
     root = audited.save(tmp_path / "a")
     (root / "texts.json").unlink()
-    with pytest.raises(FormatError, match="texts.json.*missing"):
+    with pytest.raises(FormatError, match=r"texts\.json.*missing"):
         hopaudit.load(root)
 
 
@@ -140,7 +140,7 @@ def test_not_an_audit(tmp_path):
     with pytest.raises(FormatError, match="no such directory"):
         hopaudit.load(tmp_path / "nothing")
     (tmp_path / "d").mkdir()
-    with pytest.raises(FormatError, match="audit.json"):
+    with pytest.raises(FormatError, match=r"audit\.json"):
         hopaudit.load(tmp_path / "d")
     (tmp_path / "d" / "audit.json").write_text("{not json")
     with pytest.raises(FormatError, match="damaged"):
