@@ -279,3 +279,46 @@ def test_compiled_model_is_found_and_probed_without_compiling():
     assert [p for p, _ in found] == ["_orig_mod." + p for p in info.block_paths]
     path, module = find_final_norm(compiled, found)
     assert path == "_orig_mod.model.norm" and module is model.model.norm
+
+
+def _llama_hand_count(c) -> tuple[int, int]:
+    d, f, v = c.hidden_size, c.intermediate_size, c.vocab_size
+    kv = c.num_key_value_heads * (d // c.num_attention_heads)
+    block = d * d + 2 * d * kv + d * d + 3 * d * f + 2 * d
+    tied = c.tie_word_embeddings
+    return v * d + c.num_hidden_layers * block + d + (0 if tied else v * d), (
+        c.num_hidden_layers * block
+    )
+
+
+@pytest.mark.slow
+def test_real_smollm2_blocks_final_norm_and_size():
+    from hopaudit import zoo
+
+    model, tok = zoo.smollm2()
+    found = find_blocks(model)
+    assert [p for p, _ in found] == [f"model.layers.{i}" for i in range(30)]
+    path, module = find_final_norm(model, found)
+    assert path == "model.norm"
+    ids = tok("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
+    head_in, out = _head_input_and_output(model, model.lm_head, module, ids)
+    assert torch.equal(head_in, out)
+    total, in_blocks = count_parameters(model, found)
+    assert (total, in_blocks) == _llama_hand_count(model.config)
+    assert total == 134_515_008  # SmolLM2-135M, embeddings tied
+
+
+@pytest.mark.slow
+def test_real_minilm_blocks_and_no_final_norm():
+    from hopaudit import zoo
+
+    model, _ = zoo.minilm()
+    found = find_blocks(model)
+    assert [p for p, _ in found] == [f"encoder.layer.{i}" for i in range(6)]
+    assert find_final_norm(model, found) is None
+    c = model.config
+    d, f = c.hidden_size, c.intermediate_size
+    block = 4 * (d * d + d) + 2 * d + (d * f + f) + (f * d + d) + 2 * d
+    emb = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * d + 2 * d
+    pooler = d * d + d
+    assert count_parameters(model, found) == (emb + 6 * block + pooler, 6 * block)

@@ -470,3 +470,19 @@ def test_very_long_texts_are_read_by_prefix_with_the_same_tokens(tok):
     uncapped = prepare_data([long_text], tok, max_length=10)
     assert uncapped.dropped_tokens == len(full) % 10
     assert uncapped.num_sequences == len(full) // 10
+
+
+@pytest.mark.slow
+def test_real_minilm_tokenizer_found_beside_the_model_and_its_cls_sep_template():
+    from hopaudit import zoo
+
+    model, tok = zoo.minilm()
+    del model.hopaudit_tokenizer  # found from the model's local directory instead
+    found = find_tokenizer(model)
+    assert found is not None and found.cls_token_id == tok.cls_token_id
+    d = prepare_data(NONEMPTY, model=model, max_length=16, chunking="document")
+    for i, text in enumerate(NONEMPTY):
+        body = tok.encode(text, add_special_tokens=False)[:14]
+        n = int(d.attention_mask[i].sum())
+        assert d.input_ids[i, :n].tolist() == [tok.cls_token_id, *body, tok.sep_token_id]
+    assert d.pad_token_id == tok.pad_token_id
