@@ -1,0 +1,508 @@
+"""Audits during and after training: a Trainer callback, a plain-loop auditor, saved checkpoints.
+
+- :class:`AuditCallback` audits the model inside ``transformers.Trainer`` at each checkpoint
+  save (or every N steps), writes ``<output_dir>/hopaudit/step-<N>/`` and logs per-layer
+  scalars (``hopaudit/<layer>/r_hat`` ...) through the trainer's own logging, so TensorBoard,
+  W&B and ``trainer.state.log_history`` all get them.
+- :class:`Auditor` does the same from a plain PyTorch loop: ``auditor.step(model, step)``.
+- :func:`audit_checkpoints` audits checkpoint directories a run already saved.
+
+Every audit here runs on the same token sequences (the evaluation data is tokenized once), so
+audits of different steps compare. The model is put in eval mode for the audit and handed
+back in the mode it was in; the torch RNG streams training uses are left as they were, so a
+run with audits trains exactly as one without.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import glob
+import inspect
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from .errors import DataError, HopauditError, ModelError
+
+logger = logging.getLogger(__name__)
+
+#: Where the audits of a run go, under the run's output directory.
+AUDIT_SUBDIR = "hopaudit"
+#: The per-layer columns of ``audit.layers`` logged as scalars.
+LAYER_SCALARS = ("r_hat", "r_ratio", "separated_frac")
+_CHECKPOINT_STEP = re.compile(r"checkpoint-(\d+)$")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+# ------------------------------------------------------------------------------ scalars
+def audit_scalars(audit: Any) -> dict[str, float]:
+    """The scalars an audit logs: per layer ``hopaudit/<layer>/{r_hat,r_ratio,separated_frac}``,
+    the last layer's (``final``) ``floor_low``, ``hopaudit/cross_entropy`` and the audit's
+    seconds. Skipped layers and non-finite values are left out (loggers choke on them)."""
+    out: dict[str, float] = {}
+    for row in audit.layers.to_dict("records"):
+        for column in LAYER_SCALARS:
+            _put(out, f"hopaudit/{row['name']}/{column}", row.get(column))
+    summary = audit.summary()
+    _put(out, f"hopaudit/{audit.layer_names[-1]}/floor_low", summary.get("floor_low"))
+    _put(out, "hopaudit/cross_entropy", summary.get("cross_entropy"))
+    _put(out, "hopaudit/audit_seconds", audit.timings.get("total"))
+    return out
+
+
+def _put(out: dict[str, float], key: str, value: Any) -> None:
+    if value is None or isinstance(value, bool):
+        return
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return
+    if math.isfinite(v):
+        out[key] = v
+
+
+# ------------------------------------------------------------------------------ shared core
+class _Runner:
+    """Tokenize the evaluation data once; audit a model at a step; save atomically."""
+
+    def __init__(self, eval_data: Any, audit_options: dict[str, Any]) -> None:
+        from .api import audit
+
+        accepted = set(inspect.signature(audit).parameters) - {"model", "data"}
+        unknown = sorted(set(audit_options) - accepted)
+        if unknown:
+            raise DataError(
+                f"unknown audit option(s) {', '.join(map(repr, unknown))}; "
+                f"hopaudit.audit accepts {', '.join(sorted(accepted))}"
+            )
+        if eval_data is None:
+            raise DataError("eval_data is None; pass the texts (or token ids) to audit")
+        self.eval_data = eval_data
+        self.options = {"progress": False, **audit_options}
+        self.tokens: Any = None  # the TokenData every audit uses, made on first need
+        self.heldout_tokens: Any = None
+
+    def prepare(self, model: Any, tokenizer: Any) -> None:
+        """Tokenize the evaluation (and held-out) data once, with clear errors, before any audit."""
+        if self.tokens is not None:
+            return
+        from .data import prepare_data
+
+        opts = self.options
+        tokenizer = opts.get("tokenizer") or tokenizer
+
+        def tokens_of(data: Any) -> Any:
+            return prepare_data(
+                data,
+                tokenizer,
+                max_length=opts.get("max_length", 256),
+                chunking=opts.get("chunking", "stream"),
+                max_sequences=opts.get("max_sequences"),
+                model=model,
+            )
+
+        self.tokens = tokens_of(self.eval_data)
+        if opts.get("heldout") is not None:
+            self.heldout_tokens = tokens_of(opts["heldout"])
+
+    def run(self, model: Any, tokenizer: Any, step: int | None) -> Any:
+        """Audit ``model`` in eval mode with training's RNG untouched; mode restored after."""
+        from .api import audit
+
+        model = _unwrap(model)
+        self.prepare(model, tokenizer)
+        opts = dict(self.options)
+        opts["tokenizer"] = opts.get("tokenizer") or tokenizer
+        if self.heldout_tokens is not None:
+            opts["heldout"] = self.heldout_tokens
+        if opts.get("store") and step is not None:
+            opts["store"] = str(Path(opts["store"]) / f"step-{step}")
+        was_training = model.training
+        model.eval()
+        try:
+            with _rng_kept(model), torch.no_grad():
+                result = audit(model, self.tokens, **opts)
+        finally:
+            model.train(was_training)
+        if step is not None:
+            result.options["step"] = int(step)
+        return result
+
+
+def _unwrap(model: Any) -> Any:
+    """The module inside DDP / DataParallel: their forward may run collectives (buffers)."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return model
+
+
+@contextlib.contextmanager
+def _rng_kept(model: Any) -> Iterator[None]:
+    """Fork the CPU RNG and the model's CUDA device RNG, so training's random stream goes on
+    exactly as if no audit had happened."""
+    devices = []
+    with contextlib.suppress(StopIteration):
+        device = next(model.parameters()).device
+        if device.type == "cuda":
+            devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+def _save_atomically(result: Any, path: Path) -> Path:
+    """Save into a temporary sibling, then rename: a crash never leaves a half-written step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        result.save(tmp)
+        if path.exists():  # the same step audited again (a resumed run): the new one wins
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _check_on_error(on_error: str) -> str:
+    if on_error not in ("raise", "warn"):
+        raise DataError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
+    return on_error
+
+
+# ------------------------------------------------------------------------------ the callback
+class AuditCallback(TrainerCallback):
+    """Audit the model during ``transformers.Trainer`` training.
+
+    ``every="save"`` audits at each checkpoint save (``on_save``); an integer N audits when
+    ``global_step % N == 0`` (``on_step_end``). Each audit is saved to
+    ``<output_dir or args.output_dir>/hopaudit/step-<global_step>/`` (read it back with
+    ``hopaudit.load``) and its scalars (see :func:`audit_scalars`) are logged through the
+    trainer: they land in ``trainer.state.log_history`` and reach every reporting integration
+    (TensorBoard, W&B, ...) as one extra log event at that step. ``audit_options`` go to
+    :func:`hopaudit.audit` (``max_length``, ``umap_layers``, ``heldout``, ...); the tokenizer is
+    the trainer's ``processing_class`` unless ``tokenizer=`` is given. The evaluation data is
+    tokenized once, at the start of training, so a bad dataset fails before any step is spent.
+
+    ``on_error="raise"`` (default) stops training when an audit fails; ``"warn"`` logs a
+    warning, records it in ``errors`` and training goes on.
+
+    Distributed runs: only the world's rank 0 audits (``state.is_world_process_zero``); the
+    audit issues no collective operation (it runs the unwrapped module, not DDP's wrapper), and
+    the other ranks simply go on with the next step and wait for rank 0 at the next gradient
+    all-reduce. Keep one audit shorter than ``args.ddp_timeout`` (30 min by default). Sharded
+    parameters (FSDP, DeepSpeed ZeRO-3) cannot be audited on one rank: the callback refuses
+    them at the start; audit the saved checkpoints with :func:`audit_checkpoints` instead.
+    """
+
+    def __init__(
+        self,
+        eval_data: Any,
+        every: str | int = "save",
+        output_dir: str | os.PathLike[str] | None = None,
+        *,
+        on_error: str = "raise",
+        **audit_options: Any,
+    ) -> None:
+        if every != "save" and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise DataError(f"every must be 'save' or a positive number of steps, got {every!r}")
+        self.every = every
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.on_error = _check_on_error(on_error)
+        self._runner = _Runner(eval_data, audit_options)
+        self._handler: Any = None
+        self._warned_no_handler = False
+        self._audited: set[int] = set()
+        self.paths: list[Path] = []  # one audit directory per audited step, in order
+        self.history: list[dict[str, Any]] = []  # {"step", "path", **scalars} per audit
+        self.errors: dict[int, str] = {}  # step -> message, with on_error="warn"
+        self.last_audit: Any = None
+
+    def audit_dir(self, args: Any) -> Path:
+        """The directory holding the ``step-<N>`` audits (give it to ``hopaudit.timeline``)."""
+        return Path(self.output_dir or args.output_dir) / AUDIT_SUBDIR
+
+    # ---------------------------------------------------------------- events
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._handler = _calling_handler() or self._handler
+        if not state.is_world_process_zero:
+            return control
+        _refuse_sharded(args)
+        strategy = getattr(args, "save_strategy", None)
+        if self.every == "save" and getattr(strategy, "value", strategy) == "no":
+            warnings.warn(
+                "AuditCallback(every='save') but the Trainer's save_strategy is 'no': nothing "
+                "will be audited; pass every=<steps> or set save_strategy",
+                stacklevel=2,
+            )
+        if model is not None:
+            self._runner.prepare(_unwrap(model), _tokenizer_from(kwargs))
+        return control
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if isinstance(self.every, int) and state.global_step % self.every == 0:
+            self._audit(args, state, control, model, kwargs)
+        return control
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if self.every == "save":
+            self._audit(args, state, control, model, kwargs)
+        return control
+
+    # ---------------------------------------------------------------- work
+    def _audit(self, args, state, control, model, kwargs) -> None:
+        step = int(state.global_step)
+        if not state.is_world_process_zero or model is None or step in self._audited:
+            return
+        self._audited.add(step)
+        self._handler = self._handler or _calling_handler()
+        try:
+            result = self._runner.run(model, _tokenizer_from(kwargs), step)
+            path = _save_atomically(result, self.audit_dir(args) / f"step-{step}")
+        except (HopauditError, OSError, RuntimeError, ValueError) as exc:
+            if self.on_error == "raise":
+                raise
+            message = f"{type(exc).__name__}: {exc}"
+            self.errors[step] = message
+            logger.warning("hopaudit: the audit at step %d failed: %s", step, message)
+            warnings.warn(f"hopaudit: the audit at step {step} failed: {message}", stacklevel=2)
+            return
+        scalars = audit_scalars(result)
+        self.paths.append(path)
+        self.history.append({"step": step, "path": str(path), **scalars})
+        self.last_audit = result
+        self._log(args, state, control, scalars)
+
+    def _log(self, args, state, control, scalars: dict[str, float]) -> None:
+        """One log event at this step, the way ``Trainer.log`` makes one: into
+        ``state.log_history``, then ``on_log`` of every callback (the reporting integrations)."""
+        logs: dict[str, float] = dict(scalars)
+        if state.epoch is not None:
+            logs["epoch"] = state.epoch
+        state.log_history.append({**logs, "step": state.global_step})
+        if self._handler is None:
+            if self._warned_no_handler:
+                return
+            self._warned_no_handler = True
+            warnings.warn(
+                "AuditCallback was not called by a transformers CallbackHandler, so its "
+                "scalars reach trainer.state.log_history only, not the reporting integrations",
+                stacklevel=3,
+            )
+            return
+        # The handler's on_log clears should_log; keep the trainer's own pending log.
+        should_log = control.should_log
+        self._handler.on_log(args, state, control, logs)
+        control.should_log = should_log
+
+
+def _calling_handler() -> Any:
+    """The ``CallbackHandler`` that is calling this callback (found on the call stack).
+
+    A callback gets no reference to the trainer, and the handler's ``on_log`` is the only
+    way to reach TensorBoard/W&B with a log event of our own: ``Trainer.log`` copies the logs
+    into ``log_history`` and calls the reporting callbacks before any user callback's
+    ``on_log`` could add to the dict, and ``control.should_log`` set during ``on_save`` is
+    cleared at the next step's start."""
+    from transformers.trainer_callback import CallbackHandler
+
+    frame = sys._getframe(1)
+    for _ in range(6):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, CallbackHandler):
+            return owner
+        frame = frame.f_back
+    return None
+
+
+def _tokenizer_from(kwargs: dict[str, Any]) -> Any:
+    tok = kwargs.get("processing_class") or kwargs.get("tokenizer")
+    # A multimodal processor carries its text tokenizer.
+    if tok is not None and not callable(getattr(tok, "encode", None)):
+        tok = getattr(tok, "tokenizer", None)
+    return tok
+
+
+def _refuse_sharded(args: Any) -> None:
+    sharded = None
+    if getattr(args, "fsdp", None):
+        sharded = "FSDP"
+    elif getattr(args, "deepspeed", None):
+        with contextlib.suppress(ImportError):
+            from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+            if is_deepspeed_zero3_enabled():
+                sharded = "DeepSpeed ZeRO-3"
+    if sharded:
+        raise ModelError(
+            f"AuditCallback cannot audit a {sharded}-sharded model on one rank (its forward "
+            "needs every rank); save checkpoints and audit them afterwards with "
+            "hopaudit.audit_checkpoints('OUTPUT_DIR/checkpoint-*', data)"
+        )
+
+
+# ------------------------------------------------------------------------------ plain loops
+class Auditor:
+    """Audits from a plain PyTorch training loop, laid out like :class:`AuditCallback`'s.
+
+    ``auditor.step(model, step)`` audits ``model`` on ``eval_data`` (tokenized once, at the
+    first step), saves it to ``<output_dir>/hopaudit/step-<step>/``, records its scalars in
+    ``history`` (feed them to your logger: ``wandb.log(auditor.history[-1])``), hands the model
+    back in the training mode it was in and returns the :class:`~hopaudit.Audit`. In a
+    distributed loop call it on rank 0 only; a DDP wrapper is unwrapped (its forward may
+    broadcast buffers) and the audit runs no collective operation.
+    """
+
+    def __init__(
+        self,
+        eval_data: Any,
+        output_dir: str | os.PathLike[str],
+        *,
+        on_error: str = "raise",
+        **audit_options: Any,
+    ) -> None:
+        if output_dir is None:
+            raise DataError("output_dir is None; pass the directory the audits go to")
+        self.output_dir = Path(output_dir)
+        self.on_error = _check_on_error(on_error)
+        self._runner = _Runner(eval_data, audit_options)
+        self.paths: list[Path] = []
+        self.history: list[dict[str, Any]] = []
+        self.errors: dict[int, str] = {}
+
+    @property
+    def audit_dir(self) -> Path:
+        """The directory holding the ``step-<N>`` audits."""
+        return self.output_dir / AUDIT_SUBDIR
+
+    def step(self, model: Any, step: int) -> Any:
+        """Audit ``model`` at training step ``step`` and return the Audit (None if it failed
+        with ``on_error="warn"``)."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise DataError(f"step must be a non-negative integer, got {step!r}")
+        tokenizer = getattr(_unwrap(model), "hopaudit_tokenizer", None)
+        try:
+            result = self._runner.run(model, tokenizer, step)
+            path = _save_atomically(result, self.audit_dir / f"step-{step}")
+        except (HopauditError, OSError, RuntimeError, ValueError) as exc:
+            if self.on_error == "raise":
+                raise
+            self.errors[step] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"hopaudit: the audit at step {step} failed: {exc}", stacklevel=2)
+            return None
+        self.paths.append(path)
+        self.history.append({"step": step, "path": str(path), **audit_scalars(result)})
+        return result
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def audit_checkpoints(paths_or_glob: Any, data: Any, **audit_options: Any) -> list[Any]:
+    """Audit saved checkpoint directories on the same token sequences, in step order.
+
+    ``paths_or_glob``: a glob (``"out/checkpoint-*"``), a run directory holding
+    ``checkpoint-<N>`` folders, one model directory, or a list of these. Every path is checked
+    before any audit runs (a path that is not a model directory is named in a
+    :class:`~hopaudit.errors.ModelError`). The audits come back sorted by the step parsed from
+    ``checkpoint-<N>`` (other names last, in the order given), each with ``options["step"]``.
+    ``data`` is tokenized once, with ``tokenizer=`` or the first checkpoint's own tokenizer.
+    ``progress`` (default True) shows one bar over the checkpoints.
+    """
+    from tqdm.auto import tqdm
+
+    from .loading import load_model
+
+    show = bool(audit_options.pop("progress", True))
+    runner = _Runner(data, audit_options)
+    dirs = _checkpoint_dirs(paths_or_glob)
+    audits = []
+    for path in tqdm(dirs, desc="auditing checkpoints", disable=not show):
+        t0 = time.perf_counter()
+        model, tokenizer = load_model(str(path), tokenizer=runner.options.get("tokenizer"))
+        result = runner.run(model, tokenizer, _step_of(path))
+        result.options["checkpoint"] = str(path)
+        audits.append(result)
+        logger.info("hopaudit: audited %s in %.1f s", path, time.perf_counter() - t0)
+        del model
+        gc.collect()
+    return audits
+
+
+def _step_of(path: Path) -> int | None:
+    match = _CHECKPOINT_STEP.search(path.name)
+    return int(match.group(1)) if match else None
+
+
+def _checkpoint_dirs(spec: Any) -> list[Path]:
+    """Expand globs and run directories, check each is a model directory, sort by step."""
+    if isinstance(spec, (str, os.PathLike)):
+        items = [spec]
+    elif isinstance(spec, (list, tuple)):
+        items = list(spec)
+    else:
+        raise DataError(f"expected a path, a glob or a list of paths, got {type(spec).__name__}")
+    if not items:
+        raise DataError("no checkpoint paths given")
+    found: list[Path] = []
+    for item in items:
+        if not isinstance(item, (str, os.PathLike)):
+            raise DataError(f"checkpoint paths must be str or Path, got {type(item).__name__}")
+        text = os.path.expanduser(os.fspath(item))
+        if glob.has_magic(text):
+            matches = sorted(Path(p) for p in glob.glob(text))
+            if not matches:
+                raise ModelError(f"no checkpoint directory matches {text!r}")
+            found.extend(matches)
+            continue
+        path = Path(text)
+        if path.is_dir() and not (path / "config.json").exists():
+            inner = sorted(p for p in path.glob("checkpoint-*") if p.is_dir())
+            if inner:  # a run's output directory
+                found.extend(inner)
+                continue
+        found.append(path)
+    for path in found:
+        problem = _not_a_model_dir(path)
+        if problem:
+            raise ModelError(
+                f"{path} is not a model directory: {problem}; expected a checkpoint saved by "
+                "Trainer or save_pretrained (config.json and the model weights)"
+            )
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    order = {p: i for i, p in enumerate(unique)}
+    return sorted(unique, key=lambda p: (_step_of(p) is None, _step_of(p) or 0, order[p]))
+
+
+def _not_a_model_dir(path: Path) -> str | None:
+    if not path.exists():
+        return "it does not exist"
+    if not path.is_dir():
+        return "it is a file, not a directory"
+    if not (path / "config.json").is_file():
+        return "it has no config.json"
+    if not any((path / name).is_file() for name in _WEIGHT_FILES) and not any(
+        path.glob("*.safetensors")
+    ):
+        return "it has no model weights (model.safetensors or pytorch_model.bin)"
+    return None

@@ -1,0 +1,326 @@
+"""AuditCallback inside a real transformers Trainer, the plain-loop Auditor, audit_checkpoints.
+
+Oracles: the cross-entropy each audit logs is checked against the loss transformers itself
+computes for the saved checkpoint of that step (loaded back from disk); a spy callback placed
+before the AuditCallback (where the reporting integrations sit) must receive the scalars; a
+forward hook records the mode the model is in while it is audited; a second run without the
+callback must train to the very same losses.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from pathlib import Path
+from pydoc_data.topics import topics
+
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+import hopaudit
+from hopaudit.errors import DataError, ModelError, SearchError
+from hopaudit.tinygpt import _token_stream, train_tokenizer
+from hopaudit.training import AuditCallback, Auditor, _checkpoint_dirs, audit_checkpoints
+
+SEQ = 32
+DOCS = [topics[k] for k in sorted(topics)][:8]
+OPTS = dict(max_length=SEQ, umap_layers=[])
+LAYERS = ["transformer.h.0", "transformer.h.1", "final"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared two-core machine, two threads are many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    tok = train_tokenizer(DOCS, vocab_size=400, model_max_length=SEQ)
+    stream = torch.from_numpy(_token_stream(tok, DOCS))
+    n = len(stream) // SEQ
+    rows = stream[: n * SEQ].view(n, SEQ)
+    return tok, rows[40:], rows[:40]  # tokenizer, training rows, evaluation rows
+
+
+def _model(tok, seed=0):
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(tok), n_positions=SEQ, n_embd=32, n_layer=2, n_head=2,
+                        eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id,
+                        pad_token_id=tok.pad_token_id)  # fmt: skip
+    return GPT2LMHeadModel(config)
+
+
+def _trainer(tok, train_rows, out, callbacks, **kwargs):
+    args = dict(output_dir=str(out), max_steps=24, save_steps=8, logging_steps=4,
+                per_device_train_batch_size=8, learning_rate=3e-3, report_to="none",
+                use_cpu=True, disable_tqdm=True, save_only_model=True, seed=0)  # fmt: skip
+    args.update(kwargs)
+    data = [{"input_ids": r, "labels": r} for r in train_rows]
+    return Trainer(model=_model(tok), args=TrainingArguments(**args), train_dataset=data,
+                   processing_class=tok, callbacks=callbacks)  # fmt: skip
+
+
+class Spy(TrainerCallback):
+    """Records what a reporting integration sees (on_log) and the model's mode after saves."""
+
+    def __init__(self):
+        self.logs: list[dict] = []
+        self.mode_after_save: list[bool] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs))
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        self.mode_after_save.append(model.training)
+
+
+def _hand_loss(model, ids):
+    with torch.no_grad():
+        return float(model.eval()(input_ids=ids, labels=ids).loss)
+
+
+@pytest.fixture(scope="module")
+def run(corpus, tmp_path_factory):
+    tok, train_rows, eval_rows = corpus
+    out = tmp_path_factory.mktemp("run")
+    before, after = Spy(), Spy()
+    callback = AuditCallback(eval_rows, **OPTS)
+    trainer = _trainer(tok, train_rows, out, [before, callback, after])
+    audited_modes: list[bool] = []
+    trainer.model.register_forward_hook(
+        lambda m, i, o: audited_modes.append(m.training) if not torch.is_grad_enabled() else None
+    )
+    trainer.train()
+    return dict(trainer=trainer, out=out, callback=callback, before=before, after=after,
+                audited_modes=audited_modes)  # fmt: skip
+
+
+def _audit_entries(history):
+    return {e["step"]: e for e in history if "hopaudit/cross_entropy" in e}
+
+
+def test_an_audit_directory_per_save_that_loads(run):
+    audit_dir = run["out"] / "hopaudit"
+    assert sorted(p.name for p in audit_dir.iterdir()) == ["step-16", "step-24", "step-8"]
+    assert run["callback"].audit_dir(run["trainer"].args) == audit_dir
+    assert [p.name for p in run["callback"].paths] == ["step-8", "step-16", "step-24"]
+    entries = _audit_entries(run["trainer"].state.log_history)
+    for step in (8, 16, 24):
+        loaded = hopaudit.load(audit_dir / f"step-{step}")
+        assert loaded.options["step"] == step
+        assert loaded.layer_names == LAYERS
+        ce = loaded.summary()["cross_entropy"]
+        assert ce == pytest.approx(entries[step]["hopaudit/cross_entropy"], rel=1e-6)
+
+
+def test_scalars_in_log_history_and_at_the_reporting_callbacks(run):
+    history = run["trainer"].state.log_history
+    entries = _audit_entries(history)
+    assert sorted(entries) == [8, 16, 24]
+    keys = {f"hopaudit/{layer}/{col}" for layer in LAYERS
+            for col in ("r_hat", "r_ratio", "separated_frac")}  # fmt: skip
+    keys |= {"hopaudit/final/floor_low", "hopaudit/cross_entropy"}
+    for entry in entries.values():
+        assert keys <= set(entry)
+        assert all(math.isfinite(entry[k]) for k in keys)
+        # r_ratio is r_hat / sqrt(n / 2 pi e) with n = 32 (the hidden size)
+        r_star = math.sqrt(32 / (2 * math.pi * math.e))
+        for layer in LAYERS:
+            ratio = entry[f"hopaudit/{layer}/r_ratio"]
+            assert ratio == pytest.approx(entry[f"hopaudit/{layer}/r_hat"] / r_star, rel=1e-6)
+    # A callback listed before ours (where TensorBoard / W&B sit) got the same scalars.
+    seen = [log for log in run["before"].logs if "hopaudit/cross_entropy" in log]
+    assert len(seen) == 3
+    assert [log["hopaudit/cross_entropy"] for log in seen] == [
+        entries[s]["hopaudit/cross_entropy"] for s in (8, 16, 24)
+    ]
+    # The trainer's own loss logs all still happened.
+    assert [e["step"] for e in history if "loss" in e] == [4, 8, 12, 16, 20, 24]
+
+
+def test_logged_cross_entropy_is_the_checkpoint_loss(run, corpus):
+    _, _, eval_rows = corpus
+    entries = _audit_entries(run["trainer"].state.log_history)
+    for step in (8, 16, 24):
+        model = GPT2LMHeadModel.from_pretrained(run["out"] / f"checkpoint-{step}")
+        expected = _hand_loss(model, eval_rows)
+        assert entries[step]["hopaudit/cross_entropy"] == pytest.approx(expected, rel=1e-4)
+    ce = [entries[s]["hopaudit/cross_entropy"] for s in (8, 16, 24)]
+    assert ce[2] < ce[0]  # training lowered the evaluation loss
+
+
+def test_audited_in_eval_mode_and_handed_back_in_training_mode(run):
+    assert run["audited_modes"] and not any(run["audited_modes"])
+    assert run["after"].mode_after_save == [True, True, True]
+
+
+def test_audits_leave_training_unchanged(run, corpus, tmp_path):
+    tok, train_rows, _ = corpus
+    plain = _trainer(tok, train_rows, tmp_path, None, save_strategy="no")
+    plain.train()
+    losses = [e["loss"] for e in plain.state.log_history if "loss" in e]
+    audited = [e["loss"] for e in run["trainer"].state.log_history if "loss" in e]
+    assert losses == audited
+
+
+def test_every_n_steps_into_another_directory(corpus, tmp_path):
+    tok, train_rows, eval_rows = corpus
+    elsewhere = tmp_path / "audits"
+    callback = AuditCallback(eval_rows, every=5, output_dir=elsewhere, **OPTS)
+    trainer = _trainer(tok, train_rows, tmp_path / "out", [callback], max_steps=12,
+                       save_strategy="no")  # fmt: skip
+    trainer.train()
+    assert sorted(p.name for p in (elsewhere / "hopaudit").iterdir()) == ["step-10", "step-5"]
+    assert sorted(_audit_entries(trainer.state.log_history)) == [5, 10]
+    assert not (tmp_path / "out" / "hopaudit").exists()
+
+
+def test_bad_eval_data_fails_before_the_first_step(corpus, tmp_path):
+    tok, train_rows, _ = corpus
+    callback = AuditCallback([], **OPTS)
+    trainer = _trainer(tok, train_rows, tmp_path, [callback])
+    with pytest.raises(DataError):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_failing_audit_raises_or_warns_and_restores_the_mode(corpus, tmp_path, monkeypatch):
+    tok, train_rows, eval_rows = corpus
+
+    @functools.wraps(hopaudit.api.audit)  # same signature: the options check still applies
+    def broken(model, data, **kwargs):
+        assert not model.training
+        raise SearchError("planted failure")
+
+    monkeypatch.setattr(hopaudit.api, "audit", broken)
+    after = Spy()
+    callback = AuditCallback(eval_rows, every=2, on_error="warn", **OPTS)
+    trainer = _trainer(tok, train_rows, tmp_path / "a", [callback, after], max_steps=4,
+                       save_steps=2)  # fmt: skip
+    with pytest.warns(UserWarning, match="planted failure"):
+        trainer.train()
+    assert trainer.state.global_step == 4
+    assert sorted(callback.errors) == [2, 4] and "planted failure" in callback.errors[2]
+    assert after.mode_after_save == [True, True]
+    assert not (tmp_path / "a" / "hopaudit").exists()  # nothing half-written is left
+
+    raising = AuditCallback(eval_rows, every=2, **OPTS)
+    trainer = _trainer(tok, train_rows, tmp_path / "b", [raising], max_steps=4)
+    with pytest.raises(SearchError, match="planted failure"):
+        trainer.train()
+    assert trainer.state.global_step == 2 and trainer.model.training
+
+
+def test_bad_callback_options():
+    with pytest.raises(DataError, match="every"):
+        AuditCallback(["a text"], every=0)
+    with pytest.raises(DataError, match="every"):
+        AuditCallback(["a text"], every="epoch")
+    with pytest.raises(DataError, match="'bogus'"):
+        AuditCallback(["a text"], bogus=1)
+    with pytest.raises(DataError, match="on_error"):
+        AuditCallback(["a text"], on_error="ignore")
+
+
+def test_every_save_without_saves_warns(corpus, tmp_path):
+    tok, train_rows, eval_rows = corpus
+    trainer = _trainer(tok, train_rows, tmp_path, [AuditCallback(eval_rows, **OPTS)],
+                       max_steps=1, save_strategy="no")  # fmt: skip
+    with pytest.warns(UserWarning, match="nothing will be audited"):
+        trainer.train()
+
+
+def test_auditor_in_a_plain_loop(corpus, tmp_path):
+    tok, train_rows, eval_rows = corpus
+    model = _model(tok)
+    model.hopaudit_tokenizer = tok
+    auditor = Auditor(eval_rows, tmp_path, **OPTS)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    audits = {}
+    for step in range(1, 7):
+        batch = train_rows[(step - 1) * 8 : step * 8]
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 3 == 0:
+            audits[step] = auditor.step(model, step)
+            assert model.training
+    assert sorted(p.name for p in auditor.audit_dir.iterdir()) == ["step-3", "step-6"]
+    assert auditor.audit_dir == tmp_path / "hopaudit"
+    assert audits[6].summary()["cross_entropy"] == pytest.approx(
+        _hand_loss(model, eval_rows), rel=1e-4
+    )
+    model.train()
+    assert [h["step"] for h in auditor.history] == [3, 6]
+    assert auditor.history[1]["hopaudit/cross_entropy"] == audits[6].summary()["cross_entropy"]
+    # A wrapped model (DataParallel on the CPU) is audited through its module; eval mode kept.
+    model.eval()
+    wrapped = auditor.step(torch.nn.DataParallel(model), 7)
+    assert not model.training
+    assert wrapped.summary()["cross_entropy"] == pytest.approx(
+        audits[6].summary()["cross_entropy"], rel=1e-6
+    )
+    again = hopaudit.load(auditor.audit_dir / "step-7")
+    assert again.options["step"] == 7
+
+
+def test_audit_checkpoints_in_step_order(run, corpus):
+    _, _, eval_rows = corpus
+    out = run["out"]
+    entries = _audit_entries(run["trainer"].state.log_history)
+    by_glob = audit_checkpoints(str(out / "checkpoint-*"), eval_rows, progress=False, **OPTS)
+    assert [a.options["step"] for a in by_glob] == [8, 16, 24]  # not the glob's 16, 24, 8
+    for a in by_glob:
+        step = a.options["step"]
+        assert a.summary()["cross_entropy"] == pytest.approx(
+            entries[step]["hopaudit/cross_entropy"], rel=1e-6
+        )
+        assert a.options["checkpoint"].endswith(f"checkpoint-{step}")
+    # The other ways to name them expand to the same directories, in step order.
+    steps = [out.resolve() / f"checkpoint-{s}" for s in (8, 16, 24)]
+    assert _checkpoint_dirs(out) == steps  # a run's output directory
+    assert _checkpoint_dirs([steps[2], str(steps[0]), steps[2]]) == [steps[0], steps[2]]
+
+
+def test_audit_checkpoints_with_texts_uses_the_checkpoint_tokenizer(run, corpus):
+    tok, _, eval_rows = corpus
+    texts = tok.batch_decode(eval_rows[:20])
+    (a,) = audit_checkpoints(run["out"] / "checkpoint-24", texts, progress=False, **OPTS)
+    assert a.options["step"] == 24
+    assert 0.9 * 20 * SEQ <= a.summary()["n_tokens"] <= 1.1 * 20 * SEQ
+
+
+def test_bad_checkpoint_paths_are_named(run, tmp_path):
+    good = run["out"] / "checkpoint-8"
+    empty = tmp_path / "checkpoint-99"
+    empty.mkdir()
+    with pytest.raises(ModelError, match=re.escape(str(empty)) + ".*no config.json"):
+        audit_checkpoints([good, empty], ["text"], progress=False)
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ModelError, match=re.escape(str(missing)) + ".*does not exist"):
+        audit_checkpoints(missing, ["text"], progress=False)
+    with pytest.raises(ModelError, match="no checkpoint directory matches"):
+        audit_checkpoints(str(tmp_path / "run-*" / "checkpoint-*"), ["text"], progress=False)
+    no_weights = tmp_path / "checkpoint-5"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text("{}")
+    with pytest.raises(ModelError, match="no model weights"):
+        audit_checkpoints(no_weights, ["text"], progress=False)
+    a_file = tmp_path / "model.bin"
+    a_file.write_bytes(b"")
+    with pytest.raises(ModelError, match="is a file"):
+        audit_checkpoints(Path(a_file), ["text"], progress=False)
