@@ -540,7 +540,9 @@ def _stream_rows(
 ) -> tuple[list[torch.Tensor], int | None, list[int]]:
     prefix, suffix = _special_template(tok)
     room = _content_room(max_length, prefix, suffix)
-    sep = tok.eos_token_id if tok.eos_token_id is not None else getattr(tok, "sep_token_id", None)
+    sep = getattr(tok, "eos_token_id", None)
+    if sep is None:
+        sep = getattr(tok, "sep_token_id", None)
     need = None if max_sequences is None else max_sequences * room
     parts: list[np.ndarray] = []
     total = n_texts = n_docs = 0
