@@ -322,19 +322,40 @@ def test_smollm2_without_gguf_support_says_what_to_install(fake, monkeypatch, pa
     assert not cache.exists()
 
 
-def test_gguf_name_map_memo_is_temporary_and_faithful():
+def _tiny_gguf(path: Path) -> None:
     gguf = pytest.importorskip("gguf")
-    original = gguf.get_tensor_name_map
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_tensor("blk.0.attn_norm.weight", np.arange(8, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_faster_gguf_load_is_temporary_and_faithful(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "tiny.gguf"
+    _tiny_gguf(path)
+    original_map, original_reader = gguf.get_tensor_name_map, gguf.GGUFReader
     arch = gguf.MODEL_ARCH.LLAMA
-    with zoo._memoized_gguf_name_maps():
+    with zoo._faster_gguf_load():
         first = gguf.get_tensor_name_map(arch, 30)
         assert gguf.get_tensor_name_map(arch, 30) is first
-        assert first.mapping == original(arch, 30).mapping
-        assert gguf.get_tensor_name_map(arch, 2).mapping == original(arch, 2).mapping
-    assert gguf.get_tensor_name_map is original
-    with pytest.raises(KeyError), zoo._memoized_gguf_name_maps():
+        assert first.mapping == original_map(arch, 30).mapping
+        assert gguf.get_tensor_name_map(arch, 2).mapping == original_map(arch, 2).mapping
+        reader = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is reader
+        fresh = original_reader(path)
+        assert list(reader.fields) == list(fresh.fields)
+        assert reader.tensors[0].name == "blk.0.attn_norm.weight"
+        np.testing.assert_array_equal(reader.tensors[0].data, np.arange(8, dtype=np.float32))
+    assert gguf.get_tensor_name_map is original_map
+    assert gguf.GGUFReader is original_reader
+    with pytest.raises(KeyError), zoo._faster_gguf_load():
         raise KeyError("boom")
-    assert gguf.get_tensor_name_map is original
+    assert gguf.get_tensor_name_map is original_map
+    assert gguf.GGUFReader is original_reader
 
 
 @pytest.mark.parametrize("bad", [torch.int64, "int8", "float31", 3])
