@@ -220,23 +220,36 @@ def token_scores(
     logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per next-token prediction within the mask: (sequence index, log-prob of the true next
-    token, top-1 hit), computed in float32 with log_softmax over bounded chunks."""
+    token, top-1 hit), computed in float32 with log_softmax over bounded chunks.
+
+    A prediction at token t of token t+1 counts when both are real tokens. Each sequence's
+    predictions are read as a view of the logits when they are contiguous (right padding), so
+    the logits are not copied.
+    """
     m = mask.bool()
     valid = m[:, :-1] & m[:, 1:]
-    b, t = valid.nonzero(as_tuple=True)
     vocab = logits.shape[-1]
     chunk = max(1, SCORE_CHUNK_VALUES // vocab)
-    lps, hits = [], []
-    for s in range(0, b.numel(), chunk):
-        bb, tt = b[s : s + chunk], t[s : s + chunk]
-        lp = torch.log_softmax(logits[bb, tt].float(), dim=-1)
-        target = input_ids[bb, tt + 1]
-        lps.append(lp.gather(1, target[:, None])[:, 0])
-        hits.append(lp.argmax(1) == target)
+    seqs, lps, hits = [], [], []
+    for b in range(logits.shape[0]):
+        t = valid[b].nonzero()[:, 0]
+        n = t.numel()
+        if n == 0:
+            continue
+        t0, t1 = int(t[0]), int(t[-1]) + 1
+        rows = logits[b, t0:t1] if t1 - t0 == n else logits[b, t]
+        targets = input_ids[b, t + 1]
+        for s in range(0, n, chunk):
+            x = rows[s : s + chunk].float()
+            target = targets[s : s + chunk]
+            lp = torch.log_softmax(x, dim=-1)
+            lps.append(lp.gather(1, target[:, None])[:, 0])
+            hits.append(x.argmax(1) == target)
+        seqs.append(torch.full((n,), b, dtype=torch.long, device=logits.device))
     if not lps:
         empty = torch.empty(0, device=logits.device)
-        return b, empty, empty.bool()
-    return b, torch.cat(lps), torch.cat(hits)
+        return empty.long(), empty, empty.bool()
+    return torch.cat(seqs), torch.cat(lps), torch.cat(hits)
 
 
 def sequence_scores(
