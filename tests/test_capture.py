@@ -476,3 +476,24 @@ def test_forward_gets_ids_mask_and_use_cache_only_when_accepted():
         res = capture(model, data, [("block", model.block)], final=None, progress=False)
         assert res.cross_entropy is None and "no logits" in res.loss_note
     assert seen == [[], ["use_cache"]]
+
+
+def test_chosen_batch_size_follows_its_documented_budgets():
+    from hopaudit.capture import LOGITS_BUDGET_BYTES, choose_batch_size
+
+    model, _ = tiny_model("llama")  # vocab 512
+    assert choose_batch_size(model, 128, 1000, "cpu") == 8192 // 128  # tokens per batch
+    assert choose_batch_size(model, 128, 10, "cpu") == 10  # never more than the data
+    assert choose_batch_size(model, 4096, 1000, "cpu") == 1  # long sequences: one at a time
+    big, _ = tiny_model("llama", vocab_size=200_000)
+    bs = choose_batch_size(big, 128, 1000, "cpu")
+    assert bs * 128 * 200_000 * 4 <= LOGITS_BUDGET_BYTES < (bs + 1) * 128 * 200_000 * 4
+
+
+def test_progress_bar_reports_tokens_per_second(capsys):
+    model, info = tiny_model("gpt2")
+    _run(model, info, _data([6, 6, 6]), batch_size=1, progress=True)
+    err = capsys.readouterr().err
+    assert "tok/s" in err and "3/3" in err
+    _run(model, info, _data([6, 6, 6]), batch_size=1, progress=False)
+    assert capsys.readouterr().err == ""
