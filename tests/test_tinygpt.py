@@ -103,6 +103,9 @@ def test_same_seed_same_run_other_seed_other_run():
     b = train_tiny_gpt2(TRAIN_DOCS[:8], fraction=0.5, steps=6, seed=3, **TINY)
     c = train_tiny_gpt2(TRAIN_DOCS[:8], fraction=0.5, steps=6, seed=4, **TINY)
     assert torch.equal(torch.get_rng_state(), before)  # the global RNG is left alone
+    threads = torch.get_num_threads()
+    train_tiny_gpt2(TRAIN_DOCS[:2], steps=1, **{**TINY, "threads": threads + 1})
+    assert torch.get_num_threads() == threads  # the thread setting is restored
     assert a.losses == b.losses and a.train_texts == b.train_texts
     assert a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
     sa, sb = a.model.state_dict(), b.model.state_dict()
