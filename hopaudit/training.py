@@ -245,9 +245,9 @@ class AuditCallback(TrainerCallback):
     # ---------------------------------------------------------------- events
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._handler = _calling_handler() or self._handler
+        _refuse_sharded(args)  # on every rank, so no rank is left waiting for the others
         if not state.is_world_process_zero:
             return control
-        _refuse_sharded(args)
         strategy = getattr(args, "save_strategy", None)
         if self.every == "save" and getattr(strategy, "value", strategy) == "no":
             warnings.warn(

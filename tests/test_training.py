@@ -324,3 +324,16 @@ def test_bad_checkpoint_paths_are_named(run, tmp_path):
     a_file.write_bytes(b"")
     with pytest.raises(ModelError, match="is a file"):
         audit_checkpoints(Path(a_file), ["text"], progress=False)
+
+
+@pytest.mark.parametrize("rank_zero", [True, False])
+def test_sharded_models_are_refused_on_every_rank(rank_zero):
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    args = SimpleNamespace(fsdp="full_shard", deepspeed=None, save_strategy="steps",
+                           output_dir="unused")  # fmt: skip
+    state = TrainerState(is_world_process_zero=rank_zero)
+    with pytest.raises(ModelError, match=r"FSDP.*audit_checkpoints"):
+        AuditCallback(["a text"]).on_train_begin(args, state, TrainerControl())
