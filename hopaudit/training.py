@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 AUDIT_SUBDIR = "hopaudit"
 #: The per-layer columns of ``audit.layers`` logged as scalars.
 LAYER_SCALARS = ("r_hat", "r_ratio", "separated_frac")
+_TOKEN_OPTIONS = ("max_length", "chunking", "max_sequences")
 _CHECKPOINT_STEP = re.compile(r"checkpoint-(\d+)$")
 _WEIGHT_FILES = (
     "model.safetensors",
@@ -85,7 +86,8 @@ class _Runner:
     def __init__(self, eval_data: Any, audit_options: dict[str, Any]) -> None:
         from .api import audit
 
-        accepted = set(inspect.signature(audit).parameters) - {"model", "data"}
+        params = inspect.signature(audit).parameters
+        accepted = set(params) - {"model", "data"}
         unknown = sorted(set(audit_options) - accepted)
         if unknown:
             raise DataError(
@@ -95,7 +97,9 @@ class _Runner:
         if eval_data is None:
             raise DataError("eval_data is None; pass the texts (or token ids) to audit")
         self.eval_data = eval_data
-        self.options = {"progress": False, **audit_options}
+        # audit()'s own defaults for what tokenization needs, so both see the same values
+        defaults = {name: params[name].default for name in _TOKEN_OPTIONS if name in params}
+        self.options = {"progress": False, **defaults, **audit_options}
         self.tokens: Any = None  # the TokenData every audit uses, made on first need
         self.heldout_tokens: Any = None
 
@@ -106,15 +110,16 @@ class _Runner:
         from .data import prepare_data
 
         opts = self.options
-        tokenizer = opts.get("tokenizer") or tokenizer
+        if opts.get("tokenizer") is not None:
+            tokenizer = opts["tokenizer"]
 
         def tokens_of(data: Any) -> Any:
             return prepare_data(
                 data,
                 tokenizer,
-                max_length=opts.get("max_length", 256),
-                chunking=opts.get("chunking", "stream"),
-                max_sequences=opts.get("max_sequences"),
+                max_length=opts["max_length"],
+                chunking=opts["chunking"],
+                max_sequences=opts["max_sequences"],
                 model=model,
             )
 
@@ -129,7 +134,8 @@ class _Runner:
         model = _unwrap(model)
         self.prepare(model, tokenizer)
         opts = dict(self.options)
-        opts["tokenizer"] = opts.get("tokenizer") or tokenizer
+        if opts.get("tokenizer") is None:
+            opts["tokenizer"] = tokenizer
         if self.heldout_tokens is not None:
             opts["heldout"] = self.heldout_tokens
         if opts.get("store") and step is not None:
