@@ -1,0 +1,81 @@
+"""The embedded real models, captured and measured for real (SmolLM2-135M, all-MiniLM-L6-v2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import hopaudit
+from hopaudit.data import prepare_data
+from hopaudit.search import build_index
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return hopaudit.zoo.smollm2()
+
+
+@pytest.fixture(scope="module")
+def pydoc():
+    return hopaudit.zoo.corpus("pydoc")
+
+
+def test_smollm2_audit_of_a_few_dozen_sequences(smollm2, pydoc):
+    model, tok = smollm2
+    data = prepare_data(pydoc, tok, max_length=48, max_sequences=40)
+    a = hopaudit.audit(model, data, progress=False, umap_layers=[])
+    layers = a.layers
+    assert len(layers) == 31 and layers["name"].iloc[-1] == "final"
+    assert list(layers["name"][:30]) == [f"model.layers.{i}" for i in range(30)]
+    assert (layers["n"] == 576).all()
+    assert layers["r_star"].iloc[0] == pytest.approx(5.8073, abs=1e-4)  # THEORY.md's table
+    # The same pass's cross-entropy is transformers' own loss on the same sequences.
+    with torch.inference_mode():
+        loss = model(data.input_ids, labels=data.input_ids).loss.item()
+    assert a.summary()["cross_entropy"] == pytest.approx(loss, abs=1e-4)
+    assert 1.0 < loss < 5.0
+    # rms-normalized radii stay near r_star (THEORY.md: between 4.8 and 7.1 on 800 chunks;
+    # with 40 patterns the nearest other one is farther, so allow a wider band).
+    assert layers["r_hat"].between(2.0, 12.0).all()
+
+
+def test_hnsw_recall_on_20000_smollm2_activations(smollm2, pydoc):
+    """hnswlib with hopaudit's defaults finds the exact nearest other pattern >= 99 % of the time."""
+    model, tok = smollm2
+    data = prepare_data(pydoc, tok, max_length=64, max_sequences=320)
+    layer = [("model.layers.15", model.model.layers[15])]
+    from hopaudit.capture import capture
+
+    cap = capture(model, data, layer, final=None, positions="all", progress=False)
+    x = cap.store.get("model.layers.15")[:20000]
+    assert x.shape == (20000, 576)
+    x = hopaudit.geometry.normalize_rows(np.asarray(x, np.float32), "rms")
+    from hopaudit.search import knn_self
+
+    ids_h, _ = knn_self(build_index(x, "hnsw"), x, 1)
+    ids_e, d_e = knn_self(build_index(x, "exact"), x, 1)
+    # A tie (equal distance) counts as found: compare distances, not only ids.
+    d_h = np.linalg.norm(x - x[ids_h[:, 0]], axis=1)
+    recall = np.mean(d_h <= d_e[:, 0] * (1 + 1e-5) + 1e-6)
+    assert recall >= 0.99, recall
+
+
+def test_minilm_encoder_audit():
+    model, tok = hopaudit.zoo.minilm()
+    texts = [f"Sentence number {i} is about {w}." for i, w in enumerate("abcdefghij" * 4)]
+    a = hopaudit.audit(
+        model,
+        texts,
+        tokenizer=tok,
+        chunking="document",
+        max_length=16,
+        progress=False,
+        umap_layers=[],
+    )
+    assert a.n_blocks == 6 and a.hidden_size == 384
+    assert a.summary()["cross_entropy"] is None
+    assert "encoder" in a.summary()["loss_note"]
+    assert a.layers["r_hat"].notna().all()
