@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import PANELS, ROOT, SCREENSHOTS, free_port
+from browser_helpers import PANELS, ROOT, SCREENSHOTS, free_port
 
 pytestmark = pytest.mark.slow
 

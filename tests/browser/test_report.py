@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import PANELS, decode_png, save_screenshot
+from browser_helpers import PANELS, decode_png, save_screenshot
 
 from hopaudit.widget import decode
 
