@@ -30,7 +30,7 @@ def audit(
     data: Any,
     *,
     tokenizer: Any = None,
-    max_length: int = 256,
+    max_length: int | None = None,
     chunking: str = "stream",
     positions: str | int | list[int] = "last",
     blocks: str | None = None,

@@ -19,7 +19,11 @@ DEMO_LENGTH = 64
 
 
 def _add_audit_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-length", type=int, default=256, help="tokens per sequence (256)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        help="tokens per sequence (default 256, or the model's context if shorter)",
+    )
     p.add_argument(
         "--chunking",
         choices=["stream", "document"],

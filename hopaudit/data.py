@@ -127,24 +127,29 @@ def prepare_data(
     data: Any,
     tokenizer: Any = None,
     *,
-    max_length: int = 256,
+    max_length: int | None = None,
     chunking: str = "stream",
     max_sequences: int | None = None,
     model: Any = None,
 ) -> TokenData:
     """Turn ``data`` in any accepted form into a right-padded :class:`TokenData`.
 
+    ``max_length=None`` means ``DEFAULT_MAX_LENGTH`` tokens, or the model's context when that
+    is shorter; an explicit ``max_length`` beyond the model's context is an error.
+
     Texts are tokenized with ``tokenizer``, or the one found beside ``model``
     (:func:`find_tokenizer`). ``chunking`` is ``"stream"`` or ``"document"`` (see the module
     docstring). With ``model`` given, token ids are checked against its vocabulary.
     Raises :class:`DataError` with one line saying what to do for any bad input.
     """
+    max_length = _resolve_max_length(max_length, model)
     _check_options(max_length, chunking, max_sequences)
     if isinstance(data, TokenData):
         out = _check_token_data(data)
         if max_sequences is not None and out.num_sequences > max_sequences:
             out = out.head(max_sequences)
         _check_vocab(out.input_ids[out.attention_mask.bool()], model)
+        _check_context(out.seq_len, model)
         return out
 
     kind, payload, source = _classify(data)
@@ -174,6 +179,43 @@ def prepare_data(
     input_ids, mask = _pad_rows(rows, pad)
     texts = _decode(rows, tok)
     return TokenData(input_ids, mask, texts, pad, source, chunking, dropped, specials)
+
+
+#: Tokens per sequence when neither the user nor a short model context says otherwise.
+DEFAULT_MAX_LENGTH = 256
+
+
+def context_length(model: Any) -> int | None:
+    """The most positions the model can take (None when it does not say, e.g. ALiBi models)."""
+    if model is None:
+        return None
+    config = _text_config(model)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = _first_int(getattr(config, name, None))
+        if value is not None and value > 0:
+            return value
+    return None
+
+
+def _resolve_max_length(max_length: Any, model: Any) -> Any:
+    ctx = context_length(model)
+    if max_length is None:
+        return DEFAULT_MAX_LENGTH if ctx is None else min(DEFAULT_MAX_LENGTH, ctx)
+    if ctx is not None and _is_int(max_length) and max_length > ctx:
+        raise DataError(
+            f"max_length={max_length} is longer than the model's context of {ctx} positions; "
+            f"use max_length <= {ctx}"
+        )
+    return max_length
+
+
+def _check_context(seq_len: int, model: Any) -> None:
+    ctx = context_length(model)
+    if ctx is not None and seq_len > ctx:
+        raise DataError(
+            f"sequences of {seq_len} tokens are longer than the model's context of {ctx} "
+            f"positions; pass max_length <= {ctx}"
+        )
 
 
 def _check_options(max_length: Any, chunking: Any, max_sequences: Any) -> None:

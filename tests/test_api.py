@@ -203,3 +203,12 @@ def test_audit_of_a_saved_model_directory(tmp_path):
     )
     assert a.n_blocks == info.num_blocks
     assert a.summary()["cross_entropy"] is not None
+
+
+def test_max_length_follows_a_short_model_context():
+    model, _ = tiny_model("gpt2", n_positions=24)
+    tok = tiny_tokenizer()
+    a = hopaudit.audit(model, _texts(40), tokenizer=tok, progress=False, umap_layers=[])
+    assert a.capture.row_position.max() == 23  # default 256 capped at the context
+    with pytest.raises(DataError, match="context of 24 positions"):
+        hopaudit.audit(model, _texts(40), tokenizer=tok, max_length=64, progress=False)
