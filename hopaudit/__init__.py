@@ -27,7 +27,29 @@ from .measure import LayerReport, measure
 from .persist import load
 from .result import Audit, Embedding
 
+# Imported on first use: the training hooks pull in transformers' Trainer, the comparison
+# views the widget code; neither is needed to audit one model.
+_LAZY = {
+    "AuditCallback": "hopaudit.training",
+    "Auditor": "hopaudit.training",
+    "audit_checkpoints": "hopaudit.training",
+    "compare": "hopaudit.comparison",
+    "timeline": "hopaudit.comparison",
+    "Comparison": "hopaudit.comparison",
+    "Timeline": "hopaudit.comparison",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hopaudit' has no attribute {name!r}")
+
+
 __all__ = [
+    *_LAZY,
     "Audit",
     "CaptureError",
     "DataError",

@@ -32,6 +32,18 @@ from typing import Any
 import torch
 
 from .errors import ZooError
+from .tinygpt import TinyRun, train_tiny_gpt2  # the tiny GPT-2s for experiments live here too
+
+__all__ = [
+    "CORPORA",
+    "TinyRun",
+    "corpus",
+    "minilm",
+    "minilm_path",
+    "smollm2",
+    "smollm2_path",
+    "train_tiny_gpt2",
+]
 
 CORPORA: tuple[str, ...] = ("pydoc",)
 
