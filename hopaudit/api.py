@@ -7,6 +7,7 @@ data -> blocks -> one hooked forward pass -> per-layer store -> per-layer search
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from .measure import measure
 from .result import Audit, Embedding
 
 NORMALIZE_MODES = ("rms", "none")
+MIN_UMAP_POINTS = 4  # below it umap's spectral start fails
 INDEX_KINDS = ("auto", "hnsw", "exact")
 
 
@@ -125,6 +127,13 @@ def audit(
     embeddings = {}
     chosen = _umap_layers(names, umap_layers, reports)
     for name in tqdm(chosen, desc="UMAP", disable=not progress or not chosen):
+        if reports[name].n_patterns < MIN_UMAP_POINTS:
+            warnings.warn(
+                f"no UMAP of {name}: {reports[name].n_patterns} patterns, "
+                f"UMAP needs at least {MIN_UMAP_POINTS}",
+                stacklevel=2,
+            )
+            continue
         embeddings[name] = _embed(
             reports[name],
             stored.store.get(name),

@@ -212,3 +212,18 @@ def test_max_length_follows_a_short_model_context():
     assert a.capture.row_position.max() == 23  # default 256 capped at the context
     with pytest.raises(DataError, match="context of 24 positions"):
         hopaudit.audit(model, _texts(40), tokenizer=tok, max_length=64, progress=False)
+
+
+def test_three_patterns_are_measured_but_not_embedded():
+    model, _ = tiny_model("gpt2")
+    with pytest.warns(UserWarning, match="no UMAP"):
+        a = hopaudit.audit(
+            model,
+            _texts(3),
+            tokenizer=tiny_tokenizer(),
+            max_length=8,
+            chunking="document",
+            progress=False,
+        )
+    assert a.layers["n_patterns"].eq(3).all() and a.layers["r_hat"].notna().all()
+    assert a.embeddings == {}
