@@ -154,6 +154,11 @@ try {{
 
 
 def _state_of(audit_or_state: Any) -> dict[str, Any]:
+    from .comparison import state_of as multi_state_of
+
+    multi = multi_state_of(audit_or_state)  # a Comparison, a Timeline or their widgets
+    if multi is not None:
+        return multi
     if isinstance(audit_or_state, dict):
         return audit_or_state
     if hasattr(audit_or_state, "summary") and hasattr(audit_or_state, "layers"):
@@ -165,7 +170,7 @@ def _state_of(audit_or_state: Any) -> dict[str, Any]:
             if not k.startswith("_") and k not in ("layout", "tabbable", "tooltip")
         }
     raise TypeError(
-        f"to_html takes an Audit, an AuditWidget or a widget_state() dict, "
+        f"to_html takes an Audit, a Comparison, a Timeline, their widgets or a state dict, "
         f"not {type(audit_or_state).__name__}"
     )
 
@@ -179,6 +184,15 @@ def render_html(audit_or_state: Any) -> str:
     model = str(summary.get("model") or "audit")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     subtitle = f"{model} · {summary.get('n_sequences', '?')} sequences · generated {stamp}"
+    if state.get("kind") == "compare":
+        model = "comparison of " + ", ".join(map(str, state.get("labels") or []))
+        subtitle = f"{model} · generated {stamp}"
+    elif state.get("kind") == "timeline":
+        steps = state.get("steps") or []
+        first = (state.get("members") or [{}])[0].get("summary", {}).get("model", "model")
+        model = f"timeline of {first}"
+        span = f"steps {steps[0]}–{steps[-1]}" if steps else "no steps"
+        subtitle = f"{model} · {len(steps)} audits, {span} · generated {stamp}"
     return _PAGE.format(
         title=html.escape(f"hopaudit: {model}"),
         subtitle=html.escape(subtitle),

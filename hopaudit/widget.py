@@ -471,3 +471,39 @@ class AuditWidget(anywidget.AnyWidget):
     def from_audit(cls, audit: Any, **options: Any) -> AuditWidget:
         """The widget of ``audit``; ``options`` go to :func:`widget_state`."""
         return cls(widget_state(audit, **options))
+
+
+class _MultiWidget(anywidget.AnyWidget):
+    """Several audits in one view: ``members`` (one JSON dict per audit: its single-audit
+    widget state without the arrays, plus label and relative depths) and ``blob`` (every
+    member's arrays, 8-byte aligned, at ``members[i]["buffers"][key] = [offset, length]``).
+    The front end dispatches on ``kind``."""
+
+    _esm = traitlets.Unicode("").tag(sync=True)
+    _css = traitlets.Unicode("").tag(sync=True)
+    kind = traitlets.Unicode("compare").tag(sync=True)
+    labels = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    members = traitlets.List().tag(sync=True)
+    blob = traitlets.Bytes(b"").tag(sync=True)
+    height = traitlets.Int(0).tag(sync=True)
+
+    def __init__(self, state: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("_esm", _read_static(ESM_PATH))
+        kwargs.setdefault("_css", _read_static(CSS_PATH) if CSS_PATH.is_file() else "")
+        super().__init__(**(state or {}), **kwargs)
+
+
+class CompareWidget(_MultiWidget):
+    """The side-by-side view of several audits (``hopaudit.compare(...).widget()``)."""
+
+    kind = traitlets.Unicode("compare").tag(sync=True)
+
+
+class TimelineWidget(_MultiWidget):
+    """The audits of a training run on a step slider (``hopaudit.timeline(dir).widget()``);
+    ``step_index`` is the step shown (kept in the notebook when it is saved)."""
+
+    kind = traitlets.Unicode("timeline").tag(sync=True)
+    steps = traitlets.List(traitlets.Int()).tag(sync=True)
+    alignment = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    step_index = traitlets.Int(0).tag(sync=True)

@@ -9,6 +9,8 @@ import { SummaryPanel } from "./panels/summary";
 import { AuditState, type ModelLike } from "./state";
 import { observeTheme, readTheme } from "./theme";
 import { h } from "./util";
+import { mountCompare } from "./compare";
+import { mountTimeline } from "./timeline";
 
 const DATA_TRAITS = [
   "summary", "layer_info", "layer_columns", "layer_stats", "hist_fractions", "hist_bins", "hist_range",
@@ -23,6 +25,10 @@ export interface View {
 }
 
 export function mount(model: ModelLike, el: HTMLElement): View {
+  // Several audits side by side, or a training run on a slider: their own views.
+  const kind = model.get("kind") ?? "audit";
+  if (kind === "compare") return mountCompare(model, el);
+  if (kind === "timeline") return mountTimeline(model, el);
   const root = h("div", { class: "hopaudit ha-auto" });
   el.append(root);
   const view: View = { panels: [], destroy: () => undefined };
