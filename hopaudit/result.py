@@ -11,36 +11,12 @@ import numpy as np
 import pandas as pd
 
 from .errors import HopauditError
+from .measure import ROW_COLUMNS
 from .theory import chinchilla_loss
 
-#: The per-layer table's columns, in order (one row per layer, ``final`` last).
-LAYER_COLUMNS = [
-    "layer",
-    "name",
-    "n",
-    "n_patterns",
-    "n_queries",
-    "nn_mean",
-    "nn_median",
-    "nn_q10",
-    "nn_q90",
-    "r_hat",
-    "r_hat_mean",
-    "r_star",
-    "r_ratio",
-    "separated_frac",
-    "contained_frac",
-    "log_z_gauss",
-    "log_z_vol",
-    "r_c",
-    "floor_low",
-    "floor_high",
-    "floor_gauss",
-    "twonn_id",
-    "nonfinite",
-    "normalize",
-    "skipped_reason",
-]
+#: The per-layer table's columns, in order (one row per layer, ``final`` last): the stable id
+#: and full name, what :meth:`LayerReport.row` gives, and why a layer was skipped.
+LAYER_COLUMNS = ["layer", "name", *ROW_COLUMNS, "skipped_reason"]
 
 
 @dataclass
