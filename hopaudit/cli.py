@@ -1,4 +1,4 @@
-"""The ``hopaudit`` shell command: ``audit``, ``demo``.
+"""The ``hopaudit`` shell command: ``audit``, ``demo``, ``compare``, ``timeline``.
 
 Exit status: 0 on success, 2 on bad usage (argparse's own), 1 on failure. A user error prints
 one readable line, not a traceback (``HOPAUDIT_DEBUG=1`` shows the traceback).
@@ -85,6 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-sequences", type=int, default=DEMO_SEQUENCES)
     d.add_argument("--max-length", type=int, default=DEMO_LENGTH)
     d.add_argument("--quiet", action="store_true")
+
+    c = sub.add_parser(
+        "compare",
+        help="put saved audits side by side in one HTML report",
+        description="Compare saved audits (directories written by audit.save or AuditCallback) "
+        "in one self-contained HTML report: radii against relative depth, floors, histograms "
+        "and basins side by side.",
+    )
+    c.add_argument("dirs", nargs="+", metavar="DIR", help="saved audit directories")
+    c.add_argument("--out", required=True, help="the HTML report to write")
+    c.add_argument("--labels", help="comma-separated names, one per DIR (default: model names)")
+
+    t = sub.add_parser(
+        "timeline",
+        help="the audits of a training run on a step slider, in one HTML report",
+        description="Show the audits AuditCallback wrote during training (DIR: the training "
+        "output directory, or its hopaudit/ directory) on a step slider, in one HTML report.",
+    )
+    t.add_argument("dir", metavar="DIR")
+    t.add_argument("--out", required=True, help="the HTML report to write")
     return parser
 
 
@@ -121,8 +141,31 @@ def _print_report(a: Any) -> None:
         print(a.layers[cols].to_string(index=False))
 
 
+def _run_views(args: argparse.Namespace) -> int:
+    """``compare`` and ``timeline``: saved audits -> one HTML report."""
+    from .comparison import compare, timeline
+
+    if args.command == "compare":
+        labels = None
+        if args.labels is not None:
+            labels = [x.strip() for x in args.labels.split(",")]
+        view = compare(*args.dirs, labels=labels)
+        print(view.table[["label", "model", "n_layers", "hidden_size", "cross_entropy",
+                          "final_r_ratio"]].to_string(index=False))  # fmt: skip
+    else:
+        view = timeline(args.dir)
+        print(view.table[["step", "cross_entropy", "floor_low", "final_r_ratio"]].to_string(
+            index=False))  # fmt: skip
+    out = view.to_html(args.out)
+    print(f"\nreport written to {Path(out).resolve()}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from .api import audit
+
+    if args.command in ("compare", "timeline"):
+        return _run_views(args)
 
     if args.command == "demo":
         from .zoo import corpus

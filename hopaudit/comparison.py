@@ -11,10 +11,10 @@ Models of different depths and widths are put on common axes:
 Audits made with different ``normalize`` modes are refused: rms-normalized distances and raw
 distances are on different scales, and no rescaling makes them comparable.
 
-A timeline keeps its UMAP frames aligned. When the points of one step are the same sequences
-(and token positions) as the step before (the same evaluation data, as ``AuditCallback``
-guarantees), the layout of the step is recomputed from its own kNN graph with
-``umap_from_knn(..., init=<the previous step's layout of the same sequences>)``, so it starts
+A timeline keeps its UMAP frames aligned. Points are matched across steps by their sequence's
+text and token position. When the points of one step are the same as the step before (the same
+evaluation data, as ``AuditCallback`` guarantees), the layout of the step is recomputed from its
+own kNN graph with ``umap_from_knn(..., init=<the previous step's layout of the same sequences>)``, so it starts
 where the last frame ended; the result is then fitted onto the previous frame by a Procrustes
 rotation, scale and shift (UMAP rescales its init). When only some points match, the step's own
 layout is fitted onto the previous frame by Procrustes on the shared points; with fewer than
@@ -120,8 +120,9 @@ def _labels(audits: list[Audit], labels: Any, default: list[str]) -> list[str]:
             raise DataError(f"labels must be distinct, got {out}")
         return out
     seen: dict[str, int] = {}
-    for i, label in enumerate(out):
-        if out.count(label) > 1:
+    original = list(out)
+    for i, label in enumerate(original):
+        if original.count(label) > 1:
             seen[label] = seen.get(label, 0) + 1
             out[i] = f"{label} #{seen[label]}"
     return out
@@ -456,12 +457,14 @@ def _timeline_layers(audits: list[Audit], spec: Any) -> list[str]:
     return out
 
 
-def _keys(audit: Audit, rows: np.ndarray) -> np.ndarray:
-    """(sequence, position) of stored rows, packed in one int64 per row."""
+def _keys(audit: Audit, rows: np.ndarray, text_ids: dict[str, int]) -> np.ndarray:
+    """One int64 per stored row naming its point across steps: the row's sequence *text*
+    (numbered in ``text_ids``, shared by the steps) and its token position. Matching by text,
+    not by sequence number, keeps audits of different evaluation data from being paired."""
     cap = audit.capture
-    return cap.row_sequence[rows].astype(np.int64) * (1 << 20) + cap.row_position[rows].astype(
-        np.int64
-    ) % (1 << 20)
+    seq_key = np.array([text_ids.setdefault(t, len(text_ids)) for t in audit.texts], np.int64)
+    position = cap.row_position[rows].astype(np.int64) % (1 << 20)
+    return seq_key[cap.row_sequence[rows]] * (1 << 20) + position
 
 
 def _graph(audit: Audit, name: str, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -512,26 +515,24 @@ def _align_layer(
     out: list[Alignment] = []
     prev_keys: np.ndarray | None = None
     prev_xy: np.ndarray | None = None
-    chosen: np.ndarray | None = None  # the keys the first frame kept (subsampled runs)
+    chosen: np.ndarray | None = None  # the keys a subsampled frame kept
+    text_ids: dict[str, int] = {}
     for a, step in zip(audits, steps, strict=True):
         rep = a.reports[name]
         valid = np.asarray(rep.valid_rows)
-        keys = _keys(a, valid)
+        keys = _keys(a, valid, text_ids)
         n = len(valid)
         if n < MIN_POINTS:
             out.append(Alignment(step, name, "none", n, 0))
             continue
-        if chosen is None:
-            pick = np.arange(n)
-            if cap and n > cap:
+        pick = np.arange(n)
+        if cap and n > cap:
+            # A subsample: the points the first subsampled frame kept, while there are enough.
+            if chosen is not None:
+                pick = np.flatnonzero(np.isin(keys, chosen))[:cap]
+            if chosen is None or len(pick) < MIN_POINTS:
                 pick = np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
-            chosen = keys[pick]
-        else:
-            pick = np.flatnonzero(np.isin(keys, chosen))
-            if len(pick) < MIN_POINTS:
-                pick = np.arange(n)
-                if cap and n > cap:
-                    pick = np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
+                chosen = keys[pick]
         pick_keys = keys[pick]
         if prev_keys is None:
             xy, method, matched = _layout(a, name, pick, None, seed), "first", 0

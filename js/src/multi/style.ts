@@ -11,8 +11,8 @@ const CSS = `
 .hopaudit .ha-slider { display: flex; flex-wrap: wrap; align-items: center; gap: 8px 14px; }
 .hopaudit .ha-slider input[type=range] { flex: 1 1 260px; min-width: 160px; accent-color: var(--ha-accent); }
 .hopaudit .ha-slider .ha-step { font-size: 15px; font-weight: 600; font-variant-numeric: tabular-nums; min-width: 7em; }
-.hopaudit .ha-slider .ha-facts { display: flex; flex-wrap: wrap; gap: 4px 14px; color: var(--ha-muted); font-size: 12px; font-variant-numeric: tabular-nums; }
-.hopaudit .ha-slider .ha-facts b { color: var(--ha-fg); font-weight: 600; }
+.hopaudit .ha-facts { display: flex; flex-wrap: wrap; gap: 4px 14px; color: var(--ha-muted); font-size: 12px; font-variant-numeric: tabular-nums; }
+.hopaudit .ha-facts b { color: var(--ha-fg); font-weight: 600; }
 `;
 
 export function injectStyle(root: HTMLElement): void {
