@@ -14,11 +14,12 @@ distances are on different scales, and no rescaling makes them comparable.
 A timeline keeps its UMAP frames aligned. Points are matched across steps by their sequence's
 text and token position. When the points of one step are the same as the step before (the same
 evaluation data, as ``AuditCallback`` guarantees), the layout of the step is recomputed from its
-own kNN graph with ``umap_from_knn(..., init=<the previous step's layout of the same sequences>)``, so it starts
-where the last frame ended; the result is then fitted onto the previous frame by a Procrustes
-rotation, scale and shift (UMAP rescales its init). When only some points match, the step's own
-layout is fitted onto the previous frame by Procrustes on the shared points; with fewer than
-three shared points it is left as it is. ``Timeline.alignment`` says which was used per step.
+own kNN graph with ``umap_from_knn(..., init=<the previous step's layout of the same
+sequences>)``, so it starts where the last frame ended; the result is then fitted onto the
+previous frame by a Procrustes rotation, scale and shift (UMAP rescales its init). When only
+some points match, the step's own layout is fitted onto the previous frame by Procrustes on the
+shared points; with fewer than three shared points it is left as it is.
+``Timeline.alignment`` says which was used per step.
 """
 
 from __future__ import annotations
