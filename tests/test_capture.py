@@ -490,10 +490,66 @@ def test_chosen_batch_size_follows_its_documented_budgets():
     assert bs * 128 * 200_000 * 4 <= LOGITS_BUDGET_BYTES < (bs + 1) * 128 * 200_000 * 4
 
 
-def test_progress_bar_reports_tokens_per_second(capsys):
+def test_progress_bar_reports_tokens_per_second(monkeypatch):
+    import tqdm.auto
+
+    bars = []
+
+    class Recorder:
+        def __init__(self, *, total, disable, **kw):
+            self.total, self.disable, self.done, self.postfix, self.closed = (
+                total,
+                disable,
+                0,
+                [],
+                0,
+            )
+            bars.append(self)
+
+        def update(self, n):
+            self.done += n
+
+        def set_postfix_str(self, text, refresh=True):
+            self.postfix.append(text)
+
+        def close(self):
+            self.closed += 1
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
     model, info = tiny_model("gpt2")
     _run(model, info, _data([6, 6, 6]), batch_size=1, progress=True)
-    err = capsys.readouterr().err
-    assert "tok/s" in err and "3/3" in err
-    _run(model, info, _data([6, 6, 6]), batch_size=1, progress=False)
-    assert capsys.readouterr().err == ""
+    _run(model, info, _data([6, 6, 6]), batch_size=2, progress=False)
+    (on, off) = bars
+    assert (on.total, on.done, on.disable, on.closed) == (3, 3, False, 1)
+    assert len(on.postfix) == 3 and all(p.endswith(" tok/s") for p in on.postfix)
+    assert off.disable is True and off.closed == 1
+
+
+def test_inputs_go_to_the_input_embedding_device():
+    from hopaudit.capture import model_device
+
+    class Split(nn.Module):  # first parameter elsewhere (meta), embedding on the CPU
+        def __init__(self):
+            super().__init__()
+            self.early = nn.Linear(2, 2, device="meta")
+            self.emb = nn.Embedding(10, 4)
+
+        def get_input_embeddings(self):
+            return self.emb
+
+    assert model_device(Split()) == torch.device("cpu")
+    assert model_device(nn.Linear(2, 2, device="meta")) == torch.device("meta")
+    assert model_device(nn.Identity()) == torch.device("cpu")
+
+
+def test_a_fresh_store_object_can_be_given(tmp_path):
+    model, info = tiny_model("gpt2")
+    names = [*info.block_paths, "final"]
+    store = ActivationStore(names, path=tmp_path / "s")
+    res = _run(model, info, _data([5, 4]), store=store)
+    assert res.store is store and store.finalized and store.get("final").shape == (2, 32)
+    with pytest.raises(DataError, match="fresh ActivationStore"):
+        _run(model, info, _data([5, 4]), store=store)  # finalized already
+    with pytest.raises(DataError, match="fresh ActivationStore"):
+        _run(model, info, _data([5, 4]), store=ActivationStore(["x"]))
+    assert _hooks(model) == 0
