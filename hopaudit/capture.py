@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from hopaudit.errors import CaptureError, DataError, HopauditError, ModelError
 from hopaudit.store import ActivationStore, normalize_dtype
@@ -589,8 +590,6 @@ def capture(
 
     t0 = time.perf_counter()
     try:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=n_seq, unit="seq", desc="capture", disable=not progress, leave=False)
         model.eval()
         with torch.inference_mode(), TraceBlocks(modules, on_output):

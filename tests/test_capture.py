@@ -491,19 +491,14 @@ def test_chosen_batch_size_follows_its_documented_budgets():
 
 
 def test_progress_bar_reports_tokens_per_second(monkeypatch):
-    import tqdm.auto
+    import hopaudit.capture
 
     bars = []
 
     class Recorder:
         def __init__(self, *, total, disable, **kw):
-            self.total, self.disable, self.done, self.postfix, self.closed = (
-                total,
-                disable,
-                0,
-                [],
-                0,
-            )
+            self.total, self.disable = total, disable
+            self.done, self.postfix, self.closed = 0, [], 0
             bars.append(self)
 
         def update(self, n):
@@ -515,8 +510,8 @@ def test_progress_bar_reports_tokens_per_second(monkeypatch):
         def close(self):
             self.closed += 1
 
-    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
     model, info = tiny_model("gpt2")
+    monkeypatch.setattr(hopaudit.capture, "tqdm", Recorder)
     _run(model, info, _data([6, 6, 6]), batch_size=1, progress=True)
     _run(model, info, _data([6, 6, 6]), batch_size=2, progress=False)
     (on, off) = bars
