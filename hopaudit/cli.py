@@ -43,6 +43,7 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--store", help="directory for memory-mapped activations (bigger than RAM)")
     p.add_argument("--out", help="write a self-contained HTML report here")
+    p.add_argument("--save", help="save the audit to this new directory (hopaudit.load reads it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -197,6 +198,8 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     _print_report(result)
+    if args.save:
+        print(f"\naudit saved to {result.save(args.save).resolve()}")
     if args.out:
         out = result.to_html(args.out)
         print(f"\nreport written to {Path(out).resolve()}")

@@ -9,6 +9,7 @@ import sys
 import pytest
 from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
 
+import hopaudit
 from hopaudit.cli import main
 
 
@@ -41,10 +42,14 @@ def test_audit_prints_summary_and_table(model_dir, capsys):
             "--max-length",
             "16",
             "--quiet",
+            "--save",
+            str(model_dir / "saved"),
         ]
     )
     out = capsys.readouterr().out
     assert code == 0
+    saved = hopaudit.load(model_dir / "saved")
+    assert list(saved.layers["name"]) == [*(f"transformer.h.{i}" for i in range(3)), "final"]
     assert "cross_entropy" in out and "n_params_blocks" in out
     for i in range(3):
         assert f"transformer.h.{i}" in out
