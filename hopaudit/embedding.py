@@ -6,7 +6,7 @@ below 4096 points it does not prune extra columns. So this module hands it exact
 columns, checks the graph first, and imports umap only when a layout is asked for (the import
 alone costs about 12 s).
 
-Seeded or not (measured by benchmarks/umap.py, 20 000 x 576, 2 shared cores): umap's
+Seeded or not (measured by benchmarks/umap_precomputed.py, 20 000 x 576, 2 shared cores): umap's
 ``random_state`` forces its optimisation onto one thread, so ``seed=None`` would allow
 parallel epochs but give a different layout every run. Here the unseeded run was no faster
 (26.1 s wall / 9.5 CPU-s against 21.3 s / 8.2 CPU-s seeded); 200 single-threaded SGD epochs

@@ -1,6 +1,6 @@
 """UMAP from the precomputed kNN graph vs umap-learn's own neighbour search, side by side.
 
-    .venv/bin/python benchmarks/umap.py [--n 20000] [--dim 576] [--rounds 2]
+    .venv/bin/python benchmarks/umap_precomputed.py [--n 20000] [--dim 576] [--rounds 2]
 
 Synthetic clustered data shaped like one layer of SmolLM2 (20 000 x 576: 40 clusters, each a
 Gaussian on its own random 12-dimensional subspace, plus isotropic noise). The kNN graph
@@ -19,20 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-# This file is itself named umap.py: drop its folder from the path so `import umap` finds
-# umap-learn, and put the repository first so hopaudit imports without an install.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
-from hopaudit.embedding import umap_from_knn  # noqa: E402
+from hopaudit.embedding import umap_from_knn
 
 
 def clustered(n: int, dim: int, *, clusters: int = 40, sub: int = 12, seed: int = 0):
