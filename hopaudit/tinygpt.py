@@ -2,7 +2,7 @@
 
 ``train_tiny_gpt2(text, fraction=...)`` trains a byte-level BPE tokenizer on the whole text,
 cuts the token stream into sequences, keeps a seeded ``fraction`` of them, and trains a small
-``GPT2LMHeadModel`` (built from a ``GPT2Config``, no hub) with AdamW on random windows of the
+``GPT2LMHeadModel`` (built from a ``GPT2Config``, no hub) with AdamW on random batches of the
 kept part. Runs on a fraction of the data end with a lower training loss (they memorize), which
 is what the paper's model-size vs data-size experiment audits. The kept subsets nest: for one
 seed, the sequences of a smaller fraction are among those of a larger one.
@@ -115,7 +115,10 @@ def train_tiny_gpt2(
         )
     chunks = stream[: n_chunks * seq_len].reshape(n_chunks, seq_len)
     keep, left_out = select_chunks(n_chunks, fraction, seed)
-    starts = window_starts(keep, n_chunks, seq_len)
+    # Each step trains on whole kept sequences, drawn uniformly: the logged loss is the loss on
+    # exactly the sequences an audit of this run sees (sliding windows would weight runs of
+    # adjacent kept sequences far above isolated ones).
+    starts = keep.astype(np.int64) * seq_len
     tokens = torch.from_numpy(stream[: n_chunks * seq_len].astype(np.int64))
 
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -239,21 +242,6 @@ def select_chunks(n_chunks: int, fraction: float, seed: int) -> tuple[np.ndarray
     k = min(n_chunks, max(1, round(fraction * n_chunks)))
     order = np.random.default_rng(seed).permutation(n_chunks)
     return np.sort(order[:k]), np.sort(order[k:])
-
-
-def window_starts(kept: np.ndarray, n_chunks: int, seq_len: int) -> np.ndarray:
-    """Every token offset whose ``seq_len`` window lies wholly inside kept sequences.
-
-    Adjacent kept sequences let windows straddle their border (the text is contiguous
-    there); a window never joins two sequences that are not neighbours in the stream.
-    """
-    mask = np.zeros(n_chunks, dtype=np.int64)
-    mask[kept] = 1
-    tokens = np.repeat(mask, seq_len)
-    csum = np.concatenate([[0], np.cumsum(tokens)])
-    last = n_chunks * seq_len - seq_len
-    p = np.arange(last + 1)
-    return p[csum[p + seq_len] - csum[p] == seq_len].astype(np.int64)
 
 
 @torch.no_grad()

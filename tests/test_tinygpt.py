@@ -145,3 +145,15 @@ def test_bad_arguments_say_what_is_wrong(kwargs, error, match):
     text = opts.pop("text")
     with pytest.raises(error, match=match):
         train_tiny_gpt2(text, steps=1, **opts)
+
+
+def test_logged_loss_is_the_loss_on_the_kept_sequences():
+    """The training batches are the kept sequences themselves, uniformly: the last logged losses
+    and a separate evaluation on exactly those sequences agree."""
+    import hopaudit
+
+    run = hopaudit.zoo.train_tiny_gpt2(
+        hopaudit.zoo.corpus(max_chars=60_000), fraction=0.2, steps=120, seq_len=16, progress=False
+    )
+    logged = float(np.mean(run.losses[-10:]))
+    assert logged == pytest.approx(run.loss_on(run.train_ids), rel=0.1)
