@@ -34,6 +34,8 @@ Sequences with fewer than two real tokens have no prediction: their scores are N
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import inspect
 import math
 import time
@@ -377,6 +379,26 @@ def choose_batch_size(model: nn.Module, seq_len: int, n_sequences: int, device: 
     return int(max(1, min(bs, n_sequences)))
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the heap pages freed by a batch back to the OS (glibc; a no-op elsewhere).
+
+    A forward pass frees many arrays of a few MB (below glibc's 32 MB mmap limit) in an order
+    that fragments the heap, so the peak resident memory of a long capture kept growing with
+    the number of batches (SmolLM2, 600 x 64 tokens: 6.6 GB; with a trim per batch 2.0 GB).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 # --------------------------------------------------------------------------------- capture
 def _check_data(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
     ids = getattr(data, "input_ids", None)
@@ -657,6 +679,7 @@ def capture(
                     )
                 del output, logits
                 state.clear()
+                release_freed_memory()
                 done_tokens += int(mask.sum())
                 bar.update(stop - start)
                 elapsed = time.perf_counter() - t0
