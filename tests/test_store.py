@@ -146,7 +146,7 @@ def test_path_must_be_empty_dir_or_previous_store(tmp_path):
     assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["meta.json"]
     ActivationStore(["a"], path=tmp_path / "old" / "heldout").finalize()
     (tmp_path / "old" / "heldout" / "mine.txt").write_text("x")
-    with pytest.raises(FormatError, match="heldout/mine.txt"):
+    with pytest.raises(FormatError, match=r"heldout/mine\.txt"):
         ActivationStore(["d"], path=tmp_path / "old")
 
 
