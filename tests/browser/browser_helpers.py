@@ -68,3 +68,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Counts the WebGL contexts a page makes: getContext is wrapped before the page's scripts run.
+COUNT_WEBGL = """
+window.__webglContexts = 0;
+const orig = HTMLCanvasElement.prototype.getContext;
+HTMLCanvasElement.prototype.getContext = function (kind, ...rest) {
+  if (String(kind).includes('webgl')) window.__webglContexts++;
+  return orig.call(this, kind, ...rest);
+};
+"""
+
+
+def open_counting_webgl(browser, path: Path, *, width: int = 1200, color_scheme: str | None = None):
+    """(context, page, console errors) of `path` opened once its view is ready, with
+    ``window.__webglContexts`` counting the WebGL contexts made."""
+    options = {"color_scheme": color_scheme} if color_scheme is not None else {}
+    ctx = browser.new_context(viewport={"width": width, "height": 900}, **options)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.add_init_script(COUNT_WEBGL)
+    page.goto(path.as_uri())
+    page.wait_for_selector(".hopaudit[data-ready=true]", timeout=60_000)
+    return ctx, page, errors
+
+
+def non_background(png: bytes) -> int:
+    """How many pixels of a screenshot differ clearly from its most common colour."""
+    import numpy as np
+
+    w, h, ch, px = decode_png(png)
+    flat = np.frombuffer(px, dtype=np.uint8).reshape(h * w, ch)[:, :3].astype(int)
+    colours, counts = np.unique(flat, axis=0, return_counts=True)
+    return int((np.abs(flat - colours[counts.argmax()]).sum(axis=1) > 60).sum())

@@ -6,20 +6,11 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import pytest
-from browser_helpers import decode_png, save_screenshot
+from browser_helpers import non_background, open_counting_webgl, save_screenshot
 
 import hopaudit
 
-COUNT_WEBGL = """
-window.__webglContexts = 0;
-const orig = HTMLCanvasElement.prototype.getContext;
-HTMLCanvasElement.prototype.getContext = function (kind, ...rest) {
-  if (String(kind).includes('webgl')) window.__webglContexts++;
-  return orig.call(this, kind, ...rest);
-};
-"""
 PANELS = ("compare-table", "compare-radii", "compare-floor", "compare-distances", "compare-basins")
 MODELS = {  # label -> (arch, config overrides): widths 32, 48, 64; depths 3, 5, 2
     "gpt2-3x32": ("gpt2", {}),
@@ -52,28 +43,8 @@ def compare_path(audits, tmp_path_factory):
     )
 
 
-def _open(browser, path, *, width=1200, color_scheme="light"):
-    ctx = browser.new_context(viewport={"width": width, "height": 900}, color_scheme=color_scheme)
-    page = ctx.new_page()
-    errors: list[str] = []
-    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    page.add_init_script(COUNT_WEBGL)
-    page.goto(path.as_uri())
-    page.wait_for_selector(".hopaudit[data-ready=true]", timeout=60_000)
-    return ctx, page, errors
-
-
-def _not_blank(png: bytes) -> int:
-    w, h, ch, px = decode_png(png)
-    flat = np.frombuffer(px, dtype=np.uint8).reshape(h * w, ch)[:, :3].astype(int)
-    colours, counts = np.unique(flat, axis=0, return_counts=True)
-    bg = colours[counts.argmax()]
-    return int((np.abs(flat - bg).sum(axis=1) > 60).sum())
-
-
 def test_every_panel_draws_with_one_webgl_context(browser, compare_path):
-    ctx, page, errors = _open(browser, compare_path)
+    ctx, page, errors = open_counting_webgl(browser, compare_path, color_scheme="light")
     try:
         for name in PANELS:
             panel = page.locator(f'[data-panel="{name}"]')
@@ -91,7 +62,7 @@ def test_every_panel_draws_with_one_webgl_context(browser, compare_path):
         page.wait_for_timeout(300)
         for i in range(3):
             canvases.nth(i).scroll_into_view_if_needed()
-            assert _not_blank(canvases.nth(i).screenshot()) > 100, f"scatter {i} is blank"
+            assert non_background(canvases.nth(i).screenshot()) > 100, f"scatter {i} is blank"
         assert page.evaluate("window.__webglContexts") == 1
         assert page.locator(".ha-error").count() == 0
         assert errors == []
@@ -101,7 +72,7 @@ def test_every_panel_draws_with_one_webgl_context(browser, compare_path):
 
 
 def test_table_and_radii_show_each_audit(browser, compare_path, audits):
-    ctx, page, errors = _open(browser, compare_path)
+    ctx, page, errors = open_counting_webgl(browser, compare_path, color_scheme="light")
     try:
         rows = page.locator('[data-panel="compare-table"] tbody tr')
         assert rows.count() == 3
@@ -121,7 +92,7 @@ def test_table_and_radii_show_each_audit(browser, compare_path, audits):
 
 
 def test_dark_theme(browser, compare_path):
-    ctx, page, errors = _open(browser, compare_path, color_scheme="dark")
+    ctx, page, errors = open_counting_webgl(browser, compare_path, color_scheme="dark")
     try:
         bg = page.locator(".hopaudit").evaluate("e => getComputedStyle(e).backgroundColor")
         nums = [int(v) for v in bg[bg.index("(") + 1 : bg.index(")")].split(",")[:3]]
@@ -139,7 +110,7 @@ def test_cli_compare_writes_a_report_that_opens(browser, audits, tmp_path):
     dirs = [str(a.save(tmp_path / f"a{i}")) for i, a in enumerate(audits[:2])]
     out = tmp_path / "cli.html"
     assert main(["compare", *dirs, "--out", str(out), "--labels", "first,second"]) == 0
-    ctx, page, errors = _open(browser, out)
+    ctx, page, errors = open_counting_webgl(browser, out, color_scheme="light")
     try:
         assert page.locator('[data-panel="compare-table"] tbody tr').count() == 2
         assert "first" in page.locator('[data-panel="compare-table"]').inner_text()

@@ -7,23 +7,14 @@ from __future__ import annotations
 import shutil
 from pydoc_data.topics import topics
 
-import numpy as np
 import pytest
 import torch
-from browser_helpers import decode_png, save_screenshot
+from browser_helpers import non_background, open_counting_webgl, save_screenshot
 
 import hopaudit
 
 SEQ = 32
 STEPS = [6, 12, 18, 24, 30]
-COUNT_WEBGL = """
-window.__webglContexts = 0;
-const orig = HTMLCanvasElement.prototype.getContext;
-HTMLCanvasElement.prototype.getContext = function (kind, ...rest) {
-  if (String(kind).includes('webgl')) window.__webglContexts++;
-  return orig.call(this, kind, ...rest);
-};
-"""
 
 
 @pytest.fixture(scope="module")
@@ -87,25 +78,6 @@ def timeline_path(timeline, tmp_path_factory):
     return timeline.to_html(tmp_path_factory.mktemp("timeline") / "timeline.html")
 
 
-def _open(browser, path, *, width=1200):
-    ctx = browser.new_context(viewport={"width": width, "height": 900})
-    page = ctx.new_page()
-    errors: list[str] = []
-    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    page.add_init_script(COUNT_WEBGL)
-    page.goto(path.as_uri())
-    page.wait_for_selector(".hopaudit[data-ready=true]", timeout=60_000)
-    return ctx, page, errors
-
-
-def _non_background(png: bytes) -> int:
-    w, h, ch, px = decode_png(png)
-    flat = np.frombuffer(px, dtype=np.uint8).reshape(h * w, ch)[:, :3].astype(int)
-    colours, counts = np.unique(flat, axis=0, return_counts=True)
-    return int((np.abs(flat - colours[counts.argmax()]).sum(axis=1) > 60).sum())
-
-
 def test_the_run_is_read_in_step_order(timeline):
     assert timeline.steps == STEPS
     assert timeline.alignment.method.tolist() == ["first", "init", "init", "init", "init"]
@@ -115,7 +87,7 @@ def test_the_run_is_read_in_step_order(timeline):
 
 
 def test_every_panel_draws_and_the_slider_moves_the_histogram(browser, timeline_path):
-    ctx, page, errors = _open(browser, timeline_path)
+    ctx, page, errors = open_counting_webgl(browser, timeline_path)
     try:
         for name in (
             "timeline-slider",
@@ -128,7 +100,7 @@ def test_every_panel_draws_and_the_slider_moves_the_histogram(browser, timeline_
         root = page.locator(".hopaudit")
         assert root.get_attribute("data-step") == str(STEPS[-1])
         canvas = page.locator('[data-panel="timeline-basins"] canvas')
-        assert _non_background(canvas.screenshot()) > 100
+        assert non_background(canvas.screenshot()) > 100
         save_screenshot(page, "timeline.png")
 
         hist = page.locator('[data-panel="timeline-distances"] .ha-hist')
@@ -158,7 +130,7 @@ def test_every_panel_draws_and_the_slider_moves_the_histogram(browser, timeline_
 
 
 def test_heatmap_view(browser, timeline_path):
-    ctx, page, errors = _open(browser, timeline_path)
+    ctx, page, errors = open_counting_webgl(browser, timeline_path)
     try:
         page.locator('[data-panel="timeline-radii"] select').select_option("heatmap")
         cells = page.locator('[data-panel="timeline-radii"] svg g[aria-label="cell"] rect')
@@ -173,7 +145,7 @@ def test_cli_timeline_writes_a_report_that_opens(browser, run_dir, tmp_path):
 
     out = tmp_path / "cli-timeline.html"
     assert main(["timeline", str(run_dir / "hopaudit"), "--out", str(out)]) == 0
-    ctx, page, errors = _open(browser, out)
+    ctx, page, errors = open_counting_webgl(browser, out)
     try:
         assert page.locator('[data-panel="timeline-slider"] input').get_attribute("max") == "4"
         assert errors == []
