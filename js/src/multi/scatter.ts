@@ -1,14 +1,11 @@
 // The basins scatter of the single view, for views that show several at once. Every instance
 // draws through the one shared regl renderer of panels/basins.ts (one WebGL context for the
-// whole view, however many scatters). The single view probes WebGL once per panel with a
+// whole view, however many scatters). The single view probes WebGL once per page with a
 // throwaway context; here the shared renderer's own start is the probe, so N scatters make
 // exactly one WebGL context, and a failure shows the same message as the single view.
-import { BasinsPanel } from "../panels/basins";
+import { BasinsPanel, NO_WEBGL } from "../panels/basins";
 import { h, observeSize } from "../util";
 import type { Context } from "../panels/base";
-
-const NO_WEBGL =
-  "WebGL is not available in this browser, so the scatter plot cannot be drawn. Enable hardware acceleration (or WebGL) and reload; the other panels do not need it.";
 
 export class SharedScatterPanel extends BasinsPanel {
   private started = false;
@@ -37,8 +34,7 @@ export class SharedScatterPanel extends BasinsPanel {
     }
     if (this.started) return;
     this.started = true;
-    const self = this as any; // create() and onKey() are the single view's own (private there)
-    this.box.addEventListener("keydown", (e) => self.onKey(e));
+    this.box.addEventListener("keydown", (e) => this.onKey(e));
     this.cleanups.push(
       observeSize(this.box, (w, hgt) => {
         if (w <= 0 || hgt <= 0) return;
@@ -48,7 +44,7 @@ export class SharedScatterPanel extends BasinsPanel {
           return;
         }
         if (this.box.querySelector("[data-webgl]")) return;
-        self.create();
+        this.create();
         if (!this.sp) {
           this.box.replaceChildren(h("div", { class: "ha-message", "data-webgl": "missing", text: NO_WEBGL }));
           this.markReady();

@@ -15,14 +15,24 @@ const RAMP = 64; // continuous colours are 64 categories; index RAMP = missing (
 let sharedRenderer: ReturnType<typeof createRenderer> | null = null;
 let rendererUsers = 0;
 
-/** Whether this browser can give us a WebGL context at all. */
+/** What a scatter shows instead when the browser has no WebGL. */
+export const NO_WEBGL =
+  "WebGL is not available in this browser, so the scatter plot cannot be drawn. Enable hardware acceleration (or WebGL) and reload; the other panels do not need it.";
+
+let webglAvailable: boolean | null = null;
+
+/** Whether this browser can give us a WebGL context at all. Probed once per page (a throwaway
+ * context) and remembered, so the scatters of a view do not each open one. */
 export function hasWebGL(): boolean {
-  try {
-    const c = document.createElement("canvas");
-    return !!(c.getContext("webgl") || c.getContext("experimental-webgl"));
-  } catch {
-    return false;
+  if (webglAvailable === null) {
+    try {
+      const c = document.createElement("canvas");
+      webglAvailable = !!(c.getContext("webgl") || c.getContext("experimental-webgl"));
+    } catch {
+      webglAvailable = false;
+    }
   }
+  return webglAvailable;
 }
 
 export class BasinsPanel extends Panel {
@@ -81,7 +91,7 @@ export class BasinsPanel extends Panel {
     }
     if (!hasWebGL()) {
       this.box.replaceChildren(
-        h("div", { class: "ha-message", "data-webgl": "missing", text: "WebGL is not available in this browser, so the scatter plot cannot be drawn. Enable hardware acceleration (or WebGL) and reload; the other panels do not need it." }),
+        h("div", { class: "ha-message", "data-webgl": "missing", text: NO_WEBGL }),
       );
       this.markReady();
       return;
@@ -102,7 +112,8 @@ export class BasinsPanel extends Panel {
     }
   }
 
-  private create(): void {
+  /** Shared with multi/scatter.ts, which starts the scatter its own way. */
+  protected create(): void {
     const theme = this.ctx.theme;
     try {
       if (!sharedRenderer || sharedRenderer.isDestroyed) sharedRenderer = createRenderer();
@@ -251,7 +262,7 @@ export class BasinsPanel extends Panel {
     this.tooltip.setAttribute("data-point", String(i));
   }
 
-  private onKey(e: KeyboardEvent): void {
+  protected onKey(e: KeyboardEvent): void {
     const sp = this.sp;
     if (!sp) return;
     const cam = sp.get("camera") as any;
