@@ -48,3 +48,17 @@ export function criticalRadius(n: number, d: number): number {
 export function rStar(n: number): number {
   return Math.sqrt(n / (2 * Math.PI * Math.E));
 }
+
+/**
+ * The floor curve: `steps + 1` points x spaced evenly on a log axis from lo to hi, each with
+ * F = floorAt(n, d, x · unit) (x in units of `unit`, e.g. r / r*). F is left as computed
+ * (possibly not finite); what to do with such points is the caller's choice.
+ */
+export function floorCurve(n: number, d: number, lo: number, hi: number, steps: number, unit = 1): { x: number; F: number }[] {
+  const out: { x: number; F: number }[] = [];
+  for (let k = 0; k <= steps; k++) {
+    const x = lo * (hi / lo) ** (k / steps);
+    out.push({ x, F: floorAt(n, d, x * unit) });
+  }
+  return out;
+}
