@@ -4,13 +4,13 @@
 // with its measured cross-entropy; the single view's distance histograms and basin scatters,
 // one per audit (all scatters through one shared WebGL context); a table of the summaries.
 import * as Plot from "@observablehq/plot";
-import { floorAt } from "./lgamma";
+import { floorAt, floorCurve } from "./lgamma";
 import type { Context, Panel } from "./panels/base";
 import { Panel as BasePanel } from "./panels/base";
 import { DistancesPanel } from "./panels/distances";
 import type { ModelLike } from "./state";
-import { fmt, fmtCount, fmtInt, h, observeSize, select } from "./util";
-import { type Frame, GroupPanel, type View, mountMulti } from "./multi/view";
+import { fmt, fmtCount, fmtInt, h, select } from "./util";
+import { ChartPanel, type Frame, GroupPanel, type View, mountMulti } from "./multi/view";
 import { SharedScatterPanel } from "./multi/scatter";
 
 export const COMPARE_TRAITS = ["members", "blob", "labels", "kind"];
@@ -40,22 +40,10 @@ function radiiRows(frame: Frame, i: number) {
   });
 }
 
-class CompareRadiiPanel extends BasePanel {
-  chart = h("div", { class: "ha-chart" });
-  note = h("p", { class: "ha-note" });
-  width = 0;
+class CompareRadiiPanel extends ChartPanel {
 
   constructor(ctx: Context, private frame: Frame) {
     super("compare-radii", "Ball radius against relative depth (r̂ / r*)", ctx);
-    this.body.append(this.chart, this.note);
-    this.cleanups.push(
-      observeSize(this.chart, (w) => {
-        if (w > 0 && w !== this.width) {
-          this.width = w;
-          this.render();
-        }
-      }),
-    );
   }
 
   render(): void {
@@ -98,10 +86,7 @@ class CompareRadiiPanel extends BasePanel {
   }
 }
 
-class CompareFloorPanel extends BasePanel {
-  chart = h("div", { class: "ha-chart" });
-  note = h("p", { class: "ha-note" });
-  width = 0;
+class CompareFloorPanel extends ChartPanel {
   where: number | "final" = "final";
 
   constructor(ctx: Context, private frame: Frame) {
@@ -121,15 +106,6 @@ class CompareFloorPanel extends BasePanel {
           this.render();
         },
       ),
-    );
-    this.body.append(this.chart, this.note);
-    this.cleanups.push(
-      observeSize(this.chart, (w) => {
-        if (w > 0 && w !== this.width) {
-          this.width = w;
-          this.render();
-        }
-      }),
     );
   }
 
@@ -160,11 +136,7 @@ class CompareFloorPanel extends BasePanel {
       const rStar = st.stat(j, "r_star");
       const rHat = st.stat(j, "r_hat");
       if (n > 0 && d > 0 && rStar > 0) {
-        for (let k = 0; k <= 240; k++) {
-          const x = lo * (hi / lo) ** (k / 240);
-          const F = floorAt(n, d, x * rStar);
-          if (Number.isFinite(F)) curves.push({ member: label, x, F });
-        }
+        for (const { x, F } of floorCurve(n, d, lo, hi, 240, rStar)) if (Number.isFinite(F)) curves.push({ member: label, x, F });
         if (rHat > 0) {
           const F = floorAt(n, d, rHat);
           marks.push({ member: label, x: rHat / rStar, F, text: `${label}\nr̂/r* = ${fmt(rHat / rStar)}\nF(r̂) = ${fmt(F)} nats` });

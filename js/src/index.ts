@@ -7,8 +7,9 @@ import { RadiiPanel } from "./panels/radii";
 import { SamplesPanel } from "./panels/samples";
 import { SummaryPanel } from "./panels/summary";
 import { AuditState, type ModelLike } from "./state";
-import { observeTheme, readTheme } from "./theme";
+import { readTheme } from "./theme";
 import { h } from "./util";
+import { bindView, drawPanel } from "./lifecycle";
 import { mountCompare } from "./compare";
 import { mountTimeline } from "./timeline";
 
@@ -32,7 +33,6 @@ export function mount(model: ModelLike, el: HTMLElement): View {
   const root = h("div", { class: "hopaudit ha-auto" });
   el.append(root);
   const view: View = { panels: [], destroy: () => undefined };
-  let cleanups: (() => void)[] = [];
 
   const build = () => {
     for (const p of view.panels) p.destroy();
@@ -59,40 +59,24 @@ export function mount(model: ModelLike, el: HTMLElement): View {
     view.panels = panels;
     const grid = h("div", { class: "ha-grid" }, ...panels.map((p) => p.el));
     root.append(grid);
-    for (const p of panels) {
-      try {
-        p.render();
-      } catch (err) {
-        p.body.replaceChildren(h("pre", { class: "ha-error", text: `This panel failed to draw: ${String(err)}` }));
-        console.error("hopaudit:", p.name, err);
-      }
-    }
+    for (const p of panels) drawPanel(p);
     (root as any).__hopaudit = view;
     (el as any).__hopaudit = view;
     return ctx;
   };
 
   let ctx = build();
-  const onTheme = () => {
-    const theme = readTheme(root);
-    if (theme.dark === ctx.theme.dark && theme.bg === ctx.theme.bg && theme.fg === ctx.theme.fg) return;
-    ctx.theme = theme;
-    for (const p of view.panels) p.render();
-  };
-  cleanups.push(observeTheme(onTheme));
-  const onChange = () => {
-    ctx = build();
-  };
-  for (const t of DATA_TRAITS) model.on(`change:${t}`, onChange);
-  cleanups.push(() => {
-    for (const t of DATA_TRAITS) model.off(`change:${t}`, onChange);
+  bindView(model, root, view, {
+    traits: DATA_TRAITS,
+    theme: () => ctx.theme,
+    onTheme: (theme) => {
+      ctx.theme = theme;
+      for (const p of view.panels) p.render();
+    },
+    onChange: () => {
+      ctx = build();
+    },
   });
-  view.destroy = () => {
-    for (const p of view.panels) p.destroy();
-    for (const c of cleanups) c();
-    cleanups = [];
-    root.remove();
-  };
   return view;
 }
 

@@ -7,8 +7,8 @@ import type { Context, Panel } from "./panels/base";
 import { Panel as BasePanel } from "./panels/base";
 import { DistancesPanel } from "./panels/distances";
 import type { ModelLike } from "./state";
-import { fmt, h, observeSize, select } from "./util";
-import { type Frame, type View, mountMulti } from "./multi/view";
+import { fmt, h, select } from "./util";
+import { ChartPanel, type Frame, type View, mountMulti } from "./multi/view";
 import { SharedScatterPanel } from "./multi/scatter";
 
 export const TIMELINE_TRAITS = ["members", "blob", "labels", "kind", "steps"];
@@ -74,10 +74,7 @@ function alignmentNote(methods: string[]): string {
 }
 
 /** Per-layer r̂/r* of every step, as lines (one per layer) or a heatmap (layers × steps). */
-class RadiiOverStepsPanel extends BasePanel {
-  chart = h("div", { class: "ha-chart" });
-  note = h("p", { class: "ha-note" });
-  width = 0;
+class RadiiOverStepsPanel extends ChartPanel {
   mode: "lines" | "heatmap";
 
   constructor(ctx: Context, private frame: Frame, private steps: number[], private cursor: StepCursor) {
@@ -88,15 +85,6 @@ class RadiiOverStepsPanel extends BasePanel {
       select("view", [{ value: "lines", label: "lines" }, { value: "heatmap", label: "heatmap" }], this.mode, (v) => {
         this.mode = v as "lines" | "heatmap";
         this.render();
-      }),
-    );
-    this.body.append(this.chart, this.note);
-    this.cleanups.push(
-      observeSize(this.chart, (w) => {
-        if (w > 0 && w !== this.width) {
-          this.width = w;
-          this.render();
-        }
       }),
     );
     cursor.listeners.push(() => this.render());
@@ -162,22 +150,10 @@ class RadiiOverStepsPanel extends BasePanel {
   }
 }
 
-class LossOverStepsPanel extends BasePanel {
-  chart = h("div", { class: "ha-chart" });
-  note = h("p", { class: "ha-note" });
-  width = 0;
+class LossOverStepsPanel extends ChartPanel {
 
   constructor(ctx: Context, private frame: Frame, private steps: number[], private cursor: StepCursor) {
     super("timeline-loss", "Cross-entropy against the loss floor", ctx);
-    this.body.append(this.chart, this.note);
-    this.cleanups.push(
-      observeSize(this.chart, (w) => {
-        if (w > 0 && w !== this.width) {
-          this.width = w;
-          this.render();
-        }
-      }),
-    );
     cursor.listeners.push(() => this.render());
   }
 

@@ -4,8 +4,9 @@
 import type { Context, Panel } from "../panels/base";
 import { Panel as BasePanel } from "../panels/base";
 import type { ModelLike } from "../state";
-import { type Theme, observeTheme, readTheme } from "../theme";
+import { type Theme, readTheme } from "../theme";
 import { h } from "../util";
+import { bindView, drawPanel } from "../lifecycle";
 import { Members } from "./members";
 import { injectStyle } from "./style";
 
@@ -53,6 +54,18 @@ export class Frame {
   }
 }
 
+/** A panel of one chart with a note under it, drawn again when the chart's width changes. */
+export abstract class ChartPanel extends BasePanel {
+  chart = h("div", { class: "ha-chart" });
+  note = h("p", { class: "ha-note" });
+
+  constructor(name: string, title: string, ctx: Context) {
+    super(name, title, ctx);
+    this.body.append(this.chart, this.note);
+    this.redrawOnResize(this.chart);
+  }
+}
+
 /** A panel holding one sub-panel per audit side by side; ready when all of them are. */
 export class GroupPanel extends BasePanel {
   children: Panel[] = [];
@@ -78,14 +91,7 @@ export class GroupPanel extends BasePanel {
   }
 
   render(): void {
-    for (const c of this.children) {
-      try {
-        c.render();
-      } catch (err) {
-        c.body.replaceChildren(h("pre", { class: "ha-error", text: `This panel failed to draw: ${String(err)}` }));
-        console.error("hopaudit:", c.name, err);
-      }
-    }
+    for (const c of this.children) drawPanel(c);
     if (!this.children.length) this.markReady();
   }
 
@@ -107,7 +113,6 @@ export function mountMulti(
   el.append(root);
   const view: View = { panels: [], destroy: () => undefined };
   let frame: Frame;
-  let cleanups: (() => void)[] = [];
 
   const make = () => {
     for (const p of view.panels) p.destroy();
@@ -119,39 +124,21 @@ export function mountMulti(
     frame.panels = panels;
     view.panels = panels;
     root.append(h("div", { class: "ha-grid" }, ...panels.map((p) => p.el)));
-    for (const p of panels) {
-      try {
-        p.render();
-      } catch (err) {
-        p.body.replaceChildren(h("pre", { class: "ha-error", text: `This panel failed to draw: ${String(err)}` }));
-        console.error("hopaudit:", p.name, err);
-        p.markReady();
-      }
-    }
+    for (const p of panels) if (!drawPanel(p)) p.markReady();
     (root as any).__hopaudit = view;
     (el as any).__hopaudit = view;
   };
   make();
 
-  const onTheme = () => {
-    const theme = readTheme(root);
-    const t = frame.theme;
-    if (theme.dark === t.dark && theme.bg === t.bg && theme.fg === t.fg) return;
-    frame.theme = theme;
-    for (const c of frame.contexts) c.theme = theme;
-    for (const p of view.panels) p.render();
-  };
-  cleanups.push(observeTheme(onTheme));
-  const onChange = () => make();
-  for (const t of dataTraits) model.on(`change:${t}`, onChange);
-  cleanups.push(() => {
-    for (const t of dataTraits) model.off(`change:${t}`, onChange);
+  bindView(model, root, view, {
+    traits: dataTraits,
+    theme: () => frame.theme,
+    onTheme: (theme) => {
+      frame.theme = theme;
+      for (const c of frame.contexts) c.theme = theme;
+      for (const p of view.panels) p.render();
+    },
+    onChange: () => make(),
   });
-  view.destroy = () => {
-    for (const p of view.panels) p.destroy();
-    for (const c of cleanups) c();
-    cleanups = [];
-    root.remove();
-  };
   return view;
 }

@@ -1,7 +1,7 @@
 // What every panel shares: its element (data-panel=NAME), the decoded state, the theme.
 import type { AuditState } from "../state";
 import type { Theme } from "../theme";
-import { h } from "../util";
+import { h, observeSize } from "../util";
 
 export interface Context {
   state: AuditState;
@@ -15,6 +15,8 @@ export abstract class Panel {
   body: HTMLElement;
   header: HTMLElement;
   protected cleanups: (() => void)[] = [];
+  /** The last width seen by `redrawOnResize` (0 until the first observation). */
+  width = 0;
 
   constructor(
     readonly name: string,
@@ -30,6 +32,18 @@ export abstract class Panel {
 
   /** Draw (again) with the current theme and sizes. */
   abstract render(): void;
+
+  /** Draw again whenever `el` settles at a new, non-zero width (kept in `this.width`). */
+  protected redrawOnResize(el: Element): void {
+    this.cleanups.push(
+      observeSize(el, (w) => {
+        if (w > 0 && w !== this.width) {
+          this.width = w;
+          this.render();
+        }
+      }),
+    );
+  }
 
   markReady(): void {
     this.el.setAttribute("data-ready", "true");

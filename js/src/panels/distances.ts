@@ -1,14 +1,13 @@
 // Nearest-pattern distances of one layer (histogram) with the saturation curves of the paper's
 // Fig. 2 (25/50/75/100 % of the patterns stored) and the lines 2 r_star and 2 r_hat.
 import * as Plot from "@observablehq/plot";
-import { fmt, h, observeSize, select } from "../util";
+import { fmt, h, select } from "../util";
 import { type Context, Panel } from "./base";
 
 export class DistancesPanel extends Panel {
   layer: number;
   chart = h("div", { class: "ha-chart ha-hist" });
   legend = h("div", { class: "ha-legend" });
-  width = 0;
 
   constructor(ctx: Context) {
     super("distances", "Nearest-pattern distances", ctx);
@@ -24,14 +23,7 @@ export class DistancesPanel extends Panel {
       ),
     );
     this.body.append(this.chart, this.legend);
-    this.cleanups.push(
-      observeSize(this.chart, (w) => {
-        if (w > 0 && w !== this.width) {
-          this.width = w;
-          this.render();
-        }
-      }),
-    );
+    this.redrawOnResize(this.chart);
   }
 
   setLayer(i: number): void {

@@ -2,15 +2,14 @@
 // radius r on a log axis, computed here from n and d; markers at r_hat, r_star, r_c; reference
 // lines at the model's cross-entropy, the universal floor (1 nat) and Chinchilla's fit.
 import * as Plot from "@observablehq/plot";
-import { floorAt } from "../lgamma";
-import { fmt, h, observeSize, select } from "../util";
+import { floorAt, floorCurve } from "../lgamma";
+import { fmt, h, select } from "../util";
 import { type Context, Panel } from "./base";
 
 export class FloorPanel extends Panel {
   layer: number;
   chart = h("div", { class: "ha-chart ha-floor" });
   note = h("p", { class: "ha-note" });
-  width = 0;
 
   constructor(ctx: Context) {
     super("floor", "Loss floor against radius", ctx);
@@ -29,14 +28,7 @@ export class FloorPanel extends Panel {
       ),
     );
     this.body.append(this.chart, this.note);
-    this.cleanups.push(
-      observeSize(this.chart, (w) => {
-        if (w > 0 && w !== this.width) {
-          this.width = w;
-          this.render();
-        }
-      }),
-    );
+    this.redrawOnResize(this.chart);
   }
 
   render(): void {
@@ -62,13 +54,7 @@ export class FloorPanel extends Panel {
     const rs = marks.map((m) => m.r);
     const lo = Math.min(...rs) / 1.6;
     const hi = Math.max(...rs) * 1.6;
-    const curve: { r: number; F: number }[] = [];
-    const steps = 400;
-    for (let k = 0; k <= steps; k++) {
-      const r = lo * (hi / lo) ** (k / steps);
-      const F = floorAt(n, d, r);
-      curve.push({ r, F: Number.isFinite(F) ? F : Infinity });
-    }
+    const curve = floorCurve(n, d, lo, hi, 400).map(({ x, F }) => ({ r: x, F: Number.isFinite(F) ? F : Infinity }));
     const s = st.summary;
     const ce = typeof s.cross_entropy === "number" ? s.cross_entropy : NaN;
     const chin = typeof s.chinchilla_loss === "number" ? s.chinchilla_loss : NaN;

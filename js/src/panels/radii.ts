@@ -1,26 +1,18 @@
 // Ball radius per layer: r_hat (median nn/2) with its interquartile band, against the flat
 // r_star = sqrt(n / 2 pi e) and the critical radius r_c; intrinsic dimension (TwoNN) beside it.
 import * as Plot from "@observablehq/plot";
-import { fmt, h, observeSize } from "../util";
+import { fmt, h } from "../util";
 import { type Context, Panel } from "./base";
 
 export class RadiiPanel extends Panel {
   left = h("div", { class: "ha-chart ha-radii" });
   right = h("div", { class: "ha-chart ha-id ha-narrow" });
   note = h("p", { class: "ha-note" });
-  width = 0;
 
   constructor(ctx: Context) {
     super("radii", "Ball radius per layer", ctx);
     this.body.append(h("div", { class: "ha-row" }, this.left, this.right), this.note);
-    this.cleanups.push(
-      observeSize(this.body, (w) => {
-        if (w > 0 && w !== this.width) {
-          this.width = w;
-          this.render();
-        }
-      }),
-    );
+    this.redrawOnResize(this.body);
   }
 
   render(): void {
