@@ -95,11 +95,13 @@ def audit(
             progress=progress,
         )
 
+    # Both datasets are checked before the (long) forward passes: bad input loses no work.
     tokens = tokens_of(data)
+    held_tokens = None if heldout is None else tokens_of(heldout)
     stored = capture_of(tokens, store)
     held = None
-    if heldout is not None:
-        held = capture_of(tokens_of(heldout), None if store is None else f"{store}/heldout")
+    if held_tokens is not None:
+        held = capture_of(held_tokens, None if store is None else f"{store}/heldout")
     t_captured = time.perf_counter()
 
     reports, skipped = {}, {}

@@ -227,3 +227,15 @@ def test_three_patterns_are_measured_but_not_embedded():
         )
     assert a.layers["n_patterns"].eq(3).all() and a.layers["r_hat"].notna().all()
     assert a.embeddings == {}
+
+
+def test_bad_heldout_fails_before_any_capture(monkeypatch):
+    import hopaudit.api
+
+    calls = []
+    real = hopaudit.api.capture
+    monkeypatch.setattr(hopaudit.api, "capture", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model, _ = tiny_model("gpt2")
+    with pytest.raises(DataError):
+        hopaudit.audit(model, _texts(20), tokenizer=tiny_tokenizer(), heldout=[], max_length=8)
+    assert calls == []
