@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .blocks import count_parameters, find_blocks, find_final_norm
-from .capture import capture
+from .capture import capture, model_device
 from .data import prepare_data
 from .errors import DataError, HopauditError, SearchError
 from .loading import load_model
@@ -70,7 +70,7 @@ def audit(
     block_list = find_blocks(model, blocks)
     final = find_final_norm(model, [path for path, _ in block_list])
     n_total, n_blocks_params = count_parameters(model, block_list)
-    device = _model_device(model)
+    device = model_device(model)
 
     def tokens_of(d: Any):
         return prepare_data(
@@ -198,13 +198,6 @@ def _check_options(normalize: str, index: str, store_dtype: str, umap_max: int, 
         raise DataError(f"umap_max_points must be >= 0, got {umap_max}")
     if k < 2:
         raise DataError(f"k must be at least 2 (TwoNN needs two neighbours), got {k}")
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
 
 
 def _model_name(model: torch.nn.Module) -> str:

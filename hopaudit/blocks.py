@@ -407,3 +407,27 @@ def count_parameters(model: nn.Module, blocks: Sequence[Any]) -> tuple[int, int]
                 in_blocks.add(id(p))
                 n_blocks += p.numel()
     return total, n_blocks
+
+
+def vocab_size(model: nn.Module) -> int | None:
+    """Token vocabulary size: the input embedding's rows, else the (text) config's, else the
+    first nn.Embedding of a plain module; None when none says."""
+    get_emb = getattr(model, "get_input_embeddings", None)
+    if callable(get_emb):
+        try:
+            emb = get_emb()
+        except (NotImplementedError, AttributeError):
+            emb = None
+        if isinstance(emb, nn.Embedding):
+            return int(emb.num_embeddings)
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "get_text_config"):
+        cfg = cfg.get_text_config()
+    v = getattr(cfg, "vocab_size", None)
+    if isinstance(v, int):
+        return v
+    if cfg is None:  # a plain module (nanoGPT style): its first embedding is the token one
+        for m in model.modules():
+            if isinstance(m, nn.Embedding):
+                return int(m.num_embeddings)
+    return None

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from hopaudit.blocks import vocab_size
 from hopaudit.errors import CaptureError, DataError, HopauditError, ModelError
 from hopaudit.store import ActivationStore, normalize_dtype
 
@@ -319,28 +320,6 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _vocab_size(model: nn.Module) -> int | None:
-    get_emb = getattr(model, "get_input_embeddings", None)
-    if callable(get_emb):
-        try:
-            emb = get_emb()
-        except (NotImplementedError, AttributeError):
-            emb = None
-        if isinstance(emb, nn.Embedding):
-            return int(emb.num_embeddings)
-    cfg = getattr(model, "config", None)
-    if cfg is not None and hasattr(cfg, "get_text_config"):
-        cfg = cfg.get_text_config()
-    v = getattr(cfg, "vocab_size", None)
-    if isinstance(v, int):
-        return v
-    if cfg is None:  # a plain module (nanoGPT style): its first embedding is the token one
-        for m in model.modules():
-            if isinstance(m, nn.Embedding):
-                return int(m.num_embeddings)
-    return None
-
-
 def _config_int(model: nn.Module, *names: str) -> int | None:
     cfg = getattr(model, "config", None)
     if cfg is not None and hasattr(cfg, "get_text_config"):
@@ -362,7 +341,7 @@ def choose_batch_size(model: nn.Module, seq_len: int, n_sequences: int, device: 
     """
     device = torch.device(device)
     seq_len = max(1, seq_len)
-    vocab = _vocab_size(model) or 0
+    vocab = vocab_size(model) or 0
     hidden = _config_int(model, "hidden_size", "n_embd", "d_model") or 1024
     heads = _config_int(model, "num_attention_heads", "n_head") or 16
     if device.type == "cuda":
@@ -577,7 +556,7 @@ def capture(
     names = list(modules)
     if not (isinstance(min_k, (int, float)) and 0 < min_k <= 1):
         raise DataError(f"min_k is a fraction of tokens in (0, 1], got {min_k!r}")
-    vocab = _vocab_size(model)
+    vocab = vocab_size(model)
     lo, hi = int(input_ids.min()), int(input_ids.max())
     if lo < 0 or (vocab is not None and hi >= vocab):
         raise DataError(

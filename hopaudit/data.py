@@ -782,23 +782,8 @@ def _text_config(model: Any) -> Any:
     return config
 
 
-def _vocab_size(model: Any) -> int | None:
-    if model is None:
-        return None
-    get = getattr(model, "get_input_embeddings", None)
-    if callable(get):
-        try:
-            emb = get()
-            n = getattr(emb, "num_embeddings", None)
-            if _is_int(n):
-                return int(n)
-        except Exception:
-            pass
-    return _first_int(getattr(_text_config(model), "vocab_size", None))
-
-
 def _check_vocab(real_ids: torch.Tensor, model: Any) -> None:
-    vocab = _vocab_size(model)
+    vocab = _model_vocab(model)
     if vocab is None or real_ids.numel() == 0:
         return
     lo, hi = int(real_ids.min()), int(real_ids.max())
@@ -814,7 +799,7 @@ def _check_vocab(real_ids: torch.Tensor, model: Any) -> None:
 
 
 def _pad_in_vocab(pad: int, model: Any) -> int:
-    vocab = _vocab_size(model)
+    vocab = _model_vocab(model)
     return 0 if vocab is not None and not 0 <= pad < vocab else pad
 
 
@@ -867,3 +852,11 @@ def _check_token_data(data: TokenData) -> TokenData:
             f"TokenData has {len(data.texts)} texts for {ids.shape[0]} sequences; give one each"
         )
     return data
+
+
+def _model_vocab(model: Any) -> int | None:
+    if model is None:
+        return None
+    from .blocks import vocab_size
+
+    return vocab_size(model)
