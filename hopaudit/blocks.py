@@ -409,17 +409,23 @@ def count_parameters(model: nn.Module, blocks: Sequence[Any]) -> tuple[int, int]
     return total, n_blocks
 
 
+def input_embedding(model: nn.Module) -> nn.Module | None:
+    """The model's token embedding as transformers reports it (None when it does not say)."""
+    get_emb = getattr(model, "get_input_embeddings", None)
+    if not callable(get_emb):
+        return None
+    try:
+        return get_emb()
+    except (NotImplementedError, AttributeError):
+        return None
+
+
 def vocab_size(model: nn.Module) -> int | None:
     """Token vocabulary size: the input embedding's rows, else the (text) config's, else the
     first nn.Embedding of a plain module; None when none says."""
-    get_emb = getattr(model, "get_input_embeddings", None)
-    if callable(get_emb):
-        try:
-            emb = get_emb()
-        except (NotImplementedError, AttributeError):
-            emb = None
-        if isinstance(emb, nn.Embedding):
-            return int(emb.num_embeddings)
+    emb = input_embedding(model)
+    if isinstance(emb, nn.Embedding):
+        return int(emb.num_embeddings)
     cfg = getattr(model, "config", None)
     if cfg is not None and hasattr(cfg, "get_text_config"):
         cfg = cfg.get_text_config()

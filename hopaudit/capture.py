@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hopaudit.blocks import vocab_size
+from hopaudit.blocks import input_embedding, vocab_size
 from hopaudit.errors import CaptureError, DataError, HopauditError, ModelError
 from hopaudit.store import ActivationStore, normalize_dtype
 
@@ -306,15 +306,9 @@ def _is_masked_lm(model: nn.Module) -> bool:
 def model_device(model: nn.Module) -> torch.device:
     """Where inputs go: the input embedding's device (right for accelerate device maps), else
     the first parameter's, else the CPU."""
-    get_emb = getattr(model, "get_input_embeddings", None)
-    if callable(get_emb):
-        try:
-            emb = get_emb()
-        except (NotImplementedError, AttributeError):
-            emb = None
-        weight = getattr(emb, "weight", None)
-        if isinstance(weight, torch.Tensor):
-            return weight.device
+    weight = getattr(input_embedding(model), "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return weight.device
     for p in model.parameters():
         return p.device
     return torch.device("cpu")

@@ -37,12 +37,8 @@ LAYERS = ["transformer.h.0", "transformer.h.1", "final"]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared two-core machine, two threads are many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """One intra-op thread for every test here (see conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")
