@@ -1,10 +1,14 @@
 """One self-contained HTML file of an audit's widget: it opens offline in any browser.
 
-The file inlines the front-end bundle (imported from a Blob URL as an ES module), its CSS, and
-the widget's state: the JSON scalars and every binary array packed into one gzip-compressed,
-base64-encoded blob that the bundle's ``unpackReport`` reads back into DataViews, exactly what
-anywidget hands the view in a notebook. A ~30-line model object (get/set/on/off/save_changes/
-send) stands in for the kernel, so the same ``render({model, el})`` draws it.
+The file holds one gzip-compressed, base64-encoded payload (:func:`pack_page`): the front-end
+bundle, its CSS and the widget's state (the JSON scalars and every binary array,
+:func:`pack_state`). A short inline bootstrap decodes the text, gunzips it with the browser's
+own ``DecompressionStream("gzip")``, imports the bundle from a Blob URL as an ES module, injects
+the CSS and hands the state bytes to the bundle's ``unpackReport``, which reads them back into
+DataViews, exactly what anywidget hands the view in a notebook. A ~30-line model object
+(get/set/on/off/save_changes/send) stands in for the kernel, so the same ``render({model, el})``
+draws it. A browser without ``DecompressionStream`` (or without ES modules) gets a message, not
+a blank page.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import base64
 import gzip
 import html
 import json
+import re
 import struct
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +25,8 @@ from typing import Any
 
 from .widget import CSS_PATH, ESM_PATH, _read_static, widget_state
 
-MAGIC = b"HAR1"  # hopaudit report payload, version 1
+MAGIC = b"HAR1"  # hopaudit report state, version 1
+PAGE_MAGIC = b"HAP1"  # hopaudit report page payload (bundle, CSS, state), version 1
 
 
 def pack_state(state: dict[str, Any]) -> bytes:
@@ -66,10 +72,53 @@ def unpack_state(payload: bytes) -> dict[str, Any]:
     return out
 
 
-def encode_state(state: dict[str, Any]) -> str:
-    """The payload as it sits in the HTML file: gzip (mtime 0, reproducible), then base64."""
-    return base64.b64encode(gzip.compress(pack_state(state), compresslevel=9, mtime=0)).decode()
+def pack_page(state: dict[str, Any], esm: str, css: str) -> bytes:
+    """Bundle, CSS and state -> one payload: PAGE_MAGIC, uint32 bundle length, uint32 CSS
+    length (both in UTF-8 bytes), the bundle, the CSS, zero padding to 8 bytes, then
+    :func:`pack_state`."""
+    e, c = esm.encode("utf-8"), css.encode("utf-8")
+    head = PAGE_MAGIC + struct.pack("<II", len(e), len(c)) + e + c
+    return head + b"\0" * ((-len(head)) % 8) + pack_state(state)
 
+
+def unpack_page(payload: bytes) -> tuple[str, str, dict[str, Any]]:
+    """The inverse of :func:`pack_page`: (bundle, CSS, state)."""
+    if payload[:4] != PAGE_MAGIC:
+        raise ValueError("not a hopaudit report page payload")
+    ne, nc = struct.unpack("<II", payload[4:12])
+    esm = payload[12 : 12 + ne].decode("utf-8")
+    css = payload[12 + ne : 12 + ne + nc].decode("utf-8")
+    start = 12 + ne + nc
+    start += (-start) % 8
+    return esm, css, unpack_state(payload[start:])
+
+
+def encode_page(state: dict[str, Any], esm: str, css: str) -> str:
+    """The payload as it sits in the HTML file: gzip (mtime 0, reproducible), then base64."""
+    raw = gzip.compress(pack_page(state, esm, css), compresslevel=9, mtime=0)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def read_html_page(path_or_text: str | Path) -> tuple[str, str, dict[str, Any]]:
+    """(bundle, CSS, state) of an exported report, given its path or its text (for tests)."""
+    text = str(path_or_text)
+    if isinstance(path_or_text, Path) or "<" not in text:
+        text = Path(path_or_text).read_text(encoding="utf-8")
+    m = re.search(r'<script [^>]*id="hopaudit-data"[^>]*>([^<]*)</script>', text)
+    if m is None:
+        raise ValueError("no hopaudit report payload in this page")
+    return unpack_page(gzip.decompress(base64.b64decode(m.group(1))))
+
+
+def read_html_state(path_or_text: str | Path) -> dict[str, Any]:
+    """The widget state of an exported report, given its path or its text (for tests)."""
+    return read_html_page(path_or_text)[2]
+
+
+OLD_BROWSER = (
+    "this browser cannot decompress the report; open it in a current Chrome, Firefox, Safari "
+    "or Edge"
+)
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -93,7 +142,6 @@ body[data-theme="dark"] {{ background: #0b0e12; color: #e6edf3; }}
 noscript, .page-error {{ display: block; padding: 12px; border: 1px dashed #d1242f;
   color: #d1242f; }}
 </style>
-<style>{css}</style>
 </head>
 <body>
 <div class="page">
@@ -104,8 +152,15 @@ noscript, .page-error {{ display: block; padding: 12px; border: 1px dashed #d124
   <noscript>This report needs JavaScript to draw its charts.</noscript>
   <div id="hopaudit-root"></div>
 </div>
-<script type="application/octet-stream" id="hopaudit-state">{payload}</script>
-<script type="text/plain" id="hopaudit-esm">{esm}</script>
+<script type="application/octet-stream" id="hopaudit-data" data-encoding="base64">{payload}</script>
+<script nomodule>
+(function () {{
+  var box = document.createElement("pre");
+  box.className = "page-error";
+  box.textContent = "This report could not be drawn: {old_browser}";
+  document.getElementById("hopaudit-root").appendChild(box);
+}})();
+</script>
 <script type="module">
 const root = document.getElementById("hopaudit-root");
 const theme = document.getElementById("hopaudit-theme");
@@ -113,12 +168,39 @@ theme.addEventListener("change", () => {{
   if (theme.value) document.body.setAttribute("data-theme", theme.value);
   else document.body.removeAttribute("data-theme");
 }});
-try {{
-  const src = document.getElementById("hopaudit-esm").textContent;
-  const url = URL.createObjectURL(new Blob([src], {{ type: "text/javascript" }}));
+function fail(message) {{
+  const box = document.createElement("pre");
+  box.className = "page-error";
+  box.textContent = "This report could not be drawn: " + message;
+  root.append(box);
+}}
+function decodeText(el) {{
+  const bin = atob(el.textContent.trim());
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}}
+async function main() {{
+  // No library is loaded yet: the browser's own gunzip, or a message.
+  if (typeof DecompressionStream !== "function") return fail("{old_browser}");
+  const packed = decodeText(document.getElementById("hopaudit-data"));
+  const gunzip = new Blob([packed]).stream().pipeThrough(new DecompressionStream("gzip"));
+  const raw = new Uint8Array(await new Response(gunzip).arrayBuffer());
+  // pack_page: "HAP1", uint32 bundle length, uint32 CSS length, bundle, CSS, pad to 8, state.
+  if (String.fromCharCode(...raw.subarray(0, 4)) !== "HAP1") {{
+    throw new Error("not a hopaudit report page payload");
+  }}
+  const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  const ne = dv.getUint32(4, true);
+  const nc = dv.getUint32(8, true);
+  const style = document.createElement("style");
+  style.textContent = new TextDecoder().decode(raw.subarray(12 + ne, 12 + ne + nc));
+  document.head.append(style);
+  const esm = new Blob([raw.subarray(12, 12 + ne)], {{ type: "text/javascript" }});
+  const url = URL.createObjectURL(esm);
   const mod = await import(url);
   URL.revokeObjectURL(url);
-  const state = mod.unpackReport(document.getElementById("hopaudit-state").textContent);
+  const state = mod.unpackReport(raw.subarray(Math.ceil((12 + ne + nc) / 8) * 8));
   const listeners = new Map();
   const model = {{
     get: (k) => state[k],
@@ -140,13 +222,11 @@ try {{
   }};
   window.hopauditModel = model;
   await mod.default.render({{ model, el: root }});
-}} catch (err) {{
-  const box = document.createElement("pre");
-  box.className = "page-error";
-  box.textContent = "This report could not be drawn: " + err;
-  root.append(box);
-  console.error(err);
 }}
+main().catch((err) => {{
+  fail(String(err));
+  console.error(err);
+}});
 </script>
 </body>
 </html>
@@ -196,10 +276,8 @@ def render_html(audit_or_state: Any) -> str:
     return _PAGE.format(
         title=html.escape(f"hopaudit: {model}"),
         subtitle=html.escape(subtitle),
-        css=css.replace("</style", "<\\/style"),
-        payload=encode_state(state),
-        # Inside a <script> element only "</script" can end it early; "<\/" means "</" in JS.
-        esm=esm.replace("</script", "<\\/script"),
+        payload=encode_page(state, esm, css),
+        old_browser=OLD_BROWSER,
     )
 
 

@@ -140,17 +140,12 @@ def test_compare_state_members_are_the_single_view_states(audits):
 
 
 def test_to_html_of_a_comparison(audits, tmp_path):
-    from hopaudit.report import unpack_state
+    from hopaudit.report import read_html_state
 
     out = hopaudit.compare(*audits, labels=["x", "y"]).to_html(tmp_path / "c.html")
     text = out.read_text()
     assert "comparison of x, y" in text
-    import base64
-    import gzip
-    import re
-
-    payload = re.search(r'id="hopaudit-state">([^<]+)<', text).group(1)
-    state = unpack_state(gzip.decompress(base64.b64decode(payload)))
+    state = read_html_state(text)
     assert state["kind"] == "compare" and state["labels"] == ["x", "y"]
 
 

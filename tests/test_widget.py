@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import gzip
 import math
 import re
 import sys
@@ -203,24 +201,29 @@ def test_report_payload_round_trips(state):
     # buffers are 8-byte aligned in the body so typed arrays need no copy
     n = int.from_bytes(packed[4:8], "little")
     assert (8 + n) % 8 == 0
-    enc = report.encode_state(state)
-    assert report.unpack_state(gzip.decompress(base64.b64decode(enc))) == back
+    esm, css = "export default 1; // é", "a { b: c }"
+    page = report.pack_page(state, esm, css)
+    assert page[:4] == b"HAP1" and report.unpack_page(page) == (esm, css, back)
 
 
 @pytest.mark.skipif(not HAS_BUNDLE, reason="front end not built (npm run build in js/)")
 def test_html_is_self_contained(audit, tmp_path):
     path = report.to_html(audit, tmp_path / "r.html")
     text = path.read_text(encoding="utf-8")
-    assert "<script" in text and "unpackReport" in text
-    # no network: no external script, stylesheet or module URL
-    assert not re.search(r"<(script|link)[^>]+(src|href)=", text)
-    assert "cdn" not in text.lower().split("hopaudit-esm")[0]
-    payload = re.search(r'id="hopaudit-state">([^<]+)<', text).group(1)
-    back = report.unpack_state(gzip.decompress(base64.b64decode(payload)))
+    # no network: no external script, stylesheet or module URL around the payload
+    page = re.sub(r'(id="hopaudit-data"[^>]*>)[^<]*', r"\1", text)
+    assert len(page) < 10_000 < len(text)
+    assert not re.search(r"<(script|link)[^>]+(src|href)=", page)
+    assert "cdn" not in page.lower()
+    # the bundle and its CSS travel compressed inside the payload, byte for byte
+    esm, css, back = report.read_html_page(path)
+    assert esm == widget.ESM_PATH.read_text(encoding="utf-8") and "unpackReport" in esm
+    assert css == widget.CSS_PATH.read_text(encoding="utf-8")
+    assert back.keys() == widget_state(audit).keys()
     assert back["layer_stats"] == widget_state(audit)["layer_stats"]
-    # the inlined module cannot end its <script> element early
-    esm = text.split('id="hopaudit-esm">', 1)[1]
-    assert esm.index("</script") == esm.index('</script>\n<script type="module">')
+    # one payload element, then the two bootstrap scripts and nothing else
+    assert text.count("<script") == 3
+    assert report.read_html_state(text) == back
 
 
 def test_to_html_rejects_other_objects(tmp_path):

@@ -1,12 +1,8 @@
-// Read the state blob of an exported HTML report (see hopaudit/report.py: MAGIC "HAR1",
-// uint32 header length, JSON header, 8-byte aligned buffers; gzip, then base64).
-import { gunzipSync } from "fflate";
-
-export function unpackReport(base64: string): Record<string, unknown> {
-  const bin = atob(base64.trim());
-  const gz = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) gz[i] = bin.charCodeAt(i);
-  const raw = gunzipSync(gz);
+// Read the state of an exported HTML report (see hopaudit/report.py, pack_state: MAGIC "HAR1",
+// uint32 header length, JSON header, 8-byte aligned buffers). The page's bootstrap has already
+// decoded and gunzipped the payload; these are the state's bytes.
+export function unpackReport(data: ArrayBuffer | Uint8Array): Record<string, unknown> {
+  const raw = data instanceof Uint8Array ? data : new Uint8Array(data);
   const magic = String.fromCharCode(raw[0], raw[1], raw[2], raw[3]);
   if (magic !== "HAR1") throw new Error("not a hopaudit report payload");
   const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);

@@ -202,3 +202,18 @@ def test_fits_a_900px_notebook_output(open_report):
     assert over == []
     width = p.page.locator('[data-panel="basins"] canvas').bounding_box()["width"]
     assert 300 < width < 900
+
+
+def test_without_decompression_stream_the_page_says_why(browser, report_path):
+    ctx = browser.new_context()
+    try:
+        page = ctx.new_page()
+        page.add_init_script("delete window.DecompressionStream")
+        page.goto(report_path.as_uri())
+        box = page.locator(".page-error")
+        box.wait_for(timeout=10_000)
+        assert "cannot decompress the report" in box.inner_text()
+        assert "Chrome, Firefox, Safari or Edge" in box.inner_text()
+        assert page.locator(".hopaudit").count() == 0
+    finally:
+        ctx.close()
