@@ -23,29 +23,113 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .widget import CSS_PATH, ESM_PATH, _read_static, widget_state
 
-MAGIC = b"HAR1"  # hopaudit report state, version 1
+MAGIC = b"HAR2"  # hopaudit report state, version 2 (buffers may carry filters)
 PAGE_MAGIC = b"HAP1"  # hopaudit report page payload (bundle, CSS, state), version 1
 
+#: Byte shuffle (one byte plane per byte of an item, as blosc does) before gzip: the item size
+#: of every multi-byte array of an audit's state. ``scatter_xy`` shuffles whole points (x, y).
+SHUFFLE = {
+    "layer_stats": 8,
+    "hist_range": 8,
+    "hist_counts": 4,
+    "hist_medians": 8,
+    "scatter_xy": 4,
+    "scatter_basin": 2,
+    "scatter_basin_sizes": 4,
+    "seq_ce": 2,
+    "sample_values": 4,
+}
+#: Delta coding (then shuffle) of the unsigned integer arrays that are usually increasing.
+DELTA = {"text_offsets": 4, "sample_seq": 4, "sequence_ids": 4, "scatter_seq": 4}
+#: The filters a payload may declare, and the item sizes they take.
+FILTER_SIZES = {"delta": (1, 2, 4, 8), "shuffle": tuple(range(1, 256))}
 
-def pack_state(state: dict[str, Any]) -> bytes:
+
+def default_filters(state: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:
+    """The filters :func:`pack_state` applies to the arrays of a single audit's state (the
+    ``blob`` of a comparison or a timeline, a mix of arrays, gets none)."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for key, size in DELTA.items():
+        if key == "scatter_seq":
+            size = int(state.get("scatter_seq_bytes", 4))
+        out[key] = [("delta", size), ("shuffle", size)]
+    for key, size in SHUFFLE.items():
+        out[key] = [("shuffle", size)]
+    return out
+
+
+def _check_filter(name: str, size: int) -> None:
+    if name not in FILTER_SIZES or size not in FILTER_SIZES[name]:
+        raise ValueError(f"unknown filter {name!r} of item size {size!r}")
+
+
+def apply_filter(data: bytes, name: str, size: int) -> bytes:
+    """One filter, forwards. Both keep the length; a tail shorter than one item stays as is.
+
+    ``delta``: little-endian unsigned integers of ``size`` bytes -> their first value, then the
+    differences modulo 2**(8 size) (lossless whatever the order). ``shuffle``: the first byte
+    of every item, then the second byte of every item, and so on."""
+    _check_filter(name, size)
+    n = len(data) // size * size
+    if n == 0:
+        return bytes(data)
+    head, tail = data[:n], data[n:]
+    if name == "delta":
+        a = np.frombuffer(head, f"<u{size}")
+        d = a.copy()
+        d[1:] = a[1:] - a[:-1]  # unsigned: wraps around
+        return d.tobytes() + tail
+    a = np.frombuffer(head, np.uint8).reshape(-1, size)
+    return a.T.tobytes() + tail
+
+
+def undo_filter(data: bytes, name: str, size: int) -> bytes:
+    """The inverse of :func:`apply_filter`."""
+    _check_filter(name, size)
+    n = len(data) // size * size
+    if n == 0:
+        return bytes(data)
+    head, tail = data[:n], data[n:]
+    if name == "delta":
+        d = np.frombuffer(head, f"<u{size}")
+        return np.cumsum(d, dtype=d.dtype).tobytes() + tail  # wraps around
+    a = np.frombuffer(head, np.uint8).reshape(size, -1)
+    return a.T.tobytes() + tail
+
+
+def pack_state(
+    state: dict[str, Any], filters: dict[str, list[tuple[str, int]]] | None = None
+) -> bytes:
     """State dict -> one binary payload: MAGIC, uint32 header length, JSON header, buffers.
 
     ``bytes`` values become ``{"$buffer": [offset, length]}`` in the header; buffers start on
-    8-byte boundaries so the front end can view them as typed arrays without copying.
+    8-byte boundaries so the front end can view them as typed arrays without copying. A buffer
+    stored through filters (``filters``, by default :func:`default_filters`: byte shuffle,
+    delta coding, which compress better with gzip) says so in its header entry,
+    ``"$filters": [[name, item size], ...]`` in the order applied; readers undo them in reverse.
     """
+    if filters is None:
+        filters = default_filters(state)
     header: dict[str, Any] = {}
     buffers: list[bytes] = []
     offset = 0
     for key, value in state.items():
         if isinstance(value, (bytes, bytearray, memoryview)):
             b = bytes(value)
+            chain = [[str(name), int(size)] for name, size in filters.get(key, ())]
+            for name, size in chain:
+                b = apply_filter(b, name, size)
             pad = (-offset) % 8
             if pad:
                 buffers.append(b"\0" * pad)
                 offset += pad
             header[key] = {"$buffer": [offset, len(b)]}
+            if chain:
+                header[key]["$filters"] = chain
             buffers.append(b)
             offset += len(b)
         else:
@@ -55,8 +139,13 @@ def pack_state(state: dict[str, Any]) -> bytes:
     return MAGIC + struct.pack("<I", len(head)) + head + b"".join(buffers)
 
 
+def _is_buffer(value: Any) -> bool:
+    return isinstance(value, dict) and "$buffer" in value and set(value) <= {"$buffer", "$filters"}
+
+
 def unpack_state(payload: bytes) -> dict[str, Any]:
-    """The inverse of :func:`pack_state` (for tests; the browser does the same in JS)."""
+    """The inverse of :func:`pack_state`, filters undone (for tests; the browser does the same
+    in JS, js/src/report.ts)."""
     if payload[:4] != MAGIC:
         raise ValueError("not a hopaudit report payload")
     (n,) = struct.unpack("<I", payload[4:8])
@@ -64,9 +153,12 @@ def unpack_state(payload: bytes) -> dict[str, Any]:
     body = payload[8 + n :]
     out = {}
     for key, value in header.items():
-        if isinstance(value, dict) and set(value) == {"$buffer"}:
+        if _is_buffer(value):
             start, length = value["$buffer"]
-            out[key] = body[start : start + length]
+            b = bytes(body[start : start + length])
+            for name, size in reversed(value.get("$filters", [])):
+                b = undo_filter(b, name, size)
+            out[key] = b
         else:
             out[key] = value
     return out

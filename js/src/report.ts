@@ -1,22 +1,72 @@
-// Read the state of an exported HTML report (see hopaudit/report.py, pack_state: MAGIC "HAR1",
-// uint32 header length, JSON header, 8-byte aligned buffers). The page's bootstrap has already
-// decoded and gunzipped the payload; these are the state's bytes.
+// Read the state of an exported HTML report (see hopaudit/report.py, pack_state: MAGIC "HAR2",
+// uint32 header length, JSON header, 8-byte aligned buffers, each maybe stored through filters).
+// The page's bootstrap has already decoded and gunzipped the payload; these are the state's bytes.
+
+type Filter = [string, number];
+
+// The inverse of the byte shuffle: plane j holds byte j of every item; a short tail stays as is.
+export function unshuffle(src: Uint8Array, size: number): Uint8Array {
+  const out = new Uint8Array(src.length);
+  const m = Math.floor(src.length / size);
+  for (let j = 0; j < size; j++) {
+    const plane = j * m;
+    for (let i = 0; i < m; i++) out[i * size + j] = src[plane + i];
+  }
+  out.set(src.subarray(m * size), m * size);
+  return out;
+}
+
+// The inverse of delta coding, in place: running sums of little-endian unsigned integers of
+// `size` bytes, modulo 2 ** (8 size) (DataView's setters wrap).
+export function undelta(buf: Uint8Array, size: number): Uint8Array {
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const m = Math.floor(buf.length / size);
+  if (size === 1) {
+    for (let i = 1; i < m; i++) buf[i] = buf[i - 1] + buf[i];
+  } else if (size === 2) {
+    for (let i = 1; i < m; i++) dv.setUint16(2 * i, dv.getUint16(2 * i - 2, true) + dv.getUint16(2 * i, true), true);
+  } else if (size === 4) {
+    for (let i = 1; i < m; i++) dv.setUint32(4 * i, dv.getUint32(4 * i - 4, true) + dv.getUint32(4 * i, true), true);
+  } else if (size === 8) {
+    for (let i = 1; i < m; i++) {
+      dv.setBigUint64(8 * i, dv.getBigUint64(8 * i - 8, true) + dv.getBigUint64(8 * i, true), true);
+    }
+  } else {
+    throw new Error(`delta of ${size}-byte items is not supported`);
+  }
+  return buf;
+}
+
+export function undoFilters(stored: Uint8Array, filters: Filter[]): Uint8Array {
+  let b: Uint8Array = stored.slice(); // a fresh ArrayBuffer of its own
+  for (let f = filters.length - 1; f >= 0; f--) {
+    const [name, size] = filters[f];
+    if (name === "shuffle") b = unshuffle(b, size);
+    else if (name === "delta") b = undelta(b, size);
+    else throw new Error(`unknown filter ${name}`);
+  }
+  return b;
+}
+
 export function unpackReport(data: ArrayBuffer | Uint8Array): Record<string, unknown> {
   const raw = data instanceof Uint8Array ? data : new Uint8Array(data);
   const magic = String.fromCharCode(raw[0], raw[1], raw[2], raw[3]);
-  if (magic !== "HAR1") throw new Error("not a hopaudit report payload");
+  if (magic !== "HAR2") throw new Error("not a hopaudit report payload");
   const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   const n = dv.getUint32(4, true);
   const header = JSON.parse(new TextDecoder().decode(raw.subarray(8, 8 + n)));
   const body = 8 + n;
   const state: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(header)) {
-    const ref = value as { $buffer?: [number, number] } | null;
-    if (ref && typeof ref === "object" && !Array.isArray(ref) && Array.isArray(ref.$buffer) && Object.keys(ref).length === 1) {
-      const [start, length] = ref.$buffer;
+    const ref = value as { $buffer?: [number, number]; $filters?: Filter[] } | null;
+    const isBuffer =
+      ref && typeof ref === "object" && !Array.isArray(ref) && Array.isArray(ref.$buffer) &&
+      Object.keys(ref).every((k) => k === "$buffer" || k === "$filters");
+    if (isBuffer) {
+      const [start, length] = ref.$buffer!;
       // A fresh ArrayBuffer per array (what anywidget hands a view): aligned and independent.
-      const copy = raw.slice(body + start, body + start + length);
-      state[key] = new DataView(copy.buffer, 0, length);
+      const bytes = undoFilters(raw.subarray(body + start, body + start + length), ref.$filters ?? []);
+      state[key] = new DataView(bytes.buffer, 0, length);
     } else {
       state[key] = value;
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from browser_helpers import PANELS, decode_png, save_screenshot
 
@@ -217,3 +219,64 @@ def test_without_decompression_stream_the_page_says_why(browser, report_path):
         assert page.locator(".hopaudit").count() == 0
     finally:
         ctx.close()
+
+
+SHA256_OF = """async (keys) => {
+  const out = {};
+  for (const k of keys) {
+    const dv = window.hopauditModel.get(k);
+    const bytes = new Uint8Array(dv.buffer, dv.byteOffset, dv.byteLength);
+    const h = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+    out[k] = [...h].map((b) => b.toString(16).padStart(2, "0")).join("");
+  }
+  return out;
+}"""
+
+
+def test_the_page_reads_the_same_bytes_as_python(open_report, report_state):
+    p = open_report()
+    keys = [k for k, v in report_state.items() if isinstance(v, bytes)]
+    assert {"text_offsets", "scatter_seq", "scatter_xy", "text_bytes"} <= set(keys)
+    got = p.page.evaluate(SHA256_OF, keys)
+    want = {k: hashlib.sha256(report_state[k]).hexdigest() for k in keys}
+    assert got == want
+    assert p.errors == []
+
+
+def test_the_bundle_undoes_every_filter(open_report):
+    """unpackReport of the real bundle on a payload with every filter and item size, including
+    non-monotone arrays whose differences wrap around."""
+    from hopaudit import report
+    from hopaudit.widget import ESM_PATH
+
+    rng = np.random.default_rng(7)
+    state, filters = {"kind": "audit", "n": 3}, {}
+    for size in (1, 2, 4, 8):
+        top = (1 << (8 * size)) - 1
+        vals = [5, 3, top, 0, 7, top - 1, 1, *rng.integers(0, 200, 50).tolist()]
+        data = b"".join(v.to_bytes(size, "little") for v in vals)
+        state[f"delta{size}"] = data + b"\x01"  # a tail shorter than one item
+        filters[f"delta{size}"] = [("delta", size), ("shuffle", size)]
+    for size in (2, 3, 4, 8):
+        state[f"shuffle{size}"] = rng.integers(0, 256, 8 * 37 + 3, dtype=np.uint8).tobytes()
+        filters[f"shuffle{size}"] = [("shuffle", size)]
+    state["plain"] = bytes(range(256))
+    packed = report.pack_state(state, filters)
+    assert report.unpack_state(packed) == state
+    p = open_report()
+    got = p.page.evaluate(
+        """async ([esm, packed]) => {
+          const url = URL.createObjectURL(new Blob([esm], { type: "text/javascript" }));
+          const mod = await import(url);
+          const state = mod.unpackReport(new Uint8Array(packed));
+          const out = {};
+          for (const [k, v] of Object.entries(state)) {
+            const dv = v instanceof DataView && v;
+            out[k] = dv ? [...new Uint8Array(dv.buffer, dv.byteOffset, dv.byteLength)] : v;
+          }
+          return out;
+        }""",
+        [ESM_PATH.read_text(encoding="utf-8"), list(packed)],
+    )
+    assert got == {k: list(v) if isinstance(v, bytes) else v for k, v in state.items()}
+    assert p.errors == []
