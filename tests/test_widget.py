@@ -209,7 +209,13 @@ def test_report_payload_round_trips(state):
 @pytest.mark.skipif(not HAS_BUNDLE, reason="front end not built (npm run build in js/)")
 def test_html_is_self_contained(audit, tmp_path):
     path = report.to_html(audit, tmp_path / "r.html")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf<!DOCTYPE html>")  # a UTF-8 byte order mark
+    text = raw.decode("utf-8")
+    # the payload: b7 text, ASCII without NUL, CR or "<"
+    payload = re.search(r'id="hopaudit-data" data-encoding="b7">([^<]*)</script>', text).group(1)
+    assert payload.isascii() and "\0" not in payload and "\r" not in payload
+    assert payload == report.encode_text(report.decode_text(payload))
     # no network: no external script, stylesheet or module URL around the payload
     page = re.sub(r'(id="hopaudit-data"[^>]*>)[^<]*', r"\1", text)
     assert len(page) < 10_000 < len(text)

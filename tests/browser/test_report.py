@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pytest
 from browser_helpers import PANELS, decode_png, save_screenshot
 
 from hopaudit.widget import decode
@@ -280,3 +281,38 @@ def test_the_bundle_undoes_every_filter(open_report):
     )
     assert got == {k: list(v) if isinstance(v, bytes) else v for k, v in state.items()}
     assert p.errors == []
+
+
+@pytest.mark.parametrize(
+    ("charset", "bom"),
+    [("windows-1252", True), ("utf-16le", True), ("windows-1252", False), ("shift_jis", False)],
+)
+def test_a_server_declaring_another_charset_does_not_break_it(
+    browser, report_path, report_state, charset, bom
+):
+    """The byte order mark wins over the server's charset; without it, the payload, ASCII,
+    still reads the same in any ASCII-compatible charset."""
+    body = report_path.read_bytes()
+    assert body.startswith(b"\xef\xbb\xbf")
+    if not bom:
+        body = body[3:]
+    ctx = browser.new_context()
+    try:
+        page = ctx.new_page()
+        errors = []
+        page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+        page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+        headers = {"content-type": f"text/html; charset={charset}"}
+        page.route("http://localhost/**", lambda route: route.fulfill(body=body, headers=headers))
+        page.goto("http://localhost/report/audit.html")  # localhost: a secure context
+        page.wait_for_selector(".hopaudit[data-ready=true]", timeout=30_000)
+        used = page.evaluate("document.characterSet").lower()
+        assert used == ("utf-8" if bom else charset)
+        keys = ["text_offsets", "scatter_xy", "text_bytes"]
+        got = page.evaluate(SHA256_OF, keys)
+        assert got == {k: hashlib.sha256(report_state[k]).hexdigest() for k in keys}
+        if bom:
+            assert " · " in page.locator(".page-head").inner_text()
+        assert errors == []
+    finally:
+        ctx.close()
