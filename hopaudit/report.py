@@ -441,7 +441,8 @@ def _state_of(audit_or_state: Any) -> dict[str, Any]:
 
 
 def render_html(audit_or_state: Any) -> str:
-    """The report page as a string (see :func:`to_html`)."""
+    """The report page as a string (see :func:`to_html`, which also writes a UTF-8 byte order
+    mark before it)."""
     state = _state_of(audit_or_state)
     esm = _read_static(ESM_PATH)
     css = _read_static(CSS_PATH)
