@@ -272,7 +272,9 @@ def _embed(
     else:
         pick = np.arange(n)
         ids, dists = report.knn_ids, report.knn_dists
-    xy = umap_from_knn(ids, dists, n_neighbors=min(k + 1, 15), seed=seed)
+        sub = normalize_rows(np.asarray(activations[valid], np.float32), report.normalize)
+    # the patterns give the layout its PCA start (see embedding.py for why, measured)
+    xy = umap_from_knn(ids, dists, n_neighbors=min(k + 1, 15), seed=seed, data=sub)
     rows = valid[pick]
     ratio = report.nn[pick] / report.r_hat if report.r_hat > 0 else np.full(len(pick), np.nan)
     return Embedding(

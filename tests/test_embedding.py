@@ -75,6 +75,50 @@ def test_seeded_is_reproducible_and_init_is_followed():
     assert min(corr(fresh[:, 0], rotated[:, 0]), corr(fresh[:, 1], rotated[:, 1])) < 0.6
 
 
+def test_patterns_give_a_pca_start():
+    # one epoch barely moves the start: it must be the data's own top-2 principal axes
+    # (computed here by numpy's SVD, independently of umap's sklearn PCA)
+    x, _ = clusters(600, 6, 24, seed=5)
+    x[:, :2] *= 3  # two dominant directions
+    ids, dists = knn_with_self(x, 15)
+    y = umap_from_knn(ids, dists, seed=0, data=x, n_epochs=1)
+    centred = x - x.mean(0)
+    pcs = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
+    for axis in range(2):
+        assert abs(np.corrcoef(y[:, axis], pcs[:, axis])[0, 1]) > 0.95
+
+
+def test_pca_start_with_fewer_epochs_is_as_trustworthy_as_umaps_default():
+    from sklearn.manifold import trustworthiness
+
+    # clusters on their own 6-dimensional subspaces, touching: not a trivially separable set
+    rng = np.random.default_rng(6)
+    label = rng.integers(0, 12, size=1500)
+    bases = rng.normal(size=(12, 6, 48)) / np.sqrt(48)
+    x = rng.normal(scale=0.6, size=(12, 48))[label]
+    x = x + np.einsum("ns,nsd->nd", rng.normal(size=(1500, 6)), bases[label])
+    ids, dists = knn_with_self(x, 15)
+    ours = umap_from_knn(ids, dists, seed=0, data=x)  # PCA start, DEFAULT_EPOCHS
+    default = umap_from_knn(ids, dists, seed=0)  # spectral start, umap's epoch count
+    t_ours = trustworthiness(x, ours, n_neighbors=15)
+    t_default = trustworthiness(x, default, n_neighbors=15)
+    assert t_ours > t_default - 0.02, (t_ours, t_default)
+
+
+def test_data_and_epochs_are_checked():
+    x = np.random.default_rng(7).normal(size=(30, 4))
+    ids, dists = knn_with_self(x, 5)
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        umap_from_knn(ids, dists, n_neighbors=4, data=bad)
+    with pytest.raises(ValueError, match="rows"):
+        umap_from_knn(ids, dists, n_neighbors=4, data=x[:10])
+    for n_epochs in (0, 2.5, -1):
+        with pytest.raises(ValueError, match="n_epochs"):
+            umap_from_knn(ids, dists, n_neighbors=4, n_epochs=n_epochs)
+
+
 def test_tiny_sets_reduce_n_neighbors():
     x = np.random.default_rng(2).normal(size=(6, 5))
     ids, dists = knn_with_self(x, 5)  # all 6 points: self + 5
