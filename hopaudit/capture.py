@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from hopaudit.blocks import input_embedding, vocab_size
 from hopaudit.errors import CaptureError, DataError, HopauditError, ModelError
+from hopaudit.precision import autocast_context, compute_dtype, describe
 from hopaudit.store import ActivationStore, normalize_dtype
 
 FINAL = "final"
@@ -146,6 +147,7 @@ class CaptureResult:
     positions: Any = "last"
     min_k: float = 0.2
     overflow: dict[str, int] = field(default_factory=dict)  # rows finite before the cast only
+    compute_dtype: str | None = None  # "bfloat16 autocast" or the model's own dtype
 
 
 # ------------------------------------------------------------------------------- positions
@@ -531,6 +533,7 @@ def capture(
     batch_size: int | None = None,
     progress: bool = True,
     min_k: float = 0.2,
+    autocast: str = "off",
 ) -> CaptureResult:
     """Run ``data`` through ``model`` once, storing each block's (and the final norm's, as layer
     ``"final"``) activations at ``positions``, and scoring each sequence from the logits.
@@ -539,6 +542,8 @@ def capture(
     or a fresh :class:`ActivationStore`. ``batch_size=None`` chooses one
     (:func:`choose_batch_size`). The model stays on its device, runs in eval mode under
     ``torch.inference_mode()``, and gets its training flags back afterwards, also on error.
+    ``autocast`` is ``"off"`` (the model as it is), ``"bfloat16"`` or ``"auto"`` (see
+    :mod:`hopaudit.precision`).
     """
     input_ids, attention_mask = _check_data(data)
     pos = parse_positions(positions)
@@ -565,6 +570,7 @@ def capture(
         raise DataError(f"batch_size must be a positive int or None, got {batch_size!r}")
     round_dtype, out_dtype, np_dtype = _storage_dtypes(store_dtype)
     kwargs = _forward_kwargs(model)
+    amp = compute_dtype(model, device, autocast)
 
     flags = [(m, m.training) for m in model.modules()]
     st, owned = _open_store(store, names, np_dtype)
@@ -614,7 +620,8 @@ def capture(
                 ids_d = ids.to(device, non_blocking=True)
                 mask_d = mask.to(device, non_blocking=True)
                 try:
-                    output = model(input_ids=ids_d, attention_mask=mask_d, **kwargs)
+                    with autocast_context(amp, device):
+                        output = model(input_ids=ids_d, attention_mask=mask_d, **kwargs)
                 except HopauditError:
                     raise
                 except Exception as e:
@@ -710,4 +717,5 @@ def capture(
         positions=pos,
         min_k=float(min_k),
         overflow={n: c for n, c in overflow.items() if c},
+        compute_dtype=describe(amp, model),
     )

@@ -38,6 +38,12 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--normalize", choices=["rms", "none"], default="rms")
     p.add_argument("--index", choices=["auto", "hnsw", "exact"], default="auto")
+    p.add_argument(
+        "--autocast",
+        choices=["auto", "bfloat16", "off"],
+        default="auto",
+        help="auto: bfloat16 forward where the hardware has it (about 2x); off: the model as it is",
+    )
     p.add_argument("--blocks", help="dotted path of the blocks' ModuleList, if not found")
     p.add_argument("--max-sequences", type=int, help="cap on the number of sequences")
     p.add_argument("--batch-size", type=int)
@@ -191,6 +197,7 @@ def _run(args: argparse.Namespace) -> int:
         positions=_parse_positions(args.positions),
         normalize=args.normalize,
         index=args.index,
+        autocast=args.autocast,
         blocks=args.blocks,
         max_sequences=args.max_sequences,
         batch_size=args.batch_size,

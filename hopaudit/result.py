@@ -155,6 +155,7 @@ class Audit:
             "two_log10_D": 2 * math.log10(self.n_tokens) if self.n_tokens > 0 else None,
             "normalize": self.options.get("normalize"),
             "positions": self.options.get("positions"),
+            "compute_dtype": cap.compute_dtype,
             "capture_seconds": cap.seconds,
             "tokens_per_second": cap.tokens_per_second,
             "total_seconds": self.timings.get("total"),
