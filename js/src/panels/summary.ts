@@ -32,7 +32,7 @@ export class SummaryPanel extends Panel {
       card("log10 N vs 2 log10 D", `${fmt(nLog)} vs ${fmt(dLog)}`, regime),
       card("cross-entropy", Number.isFinite(ce) ? `${fmt(ce, 4)} nats` : "n/a", ceSub, below),
       card("normalize", String(s.normalize ?? "–"), s.positions != null ? `positions: ${s.positions}` : ""),
-      card("run time", fmtSeconds(num("total_seconds")), `capture ${fmtSeconds(num("capture_seconds"))} · ${fmtCount(num("tokens_per_second"))} tok/s`),
+      card("run time", fmtSeconds(num("total_seconds")), `capture ${fmtSeconds(num("capture_seconds"))} · ${fmtCount(num("tokens_per_second"))} tok/s${s.compute_dtype ? ` · ${s.compute_dtype}` : ""}`),
     );
     this.body.replaceChildren(cards);
     if (below) this.body.append(h("p", { class: "ha-note", text: "The measured cross-entropy is below the final layer's floor band: the volume estimate's assumptions do not hold here (see the floor panel)." }));
