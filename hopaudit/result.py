@@ -211,11 +211,12 @@ class Audit:
 
         return AuditWidget.from_audit(self)
 
-    def to_html(self, path: str | Path) -> Path:
-        """Write one self-contained HTML report that opens offline in any browser."""
+    def to_html(self, path: str | Path, *, text_chars: int | None = None) -> Path:
+        """Write one self-contained HTML report that opens offline in any browser;
+        ``text_chars`` caps each sequence's text in it (see :func:`hopaudit.report.to_html`)."""
         from .report import to_html
 
-        return to_html(self, path)
+        return to_html(self, path, text_chars=text_chars)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget()._repr_mimebundle_(**kwargs)

@@ -333,7 +333,8 @@ def _samples(audit: Any, shown: np.ndarray, text_chars: int) -> dict[str, Any]:
     for i in range(n):
         if need[i]:
             t = str(texts[i])
-            t = t if len(t) <= text_chars else t[: text_chars - 1] + "…"
+            if len(t) > text_chars:
+                t = t[: text_chars - 1] + "…" if text_chars > 0 else ""
             b = t.encode("utf-8")
             chunks.append(b)
             pos += len(b)
@@ -364,6 +365,8 @@ def widget_state(
     """
     if bins < 2:
         raise ValueError(f"bins must be at least 2, got {bins}")
+    if text_chars < 0:
+        raise ValueError(f"text_chars must be >= 0, got {text_chars}")
     names = [str(n) for n in audit.layers["name"].tolist()]
     state: dict[str, Any] = {"summary": _summary(audit), "layer_names": names}
     state.update(_layer_table(audit, names))

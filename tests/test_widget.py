@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "browser"))
+import itertools
+
 from fakes import fake_audit
 
 from hopaudit import report, widget
@@ -230,6 +232,28 @@ def test_html_is_self_contained(audit, tmp_path):
     # one payload element, then the two bootstrap scripts and nothing else
     assert text.count("<script") == 3
     assert report.read_html_state(text) == back
+
+
+@pytest.mark.skipif(not HAS_BUNDLE, reason="front end not built (npm run build in js/)")
+def test_text_chars_caps_the_texts_in_a_report(audit, tmp_path):
+    texts = audit.samples["text"].tolist()
+    assert max(map(len, texts)) > 12  # the fixture's texts are longer than the cap below
+
+    def kept(state):
+        offsets = decode(state, "text_offsets")
+        raw = state["text_bytes"]
+        return [raw[a:b].decode() for a, b in itertools.pairwise(offsets)]
+
+    full = report.read_html_state(report.to_html(audit, tmp_path / "full.html"))
+    short = report.read_html_state(report.to_html(audit, tmp_path / "short.html", text_chars=12))
+    none = report.read_html_state(report.to_html(audit, tmp_path / "none.html", text_chars=0))
+    for got, text in zip(kept(short), texts, strict=True):
+        # empty where the sequence is not shown; else the first 11 characters and an ellipsis
+        assert got in ("", text if len(text) <= 12 else text[:11] + "…")
+    assert any(kept(short)) and not any(kept(none))
+    assert len(full["text_bytes"]) > len(short["text_bytes"]) > len(none["text_bytes"]) == 0
+    with pytest.raises(ValueError, match="text_chars"):
+        widget_state(audit, text_chars=-1)
 
 
 def test_to_html_rejects_other_objects(tmp_path):
