@@ -8,9 +8,14 @@ model is loaded; the model load is timed apart and left out of both.
 
     python benchmarks/end_to_end.py [--sequences 1000] [--length 64]
 
-Prints ``wall_ratio=`` (by hand / hopaudit; target >= 2), ``peak_rss_ratio=`` (hopaudit / by
-hand; target <= 0.5), ``peak_rss_above_model_ratio=`` (the same, less the loaded model), and
-``max_rel_diff_median_nn=`` (per-layer median nearest distances; target <= 0.01).
+hopaudit runs with its defaults, so its forward pass uses bfloat16 autocast where the CPU
+multiplies bfloat16 natively (``compute_dtype`` says what ran); a third run with
+``autocast="off"`` (float32, as by hand) shows what that choice is worth.
+
+Prints ``wall_ratio=`` (by hand / hopaudit; target >= 2), ``wall_ratio_autocast_off=``,
+``peak_rss_ratio=`` (hopaudit / by hand; target <= 0.5), ``peak_rss_above_model_ratio=`` (the
+same, less the loaded model), and ``max_rel_diff_median_nn=`` (per-layer median nearest
+distances against the float32 ones by hand; target <= 0.01), for both hopaudit runs.
 """
 
 from __future__ import annotations
@@ -38,19 +43,26 @@ def _tokens(tokenizer, n_seq: int, length: int):
     )
 
 
-def worker_hopaudit(n_seq: int, length: int) -> dict:
+def worker_hopaudit(n_seq: int, length: int, autocast: str = "auto") -> dict:
     import hopaudit
 
     model, tok = hopaudit.zoo.smollm2()
     data = _tokens(tok, n_seq, length)
     rss_model = _rss_mb()
     t = time.perf_counter()
-    a = hopaudit.audit(model, data, normalize="none", progress=False)
+    a = hopaudit.audit(model, data, normalize="none", progress=False, autocast=autocast)
     wall = time.perf_counter() - t
     layers = a.layers
     # hidden_states[i + 1] is block i's raw output for i < L - 1; the last one is `final`.
     medians = {row.name: float(row.nn_median) for row in layers.itertuples()}
-    return {"wall": wall, "rss": _rss_mb(), "rss_model": rss_model, "medians": medians}
+    return {
+        "wall": wall,
+        "rss": _rss_mb(),
+        "rss_model": rss_model,
+        "medians": medians,
+        "compute_dtype": a.summary()["compute_dtype"],
+        "timings": a.timings,
+    }
 
 
 def worker_manual(n_seq: int, length: int) -> dict:
@@ -109,21 +121,37 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sequences", type=int, default=1000)
     p.add_argument("--length", type=int, default=64)
-    p.add_argument("--worker", choices=["hopaudit", "manual"])
+    p.add_argument("--worker", choices=["hopaudit", "hopaudit_off", "manual"])
     args = p.parse_args()
     if args.worker:
-        fn = worker_hopaudit if args.worker == "hopaudit" else worker_manual
-        print(json.dumps(fn(args.sequences, args.length)))
+        fns = {
+            "hopaudit": worker_hopaudit,
+            "hopaudit_off": lambda n, m: worker_hopaudit(n, m, autocast="off"),
+            "manual": worker_manual,
+        }
+        print(json.dumps(fns[args.worker](args.sequences, args.length)))
         return
 
     hop = _run_worker("hopaudit", args.sequences, args.length)
     man = _run_worker("manual", args.sequences, args.length)
+    off = _run_worker("hopaudit_off", args.sequences, args.length)
     common = sorted(set(hop["medians"]) & set(man["medians"]))
-    rel = max(abs(hop["medians"][k] - man["medians"][k]) / man["medians"][k] for k in common)
+
+    def max_rel(run: dict) -> float:
+        return max(abs(run["medians"][k] - man["medians"][k]) / man["medians"][k] for k in common)
+
+    rel = max_rel(hop)
     print(f"sequences={args.sequences} length={args.length} layers_compared={len(common)}")
-    print(f"hopaudit_seconds={hop['wall']:.1f}")
+    print(f"hopaudit_compute_dtype={hop['compute_dtype']}")
+    timings = " ".join(f"{k}={v:.1f}" for k, v in hop["timings"].items())
+    print(f"hopaudit_seconds={hop['wall']:.1f} ({timings})")
     print(f"by_hand_seconds={man['wall']:.1f}")
     print(f"wall_ratio={man['wall'] / hop['wall']:.2f}  (by hand / hopaudit; target >= 2)")
+    print(
+        f"hopaudit_autocast_off_seconds={off['wall']:.1f} "
+        f"wall_ratio_autocast_off={man['wall'] / off['wall']:.2f} "
+        f"max_rel_diff_median_nn_autocast_off={max_rel(off):.4f}"
+    )
     print(f"hopaudit_peak_rss_mb={hop['rss']:.0f} by_hand_peak_rss_mb={man['rss']:.0f}")
     print(f"peak_rss_ratio={hop['rss'] / man['rss']:.2f}  (hopaudit / by hand; target <= 0.5)")
     above_h = hop["rss"] - hop["rss_model"]

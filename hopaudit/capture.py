@@ -593,7 +593,8 @@ def capture(
     try:
         bar = tqdm(total=n_seq, unit="seq", desc="capture", disable=not progress, leave=False)
         model.eval()
-        with torch.inference_mode(), TraceBlocks(modules, on_output):
+        # one autocast context for the whole pass: its cache casts each weight once, not per batch
+        with torch.inference_mode(), autocast_context(amp, device), TraceBlocks(modules, on_output):
             done_tokens = 0
             for start in range(0, n_seq, batch_size):
                 stop = min(n_seq, start + batch_size)
@@ -620,8 +621,7 @@ def capture(
                 ids_d = ids.to(device, non_blocking=True)
                 mask_d = mask.to(device, non_blocking=True)
                 try:
-                    with autocast_context(amp, device):
-                        output = model(input_ids=ids_d, attention_mask=mask_d, **kwargs)
+                    output = model(input_ids=ids_d, attention_mask=mask_d, **kwargs)
                 except HopauditError:
                     raise
                 except Exception as e:
