@@ -593,7 +593,7 @@ def capture(
     try:
         bar = tqdm(total=n_seq, unit="seq", desc="capture", disable=not progress, leave=False)
         model.eval()
-        # one autocast context for the whole pass: its cache casts each weight once, not per batch
+        # bfloat16 autocast (amp) for the whole pass, or a no-op context: see precision.py
         with torch.inference_mode(), autocast_context(amp, device), TraceBlocks(modules, on_output):
             done_tokens = 0
             for start in range(0, n_seq, batch_size):
