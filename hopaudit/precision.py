@@ -7,8 +7,9 @@ float32: the same recipe as mixed-precision training, and the precision SmolLM2 
 recent models were released in.
 
 Measured on SmolLM2-135M, 512 sequences of 64 pydoc tokens, on a 2-core AVX512-BF16 CPU:
-1.8 to 2.1x the tokens per second of a float32 forward (a whole capture, which also scores
-every token against the full vocabulary, about 1.6x: benchmarks/end_to_end.py); mean
+1.85x the tokens per second of a float32 forward (benchmarks/precision.py; a whole capture,
+which also scores every token against the full vocabulary, about 1.6x:
+benchmarks/end_to_end.py); mean
 cross-entropy 3.6344 against 3.6348 nats (largest
 per-sequence difference 0.046); the stored activations within 0.35 to 0.7 % (median relative
 error per layer; the float16 store itself rounds to 0.05 %); per-layer median
