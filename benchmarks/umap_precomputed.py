@@ -13,7 +13,7 @@ Three runs, alternated round by round, numba warmed first on every path (JIT cou
 none), all seeded (umap then optimizes on one thread):
 
 - ``pre``: what ``audit()`` does: ``umap_from_knn(graph, data=patterns)``, which starts from
-  the patterns' PCA and runs ``DEFAULT_EPOCHS`` (100) epochs;
+  the patterns' PCA and runs ``DEFAULT_EPOCHS`` (60) epochs;
 - ``pre_same``: the graph with umap's own defaults (spectral start, 200 epochs): the saving of
   the skipped neighbour search alone;
 - ``own``: ``umap.UMAP(...).fit_transform(x)`` as a user would call it: its own NNDescent
