@@ -40,13 +40,44 @@ from numpy.typing import ArrayLike
 
 from .errors import SearchError
 
-__all__ = ["DEFAULT_EPOCHS", "MIN_POINTS", "umap_from_knn"]
+__all__ = ["DEFAULT_EPOCHS", "MIN_POINTS", "cache_umap_jit", "umap_from_knn"]
 
 #: The fewest points UMAP can lay out: each needs itself and at least one neighbour, and the
 #: spectral initialisation needs more points than the 2 output dimensions.
 MIN_POINTS = 4
 #: Epochs when the layout starts from the patterns' PCA or a given layout (see above).
 DEFAULT_EPOCHS = 60
+
+_jit_cache_asked = False
+
+
+def cache_umap_jit() -> int:
+    """Turn on numba's on-disk cache for umap's own jitted functions; the number turned on.
+
+    Idempotent and never fatal: a numba without ``enable_caching`` or a machine with no
+    writable cache location leaves umap compiling in memory, as it does by default.
+    """
+    global _jit_cache_asked
+    if _jit_cache_asked:
+        return 0
+    _jit_cache_asked = True
+    try:
+        import umap.layouts
+        import umap.umap_
+        import umap.utils
+        from numba.core.dispatcher import Dispatcher
+    except ImportError:
+        return 0
+    turned_on = 0
+    for module in (umap.umap_, umap.layouts, umap.utils):
+        for fn in list(vars(module).values()):
+            if isinstance(fn, Dispatcher) and hasattr(fn, "enable_caching"):
+                try:
+                    fn.enable_caching()
+                except RuntimeError:  # numba found no writable place for a cache
+                    return turned_on
+                turned_on += 1
+    return turned_on
 
 
 def _check_graph(knn_ids: ArrayLike, knn_dists: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -145,6 +176,8 @@ def umap_from_knn(
         n_epochs = DEFAULT_EPOCHS
 
     import umap  # lazy: importing umap (numba, pynndescent) takes seconds
+
+    cache_umap_jit()
 
     reducer = umap.UMAP(
         n_neighbors=k,

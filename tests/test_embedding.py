@@ -153,3 +153,42 @@ def test_graph_checks():
         umap_from_knn(ids, dists, n_neighbors=4, init=np.zeros((29, 2)))
     with pytest.raises(ValueError, match="n_neighbors"):
         umap_from_knn(ids, dists, n_neighbors=1)
+
+
+_LAYOUT_IN_A_NEW_PROCESS = """
+import numpy as np
+from hopaudit.embedding import umap_from_knn
+x = np.random.default_rng(0).normal(size=(60, 5)).astype(np.float32)
+d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+ids = np.argsort(d, 1)[:, :6]
+umap_from_knn(ids, np.take_along_axis(d, ids, 1), n_neighbors=6, data=x, n_epochs=5)
+import umap.layouts
+stats = umap.layouts._nb_optimize_layout_euclidean_single_epoch.stats
+print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+"""
+
+
+def test_umaps_compiled_functions_are_loaded_from_disk_in_a_new_process(tmp_path):
+    """umap does not cache its optimiser's JIT itself: the first process compiles it (a cache
+    miss, written to NUMBA_CACHE_DIR), the next one loads it (a hit, no compile)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-W", "ignore", "-c", _LAYOUT_IN_A_NEW_PROCESS],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        for _ in range(2)
+    ]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-2000:]
+    first, second = (tuple(map(int, r.stdout.split())) for r in runs)
+    assert first == (0, 1), first  # compiled
+    assert second == (1, 0), second  # loaded
+    assert any("optimize_layout_euclidean" in p.name for p in tmp_path.rglob("*.nbi"))
