@@ -6,8 +6,8 @@ layer, umap-learn with its own neighbour search on the same layers hopaudit embe
 in fresh subprocesses (so peak memory is each one's own), on the same sequences, after the
 model is loaded; the model load is timed apart and left out of both. hopaudit loads umap's
 compiled functions from numba's on-disk cache once any earlier process has compiled them
-(``embedding.cache_umap_jit``); by hand, umap compiles them in its process (about 5 s), as in
-every new kernel.
+(``embedding.cache_umap_jit``); by hand, umap compiles them in its process, as in every new
+kernel.
 
     python benchmarks/end_to_end.py [--sequences 1000] [--length 64]
 

@@ -12,7 +12,9 @@ Same model object, same batches of pydoc tokens, the two precisions alternated r
 - ``median_rel_err_activations_max``: the largest over layers of the median relative error of
   the last-position hidden states;
 - ``max_rel_diff_median_nn``: the largest over layers of the relative change of the median
-  nearest-other distance (RMS-normalized, exact, float64).
+  nearest-other distance (RMS-normalized, exact, float64);
+- ``mm_share_bf16``: with ``--profile``, the share of one bfloat16 batch's CPU time spent in
+  ``aten::mm`` (torch.profiler): how much of the forward is matrix products.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=64)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="profile one bfloat16 batch")
     args = ap.parse_args()
 
     model, tok = hopaudit.zoo.smollm2()
@@ -96,6 +99,19 @@ def main() -> None:
     print(f"median_rel_err_activations_max={max(rel_act):.4f}")
     rel_nn = [abs(median_nn(hbf[i]) / median_nn(h32[i]) - 1) for i in range(1, len(h32))]
     print(f"max_rel_diff_median_nn={max(rel_nn):.4f}")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with (
+            torch.inference_mode(),
+            runs["bf16"](),
+            profile(activities=[ProfilerActivity.CPU]) as p,
+        ):
+            model(ids[: args.batch])
+        events = p.key_averages()
+        mm = sum(e.self_cpu_time_total for e in events if e.key == "aten::mm")
+        print(f"mm_share_bf16={mm / sum(e.self_cpu_time_total for e in events):.2f}")
 
 
 if __name__ == "__main__":
