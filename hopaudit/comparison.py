@@ -36,6 +36,8 @@ import pandas as pd
 
 from .errors import DataError
 from .result import Audit, Embedding
+from .schema import is_array, pack
+from .view import View
 
 __all__ = [
     "Comparison",
@@ -162,39 +164,44 @@ def _summary_table(audits: list[Audit], keys: dict[str, list[Any]]) -> pd.DataFr
 def _pack_members(states: list[dict[str, Any]], extras: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-audit widget states -> one JSON list of members and one binary blob.
 
-    Every ``bytes`` array of member i goes into the blob (8-byte aligned) and is named in
-    ``members[i]["buffers"][key] = [offset, length]``; an array equal to one already in the
-    blob (the same texts at every step of a run) points to the same bytes."""
+    Every packed array of member i goes into the blob (8-byte aligned); the member keeps its
+    dtype and shape, with ``"blob": [offset, length]`` in place of its bytes. An array equal to
+    one already in the blob (the same texts at every step of a run) points to the same bytes."""
     blob = bytearray()
     where: dict[bytes, list[int]] = {}
     members = []
     for state, extra in zip(states, extras, strict=True):
         member: dict[str, Any] = dict(extra)
-        buffers: dict[str, list[int]] = {}
         for key, value in state.items():
             if key in _DROPPED:
                 continue
-            if isinstance(value, (bytes, bytearray, memoryview)):
-                b = bytes(value)
+            if is_array(value):
+                b = bytes(value["view"])
                 if b not in where:
                     blob.extend(b"\0" * ((-len(blob)) % 8))
                     where[b] = [len(blob), len(b)]
                     blob.extend(b)
-                buffers[key] = where[b]
+                member[key] = {"dtype": value["dtype"], "shape": value["shape"], "blob": where[b]}
             else:
                 member[key] = value
-        member["buffers"] = buffers
         members.append(member)
-    return {"members": members, "blob": bytes(blob)}
+    return {"members": members, "blob": pack(np.frombuffer(bytes(blob), np.uint8), "uint8")}
 
 
 def member_state(state: dict[str, Any], i: int) -> dict[str, Any]:
     """Member ``i`` of a compare/timeline state as a single-audit widget state (for tests and
     notebooks: ``hopaudit.widget.decode(member_state(s, 0), "layer_stats")``)."""
-    m = state["members"][i]
-    out = {k: v for k, v in m.items() if k != "buffers"}
-    for key, (off, length) in m["buffers"].items():
-        out[key] = state["blob"][off : off + length]
+    blob = bytes(state["blob"]["view"])
+    out = {}
+    for key, value in state["members"][i].items():
+        if isinstance(value, dict) and "blob" in value and "dtype" in value:
+            off, length = value["blob"]
+            value = {
+                "dtype": value["dtype"],
+                "shape": value["shape"],
+                "view": blob[off : off + length],
+            }
+        out[key] = value
     return out
 
 
@@ -221,7 +228,7 @@ def comparison_state(comparison: Comparison, **options: Any) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ compare
 @dataclass
-class Comparison:
+class Comparison(View):
     """Audits side by side. ``table``: one row of headline numbers per audit; ``layers``: the
     per-layer tables stacked, with ``label``, ``relative_depth`` and ``is_final``. Show it as a
     cell's last line (or ``.widget()``) for the view; ``.to_html(path)`` writes a report."""
@@ -237,23 +244,11 @@ class Comparison:
     def layers(self) -> pd.DataFrame:
         return _layers_table(self.audits, {"label": self.labels})
 
+    _widget = "CompareWidget"
+
     def widget_state(self, **options: Any) -> dict[str, Any]:
+        """The compare view's state (:func:`comparison_state`)."""
         return comparison_state(self, **options)
-
-    def widget(self) -> Any:
-        """The interactive view (a :class:`~hopaudit.widget.CompareWidget`)."""
-        from .widget import CompareWidget
-
-        return CompareWidget(self.widget_state())
-
-    def to_html(self, path: str | Path) -> Path:
-        """One self-contained HTML file of the view; opens offline in any browser."""
-        from .report import to_html
-
-        return to_html(self, path)
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget()._repr_mimebundle_(**kwargs)
 
     def __repr__(self) -> str:
         return f"<Comparison of {len(self.audits)} audits: {', '.join(self.labels)}>"
@@ -324,7 +319,7 @@ class Alignment:
 
 
 @dataclass
-class Timeline:
+class Timeline(View):
     """Audits of one training run, in step order. ``table``: one row per step; ``layers``: the
     per-layer tables stacked with ``step``; ``alignment``: how the UMAP frames were aligned."""
 
@@ -345,23 +340,11 @@ class Timeline:
     def alignment(self) -> pd.DataFrame:
         return pd.DataFrame([vars(a) for a in self._alignment])
 
+    _widget = "TimelineWidget"
+
     def widget_state(self, **options: Any) -> dict[str, Any]:
+        """The timeline view's state (:func:`timeline_state`)."""
         return timeline_state(self, **options)
-
-    def widget(self) -> Any:
-        """The interactive view (a :class:`~hopaudit.widget.TimelineWidget`)."""
-        from .widget import TimelineWidget
-
-        return TimelineWidget(self.widget_state())
-
-    def to_html(self, path: str | Path) -> Path:
-        """One self-contained HTML file of the view; opens offline in any browser."""
-        from .report import to_html
-
-        return to_html(self, path)
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget()._repr_mimebundle_(**kwargs)
 
     def __repr__(self) -> str:
         return f"<Timeline of {len(self.audits)} audits, steps {self.steps}>"
@@ -564,7 +547,7 @@ def _align_layer(
 def _common_boxes(states: list[dict[str, Any]]) -> None:
     """Re-quantize every step's scatter coordinates on one box per layer (the union of the
     steps' boxes), so aligned frames are drawn with the same framing and points stay put."""
-    from .widget import _le, _quantize, decode
+    from .widget import _quantize, decode
 
     boxes: dict[str, list[float]] = {}
     for st in states:
@@ -582,7 +565,7 @@ def _common_boxes(states: list[dict[str, Any]]) -> None:
             xy[sl, 0] = _quantize(px, x0, x1, 65536)
             xy[sl, 1] = _quantize(py, y0, y1, 65536)
             m.update(x0=x0, x1=x1, y0=y0, y1=y1)
-        st["scatter_xy"] = _le(xy.astype(np.uint16), "u2")
+        st["scatter_xy"] = pack(xy, "uint16")
 
 
 def timeline_state(tl: Timeline, **options: Any) -> dict[str, Any]:
@@ -614,23 +597,3 @@ def timeline_state(tl: Timeline, **options: Any) -> dict[str, Any]:
         "step_index": len(tl.steps) - 1,
         **packed,
     }
-
-
-def _is_multi_state(state: Any) -> bool:
-    return isinstance(state, dict) and state.get("kind") in ("compare", "timeline")
-
-
-def state_of(obj: Any) -> dict[str, Any] | None:
-    """The compare/timeline state of a Comparison, Timeline, their widgets or a state dict;
-    None for anything else (a single audit)."""
-    if isinstance(obj, (Comparison, Timeline)):
-        return obj.widget_state()
-    if _is_multi_state(obj):
-        return obj
-    if hasattr(obj, "trait_names") and getattr(obj, "kind", None) in ("compare", "timeline"):
-        return {
-            k: getattr(obj, k)
-            for k in obj.trait_names(sync=True)
-            if not k.startswith("_") and k not in ("layout", "tabbable", "tooltip")
-        }
-    return None

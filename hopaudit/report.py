@@ -1,20 +1,20 @@
-"""One self-contained HTML file of an audit's widget: it opens offline in any browser.
+"""One self-contained HTML file of a view (an audit, a comparison, a timeline): it opens offline
+in any browser.
 
-The file holds one payload (:func:`pack_page`): the front-end bundle, its CSS and the widget's
-state (the JSON scalars and every binary array, :func:`pack_state`, with each array's filters
-named in the state's header: byte shuffle, and delta coding for the usually increasing integer
-arrays, both lossless). The payload is gzip-compressed, then written as "b7" text
-(:func:`encode_text`: 7 bits per ASCII character, the few characters unsafe in a ``<script>``
-element escaped; about 1.18 characters per byte where base64 takes 1.33) into
-``<script type="application/octet-stream" id="hopaudit-data" data-encoding="b7">``.
+The file holds one payload (:func:`pack_page`): the front-end bundle, its CSS and the view's
+state (:func:`pack_state`: the JSON scalars, and the bytes of every packed array
+(:mod:`hopaudit.schema`) stored through the lossless filters named in the state's header: byte
+shuffle, and delta coding for the usually increasing integer arrays). The payload is gzipped and
+written as standard base64 into
+``<script type="application/octet-stream" id="hopaudit-data" data-encoding="base64">``.
 
-A short inline bootstrap decodes the text, gunzips it with the browser's own
-``DecompressionStream("gzip")`` (no library is loaded yet), imports the bundle from a Blob URL
-as an ES module, injects the CSS and hands the state bytes to the bundle's ``unpackReport``,
-which undoes the filters and returns DataViews, exactly what anywidget hands the view in a
-notebook. A ~30-line model object (get/set/on/off/save_changes/send) stands in for the kernel,
-so the same ``render({model, el})`` draws it. A browser without ``DecompressionStream`` (or
-without ES modules) gets a message, not a blank page.
+The page's bootstrap (js/src/bootstrap.ts, built beside the bundle and inlined) decodes the
+base64, gunzips it with the browser's own ``DecompressionStream("gzip")``, imports the bundle
+from a Blob URL, injects the CSS and hands the state to the bundle's ``unpackReport``, which
+undoes the filters and gives each array back as ``{dtype, shape, view}``, exactly what anywidget
+hands the view in a notebook. A small model object stands in for the kernel, so the same
+``render({model, el})`` draws it. A browser without ``DecompressionStream`` (or ES modules) gets
+a message, not a blank page.
 
 The file is UTF-8 with a byte order mark, which browsers obey over any charset a server
 declares; the payload itself is ASCII. :func:`read_html_state` reads a state back (tests).
@@ -22,6 +22,8 @@ declares; the payload itself is ASCII. :func:`read_html_state` reads a state bac
 
 from __future__ import annotations
 
+import base64
+import binascii
 import gzip
 import html
 import json
@@ -33,7 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from .widget import CSS_PATH, ESM_PATH, _read_static, widget_state
+from .schema import DTYPES, is_array
+from .view import Viewable
+from .widget import CSS_PATH, ESM_PATH, STATIC, _read_static
 
 MAGIC = b"HAR2"  # hopaudit report state, version 2 (buffers may carry filters)
 PAGE_MAGIC = b"HAP1"  # hopaudit report page payload (bundle, CSS, state), version 1
@@ -50,9 +54,12 @@ SHUFFLE = {
     "scatter_basin_sizes": 4,
     "seq_ce": 2,
     "sample_values": 4,
+    "floor_range": 8,
+    "floor_curve": 4,
 }
-#: Delta coding (then shuffle) of the unsigned integer arrays that are usually increasing.
-DELTA = {"text_offsets": 4, "sample_seq": 4, "sequence_ids": 4, "scatter_seq": 4}
+#: Delta coding (then shuffle, both of the array's item size) of the unsigned integer arrays that
+#: are usually increasing.
+DELTA = ("text_offsets", "sample_seq", "sequence_ids", "scatter_seq")
 #: The filters a payload may declare, and the item sizes they take.
 FILTER_SIZES = {"delta": (1, 2, 4, 8), "shuffle": tuple(range(1, 256))}
 
@@ -61,10 +68,10 @@ def default_filters(state: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:
     """The filters :func:`pack_state` applies to the arrays of a single audit's state (the
     ``blob`` of a comparison or a timeline, a mix of arrays, gets none)."""
     out: dict[str, list[tuple[str, int]]] = {}
-    for key, size in DELTA.items():
-        if key == "scatter_seq":
-            size = int(state.get("scatter_seq_bytes", 4))
-        out[key] = [("delta", size), ("shuffle", size)]
+    for key in DELTA:
+        if is_array(state.get(key)):
+            size = np.dtype(DTYPES[state[key]["dtype"]]).itemsize
+            out[key] = [("delta", size), ("shuffle", size)]
     for key, size in SHUFFLE.items():
         out[key] = [("shuffle", size)]
     return out
@@ -114,7 +121,8 @@ def pack_state(
 ) -> bytes:
     """State dict -> one binary payload: MAGIC, uint32 header length, JSON header, buffers.
 
-    ``bytes`` values become ``{"$buffer": [offset, length]}`` in the header; buffers start on
+    A packed array ``{dtype, shape, view}`` keeps its dtype and shape in the header, its bytes
+    replaced by ``"$buffer": [offset, length]``; buffers start on
     8-byte boundaries so the front end can view them as typed arrays without copying. A buffer
     stored through filters (``filters``, by default :func:`default_filters`: byte shuffle,
     delta coding, which compress better with gzip) says so in its header entry,
@@ -126,8 +134,8 @@ def pack_state(
     buffers: list[bytes] = []
     offset = 0
     for key, value in state.items():
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            b = bytes(value)
+        if is_array(value):
+            b = bytes(value["view"])
             chain = [[str(name), int(size)] for name, size in filters.get(key, ())]
             for name, size in chain:
                 b = apply_filter(b, name, size)
@@ -135,7 +143,8 @@ def pack_state(
             if pad:
                 buffers.append(b"\0" * pad)
                 offset += pad
-            header[key] = {"$buffer": [offset, len(b)]}
+            header[key] = {"dtype": value["dtype"], "shape": value["shape"]}
+            header[key]["$buffer"] = [offset, len(b)]
             if chain:
                 header[key]["$filters"] = chain
             buffers.append(b)
@@ -148,7 +157,7 @@ def pack_state(
 
 
 def _is_buffer(value: Any) -> bool:
-    return isinstance(value, dict) and "$buffer" in value and set(value) <= {"$buffer", "$filters"}
+    return isinstance(value, dict) and "$buffer" in value
 
 
 def unpack_state(payload: bytes) -> dict[str, Any]:
@@ -166,7 +175,7 @@ def unpack_state(payload: bytes) -> dict[str, Any]:
             b = bytes(body[start : start + length])
             for name, size in reversed(value.get("$filters", [])):
                 b = undo_filter(b, name, size)
-            out[key] = b
+            out[key] = {"dtype": value["dtype"], "shape": value["shape"], "view": b}
         else:
             out[key] = value
     return out
@@ -194,75 +203,13 @@ def unpack_page(payload: bytes) -> tuple[str, str, dict[str, Any]]:
 
 
 #: The text encoding of the payload in the page (``data-encoding`` of its element).
-ENCODING = "b7"
-#: b7: the values of a 7-bit group that may not stand for themselves in the page: NUL (the HTML
-#: parser makes it U+FFFD), CR (made LF), "<" (could start "</script" or "<!--"), and the
-#: escape character itself. Each is written as the escape then the ASCII digit of its index.
-B7_UNSAFE = (0x00, 0x0D, 0x3C, 0x7F)
-B7_ESCAPE = 0x7F
-_B7_DIGIT = ord("0")
-
-
-def encode_text(data: bytes) -> str:
-    """Bytes -> "b7" text: pure ASCII, safe inside an HTML ``<script>`` raw-text element.
-
-    The text is the byte length in decimal, a colon, then one character per 7-bit group of the
-    bytes (most significant bit first; the last group padded with zero bits): the ASCII
-    character of the group's value, except that the values of :data:`B7_UNSAFE` become two
-    characters, DEL (0x7F) and the digit of their index. About 8/7 (1 + 4/128) = 1.18 characters
-    per byte, against 4/3 for base64. ASCII only, so any ASCII-compatible charset reads the same
-    characters (the report also starts with a UTF-8 byte order mark, which wins over a charset
-    a server declares)."""
-    a = np.frombuffer(bytes(data), np.uint8)
-    bits = np.unpackbits(a)
-    bits = np.concatenate([bits, np.zeros((-len(bits)) % 7, np.uint8)])
-    groups = np.packbits(bits.reshape(-1, 7), axis=1)[:, 0] >> 1  # a zero bit appended: v << 1
-    first = np.arange(128, dtype=np.uint8)
-    second = np.zeros(128, np.uint8)
-    width = np.ones(128, np.int64)
-    for i, v in enumerate(B7_UNSAFE):
-        first[v], second[v], width[v] = B7_ESCAPE, _B7_DIGIT + i, 2
-    w = width[groups]
-    pos = np.cumsum(w) - w
-    out = np.empty(int(w.sum()), np.uint8)
-    out[pos] = first[groups]
-    esc = w == 2
-    out[pos[esc] + 1] = second[groups[esc]]
-    return f"{len(a)}:" + out.tobytes().decode("ascii")
-
-
-def decode_text(text: str) -> bytes:
-    """The inverse of :func:`encode_text` (the page's bootstrap does the same in JS). Raises
-    ``ValueError`` on anything :func:`encode_text` cannot have written."""
-    head, colon, body = text.partition(":")
-    if not colon or not head.isascii() or not head.isdigit():
-        raise ValueError("not b7 text: no byte length before a colon")
-    n = int(head)
-    try:
-        codes = np.frombuffer(body.encode("ascii"), np.uint8)
-    except UnicodeEncodeError:
-        raise ValueError("not b7 text: a character outside ASCII") from None
-    esc = np.flatnonzero(codes == B7_ESCAPE)
-    if np.any(np.diff(esc) < 2) or (len(esc) and esc[-1] + 1 >= len(codes)):
-        raise ValueError("not b7 text: an escape without its digit")
-    index = codes[esc + 1].astype(np.int64) - _B7_DIGIT
-    if np.any((index < 0) | (index >= len(B7_UNSAFE))):
-        raise ValueError("not b7 text: an unknown escape")
-    raw = np.delete(codes, esc + 1)
-    if np.isin(np.delete(raw, esc - np.arange(len(esc))), B7_UNSAFE).any():
-        raise ValueError("not b7 text: a character that must be escaped")
-    raw[esc - np.arange(len(esc))] = np.asarray(B7_UNSAFE, np.uint8)[index]
-    if len(raw) != -(-8 * n // 7):
-        raise ValueError(f"not b7 text: {len(raw)} groups for {n} bytes")
-    bits = np.unpackbits(raw.reshape(-1, 1), axis=1)[:, 1:].ravel()
-    if bits[8 * n :].any():
-        raise ValueError("not b7 text: padding bits are not zero")
-    return np.packbits(bits[: 8 * n]).tobytes()
+ENCODING = "base64"
 
 
 def encode_page(state: dict[str, Any], esm: str, css: str) -> str:
-    """The payload as it sits in the HTML file: gzip (mtime 0, reproducible), then b7 text."""
-    return encode_text(gzip.compress(pack_page(state, esm, css), compresslevel=9, mtime=0))
+    """The payload as it sits in the HTML file: gzip (mtime 0, reproducible), then base64."""
+    packed = gzip.compress(pack_page(state, esm, css), compresslevel=9, mtime=0)
+    return base64.b64encode(packed).decode("ascii")
 
 
 def read_html_page(path_or_text: str | Path) -> tuple[str, str, dict[str, Any]]:
@@ -270,12 +217,16 @@ def read_html_page(path_or_text: str | Path) -> tuple[str, str, dict[str, Any]]:
     text = str(path_or_text)
     if isinstance(path_or_text, Path) or "<" not in text:
         text = Path(path_or_text).read_text(encoding="utf-8")
-    m = re.search(r'<script [^>]*id="hopaudit-data" data-encoding="(\w+)">([^<]*)</script>', text)
+    m = re.search(r'<script id="hopaudit-data" data-encoding="(\w+)"[^>]*>([^<]*)</script>', text)
     if m is None:
         raise ValueError("no hopaudit report payload in this page")
     if m.group(1) != ENCODING:
         raise ValueError(f"unknown payload encoding {m.group(1)!r}")
-    return unpack_page(gzip.decompress(decode_text(m.group(2))))
+    try:
+        packed = base64.b64decode(m.group(2), validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"the report's payload is not base64: {exc}") from None
+    return unpack_page(gzip.decompress(packed))
 
 
 def read_html_state(path_or_text: str | Path) -> dict[str, Any]:
@@ -283,6 +234,10 @@ def read_html_state(path_or_text: str | Path) -> dict[str, Any]:
     return read_html_page(path_or_text)[2]
 
 
+#: The page's bootstrap (js/src/bootstrap.ts), built beside the bundle and inlined in the page.
+BOOTSTRAP_PATH = STATIC / "bootstrap.js"
+#: What a browser without ES modules shows (the bootstrap says the same where modules run but
+#: DecompressionStream is missing).
 OLD_BROWSER = (
     "this browser cannot decompress the report; open it in a current Chrome, Firefox, Safari "
     "or Edge"
@@ -320,7 +275,8 @@ noscript, .page-error {{ display: block; padding: 12px; border: 1px dashed #d124
   <noscript>This report needs JavaScript to draw its charts.</noscript>
   <div id="hopaudit-root"></div>
 </div>
-<script type="application/octet-stream" id="hopaudit-data" data-encoding="b7">{payload}</script>
+<script id="hopaudit-data" data-encoding="{encoding}"
+ type="application/octet-stream">{payload}</script>
 <script nomodule>
 (function () {{
   var box = document.createElement("pre");
@@ -329,128 +285,40 @@ noscript, .page-error {{ display: block; padding: 12px; border: 1px dashed #d124
   document.getElementById("hopaudit-root").appendChild(box);
 }})();
 </script>
-<script type="module">
-const root = document.getElementById("hopaudit-root");
-const theme = document.getElementById("hopaudit-theme");
-theme.addEventListener("change", () => {{
-  if (theme.value) document.body.setAttribute("data-theme", theme.value);
-  else document.body.removeAttribute("data-theme");
-}});
-function fail(message) {{
-  const box = document.createElement("pre");
-  box.className = "page-error";
-  box.textContent = "This report could not be drawn: " + message;
-  root.append(box);
-}}
-// b7 (hopaudit/report.py, encode_text): "<byte length>:", then one character per 7-bit group,
-// DEL + digit i standing for the i-th of NUL, CR, "<", DEL.
-function decodeText(text) {{
-  const colon = text.indexOf(":");
-  const n = colon > 0 ? Number(text.slice(0, colon)) : NaN;
-  if (!Number.isSafeInteger(n)) throw new Error("the report's payload has no length");
-  const unsafe = [0x00, 0x0d, 0x3c, 0x7f];
-  const out = new Uint8Array(n);
-  let acc = 0, bits = 0, j = 0;
-  for (let i = colon + 1; i < text.length && j < n; i++) {{
-    let v = text.charCodeAt(i);
-    if (v === 0x7f) v = unsafe[text.charCodeAt(++i) - 48];
-    if (!(v < 128)) throw new Error("the report's payload is damaged");
-    acc = ((acc << 7) | v) & 0x7fff;
-    bits += 7;
-    if (bits >= 8) {{
-      bits -= 8;
-      out[j++] = acc >> bits;
-    }}
-  }}
-  if (j !== n) throw new Error("the report's payload is truncated");
-  return out;
-}}
-async function main() {{
-  // No library is loaded yet: the browser's own gunzip, or a message.
-  if (typeof DecompressionStream !== "function") return fail("{old_browser}");
-  const packed = decodeText(document.getElementById("hopaudit-data").textContent);
-  const gunzip = new Blob([packed]).stream().pipeThrough(new DecompressionStream("gzip"));
-  const raw = new Uint8Array(await new Response(gunzip).arrayBuffer());
-  // pack_page: "HAP1", uint32 bundle length, uint32 CSS length, bundle, CSS, pad to 8, state.
-  if (String.fromCharCode(...raw.subarray(0, 4)) !== "HAP1") {{
-    throw new Error("not a hopaudit report page payload");
-  }}
-  const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
-  const ne = dv.getUint32(4, true);
-  const nc = dv.getUint32(8, true);
-  const style = document.createElement("style");
-  style.textContent = new TextDecoder().decode(raw.subarray(12 + ne, 12 + ne + nc));
-  document.head.append(style);
-  const esm = new Blob([raw.subarray(12, 12 + ne)], {{ type: "text/javascript" }});
-  const url = URL.createObjectURL(esm);
-  const mod = await import(url);
-  URL.revokeObjectURL(url);
-  const state = mod.unpackReport(raw.subarray(Math.ceil((12 + ne + nc) / 8) * 8));
-  const listeners = new Map();
-  const model = {{
-    get: (k) => state[k],
-    set: (k, v) => {{
-      state[k] = v;
-      for (const cb of listeners.get("change:" + k) || []) cb();
-    }},
-    on: (ev, cb) => {{
-      if (!listeners.has(ev)) listeners.set(ev, new Set());
-      listeners.get(ev).add(cb);
-    }},
-    off: (ev, cb) => {{
-      if (!ev) listeners.clear();
-      else if (!cb) listeners.delete(ev);
-      else listeners.get(ev)?.delete(cb);
-    }},
-    save_changes: () => {{}},
-    send: () => {{}},
-  }};
-  window.hopauditModel = model;
-  await mod.default.render({{ model, el: root }});
-}}
-main().catch((err) => {{
-  fail(String(err));
-  console.error(err);
-}});
-</script>
+<script type="module">{bootstrap}</script>
 </body>
 </html>
 """
 
 
-def _state_of(audit_or_state: Any, text_chars: int | None = None) -> dict[str, Any]:
-    from .comparison import state_of as multi_state_of
-
-    if text_chars is not None and not (
-        hasattr(audit_or_state, "summary") and hasattr(audit_or_state, "layers")
-    ):
-        raise TypeError("text_chars applies to an Audit's report only")
-
-    multi = multi_state_of(audit_or_state)  # a Comparison, a Timeline or their widgets
-    if multi is not None:
-        return multi
-    if isinstance(audit_or_state, dict):
-        return audit_or_state
-    if hasattr(audit_or_state, "summary") and hasattr(audit_or_state, "layers"):
-        if text_chars is None:
-            return widget_state(audit_or_state)
-        return widget_state(audit_or_state, text_chars=text_chars)
-    if hasattr(audit_or_state, "get_state") and hasattr(audit_or_state, "layer_stats"):
-        return {
-            k: getattr(audit_or_state, k)
-            for k in audit_or_state.trait_names(sync=True)
-            if not k.startswith("_") and k not in ("layout", "tabbable", "tooltip")
-        }
+def _state_of(view: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The state to write: a :class:`~hopaudit.view.Viewable`'s (an Audit, a Comparison, a
+    Timeline or one of their widgets), or a state dict as it is."""
+    if isinstance(view, Viewable):
+        return view.widget_state(**options)
+    if isinstance(view, dict):
+        if options:
+            raise TypeError(
+                f"{sorted(options)} apply to a view's widget_state, not to a state dict"
+            )
+        return view
     raise TypeError(
-        f"to_html takes an Audit, a Comparison, a Timeline, their widgets or a state dict, "
-        f"not {type(audit_or_state).__name__}"
+        "to_html takes an Audit, a Comparison, a Timeline, their widgets or a state dict, "
+        f"not {type(view).__name__}"
     )
 
 
-def render_html(audit_or_state: Any, *, text_chars: int | None = None) -> str:
+def _bootstrap() -> str:
+    code = _read_static(BOOTSTRAP_PATH).strip()
+    if "</script" in code.lower() or "<!--" in code:
+        raise ValueError(f"{BOOTSTRAP_PATH} cannot be inlined in a <script> element")
+    return code
+
+
+def render_html(view: Any, **options: Any) -> str:
     """The report page as a string (see :func:`to_html`, which also writes a UTF-8 byte order
     mark before it)."""
-    state = _state_of(audit_or_state, text_chars)
+    state = _state_of(view, options)
     esm = _read_static(ESM_PATH)
     css = _read_static(CSS_PATH)
     summary = state.get("summary") or {}
@@ -469,22 +337,25 @@ def render_html(audit_or_state: Any, *, text_chars: int | None = None) -> str:
     return _PAGE.format(
         title=html.escape(f"hopaudit: {model}"),
         subtitle=html.escape(subtitle),
+        encoding=ENCODING,
         payload=encode_page(state, esm, css),
         old_browser=OLD_BROWSER,
+        bootstrap=_bootstrap(),
     )
 
 
-def to_html(audit_or_state: Any, path: str | Path, *, text_chars: int | None = None) -> Path:
-    """Write one self-contained HTML report of an audit (or a ``widget_state`` dict) to
-    ``path`` and return the path. It needs no network and no server: open it in any browser.
+def to_html(view: Any, path: str | Path, **options: Any) -> Path:
+    """Write one self-contained HTML report of a view (an Audit, a Comparison, a Timeline, one
+    of their widgets, or a ``widget_state`` dict) to ``path`` and return the path. It needs no
+    network and no server: open it in any browser. ``options`` go to ``widget_state``.
 
     The sequences' texts (shown on hover and in the samples table) are most of a big report:
     about 80 bytes per sequence at the default 240 characters, against about 7 bytes per
-    scatter point for everything else. ``text_chars`` (an Audit only) keeps fewer characters
-    per text for a smaller file; 0 keeps none.
+    scatter point for everything else. ``text_chars=`` keeps fewer characters per text for a
+    smaller file; 0 keeps none.
     """
     path = Path(path)
-    text = render_html(audit_or_state, text_chars=text_chars)
+    text = render_html(view, **options)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     # A UTF-8 byte order mark: it wins over any charset a web server may declare.

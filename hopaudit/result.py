@@ -13,6 +13,7 @@ import pandas as pd
 from .errors import HopauditError
 from .measure import ROW_COLUMNS
 from .theory import chinchilla_loss
+from .view import View
 
 #: The per-layer table's columns, in order (one row per layer, ``final`` last): the stable id
 #: and full name, what :meth:`LayerReport.row` gives, and why a layer was skipped.
@@ -36,7 +37,7 @@ class Embedding:
 
 
 @dataclass
-class Audit:
+class Audit(View):
     """What ``hopaudit.audit`` found. Show it as a cell's last line to get the widget.
 
     ``layers`` is the per-layer table (one row per block plus ``final``, the LM head's input),
@@ -205,21 +206,12 @@ class Audit:
         return save_audit(self, path, overwrite=overwrite)
 
     # ----------------------------------------------------------------- views
-    def widget(self) -> Any:
-        """The interactive anywidget view of this audit."""
-        from .widget import AuditWidget
+    def widget_state(self, **options: Any) -> dict[str, Any]:
+        """The view's state (see :func:`hopaudit.widget.widget_state` for ``options``, e.g.
+        ``text_chars``); ``widget()``, ``to_html()`` and the notebook render it."""
+        from .widget import widget_state
 
-        return AuditWidget.from_audit(self)
-
-    def to_html(self, path: str | Path, *, text_chars: int | None = None) -> Path:
-        """Write one self-contained HTML report that opens offline in any browser;
-        ``text_chars`` caps each sequence's text in it (see :func:`hopaudit.report.to_html`)."""
-        from .report import to_html
-
-        return to_html(self, path, text_chars=text_chars)
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget()._repr_mimebundle_(**kwargs)
+        return widget_state(self, **options)
 
     def __repr__(self) -> str:
         s = self.summary()

@@ -1,13 +1,14 @@
-"""The anywidget view of an audit, and the binary packing of everything it shows.
+"""The anywidget views, and the packing of an audit into the state they draw.
 
-``widget_state(audit)`` is a pure function from an :class:`~hopaudit.audit.Audit` (or anything
-with the same attributes) to the widget's traits: small scalars as JSON, every array as
-little-endian ``bytes`` (anywidget sends them as binary buffers; the front end reads them as
-typed arrays). Histograms are binned here, scatter coordinates quantized to uint16, ratios to
-uint8, per-sequence numbers to float16, so a view of 80 000 points stays a few hundred KB.
+``widget_state(audit)`` is a pure function from an :class:`~hopaudit.result.Audit` (or anything
+with the same attributes) to the widget's traits: small scalars as JSON, every array packed by
+:func:`hopaudit.schema.pack` as ``{dtype, shape, view}`` (anywidget sends the view as a binary
+buffer; the front end reads dtype and shape from the array itself). Histograms are binned here,
+scatter coordinates quantized to uint16, ratios to uint8, per-sequence numbers to float16, and
+the loss-floor curves computed here (docs/theory.md §3), so a view of 80 000 points stays a few
+hundred KB and the front end holds no formula of the theory.
 
-The layout of each array is written next to it in ``STATE_LAYOUT``; ``js/src/state.ts`` reads
-the same names.
+What each array means is in ``STATE_LAYOUT``; its dtype and shape travel with it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any
 import anywidget
 import numpy as np
 import traitlets
+
+from .schema import pack, unpack
+from .theory import log_ball_volume, loss_floor
 
 STATIC = Path(__file__).parent / "static"
 ESM_PATH = STATIC / "widget.js"
@@ -55,30 +59,37 @@ LAYER_STAT_COLUMNS = (
     "floor_gauss",
     "twonn_id",
     "nonfinite",
+    "floor_r_star",
 )
-#: Distinct basin colours in the scatter: the largest basins; the rest are drawn grey.
 #: Histogram bins become geometric (log axis) when the range spans more than this factor.
 LOG_BINS_ABOVE = 30.0
 SAMPLE_ROWS = 100  # sequences kept per ranking (lowest CE, highest Min-K%, lowest ratio)
+#: Points of each layer's loss-floor curve: enough for a smooth line on a 1400-px-wide panel.
+FLOOR_STEPS = 400
+#: The floor curve spans [min, max] of r_hat, r_star and r_c, widened by this factor each way.
+FLOOR_MARGIN = 1.6
 
+#: What each packed array of an audit's state holds (dtype and shape travel with the array).
 STATE_LAYOUT = {
-    "layer_stats": "float64 (n_layers, len(layer_columns)) row-major; NaN = missing",
-    "hist_range": "float64 (n_layers, 2): [lo, hi] of the shared bin edges of a layer",
-    "hist_log": "uint8 (n_layers): 1 = geometric edges (log axis), 0 = linear edges",
-    "hist_counts": "uint32 (n_layers, len(hist_fractions), hist_bins)",
-    "hist_medians": "float64 (n_layers, len(hist_fractions)): median distance per fraction",
-    "scatter_xy": "uint16 (sum m, 2): x, y quantized on [x0, x1], [y0, y1] of the layer's meta",
-    "scatter_basin": "uint16 (sum m): basin rank by size within the layer (0 = largest)",
-    "scatter_ratio": "uint8 (sum m): nn / r_hat quantized on [ratio_lo, ratio_hi]; 255 = NaN",
-    "scatter_seq": "uint16 or uint32 (scatter_seq_bytes; sum of distinct sequence arrays): "
-    "the sequence of each point",
-    "scatter_basin_sizes": "uint32 (size, run) pairs: basin sizes by rank, run-length encoded, "
-    "per layer at basin_offset (basin_runs pairs)",
-    "seq_ce": "float16 (n_sequences): mean token cross-entropy; NaN = none",
+    "layer_stats": "(n_layers, len(layer_columns)) per-layer numbers; NaN = missing",
+    "hist_range": "(n_layers, 2): [lo, hi] of the shared bin edges of a layer",
+    "hist_log": "(n_layers): 1 = geometric edges (log axis), 0 = linear edges",
+    "hist_counts": "(n_layers, len(hist_fractions), hist_bins) counts",
+    "hist_medians": "(n_layers, len(hist_fractions)): median distance per fraction",
+    "floor_range": "(n_layers, 2): [lo, hi] radii of the floor curve (geometric spacing)",
+    "floor_curve": "(n_layers, FLOOR_STEPS + 1): F = log Z + 1/Z of the volume form at each radius",
+    "scatter_xy": "(sum m, 2): x, y quantized on [x0, x1], [y0, y1] of the layer's meta",
+    "scatter_basin": "(sum m): basin rank by size within the layer (0 = largest)",
+    "scatter_ratio": "(sum m): nn / r_hat quantized on [ratio_lo, ratio_hi]; 255 = NaN",
+    "scatter_seq": "(sum of distinct sequence arrays): the sequence of each point",
+    "scatter_basin_sizes": "(2 runs): basin sizes by rank as (size, run) pairs, per layer at "
+    "basin_offset (basin_runs pairs)",
+    "seq_ce": "(n_sequences): mean token cross-entropy; NaN = none",
     "text_bytes": "UTF-8 of every shown sequence's text (truncated to text_chars)",
-    "text_offsets": "uint32 (n_sequences + 1): byte offsets into text_bytes",
-    "sample_seq": "uint32 (k): sequences of the samples table",
-    "sample_values": "float32 (k, 5): cross_entropy, min_k, top1, distance_ratio, basin",
+    "text_offsets": "(n_sequences + 1): byte offsets into text_bytes",
+    "sample_seq": "(k): sequences of the samples table",
+    "sample_values": "(k, 5): cross_entropy, min_k, top1, distance_ratio, basin",
+    "sequence_ids": "(n_sequences) display ids, or empty when they are 0..n-1",
 }
 
 
@@ -101,10 +112,6 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, (float, np.floating)):
         return _f(v)
     return str(v)
-
-
-def _le(a: np.ndarray, dtype: str) -> bytes:
-    return np.ascontiguousarray(a, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
 
 
 def _finite(a: Any) -> np.ndarray:
@@ -173,11 +180,43 @@ def _histograms(audit: Any, names: list[str], bins: int) -> dict[str, Any]:
     return {
         "hist_fractions": list(FRACTIONS),
         "hist_bins": int(bins),
-        "hist_range": _le(ranges, "f8"),
-        "hist_counts": _le(counts, "u4"),
-        "hist_medians": _le(medians, "f8"),
-        "hist_log": _le(scale, "u1"),
+        "hist_range": pack(ranges, "float64"),
+        "hist_counts": pack(counts, "uint32"),
+        "hist_medians": pack(medians, "float64"),
+        "hist_log": pack(scale, "uint8"),
     }
+
+
+def _floor_at(n: Any, d: Any, r: Any) -> float:
+    """F = log Z + 1/Z of the volume form, Z = d V_n(r) (docs/theory.md §3); NaN when any of
+    n, d, r is missing or not positive."""
+    n, d, r = (_f(v) for v in (n, d, r))
+    if not (n and d and r and n > 0 and d > 0 and r > 0):
+        return math.nan
+    return float(loss_floor(math.log(d) + log_ball_volume(n, r)))
+
+
+def _floor_curves(stats: np.ndarray) -> dict[str, Any]:
+    """Each layer's floor curve F(r) on FLOOR_STEPS + 1 geometric radii spanning r_hat, r_star
+    and r_c (widened by FLOOR_MARGIN), so the floor panels draw it without the theory's maths."""
+    col = {c: j for j, c in enumerate(LAYER_STAT_COLUMNS)}
+    n_layers = len(stats)
+    ranges = np.full((n_layers, 2), np.nan)
+    curves = np.full((n_layers, FLOOR_STEPS + 1), np.nan)
+    for i in range(n_layers):
+        n, d = stats[i, col["n"]], stats[i, col["n_patterns"]]
+        marks = stats[i, [col["r_hat"], col["r_star"], col["r_c"]]]
+        marks = marks[np.isfinite(marks) & (marks > 0)]
+        if not (n > 0 and d > 0 and marks.size):
+            continue
+        lo, hi = marks.min() / FLOOR_MARGIN, marks.max() * FLOOR_MARGIN
+        r = np.geomspace(lo, hi, FLOOR_STEPS + 1)
+        ranges[i] = (lo, hi)
+        with np.errstate(over="ignore"):
+            curves[i] = loss_floor(np.log(d) + log_ball_volume(n, r))
+    # Beyond float32's range the floor is drawn off the chart anyway: send it as +inf.
+    curves[np.abs(curves) > np.finfo(np.float32).max] = np.inf
+    return {"floor_range": pack(ranges, "float64"), "floor_curve": pack(curves, "float32")}
 
 
 def _layer_table(audit: Any, names: list[str]) -> dict[str, Any]:
@@ -193,6 +232,7 @@ def _layer_table(audit: Any, names: list[str]) -> dict[str, Any]:
             if nn.size:
                 q25, q75 = np.quantile(nn, [0.25, 0.75])
                 q = {"nn_q25": q25, "nn_q75": q75, "r_hat_q25": q25 / 2, "r_hat_q75": q75 / 2}
+            q["floor_r_star"] = _floor_at(row.get("n"), row.get("n_patterns"), row.get("r_star"))
         for j, col in enumerate(LAYER_STAT_COLUMNS):
             v = q[col] if col in q else row.get(col, np.nan)
             stats[i, j] = _f(v) if _f(v) is not None else np.nan
@@ -209,7 +249,8 @@ def _layer_table(audit: Any, names: list[str]) -> dict[str, Any]:
     return {
         "layer_info": info,
         "layer_columns": list(LAYER_STAT_COLUMNS),
-        "layer_stats": _le(stats, "f8"),
+        "layer_stats": pack(stats, "float64"),
+        **_floor_curves(stats),
     }
 
 
@@ -285,19 +326,18 @@ def _scatter(audit: Any, names: list[str], top_basins: int) -> dict[str, Any]:
         point_offset += m
 
     top_seq = max((int(s.max()) for _, s in seq_parts if s.size), default=0)
-    seq_dtype = "u2" if top_seq < 65536 else "u4"
+    seq_dtype = "uint16" if top_seq < 65536 else "uint32"
 
-    def cat(parts: list[np.ndarray], dtype: str) -> bytes:
-        return _le(np.concatenate(parts) if parts else np.zeros(0), dtype)
+    def cat(parts: list[np.ndarray], dtype: str) -> dict[str, Any]:
+        return pack(np.concatenate(parts) if parts else np.zeros(0), dtype)
 
     return {
         "scatter_layers": meta,
-        "scatter_xy": cat(xy_parts, "u2"),
-        "scatter_basin": cat(basin_parts, "u2"),
-        "scatter_ratio": cat(ratio_parts, "u1"),
-        "scatter_basin_sizes": cat(size_parts, "u4"),
+        "scatter_xy": cat(xy_parts, "uint16"),
+        "scatter_basin": cat(basin_parts, "uint16"),
+        "scatter_ratio": cat(ratio_parts, "uint8"),
+        "scatter_basin_sizes": cat(size_parts, "uint32"),
         "scatter_seq": cat([s for _, s in seq_parts], seq_dtype),
-        "scatter_seq_bytes": int(np.dtype(seq_dtype).itemsize),
     }
 
 
@@ -341,13 +381,13 @@ def _samples(audit: Any, shown: np.ndarray, text_chars: int) -> dict[str, Any]:
         offsets.append(pos)
     return {
         "n_sequences": int(n),
-        "sequence_ids": _le(seq_ids, "u4") if not np.array_equal(seq_ids, np.arange(n)) else b"",
-        "seq_ce": _le(ce, "f2"),
-        "text_bytes": b"".join(chunks),
-        "text_offsets": _le(np.array(offsets), "u4"),
+        "sequence_ids": pack([] if np.array_equal(seq_ids, np.arange(n)) else seq_ids, "uint32"),
+        "seq_ce": pack(ce, "float16"),
+        "text_bytes": pack(np.frombuffer(b"".join(chunks), np.uint8), "uint8"),
+        "text_offsets": pack(np.array(offsets), "uint32"),
         "text_chars": int(text_chars),
-        "sample_seq": _le(rows, "u4"),
-        "sample_values": _le(values, "f4"),
+        "sample_seq": pack(rows, "uint32"),
+        "sample_values": pack(values, "float32"),
     }
 
 
@@ -368,7 +408,7 @@ def widget_state(
     if text_chars < 0:
         raise ValueError(f"text_chars must be >= 0, got {text_chars}")
     names = [str(n) for n in audit.layers["name"].tolist()]
-    state: dict[str, Any] = {"summary": _summary(audit), "layer_names": names}
+    state: dict[str, Any] = {"kind": "audit", "summary": _summary(audit), "layer_names": names}
     state.update(_layer_table(audit, names))
     state.update(_histograms(audit, names, bins))
     state.update(_scatter(audit, names, top_basins))
@@ -378,41 +418,8 @@ def widget_state(
 
 
 def decode(state: dict[str, Any], key: str) -> np.ndarray:
-    """Read one packed array back (the inverse of the packing, for tests and notebooks)."""
-    dtypes = {
-        "layer_stats": "<f8",
-        "hist_range": "<f8",
-        "hist_counts": "<u4",
-        "hist_medians": "<f8",
-        "hist_log": "u1",
-        "scatter_xy": "<u2",
-        "scatter_basin": "<u2",
-        "scatter_ratio": "u1",
-        "scatter_seq": "<u4",
-        "scatter_basin_sizes": "<u4",
-        "seq_ce": "<f2",
-        "text_offsets": "<u4",
-        "sample_seq": "<u4",
-        "sample_values": "<f4",
-        "sequence_ids": "<u4",
-    }
-    if key == "scatter_seq":
-        dtypes[key] = "<u2" if state.get("scatter_seq_bytes") == 2 else "<u4"
-    a = np.frombuffer(state[key], dtype=dtypes[key])
-    n_layers = len(state["layer_names"])
-    if key == "layer_stats":
-        return a.reshape(n_layers, len(state["layer_columns"]))
-    if key == "hist_range":
-        return a.reshape(n_layers, 2)
-    if key == "hist_counts":
-        return a.reshape(n_layers, len(state["hist_fractions"]), state["hist_bins"])
-    if key == "hist_medians":
-        return a.reshape(n_layers, len(state["hist_fractions"]))
-    if key == "scatter_xy":
-        return a.reshape(-1, 2)
-    if key == "sample_values":
-        return a.reshape(-1, 5)
-    return a
+    """Read one packed array of a state back (for tests and notebooks)."""
+    return unpack(state[key])
 
 
 def basin_sizes(state: dict[str, Any], layer: int) -> np.ndarray:
@@ -429,46 +436,76 @@ def _read_static(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
-class AuditWidget(anywidget.AnyWidget):
-    """The interactive view of one audit (six panels: summary, distances, radii, basins,
-    floor, samples). Build it with ``AuditWidget.from_audit(audit)`` or ``audit.widget()``."""
+def _array() -> Any:
+    """A trait holding one packed array (:mod:`hopaudit.schema`)."""
+    return traitlets.Dict().tag(sync=True)
 
-    _esm = traitlets.Unicode("").tag(sync=True)
-    _css = traitlets.Unicode("").tag(sync=True)
+
+# The hopaudit views share one bundle; ``js/src/index.ts`` dispatches on the ``kind`` trait.
+# anywidget reads (and, with ANYWIDGET_HMR=1, watches) the files these paths name.
+_BUILT = ESM_PATH.is_file()
+
+
+class _View(anywidget.AnyWidget):
+    """The base of the three views. ``widget_state()`` gives the state back (what
+    :func:`hopaudit.report.to_html` writes): a widget is a :class:`~hopaudit.view.Viewable`."""
+
+    _esm = ESM_PATH if _BUILT else "export default {};"
+    _css = CSS_PATH if _BUILT and CSS_PATH.is_file() else ""
+    kind = traitlets.Unicode("audit").tag(sync=True)
+    # View state (kept in traits, so a saved notebook reopens where it was left).
+    height = traitlets.Int(0).tag(sync=True)
+
+    def __init__(self, state: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if not ESM_PATH.is_file():
+            raise FileNotFoundError(MISSING_BUNDLE + f" ({ESM_PATH} is missing)")
+        super().__init__(**(state or {}), **kwargs)
+
+    def widget_state(self, **options: Any) -> dict[str, Any]:
+        """The synced traits that hold the view's data (not anywidget's own, not the layout)."""
+        if options:
+            raise TypeError(
+                f"a widget's state is fixed; give {sorted(options)} to the audit's widget_state()"
+            )
+        skip = {"layout", "tabbable", "tooltip", "height"}
+        return {
+            k: getattr(self, k)
+            for k in self.trait_names(sync=True)
+            if not k.startswith("_") and k not in skip
+        }
+
+
+class AuditWidget(_View):
+    """The interactive view of one audit (six panels: summary, distances, radii, basins,
+    floor, samples). Build it with ``audit.widget()``."""
 
     summary = traitlets.Dict().tag(sync=True)
     layer_names = traitlets.List(traitlets.Unicode()).tag(sync=True)
     layer_info = traitlets.List().tag(sync=True)
     layer_columns = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    layer_stats = traitlets.Bytes(b"").tag(sync=True)
+    layer_stats = _array()
+    floor_range = _array()
+    floor_curve = _array()
     hist_fractions = traitlets.List(traitlets.Float()).tag(sync=True)
     hist_bins = traitlets.Int(0).tag(sync=True)
-    hist_range = traitlets.Bytes(b"").tag(sync=True)
-    hist_counts = traitlets.Bytes(b"").tag(sync=True)
-    hist_medians = traitlets.Bytes(b"").tag(sync=True)
-    hist_log = traitlets.Bytes(b"").tag(sync=True)
+    hist_range = _array()
+    hist_counts = _array()
+    hist_medians = _array()
+    hist_log = _array()
     scatter_layers = traitlets.List().tag(sync=True)
-    scatter_xy = traitlets.Bytes(b"").tag(sync=True)
-    scatter_basin = traitlets.Bytes(b"").tag(sync=True)
-    scatter_ratio = traitlets.Bytes(b"").tag(sync=True)
-    scatter_basin_sizes = traitlets.Bytes(b"").tag(sync=True)
-    scatter_seq = traitlets.Bytes(b"").tag(sync=True)
-    scatter_seq_bytes = traitlets.Int(4).tag(sync=True)
+    scatter_xy = _array()
+    scatter_basin = _array()
+    scatter_ratio = _array()
+    scatter_basin_sizes = _array()
+    scatter_seq = _array()
     n_sequences = traitlets.Int(0).tag(sync=True)
-    sequence_ids = traitlets.Bytes(b"").tag(sync=True)
-    seq_ce = traitlets.Bytes(b"").tag(sync=True)
-    text_bytes = traitlets.Bytes(b"").tag(sync=True)
-    text_offsets = traitlets.Bytes(b"").tag(sync=True)
+    sequence_ids = _array()
+    seq_ce = _array()
+    text_bytes = _array()
+    text_offsets = _array()
     text_chars = traitlets.Int(240).tag(sync=True)
-    sample_seq = traitlets.Bytes(b"").tag(sync=True)
-    sample_values = traitlets.Bytes(b"").tag(sync=True)
-    # View state (kept in traits, so a saved notebook reopens where it was left).
-    height = traitlets.Int(0).tag(sync=True)
-
-    def __init__(self, state: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("_esm", _read_static(ESM_PATH))
-        kwargs.setdefault("_css", _read_static(CSS_PATH) if CSS_PATH.is_file() else "")
-        super().__init__(**(state or {}), **kwargs)
+    sample_seq = _array()
+    sample_values = _array()
 
     @classmethod
     def from_audit(cls, audit: Any, **options: Any) -> AuditWidget:
@@ -476,24 +513,14 @@ class AuditWidget(anywidget.AnyWidget):
         return cls(widget_state(audit, **options))
 
 
-class _MultiWidget(anywidget.AnyWidget):
+class _MultiWidget(_View):
     """Several audits in one view: ``members`` (one JSON dict per audit: its single-audit
-    widget state without the arrays, plus label and relative depths) and ``blob`` (every
-    member's arrays, 8-byte aligned, at ``members[i]["buffers"][key] = [offset, length]``).
-    The front end dispatches on ``kind``."""
+    widget state, each array's bytes replaced by ``{"dtype", "shape", "blob": [offset,
+    length]}``) and ``blob`` (every member's array bytes, 8-byte aligned, as one uint8 array)."""
 
-    _esm = traitlets.Unicode("").tag(sync=True)
-    _css = traitlets.Unicode("").tag(sync=True)
-    kind = traitlets.Unicode("compare").tag(sync=True)
     labels = traitlets.List(traitlets.Unicode()).tag(sync=True)
     members = traitlets.List().tag(sync=True)
-    blob = traitlets.Bytes(b"").tag(sync=True)
-    height = traitlets.Int(0).tag(sync=True)
-
-    def __init__(self, state: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("_esm", _read_static(ESM_PATH))
-        kwargs.setdefault("_css", _read_static(CSS_PATH) if CSS_PATH.is_file() else "")
-        super().__init__(**(state or {}), **kwargs)
+    blob = _array()
 
 
 class CompareWidget(_MultiWidget):

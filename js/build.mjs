@@ -23,10 +23,16 @@ const options = {
   logLevel: "info",
 };
 
+// The HTML report's bootstrap (hopaudit/report.py inlines it): it loads the bundle above.
+const bootstrap = {
+  ...options,
+  entryPoints: [resolve(here, "src/bootstrap.ts")],
+  outfile: resolve(outdir, "bootstrap.js"),
+};
+
 copyFileSync(resolve(here, "css/widget.css"), resolve(outdir, "widget.css"));
 if (process.argv.includes("--watch")) {
-  const ctx = await esbuild.context(options);
-  await ctx.watch();
+  for (const o of [options, bootstrap]) await (await esbuild.context(o)).watch();
 } else {
-  await esbuild.build(options);
+  await Promise.all([esbuild.build(options), esbuild.build(bootstrap)]);
 }

@@ -132,7 +132,14 @@ def test_compare_state_members_are_the_single_view_states(audits):
             assert member[key] == single[key], key
         assert "sample_values" not in member  # the samples table is not shown side by side
         assert member["depth"] == relative_depth(a.layer_names, a.n_blocks)[0].tolist()
-    offsets = [off for m in state["members"] for off, _ in m["buffers"].values()]
+    refs = [
+        v["blob"]
+        for m in state["members"]
+        for v in m.values()
+        if isinstance(v, dict) and "blob" in v
+    ]
+    offsets = [off for off, _ in refs if isinstance(off, int)]
+    assert len(offsets) == len(refs) > 0
     assert all(o % 8 == 0 for o in offsets)
     widget = c.widget()
     assert widget.kind == "compare" and widget.blob == state["blob"]
@@ -272,7 +279,7 @@ def test_timeline_state_shares_one_box_per_layer(run_audits):
         xy = np.column_stack([x0 + q[:, 0] * (x1 - x0) / 65535, y0 + q[:, 1] * (y1 - y0) / 65535])
         assert np.allclose(xy, a.embeddings["final"].xy, atol=(x1 - x0) / 30000 + 1e-6)
     # the same texts at every step are stored once
-    assert len({tuple(m["buffers"]["text_bytes"]) for m in state["members"]}) == 1
+    assert len({tuple(m["text_bytes"]["blob"]) for m in state["members"]}) == 1
     widget = tl.widget()
     assert widget.kind == "timeline" and widget.step_index == 3
 

@@ -28,10 +28,16 @@ import anywidget
 import nbformat
 import numpy as np
 import pytest
-import traitlets
 
 from hopaudit.comparison import member_state
-from hopaudit.widget import LAYER_STAT_COLUMNS, AuditWidget, TimelineWidget, decode
+from hopaudit.schema import is_array
+from hopaudit.widget import (
+    LAYER_STAT_COLUMNS,
+    STATE_LAYOUT,
+    AuditWidget,
+    TimelineWidget,
+    decode,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +64,7 @@ def _own_traits(cls) -> dict[str, object]:
 
 
 AUDIT_TRAITS = _own_traits(AuditWidget)
-AUDIT_BYTES = {n for n, t in AUDIT_TRAITS.items() if isinstance(t, traitlets.Bytes)}
+AUDIT_ARRAYS = set(STATE_LAYOUT)
 TIMELINE_TRAITS = _own_traits(TimelineWidget)  # compare's traits plus steps and alignment
 
 
@@ -147,10 +153,11 @@ def check_audit_state(state: dict, where: str, *, skip: set[str] = frozenset()) 
     """Every panel's data of one single-audit widget state is there and consistent."""
     missing = sorted(set(AUDIT_TRAITS) - set(state) - skip)
     assert not missing, f"{where}: traits missing: {missing}"
-    for key in sorted(AUDIT_BYTES - skip - MAY_BE_EMPTY):
+    for key in sorted(AUDIT_ARRAYS - skip - MAY_BE_EMPTY):
         value = state[key]
-        assert isinstance(value, bytes), f"{where}: {key} is {type(value).__name__}, not bytes"
-        assert len(value) > 0, f"{where}: {key} is empty"
+        assert is_array(value), f"{where}: {key} is {type(value).__name__}, not a packed array"
+        assert isinstance(value["view"], bytes), f"{where}: {key} holds no bytes"
+        assert len(value["view"]) > 0, f"{where}: {key} is empty"
     for key in ("layer_names", "layer_info", "layer_columns", "hist_fractions", "scatter_layers"):
         assert state[key], f"{where}: {key} is empty"
     assert state["summary"].get("n_tokens"), f"{where}: summary without tokens"
@@ -175,10 +182,10 @@ def check_audit_state(state: dict, where: str, *, skip: set[str] = frozenset()) 
     # The scatter: two uint16 per point, one basin and one ratio per point.
     n_points = sum(m["n"] for m in state["scatter_layers"])
     assert n_points > 0, f"{where}: no scatter points"
-    assert len(state["scatter_xy"]) == 4 * n_points, where
-    assert len(state["scatter_basin"]) == 2 * n_points, where
-    assert len(state["scatter_ratio"]) == n_points, where
-    assert len(state["seq_ce"]) == 2 * state["n_sequences"], where
+    assert decode(state, "scatter_xy").shape == (n_points, 2), where
+    assert decode(state, "scatter_basin").shape == (n_points,), where
+    assert decode(state, "scatter_ratio").shape == (n_points,), where
+    assert decode(state, "seq_ce").shape == (state["n_sequences"],), where
     assert len(decode(state, "text_offsets")) == state["n_sequences"] + 1, where
 
 
@@ -188,7 +195,7 @@ def check_multi_state(state: dict, where: str) -> int:
     if state["kind"] == "compare":
         keys -= {"steps", "alignment"}
     assert keys <= set(state), f"{where}: traits missing: {sorted(keys - set(state))}"
-    assert isinstance(state["blob"], bytes) and state["blob"], f"{where}: empty blob"
+    assert is_array(state["blob"]) and state["blob"]["view"], f"{where}: empty blob"
     members = state["members"]
     assert len(members) >= 2 and len(members) == len(state["labels"]), where
     if state["kind"] == "timeline":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 import sys
@@ -15,7 +16,7 @@ import itertools
 
 from fakes import fake_audit
 
-from hopaudit import report, widget
+from hopaudit import report, schema, widget
 from hopaudit.widget import LAYER_STAT_COLUMNS, decode, widget_state
 
 HAS_BUNDLE = widget.ESM_PATH.is_file()
@@ -31,8 +32,10 @@ def state(audit):
     return widget_state(audit)
 
 
-def test_every_array_is_bytes_never_a_json_list_of_numbers(state):
+def test_every_array_is_packed_bytes_never_a_json_list_of_numbers(state):
     def numbers_in_lists(v):
+        if schema.is_array(v):  # its shape is the one list of numbers an array carries
+            return False
         if isinstance(v, list):
             return any(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) or any(
                 numbers_in_lists(x) for x in v
@@ -45,7 +48,11 @@ def test_every_array_is_bytes_never_a_json_list_of_numbers(state):
     offenders = [k for k, v in state.items() if k != "hist_fractions" and numbers_in_lists(v)]
     assert offenders == []
     for key in widget.STATE_LAYOUT:
-        assert isinstance(state[key], bytes), key
+        v = state[key]
+        assert schema.is_array(v) and isinstance(v["view"], bytes), key
+        # the description matches the bytes: dtype item size times the shape's product
+        itemsize = np.dtype(schema.DTYPES[v["dtype"]]).itemsize
+        assert len(v["view"]) == itemsize * int(np.prod(v["shape"])), key
 
 
 def test_layer_table_round_trips(audit, state):
@@ -141,7 +148,7 @@ def test_samples_and_texts(audit, state):
     ratio = df["distance_ratio"].to_numpy()[rows]
     np.testing.assert_allclose(values[:, 3], ratio.astype(np.float32))
     offsets = decode(state, "text_offsets")
-    blob = state["text_bytes"]
+    blob = decode(state, "text_bytes").tobytes()
     for i in (0, 7, int(rows[0])):
         text = blob[offsets[i] : offsets[i + 1]].decode("utf-8")
         assert text == df["text"].iloc[i]
@@ -154,7 +161,7 @@ def test_long_texts_are_cut_and_multibyte_safe():
     a.samples.loc[0, "text"] = "é" * 500
     s = widget_state(a, text_chars=50)
     off = decode(s, "text_offsets")
-    t0 = s["text_bytes"][off[0] : off[1]].decode("utf-8")
+    t0 = decode(s, "text_bytes").tobytes()[off[0] : off[1]].decode("utf-8")
     assert t0 == "é" * 49 + "…"
 
 
@@ -165,7 +172,7 @@ def test_size_is_about_eight_bytes_per_point():
     s = widget_state(a, text_chars=0)
     points = sum(m["n"] for m in s["scatter_layers"])
     scatter = sum(
-        len(s[k])
+        len(s[k]["view"])
         for k in (
             "scatter_xy",
             "scatter_basin",
@@ -177,7 +184,7 @@ def test_size_is_about_eight_bytes_per_point():
     # 4 (xy) + 2 (basin) + 1 (ratio) per point, one shared uint16 sequence array, basin sizes
     # run-length encoded (sizes by rank never increase: few distinct values)
     runs = sum(m["basin_runs"] for m in s["scatter_layers"])
-    assert s["scatter_seq_bytes"] == 2
+    assert s["scatter_seq"]["dtype"] == "uint16"
     assert scatter == points * 7 + 1500 * 2 + 8 * runs
     assert runs < 100
     assert scatter / points < 8
@@ -186,7 +193,7 @@ def test_size_is_about_eight_bytes_per_point():
 def test_json_parts_have_no_nan(state):
     import json
 
-    json.dumps({k: v for k, v in state.items() if not isinstance(v, bytes)}, allow_nan=False)
+    json.dumps({k: v for k, v in state.items() if not schema.is_array(v)}, allow_nan=False)
 
 
 def test_bins_must_be_at_least_two(audit):
@@ -214,10 +221,13 @@ def test_html_is_self_contained(audit, tmp_path):
     raw = path.read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf<!DOCTYPE html>")  # a UTF-8 byte order mark
     text = raw.decode("utf-8")
-    # the payload: b7 text, ASCII without NUL, CR or "<"
-    payload = re.search(r'id="hopaudit-data" data-encoding="b7">([^<]*)</script>', text).group(1)
-    assert payload.isascii() and "\0" not in payload and "\r" not in payload
-    assert payload == report.encode_text(report.decode_text(payload))
+    # the payload: standard base64 (only its alphabet: no control character, no "<")
+    m = re.search(r'id="hopaudit-data" data-encoding="base64"[^>]*>([^<]*)</script>', text)
+    payload = m.group(1)
+    assert re.fullmatch(r"[A-Za-z0-9+/]*={0,2}", payload)
+    assert base64.b64encode(base64.b64decode(payload, validate=True)).decode() == payload
+    # the bootstrap is the built js/src/bootstrap.ts, inlined as it is
+    assert report.BOOTSTRAP_PATH.read_text(encoding="utf-8").strip() in text
     # no network: no external script, stylesheet or module URL around the payload
     page = re.sub(r'(id="hopaudit-data"[^>]*>)[^<]*', r"\1", text)
     assert len(page) < 10_000 < len(text)
@@ -241,7 +251,7 @@ def test_text_chars_caps_the_texts_in_a_report(audit, tmp_path):
 
     def kept(state):
         offsets = decode(state, "text_offsets")
-        raw = state["text_bytes"]
+        raw = decode(state, "text_bytes").tobytes()
         return [raw[a:b].decode() for a, b in itertools.pairwise(offsets)]
 
     full = report.read_html_state(report.to_html(audit, tmp_path / "full.html"))
@@ -251,7 +261,8 @@ def test_text_chars_caps_the_texts_in_a_report(audit, tmp_path):
         # empty where the sequence is not shown; else the first 11 characters and an ellipsis
         assert got in ("", text if len(text) <= 12 else text[:11] + "…")
     assert any(kept(short)) and not any(kept(none))
-    assert len(full["text_bytes"]) > len(short["text_bytes"]) > len(none["text_bytes"]) == 0
+    sizes = [len(st["text_bytes"]["view"]) for st in (full, short, none)]
+    assert sizes[0] > sizes[1] > sizes[2] == 0
     with pytest.raises(ValueError, match="text_chars"):
         widget_state(audit, text_chars=-1)
 

@@ -4,7 +4,6 @@
 // with its measured cross-entropy; the single view's distance histograms and basin scatters,
 // one per audit (all scatters through one shared WebGL context); a table of the summaries.
 import * as Plot from "@observablehq/plot";
-import { floorAt, floorCurve } from "./lgamma";
 import type { Context, Panel } from "./panels/base";
 import { Panel as BasePanel } from "./panels/base";
 import { DistancesPanel } from "./panels/distances";
@@ -136,9 +135,12 @@ class CompareFloorPanel extends ChartPanel {
       const rStar = st.stat(j, "r_star");
       const rHat = st.stat(j, "r_hat");
       if (n > 0 && d > 0 && rStar > 0) {
-        for (const { x, F } of floorCurve(n, d, lo, hi, 240, rStar)) if (Number.isFinite(F)) curves.push({ member: label, x, F });
+        for (const { r, F } of st.floor(j)) {
+          const x = r / rStar;
+          if (Number.isFinite(F) && x >= lo && x <= hi) curves.push({ member: label, x, F });
+        }
         if (rHat > 0) {
-          const F = floorAt(n, d, rHat);
+          const F = st.stat(j, "floor_low");
           marks.push({ member: label, x: rHat / rStar, F, text: `${label}\nr̂/r* = ${fmt(rHat / rStar)}\nF(r̂) = ${fmt(F)} nats` });
         }
       }

@@ -1,6 +1,7 @@
 // Read the state of an exported HTML report (see hopaudit/report.py, pack_state: MAGIC "HAR2",
 // uint32 header length, JSON header, 8-byte aligned buffers, each maybe stored through filters).
 // The page's bootstrap has already decoded and gunzipped the payload; these are the state's bytes.
+// Each array comes back as { dtype, shape, view }, as anywidget hands it to a view.
 
 type Filter = [string, number];
 
@@ -58,15 +59,12 @@ export function unpackReport(data: ArrayBuffer | Uint8Array): Record<string, unk
   const body = 8 + n;
   const state: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(header)) {
-    const ref = value as { $buffer?: [number, number]; $filters?: Filter[] } | null;
-    const isBuffer =
-      ref && typeof ref === "object" && !Array.isArray(ref) && Array.isArray(ref.$buffer) &&
-      Object.keys(ref).every((k) => k === "$buffer" || k === "$filters");
-    if (isBuffer) {
-      const [start, length] = ref.$buffer!;
+    const ref = value as { dtype?: string; shape?: number[]; $buffer?: [number, number]; $filters?: Filter[] } | null;
+    if (ref && typeof ref === "object" && !Array.isArray(ref) && Array.isArray(ref.$buffer)) {
+      const [start, length] = ref.$buffer;
       // A fresh ArrayBuffer per array (what anywidget hands a view): aligned and independent.
       const bytes = undoFilters(raw.subarray(body + start, body + start + length), ref.$filters ?? []);
-      state[key] = new DataView(bytes.buffer, 0, length);
+      state[key] = { dtype: ref.dtype, shape: ref.shape, view: new DataView(bytes.buffer, 0, length) };
     } else {
       state[key] = value;
     }

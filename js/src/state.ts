@@ -1,5 +1,6 @@
-// Read the widget's traits (JSON scalars + little-endian binary arrays) into typed arrays.
-// The layout of every array is documented in hopaudit/widget.py (STATE_LAYOUT).
+// Read the widget's traits (JSON scalars + packed arrays, js/src/schema.ts) into typed arrays.
+// What every array means is documented in hopaudit/widget.py (STATE_LAYOUT).
+import { ndarray } from "./schema";
 
 export interface ModelLike {
   get(name: string): any;
@@ -35,53 +36,6 @@ export interface Summary {
   [key: string]: string | number | boolean | null | undefined;
 }
 
-type TypedCtor<T> = {
-  new (buffer: ArrayBufferLike, byteOffset: number, length: number): T;
-  new (length: number): T;
-  BYTES_PER_ELEMENT: number;
-};
-
-/** View bytes (DataView, ArrayBuffer, typed array) as a typed array, copying if misaligned. */
-export function typed<T extends ArrayBufferView>(value: unknown, Ctor: TypedCtor<T>): T {
-  if (value == null) return new Ctor(0);
-  let buffer: ArrayBufferLike;
-  let offset = 0;
-  let length: number;
-  if (value instanceof ArrayBuffer) {
-    buffer = value;
-    length = value.byteLength;
-  } else if (ArrayBuffer.isView(value)) {
-    buffer = value.buffer;
-    offset = value.byteOffset;
-    length = value.byteLength;
-  } else {
-    return new Ctor(0);
-  }
-  const size = Ctor.BYTES_PER_ELEMENT;
-  const n = Math.floor(length / size);
-  if (offset % size === 0) return new Ctor(buffer, offset, n);
-  const copy = new Uint8Array(n * size);
-  copy.set(new Uint8Array(buffer, offset, n * size));
-  return new Ctor(copy.buffer, 0, n);
-}
-
-/** IEEE 754 half precision to a JS number (Float16Array is not in every browser yet). */
-export function halfToFloat(h: number): number {
-  const s = h & 0x8000 ? -1 : 1;
-  const e = (h >> 10) & 0x1f;
-  const f = h & 0x3ff;
-  if (e === 0) return s * f * 2 ** -24;
-  if (e === 31) return f ? NaN : s * Infinity;
-  return s * (1 + f / 1024) * 2 ** (e - 15);
-}
-
-export function decodeHalf(value: unknown): Float64Array {
-  const raw = typed(value, Uint16Array);
-  const out = new Float64Array(raw.length);
-  for (let i = 0; i < raw.length; i++) out[i] = halfToFloat(raw[i]);
-  return out;
-}
-
 export class AuditState {
   summary: Summary;
   layers: LayerInfo[];
@@ -107,6 +61,8 @@ export class AuditState {
   sampleSeq: Uint32Array;
   sampleValues: Float32Array;
   textChars: number;
+  floorRange: Float64Array;
+  floorCurve: Float32Array;
   private decoder = new TextDecoder();
   private colIndex = new Map<string, number>();
 
@@ -115,27 +71,44 @@ export class AuditState {
     this.layers = model.get("layer_info") ?? [];
     this.columns = model.get("layer_columns") ?? [];
     this.columns.forEach((c, i) => this.colIndex.set(c, i));
-    this.stats = typed(model.get("layer_stats"), Float64Array);
+    this.stats = ndarray(model.get("layer_stats"), "float64");
     this.fractions = model.get("hist_fractions") ?? [];
     this.bins = model.get("hist_bins") ?? 0;
-    this.histRange = typed(model.get("hist_range"), Float64Array);
-    this.histCounts = typed(model.get("hist_counts"), Uint32Array);
-    this.histMedians = typed(model.get("hist_medians"), Float64Array);
-    this.histLog = typed(model.get("hist_log"), Uint8Array);
+    this.histRange = ndarray(model.get("hist_range"), "float64");
+    this.histCounts = ndarray(model.get("hist_counts"), "uint32");
+    this.histMedians = ndarray(model.get("hist_medians"), "float64");
+    this.histLog = ndarray(model.get("hist_log"), "uint8");
     this.scatter = model.get("scatter_layers") ?? [];
-    this.xy = typed(model.get("scatter_xy"), Uint16Array);
-    this.basin = typed(model.get("scatter_basin"), Uint16Array);
-    this.ratio = typed(model.get("scatter_ratio"), Uint8Array);
-    this.basinSizes = typed(model.get("scatter_basin_sizes"), Uint32Array);
-    this.seq = model.get("scatter_seq_bytes") === 2 ? typed(model.get("scatter_seq"), Uint16Array) : typed(model.get("scatter_seq"), Uint32Array);
+    this.xy = ndarray(model.get("scatter_xy"), "uint16");
+    this.basin = ndarray(model.get("scatter_basin"), "uint16");
+    this.ratio = ndarray(model.get("scatter_ratio"), "uint8");
+    this.basinSizes = ndarray(model.get("scatter_basin_sizes"), "uint32");
+    this.seq = ndarray(model.get("scatter_seq"), "uint16", "uint32");
     this.nSequences = model.get("n_sequences") ?? 0;
-    this.sequenceIds = typed(model.get("sequence_ids"), Uint32Array);
-    this.seqCe = decodeHalf(model.get("seq_ce"));
-    this.textBytes = typed(model.get("text_bytes"), Uint8Array);
-    this.textOffsets = typed(model.get("text_offsets"), Uint32Array);
-    this.sampleSeq = typed(model.get("sample_seq"), Uint32Array);
-    this.sampleValues = typed(model.get("sample_values"), Float32Array);
+    this.sequenceIds = ndarray(model.get("sequence_ids"), "uint32");
+    this.seqCe = ndarray(model.get("seq_ce"), "float16");
+    this.textBytes = ndarray(model.get("text_bytes"), "uint8");
+    this.textOffsets = ndarray(model.get("text_offsets"), "uint32");
+    this.sampleSeq = ndarray(model.get("sample_seq"), "uint32");
+    this.sampleValues = ndarray(model.get("sample_values"), "float32");
     this.textChars = model.get("text_chars") ?? 0;
+    this.floorRange = ndarray(model.get("floor_range"), "float64");
+    this.floorCurve = ndarray(model.get("floor_curve"), "float32");
+  }
+
+  /** The loss-floor curve of a layer, computed in Python (hopaudit/widget.py, _floor_curves):
+   *  F of the volume form at radii spaced geometrically on [lo, hi]; F may be +Infinity. */
+  floor(layer: number): { r: number; F: number }[] {
+    const lo = this.floorRange[2 * layer];
+    const hi = this.floorRange[2 * layer + 1];
+    const steps = this.nLayers ? this.floorCurve.length / this.nLayers : 0;
+    const out: { r: number; F: number }[] = [];
+    if (!(lo > 0 && hi > 0) || steps < 2) return out;
+    for (let k = 0; k < steps; k++) {
+      const F = this.floorCurve[layer * steps + k];
+      out.push({ r: lo * (hi / lo) ** (k / (steps - 1)), F: Number.isNaN(F) ? Infinity : F });
+    }
+    return out;
   }
 
   get nLayers(): number {

@@ -2,7 +2,8 @@
 
 The patterns are random Gaussian clusters; nearest-pattern distances, saturation subsets,
 basins and ratios are computed by brute force here, so the numbers are consistent with each
-other the way a real audit's are. Used until (and beside) a real ``hopaudit.audit`` run.
+other the way a real audit's are. The widget and report tests run on it in a second, beside the
+tests that run a real ``hopaudit.audit``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from hopaudit.view import View
 
 WORDS = (
     "memory",
@@ -62,7 +65,7 @@ class FakeEmbedding:
 
 
 @dataclass
-class FakeAudit:
+class FakeAudit(View):
     layers: pd.DataFrame
     reports: dict[str, FakeReport]
     samples: pd.DataFrame
@@ -71,6 +74,11 @@ class FakeAudit:
 
     def summary(self) -> dict[str, Any]:
         return dict(self._summary)
+
+    def widget_state(self, **options: Any) -> dict[str, Any]:
+        from hopaudit.widget import widget_state
+
+        return widget_state(self, **options)
 
 
 def _nn(x: np.ndarray, ref: np.ndarray | None = None, exclude_self: bool = True):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from browser_helpers import PANELS, decode_png, save_screenshot
 
+from hopaudit import schema
 from hopaudit.widget import decode
 
 
@@ -116,7 +117,7 @@ def test_hovering_a_point_shows_its_text(open_report, report_state):
     i = int(d2.min(axis=1).argmax())
     seq = int(decode(report_state, "scatter_seq")[meta["seq_offset"] + i])
     off = decode(report_state, "text_offsets")
-    text = report_state["text_bytes"][off[seq] : off[seq + 1]].decode()
+    text = decode(report_state, "text_bytes").tobytes()[off[seq] : off[seq + 1]].decode()
     pos = p.page.evaluate(
         f"""() => {{
         const view = document.querySelector('.hopaudit').__hopaudit;
@@ -222,13 +223,20 @@ def test_without_decompression_stream_the_page_says_why(browser, report_path):
         ctx.close()
 
 
+def _sha(packed: dict) -> list:
+    """What SHA256_OF gives for a packed array: its dtype, shape and the SHA-256 of its bytes."""
+    return [packed["dtype"], packed["shape"], hashlib.sha256(packed["view"]).hexdigest()]
+
+
 SHA256_OF = """async (keys) => {
   const out = {};
   for (const k of keys) {
-    const dv = window.hopauditModel.get(k);
+    const v = window.hopauditModel.get(k);
+    const dv = v.view;
+    if (!(dv instanceof DataView)) throw new Error(k + ": no DataView");
     const bytes = new Uint8Array(dv.buffer, dv.byteOffset, dv.byteLength);
     const h = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-    out[k] = [...h].map((b) => b.toString(16).padStart(2, "0")).join("");
+    out[k] = [v.dtype, v.shape, [...h].map((b) => b.toString(16).padStart(2, "0")).join("")];
   }
   return out;
 }"""
@@ -236,11 +244,10 @@ SHA256_OF = """async (keys) => {
 
 def test_the_page_reads_the_same_bytes_as_python(open_report, report_state):
     p = open_report()
-    keys = [k for k, v in report_state.items() if isinstance(v, bytes)]
-    assert {"text_offsets", "scatter_seq", "scatter_xy", "text_bytes"} <= set(keys)
+    keys = [k for k, v in report_state.items() if schema.is_array(v)]
+    assert {"text_offsets", "scatter_seq", "scatter_xy", "text_bytes", "floor_curve"} <= set(keys)
     got = p.page.evaluate(SHA256_OF, keys)
-    want = {k: hashlib.sha256(report_state[k]).hexdigest() for k in keys}
-    assert got == want
+    assert got == {k: _sha(report_state[k]) for k in keys}
     assert p.errors == []
 
 
@@ -256,12 +263,13 @@ def test_the_bundle_undoes_every_filter(open_report):
         top = (1 << (8 * size)) - 1
         vals = [5, 3, top, 0, 7, top - 1, 1, *rng.integers(0, 200, 50).tolist()]
         data = b"".join(v.to_bytes(size, "little") for v in vals)
-        state[f"delta{size}"] = data + b"\x01"  # a tail shorter than one item
+        # a tail shorter than one item
+        state[f"delta{size}"] = schema.pack(np.frombuffer(data + b"\x01", np.uint8), "uint8")
         filters[f"delta{size}"] = [("delta", size), ("shuffle", size)]
     for size in (2, 3, 4, 8):
-        state[f"shuffle{size}"] = rng.integers(0, 256, 8 * 37 + 3, dtype=np.uint8).tobytes()
+        state[f"shuffle{size}"] = schema.pack(rng.integers(0, 256, 8 * 37 + 3), "uint8")
         filters[f"shuffle{size}"] = [("shuffle", size)]
-    state["plain"] = bytes(range(256))
+    state["plain"] = schema.pack(np.arange(256), "uint8")
     packed = report.pack_state(state, filters)
     assert report.unpack_state(packed) == state
     p = open_report()
@@ -272,14 +280,19 @@ def test_the_bundle_undoes_every_filter(open_report):
           const state = mod.unpackReport(new Uint8Array(packed));
           const out = {};
           for (const [k, v] of Object.entries(state)) {
-            const dv = v instanceof DataView && v;
-            out[k] = dv ? [...new Uint8Array(dv.buffer, dv.byteOffset, dv.byteLength)] : v;
+            const dv = v && v.view instanceof DataView && v.view;
+            const bytes = dv && [...new Uint8Array(dv.buffer, dv.byteOffset, dv.byteLength)];
+            out[k] = dv ? [v.dtype, v.shape, bytes] : v;
           }
           return out;
         }""",
         [ESM_PATH.read_text(encoding="utf-8"), list(packed)],
     )
-    assert got == {k: list(v) if isinstance(v, bytes) else v for k, v in state.items()}
+    want = {
+        k: [v["dtype"], v["shape"], list(v["view"])] if schema.is_array(v) else v
+        for k, v in state.items()
+    }
+    assert got == want
     assert p.errors == []
 
 
@@ -310,7 +323,7 @@ def test_a_server_declaring_another_charset_does_not_break_it(
         assert used == ("utf-8" if bom else charset)
         keys = ["text_offsets", "scatter_xy", "text_bytes"]
         got = page.evaluate(SHA256_OF, keys)
-        assert got == {k: hashlib.sha256(report_state[k]).hexdigest() for k in keys}
+        assert got == {k: _sha(report_state[k]) for k in keys}
         if bom:
             assert " · " in page.locator(".page-head").inner_text()
         assert errors == []

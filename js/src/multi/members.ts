@@ -1,7 +1,9 @@
 // The compare and timeline views hold several audits: `members` (one JSON dict per audit, its
-// single-audit state without arrays) and one binary `blob` holding every member's arrays at
-// members[i].buffers[key] = [offset, length] (see hopaudit/comparison.py). A member is read
-// through a ModelLike of its own, so the single view's AuditState and panels read it unchanged.
+// single-audit state, each packed array's bytes replaced by `blob: [offset, length]`) and one
+// packed uint8 `blob` holding every member's array bytes (see hopaudit/comparison.py). A member
+// is read through a ModelLike of its own, so the single view's AuditState and panels read it
+// unchanged.
+import { ndarray } from "../schema";
 import { AuditState, type ModelLike } from "../state";
 
 export interface MemberInfo {
@@ -10,25 +12,32 @@ export interface MemberInfo {
   is_final: boolean[];
   n_blocks: number;
   step?: number;
-  buffers: Record<string, [number, number]>;
   [key: string]: unknown;
 }
 
-function slice(blob: unknown, offset: number, length: number): DataView {
-  if (blob instanceof ArrayBuffer) return new DataView(blob, offset, length);
-  if (ArrayBuffer.isView(blob)) return new DataView(blob.buffer, blob.byteOffset + offset, length);
-  return new DataView(new ArrayBuffer(0));
+interface BlobRef {
+  dtype: string;
+  shape: number[];
+  blob: [number, number];
 }
 
-/** A read-only model of member `i`: its JSON keys, and its arrays as views into the blob. */
+function isBlobRef(value: unknown): value is BlobRef {
+  return !!value && typeof value === "object" && "blob" in value && "dtype" in value;
+}
+
+/** A read-only model of member `i`: its JSON keys, and its arrays as packed arrays whose bytes
+ *  are views into the blob. */
 export function memberModel(model: ModelLike, i: number): ModelLike {
   const info: MemberInfo = (model.get("members") ?? [])[i];
-  const blob = model.get("blob");
+  const blob = ndarray(model.get("blob"), "uint8");
   return {
     get(name: string) {
-      const ref = info?.buffers?.[name];
-      if (ref) return slice(blob, ref[0], ref[1]);
-      return info?.[name];
+      const value = info?.[name];
+      if (isBlobRef(value)) {
+        const [offset, length] = value.blob;
+        return { dtype: value.dtype, shape: value.shape, view: new DataView(blob.buffer, blob.byteOffset + offset, length) };
+      }
+      return value;
     },
     on: () => undefined,
     off: () => undefined,

@@ -1,8 +1,8 @@
-// The loss floor F(Z) = log Z + 1/Z with Z = d V_n(r) (THEORY.md section 3), against the ball
-// radius r on a log axis, computed here from n and d; markers at r_hat, r_star, r_c; reference
-// lines at the model's cross-entropy, the universal floor (1 nat) and Chinchilla's fit.
+// The loss floor F(Z) = log Z + 1/Z with Z = d V_n(r) (docs/theory.md section 3), against the
+// ball radius r on a log axis, as hopaudit/widget.py computed it; markers at r_hat, r_star, r_c
+// (F = floor_low, floor_r_star and 1 there); reference lines at the model's cross-entropy, the
+// universal floor (1 nat) and Chinchilla's fit.
 import * as Plot from "@observablehq/plot";
-import { floorAt, floorCurve } from "../lgamma";
 import { fmt, h, select } from "../util";
 import { type Context, Panel } from "./base";
 
@@ -47,14 +47,19 @@ export class FloorPanel extends Panel {
       return;
     }
     const marks = [
-      { r: rHat, label: "r̂", color: theme.lines.rHat },
-      { r: rStar, label: "r*", color: theme.lines.rStar },
-      { r: rC, label: "r_c", color: theme.lines.rC },
+      { r: rHat, F: st.stat(i, "floor_low"), label: "r̂", color: theme.lines.rHat },
+      { r: rStar, F: st.stat(i, "floor_r_star"), label: "r*", color: theme.lines.rStar },
+      { r: rC, F: 1, label: "r_c", color: theme.lines.rC },
     ].filter((m) => Number.isFinite(m.r) && m.r > 0);
-    const rs = marks.map((m) => m.r);
-    const lo = Math.min(...rs) / 1.6;
-    const hi = Math.max(...rs) * 1.6;
-    const curve = floorCurve(n, d, lo, hi, 400).map(({ x, F }) => ({ r: x, F: Number.isFinite(F) ? F : Infinity }));
+    const curve = st.floor(i);
+    if (!curve.length) {
+      this.chart.replaceChildren(h("div", { class: "ha-message", text: "No radius of this layer is known: no floor to draw." }));
+      this.note.textContent = "";
+      this.markReady();
+      return;
+    }
+    const lo = curve[0].r;
+    const hi = curve[curve.length - 1].r;
     const s = st.summary;
     const ce = typeof s.cross_entropy === "number" ? s.cross_entropy : NaN;
     const chin = typeof s.chinchilla_loss === "number" ? s.chinchilla_loss : NaN;
@@ -65,7 +70,7 @@ export class FloorPanel extends Panel {
     ].filter((r) => Number.isFinite(r.y));
     const yMax = Math.max(4, ...refs.map((r) => r.y)) * 1.5;
     const pts = marks.map((m) => {
-      const F = floorAt(n, d, m.r);
+      const F = Number.isNaN(m.F) ? Infinity : m.F;
       return { ...m, F, shown: Math.min(F, yMax * 0.96), text: `${m.label} = ${fmt(m.r)}\nF = ${fmt(F)}` };
     });
     const svg = Plot.plot({
@@ -89,7 +94,7 @@ export class FloorPanel extends Panel {
       ],
     });
     this.chart.replaceChildren(svg);
-    const fHat = floorAt(n, d, rHat);
+    const fHat = st.stat(i, "floor_low");
     this.note.textContent = `Volume form log Z = log d + log V_n(r); F = log Z + 1/Z ≥ 1 with equality at r_c. At r̂ = ${fmt(rHat)}: F = ${fmt(fHat)} nats (band [${fmt(st.stat(i, "floor_low"))}, ${fmt(st.stat(i, "floor_high"))}] adds log l). Chinchilla's fit is on another corpus: a reference, not a verdict.`;
     this.markReady();
   }
