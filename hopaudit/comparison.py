@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.linalg import orthogonal_procrustes
 
 from .errors import DataError
 from .result import Audit, Embedding
@@ -77,10 +78,9 @@ def procrustes(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, floa
     b = np.asarray(target, dtype=np.float64)
     ma, mb = a.mean(axis=0), b.mean(axis=0)
     a0, b0 = a - ma, b - mb
-    u, sig, vt = np.linalg.svd(a0.T @ b0)
-    rot = u @ vt
+    rot, sig_sum = orthogonal_procrustes(a0, b0)  # sig_sum: the singular values' sum
     norm = float((a0**2).sum())
-    scale = float(sig.sum() / norm) if norm > 0 else 1.0
+    scale = float(sig_sum / norm) if norm > 0 else 1.0
     return rot, scale, mb - scale * ma @ rot
 
 

@@ -1,11 +1,13 @@
-"""THEORY.md §3 as pure functions of numbers, all in log space.
+"""docs/theory.md §3 as pure functions of numbers, all in log space.
 
 The quantities of the associative-memory account of transformer loss (Niu et al. 2024):
 ball volumes, the Gaussian mass of a ball, the layer partition function Z_t, the loss floor
 F(Z) = log Z + 1/Z, the critical radius and Chinchilla's reference fit. For hidden sizes in
 the hundreds these numbers underflow double precision (log P(512, 59.96) = -649.93), so every
-function works with logarithms, and the regularized incomplete gamma function is implemented
-here in log space rather than taken from a library that returns P itself.
+function works with logarithms. log Gamma and logsumexp come from scipy.special; the
+regularized lower incomplete gamma function is implemented here in log space, because no
+released scipy has it in log space yet (scipy.special.gammainc returns P itself, which
+underflows to 0 for these arguments).
 
 Every function accepts numpy arrays wherever a number is accepted (broadcasting) and returns a
 Python float for scalar input.
@@ -17,6 +19,7 @@ import math
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy.special import gammaln, logsumexp
 
 __all__ = [
     "CHINCHILLA_A",
@@ -46,18 +49,6 @@ CHINCHILLA_BETA = 0.28
 _LOG_PI = math.log(math.pi)
 _EPS = np.finfo(np.float64).eps
 _TINY = 1e-300  # Lentz's guard against division by zero
-
-_lgamma_ufunc = np.frompyfunc(math.lgamma, 1, 1)
-
-
-def _lgamma(x: np.ndarray) -> np.ndarray:
-    """log Gamma(x) elementwise, as float64 (x > 0 here, so no sign to track)."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.size <= 16:
-        return np.asarray(_lgamma_ufunc(x), dtype=np.float64).reshape(x.shape)
-    # one layer's radii all share a = n/2: evaluate each distinct value once
-    values, inverse = np.unique(x, return_inverse=True)
-    return np.asarray(_lgamma_ufunc(values), dtype=np.float64)[inverse].reshape(x.shape)
 
 
 def _result(values: np.ndarray) -> float | np.ndarray:
@@ -103,7 +94,7 @@ def log_ball_volume(n: ArrayLike, r: ArrayLike) -> float | np.ndarray:
     r = _nonnegative("r", r)
     n, r = np.broadcast_arrays(n, r)
     with np.errstate(divide="ignore"):
-        out = 0.5 * n * _LOG_PI + n * np.log(r) - _lgamma(0.5 * n + 1.0)
+        out = 0.5 * n * _LOG_PI + n * np.log(r) - gammaln(0.5 * n + 1.0)
     return _result(out)
 
 
@@ -152,7 +143,7 @@ def _log_prefactor(a: np.ndarray, x: np.ndarray) -> np.ndarray:
     big = a >= _STIRLING_MIN
     small = ~big
     if np.any(small):
-        out[small] = a[small] * np.log(x[small]) - x[small] - _lgamma(a[small] + 1.0)
+        out[small] = a[small] * np.log(x[small]) - x[small] - gammaln(a[small] + 1.0)
     if np.any(big):
         ab, xb = a[big], x[big]
         inv = 1.0 / ab
@@ -261,14 +252,6 @@ def log_gaussian_ball_mass(n: ArrayLike, r: ArrayLike) -> float | np.ndarray:
     return _result(0.5 * n * _LOG_PI + np.asarray(log_lower_gamma_regularized(0.5 * n, r * r)))
 
 
-def _logsumexp(values: np.ndarray, axis: int = -1) -> np.ndarray:
-    top = np.max(values, axis=axis, keepdims=True)
-    safe = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(values - safe), axis=axis, keepdims=True)) + safe
-    return np.squeeze(out, axis=axis)
-
-
 def log_partition(radii: ArrayLike, n: ArrayLike) -> float | np.ndarray:
     """log Z_t in the exact Gaussian-ball form: log sum_i I_n(r_i).
 
@@ -283,7 +266,7 @@ def log_partition(radii: ArrayLike, n: ArrayLike) -> float | np.ndarray:
     if radii.shape[-1] == 0:
         return _result(np.broadcast_to(-np.inf, np.broadcast_shapes(n.shape, radii.shape[:-1])))
     log_p = np.asarray(log_lower_gamma_regularized(0.5 * n[..., None], radii * radii))
-    return _result(0.5 * n * _LOG_PI + _logsumexp(log_p, axis=-1))
+    return _result(0.5 * n * _LOG_PI + logsumexp(log_p, axis=-1))
 
 
 def log_partition_volume(r: ArrayLike, n: ArrayLike, d: ArrayLike) -> float | np.ndarray:
@@ -326,7 +309,7 @@ def critical_radius(n: ArrayLike, d: ArrayLike) -> float | np.ndarray:
     n = _positive("n", n)
     d = _positive("d", d)
     n, d = np.broadcast_arrays(n, d)
-    log_rc = (_lgamma(0.5 * n + 1.0) - 0.5 * n * _LOG_PI - np.log(d)) / n
+    log_rc = (gammaln(0.5 * n + 1.0) - 0.5 * n * _LOG_PI - np.log(d)) / n
     return _result(np.exp(log_rc))
 
 
