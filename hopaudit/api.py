@@ -65,8 +65,8 @@ def audit(
     ``heldout`` (same forms) adds the containment fraction and held-out basins.
     ``store=PATH`` keeps activations in memory-mapped files there (captures bigger than RAM).
     ``autocast="auto"`` runs a float32 model's forward in bfloat16 autocast where the hardware
-    multiplies bfloat16 natively (about 2x faster; see :mod:`hopaudit.precision` for what it
-    changes, measured); ``"off"`` runs the model as it is.
+    multiplies bfloat16 natively (faster; :mod:`hopaudit.precision` says what it changes);
+    ``"off"`` runs the model as it is.
     """
     t_start = time.perf_counter()
     _check_options(normalize, index, store_dtype, umap_max_points, k, autocast)

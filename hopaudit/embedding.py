@@ -3,29 +3,19 @@
 umap-learn's ``precomputed_knn`` takes the graph with each point itself in column 0 and wants
 exactly ``n_neighbors`` columns: with fewer it silently recomputes the neighbours itself, and
 below 4096 points it does not prune extra columns. So this module hands it exactly the right
-columns, checks the graph first, and imports umap only when a layout is asked for (the import
-alone costs about 12 s).
+columns, checks the graph first, and imports umap only when a layout is asked for (its import
+takes seconds).
 
-Start and length, by measurement (``benchmarks/umap_precomputed.py --epochs 40,60,100``, on
-its synthetic set and with ``--smollm2`` on real SmolLM2 ``final`` activations, 20 480 x 576;
-trustworthiness on 5 000 points): umap's default spectral start took 3 to 10 CPU-s on real
-graphs (ARPACK on a graph of several components), then 200 epochs about 7 CPU-s. Starting from
-the patterns' 2 principal components instead, the layout is as trustworthy as umap's own in
-fewer epochs (seconds at 60 epochs: 2.2, against 8.6 to 9.0 for umap's own):
-
-    epochs from PCA     40      60      100     umap's own (spectral, 200)
-    final               0.9301  0.9332  0.9367  0.9337
-    synthetic           0.9919  0.9923  0.9926  0.9930
-
-The pictures show the same basins at 60 as at 100, a little less tightly drawn. So when the
-patterns are passed (``data``), the layout starts from their PCA and runs ``DEFAULT_EPOCHS``
-(60); pass ``n_epochs=100`` or more for tighter basins. Without the patterns it keeps umap's
-spectral start and epoch count.
+Start and length: from the patterns' 2 principal components, ``DEFAULT_EPOCHS`` (60) epochs
+give a layout as trustworthy as umap's own spectral start with 200, at a quarter of the time;
+the sweep that chose 60 is in benchmarks/README.md (``benchmarks/umap_precomputed.py --epochs
+40,60,100``). So when the patterns are passed (``data``), the layout starts from their PCA; pass
+``n_epochs=100`` or more for tighter basins. Without the patterns it keeps umap's spectral start
+and epoch count.
 
 Seeded or not: umap's ``random_state`` forces its optimisation onto one thread, so
-``seed=None`` allows parallel epochs but gives a different layout every run. On 2 cores the
-unseeded epochs were no faster in the sweep above (2.21 s both at 60 epochs). So the default
-is ``seed=0``: reproducible layouts (audits compare, timelines align); pass ``seed=None`` on a
+``seed=None`` allows parallel epochs but gives a different layout every run. The default is
+``seed=0``: reproducible layouts (audits compare, timelines align); pass ``seed=None`` on a
 many-core machine when speed matters more than reproducibility.
 """
 

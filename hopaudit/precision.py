@@ -6,13 +6,8 @@ runs the matrix products in bfloat16 while norms, softmax and the residual strea
 float32: the same recipe as mixed-precision training, and the precision SmolLM2 and most
 recent models were released in.
 
-Measured on SmolLM2-135M, 512 sequences of 64 pydoc tokens, on a 2-core AVX512-BF16 CPU:
-1.85x the tokens per second of a float32 forward (benchmarks/precision.py; a whole audit,
-which also scores every token against the full vocabulary, about 1.7x: benchmarks/end_to_end.py);
-mean cross-entropy 3.6344 against 3.6348 nats (largest per-sequence difference 0.046); the
-stored activations within 0.35 to 0.7 % (median relative error per layer; the float16 store
-itself rounds to 0.05 %); per-layer median nearest-pattern distances within 0.62 % (most
-within 0.2 %).
+What it gains in speed and costs in accuracy (cross-entropy, stored activations, distances)
+is measured by ``benchmarks/precision.py``; the numbers are in benchmarks/README.md.
 
 ``autocast="auto"`` (the default) uses bfloat16 where it is native and the model is float32,
 and leaves every other model as it is; ``"bfloat16"`` asks for it anyway (slow where it is

@@ -39,15 +39,12 @@ __all__ = [
     "knn_self",
 ]
 
-#: ``kind="auto"`` uses exact search up to this many patterns on the CPU. Measured on 2 cores
-#: (build + knn_self, k = 15, clustered data): 5 000 x 576 exact 1.15 s vs HNSW 1.16 s;
-#: 10 000 x 576 exact 4.0 s vs HNSW 5.0 s; 10 000 x 64 exact 2.1 s vs HNSW 1.7 s; 20 000 x 576
-#: exact 11-22 s vs HNSW 4-10 s. Up to about 10 000 exact costs no more and has no misses.
+#: ``kind="auto"`` uses exact search up to this many patterns on the CPU: up to about here exact
+#: costs no more than HNSW and has no misses (benchmarks/README.md, "Constants").
 AUTO_EXACT_MAX = 10000
-#: Default query-time ``ef`` of the HNSW backend (raised to ``k + 1`` when needed). Measured
-#: recall@1 on 20 000 x 576 clustered data (M = 16, ef_construction = 200): ef 16 -> 0.994 /
-#: 0.998, ef 32 -> 0.9992 / 0.9997, ef 64 -> 1.0000 (two data sets); 64 leaves a margin for
-#: real activations, at about 1.5x the query time of ef 32.
+#: Default query-time ``ef`` of the HNSW backend (raised to ``k + 1`` when needed): the smallest
+#: that reached recall@1 = 1 on clustered data, a margin for real activations
+#: (benchmarks/README.md, "Constants").
 DEFAULT_EF = 64
 #: Bytes of float32 handed to hnswlib or torch per chunk (bounds the temporary copies).
 _CHUNK_BYTES = 64 << 20

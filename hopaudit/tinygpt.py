@@ -95,8 +95,8 @@ def train_tiny_gpt2(
     global torch RNG is left as it was; the same arguments give the same run. ``threads`` sets
     torch's intra-op threads for the training only and restores them after: 1 by default,
     because matrices this small gain nothing from more, and on a busy machine oversubscribed
-    threads are ten times slower (measured: 32 s with 1 thread, 316 s with 2, for the defaults
-    on the pydoc corpus on two shared cores); ``None`` leaves torch's setting alone.
+    threads are many times slower (benchmarks/README.md, "Constants"); ``None`` leaves torch's
+    setting alone.
     """
     _check_arguments(fraction, n_layer, n_embd, n_head, seq_len, vocab_size, steps, batch_size, lr)
     bad_threads = isinstance(threads, bool) or not isinstance(threads, (int, type(None)))

@@ -364,9 +364,7 @@ def smollm2(
     Loading takes time because transformers dequantizes every tensor in Python and, left
     alone, parses the GGUF metadata (49152 token strings) four times and rebuilds gguf's
     tensor-name table 397 times; :func:`_faster_gguf_load` shares both during the load, which
-    halves it. DESIGN measured 15 s on two idle cores; on this shared 2-core machine (load
-    average 9-10) we measured 31 s against 65 s without the sharing. The float32 model holds
-    0.54 GB of weights; the process peaks at about 1.2 GB RSS during the load.
+    halves it (benchmarks/README.md, "Constants"). The float32 model holds 0.54 GB of weights.
     """
     dtype = _torch_dtype(dtype)
     _require_gguf_loading()
