@@ -185,12 +185,16 @@ def test_bad_options_and_inputs_are_one_clear_error():
         assert not module._forward_hooks
 
 
-def test_too_few_patterns_skips_layers_with_reason():
-    model, _ = tiny_model("gpt2")
-    with pytest.raises(HopauditError, match="no layer could be measured"):
+def test_too_few_patterns_in_every_layer_is_one_error_giving_each_layers_reason():
+    model, info = tiny_model("gpt2")
+    with pytest.raises(HopauditError, match="no layer could be measured") as err:
         hopaudit.audit(
             model, _texts(2), tokenizer=tiny_tokenizer(), max_length=8, chunking="document"
         )
+    message = str(err.value)
+    for i in range(info.num_blocks):
+        assert f"transformer.h.{i}: " in message
+    assert "final: " in message
 
 
 def test_audit_of_a_saved_model_directory(tmp_path):

