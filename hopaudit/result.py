@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from .errors import HopauditError
-from .measure import ROW_COLUMNS
+from .measure import ROW_COLUMNS, LayerReport
 from .theory import chinchilla_loss
 from .view import View
+
+if TYPE_CHECKING:
+    from .capture import CaptureResult
 
 #: The per-layer table's columns, in order (one row per layer, ``final`` last): the stable id
 #: and full name, what :meth:`LayerReport.row` gives, and why a layer was skipped.
@@ -54,11 +58,11 @@ class Audit(View):
     n_params_blocks: int
     texts: list[str]
     n_tokens: int
-    capture: Any  # CaptureResult of the stored set
-    reports: dict[str, Any]  # layer name -> LayerReport (measured layers only)
+    capture: CaptureResult  # of the stored set
+    reports: dict[str, LayerReport]  # layer name -> report (measured layers only)
     skipped: dict[str, str] = field(default_factory=dict)
     embeddings: dict[str, Embedding] = field(default_factory=dict)
-    heldout_capture: Any = None
+    heldout_capture: CaptureResult | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- tables
@@ -191,12 +195,22 @@ class Audit(View):
         """The captured array of a layer (id or name): (n_rows, hidden), storage dtype."""
         return self.capture.store.get(self._layer_name(layer))
 
-    def report(self, layer: int | str) -> Any:
+    def layer_report(self, layer: int | str) -> LayerReport:
         """The full :class:`~hopaudit.measure.LayerReport` of a layer (id or name)."""
         name = self._layer_name(layer)
         if name not in self.reports:
             raise HopauditError(f"layer {name!r} was skipped: {self.skipped.get(name)}")
         return self.reports[name]
+
+    def report(self, layer: int | str) -> LayerReport:
+        """Deprecated alias of :meth:`layer_report` (``report`` read as the HTML report)."""
+        warnings.warn(
+            "Audit.report(layer) is renamed Audit.layer_report(layer); the old name goes in the "
+            "next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.layer_report(layer)
 
     # ------------------------------------------------------------------ disk
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:

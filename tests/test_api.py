@@ -88,7 +88,9 @@ def test_cross_entropy_equals_transformers_loss(gpt2_audit):
 def test_samples_link_sequences_to_final_layer(gpt2_audit):
     _, _, _, a = gpt2_audit
     samples = a.samples
-    rep = a.report("final")
+    rep = a.layer_report("final")
+    with pytest.warns(DeprecationWarning, match="layer_report"):
+        assert a.report("final") is rep
     assert list(samples["text"]) == a.texts
     # positions="last": one row per sequence, so the ratio is that row's nn / r_hat.
     np.testing.assert_allclose(samples["distance_ratio"], rep.nn / rep.r_hat, rtol=1e-6)

@@ -229,7 +229,7 @@ def test_frames_start_from_the_previous_layout(run_audits):
     frames = [_unit(a.embeddings["final"].xy.astype(np.float64)) for a in tl.audits]
     fresh = []
     for a in run_audits:
-        rep = a.report("final")
+        rep = a.layer_report("final")
         fresh.append(_unit(umap_from_knn(rep.knn_ids, rep.knn_dists, n_neighbors=15, seed=0)))
     # every frame holds the same 80 sequences in the same order (positions="last")
     for a in tl.audits:
