@@ -14,11 +14,13 @@ What each array means is in ``STATE_LAYOUT``; its dtype and shape travel with it
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anywidget
 import numpy as np
+import pandas as pd
 import traitlets
 
 from .schema import pack, unpack
@@ -93,6 +95,41 @@ STATE_LAYOUT = {
 }
 
 
+class LayerLike(Protocol):
+    """What the view reads of a layer's report (:class:`~hopaudit.measure.LayerReport`)."""
+
+    n_patterns: int
+    nn: np.ndarray
+    r_hat: float
+    r_star: float
+    basin_sizes: np.ndarray
+    saturation_nn: Mapping[float, np.ndarray]
+
+
+class EmbeddingLike(Protocol):
+    """What the view reads of a layout (:class:`~hopaudit.result.Embedding`)."""
+
+    xy: np.ndarray
+    sequence: np.ndarray
+    basin: np.ndarray
+    ratio: np.ndarray
+
+
+class AuditLike(Protocol):
+    """What :func:`widget_state` reads of an audit: an :class:`~hopaudit.result.Audit`, or
+    anything with the same attributes (the tests' fakes, a timeline's aligned copies)."""
+
+    @property
+    def layers(self) -> pd.DataFrame: ...
+    @property
+    def samples(self) -> pd.DataFrame: ...
+
+    reports: Mapping[str, LayerLike]
+    embeddings: Mapping[str, EmbeddingLike]
+
+    def summary(self) -> dict[str, Any]: ...
+
+
 def _f(x: Any) -> float | None:
     """A JSON-safe float: None for None, NaN or inf."""
     if x is None:
@@ -126,7 +163,7 @@ def _quantize(v: np.ndarray, lo: float, hi: float, levels: int) -> np.ndarray:
     return np.nan_to_num(q, nan=0).astype(np.int64)
 
 
-def _layer_distances(report: Any) -> dict[float, np.ndarray]:
+def _layer_distances(report: LayerLike) -> dict[float, np.ndarray]:
     """Per-fraction nearest-pattern distances of one layer (fraction 1.0 = all patterns)."""
     out: dict[float, np.ndarray] = {}
     sat = getattr(report, "saturation_nn", None) or {}
@@ -139,7 +176,7 @@ def _layer_distances(report: Any) -> dict[float, np.ndarray]:
     return out
 
 
-def _histograms(audit: Any, names: list[str], bins: int) -> dict[str, Any]:
+def _histograms(audit: AuditLike, names: list[str], bins: int) -> dict[str, Any]:
     n_layers, n_frac = len(names), len(FRACTIONS)
     counts = np.zeros((n_layers, n_frac, bins), dtype=np.uint32)
     ranges = np.full((n_layers, 2), np.nan)
@@ -219,7 +256,7 @@ def _floor_curves(stats: np.ndarray) -> dict[str, Any]:
     return {"floor_range": pack(ranges, "float64"), "floor_curve": pack(curves, "float32")}
 
 
-def _layer_table(audit: Any, names: list[str]) -> dict[str, Any]:
+def _layer_table(audit: AuditLike, names: list[str]) -> dict[str, Any]:
     table = audit.layers
     stats = np.full((len(names), len(LAYER_STAT_COLUMNS)), np.nan)
     info = []
@@ -254,7 +291,7 @@ def _layer_table(audit: Any, names: list[str]) -> dict[str, Any]:
     }
 
 
-def _scatter(audit: Any, names: list[str], top_basins: int) -> dict[str, Any]:
+def _scatter(audit: AuditLike, names: list[str], top_basins: int) -> dict[str, Any]:
     meta, xy_parts, basin_parts, ratio_parts, size_parts, seq_parts = [], [], [], [], [], []
     seq_arrays: list[np.ndarray] = []
     seq_offset = basin_offset = point_offset = 0
@@ -341,7 +378,7 @@ def _scatter(audit: Any, names: list[str], top_basins: int) -> dict[str, Any]:
     }
 
 
-def _samples(audit: Any, shown: np.ndarray, text_chars: int) -> dict[str, Any]:
+def _samples(audit: AuditLike, shown: np.ndarray, text_chars: int) -> dict[str, Any]:
     df = audit.samples
     n = len(df)
     ce = df["cross_entropy"].to_numpy(dtype=np.float64)
@@ -391,12 +428,12 @@ def _samples(audit: Any, shown: np.ndarray, text_chars: int) -> dict[str, Any]:
     }
 
 
-def _summary(audit: Any) -> dict[str, Any]:
+def _summary(audit: AuditLike) -> dict[str, Any]:
     return {str(k): _jsonable(v) for k, v in audit.summary().items()}
 
 
 def widget_state(
-    audit: Any, *, bins: int = 60, top_basins: int = 10, text_chars: int = 240
+    audit: AuditLike, *, bins: int = 60, top_basins: int = 10, text_chars: int = 240
 ) -> dict[str, Any]:
     """Pack an audit into the widget's traits: JSON scalars and little-endian ``bytes`` arrays.
 
@@ -508,7 +545,7 @@ class AuditWidget(_View):
     sample_values = _array()
 
     @classmethod
-    def from_audit(cls, audit: Any, **options: Any) -> AuditWidget:
+    def from_audit(cls, audit: AuditLike, **options: Any) -> AuditWidget:
         """The widget of ``audit``; ``options`` go to :func:`widget_state`."""
         return cls(widget_state(audit, **options))
 
