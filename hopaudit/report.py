@@ -54,7 +54,6 @@ SHUFFLE = {
     "scatter_basin_sizes": 4,
     "seq_ce": 2,
     "sample_values": 4,
-    "floor_range": 8,
     "floor_curve": 4,
 }
 #: Delta coding (then shuffle, both of the array's item size) of the unsigned integer arrays that

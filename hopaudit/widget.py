@@ -66,8 +66,12 @@ LAYER_STAT_COLUMNS = (
 #: Histogram bins become geometric (log axis) when the range spans more than this factor.
 LOG_BINS_ABOVE = 30.0
 SAMPLE_ROWS = 100  # sequences kept per ranking (lowest CE, highest Min-K%, lowest ratio)
-#: Points of each layer's loss-floor curve: enough for a smooth line on a 1400-px-wide panel.
-FLOOR_STEPS = 400
+#: Points of each layer's loss-floor curve: spread evenly on a log axis over the panel's range,
+#: and again where F is in view. F(r) = n log(r / r_c) + (r / r_c)^-n is below FLOOR_IN_VIEW
+#: nats only within a few 1/n of r_c, which an even grid over the range would step over.
+FLOOR_STEPS = 120
+FLOOR_STEPS_IN_VIEW = 80
+FLOOR_IN_VIEW = 64.0
 #: The floor curve spans [min, max] of r_hat, r_star and r_c, widened by this factor each way.
 FLOOR_MARGIN = 1.6
 
@@ -78,8 +82,8 @@ STATE_LAYOUT = {
     "hist_log": "(n_layers): 1 = geometric edges (log axis), 0 = linear edges",
     "hist_counts": "(n_layers, len(hist_fractions), hist_bins) counts",
     "hist_medians": "(n_layers, len(hist_fractions)): median distance per fraction",
-    "floor_range": "(n_layers, 2): [lo, hi] radii of the floor curve (geometric spacing)",
-    "floor_curve": "(n_layers, FLOOR_STEPS + 1): F = log Z + 1/Z of the volume form at each radius",
+    "floor_curve": "(n_layers, FLOOR_STEPS + FLOOR_STEPS_IN_VIEW, 2): (r, F) pairs, r increasing, "
+    "F = log Z + 1/Z of the volume form; NaN rows for a layer without a curve",
     "scatter_xy": "(sum m, 2): x, y quantized on [x0, x1], [y0, y1] of the layer's meta",
     "scatter_basin": "(sum m): basin rank by size within the layer (0 = largest)",
     "scatter_ratio": "(sum m): nn / r_hat quantized on [ratio_lo, ratio_hi]; 255 = NaN",
@@ -234,26 +238,34 @@ def _floor_at(n: Any, d: Any, r: Any) -> float:
 
 
 def _floor_curves(stats: np.ndarray) -> dict[str, Any]:
-    """Each layer's floor curve F(r) on FLOOR_STEPS + 1 geometric radii spanning r_hat, r_star
-    and r_c (widened by FLOOR_MARGIN), so the floor panels draw it without the theory's maths."""
+    """Each layer's floor curve, (r, F) pairs over [min, max] of r_hat, r_star and r_c widened
+    by FLOOR_MARGIN, dense near r_c where F is in view, so the floor panels draw it without
+    the theory's maths (docs/theory.md §3)."""
     col = {c: j for j, c in enumerate(LAYER_STAT_COLUMNS)}
-    n_layers = len(stats)
-    ranges = np.full((n_layers, 2), np.nan)
-    curves = np.full((n_layers, FLOOR_STEPS + 1), np.nan)
-    for i in range(n_layers):
-        n, d = stats[i, col["n"]], stats[i, col["n_patterns"]]
-        marks = stats[i, [col["r_hat"], col["r_star"], col["r_c"]]]
+    steps = FLOOR_STEPS + FLOOR_STEPS_IN_VIEW
+    curves = np.full((len(stats), steps, 2), np.nan)
+    for i, row in enumerate(stats):
+        n, d, r_c = row[col["n"]], row[col["n_patterns"]], row[col["r_c"]]
+        marks = row[[col["r_hat"], col["r_star"], col["r_c"]]]
         marks = marks[np.isfinite(marks) & (marks > 0)]
         if not (n > 0 and d > 0 and marks.size):
             continue
         lo, hi = marks.min() / FLOOR_MARGIN, marks.max() * FLOOR_MARGIN
-        r = np.geomspace(lo, hi, FLOOR_STEPS + 1)
-        ranges[i] = (lo, hi)
+        r = np.geomspace(lo, hi, FLOOR_STEPS)
+        if np.isfinite(r_c) and r_c > 0:
+            # log(r / r_c) from where (r / r_c)^-n reaches FLOOR_IN_VIEW to where n log(r / r_c)
+            # does, with a margin: the part of the curve a panel shows.
+            a, b = -1.5 * math.log(FLOOR_IN_VIEW) / n, 1.5 * FLOOR_IN_VIEW / n
+            near = r_c * np.exp(np.linspace(a, b, FLOOR_STEPS_IN_VIEW))
+            r = np.sort(np.concatenate([r, np.clip(near, lo, hi)]))
+        else:
+            r = np.geomspace(lo, hi, steps)
         with np.errstate(over="ignore"):
-            curves[i] = loss_floor(np.log(d) + log_ball_volume(n, r))
+            curves[i, :, 0] = r
+            curves[i, :, 1] = loss_floor(np.log(d) + log_ball_volume(n, r))
     # Beyond float32's range the floor is drawn off the chart anyway: send it as +inf.
     curves[np.abs(curves) > np.finfo(np.float32).max] = np.inf
-    return {"floor_range": pack(ranges, "float64"), "floor_curve": pack(curves, "float32")}
+    return {"floor_curve": pack(curves, "float32")}
 
 
 def _layer_table(audit: AuditLike, names: list[str]) -> dict[str, Any]:
@@ -521,7 +533,6 @@ class AuditWidget(_View):
     layer_info = traitlets.List().tag(sync=True)
     layer_columns = traitlets.List(traitlets.Unicode()).tag(sync=True)
     layer_stats = _array()
-    floor_range = _array()
     floor_curve = _array()
     hist_fractions = traitlets.List(traitlets.Float()).tag(sync=True)
     hist_bins = traitlets.Int(0).tag(sync=True)

@@ -308,3 +308,44 @@ def test_histogram_goes_log_when_distances_are_far_below_two_r_star():
     assert lo <= rep.nn.min() and hi >= 2 * rep.r_star
     assert decode(s, "hist_counts")[i, -1].sum() == len(rep.nn)
     assert decode(s, "hist_log")[0] == 0  # block 0 untouched: linear
+
+
+def test_floor_curves_are_the_volume_form_floor_computed_independently(audit, state):
+    """Each layer's (r, F) pairs against F = log Z + 1/Z, log Z = log d + log V_n(r), computed
+    here with math.lgamma; the curve spans r_hat, r_star and r_c and is densest near r_c."""
+    curves = decode(state, "floor_curve")
+    stats = decode(state, "layer_stats")
+    col = {c: j for j, c in enumerate(LAYER_STAT_COLUMNS)}
+    assert curves.shape == (
+        len(state["layer_names"]),
+        widget.FLOOR_STEPS + widget.FLOOR_STEPS_IN_VIEW,
+        2,
+    )
+    drawn = 0
+    for i, row in enumerate(stats):
+        n, d, r_c = row[col["n"]], row[col["n_patterns"]], row[col["r_c"]]
+        r, f = curves[i, :, 0].astype(np.float64), curves[i, :, 1].astype(np.float64)
+        if not (np.isfinite(n) and np.isfinite(d)):  # a skipped layer has no curve
+            assert np.isnan(curves[i]).all()
+            continue
+        drawn += 1
+        assert np.all(np.diff(r) >= 0)
+        for mark in ("r_hat", "r_star", "r_c"):
+            assert r[0] <= row[col[mark]] <= r[-1]
+        log_v = [
+            0.5 * n * math.log(math.pi) + n * math.log(x) - math.lgamma(0.5 * n + 1) for x in r
+        ]
+        log_z = np.log(d) + np.array(log_v)
+        with np.errstate(over="ignore"):
+            want = log_z + np.exp(-log_z)
+        shown = want < 1e30
+        np.testing.assert_allclose(f[shown], want[shown], rtol=1e-5)
+        assert np.all(np.isinf(f[~shown]) | (f[~shown] > 1e29))
+        # F >= 1 with its minimum at r_c, where the dense part of the grid sits
+        assert f.min() >= 1 - 1e-5 and r[np.argmin(f)] == pytest.approx(r_c, rel=2 / n)
+        assert (np.abs(np.log(r / r_c)) < 1.5 * 64 / n).sum() >= widget.FLOOR_STEPS_IN_VIEW
+        # F at r_star, beside floor_low (F at r_hat)
+        log_z_star = math.log(d) + 0.5 * n * math.log(math.pi) + n * math.log(row[col["r_star"]])
+        log_z_star -= math.lgamma(0.5 * n + 1)
+        assert row[col["floor_r_star"]] == pytest.approx(log_z_star + math.exp(-log_z_star))
+    assert drawn >= 2

@@ -16,7 +16,7 @@ import { mountTimeline } from "./timeline";
 const DATA_TRAITS = [
   "summary", "layer_info", "layer_columns", "layer_stats", "hist_fractions", "hist_bins", "hist_range",
   "hist_counts", "hist_medians", "hist_log", "scatter_layers", "scatter_xy", "scatter_basin", "scatter_ratio",
-  "scatter_basin_sizes", "scatter_seq", "floor_range", "floor_curve", "n_sequences", "sequence_ids", "seq_ce", "text_bytes",
+  "scatter_basin_sizes", "scatter_seq", "floor_curve", "n_sequences", "sequence_ids", "seq_ce", "text_bytes",
   "text_offsets", "sample_seq", "sample_values",
 ];
 

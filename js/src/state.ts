@@ -61,7 +61,6 @@ export class AuditState {
   sampleSeq: Uint32Array;
   sampleValues: Float32Array;
   textChars: number;
-  floorRange: Float64Array;
   floorCurve: Float32Array;
   private decoder = new TextDecoder();
   private colIndex = new Map<string, number>();
@@ -92,21 +91,19 @@ export class AuditState {
     this.sampleSeq = ndarray(model.get("sample_seq"), "uint32");
     this.sampleValues = ndarray(model.get("sample_values"), "float32");
     this.textChars = model.get("text_chars") ?? 0;
-    this.floorRange = ndarray(model.get("floor_range"), "float64");
     this.floorCurve = ndarray(model.get("floor_curve"), "float32");
   }
 
   /** The loss-floor curve of a layer, computed in Python (hopaudit/widget.py, _floor_curves):
-   *  F of the volume form at radii spaced geometrically on [lo, hi]; F may be +Infinity. */
+   *  (r, F) of the volume form with r increasing; F may be +Infinity; empty when not measured. */
   floor(layer: number): { r: number; F: number }[] {
-    const lo = this.floorRange[2 * layer];
-    const hi = this.floorRange[2 * layer + 1];
-    const steps = this.nLayers ? this.floorCurve.length / this.nLayers : 0;
+    const steps = this.nLayers ? this.floorCurve.length / (2 * this.nLayers) : 0;
     const out: { r: number; F: number }[] = [];
-    if (!(lo > 0 && hi > 0) || steps < 2) return out;
     for (let k = 0; k < steps; k++) {
-      const F = this.floorCurve[layer * steps + k];
-      out.push({ r: lo * (hi / lo) ** (k / (steps - 1)), F: Number.isNaN(F) ? Infinity : F });
+      const at = 2 * (layer * steps + k);
+      const r = this.floorCurve[at];
+      const F = this.floorCurve[at + 1];
+      if (r > 0) out.push({ r, F: Number.isNaN(F) ? Infinity : F });
     }
     return out;
   }
