@@ -483,11 +483,11 @@ def to_html(audit_or_state: Any, path: str | Path, *, text_chars: int | None = N
     scatter point for everything else. ``text_chars`` (an Audit only) keeps fewer characters
     per text for a smaller file; 0 keeps none.
     """
+    from .atomic import write_text
+
     path = Path(path)
     text = render_html(audit_or_state, text_chars=text_chars)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    # A UTF-8 byte order mark: it wins over any charset a web server may declare.
-    tmp.write_text(text, encoding="utf-8-sig")
-    tmp.replace(path)
-    return path
+    # A UTF-8 byte order mark: it wins over any charset a web server may declare. Written to a
+    # fresh temporary sibling, then renamed over path (a link there is replaced, not followed).
+    return write_text(path, text, encoding="utf-8-sig")
