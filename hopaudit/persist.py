@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .atomic import fsync_dir, fsync_file, lstat_regular, temporary_dir
+from .atomic import exchange, fsync_dir, fsync_file, lstat_regular, temporary_dir
 from .errors import FormatError, SearchError
 
 FORMAT = "hopaudit-audit"
@@ -427,8 +427,9 @@ def remove_audit(path: str | Path) -> list[str]:
 
 
 def _move_into_place(tmp: Path, root: Path, overwrite: bool) -> None:
-    """Rename the complete ``tmp`` to ``root``; with ``overwrite`` an audit found there is
-    moved aside first (retried if another writer got in between), then deleted."""
+    """Rename the complete ``tmp`` to ``root``. With ``overwrite`` an audit found there is
+    swapped out in one atomic step where the system can (else moved aside, then the new one
+    renamed in), and then deleted: only the files its manifest lists."""
     asides: list[Path] = []
     for _ in range(8):
         try:
@@ -445,6 +446,10 @@ def _move_into_place(tmp: Path, root: Path, overwrite: bool) -> None:
             _read_meta(root)  # only an audit is ever moved aside
             aside = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
             try:
+                if exchange(tmp, root):  # root: the new audit; tmp: the old one
+                    os.rename(tmp, aside)
+                    asides.append(aside)
+                    break
                 os.rename(root, aside)
             except FileNotFoundError:  # another writer moved it first: try again
                 aside.rmdir()
