@@ -704,7 +704,7 @@ def _load_layer_index(
             return load_index(index_meta, root / rel, patterns=patterns)
         except SearchError as exc:
             problem = str(exc)
-    if problem is not None:
+    if problem is not None and not rebuild:
         warnings.warn(
             f"{root / rel}: {problem}; rebuilding the HNSW index from the saved activations "
             "(derived data: nothing is lost)",
