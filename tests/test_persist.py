@@ -195,7 +195,7 @@ def test_overwrite_refuses_a_folder_that_is_not_an_audit(audited, tmp_path):
     d.mkdir()
     (d / "audit.json").write_text('{"format": "something else"}')  # the name alone is not enough
     (d / "data.csv").write_text("mine")
-    with pytest.raises(FormatError, match="not a saved audit.*nothing in it was touched"):
+    with pytest.raises(FormatError, match=r"not a saved audit.*nothing in it was touched"):
         audited.save(d, overwrite=True)
     assert sorted(p.name for p in d.iterdir()) == ["audit.json", "data.csv"]
 
