@@ -212,6 +212,8 @@ def _drop_capture_store(result: Any, path: Path) -> None:
     for sub, cap in pairs:
         old = cap.store
         cap.store = ActivationStore.open(path / sub)
+        for name in cap.store.layer_names:
+            cap.store.get(name)  # mapped now: still readable if rotation deletes the files
         old.discard()
 
 
