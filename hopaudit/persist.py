@@ -585,8 +585,9 @@ def load(path: str | Path, *, verify: bool = True, rebuild_index: bool = False) 
     from .store import ActivationStore
 
     root = Path(path).expanduser()
-    if os.path.islink(root) or not root.is_dir():
+    if not root.is_dir():
         raise FormatError(f"{root}: no such directory (expected a saved audit)")
+    root = root.resolve()  # the folder named (a link to it is fine); nothing inside may be one
     meta_file = root / META
     meta = _read_meta(root)
     manifest = _manifest(meta, meta_file)

@@ -194,8 +194,57 @@ def concurrent(a: str, b: str, work: str, rounds: int) -> list[dict]:
     return out
 
 
+def concurrent_html(a: str, b: str, work: str, writes: int) -> dict:
+    """Two children write reports of audits a and b to one path, ``writes`` times each, while
+    this process reads it: every read must be one of the two complete reports."""
+    target = Path(work) / "report.html"
+    complete = {}
+    for src in (a, b):
+        path = Path(work) / f"{Path(src).name}.html"
+        hopaudit.load(src).to_html(path)
+        complete[path.read_bytes()] = Path(src).name
+    pids = []
+    for src in (a, b):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                audit = hopaudit.load(src)
+                for _ in range(writes):
+                    audit.to_html(target)
+            except BaseException:
+                code = 1
+            os._exit(code)
+        pids.append(pid)
+    reads, partial, seen = 0, 0, set()
+    running = set(pids)
+    codes = []
+    while running:
+        if target.exists():
+            data = target.read_bytes()
+            reads += 1
+            if data in complete:
+                seen.add(complete[data])
+            else:
+                partial += 1
+        for pid in list(running):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                running.discard(pid)
+                codes.append(status)
+    final = complete.get(target.read_bytes())
+    litter = sorted(p.name for p in Path(work).iterdir() if p.name.startswith(".report"))
+    return {"reads": reads, "partial": partial, "seen": sorted(seen), "final": final,
+            "codes": codes, "litter": litter}  # fmt: skip
+
+
+CASES = {
+    "fuzz": fuzz,
+    "kill_save": kill_save,
+    "concurrent": concurrent,
+    "concurrent_html": concurrent_html,
+}
+
 if __name__ == "__main__":
     case, args = sys.argv[1], json.loads(sys.argv[2])
-    print(
-        json.dumps({"fuzz": fuzz, "kill_save": kill_save, "concurrent": concurrent}[case](**args))
-    )
+    print(json.dumps(CASES[case](**args)))
