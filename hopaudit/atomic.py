@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import stat
@@ -108,9 +109,11 @@ def write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8")
     return write_bytes(path, text.encode(encoding))
 
 
+@functools.lru_cache(maxsize=1)
 def _umask() -> int:
-    """The process umask (mkstemp makes 0600 files; the result should get the usual mode)."""
-    mask = os.umask(0)
+    """The process umask (mkstemp makes 0600 files; the result should get the usual mode).
+    Read once: reading it means setting it, which would race with other threads' files."""
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 

@@ -51,6 +51,12 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-sequences", type=int, help="cap on the number of sequences")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--store", help="directory for memory-mapped activations (bigger than RAM)")
+    p.add_argument(
+        "--store-dtype",
+        choices=["auto", "float16", "bfloat16", "float32"],
+        default="auto",
+        help="auto: float32 while the activations fit 2 GiB, float16 beyond",
+    )
     p.add_argument("--out", help="write a self-contained HTML report here")
     p.add_argument("--save", help="save the audit to this new directory (hopaudit.load reads it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -205,6 +211,7 @@ def _run(args: argparse.Namespace) -> int:
         max_sequences=args.max_sequences,
         batch_size=args.batch_size,
         store=args.store,
+        store_dtype=args.store_dtype,
         progress=not args.quiet,
     )
     _print_report(result)
