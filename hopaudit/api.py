@@ -6,6 +6,9 @@ data -> blocks -> one hooked forward pass -> per-layer store -> per-layer search
 
 from __future__ import annotations
 
+import contextvars
+import functools
+import os
 import time
 import warnings
 from typing import Any
@@ -26,8 +29,45 @@ from .result import Audit, Embedding
 NORMALIZE_MODES = ("rms", "none")
 MIN_UMAP_POINTS = 4  # below it umap's spectral start fails
 INDEX_KINDS = ("auto", "hnsw", "exact")
+#: ``store_dtype="auto"`` keeps float32 up to this many bytes of activations (float16 moves the
+#: volume floor by n times its relative error, docs/theory.md), float16 beyond it.
+STORE_BUDGET_BYTES = 2 << 30
+STORE_DTYPES = ("auto", "float16", "bfloat16", "float32")
+_DTYPE_ALIASES = {"half": "float16", "float": "float32", "single": "float32"}
+# the stores the running audit() created, removed if it fails (see _removes_its_stores)
+_created_stores: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "hopaudit_created_stores", default=None
+)
 
 
+def _removes_its_stores(fn: Any) -> Any:
+    """A failed or interrupted ``audit(store=PATH)`` removes the stores it created."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        created: list = []
+        token = _created_stores.set(created)
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            for cap in reversed(created):  # the held-out store sits inside the main one
+                if cap.store.path is not None:
+                    cap.store.discard()
+            raise
+        finally:
+            _created_stores.reset(token)
+
+    return wrapper
+
+
+def _track(cap: Any) -> Any:
+    created = _created_stores.get()
+    if created is not None and cap is not None:
+        created.append(cap)
+    return cap
+
+
+@_removes_its_stores
 def audit(
     model: Any,
     data: Any,
@@ -41,7 +81,7 @@ def audit(
     index: str = "auto",
     heldout: Any = None,
     store: str | None = None,
-    store_dtype: str = "float16",
+    store_dtype: Any = "auto",
     batch_size: int | None = None,
     max_sequences: int | None = None,
     k: int = 15,
@@ -63,17 +103,31 @@ def audit(
     ``data`` is a list of strings, a text file, a directory of ``.txt`` files, a
     ``datasets.Dataset``, a LongTensor of token ids, or a DataLoader of ``input_ids`` dicts.
     ``heldout`` (same forms) adds the containment fraction and held-out basins.
-    ``store=PATH`` keeps activations in memory-mapped files there (captures bigger than RAM).
+    ``store=PATH`` keeps activations in memory-mapped files there (captures bigger than RAM);
+    a failed or interrupted audit removes the store it created.
+    ``store_dtype`` ("auto", "float16", "bfloat16", "float32" or a torch dtype): ``"auto"`` keeps
+    float32 while the activations fit ``STORE_BUDGET_BYTES`` (2 GiB), float16 beyond;
+    ``summary()["store_dtype"]`` names the one used.
     ``autocast="auto"`` runs a float32 model's forward in bfloat16 autocast where the hardware
     multiplies bfloat16 natively (faster; :mod:`hopaudit.precision` says what it changes);
     ``"off"`` runs the model as it is.
     """
     t_start = time.perf_counter()
     _check_options(normalize, index, store_dtype, umap_max_points, k, autocast)
+    _check_more_options(
+        max_length=max_length,
+        chunking=chunking,
+        positions=positions,
+        batch_size=batch_size,
+        max_sequences=max_sequences,
+        seed=seed,
+        store=store,
+    )
 
     model, tokenizer = load_model(model, tokenizer=tokenizer)
     block_list = find_blocks(model, blocks)
     final = find_final_norm(model, [path for path, _ in block_list])
+    _check_layer_options(block_list, final, umap_layers)
     n_total, n_blocks_params = count_parameters(model, block_list)
     device = model_device(model)
 
@@ -94,7 +148,7 @@ def audit(
             block_list,
             final=final,
             positions=positions,
-            store_dtype=getattr(torch, store_dtype),
+            store_dtype=getattr(torch, dtype_name),
             store=where,
             batch_size=batch_size,
             progress=progress,
@@ -104,10 +158,13 @@ def audit(
     # Both datasets are checked before the (long) forward passes: bad input loses no work.
     tokens = tokens_of(data)
     held_tokens = None if heldout is None else tokens_of(heldout)
-    stored = capture_of(tokens, store)
+    dtype_name, dtype_note = resolve_store_dtype(
+        store_dtype, model, block_list, final, positions, [tokens, held_tokens]
+    )
+    stored = _track(capture_of(tokens, store))
     held = None
     if held_tokens is not None:
-        held = capture_of(held_tokens, None if store is None else f"{store}/heldout")
+        held = _track(capture_of(held_tokens, None if store is None else f"{store}/heldout"))
     t_captured = time.perf_counter()
 
     reports, skipped = {}, {}
@@ -164,7 +221,8 @@ def audit(
             "normalize": normalize,
             "index": index,
             "store": store,
-            "store_dtype": store_dtype,
+            "store_dtype": dtype_name,
+            "store_dtype_note": dtype_note,
             "k": k,
             "umap_layers": chosen,
             "umap_max_points": umap_max_points,
@@ -195,19 +253,137 @@ def audit(
 
 
 def _check_options(
-    normalize: str, index: str, store_dtype: str, umap_max: int, k: int, autocast: str
+    normalize: str, index: str, store_dtype: Any, umap_max: int, k: int, autocast: str
 ) -> None:
     check_autocast(autocast)
     if normalize not in NORMALIZE_MODES:
         raise DataError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
     if index not in INDEX_KINDS:
         raise DataError(f"index must be one of {INDEX_KINDS}, got {index!r}")
-    if store_dtype not in ("float16", "bfloat16", "float32"):
-        raise DataError(f"store_dtype must be float16, bfloat16 or float32, got {store_dtype!r}")
-    if umap_max < 0:
-        raise DataError(f"umap_max_points must be >= 0, got {umap_max}")
-    if k < 2:
-        raise DataError(f"k must be at least 2 (TwoNN needs two neighbours), got {k}")
+    store_dtype_name(store_dtype)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise DataError(
+            f"k must be an integer of at least 2 (TwoNN needs two neighbours), got {k!r}"
+        )
+    if isinstance(umap_max, bool) or not isinstance(umap_max, (int, np.integer)) or umap_max < 0:
+        raise DataError(f"umap_max_points must be an integer >= 0 (0: no cap), got {umap_max!r}")
+    if 0 < umap_max <= max(k, MIN_UMAP_POINTS):
+        raise DataError(
+            f"umap_max_points={umap_max} leaves too few points for a UMAP with k={k} "
+            f"neighbours; give more than {max(k, MIN_UMAP_POINTS)}, or 0 for no cap"
+        )
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
+    ):
+        raise DataError(f"{name} must be a positive integer or None, got {value!r}")
+
+
+def _check_more_options(
+    *,
+    max_length: Any,
+    chunking: Any,
+    positions: Any,
+    batch_size: Any,
+    max_sequences: Any,
+    seed: Any,
+    store: Any,
+) -> None:
+    """The options checked only deep inside the flow before: all of them before any work."""
+    from .capture import parse_positions
+
+    for name, value in (
+        ("max_length", max_length),
+        ("batch_size", batch_size),
+        ("max_sequences", max_sequences),
+    ):
+        _positive_int(name, value)
+    if chunking not in ("stream", "document"):
+        raise DataError(f"chunking must be 'stream' or 'document', got {chunking!r}")
+    parse_positions(positions)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise DataError(f"seed must be an integer, got {seed!r}")
+    if store is not None and not isinstance(store, (str, os.PathLike)):
+        raise DataError(f"store must be a directory path or None, got {type(store).__name__}")
+
+
+def _check_layer_options(block_list: list, final: Any, umap_layers: Any) -> None:
+    """umap_layers names and ids against the model's layers, before the forward pass."""
+    names = [p for p, _ in block_list] + ([] if final is None else ["final"])
+    if umap_layers is not None:
+        if isinstance(umap_layers, (str, int)):
+            raise DataError(
+                f"umap_layers must be a list of layer ids or names, got {umap_layers!r}"
+            )
+        _umap_layers(names, list(umap_layers), dict.fromkeys(names))
+
+
+def store_dtype_name(store_dtype: Any) -> str:
+    """The canonical name of a ``store_dtype`` ("auto", "float16", "bfloat16", "float32")
+    given as a string, a torch dtype or a numpy dtype; DataError naming the accepted ones."""
+    name = store_dtype
+    if isinstance(store_dtype, torch.dtype):
+        name = str(store_dtype).replace("torch.", "")
+    elif not isinstance(store_dtype, str):
+        try:
+            name = np.dtype(store_dtype).name
+        except TypeError:
+            name = None
+    name = _DTYPE_ALIASES.get(name, name) if isinstance(name, str) else name
+    if name not in STORE_DTYPES:
+        raise DataError(
+            f"store_dtype must be one of {', '.join(map(repr, STORE_DTYPES))} (or the torch "
+            f"dtype: torch.float16, torch.bfloat16, torch.float32), got {store_dtype!r}"
+        )
+    return name
+
+
+def _hidden_size(model: Any, block_list: list, final: Any) -> int | None:
+    """The width of the stored rows: the config's, else the final norm's or a block's norm's."""
+    config = getattr(model, "config", None)
+    for key in ("hidden_size", "n_embd", "d_model", "dim"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    modules = ([final[1]] if final is not None else []) + [m for _, m in block_list[:1]]
+    for module in modules:
+        for param in module.parameters():
+            if param.ndim == 1:
+                return int(param.shape[0])
+    return None
+
+
+def resolve_store_dtype(
+    store_dtype: Any, model: Any, block_list: list, final: Any, positions: Any, datasets: list
+) -> tuple[str, str | None]:
+    """(dtype name, why) for the capture: ``"auto"`` is float32 while every layer's rows fit
+    :data:`STORE_BUDGET_BYTES` in float32, else float16; other values pass through."""
+    from .capture import parse_positions
+
+    name = store_dtype_name(store_dtype)
+    if name != "auto":
+        return name, None
+    hidden = _hidden_size(model, block_list, final)
+    pos = parse_positions(positions)
+    rows = 0
+    for tok in datasets:
+        if tok is None:
+            continue
+        if pos == "all":
+            rows += int(tok.attention_mask.sum())
+        else:
+            rows += tok.num_sequences * (len(pos) if isinstance(pos, list) else 1)
+    layers = len(block_list) + (final is not None)
+    if hidden is None:
+        return "float16", "auto: the hidden size is unknown, float16 to bound the store"
+    need = rows * hidden * layers * 4
+    budget = STORE_BUDGET_BYTES
+    gib = f"{need / 2**30:.2f} GiB in float32, budget {budget / 2**30:.0f} GiB"
+    if need <= budget:
+        return "float32", f"auto: float32 ({gib})"
+    return "float16", f"auto: float16 ({gib})"
 
 
 def _model_name(model: torch.nn.Module) -> str:

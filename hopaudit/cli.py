@@ -1,12 +1,15 @@
 """The ``hopaudit`` shell command: ``audit``, ``demo``, ``compare``, ``timeline``.
 
-Exit status: 0 on success, 2 on bad usage (argparse's own), 1 on failure. A user error prints
-one readable line, not a traceback (``HOPAUDIT_DEBUG=1`` shows the traceback).
+Exit status: 0 on success, 2 on bad usage (argparse's own), 1 on failure, 130 on Ctrl-C. Every
+failure prints one readable line, not a traceback (``HOPAUDIT_DEBUG=1`` shows the traceback):
+hopaudit's own errors, a file that cannot be written (full disk, no permission), and anything
+unexpected. A closed output pipe (``hopaudit audit ... | head``) ends quietly with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -48,6 +51,12 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-sequences", type=int, help="cap on the number of sequences")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--store", help="directory for memory-mapped activations (bigger than RAM)")
+    p.add_argument(
+        "--store-dtype",
+        choices=["auto", "float16", "bfloat16", "float32"],
+        default="auto",
+        help="auto: float32 while the activations fit 2 GiB, float16 beyond",
+    )
     p.add_argument("--out", help="write a self-contained HTML report here")
     p.add_argument("--save", help="save the audit to this new directory (hopaudit.load reads it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -202,6 +211,7 @@ def _run(args: argparse.Namespace) -> int:
         max_sequences=args.max_sequences,
         batch_size=args.batch_size,
         store=args.store,
+        store_dtype=args.store_dtype,
         progress=not args.quiet,
     )
     _print_report(result)
@@ -213,18 +223,51 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _quiet_stdout() -> None:
+    """After EPIPE: point stdout at /dev/null so the interpreter's final flush is silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = bool(os.environ.get("HOPAUDIT_DEBUG"))
     try:
-        return _run(args)
-    except HopauditError as exc:
-        if os.environ.get("HOPAUDIT_DEBUG"):
-            raise
-        print(f"hopaudit: error: {exc}", file=sys.stderr)
+        code = _run(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # the reader went away (| head): nothing left to say
+        _quiet_stdout()
         return 1
     except KeyboardInterrupt:
         print("hopaudit: interrupted", file=sys.stderr)
         return 130
+    except HopauditError as exc:
+        if debug:
+            raise
+        message = _one_line(exc)
+    except OSError as exc:  # a full disk, a read-only folder, a missing parent...
+        if debug:
+            raise
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        message = f"cannot read or write{where}: {exc.strerror or exc}"
+    except Exception as exc:
+        if debug:
+            raise
+        message = (
+            f"unexpected {type(exc).__name__}: {_one_line(exc)} "
+            "(set HOPAUDIT_DEBUG=1 for the traceback, and please report it)"
+        )
+    with contextlib.suppress(OSError):
+        print(f"hopaudit: error: {message}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ __all__ = [
     "subset_indices",
     "summarize",
     "twonn_dimension",
+    "twonn_from_knn",
     "typical_radius",
 ]
 
@@ -56,8 +57,9 @@ def normalize_rows(x: ArrayLike, mode: str = "rms") -> np.ndarray:
 
     "rms": x * sqrt(n) / ||x|| (unit RMS per coordinate, so r_star applies); zero rows stay
     zero; computed in float32 (float64 input stays float64), chunk by chunk, so a float16
-    memmap never needs a float64 copy. Rows with NaN/inf come out non-finite (drop them first
-    with finite_rows). "none": the input unchanged (the paper's raw activations).
+    memmap never needs a float64 copy. Each row is divided by its largest |value| before
+    squaring, so no finite row overflows (1e20 in float32) or underflows. Rows with NaN/inf
+    come out non-finite (drop them first with finite_rows). "none": the input unchanged.
     """
     if mode not in NORMALIZE_MODES:
         raise ValueError(
@@ -73,10 +75,12 @@ def normalize_rows(x: ArrayLike, mode: str = "rms") -> np.ndarray:
     root_n = math.sqrt(x.shape[1])
     for start in range(0, x.shape[0], _CHUNK_ROWS):
         block = np.asarray(x[start : start + _CHUNK_ROWS], dtype=dtype)
-        norms = np.linalg.norm(block, axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            peak = np.max(np.abs(block), axis=1) if block.shape[1] else np.zeros(len(block))
+            unit = block / np.where(peak > 0, peak, 1.0).astype(dtype)[:, None]  # |unit| <= 1
+            norms = np.linalg.norm(unit, axis=1)  # in [1, sqrt(n)]: cannot overflow
             scale = np.where(norms > 0, root_n / norms, 0.0).astype(dtype)
-        out[start : start + _CHUNK_ROWS] = block * scale[:, None]
+        out[start : start + _CHUNK_ROWS] = unit * scale[:, None]
     return out
 
 
@@ -163,6 +167,50 @@ def twonn_dimension(nn1: ArrayLike, nn2: ArrayLike) -> float:
     if total <= 0:
         return math.nan
     return float(np.count_nonzero(usable)) / total
+
+
+def twonn_from_knn(knn_dists: ArrayLike, knn_ids: ArrayLike | None = None) -> tuple[float, int]:
+    """TwoNN (Facco et al. 2017) from each pattern's sorted neighbour distances, without
+    zero-distance pairs: (dimension, number of patterns with a duplicate among their neighbours).
+
+    ``knn_dists`` (n, k): distances to the k nearest *other* patterns, ascending (a leading
+    self column of zeros, as in ``LayerReport.knn_dists``, is dropped when ``knn_ids`` shows
+    it). Exact duplicates carry no scale and, left in, give mu = 1 for their neighbours (the
+    estimate then exceeds the ambient dimension). So per pattern r1 is the first non-zero
+    distance and r2 the first one clearly larger than r1 (a duplicate pair of neighbours shows
+    as r1 == r2); each duplicate group counts once (its lowest id, when ``knn_ids`` is given).
+    """
+    d = np.asarray(knn_dists, dtype=np.float64)
+    if d.ndim != 2:
+        raise ValueError(f"knn_dists must be 2-D (patterns, k), got shape {d.shape}")
+    n = d.shape[0]
+    ids = None if knn_ids is None else np.asarray(knn_ids)
+    if ids is not None and ids.shape != d.shape:
+        raise ValueError(f"knn_ids has shape {ids.shape} but knn_dists has {d.shape}")
+    if ids is not None and n and np.array_equal(ids[:, 0], np.arange(n)):
+        d, ids = d[:, 1:], ids[:, 1:]  # the self column
+    if n == 0 or d.shape[1] < 2:
+        return math.nan, 0
+    finite = np.isfinite(d).all(axis=1)
+    zero = d <= 0.0
+    has_zero = zero[:, 0] & finite
+    n_zero = int(np.count_nonzero(has_zero))
+    keep = finite.copy()
+    if ids is not None:
+        # a duplicate group is represented by its lowest id: drop rows with a lower-id twin
+        twin_lower = (zero & (ids < np.arange(n)[:, None])).any(axis=1)
+        keep &= ~twin_lower
+    big = np.where(zero | ~np.isfinite(d), np.inf, d)
+    r1 = big.min(axis=1)
+    tol = 1e-6 * r1  # float32 distances of one point to two coinciding neighbours
+    r2 = np.where(big > r1[:, None] + tol[:, None], big, np.inf).min(axis=1)
+    usable = keep & np.isfinite(r1) & np.isfinite(r2)
+    if np.count_nonzero(usable) < 3:
+        return math.nan, n_zero
+    total = float(np.sum(np.log(r2[usable] / r1[usable])))
+    if total <= 0:
+        return math.nan, n_zero
+    return float(np.count_nonzero(usable)) / total, n_zero
 
 
 def subset_indices(

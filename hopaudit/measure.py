@@ -96,6 +96,7 @@ class LayerReport:
     basin_sizes_queries: np.ndarray | None = None  # (n_patterns,) held-out queries per pattern
     query_rows: np.ndarray | None = None  # rows of the query input that were used
     nonfinite_queries: int = 0  # query rows dropped for NaN/inf
+    twonn_zero_pairs: int = 0  # patterns with an exact duplicate, left out of TwoNN
 
     def row(self) -> dict[str, Any]:
         """The per-layer table's columns (``ROW_COLUMNS``); None becomes nan."""
@@ -192,7 +193,7 @@ def measure(
 
     report_q = _measure_queries(queries, idx, n, normalize, radii) if queries is not None else {}
 
-    twonn = geometry.twonn_dimension(nn, nn2)
+    twonn, twonn_zero_pairs = geometry.twonn_from_knn(dists, ids)
     r_star_id = float(theory.r_star(twonn)) if math.isfinite(twonn) and twonn > 0 else math.nan
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         log_z_gauss = float(theory.log_partition(radii, n))
@@ -237,6 +238,7 @@ def measure(
         basin_sizes_queries=report_q.get("basin_sizes_queries"),
         query_rows=report_q.get("query_rows"),
         nonfinite_queries=report_q.get("nonfinite_queries", 0),
+        twonn_zero_pairs=twonn_zero_pairs,
     )
 
 

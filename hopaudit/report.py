@@ -353,11 +353,11 @@ def to_html(view: Any, path: str | Path, **options: Any) -> Path:
     scatter point for everything else. ``text_chars=`` keeps fewer characters per text for a
     smaller file; 0 keeps none.
     """
+    from .atomic import write_text
+
     path = Path(path)
     text = render_html(view, **options)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    # A UTF-8 byte order mark: it wins over any charset a web server may declare.
-    tmp.write_text(text, encoding="utf-8-sig")
-    tmp.replace(path)
-    return path
+    # A UTF-8 byte order mark: it wins over any charset a web server may declare. Written to a
+    # fresh temporary sibling, then renamed over path (a link there is replaced, not followed).
+    return write_text(path, text, encoding="utf-8-sig")

@@ -161,6 +161,7 @@ class Audit(View):
             "normalize": self.options.get("normalize"),
             "positions": self.options.get("positions"),
             "compute_dtype": cap.compute_dtype,
+            "store_dtype": self.options.get("store_dtype"),
             "capture_seconds": cap.seconds,
             "tokens_per_second": cap.tokens_per_second,
             "total_seconds": self.timings.get("total"),

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hopaudit.atomic import write_text
 from hopaudit.errors import DataError, FormatError
 
 FORMAT_NAME = "hopaudit-activation-store"
@@ -89,6 +91,11 @@ class ActivationStore:
     def _prepare_dir(self) -> None:
         path = self.path
         assert path is not None
+        if path.is_symlink():
+            raise FormatError(
+                f"store path {str(path)!r} is a symbolic link; give a real directory (the "
+                "store never writes or deletes through a link)"
+            )
         if path.exists() and not path.is_dir():
             raise FormatError(
                 f"store path {str(path)!r} is a file; give a new or empty directory for the "
@@ -132,9 +139,7 @@ class ActivationStore:
                 for n in self.layer_names
             ],
         }
-        tmp = self.path / (META_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, self.path / META_FILE)
+        write_text(self.path / META_FILE, json.dumps(meta, indent=1))
 
     # ------------------------------------------------------------------------------ writing
     def append(self, layer: str, rows: np.ndarray, *, copy: bool = True) -> None:
@@ -174,7 +179,13 @@ class ActivationStore:
         else:
             f = self._files.get(layer)
             if f is None:
-                f = open(self.path / self._filename(layer), "ab")  # noqa: SIM115
+                # created exclusively: a file (or link) planted at this name is refused
+                fd = os.open(
+                    self.path / self._filename(layer),
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                    0o666,
+                )
+                f = os.fdopen(fd, "wb")
                 self._files[layer] = f
             f.write(out.data)
         self._rows[layer] += int(out.shape[0])
@@ -212,11 +223,11 @@ class ActivationStore:
         self._close_files()
         self._chunks = {n: [] for n in self.layer_names}
         self._arrays = {}
-        if self.path is not None and self.path.is_dir():
+        if self.path is not None and self.path.is_dir() and not self.path.is_symlink():
+            # unlink() removes a link itself, never what it points to
             for n in self.layer_names:
                 (self.path / self._filename(n)).unlink(missing_ok=True)
             (self.path / META_FILE).unlink(missing_ok=True)
-            (self.path / (META_FILE + ".tmp")).unlink(missing_ok=True)
             if self._created_dir and not any(self.path.iterdir()):
                 self.path.rmdir()
         self._rows = {n: 0 for n in self.layer_names}
@@ -329,7 +340,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
     file = path / META_FILE
     try:
         meta = json.loads(file.read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise FormatError(f"{str(file)!r} is not readable JSON ({e}); the store is damaged") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise FormatError(f"{str(file)!r} is not a hopaudit activation store")
@@ -349,12 +360,13 @@ def _read_meta(path: Path) -> dict[str, Any]:
 def _foreign_entries(path: Path, meta: dict[str, Any]) -> list[str]:
     """Entries of a previous store directory that are not part of it (nested stores, such as
     the ``heldout`` store :func:`hopaudit.audit` writes inside the main one, are part of it)."""
-    known = {META_FILE, META_FILE + ".tmp"} | {e["file"] for e in meta["layers"]}
+    known = {META_FILE} | {e["file"] for e in meta["layers"]}
     foreign = []
     for e in path.iterdir():
-        if e.name in known and e.is_file():
+        mode = os.lstat(e).st_mode  # a link is foreign: never followed, never deleted
+        if stat.S_ISREG(mode) and (e.name in known or _is_meta_temp(e.name)):
             continue
-        if e.is_dir() and (e / META_FILE).is_file():
+        if stat.S_ISDIR(mode) and (e / META_FILE).is_file():
             try:
                 inner = _read_meta(e)
             except FormatError:
@@ -366,10 +378,16 @@ def _foreign_entries(path: Path, meta: dict[str, Any]) -> list[str]:
     return sorted(foreign)
 
 
+def _is_meta_temp(name: str) -> bool:
+    """A temporary meta.json a killed process left (hopaudit.atomic's naming)."""
+    return name.startswith(f".{META_FILE}.tmp-")
+
+
 def _remove_store(path: Path, meta: dict[str, Any]) -> None:
-    """Delete a previous store checked by :func:`_foreign_entries` (its files and nested stores)."""
+    """Delete a previous store checked by :func:`_foreign_entries` (its files and nested
+    stores); links are unlinked as links, never followed."""
     for e in path.iterdir():
-        if e.is_dir():
+        if stat.S_ISDIR(os.lstat(e).st_mode):
             _remove_store(e, _read_meta(e))
             e.rmdir()
         else:

@@ -8,7 +8,10 @@
 - :func:`audit_checkpoints` audits checkpoint directories a run already saved.
 
 Every audit here runs on the same token sequences (the evaluation data is tokenized once), so
-audits of different steps compare. The model is put in eval mode for the audit and handed
+audits of different steps compare. Each audit is saved atomically (``Audit.save``); old ones
+follow the Trainer's ``save_total_limit`` unless ``keep="all"``, and a ``store=`` directory of a
+finished audit is removed once the audit is saved (``keep_stores=True`` keeps them).
+The model is put in eval mode for the audit and handed
 back in the mode it was in; the torch RNG streams training uses are left as they were, so a
 run with audits trains exactly as one without.
 """
@@ -23,7 +26,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import sys
 import time
 import warnings
@@ -102,6 +104,21 @@ class _Runner:
         self.options = {"progress": False, **defaults, **audit_options}
         self.tokens: Any = None  # the TokenData every audit uses, made on first need
         self.heldout_tokens: Any = None
+        self._failures_seen: set[str] = set()
+
+    def failed(self, errors: dict[int, str], step: int, exc: BaseException) -> None:
+        """Record a failed audit; warn once per distinct message (a failure repeating at every
+        step is logged, not warned again)."""
+        message = f"{type(exc).__name__}: {exc}"
+        errors[step] = message
+        if message in self._failures_seen:
+            logger.info("hopaudit: the audit at step %d failed again: %s", step, message)
+            return
+        self._failures_seen.add(message)
+        warnings.warn(
+            f"hopaudit: the audit at step {step} failed (training goes on): {message}",
+            stacklevel=4,
+        )
 
     def prepare(self, model: Any, tokenizer: Any) -> None:
         """Tokenize the evaluation (and held-out) data once, with clear errors, before any audit."""
@@ -173,21 +190,60 @@ def _rng_kept(model: Any) -> Iterator[None]:
         yield
 
 
-def _save_atomically(result: Any, path: Path) -> Path:
-    """Save into a temporary sibling, then rename: a crash never leaves a half-written step."""
+def _save_atomically(result: Any, path: Path, *, keep_stores: bool = False) -> Path:
+    """Save (atomic: a crash never leaves a half-written step; the same step audited again, as
+    in a resumed run, replaces it), then, unless ``keep_stores``, point the audit at its saved
+    activations and remove the ``store=`` directory the audit was captured into."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        result.save(tmp)
-        if path.exists():  # the same step audited again (a resumed run): the new one wins
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    result.save(path, overwrite=True)
+    if not keep_stores:
+        _drop_capture_store(result, path)
     return path
+
+
+def _drop_capture_store(result: Any, path: Path) -> None:
+    from .store import ActivationStore
+
+    pairs = [("activations", result.capture)]
+    if result.heldout_capture is not None:
+        pairs.insert(0, ("heldout", result.heldout_capture))  # nested in the main store
+    if result.capture.store.path is None:
+        return
+    for sub, cap in pairs:
+        old = cap.store
+        cap.store = ActivationStore.open(path / sub)
+        for name in cap.store.layer_names:
+            cap.store.get(name)  # mapped now: still readable if rotation deletes the files
+        old.discard()
+
+
+def _rotate(paths: list[Path], limit: int | None) -> None:
+    """Delete the oldest saved audits beyond ``limit`` (only hopaudit audits this run wrote,
+    and only their own files)."""
+    from .persist import remove_audit
+
+    if not limit or len(paths) <= limit:
+        return
+    for old in paths[:-limit]:
+        try:
+            left = remove_audit(old)
+        except (HopauditError, OSError) as exc:
+            warnings.warn(f"hopaudit: could not remove the old audit {old}: {exc}", stacklevel=3)
+            continue
+        if left:
+            warnings.warn(
+                f"hopaudit: removed the old audit {old} but left what was not its own: {left}",
+                stacklevel=3,
+            )
+    del paths[:-limit]
+
+
+def _check_keep(keep: Any) -> Any:
+    if keep in ("limit", "all") or (
+        isinstance(keep, int) and not isinstance(keep, bool) and keep >= 1
+    ):
+        return keep
+    raise DataError(f"keep must be 'limit', 'all' or a positive number of audits, got {keep!r}")
 
 
 def _check_on_error(on_error: str) -> str:
@@ -210,8 +266,14 @@ class AuditCallback(TrainerCallback):
     the trainer's ``processing_class`` unless ``tokenizer=`` is given. The evaluation data is
     tokenized once, at the start of training, so a bad dataset fails before any step is spent.
 
-    ``on_error="raise"`` (default) stops training when an audit fails; ``"warn"`` logs a
-    warning, records it in ``errors`` and training goes on.
+    ``on_error="raise"`` (default) stops training when an audit fails; ``"warn"`` catches any
+    exception (not KeyboardInterrupt or SystemExit), warns once per distinct message, records it
+    in ``errors``, hands the model back in its training mode, and training goes on.
+
+    ``keep="limit"`` (default) keeps the newest ``args.save_total_limit`` audits (all when it is
+    None), as the Trainer keeps its checkpoints; ``"all"`` keeps every audit; an integer keeps
+    that many. Only audits this callback wrote are deleted, and only their own files.
+    ``keep_stores=True`` keeps each audit's ``store=`` directory (else removed once saved).
 
     Distributed runs: only the world's rank 0 audits (``state.is_world_process_zero``); the
     audit issues no collective operation (it runs the unwrapped module, not DDP's wrapper), and
@@ -228,6 +290,8 @@ class AuditCallback(TrainerCallback):
         output_dir: str | os.PathLike[str] | None = None,
         *,
         on_error: str = "raise",
+        keep: str | int = "limit",
+        keep_stores: bool = False,
         **audit_options: Any,
     ) -> None:
         if every != "save" and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
@@ -235,6 +299,8 @@ class AuditCallback(TrainerCallback):
         self.every = every
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.on_error = _check_on_error(on_error)
+        self.keep = _check_keep(keep)
+        self.keep_stores = bool(keep_stores)
         self._runner = _Runner(eval_data, audit_options)
         self._handler: Any = None
         self._warned_no_handler = False
@@ -284,19 +350,22 @@ class AuditCallback(TrainerCallback):
         self._handler = self._handler or _calling_handler()
         try:
             result = self._runner.run(model, _tokenizer_from(kwargs), step)
-            path = _save_atomically(result, self.audit_dir(args) / f"step-{step}")
-        except (HopauditError, OSError, RuntimeError, ValueError) as exc:
+            path = _save_atomically(
+                result, self.audit_dir(args) / f"step-{step}", keep_stores=self.keep_stores
+            )
+            scalars = audit_scalars(result)
+        except Exception as exc:  # not KeyboardInterrupt / SystemExit: those stop the run
             if self.on_error == "raise":
                 raise
-            message = f"{type(exc).__name__}: {exc}"
-            self.errors[step] = message
-            logger.warning("hopaudit: the audit at step %d failed: %s", step, message)
-            warnings.warn(f"hopaudit: the audit at step {step} failed: {message}", stacklevel=2)
+            self._runner.failed(self.errors, step, exc)
             return
-        scalars = audit_scalars(result)
         self.paths.append(path)
         self.history.append({"step": step, "path": str(path), **scalars})
         self.last_audit = result
+        limit = {"limit": getattr(args, "save_total_limit", None), "all": None}.get(
+            self.keep, self.keep
+        )
+        _rotate(self.paths, limit)
         self._log(args, state, control, scalars)
 
     def _log(self, args, state, control, scalars: dict[str, float]) -> None:
@@ -378,7 +447,9 @@ class Auditor:
     ``history`` (feed them to your logger: ``wandb.log(auditor.history[-1])``), hands the model
     back in the training mode it was in and returns the :class:`~hopaudit.Audit`. In a
     distributed loop call it on rank 0 only; a DDP wrapper is unwrapped (its forward may
-    broadcast buffers) and the audit runs no collective operation.
+    broadcast buffers) and the audit runs no collective operation. ``on_error``,
+    ``keep_stores`` as for :class:`AuditCallback`; ``keep="all"`` (default) or an integer (the
+    newest that many audits are kept).
     """
 
     def __init__(
@@ -387,12 +458,16 @@ class Auditor:
         output_dir: str | os.PathLike[str],
         *,
         on_error: str = "raise",
+        keep: str | int = "all",
+        keep_stores: bool = False,
         **audit_options: Any,
     ) -> None:
         if output_dir is None:
             raise DataError("output_dir is None; pass the directory the audits go to")
         self.output_dir = Path(output_dir)
         self.on_error = _check_on_error(on_error)
+        self.keep = _check_keep(keep)
+        self.keep_stores = bool(keep_stores)
         self._runner = _Runner(eval_data, audit_options)
         self.paths: list[Path] = []
         self.history: list[dict[str, Any]] = []
@@ -411,15 +486,18 @@ class Auditor:
         tokenizer = getattr(_unwrap(model), "hopaudit_tokenizer", None)
         try:
             result = self._runner.run(model, tokenizer, step)
-            path = _save_atomically(result, self.audit_dir / f"step-{step}")
-        except (HopauditError, OSError, RuntimeError, ValueError) as exc:
+            path = _save_atomically(
+                result, self.audit_dir / f"step-{step}", keep_stores=self.keep_stores
+            )
+            scalars = audit_scalars(result)
+        except Exception as exc:  # not KeyboardInterrupt / SystemExit: those stop the loop
             if self.on_error == "raise":
                 raise
-            self.errors[step] = f"{type(exc).__name__}: {exc}"
-            warnings.warn(f"hopaudit: the audit at step {step} failed: {exc}", stacklevel=2)
+            self._runner.failed(self.errors, step, exc)
             return None
         self.paths.append(path)
-        self.history.append({"step": step, "path": str(path), **audit_scalars(result)})
+        self.history.append({"step": step, "path": str(path), **scalars})
+        _rotate(self.paths, None if self.keep in ("all", "limit") else self.keep)
         return result
 
 

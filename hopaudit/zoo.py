@@ -251,22 +251,12 @@ def _problem(path: Path, spec: WheelFile) -> str | None:
 
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[bool]:
-    """An exclusive advisory lock (POSIX flock), yielding whether one is held.
+    """An exclusive inter-process lock on ``path`` (the filelock package: ``flock`` on POSIX,
+    ``msvcrt`` locking on Windows), yielding True once held; released on exit, also on error."""
+    from filelock import FileLock
 
-    Without fcntl (Windows) no lock is taken: the temp name + ``os.replace`` still never
-    expose a partial file, two processes may just both download.
-    """
-    try:
-        import fcntl
-    except ImportError:
-        yield False
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with FileLock(path):
+        yield True
 
 
 def _manual_advice(spec: WheelFile, target: Path) -> str:

@@ -47,7 +47,9 @@ def test_layers_table_has_one_row_per_block_plus_final(gpt2_audit):
     assert (layers["normalize"] == "rms").all()
     assert (layers["n"] == info.hidden_size).all()
     assert a.activations("final").shape == (len(a.texts), info.hidden_size)
-    assert a.activations(0).dtype == np.float16
+    # store_dtype="auto": float32 while the store fits the budget, and the summary says so
+    assert a.activations(0).dtype == np.float32
+    assert a.summary()["store_dtype"] == "float32"
 
 
 def test_radii_match_brute_force_on_transformers_hidden_states(gpt2_audit):

@@ -76,3 +76,72 @@ def test_help_lists_every_command():
     assert proc.returncode == 0
     for command in ("audit", "demo"):
         assert command in proc.stdout
+
+
+# ------------------------------------------------------------------ failures (issue 12)
+@pytest.fixture(scope="module")
+def saved_dir(model_dir):
+    model, _ = tiny_model("gpt2")
+    rng = random.Random(1)
+    words = TOKENIZER_TEXT.split()
+    texts = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(40)]
+    a = hopaudit.audit(
+        model, texts, tokenizer=tiny_tokenizer(), max_length=10, progress=False, umap_layers=[]
+    )
+    return a.save(model_dir / "for-views")
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hopaudit: error:"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_unwritable_output_is_one_line(saved_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    line = _one_error_line(
+        _run("compare", str(saved_dir), "--out", str(blocker / "sub" / "report.html"))
+    )
+    assert "a-file" in line
+    assert blocker.read_text() == "x"
+
+
+def test_damaged_saved_audit_is_one_line(saved_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(saved_dir, copy)
+    (copy / "capture.npz").write_bytes(b"PK\x03\x04 not a zip")
+    line = _one_error_line(_run("compare", str(copy), "--out", str(tmp_path / "r.html")))
+    assert "capture.npz" in line
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_unexpected_errors_are_one_line_too(monkeypatch, capsys, saved_dir, tmp_path):
+    import hopaudit.comparison
+
+    def boom(*args, **kwargs):
+        raise TypeError("planted\nover two lines")
+
+    monkeypatch.setattr(hopaudit.comparison, "compare", boom)
+    code = main(["compare", str(saved_dir), "--out", str(tmp_path / "r.html")])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "unexpected TypeError: planted over two lines" in err
+
+
+def test_a_closed_pipe_ends_quietly(saved_dir, tmp_path):
+    """``hopaudit ... | head -c 10``: the reader goes away; no traceback, status 1."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hopaudit", "compare", str(saved_dir), str(saved_dir),
+         "--out", str(tmp_path / "r.html")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    proc.stdout.close()  # before it writes anything
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err
+    assert err.decode().strip() == ""

@@ -185,3 +185,57 @@ def test_summarize_and_saturation():
     assert list(curve) == [0.5, 1.0]
     assert curve[0.5] == (3.5, 3.5)
     assert curve[1.0] == (3.0, 2.0)
+
+
+# ------------------------------------------------------------- extreme input (issue 12)
+@pytest.mark.parametrize("scale", [1e-30, 1e20, 3e38])
+def test_rms_normalization_cannot_overflow(scale):
+    """Rows near the float32 limits keep their direction: compared with a float64 (or, for
+    3e38, mpmath-free exact rescaling) computation by hand."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(6, 40))
+    x = (base / np.abs(base).max() * scale).astype(np.float32)
+    out = geometry.normalize_rows(x, "rms")
+    assert np.isfinite(out).all()
+    want = base / np.sqrt((base**2).mean(axis=1, keepdims=True))  # scale-free by hand
+    np.testing.assert_allclose(out, want, rtol=2e-5, atol=2e-6)
+
+
+def test_rms_normalization_float64_extremes():
+    x = np.array([[1e200, -1e200, 0.0, 1e200], [0.0, 0.0, 0.0, 0.0]])
+    out = geometry.normalize_rows(x, "rms")
+    np.testing.assert_allclose(out[0], [2 / np.sqrt(3), -2 / np.sqrt(3), 0.0, 2 / np.sqrt(3)])
+    assert (out[1] == 0).all()
+
+
+def _twonn_by_hand(points: np.ndarray) -> float:
+    """TwoNN on distinct points by a float64 brute-force loop (Facco et al.'s estimator)."""
+    logs = []
+    for i in range(len(points)):
+        d = np.sqrt(((points - points[i]) ** 2).sum(axis=1))
+        d = np.sort(d[d > 0])
+        logs.append(np.log(d[1] / d[0]))
+    return len(logs) / float(np.sum(logs))
+
+
+def test_twonn_leaves_out_zero_distance_pairs():
+    """Repeated patterns must not inflate the dimension above the ambient one: the estimate
+    with duplicates equals TwoNN on the distinct points, and the duplicates are counted."""
+    from hopaudit.search import build_index, knn_self
+
+    rng = np.random.default_rng(3)
+    distinct = rng.normal(size=(300, 4)) @ rng.normal(size=(4, 12))  # a 4-dim subspace of R^12
+    repeats = rng.choice(300, size=120, replace=False)
+    x = np.concatenate([distinct, distinct[repeats], distinct[repeats[:40]]]).astype(np.float64)
+    ids, dists = knn_self(build_index(x, "exact"), x, 10)
+    d, zero = geometry.twonn_from_knn(dists, ids)
+    assert zero == 120 + 120 + 40  # every copy of a repeated pattern has a twin at 0
+    assert d == pytest.approx(_twonn_by_hand(distinct), rel=1e-4)
+    assert d < 12
+    naive = geometry.twonn_dimension(dists[:, 0], dists[:, 1])  # the old estimate, for contrast
+    assert naive > 1.3 * d  # mu = 1 from coinciding neighbours inflates it
+    # a self column as in LayerReport.knn_ids / knn_dists is recognised and dropped
+    n = len(x)
+    ids_s = np.concatenate([np.arange(n)[:, None], ids], axis=1)
+    dists_s = np.concatenate([np.zeros((n, 1)), dists], axis=1)
+    assert geometry.twonn_from_knn(dists_s, ids_s) == (d, zero)

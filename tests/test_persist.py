@@ -145,3 +145,132 @@ def test_not_an_audit(tmp_path):
     (tmp_path / "d" / "audit.json").write_text("{not json")
     with pytest.raises(FormatError, match="damaged"):
         hopaudit.load(tmp_path / "d")
+
+
+# ------------------------------------------------------------- atomic saves, integrity (issue 12)
+def _files(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+def test_manifest_holds_the_sha256_of_every_file(audited, tmp_path):
+    import hashlib
+
+    root = audited.save(tmp_path / "a")
+    meta = json.loads((root / "audit.json").read_text())
+    on_disk = {p for p in _files(root) if (root / p).is_file()} - {"audit.json"}
+    assert set(meta["files"]) == on_disk
+    for rel, entry in meta["files"].items():
+        data = (root / rel).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    # audit.json's own digest: over the file with the digest's 64 characters zeroed
+    raw = (root / "audit.json").read_bytes()
+    digest = meta["sha256"]
+    assert hashlib.sha256(raw.replace(digest.encode(), b"0" * 64, 1)).hexdigest() == digest
+
+
+def test_a_changed_number_in_audit_json_is_caught(audited, tmp_path):
+    root = audited.save(tmp_path / "a")
+    text = (root / "audit.json").read_text()
+    r_hat = audited.reports["final"].r_hat
+    assert repr(r_hat) in text
+    (root / "audit.json").write_text(text.replace(repr(r_hat), repr(r_hat * 1.5), 1))
+    with pytest.raises(FormatError, match=r"audit\.json.*SHA-256"):
+        hopaudit.load(root)
+
+
+def test_load_then_save_over_itself(audited, tmp_path):
+    root = audited.save(tmp_path / "a")
+    b = hopaudit.load(root)
+    b.save(root, overwrite=True)
+    c = hopaudit.load(root)
+    assert_same(audited, c)
+    for name in audited.layer_names:
+        np.testing.assert_array_equal(audited.activations(name), c.activations(name))
+        np.testing.assert_array_equal(b.activations(name), c.activations(name))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no temporary left
+
+
+def test_overwrite_refuses_a_folder_that_is_not_an_audit(audited, tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "audit.json").write_text('{"format": "something else"}')  # the name alone is not enough
+    (d / "data.csv").write_text("mine")
+    with pytest.raises(FormatError, match=r"not a saved audit.*nothing in it was touched"):
+        audited.save(d, overwrite=True)
+    assert sorted(p.name for p in d.iterdir()) == ["audit.json", "data.csv"]
+
+
+def test_overwrite_refuses_an_audit_holding_foreign_files(audited, tmp_path):
+    root = audited.save(tmp_path / "a")
+    (root / "notes.txt").write_text("mine")
+    (root / "reports" / "extra.npz").write_bytes(b"mine too")
+    before = _files(root)
+    with pytest.raises(FormatError, match=r"notes\.txt.*nothing was changed"):
+        audited.save(root, overwrite=True)
+    assert _files(root) == before
+    with pytest.raises(FormatError, match="overwrite=True"):
+        audited.save(tmp_path / "a")  # without overwrite an audit is never replaced
+
+
+def test_remove_audit_deletes_only_the_listed_files(audited, tmp_path):
+    from hopaudit.persist import remove_audit
+
+    root = audited.save(tmp_path / "a")
+    (root / "reports" / "mine.txt").write_text("mine")
+    left = remove_audit(root)
+    assert left == ["reports"]
+    assert _files(root) == ["reports", "reports/mine.txt"]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "x.txt").write_text("x")
+    with pytest.raises(FormatError):
+        remove_audit(plain)
+    assert (plain / "x.txt").read_text() == "x"
+
+
+def test_a_missing_or_damaged_hnsw_index_is_rebuilt(tmp_path):
+    """The HNSW graph is derived data: a bad file is never handed to hnswlib, the index is
+    rebuilt from the activations with a warning, and it finds the same neighbours."""
+    model, _ = tiny_model("gpt2")
+    a = hopaudit.audit(
+        model,
+        _texts(60, 3),
+        tokenizer=tiny_tokenizer(),
+        max_length=10,
+        index="hnsw",
+        progress=False,
+        umap_layers=[],
+    )
+    root = a.save(tmp_path / "a")
+    (root / "indexes" / "layer_000.bin").unlink()
+    victim = root / "indexes" / "layer_001.bin"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.warns(RuntimeWarning, match="rebuilding the HNSW index") as caught:
+        b = hopaudit.load(root)
+    named = " ".join(str(w.message) for w in caught)
+    assert "layer_000.bin" in named and "layer_001.bin" in named and "layer_002.bin" not in named
+    x = np.random.default_rng(0).normal(size=(5, a.hidden_size)).astype(np.float32)
+    for name in a.layer_names:
+        assert b.report(name).index.kind == "hnsw"
+        np.testing.assert_array_equal(
+            a.report(name).index.query(x, 3)[0], b.report(name).index.query(x, 3)[0]
+        )
+    import warnings as _w
+
+    with _w.catch_warnings():
+        _w.simplefilter("error")
+        hopaudit.load(root, rebuild_index=True)  # asked for: no warning, saved files unread
+
+
+def test_verify_false_skips_the_digests_of_data_files(audited, tmp_path):
+    root = audited.save(tmp_path / "a")
+    victim = root / "activations" / "layer_000.f32"
+    data = bytearray(victim.read_bytes())
+    data[0] ^= 0x01
+    victim.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match=r"layer_000\.f32.*SHA-256"):
+        hopaudit.load(root)
+    b = hopaudit.load(root, verify=False)  # sizes still checked, digests not
+    assert b.activations(0).shape == audited.activations(0).shape

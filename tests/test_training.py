@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from pydoc_data.topics import topics
 
+import numpy as np
 import pytest
 import torch
 from transformers import (
@@ -333,3 +334,79 @@ def test_sharded_models_are_refused_on_every_rank(rank_zero):
     state = TrainerState(is_world_process_zero=rank_zero)
     with pytest.raises(ModelError, match=r"FSDP.*audit_checkpoints"):
         AuditCallback(["a text"]).on_train_begin(args, state, TrainerControl())
+
+
+# ------------------------------------------------------------------ faults and rotation (issue 12)
+@pytest.mark.parametrize("planted", [KeyError("no such key"), ZeroDivisionError("division")])
+def test_warn_catches_any_exception_warns_once_and_training_goes_on(
+    corpus, tmp_path, monkeypatch, planted
+):
+    tok, train_rows, eval_rows = corpus
+
+    @functools.wraps(hopaudit.api.audit)
+    def broken(model, data, **kwargs):
+        raise planted
+
+    monkeypatch.setattr(hopaudit.api, "audit", broken)
+    after = Spy()
+    callback = AuditCallback(eval_rows, every=2, on_error="warn", **OPTS)
+    trainer = _trainer(tok, train_rows, tmp_path, [callback, after], max_steps=6, save_steps=2)
+    with pytest.warns(UserWarning) as caught:
+        trainer.train()
+    ours = [w for w in caught if "hopaudit: the audit" in str(w.message)]
+    assert len(ours) == 1 and type(planted).__name__ in str(ours[0].message)  # once, not 3x
+    assert trainer.state.global_step == 6 and sorted(callback.errors) == [2, 4, 6]
+    assert after.mode_after_save == [True, True, True] and trainer.model.training
+
+
+def test_keyboard_interrupt_is_never_swallowed(corpus, tmp_path, monkeypatch):
+    tok, _, eval_rows = corpus
+
+    @functools.wraps(hopaudit.api.audit)
+    def interrupted(model, data, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hopaudit.api, "audit", interrupted)
+    model = _model(tok)
+    model.hopaudit_tokenizer = tok
+    model.train()
+    auditor = Auditor(eval_rows, tmp_path, on_error="warn", **OPTS)
+    with pytest.raises(KeyboardInterrupt):
+        auditor.step(model, 1)
+    assert model.training
+
+
+@pytest.mark.parametrize(("keep", "steps"), [("limit", [16, 24]), ("all", [8, 16, 24])])
+def test_audits_follow_save_total_limit(corpus, tmp_path, keep, steps):
+    tok, train_rows, eval_rows = corpus
+    callback = AuditCallback(eval_rows, keep=keep, **OPTS)
+    trainer = _trainer(tok, train_rows, tmp_path, [callback], save_total_limit=2)
+    trainer.train()
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in tmp_path.glob("checkpoint-*"))
+    assert checkpoints == [16, 24]  # the Trainer's own rotation
+    audits = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "hopaudit").iterdir())
+    assert audits == steps
+    assert [p.name for p in callback.paths] == [f"step-{s}" for s in steps]
+    assert [h["step"] for h in callback.history] == [8, 16, 24]  # the scalars all stay
+    for s in steps:
+        hopaudit.load(tmp_path / "hopaudit" / f"step-{s}")
+
+
+def test_stores_of_saved_audits_are_removed_unless_kept(corpus, tmp_path):
+    tok, _, eval_rows = corpus
+    model = _model(tok)
+    model.hopaudit_tokenizer = tok
+    stores = tmp_path / "stores"
+    auditor = Auditor(eval_rows, tmp_path / "out", store=str(stores), keep=1, **OPTS)
+    a1 = auditor.step(model, 1)
+    a2 = auditor.step(model, 2)
+    assert sorted(p.name for p in stores.iterdir()) == []  # step-1, step-2 stores removed
+    assert sorted(p.name for p in auditor.audit_dir.iterdir()) == ["step-2"]  # keep=1
+    # the audit in hand now reads its saved activations
+    assert a2.capture.store.path == auditor.audit_dir / "step-2" / "activations"
+    np.testing.assert_array_equal(a2.activations("final"), a1.activations("final"))
+    kept = Auditor(eval_rows, tmp_path / "out2", store=str(stores), keep_stores=True, **OPTS)
+    kept.step(model, 3)
+    assert sorted(p.name for p in stores.iterdir()) == ["step-3"]
+    with pytest.raises(DataError, match="keep"):
+        Auditor(eval_rows, tmp_path, keep=0)

@@ -1,0 +1,250 @@
+"""Fault cases for tests/test_faults.py, run as ``python fault_worker.py CASE ARGS_JSON``.
+
+This process imports hopaudit but runs no torch or hnswlib code itself: every case runs in a
+child forked from it (so OpenMP and hnswlib start fresh there), and a case that crashes the
+child (a signal) or hangs is reported as such instead of taking the test run down. Prints one
+JSON list of case results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import hopaudit
+from hopaudit.errors import FormatError
+
+
+def in_child(fn, timeout: float = 60.0) -> dict:
+    """fn() in a forked child: {"status": ok|raised|crashed|hung, "text": ...}."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(r)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                value = fn()
+            out = {"status": "ok", "text": str(value), "warnings": [str(x.message) for x in caught]}
+        except BaseException as exc:  # reported to the parent
+            out = {"status": "raised", "type": type(exc).__name__, "text": str(exc)}
+            out["format_error"] = isinstance(exc, FormatError)
+        data = json.dumps(out).encode()[:60000]
+        os.write(w, data)
+        os._exit(0)
+    os.close(w)
+    deadline = time.monotonic() + timeout
+    chunks = []
+    os.set_blocking(r, False)
+    status = None
+    while True:
+        try:
+            chunk = os.read(r, 65536)
+            if chunk:
+                chunks.append(chunk)
+        except BlockingIOError:
+            pass
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(r)
+            return {"status": "hung"}
+        time.sleep(0.002)
+    os.set_blocking(r, True)
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    if os.WIFSIGNALED(status):
+        return {"status": "crashed", "text": f"signal {os.WTERMSIG(status)}"}
+    if not chunks:
+        return {"status": "crashed", "text": f"exit {os.WEXITSTATUS(status)} without a result"}
+    return json.loads(b"".join(chunks))
+
+
+def mutate(path: Path, how: str, rng: random.Random) -> str:
+    data = bytearray(path.read_bytes())
+    if how == "flip" and data:
+        i = rng.randrange(len(data))
+        data[i] ^= rng.randrange(1, 256)
+        what = f"byte {i} of {len(data)}"
+    elif how == "truncate":
+        n = rng.randrange(len(data)) if data else 0
+        data = data[:n]
+        what = f"cut to {n} bytes"
+    else:  # random bytes of the same size
+        data = bytearray(rng.randbytes(len(data)))
+        what = "random bytes"
+    path.write_bytes(bytes(data))
+    return what
+
+
+def load_summary(path: Path, verify: bool) -> str:
+    a = hopaudit.load(path, verify=verify)
+    kinds = sorted({r.index.kind for r in a.reports.values() if r.index is not None})
+    # touch every array a view would read
+    for name in a.layer_names:
+        a.activations(name).sum()
+    a.layers, a.samples  # noqa: B018
+    return json.dumps({"model": a.model_name, "index": kinds, "n": len(a.texts)})
+
+
+def fuzz(src: str, work: str, seed: int, hows: list[str], verify: bool) -> list[dict]:
+    """Every file of the saved audit ``src``, changed each way in ``hows``, loaded in a child."""
+    rng = random.Random(seed)
+    src_p = Path(src)
+    files = sorted(p.relative_to(src_p).as_posix() for p in src_p.rglob("*") if p.is_file())
+    out = []
+    for rel in files:
+        for how in hows:
+            case = Path(work) / "case"
+            if case.exists():
+                shutil.rmtree(case)
+            shutil.copytree(src_p, case)
+            what = mutate(case / rel, how, rng)
+            res = in_child(lambda case=case: load_summary(case, verify))
+            out.append({"file": rel, "how": how, "what": what, "verify": verify, **res})
+    return out
+
+
+def kill_save(old: str, new: str, work: str, points: list[list]) -> list[dict]:
+    """Save the audit ``new`` over a copy of ``old`` with overwrite=True, SIGKILLed at the n-th
+    call of a function (``[name, n]``); then load what is there in another child."""
+    import hopaudit.persist as persist
+
+    out = []
+    for name, nth in points:
+        case = Path(work) / "target"
+        if case.exists():
+            shutil.rmtree(case)
+        for stale in Path(work).glob(".target*"):
+            shutil.rmtree(stale)
+        shutil.copytree(old, case)
+
+        def run(name=name, nth=nth, case=case):
+            audit = hopaudit.load(new)
+            calls = {"n": 0}
+            owner, attr = {
+                "fsync": (os, "fsync"),
+                "rename": (os, "rename"),
+                "exchange": (persist, "exchange"),
+                "unlink": (Path, "unlink"),
+            }[name]
+            original = getattr(owner, attr)
+
+            def killer(*args, **kwargs):
+                calls["n"] += 1
+                if calls["n"] == nth:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return original(*args, **kwargs)
+
+            setattr(owner, attr, killer)
+            audit.save(case, overwrite=True)
+            return "finished without reaching the kill point"
+
+        saved = in_child(run)
+        loaded = in_child(lambda case=case: load_summary(case, True))
+        litter = sorted(p.name for p in Path(work).iterdir() if p.name.startswith(".target"))
+        out.append({"point": [name, nth], "save": saved, "load": loaded, "litter": litter})
+    return out
+
+
+def concurrent(a: str, b: str, work: str, rounds: int) -> list[dict]:
+    """Two children save audits a and b to one path (overwrite) at once, ``rounds`` times."""
+    target = Path(work) / "shared"
+    out = []
+    for _ in range(rounds):
+
+        def writer(src):
+            audit = hopaudit.load(src)
+            for _ in range(2):
+                audit.save(target, overwrite=True)
+            return "saved"
+
+        pids = []
+        for src in (a, b):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(r)
+                res = in_child(lambda src=src: writer(src))
+                os.write(w, json.dumps(res).encode())
+                os._exit(0)
+            os.close(w)
+            pids.append((pid, r))
+        results = []
+        for pid, r in pids:
+            os.waitpid(pid, 0)
+            data = b""
+            while chunk := os.read(r, 65536):
+                data += chunk
+            os.close(r)
+            results.append(json.loads(data))
+        loaded = in_child(lambda: load_summary(target, True))
+        out.append({"writers": results, "load": loaded})
+    return out
+
+
+def concurrent_html(a: str, b: str, work: str, writes: int) -> dict:
+    """Two children write reports of audits a and b to one path, ``writes`` times each, while
+    this process reads it: every read must be one of the two complete reports."""
+    target = Path(work) / "report.html"
+    complete = {}
+    for src in (a, b):
+        path = Path(work) / f"{Path(src).name}.html"
+        hopaudit.load(src).to_html(path)
+        complete[path.read_bytes()] = Path(src).name
+    pids = []
+    for src in (a, b):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                audit = hopaudit.load(src)
+                for _ in range(writes):
+                    audit.to_html(target)
+            except BaseException:
+                code = 1
+            os._exit(code)
+        pids.append(pid)
+    reads, partial, seen = 0, 0, set()
+    running = set(pids)
+    codes = []
+    while running:
+        if target.exists():
+            data = target.read_bytes()
+            reads += 1
+            if data in complete:
+                seen.add(complete[data])
+            else:
+                partial += 1
+        for pid in list(running):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                running.discard(pid)
+                codes.append(status)
+    final = complete.get(target.read_bytes())
+    litter = sorted(p.name for p in Path(work).iterdir() if p.name.startswith(".report"))
+    return {"reads": reads, "partial": partial, "seen": sorted(seen), "final": final,
+            "codes": codes, "litter": litter}  # fmt: skip
+
+
+CASES = {
+    "fuzz": fuzz,
+    "kill_save": kill_save,
+    "concurrent": concurrent,
+    "concurrent_html": concurrent_html,
+}
+
+if __name__ == "__main__":
+    case, args = sys.argv[1], json.loads(sys.argv[2])
+    print(json.dumps(CASES[case](**args)))
