@@ -469,7 +469,6 @@ class _Batch:
         self.round_dtype = round_dtype
         self.out_dtype = out_dtype
         self.pending: set[torch.device] = set()  # GPUs with copies in flight: synchronize
-        self.pinned: set[str] = set()  # layers whose rows sit in pinned (page-locked) buffers
         self.rows: dict[str, torch.Tensor] = {}
         self.bad: dict[str, torch.Tensor] = {}
         self.overflow: dict[str, torch.Tensor] = {}
@@ -508,11 +507,10 @@ class _Batch:
         if rounded.dtype != sel.dtype:
             self.overflow[name] = (bad & torch.isfinite(sel).all(1)).sum()
         rows = rounded.to(self.out_dtype)
-        if rows.is_cuda and ASYNC_COPY:  # only the selected rows leave the GPU, into pinned
-            host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)  # memory
+        if rows.device.type == "cuda" and ASYNC_COPY:  # only the selected rows leave the GPU,
+            host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)  # into pinned memory
             host.copy_(rows, non_blocking=True)
             self.pending.add(rows.device)  # a device map may put blocks on several GPUs
-            self.pinned.add(name)
             rows = host
         elif rows.device.type != "cpu":
             rows = rows.cpu()
@@ -645,7 +643,7 @@ def capture(
                     torch.cuda.synchronize(gpu)
                 for n in names:
                     # pinned buffers go back to torch's cache; the store keeps a pageable copy
-                    st.append(n, batch.rows[n].numpy(), copy=n in batch.pinned)
+                    st.append(n, batch.rows[n].numpy(), copy=batch.rows[n].is_pinned())
                     nonfinite[n] += int(batch.bad[n])
                     if n in batch.overflow:
                         overflow[n] += int(batch.overflow[n])
