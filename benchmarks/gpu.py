@@ -609,8 +609,10 @@ def main(argv: list[str] | None = None) -> int:
     searches = zip(sizes["search_sizes"], sizes["search_queries"], strict=True)
     for i, (n, q) in enumerate(searches if "search" in only else []):
         last = i == len(sizes["search_sizes"]) - 1
-        # the last size's HNSW build stops in time for its queries and the end of the budget
+        # the last size's HNSW build stops in time for its queries and the end of the budget;
+        # --quick stops it after one chunk, so the projection's code runs too
         deadline = start + args.budget - SEARCH_RESERVE if last else math.inf
+        deadline = -math.inf if last and args.quick else deadline
         r = part(f"search_{n}", lambda n=n, q=q, d=deadline: search(n, width, device, q, d))
         if r is not None:
             results.append(r)
