@@ -92,7 +92,7 @@ QUICK = dict(
 
 
 def say(name: str, value: Any) -> None:
-    """One ``name=value`` line, flushed (floats with 4 significant digits past the point)."""
+    """One ``name=value`` line, flushed (floats to 4 decimals, large ones to 1)."""
     if isinstance(value, float):
         value = f"{value:.4f}" if abs(value) < 1e4 else f"{value:.1f}"
     print(f"{name}={value}", flush=True)
@@ -145,7 +145,7 @@ def random_model(kind: str, shape: dict, device: torch.device, dtype: torch.dtyp
         (LlamaForCausalLM, LlamaConfig(**shape)) if kind == "llama" else
         (GPT2LMHeadModel, GPT2Config(**shape))
     )  # fmt: skip
-    with torch.device(device):  # initialise where it runs: a 1B model inits in a second on a GPU
+    with torch.device(device):  # initialised where it runs, not on the CPU and then copied
         model = cls(config)
     return model.to(dtype).eval()
 
