@@ -62,6 +62,9 @@ CPU_TOKENS_PER_BATCH = 8192
 LOGITS_BUDGET_BYTES = 512 * 2**20
 # Log-softmax works on at most this many logit values at once (float32: 64 MiB).
 SCORE_CHUNK_VALUES = 2**24
+# Rows leave a GPU by an asynchronous copy into pinned memory, so the forward never waits for
+# them; False copies them blocking (benchmarks/gpu.py measures both: gpu_async_copy_speedup).
+ASYNC_COPY = True
 
 
 # ------------------------------------------------------------------------------------- hooks
@@ -465,7 +468,7 @@ class _Batch:
         self.shape = shape
         self.round_dtype = round_dtype
         self.out_dtype = out_dtype
-        self.cuda = device.type == "cuda"
+        self.pending: set[torch.device] = set()  # GPUs with copies in flight: synchronize
         self.rows: dict[str, torch.Tensor] = {}
         self.bad: dict[str, torch.Tensor] = {}
         self.overflow: dict[str, torch.Tensor] = {}
@@ -504,9 +507,10 @@ class _Batch:
         if rounded.dtype != sel.dtype:
             self.overflow[name] = (bad & torch.isfinite(sel).all(1)).sum()
         rows = rounded.to(self.out_dtype)
-        if self.cuda:  # only the selected rows leave the GPU, into pinned memory
-            host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+        if rows.device.type == "cuda" and ASYNC_COPY:  # only the selected rows leave the GPU,
+            host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)  # into pinned memory
             host.copy_(rows, non_blocking=True)
+            self.pending.add(rows.device)  # a device map may put blocks on several GPUs
             rows = host
         elif rows.device.type != "cpu":
             rows = rows.cpu()
@@ -635,10 +639,11 @@ def capture(
                         f"modules {missing} did not run in the model's forward pass; they are "
                         "not its blocks: pass blocks='path.to.layers'"
                     )
-                if batch.cuda:
-                    torch.cuda.synchronize(device)
+                for gpu in batch.pending:  # every copy has landed before the rows are read
+                    torch.cuda.synchronize(gpu)
                 for n in names:
-                    st.append(n, batch.rows[n].numpy(), copy=False)
+                    # pinned buffers go back to torch's cache; the store keeps a pageable copy
+                    st.append(n, batch.rows[n].numpy(), copy=batch.rows[n].is_pinned())
                     nonfinite[n] += int(batch.bad[n])
                     if n in batch.overflow:
                         overflow[n] += int(batch.overflow[n])
