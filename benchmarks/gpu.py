@@ -252,8 +252,8 @@ def equality(models: Models, device: torch.device, sizes: dict) -> bool:
         return False
     worst, worst_name = 0.0, names[0]
     for name in names:
-        a = float(np.median(on_cpu.report(name).nn))
-        b = float(np.median(on_dev.report(name).nn))
+        a = float(np.median(on_cpu.layer_report(name).nn))
+        b = float(np.median(on_dev.layer_report(name).nn))
         rel = abs(b - a) / max(abs(a), 1e-30)
         if rel > worst or math.isnan(rel):
             worst, worst_name = rel, name

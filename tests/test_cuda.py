@@ -159,7 +159,7 @@ def test_no_cuda_memory_left_growing_across_ten_audits():
     after = []
     for _ in range(10):
         a = hopaudit.audit(model, data, umap_layers=[], progress=False)
-        index = a.report("final").index
+        index = a.layer_report("final").index
         assert (index.kind, index.device.type) == ("exact", "cuda")  # the search ran on the GPU
         del a, index
         gc.collect()
@@ -232,7 +232,7 @@ def test_audit_of_a_model_spread_over_cuda_and_cpu_by_accelerate(layout):
         np.testing.assert_allclose(
             spread.activations(name), on_cpu.activations(name), **TOL, err_msg=name
         )
-        a, b = np.median(spread.report(name).nn), np.median(on_cpu.report(name).nn)
+        a, b = np.median(spread.layer_report(name).nn), np.median(on_cpu.layer_report(name).nn)
         assert a == pytest.approx(b, rel=1e-3), name
     assert spread.capture.cross_entropy == pytest.approx(on_cpu.capture.cross_entropy, abs=1e-4)
 

@@ -168,6 +168,7 @@ print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
 """
 
 
+@pytest.mark.slow  # two new processes that import umap and compile its functions
 def test_umaps_compiled_functions_are_loaded_from_disk_in_a_new_process(tmp_path):
     """umap does not cache its optimiser's JIT itself: the first process compiles it (a cache
     miss, written to NUMBA_CACHE_DIR), the next one loads it (a hit, no compile)."""

@@ -81,7 +81,7 @@ def test_loaded_index_answers_queries_like_the_original(audited, tmp_path):
     a.save(tmp_path / "a")
     b = hopaudit.load(tmp_path / "a")
     for name in a.layer_names:
-        ra, rb = a.report(name), b.report(name)
+        ra, rb = a.layer_report(name), b.layer_report(name)
         assert ra.index.kind == rb.index.kind
         x = np.random.default_rng(0).normal(size=(7, ra.n)).astype(np.float32)
         ia, da = ra.index.query(x, 3)
@@ -253,9 +253,9 @@ def test_a_missing_or_damaged_hnsw_index_is_rebuilt(tmp_path):
     assert "layer_000.bin" in named and "layer_001.bin" in named and "layer_002.bin" not in named
     x = np.random.default_rng(0).normal(size=(5, a.hidden_size)).astype(np.float32)
     for name in a.layer_names:
-        assert b.report(name).index.kind == "hnsw"
+        assert b.layer_report(name).index.kind == "hnsw"
         np.testing.assert_array_equal(
-            a.report(name).index.query(x, 3)[0], b.report(name).index.query(x, 3)[0]
+            a.layer_report(name).index.query(x, 3)[0], b.layer_report(name).index.query(x, 3)[0]
         )
     import warnings as _w
 
