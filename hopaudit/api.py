@@ -95,7 +95,7 @@ def audit(
 
     Runs ``data`` through ``model`` once with a hook on every transformer block (and on the
     final norm, layer ``final``), stores the activations at ``positions``, then measures
-    every layer as THEORY.md defines: nearest-pattern distances, ball radii against
+    every layer as docs/theory.md defines: nearest-pattern distances, ball radii against
     sqrt(n / 2 pi e), separation, basins, the partition function and the loss floor. A
     2-D UMAP is made for ``umap_layers`` (default: first, middle and last block, ``final``).
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import HopauditError
 
-DEMO_SEQUENCES = 600  # 38 400 tokens: the whole demo fits in about 5 minutes on 2 cores
+DEMO_SEQUENCES = 600  # 38 400 tokens of 64: a demo of about a minute on 2 cores
 DEMO_LENGTH = 64
 
 

@@ -1,4 +1,4 @@
-"""Distances -> the per-layer quantities of THEORY.md §2 and §5.
+"""Distances -> the per-layer quantities of docs/theory.md §2 and §5.
 
 Pure numpy functions: they take the nearest-neighbour distances (and basins) that the search
 produced and return radii, separation and containment fractions, basin sizes, the TwoNN

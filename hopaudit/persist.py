@@ -10,6 +10,7 @@ The on-disk format (version 2), one directory per audit::
     capture.npz           per-row sequence and position; per-sequence NLL, Min-K%, top-1
     activations/          the activation store (hopaudit.store format: meta.json + raw files)
     heldout/              the held-out activation store, when the audit had one
+    heldout.npz           the held-out capture's per-row and per-sequence arrays (as capture.npz)
     reports/layer_NNN.npz the arrays of each measured layer's report
     indexes/layer_NNN.bin the layer's HNSW index in hnswlib's own format (exact indexes are
                           rebuilt from the activations on load: they are the data itself)

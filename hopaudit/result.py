@@ -68,7 +68,7 @@ class Audit(View):
     # ---------------------------------------------------------------- tables
     @property
     def layers(self) -> pd.DataFrame:
-        """One row per layer: stable id, full module path, and every THEORY.md quantity."""
+        """One row per layer: stable id, full module path, and every docs/theory.md quantity."""
         rows = []
         for i, name in enumerate(self.layer_names):
             row: dict[str, Any] = {c: math.nan for c in LAYER_COLUMNS}

@@ -31,7 +31,7 @@ def test_smollm2_audit_of_a_few_dozen_sequences(smollm2, pydoc):
     assert len(layers) == 31 and layers["name"].iloc[-1] == "final"
     assert list(layers["name"][:30]) == [f"model.layers.{i}" for i in range(30)]
     assert (layers["n"] == 576).all()
-    assert layers["r_star"].iloc[0] == pytest.approx(5.8073, abs=1e-4)  # THEORY.md's table
+    assert layers["r_star"].iloc[0] == pytest.approx(5.8073, abs=1e-4)  # docs/theory.md's table
     # The same pass's cross-entropy is transformers' own loss on the same sequences, computed
     # in the precision the audit says it ran in (bfloat16 autocast where the CPU has it).
     ran = a.summary()["compute_dtype"]
@@ -43,7 +43,7 @@ def test_smollm2_audit_of_a_few_dozen_sequences(smollm2, pydoc):
     assert a.summary()["cross_entropy"] == pytest.approx(loss, abs=1e-4)
     assert a.summary()["cross_entropy"] == pytest.approx(loss32, abs=5e-3)
     assert 1.0 < loss < 5.0
-    # rms-normalized radii stay near r_star (THEORY.md: between 4.8 and 7.1 on 800 chunks;
+    # rms-normalized radii stay near r_star (docs/theory.md: between 4.8 and 7.1 on 800 chunks;
     # with 40 patterns the nearest other one is farther, so allow a wider band).
     assert layers["r_hat"].between(2.0, 12.0).all()
 
