@@ -1,4 +1,4 @@
-"""hopaudit.theory against mpmath at 50 digits, closed forms and docs/theory.md's table of values."""
+"""hopaudit.theory against mpmath at 50 digits, closed forms and docs/theory.md's known values."""
 
 from __future__ import annotations
 
