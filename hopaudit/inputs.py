@@ -119,7 +119,7 @@ def _read(data: Any, processor: Any, max_sequences: int | None) -> tuple | None:
         inputs = _process(loaded, processor, "a folder of images")
         names = [str(p.relative_to(path)) for p in images]
         return inputs, None, names, f"{len(images)} images in {path}"
-    if isinstance(data, torch.Tensor) or isinstance(data, np.ndarray):
+    if isinstance(data, (torch.Tensor, np.ndarray)):
         if not _is_float_array(data) or data.ndim < 2:
             return None
         t = torch.as_tensor(data)
@@ -243,7 +243,7 @@ def _from_batches(batches: Iterable, what: str) -> tuple:
             if key == "labels":
                 labels.append(t.long() if t.ndim == 2 else t.long()[None])
                 continue
-            parts.setdefault(key, []).append(t if t.ndim > 1 or key != "attention_mask" else t)
+            parts.setdefault(key, []).append(t)
     if not parts:
         raise DataError(f"{what} hold no tensors")
     inputs: dict[str, torch.Tensor] = {}
