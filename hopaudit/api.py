@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .blocks import count_parameters, find_blocks, find_final_norm
+from .blocks import architecture_note, count_parameters, find_stacks, strip_compiled
 from .capture import capture, model_device
 from .data import prepare_data
 from .errors import DataError, HopauditError, SearchError
@@ -50,6 +50,7 @@ def audit(
     progress: bool = True,
     seed: int = 0,
     autocast: str = "auto",
+    processor: Any = None,
 ) -> Audit:
     """Audit what ``model`` has memorized of ``data``.
 
@@ -67,13 +68,20 @@ def audit(
     ``autocast="auto"`` runs a float32 model's forward in bfloat16 autocast where the hardware
     multiplies bfloat16 natively (about 2x faster; see :mod:`hopaudit.precision` for what it
     changes, measured); ``"off"`` runs the model as it is.
+
+    An encoder-decoder (T5, BART, Whisper, ...) is audited as two stacks, ``encoder`` then
+    ``decoder`` (``audit.layers["stack"]``): plain texts go to the encoder and are also the
+    decoder's labels (teacher forcing); ``(source, target)`` pairs and rows with ``labels``
+    are taken as given. Image and audio encoders take tensors, or images / clips with
+    ``processor=`` (see :mod:`hopaudit.inputs`).
     """
     t_start = time.perf_counter()
     _check_options(normalize, index, store_dtype, umap_max_points, k, autocast)
 
     model, tokenizer = load_model(model, tokenizer=tokenizer)
-    block_list = find_blocks(model, blocks)
-    final = find_final_norm(model, [path for path, _ in block_list])
+    stacks = find_stacks(model, blocks)
+    block_list = [b for st in stacks for b in st.blocks]
+    final = stacks[-1].final
     n_total, n_blocks_params = count_parameters(model, block_list)
     device = model_device(model)
 
@@ -85,14 +93,14 @@ def audit(
             chunking=chunking,
             max_sequences=max_sequences,
             model=model,
+            processor=processor,
         )
 
     def capture_of(tokens: Any, where: str | None):
         return capture(
             model,
             tokens,
-            block_list,
-            final=final,
+            stacks,
             positions=positions,
             store_dtype=getattr(torch, store_dtype),
             store=where,
@@ -145,7 +153,7 @@ def audit(
         embeddings[name] = _embed(
             reports[name],
             stored.store.get(name),
-            stored.row_sequence,
+            stored.rows_of(name)[0],
             umap_max_points,
             seed,
             device,
@@ -159,8 +167,13 @@ def audit(
             "max_length": max_length,
             "chunking": chunking,
             "positions": positions,
-            "blocks": [p for p, _ in block_list],
-            "final": None if final is None else final[0],
+            "blocks": [strip_compiled(p) for p, _ in block_list],
+            "final": None if final is None else strip_compiled(final[0]),
+            "encoder_final": next(
+                (strip_compiled(s.final[0]) for s in stacks[:-1] if s.final is not None), None
+            ),
+            "stacks": [s.name for s in stacks],
+            "architecture_note": architecture_note(block_list),
             "normalize": normalize,
             "index": index,
             "store": store,

@@ -474,8 +474,9 @@ def is_dispatched(model: nn.Module) -> bool:
 def execution_device(model: nn.Module) -> torch.device:
     """Where inputs go: the execution device accelerate's hooks name for the first module that
     runs (the input embedding, else the model, else the first hooked module), else the input
-    embedding's device, else the first non-meta parameter's, else the CPU. Never a meta device:
-    under ``cpu_offload`` and disk offload the weights sit on meta between forwards."""
+    embedding's device, else the first non-meta parameter's, else the CPU. A meta device only
+    for a model wholly on meta without hooks: under ``cpu_offload`` and disk offload the
+    weights sit on meta between forwards, and the hooks name where they run."""
     emb = input_embedding(model)
     for mod in (emb, model):
         dev = _hook_device(mod) if isinstance(mod, nn.Module) else None
@@ -488,10 +489,11 @@ def execution_device(model: nn.Module) -> torch.device:
     weight = getattr(emb, "weight", None)
     if isinstance(weight, torch.Tensor) and not weight.is_meta:
         return weight.device
-    for p in model.parameters():
+    params = list(model.parameters())
+    for p in params:
         if not p.is_meta:
             return p.device
-    return torch.device("cpu")
+    return params[0].device if params else torch.device("cpu")  # meta only: nothing can run
 
 
 def _sub_config(model: nn.Module, *names: str) -> Any:
@@ -721,6 +723,10 @@ def find_stacks(model: nn.Module, blocks: str | Sequence[str] | None = None) -> 
     the search and gives one stack. Paths never carry torch.compile's ``_orig_mod.`` prefix.
     """
     model = _uncompiled(_check_module(model))
+    if isinstance(blocks, str):
+        blocks = strip_compiled(blocks)
+    elif blocks is not None and not isinstance(blocks, str):
+        blocks = [strip_compiled(b) if isinstance(b, str) else b for b in blocks]
     if blocks is None and is_encoder_decoder(model):
         stacks = _encoder_decoder_stacks(model)
         if stacks is not None:
