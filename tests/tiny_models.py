@@ -419,11 +419,11 @@ SEQ2SEQ_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
             eos_token_id=1,
             decoder_start_token_id=0,
         ),
-    ),  # fmt: skip
+    ),
     "bart": (
         "bart",
         dict(_S2S, max_position_embeddings=128, decoder_start_token_id=1, forced_eos_token_id=None),
-    ),  # fmt: skip
+    ),
     "mbart": ("mbart", dict(_S2S, max_position_embeddings=128)),
     "pegasus": ("pegasus", dict(_S2S, max_position_embeddings=128, decoder_start_token_id=0)),
     "marian": ("marian", dict(_S2S, max_position_embeddings=128, decoder_start_token_id=0)),
@@ -438,7 +438,7 @@ SEQ2SEQ_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
             suppress_tokens=None,
             begin_suppress_tokens=None,
         ),
-    ),  # fmt: skip
+    ),
 }
 SEQ2SEQ_ARCHS: list[str] = list(SEQ2SEQ_SPECS)
 
@@ -455,7 +455,7 @@ ENCODER_SPECS: dict[str, tuple[str, dict[str, Any], str]] = {
             patch_size=8,
         ),
         "encoder.layer",
-    ),  # fmt: skip
+    ),
     "clip_vision": (
         "clip_vision_model",
         dict(
@@ -467,7 +467,7 @@ ENCODER_SPECS: dict[str, tuple[str, dict[str, Any], str]] = {
             patch_size=8,
         ),
         "vision_model.encoder.layers",
-    ),  # fmt: skip
+    ),
     "dinov2": (
         "dinov2",
         dict(
@@ -479,7 +479,7 @@ ENCODER_SPECS: dict[str, tuple[str, dict[str, Any], str]] = {
             patch_size=8,
         ),
         "encoder.layer",
-    ),  # fmt: skip
+    ),
     "wav2vec2": (
         "wav2vec2",
         dict(
@@ -496,7 +496,7 @@ ENCODER_SPECS: dict[str, tuple[str, dict[str, Any], str]] = {
             do_stable_layer_norm=True,
         ),
         "encoder.layers",
-    ),  # fmt: skip
+    ),
     "hubert": (
         "hubert",
         dict(
@@ -513,7 +513,7 @@ ENCODER_SPECS: dict[str, tuple[str, dict[str, Any], str]] = {
             do_stable_layer_norm=True,
         ),
         "encoder.layers",
-    ),  # fmt: skip
+    ),
     "whisper_encoder": ("whisper", SEQ2SEQ_SPECS["whisper"][1], "layers"),
 }
 
@@ -554,9 +554,18 @@ def tiny_mamba(*, seed: int = 0):
     """A tiny seeded random Mamba LM (no attention: a state-space model), on the CPU."""
     from transformers import MambaConfig, MambaForCausalLM
 
-    config = MambaConfig(vocab_size=VOCAB_SIZE, hidden_size=_H, state_size=4,
-                         num_hidden_layers=2, expand=2, conv_kernel=4, use_mambapy=False,
-                         pad_token_id=0, eos_token_id=1, bos_token_id=2)  # fmt: skip
+    config = MambaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=_H,
+        state_size=4,
+        num_hidden_layers=2,
+        expand=2,
+        conv_kernel=4,
+        use_mambapy=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MambaForCausalLM(config)
