@@ -513,7 +513,25 @@ def main_input_name(model: nn.Module) -> str:
 
 
 def is_encoder_decoder(model: nn.Module) -> bool:
-    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+    """Does the model run an encoder and a decoder (not just share such a config, as
+    Whisper's encoder alone does)?"""
+    if not getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return False
+    return _encoder_and_decoder(model) is not None
+
+
+def _encoder_and_decoder(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    get_enc = getattr(model, "get_encoder", None)
+    get_dec = getattr(model, "get_decoder", None)
+    enc = dec = None
+    with contextlib.suppress(Exception):
+        enc = get_enc() if callable(get_enc) else getattr(model, "encoder", None)
+    with contextlib.suppress(Exception):
+        dec = get_dec() if callable(get_dec) else getattr(model, "decoder", None)
+    ok = isinstance(enc, nn.Module) and isinstance(dec, nn.Module)
+    if not ok or enc is dec or enc is model or dec is model:
+        return None
+    return enc, dec
 
 
 def decoder_start_ids(model: nn.Module, labels: torch.Tensor) -> torch.Tensor:
@@ -733,16 +751,44 @@ def find_stacks(model: nn.Module, blocks: str | Sequence[str] | None = None) -> 
             return stacks
     found = find_blocks(model, blocks)
     final = find_final_norm(model, [p for p, _ in found])
+    if final is not None and not _same_shape_as_blocks(model, found[-1][1], final[1]):
+        final = None  # e.g. CLIP vision's post_layernorm, which normalizes the pooled CLS only
     return [Stack(_role(model, final), found, final, "final")]
 
 
+def _same_shape_as_blocks(model: nn.Module, last_block: nn.Module, final: nn.Module) -> bool:
+    """Does ``final`` give one row per position, as the last block does (True when no probe
+    can run)?"""
+    probe = probe_inputs(model)
+    if probe is None:
+        return True
+    shapes: dict[str, tuple] = {}
+
+    def keep(key: str):
+        def hook(_m, _a, out):
+            t = out if isinstance(out, torch.Tensor) else out[0] if isinstance(out, tuple) else None
+            if isinstance(t, torch.Tensor):
+                shapes.setdefault(key, tuple(t.shape))
+
+        return hook
+
+    handles = [last_block.register_forward_hook(keep("block")), final.register_forward_hook(
+        keep("final"))]  # fmt: skip
+    try:
+        ran = _run_probe(model, probe)
+    finally:
+        for h in handles:
+            h.remove()
+    if not ran or "block" not in shapes or "final" not in shapes:
+        return True
+    return shapes["final"] == shapes["block"]
+
+
 def _encoder_decoder_stacks(model: nn.Module) -> list[Stack] | None:
-    get_enc = getattr(model, "get_encoder", None)
-    get_dec = getattr(model, "get_decoder", None)
-    enc = get_enc() if callable(get_enc) else getattr(model, "encoder", None)
-    dec = get_dec() if callable(get_dec) else getattr(model, "decoder", None)
-    if not isinstance(enc, nn.Module) or not isinstance(dec, nn.Module) or enc is dec:
+    found = _encoder_and_decoder(model)
+    if found is None:
         return None
+    enc, dec = found
     enc_path, dec_path = _sub_path(model, enc), _sub_path(model, dec)
     if enc_path is None or dec_path is None:
         return None
