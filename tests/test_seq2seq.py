@@ -211,7 +211,7 @@ def test_whisper_features_and_labels():
 def test_an_encoder_decoder_without_labels_is_refused_clearly():
     model = tiny_seq2seq("whisper")
     data = prepare_data(torch.randn(2, 16, 32), model=model)
-    with pytest.raises(DataError, match="encoder-decoder.*labels"):
+    with pytest.raises(DataError, match=r"encoder-decoder.*labels"):
         capture(model, data, find_stacks(model), progress=False)
 
 
