@@ -61,6 +61,8 @@ def prepare_inputs(
     from .data import InputData
 
     main = main_input(model) if model is not None else "input_ids"
+    if processor is None:  # loaded beside the model by hopaudit.loading
+        processor = getattr(model, "hopaudit_processor", None)
     if main == "input_ids" and isinstance(data, (torch.Tensor, np.ndarray)):
         return None, data  # the text path says what is wrong with a float tensor
     try:

@@ -269,3 +269,21 @@ def test_a_forward_input_that_was_not_given_is_named():
     data = prepare_data(torch.randint(0, 64, (2, 6)), model=model)
     with pytest.raises(DataError, match="needs position_ids"):
         capture(model, data, find_stacks(model), progress=False)
+
+
+def test_a_saved_vision_model_brings_its_processor(tmp_path):
+    from PIL import Image
+    from transformers import ViTImageProcessor
+
+    model, _ = tiny_encoder("vit")
+    model.save_pretrained(tmp_path / "vit")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
+    rng = np.random.default_rng(5)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.png"
+        )
+    result = hopaudit.audit(str(tmp_path / "vit"), tmp_path, positions="mean", umap_layers=[],
+                            progress=False, index="exact", k=3)  # fmt: skip
+    assert result.texts == [f"{i}.png" for i in range(6)]
+    assert result.summary()["n_patterns"] == 6

@@ -238,3 +238,24 @@ def test_audit_of_t5_has_a_stack_column(tok):
     assert s["cross_entropy"] is not None and np.isfinite(s["cross_entropy"])
     assert result.options["encoder_final"] == "encoder.final_layer_norm"
     assert result.options["final"] == "decoder.final_layer_norm"
+
+
+def test_a_saved_encoder_decoder_loads_with_its_head_and_round_trips(tok, tmp_path):
+    model = tiny_seq2seq("pegasus")
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    result = hopaudit.audit(
+        str(tmp_path / "model"), _texts(4) * 3, chunking="document", umap_layers=[],
+        progress=False, index="exact", k=3,
+    )  # fmt: skip
+    assert type(result.capture).__name__ == "CaptureResult"
+    assert result.model_config["class"] == "PegasusForConditionalGeneration"
+    assert result.layers["stack"].tolist() == ["encoder"] * 3 + ["decoder"] * 3
+    result.save(tmp_path / "saved")
+    back = hopaudit.load(tmp_path / "saved")
+    assert back.layers["stack"].tolist() == result.layers["stack"].tolist()
+    for stack in ("encoder", "decoder"):
+        np.testing.assert_array_equal(
+            back.capture.stack_sequence[stack], result.capture.stack_sequence[stack]
+        )
+    assert back.summary()["stacks"] == ["encoder", "decoder"]
