@@ -11,6 +11,7 @@ one whose element class is in ``model._no_split_modules`` wins; then known paths
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -564,7 +565,7 @@ def decoder_start_ids(model: nn.Module, labels: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(out == -100, pad)
 
 
-def probe_inputs(model: nn.Module) -> dict[str, torch.Tensor] | None:
+def probe_inputs(model: nn.Module) -> dict[str, Any] | None:
     """A minimal forward's inputs (one sample, three tokens, or one small image or clip) on
     the execution device, for finding modules by running them; None when unknown."""
     device = execution_device(model)
@@ -592,21 +593,33 @@ def probe_inputs(model: nn.Module) -> dict[str, torch.Tensor] | None:
         return None
     if is_encoder_decoder(model):
         kwargs["decoder_input_ids"] = ids
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if main == "input_ids" and "attention_mask" in params:
+        kwargs["attention_mask"] = torch.ones_like(ids)
+    if "use_cache" in params:  # T5 without an attention mask fails with a fresh cache
+        kwargs["use_cache"] = False
     return kwargs
 
 
-def _run_probe(model: nn.Module, kwargs: dict[str, torch.Tensor]) -> bool:
+def _run_probe(model: nn.Module, kwargs: dict[str, Any]) -> bool:
     run = getattr(model, "_orig_mod", model)  # torch.compile wrapper: probe without compiling
+    flags = [(m, m.training) for m in run.modules()]
+    run.eval()  # as capture runs it: dropout off, so equal outputs are equal
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             try:
                 run(**kwargs)
             except TypeError:
-                if len(kwargs) != 1:
-                    raise
-                run(next(iter(kwargs.values())))
+                tensors = [v for v in kwargs.values() if isinstance(v, torch.Tensor)]
+                run(tensors[0])  # a plain module: forward(x)
     except Exception:
         return False
+    finally:
+        for m, f in flags:
+            m.training = f
     return True
 
 

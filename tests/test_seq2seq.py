@@ -259,3 +259,11 @@ def test_a_saved_encoder_decoder_loads_with_its_head_and_round_trips(tok, tmp_pa
             back.capture.stack_sequence[stack], result.capture.stack_sequence[stack]
         )
     assert back.summary()["stacks"] == ["encoder", "decoder"]
+
+
+def test_a_model_in_training_mode_has_the_same_stacks_and_keeps_its_mode():
+    """Dropout after T5's encoder norm made the probe's outputs differ in training mode."""
+    model = tiny_seq2seq("t5").train()
+    names = [n for s in find_stacks(model) for n in s.layer_names]
+    assert names == _expected_names("t5")
+    assert all(m.training for m in model.modules())
