@@ -972,9 +972,12 @@ def _no_loss_reason(model: nn.Module, logits: Any, feed: _Feed) -> str:
     if logits is not None and _is_masked_lm(model):
         return f"{name} has a masked-LM head: no next-token loss"
     if feed.ids is None and feed.labels is None:
+        from hopaudit.inputs import _WHAT
+
+        what = _WHAT.get(feed.main, "images or audio").split(" (")[0]
         return (
-            f"{name} reads {feed.main} (images or audio), not tokens, and has no text "
-            "decoder: no next-token loss"
+            f"{name} reads {feed.main} ({what}), not tokens, and has no text decoder: no "
+            "next-token loss"
         )
     if logits is None:
         return f"{name} returns no logits (encoder without an LM head): no next-token loss"
