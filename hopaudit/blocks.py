@@ -320,17 +320,17 @@ def _probe_head_input(
         if isinstance(t, torch.Tensor) and not head_in:
             last_out[:] = [t]
 
-    handles = [m.register_forward_hook(on_output(p, m)) for p, m in watched]
-    handles.append(head.register_forward_pre_hook(on_head, with_kwargs=True))
-    if last_block is not None:
-        handles.append(last_block.register_forward_hook(on_last))
-    if not _run_probe(model, probe):
+    handles = []
+    try:  # the hooks go, whatever happens (Ctrl-C included)
+        handles = [m.register_forward_hook(on_output(p, m)) for p, m in watched]
+        handles.append(head.register_forward_pre_hook(on_head, with_kwargs=True))
+        if last_block is not None:
+            handles.append(last_block.register_forward_hook(on_last))
+        ran = _run_probe(model, probe)
+    finally:
         for h in handles:
             h.remove()
-        return None
-    for h in handles:
-        h.remove()
-    if not head_in:
+    if not ran or not head_in:
         return None
     x = head_in[0]
     if last_out and _same_rows(last_out[0], x):

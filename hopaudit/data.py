@@ -35,6 +35,7 @@ Decisions, so results are reproducible and unsurprising:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import warnings
@@ -253,8 +254,8 @@ def _with_labels(data: TokenData, model: Any) -> TokenData:
     """An encoder-decoder's plain texts are also its decoder's labels (teacher forcing)."""
     if data.labels is not None or not _is_seq2seq(model):
         return data
-    data.labels = data.input_ids.masked_fill(data.attention_mask == 0, -100)
-    return data
+    labels = data.input_ids.masked_fill(data.attention_mask == 0, -100)
+    return dataclasses.replace(data, labels=labels)  # the caller's TokenData is left as given
 
 
 def _labelled_data(

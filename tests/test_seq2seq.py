@@ -267,3 +267,24 @@ def test_a_model_in_training_mode_has_the_same_stacks_and_keeps_its_mode():
     names = [n for s in find_stacks(model) for n in s.layer_names]
     assert names == _expected_names("t5")
     assert all(m.training for m in model.modules())
+
+
+def test_hooks_are_removed_after_an_interrupt_in_the_decoder(tok):
+    model = tiny_seq2seq("bart")
+    stacks = find_stacks(model)
+    data = prepare_data(_texts(), tok, model=model)
+
+    def hooks():
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+    assert hooks() == 0  # finding the stacks left none behind
+
+    def interrupt(*_a, **_k):
+        raise KeyboardInterrupt
+
+    handle = model.model.decoder.layers[1].register_forward_pre_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        capture(model, data, stacks, progress=False)
+    handle.remove()
+    assert hooks() == 0
+    assert data.labels is not None and prepare_data(data, model=model) is not None
