@@ -726,7 +726,10 @@ def _check_forward_inputs(model: nn.Module, given: set[str], main: str) -> None:
         params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    # transformers' forwards end in **kwargs (attention flags) and ignore what they do not
+    # name: an input they do not name would be dropped silently
+    is_hf = hasattr(model, "config") and hasattr(model, "main_input_name")
+    takes_any = not is_hf and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     names = set(params)
     unknown = sorted(k for k in given if k not in names and k != "attention_mask")
     if unknown and not takes_any:

@@ -287,3 +287,11 @@ def test_a_saved_vision_model_brings_its_processor(tmp_path):
                             progress=False, index="exact", k=3)  # fmt: skip
     assert result.texts == [f"{i}.png" for i in range(6)]
     assert result.summary()["n_patterns"] == 6
+
+
+def test_a_key_the_forward_does_not_take_is_named():
+    model, _ = tiny_encoder("vit")
+    _, x = _sample(model, n=2)
+    data = prepare_data({"pixel_values": x, "input_values": torch.randn(2, 800)}, model=model)
+    with pytest.raises(DataError, match="takes no input_values"):
+        capture(model, data, find_stacks(model), progress=False)
