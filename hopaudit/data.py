@@ -21,7 +21,10 @@ Decisions, so results are reproducible and unsurprising:
   file holds one document per line in its ``"text"`` field. A directory is searched
   recursively for ``*.txt`` files (hidden files and folders skipped), in sorted path order, one
   document per file. For one document per line pass ``path.read_text().splitlines()``.
-  A plain ``str`` is always a path; a text itself goes in a list: ``[text]``.
+  A short ``str`` is a path; one longer than 200 characters (or with a line break) that names
+  no file is a text. A short text itself goes in a list: ``[text]``.
+- **Encoder-decoders**: texts are their own labels; ``(source, target)`` pairs and rows with
+  ``labels`` are taken as given (see :func:`prepare_data`). Images and audio: ``inputs.py``.
 - **Pre-tokenized rows are kept as rows** (no special tokens added): a row longer than
   ``max_length`` is cut into full ``max_length`` pieces (stream; its short rest dropped) or
   truncated (document). Masks select the real tokens, so left padding becomes right padding.
