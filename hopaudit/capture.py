@@ -564,8 +564,8 @@ class _Batch:
         stack = self.stack_of[name]
         if out.ndim == 3:
             self.selection(stack, int(out.shape[1]))
-        mask = self.sel[stack][3] if stack in self.sel else None
-        batch, seq = (None, None) if mask is None else tuple(mask.shape)
+        mask = self.sel[stack][3] if stack in self.sel else self.masks.get(stack)
+        batch, seq = ("?", "?") if mask is None else tuple(mask.shape)
         if out.ndim != 3 or out.shape[0] != batch or out.shape[1] != seq:
             raise ModelError(
                 f"module {name!r} gave an output of shape {tuple(out.shape)} for a batch of "
