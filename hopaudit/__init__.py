@@ -12,7 +12,7 @@ from __future__ import annotations
 from . import geometry, theory, zoo
 from ._version import __version__
 from .api import audit
-from .blocks import find_blocks
+from .blocks import find_blocks, find_stacks
 from .data import prepare_data
 from .errors import (
     CaptureError,
@@ -63,6 +63,7 @@ __all__ = [
     "__version__",
     "audit",
     "find_blocks",
+    "find_stacks",
     "geometry",
     "load",
     "measure",

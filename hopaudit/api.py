@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .blocks import count_parameters, find_blocks, find_final_norm
+from .blocks import architecture_note, count_parameters, find_stacks, strip_compiled
 from .capture import capture, model_device
 from .data import prepare_data
 from .errors import DataError, HopauditError, SearchError
@@ -90,6 +90,7 @@ def audit(
     progress: bool = True,
     seed: int = 0,
     autocast: str = "auto",
+    processor: Any = None,
 ) -> Audit:
     """Audit what ``model`` has memorized of ``data``.
 
@@ -111,6 +112,12 @@ def audit(
     ``autocast="auto"`` runs a float32 model's forward in bfloat16 autocast where the hardware
     multiplies bfloat16 natively (faster; :mod:`hopaudit.precision` says what it changes);
     ``"off"`` runs the model as it is.
+
+    An encoder-decoder (T5, BART, Whisper, ...) is audited as two stacks, ``encoder`` then
+    ``decoder`` (``audit.layers["stack"]``): plain texts go to the encoder and are also the
+    decoder's labels (teacher forcing); ``(source, target)`` pairs and rows with ``labels``
+    are taken as given. Image and audio encoders take tensors, or images / clips with
+    ``processor=`` (see :mod:`hopaudit.inputs`).
     """
     t_start = time.perf_counter()
     _check_options(normalize, index, store_dtype, umap_max_points, k, autocast)
@@ -125,9 +132,10 @@ def audit(
     )
 
     model, tokenizer = load_model(model, tokenizer=tokenizer)
-    block_list = find_blocks(model, blocks)
-    final = find_final_norm(model, [path for path, _ in block_list])
-    _check_layer_options(block_list, final, umap_layers)
+    stacks = find_stacks(model, blocks)
+    block_list = [b for st in stacks for b in st.blocks]
+    final = stacks[-1].final
+    _check_layer_options([n for st in stacks for n in st.layer_names], umap_layers)
     n_total, n_blocks_params = count_parameters(model, block_list)
     device = model_device(model)
 
@@ -139,14 +147,14 @@ def audit(
             chunking=chunking,
             max_sequences=max_sequences,
             model=model,
+            processor=processor,
         )
 
     def capture_of(tokens: Any, where: str | None):
         return capture(
             model,
             tokens,
-            block_list,
-            final=final,
+            stacks,
             positions=positions,
             store_dtype=getattr(torch, dtype_name),
             store=where,
@@ -202,7 +210,7 @@ def audit(
         embeddings[name] = _embed(
             reports[name],
             stored.store.get(name),
-            stored.row_sequence,
+            stored.rows_of(name)[0],
             umap_max_points,
             seed,
             device,
@@ -216,8 +224,13 @@ def audit(
             "max_length": max_length,
             "chunking": chunking,
             "positions": positions,
-            "blocks": [p for p, _ in block_list],
-            "final": None if final is None else final[0],
+            "blocks": [strip_compiled(p) for p, _ in block_list],
+            "final": None if final is None else strip_compiled(final[0]),
+            "encoder_final": next(
+                (strip_compiled(s.final[0]) for s in stacks[:-1] if s.final is not None), None
+            ),
+            "stacks": [s.name for s in stacks],
+            "architecture_note": architecture_note(block_list),
             "normalize": normalize,
             "index": index,
             "store": store,
@@ -309,9 +322,8 @@ def _check_more_options(
         raise DataError(f"store must be a directory path or None, got {type(store).__name__}")
 
 
-def _check_layer_options(block_list: list, final: Any, umap_layers: Any) -> None:
+def _check_layer_options(names: list[str], umap_layers: Any) -> None:
     """umap_layers names and ids against the model's layers, before the forward pass."""
-    names = [p for p, _ in block_list] + ([] if final is None else ["final"])
     if umap_layers is not None:
         if isinstance(umap_layers, (str, int)):
             raise DataError(
@@ -375,7 +387,7 @@ def resolve_store_dtype(
             rows += int(tok.attention_mask.sum())
         else:
             rows += tok.num_sequences * (len(pos) if isinstance(pos, list) else 1)
-    layers = len(block_list) + (final is not None)
+    layers = len(block_list) + 1  # the blocks and a final layer (at most two, in seq2seq)
     if hidden is None:
         return "float16", "auto: the hidden size is unknown, float16 to bound the store"
     need = rows * hidden * layers * 4

@@ -50,7 +50,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hopaudit.blocks import input_embedding, vocab_size
+from hopaudit.blocks import (
+    ENCODER_FINAL,
+    Stack,
+    decoder_start_ids,
+    execution_device,
+    is_encoder_decoder,
+    main_input_name,
+    vocab_size,
+)
 from hopaudit.errors import CaptureError, DataError, HopauditError, ModelError
 from hopaudit.precision import autocast_context, compute_dtype, describe
 from hopaudit.store import ActivationStore, normalize_dtype
@@ -151,6 +159,22 @@ class CaptureResult:
     min_k: float = 0.2
     overflow: dict[str, int] = field(default_factory=dict)  # rows finite before the cast only
     compute_dtype: str | None = None  # "bfloat16 autocast" or the model's own dtype
+    # Encoder-decoders: layer name -> its stack ("encoder"/"decoder"; one stack otherwise),
+    # and each stack's own rows (row_sequence/row_position are those of the last stack).
+    layer_stacks: dict[str, str] = field(default_factory=dict)
+    stack_sequence: dict[str, np.ndarray] = field(default_factory=dict)
+    stack_position: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def stack_of(self, layer: str) -> str | None:
+        """The stack a layer belongs to (None for captures saved before stacks existed)."""
+        return (self.layer_stacks or {}).get(layer)
+
+    def rows_of(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        """(row_sequence, row_position) of one layer's stored rows: its stack's."""
+        stack = self.stack_of(layer)
+        if stack is not None and stack in (self.stack_sequence or {}):
+            return self.stack_sequence[stack], self.stack_position[stack]
+        return self.row_sequence, self.row_position
 
 
 # ------------------------------------------------------------------------------- positions
@@ -159,9 +183,11 @@ def parse_positions(positions: Any) -> str | list[int]:
     if isinstance(positions, str):
         if positions in ("last", "all", "mean"):
             return positions
+        if positions == "cls":  # the first position: a ViT/BERT's CLS token
+            return [0]
         raise DataError(
-            f"positions={positions!r} is not understood; use 'last', 'all', 'mean', an int or a "
-            "list of ints"
+            f"positions={positions!r} is not understood; use 'last', 'all', 'mean', 'cls', an "
+            "int or a list of ints"
         )
     if isinstance(positions, (int, np.integer)) and not isinstance(positions, bool):
         return [int(positions)]
@@ -226,17 +252,20 @@ def select_positions(
 
 # --------------------------------------------------------------------------------- scores
 def token_scores(
-    logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor
+    logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor, *, shift: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per next-token prediction within the mask: (sequence index, log-prob of the true next
     token, top-1 hit), computed in float32 with log_softmax over bounded chunks.
 
-    A prediction at token t of token t+1 counts when both are real tokens. Each sequence's
-    predictions are read as a view of the logits when they are contiguous (right padding), so
-    the logits are not copied.
+    A prediction at token t of token t+1 counts when both are real tokens. ``shift=False`` is
+    the seq2seq alignment: logits[t] predict ``input_ids[t]`` (the labels; the decoder read
+    them shifted right), counted where the mask is set. Each sequence's predictions are read
+    as a view of the logits when they are contiguous (right padding), so the logits are not
+    copied.
     """
     m = mask.bool()
-    valid = m[:, :-1] & m[:, 1:]
+    valid = m[:, :-1] & m[:, 1:] if shift else m
+    step = 1 if shift else 0
     vocab = logits.shape[-1]
     chunk = max(1, SCORE_CHUNK_VALUES // vocab)
     seqs, lps, hits = [], [], []
@@ -247,7 +276,7 @@ def token_scores(
             continue
         t0, t1 = int(t[0]), int(t[-1]) + 1
         rows = logits[b, t0:t1] if t1 - t0 == n else logits[b, t]
-        targets = input_ids[b, t + 1]
+        targets = input_ids[b, t + step]
         for s in range(0, n, chunk):
             x = rows[s : s + chunk].float()
             target = targets[s : s + chunk]
@@ -309,14 +338,11 @@ def _is_masked_lm(model: nn.Module) -> bool:
 
 # ---------------------------------------------------------------------------------- device
 def model_device(model: nn.Module) -> torch.device:
-    """Where inputs go: the input embedding's device (right for accelerate device maps), else
-    the first parameter's, else the CPU."""
-    weight = getattr(input_embedding(model), "weight", None)
-    if isinstance(weight, torch.Tensor):
-        return weight.device
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
+    """Where inputs go: the execution device of the first module that runs, as accelerate's
+    hooks name it (device maps, ``cpu_offload``, disk offload), else the input embedding's
+    device, else the first parameter's, else the CPU (:func:`hopaudit.blocks.execution_device`).
+    """
+    return execution_device(model)
 
 
 def _config_int(model: nn.Module, *names: str) -> int | None:
@@ -406,6 +432,36 @@ def _check_data(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return ids.long(), (mask != 0).long()
 
 
+def _check_stacks(
+    model: nn.Module, blocks: Sequence[Any], final: tuple[str, nn.Module] | None
+) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """(layer name -> module, layer name -> stack) for (path, module) pairs plus ``final``, or
+    for a list of :class:`~hopaudit.blocks.Stack` (then ``final`` must be None)."""
+    if blocks and all(isinstance(b, Stack) for b in blocks):
+        if final is not None:
+            raise ModelError("pass final=None with stacks: each Stack carries its own final")
+        modules: dict[str, nn.Module] = {}
+        stack_of: dict[str, str] = {}
+        for st in blocks:
+            if st.final is not None and st.final_name not in (FINAL, ENCODER_FINAL):
+                raise ModelError(f"a stack's final layer is 'final' or 'encoder.final', got "
+                                 f"{st.final_name!r}")  # fmt: skip
+            part = _check_blocks(st.blocks, None)
+            if st.final is not None:
+                part[st.final_name] = st.final[1]
+            clash = set(part) & set(modules)
+            if clash:
+                raise ModelError(f"layers {sorted(clash)} appear in two stacks")
+            modules.update(part)
+            stack_of.update(dict.fromkeys(part, st.name))
+        return modules, stack_of
+    from hopaudit.blocks import _role
+
+    modules = _check_blocks(blocks, final)
+    role = _role(model, final)
+    return modules, dict.fromkeys(modules, role)
+
+
 def _check_blocks(
     blocks: Sequence[tuple[str, nn.Module]], final: tuple[str, nn.Module] | None
 ) -> dict[str, nn.Module]:
@@ -418,8 +474,10 @@ def _check_blocks(
         name, module = str(item[0]), item[1]
         if not isinstance(module, nn.Module):
             raise ModelError(f"block {name!r} is a {type(module).__name__}, not a torch module")
-        if name in modules or name == FINAL:
-            raise ModelError(f"block name {name!r} is repeated or reserved ('final')")
+        if name in modules or name in (FINAL, ENCODER_FINAL):
+            raise ModelError(
+                f"block name {name!r} is repeated or reserved ('final', 'encoder.final')"
+            )
         modules[name] = module
     if not modules:
         raise ModelError("no blocks to hook: pass blocks=find_blocks(model)")
@@ -458,14 +516,22 @@ def _open_store(store: Any, names: list[str], np_dtype: np.dtype) -> tuple[Activ
 
 
 class _Batch:
-    """What the hooks need to know about the batch in flight, and what they collected."""
+    """What the hooks need to know about the batch in flight, and what they collected.
 
-    def __init__(self, b_idx, p_idx, weights, shape, round_dtype, out_dtype, device, widths):
-        self.widths = widths  # name -> hidden size seen, shared across batches
-        self.b_idx = b_idx
-        self.p_idx = p_idx
-        self.weights = weights  # (batch, seq) float32 mean weights, or None
-        self.shape = shape
+    Each stack chooses its rows by its own mask of real positions: the encoder's by the
+    attention mask, an encoder-decoder's decoder by its labels; an image or audio encoder's
+    mask is only known from its blocks' output length (``frame_mask(seq)``), so rows are
+    chosen at the stack's first block. Index tensors go to the device each block runs on.
+    """
+
+    def __init__(self, stack_of, masks, positions, round_dtype, out_dtype, widths, frame_mask):
+        self.widths = widths  # (stack, name) -> hidden size seen, shared across batches
+        self.stack_of = stack_of
+        self.masks = masks  # stack -> (batch, seq) mask on the CPU, or None
+        self.positions = positions
+        self.frame_mask = frame_mask
+        self.sel: dict[str, tuple] = {}  # stack -> (b_idx, p_idx, weights, mask), CPU
+        self._on: dict[tuple[str, torch.device], tuple] = {}
         self.round_dtype = round_dtype
         self.out_dtype = out_dtype
         self.pending: set[torch.device] = set()  # GPUs with copies in flight: synchronize
@@ -473,17 +539,47 @@ class _Batch:
         self.bad: dict[str, torch.Tensor] = {}
         self.overflow: dict[str, torch.Tensor] = {}
 
+    def selection(self, stack: str, seq: int) -> tuple:
+        if stack not in self.sel:
+            mask = self.masks.get(stack)
+            if mask is None:
+                mask = self.frame_mask(seq)
+                check_positions_fit(self.positions, mask.sum(1))
+            b_idx, p_idx = select_positions(mask, self.positions)
+            weights = None
+            if self.positions == "mean":
+                w = mask.float()
+                weights = w / w.sum(1, keepdim=True)
+            self.sel[stack] = (b_idx, p_idx, weights, mask)
+        return self.sel[stack]
+
+    def _device_selection(self, stack: str, device: torch.device) -> tuple:
+        key = (stack, device)
+        if key not in self._on:
+            b_idx, p_idx, weights, _ = self.sel[stack]
+            self._on[key] = (
+                b_idx.to(device),
+                p_idx.to(device),
+                None if weights is None else weights.to(device),
+            )
+        return self._on[key]
+
     def collect(self, name: str, out: torch.Tensor) -> None:
-        batch, seq = self.shape
+        stack = self.stack_of[name]
+        if out.ndim == 3:
+            self.selection(stack, int(out.shape[1]))
+        mask = self.sel[stack][3] if stack in self.sel else self.masks.get(stack)
+        batch, seq = ("?", "?") if mask is None else tuple(mask.shape)
         if out.ndim != 3 or out.shape[0] != batch or out.shape[1] != seq:
             raise ModelError(
                 f"module {name!r} gave an output of shape {tuple(out.shape)} for a batch of "
-                f"{batch} sequences of {seq} tokens; a transformer block gives (batch, seq, "
+                f"{batch} sequences of {seq} positions; a transformer block gives (batch, seq, "
                 "hidden), so this module is not one: pass blocks='path.to.layers' (the ModuleList"
                 " of the blocks)"
             )
-        if self.widths and name not in self.widths:
-            first, width = next(iter(self.widths.items()))
+        same = {n: w for (st, n), w in self.widths.items() if st == stack}
+        if same and name not in same:
+            first, width = next(iter(same.items()))
             if out.shape[2] != width:
                 raise ModelError(
                     f"module {name!r} gave an output of shape {tuple(out.shape)}, hidden size "
@@ -491,16 +587,18 @@ class _Batch:
                     "model share a hidden size, so this module is not a block: pass "
                     "blocks='path.to.layers'"
                 )
-        self.widths.setdefault(name, int(out.shape[2]))
+        self.widths.setdefault((stack, name), int(out.shape[2]))
         if name in self.rows:
             raise ModelError(
                 f"module {name!r} ran twice in one forward pass (weights shared across layers?); "
                 "hook modules that run once each: pass blocks='path.to.layers'"
             )
-        if self.weights is not None:
-            sel = torch.einsum("bt,bth->bh", self.weights, out.detach().float())
+        # the rows leave the device this block ran on (accelerate may spread the blocks)
+        b_idx, p_idx, weights = self._device_selection(stack, out.device)
+        if weights is not None:
+            sel = torch.einsum("bt,bth->bh", weights, out.detach().float())
         else:
-            sel = out.detach()[self.b_idx, self.p_idx]
+            sel = out.detach()[b_idx, p_idx]
         rounded = sel.to(self.round_dtype)
         bad = ~torch.isfinite(rounded).all(1)
         self.bad[name] = bad.sum()
@@ -517,6 +615,151 @@ class _Batch:
         self.rows[name] = rows
 
 
+class _Feed:
+    """The data in capture's terms: each batch's forward inputs and each stack's mask.
+
+    Token data (a ``TokenData``) feed ``input_ids`` and ``attention_mask``; an encoder-decoder
+    also gets ``decoder_input_ids`` = its labels shifted right (the model's own shift) and
+    its decoder stack selects rows where there is a label. Non-text data (an ``InputData``)
+    feed their tensors as given, floats cast to the model's dtype.
+    """
+
+    def __init__(self, data: Any, model: nn.Module, stacks: list[str]) -> None:
+        from hopaudit.data import InputData
+
+        self.model = model
+        self.stacks = stacks
+        self.seq2seq = is_encoder_decoder(model)
+        self.main = main_input_name(model)
+        if isinstance(data, InputData):
+            self.ids = self.mask = None
+            self.inputs = {k: torch.as_tensor(v) for k, v in data.inputs.items()}
+            if not self.inputs:
+                raise DataError("the InputData holds no inputs")
+            self.n = int(next(iter(self.inputs.values())).shape[0])
+            if self.n == 0:
+                raise DataError("there are no samples to capture: the data is empty")
+        else:
+            self.ids, self.mask = _check_data(data)
+            self.inputs = {}
+            self.n = int(self.ids.shape[0])
+        self.labels = _check_labels(getattr(data, "labels", None), self.n)
+        if self.seq2seq and self.labels is None:
+            raise DataError(
+                f"{type(model).__name__} is an encoder-decoder: its decoder runs on labels, "
+                "and the data give none; pass texts (each is its own label), (source, target) "
+                "text pairs, or rows with input_ids (or input_features) and labels"
+            )
+        if not self.seq2seq and self.labels is not None:
+            self.labels = None  # a decoder-only or encoder model has one stack: no targets
+        given = set(self.inputs) if self.ids is None else {"input_ids", "attention_mask"}
+        if self.seq2seq:
+            given.add("decoder_input_ids")
+        _check_forward_inputs(model, given, self.main)
+        self.float_dtype = next(
+            (p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32
+        )
+
+    def batch(self, start: int, stop: int, device: torch.device) -> tuple[dict, dict, Any]:
+        """(forward kwargs on ``device``, stack -> CPU mask or None, (targets, mask, shift)
+        for the scores on ``device`` or None)."""
+        kwargs: dict[str, torch.Tensor] = {}
+        masks: dict[str, torch.Tensor | None] = {}
+        score = None
+        if self.ids is not None:
+            mask = self.mask[start:stop]
+            width = int(mask.any(0).nonzero().max()) + 1  # drop all-pad trailing columns
+            mask = mask[:, :width]
+            ids = self.ids[start:stop, :width]
+            kwargs["input_ids"] = ids.to(device, non_blocking=True)
+            kwargs["attention_mask"] = mask.to(device, non_blocking=True)
+            masks[self.stacks[0]] = mask
+            score = (kwargs["input_ids"], kwargs["attention_mask"], True)
+        else:
+            for k, v in self.inputs.items():
+                v = v[start:stop]
+                if v.is_floating_point():
+                    v = v.to(self.float_dtype)
+                kwargs[k] = v.to(device, non_blocking=True)
+            masks[self.stacks[0]] = None
+            score = None
+        if self.labels is not None:
+            labels = self.labels[start:stop]
+            has = (labels != -100).any(0).nonzero()
+            labels = labels[:, : int(has.max()) + 1]
+            kwargs["decoder_input_ids"] = decoder_start_ids(self.model, labels).to(device)
+            label_mask = (labels != -100).long()
+            masks[self.stacks[-1]] = label_mask
+            targets = labels.clamp_min(0).to(device)
+            score = (targets, label_mask.to(device), False)
+        return kwargs, masks, score
+
+    def frame_mask(self, kwargs: dict[str, torch.Tensor], start: int, stop: int):
+        """The mask of real positions of a non-text encoder's output of ``seq`` positions:
+        all of them, or, for raw audio with an attention mask, the frames its samples fill."""
+        am = self.inputs.get("attention_mask")
+        lengths_of = getattr(self.model, "_get_feat_extract_output_lengths", None)
+
+        def mask_of(seq: int) -> torch.Tensor:
+            n = stop - start
+            if am is None or not callable(lengths_of) or self.main != "input_values":
+                return torch.ones(n, seq, dtype=torch.long)
+            frames = torch.as_tensor(lengths_of(am[start:stop].sum(-1))).long().clamp(1, seq)
+            return (torch.arange(seq)[None] < frames[:, None]).long()
+
+        return mask_of
+
+
+def _check_labels(labels: Any, n: int) -> torch.Tensor | None:
+    if labels is None:
+        return None
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 2 or labels.shape[0] != n or labels.is_floating_point():
+        raise DataError(
+            f"labels must be integer ids (sequences, target_len) for {n} sequences, got "
+            f"{labels.dtype} {tuple(labels.shape)}"
+        )
+    empty = ~(labels != -100).any(1)
+    if bool(empty.any()):
+        raise DataError(f"sequence {int(empty.nonzero()[0])} has no label (all -100); drop it")
+    return labels.long()
+
+
+def _check_forward_inputs(model: nn.Module, given: set[str], main: str) -> None:
+    """The forward must take every input given, and get the one it needs (named)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return
+    # transformers' forwards end in **kwargs (attention flags) and ignore what they do not
+    # name: an input they do not name would be dropped silently
+    is_hf = hasattr(model, "config") and hasattr(model, "main_input_name")
+    takes_any = not is_hf and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    names = set(params)
+    unknown = sorted(k for k in given if k not in names and k != "attention_mask")
+    if unknown and not takes_any:
+        raise DataError(
+            f"{type(model).__name__}.forward takes no {', '.join(unknown)}; it takes "
+            f"{', '.join(n for n in params if n not in ('kwargs', 'args'))[:300]}: pass the "
+            "inputs this model reads"
+        )
+    required = [
+        n
+        for n, p in params.items()
+        if p.default is inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and n not in given
+    ]
+    if main in names and main not in given and main != "input_ids":
+        required = [main, *[r for r in required if r != main]]
+    if required:
+        raise DataError(
+            f"{type(model).__name__}.forward needs {', '.join(required)}, which the data do "
+            f"not give (they give {', '.join(sorted(given))}); pass data with "
+            f"{required[0]}"
+        )
+
+
 def _forward_kwargs(model: nn.Module) -> dict[str, Any]:
     try:
         params = inspect.signature(model.forward).parameters
@@ -528,9 +771,9 @@ def _forward_kwargs(model: nn.Module) -> dict[str, Any]:
 def capture(
     model: nn.Module,
     data: Any,
-    blocks: Sequence[tuple[str, nn.Module]],
+    blocks: Sequence[Any],
     *,
-    final: tuple[str, nn.Module] | None,
+    final: tuple[str, nn.Module] | None = None,
     positions: Any = "last",
     store_dtype: Any = torch.float16,
     store: Any = None,
@@ -542,34 +785,49 @@ def capture(
     """Run ``data`` through ``model`` once, storing each block's (and the final norm's, as layer
     ``"final"``) activations at ``positions``, and scoring each sequence from the logits.
 
+    ``blocks`` are (path, module) pairs with ``final``, or a list of
+    :class:`~hopaudit.blocks.Stack` (:func:`~hopaudit.blocks.find_stacks`: an
+    encoder-decoder's two stacks, each choosing rows by its own mask; the decoder's scores
+    use the seq2seq alignment, logits[t] against labels[t]). ``data`` is a ``TokenData`` or
+    an ``InputData`` (images, audio: rows are chosen over patches or frames; no loss).
     ``store`` is None (RAM), a directory (memory-mapped files, for captures bigger than RAM)
     or a fresh :class:`ActivationStore`. ``batch_size=None`` chooses one
-    (:func:`choose_batch_size`). The model stays on its device, runs in eval mode under
+    (:func:`choose_batch_size`). The model stays on its device(s), runs in eval mode under
     ``torch.inference_mode()``, and gets its training flags back afterwards, also on error.
     ``autocast`` is ``"off"`` (the model as it is), ``"bfloat16"`` or ``"auto"`` (see
     :mod:`hopaudit.precision`).
     """
-    input_ids, attention_mask = _check_data(data)
-    pos = parse_positions(positions)
-    lengths = attention_mask.sum(1)
-    check_positions_fit(pos, lengths)
     if not isinstance(model, nn.Module):
         raise ModelError(f"model must be a torch nn.Module, got {type(model).__name__}")
-    modules = _check_blocks(blocks, final)
+    modules, stack_of = _check_stacks(model, blocks, final)
     names = list(modules)
+    stacks = list(dict.fromkeys(stack_of.values()))
+    feed = _Feed(data, model, stacks)
+    pos = parse_positions(positions)
+    if feed.mask is not None:
+        check_positions_fit(pos, feed.mask.sum(1))
+    if feed.labels is not None:
+        check_positions_fit(pos, (feed.labels != -100).sum(1))
     if not (isinstance(min_k, (int, float)) and 0 < min_k <= 1):
         raise DataError(f"min_k is a fraction of tokens in (0, 1], got {min_k!r}")
     vocab = vocab_size(model)
-    lo, hi = int(input_ids.min()), int(input_ids.max())
-    if lo < 0 or (vocab is not None and hi >= vocab):
-        raise DataError(
-            f"token ids run from {lo} to {hi} but the model's vocabulary has {vocab} entries; "
-            "the tokenizer does not match the model"
-        )
-    n_seq, seq_len = input_ids.shape
+    for what, t in (("token ids", feed.ids), ("labels", feed.labels)):
+        if t is None:
+            continue
+        real = t[t != -100] if what == "labels" else t
+        lo, hi = int(real.min()), int(real.max())
+        if lo < 0 or (vocab is not None and hi >= vocab):
+            raise DataError(
+                f"{what} run from {lo} to {hi} but the model's vocabulary has {vocab} entries; "
+                "the tokenizer does not match the model"
+            )
+    n_seq = feed.n
+    seq_len = int(feed.ids.shape[1]) if feed.ids is not None else 1
     device = model_device(model)
     if batch_size is None:
         batch_size = choose_batch_size(model, seq_len, n_seq, device)
+        if feed.ids is None:  # images or audio: a few samples per batch
+            batch_size = min(batch_size, 16)
     elif not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"batch_size must be a positive int or None, got {batch_size!r}")
     round_dtype, out_dtype, np_dtype = _storage_dtypes(store_dtype)
@@ -579,8 +837,8 @@ def capture(
     flags = [(m, m.training) for m in model.modules()]
     st, owned = _open_store(store, names, np_dtype)
     bar = None
-    row_seq: list[np.ndarray] = []
-    row_pos: list[np.ndarray] = []
+    row_seq: dict[str, list[np.ndarray]] = {s_: [] for s_ in stacks}
+    row_pos: dict[str, list[np.ndarray]] = {s_: [] for s_ in stacks}
     nonfinite = dict.fromkeys(names, 0)
     overflow = dict.fromkeys(names, 0)
     tok_seq: list[torch.Tensor] = []
@@ -588,7 +846,8 @@ def capture(
     tok_hit: list[torch.Tensor] = []
     loss_note: str | None = None
     state: dict[str, _Batch] = {}
-    widths: dict[str, int] = {}
+    widths: dict[tuple[str, str], int] = {}
+    n_tokens = 0
 
     def on_output(name: str, out: torch.Tensor) -> None:
         state["batch"].collect(name, out)
@@ -599,33 +858,21 @@ def capture(
         model.eval()
         # bfloat16 autocast (amp) for the whole pass, or a no-op context: see precision.py
         with torch.inference_mode(), autocast_context(amp, device), TraceBlocks(modules, on_output):
-            done_tokens = 0
             for start in range(0, n_seq, batch_size):
                 stop = min(n_seq, start + batch_size)
-                mask = attention_mask[start:stop]
-                width = int(mask.any(0).nonzero().max()) + 1  # drop all-pad trailing columns
-                mask = mask[:, :width]
-                ids = input_ids[start:stop, :width]
-                b_idx, p_idx = select_positions(mask, pos)
-                weights = None
-                if pos == "mean":
-                    w = mask.float()
-                    weights = (w / w.sum(1, keepdim=True)).to(device)
+                inputs, masks, score = feed.batch(start, stop, device)
                 batch = _Batch(
-                    b_idx.to(device),
-                    p_idx.to(device),
-                    weights,
-                    tuple(ids.shape),
+                    stack_of,
+                    masks,
+                    pos,
                     round_dtype,
                     out_dtype,
-                    device,
                     widths,
+                    feed.frame_mask(inputs, start, stop),
                 )
                 state["batch"] = batch
-                ids_d = ids.to(device, non_blocking=True)
-                mask_d = mask.to(device, non_blocking=True)
                 try:
-                    output = model(input_ids=ids_d, attention_mask=mask_d, **kwargs)
+                    output = model(**inputs, **kwargs)
                 except HopauditError:
                     raise
                 except Exception as e:
@@ -647,28 +894,26 @@ def capture(
                     nonfinite[n] += int(batch.bad[n])
                     if n in batch.overflow:
                         overflow[n] += int(batch.overflow[n])
-                row_seq.append((b_idx + start).numpy())
-                row_pos.append(p_idx.numpy())
+                for s_ in stacks:
+                    b_idx, p_idx, _w, _m = batch.sel[s_]
+                    row_seq[s_].append((b_idx + start).numpy())
+                    row_pos[s_].append(p_idx.numpy())
                 logits = _logits_of(output, vocab)
-                if logits is not None and not _is_masked_lm(model):
-                    b, lp, hit = token_scores(logits, ids_d, mask_d)
+                if logits is not None and score is not None and not _is_masked_lm(model):
+                    targets, score_mask, shift = score
+                    b, lp, hit = token_scores(logits, targets, score_mask, shift=shift)
                     tok_seq.append(b.cpu() + start)
                     tok_lp.append(lp.cpu())
                     tok_hit.append(hit.cpu())
                 elif loss_note is None:
-                    loss_note = (
-                        f"{type(model).__name__} has a masked-LM head: no next-token loss"
-                        if logits is not None
-                        else f"{type(model).__name__} returns no logits (encoder without an LM "
-                        "head): no next-token loss"
-                    )
+                    loss_note = _no_loss_reason(model, logits, feed)
                 del output, logits
                 state.clear()
                 release_freed_memory()
-                done_tokens += int(mask.sum())
+                n_tokens += int(batch.sel[stacks[0]][3].sum())
                 bar.update(stop - start)
                 elapsed = time.perf_counter() - t0
-                bar.set_postfix_str(f"{done_tokens / max(elapsed, 1e-9):,.0f} tok/s", refresh=False)
+                bar.set_postfix_str(f"{n_tokens / max(elapsed, 1e-9):,.0f} tok/s", refresh=False)
         st.finalize()
     except BaseException:
         if owned:
@@ -682,7 +927,6 @@ def capture(
             bar.close()
     seconds = time.perf_counter() - t0
 
-    n_tokens = int(lengths.sum())
     seq_nll = seq_min_k = seq_top1 = None
     cross_entropy = None
     n_predicted = 0
@@ -703,11 +947,14 @@ def capture(
                 RuntimeWarning,
                 stacklevel=2,
             )
+    seqs = {s_: np.concatenate(row_seq[s_]).astype(np.int64) for s_ in stacks}
+    poss = {s_: np.concatenate(row_pos[s_]).astype(np.int64) for s_ in stacks}
+    last = stack_of[names[-1]]
     return CaptureResult(
         store=st,
         layer_names=names,
-        row_sequence=np.concatenate(row_seq).astype(np.int64),
-        row_position=np.concatenate(row_pos).astype(np.int64),
+        row_sequence=seqs[last],
+        row_position=poss[last],
         nonfinite=nonfinite,
         seq_nll=seq_nll,
         seq_min_k=seq_min_k,
@@ -723,4 +970,24 @@ def capture(
         min_k=float(min_k),
         overflow={n: c for n, c in overflow.items() if c},
         compute_dtype=describe(amp, model),
+        layer_stacks=dict(stack_of),
+        stack_sequence=seqs if len(stacks) > 1 else {},
+        stack_position=poss if len(stacks) > 1 else {},
     )
+
+
+def _no_loss_reason(model: nn.Module, logits: Any, feed: _Feed) -> str:
+    name = type(model).__name__
+    if logits is not None and _is_masked_lm(model):
+        return f"{name} has a masked-LM head: no next-token loss"
+    if feed.ids is None and feed.labels is None:
+        from hopaudit.inputs import _WHAT
+
+        what = _WHAT.get(feed.main, "images or audio").split(" (")[0]
+        return (
+            f"{name} reads {feed.main} ({what}), not tokens, and has no text decoder: no "
+            "next-token loss"
+        )
+    if logits is None:
+        return f"{name} returns no logits (encoder without an LM head): no next-token loss"
+    return f"{name}'s logits do not match its vocabulary: no next-token loss"

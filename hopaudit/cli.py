@@ -63,13 +63,13 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
 
 
 def _parse_positions(text: str) -> Any:
-    if text in ("last", "all", "mean"):
+    if text in ("last", "all", "mean", "cls"):
         return text
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
         raise HopauditError(
-            f"--positions must be last, all, mean or integers like 0,-1; got {text!r}"
+            f"--positions must be last, all, mean, cls or integers like 0,-1; got {text!r}"
         ) from None
     return values[0] if len(values) == 1 else values
 

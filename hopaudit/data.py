@@ -21,7 +21,10 @@ Decisions, so results are reproducible and unsurprising:
   file holds one document per line in its ``"text"`` field. A directory is searched
   recursively for ``*.txt`` files (hidden files and folders skipped), in sorted path order, one
   document per file. For one document per line pass ``path.read_text().splitlines()``.
-  A plain ``str`` is always a path; a text itself goes in a list: ``[text]``.
+  A short ``str`` is a path; one longer than 200 characters (or with a line break) that names
+  no file is a text. A short text itself goes in a list: ``[text]``.
+- **Encoder-decoders**: texts are their own labels; ``(source, target)`` pairs and rows with
+  ``labels`` are taken as given (see :func:`prepare_data`). Images and audio: ``inputs.py``.
 - **Pre-tokenized rows are kept as rows** (no special tokens added): a row longer than
   ``max_length`` is cut into full ``max_length`` pieces (stream; its short rest dropped) or
   truncated (document). Masks select the real tokens, so left padding becomes right padding.
@@ -35,6 +38,7 @@ Decisions, so results are reproducible and unsurprising:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import warnings
@@ -80,6 +84,8 @@ class TokenData:
     chunking: str | None = None
     dropped_tokens: int | None = 0
     special_tokens: list[int] = field(default_factory=list)  # ids the template added per row
+    # Encoder-decoder targets: (num_sequences, target_len), -100 where there is no label.
+    labels: torch.Tensor | None = None
 
     @property
     def num_sequences(self) -> int:
@@ -116,6 +122,48 @@ class TokenData:
             self.chunking,
             self.dropped_tokens,
             list(self.special_tokens),
+            None if self.labels is None else _trim_labels(self.labels[:n]),
+        )
+
+
+def _trim_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Drop the trailing columns where no row has a label."""
+    has = (labels != -100).any(0).nonzero()
+    width = int(has.max()) + 1 if has.numel() else 1
+    return labels[:, :width]
+
+
+@dataclass(repr=False)
+class InputData:
+    """Non-text model inputs (images, audio, any tensors the forward takes), ready for capture.
+
+    ``inputs`` maps forward keywords (``pixel_values``, ``input_features``, ``input_values``,
+    their ``attention_mask``) to tensors whose first dimension is the sample; ``texts`` names
+    each sample for display; ``labels`` are decoder targets (Whisper), -100 where none.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    texts: list[str]
+    source: str = ""
+    labels: torch.Tensor | None = None
+
+    @property
+    def num_sequences(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[0])
+
+    def __len__(self) -> int:
+        return self.num_sequences
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in self.inputs.items())
+        return f"InputData({shapes}, source={self.source!r})"
+
+    def head(self, n: int) -> InputData:
+        return InputData(
+            {k: v[:n] for k, v in self.inputs.items()},
+            self.texts[:n],
+            self.source,
+            None if self.labels is None else _trim_labels(self.labels[:n]),
         )
 
 
@@ -131,8 +179,10 @@ def prepare_data(
     chunking: str = "stream",
     max_sequences: int | None = None,
     model: Any = None,
-) -> TokenData:
-    """Turn ``data`` in any accepted form into a right-padded :class:`TokenData`.
+    processor: Any = None,
+) -> TokenData | InputData:
+    """Turn ``data`` in any accepted form into a right-padded :class:`TokenData`, or an
+    :class:`InputData` for a model that takes images or audio.
 
     ``max_length=None`` means ``DEFAULT_MAX_LENGTH`` tokens, or the model's context when that
     is shorter; an explicit ``max_length`` beyond the model's context is an error.
@@ -141,7 +191,22 @@ def prepare_data(
     (:func:`find_tokenizer`). ``chunking`` is ``"stream"`` or ``"document"`` (see the module
     docstring). With ``model`` given, token ids are checked against its vocabulary.
     Raises :class:`DataError` with one line saying what to do for any bad input.
+
+    For an encoder-decoder model (``config.is_encoder_decoder``), texts go to the encoder and
+    each sequence is also the decoder's labels (teacher forcing); ``(source, target)`` text
+    pairs and rows of ``{"input_ids", "labels"}`` are taken as given (one sequence each,
+    truncated to ``max_length``). Images and audio (see :mod:`hopaudit.inputs`) give an
+    :class:`InputData`; ``processor`` turns PIL images or arrays into model inputs.
     """
+    if isinstance(data, InputData):
+        return data if max_sequences is None else data.head(max_sequences)
+    from .inputs import prepare_inputs
+
+    inputs, data = prepare_inputs(
+        data, model=model, processor=processor, max_sequences=max_sequences
+    )
+    if inputs is not None:
+        return inputs
     max_length = _resolve_max_length(max_length, model)
     _check_options(max_length, chunking, max_sequences)
     if isinstance(data, TokenData):
@@ -150,9 +215,11 @@ def prepare_data(
             out = out.head(max_sequences)
         _check_vocab(out.input_ids[out.attention_mask.bool()], model)
         _check_context(out.seq_len, model)
-        return out
+        return _with_labels(out, model)
 
     kind, payload, source = _classify(data)
+    if kind in ("pairs", "labelled"):
+        return _labelled_data(kind, payload, source, tokenizer, model, max_length, max_sequences)
     if kind == "texts":
         tok = _resolve_tokenizer(tokenizer, model)
         if tok is None:
@@ -178,7 +245,86 @@ def prepare_data(
     pad = _pad_in_vocab(pad, model)
     input_ids, mask = _pad_rows(rows, pad)
     texts = _decode(rows, tok)
-    return TokenData(input_ids, mask, texts, pad, source, chunking, dropped, specials)
+    out = TokenData(input_ids, mask, texts, pad, source, chunking, dropped, specials)
+    return _with_labels(out, model)
+
+
+def _is_seq2seq(model: Any) -> bool:
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+def _with_labels(data: TokenData, model: Any) -> TokenData:
+    """An encoder-decoder's plain texts are also its decoder's labels (teacher forcing)."""
+    if data.labels is not None or not _is_seq2seq(model):
+        return data
+    labels = data.input_ids.masked_fill(data.attention_mask == 0, -100)
+    return dataclasses.replace(data, labels=labels)  # the caller's TokenData is left as given
+
+
+def _labelled_data(
+    kind: str,
+    payload: Iterable,
+    source: str,
+    tokenizer: Any,
+    model: Any,
+    max_length: int,
+    max_sequences: int | None,
+) -> TokenData:
+    """(source, target) text pairs or (input_ids, labels) rows, one sequence each, as given."""
+    if model is not None and not _is_seq2seq(model):
+        raise DataError(
+            f"the data are {source}, targets for an encoder-decoder, but "
+            f"{type(model).__name__} is not one; pass plain texts or token ids"
+        )
+    tok = None
+    if kind == "pairs":
+        tok = _resolve_tokenizer(tokenizer, model)
+        if tok is None:
+            raise DataError(
+                "the data are (source, target) text pairs but no tokenizer was given and none "
+                "was found beside the model; pass tokenizer=AutoTokenizer.from_pretrained(...)"
+            )
+    sources: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    cut = 0
+    for i, (src, tgt) in enumerate(payload):
+        if kind == "pairs":
+            if not (isinstance(src, str) and isinstance(tgt, str)):
+                raise DataError(f"pair {i} is not two strings (source, target)")
+            src_ids = torch.tensor(_encode_with_template(tok, src), dtype=torch.long)
+            tgt_ids = torch.tensor(_encode_with_template(tok, tgt), dtype=torch.long)
+        else:
+            src_ids, tgt_ids = src, tgt[tgt != -100]
+        if src_ids.numel() == 0 or tgt_ids.numel() == 0:
+            raise DataError(f"sequence {i} has an empty source or target; drop it")
+        cut += int(src_ids.numel() > max_length or tgt_ids.numel() > max_length)
+        sources.append(src_ids[:max_length])
+        targets.append(tgt_ids[:max_length])
+        if max_sequences is not None and len(sources) >= max_sequences:
+            break
+    if not sources:
+        raise DataError(f"the dataset is empty: {source} has no rows")
+    if cut:
+        warnings.warn(
+            f"{cut} of {len(sources)} sources or targets were longer than max_length="
+            f"{max_length} tokens and were truncated",
+            UserWarning,
+            stacklevel=3,
+        )
+    if tok is None:
+        tok = _resolve_tokenizer(tokenizer, model, quiet=True)
+    pad = _pad_in_vocab(_pad_id(tok, model), model)
+    _check_vocab(torch.cat(sources), model)
+    _check_vocab(torch.cat(targets), model)
+    input_ids, mask = _pad_rows(sources, pad)
+    labels, label_mask = _pad_rows(targets, 0)
+    labels = labels.masked_fill(label_mask == 0, -100)
+    texts = _decode(sources, tok)
+    return TokenData(input_ids, mask, texts, pad, source, "document", 0, [], labels=labels)
+
+
+def _encode_with_template(tok: Any, text: str) -> list[int]:
+    return list(tok(text, add_special_tokens=True)["input_ids"])
 
 
 #: Tokens per sequence when neither the user nor a short model context says otherwise.
@@ -239,8 +385,22 @@ def _is_int(x: Any) -> bool:
 
 def _classify(data: Any) -> tuple[str, Any, str]:
     """Return ("texts", iterable of str, source) or ("rows", iterator of 1-D id tensors, source)."""
+    if isinstance(data, str) and _is_text_not_path(data):
+        return "texts", [data], "1 text (a string that is not a path)"
     if isinstance(data, (str, Path)):
         return _classify_path(Path(data).expanduser())
+    if isinstance(data, np.ndarray) and (
+        data.dtype.kind in "US" or (data.dtype == object and data.size and isinstance(
+            data.flat[0], str))
+    ):  # fmt: skip
+        return "texts", [str(t) for t in data.reshape(-1)], f"{data.size} texts (numpy array)"
+    if type(data).__name__ == "Series" and hasattr(data, "tolist"):
+        values = data.tolist()
+        if values and all(isinstance(v, str) for v in values):
+            return "texts", values, f"{len(values)} texts (Series {getattr(data, 'name', '')!r})"
+        if values and all(isinstance(v, (list, tuple, np.ndarray)) for v in values):
+            return "rows", _sequence_rows(values), f"{len(values)} rows of token ids (Series)"
+        raise DataError("a pandas Series must hold strings (texts) or lists of token ids")
     if isinstance(data, (torch.Tensor, np.ndarray)):
         return "rows", iter(_tensor_rows(data, "the token id tensor")), _shape_source(data)
     module = type(data).__module__ or ""
@@ -250,6 +410,8 @@ def _classify(data: Any) -> tuple[str, Any, str]:
         col = _text_column(list(data.columns), lambda c: data[c].head(1).map(type).tolist())
         return "texts", data[col].tolist(), f"DataFrame column {col!r}"
     if isinstance(data, Mapping):
+        if "input_ids" in data and "labels" in data:
+            return "labelled", _labelled_rows([data]), "a batch of input_ids and labels"
         if "input_ids" in data:
             return "rows", _batch_rows(data, 0), "a batch of input_ids"
         if isinstance(data.get("text"), (list, tuple)):
@@ -272,7 +434,15 @@ def _classify_iterable(data: Iterable) -> tuple[str, Any, str]:
     n = f"{len(data)} " if isinstance(data, Sequence) else ""
     if isinstance(first, str):
         return "texts", rest, f"{n}texts"
+    if (
+        isinstance(first, (tuple, list))
+        and len(first) == 2
+        and all(isinstance(x, str) for x in first)
+    ):
+        return "pairs", rest, f"{n}(source, target) text pairs"
     if isinstance(first, Mapping):
+        if "input_ids" in first and "labels" in first:
+            return "labelled", _labelled_rows(rest), f"{n}batches of input_ids and labels"
         if "input_ids" in first:
             return "rows", _mapping_rows(rest), f"{n}batches of input_ids"
         if isinstance(first.get("text"), str):
@@ -284,6 +454,37 @@ def _classify_iterable(data: Iterable) -> tuple[str, Any, str]:
     if isinstance(first, (torch.Tensor, np.ndarray, list, tuple)):
         return "rows", _sequence_rows(rest), f"{n}rows of token ids"
     raise DataError(f"cannot read data whose items are {type(first).__name__}; pass {_ACCEPTED}")
+
+
+#: A string this long (or with a line break) that names no file is a text, not a path.
+TEXT_NOT_PATH_CHARS = 200
+
+
+def _is_text_not_path(data: str) -> bool:
+    """A long string, or one with a line break, that is not an existing path: a text.
+
+    Asking the OS about a very long name raises OSError (name too long), so it is not asked.
+    """
+    if "\n" not in data and len(data) <= TEXT_NOT_PATH_CHARS:
+        return False
+    if len(data) > 4096 or "\x00" in data:
+        return True
+    try:
+        return not Path(data).expanduser().exists()
+    except (OSError, ValueError):
+        return True
+
+
+def _labelled_rows(batches: Iterable) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(input_ids row of real tokens, labels row) from batches of {input_ids, labels}."""
+    for i, batch in enumerate(batches):
+        if not isinstance(batch, Mapping) or "labels" not in batch or "input_ids" not in batch:
+            raise DataError(f"batch {i} has no 'input_ids' and 'labels'; every batch needs both")
+        ids = list(_batch_rows(batch, i))
+        labels = list(_batch_rows({"input_ids": batch["labels"]}, i))
+        if len(ids) != len(labels):
+            raise DataError(f"batch {i} has {len(ids)} input_ids rows but {len(labels)} labels")
+        yield from zip(ids, labels, strict=True)
 
 
 def _text_of(item: Any) -> str:
@@ -343,6 +544,8 @@ def _classify_hf_dataset(ds: Any) -> tuple[str, Any, str]:
         )
     columns = list(getattr(ds, "column_names", None) or [])
     features = getattr(ds, "features", None) or {}
+    if not columns:  # a streaming dataset whose features are unknown: read the first row
+        return _classify_records(ds, name)
     if "input_ids" in columns:
         batches = ds.iter(batch_size=_TEXT_BATCH)
         return "rows", _mapping_rows(batches), f"{name} input_ids"
@@ -354,6 +557,23 @@ def _classify_hf_dataset(ds: Any) -> tuple[str, Any, str]:
     texts = (t for batch in ds.iter(batch_size=_TEXT_BATCH) for t in batch[col])
     size = f"{len(ds)} rows, " if hasattr(ds, "__len__") else ""
     return "texts", _none_as_empty(texts), f"{name} ({size}column {col!r})"
+
+
+def _classify_records(ds: Any, name: str) -> tuple[str, Any, str]:
+    """An iterable of dict rows whose columns are only known from the rows themselves."""
+    rows = iter(ds)
+    try:
+        first = next(rows)
+    except StopIteration:
+        raise DataError(f"the dataset is empty (an empty {name})") from None
+    if not isinstance(first, Mapping):
+        return _classify_iterable(itertools.chain([first], rows))
+    rest = itertools.chain([first], rows)
+    if "input_ids" in first:
+        return "rows", _mapping_rows(rest), f"{name} input_ids (columns read from its rows)"
+    col = _text_column(list(first), lambda c: [type(first[c])])
+    texts = (row.get(col) if isinstance(row, Mapping) else None for row in rest)
+    return "texts", _none_as_empty(texts), f"{name} (column {col!r}, read from its rows)"
 
 
 def _none_as_empty(texts: Iterable) -> Iterator[str]:

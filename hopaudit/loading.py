@@ -16,8 +16,10 @@ def load_model(spec: Any, *, tokenizer: Any = None) -> tuple[nn.Module, Any]:
     A model object passes through (its tokenizer is found later, beside it). A string is a
     local directory saved with ``save_pretrained``, a ``.gguf`` file, the name ``smollm2`` or
     ``minilm`` (the embedded models), or a hub id (only where the user has a network).
-    Causal LMs are loaded with their head so the audit can report the cross-entropy; other
-    models fall back to the bare ``AutoModel``.
+    Causal LMs are loaded with their head so the audit can report the cross-entropy, and so
+    are encoder-decoders (``AutoModelForSeq2SeqLM``, ``AutoModelForSpeechSeq2Seq``); other
+    models fall back to the bare ``AutoModel``. An image or audio model's processor, when one
+    is saved beside it, is attached as ``model.hopaudit_processor``.
     """
     if isinstance(spec, nn.Module):
         return spec, tokenizer
@@ -32,7 +34,13 @@ def load_model(spec: Any, *, tokenizer: Any = None) -> tuple[nn.Module, Any]:
 
         return getattr(zoo, name)()
 
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSpeechSeq2Seq,
+        AutoTokenizer,
+    )
 
     path = Path(name).expanduser()
     kwargs: dict[str, Any] = {}
@@ -55,7 +63,10 @@ def load_model(spec: Any, *, tokenizer: Any = None) -> tuple[nn.Module, Any]:
         source = name  # a hub id: works only where the user has a network
 
     errors = []
-    for cls in (AutoModelForCausalLM, AutoModel):
+    classes = [AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSpeechSeq2Seq, AutoModel]
+    if _is_encoder_decoder(source, kwargs):  # else BART loads as BartForCausalLM, decoder only
+        classes = classes[1:]
+    for cls in classes:
         try:
             model = cls.from_pretrained(source, **kwargs)
             break
@@ -68,4 +79,27 @@ def load_model(spec: Any, *, tokenizer: Any = None) -> tuple[nn.Module, Any]:
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         except (OSError, ValueError, KeyError):
             tokenizer = None
+    if getattr(model, "main_input_name", "input_ids") != "input_ids":
+        _attach_processor(model, source, kwargs)
     return model, tokenizer
+
+
+def _is_encoder_decoder(source: str, kwargs: dict[str, Any]) -> bool:
+    from transformers import AutoConfig
+
+    try:
+        return bool(AutoConfig.from_pretrained(source, **kwargs).is_encoder_decoder)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _attach_processor(model: nn.Module, source: str, kwargs: dict[str, Any]) -> None:
+    """Images and audio need the model's processor: load it from beside the model, if saved."""
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoProcessor
+
+    for cls in (AutoImageProcessor, AutoFeatureExtractor, AutoProcessor):
+        try:
+            model.hopaudit_processor = cls.from_pretrained(source, **kwargs)
+            return
+        except (OSError, ValueError, KeyError, TypeError):
+            continue

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 #: The per-layer table's columns, in order (one row per layer, ``final`` last): the stable id
 #: and full name, what :meth:`LayerReport.row` gives, and why a layer was skipped.
-LAYER_COLUMNS = ["layer", "name", *ROW_COLUMNS, "skipped_reason"]
+LAYER_COLUMNS = ["layer", "name", "stack", *ROW_COLUMNS, "skipped_reason"]
 
 
 @dataclass
@@ -73,6 +73,7 @@ class Audit(View):
         for i, name in enumerate(self.layer_names):
             row: dict[str, Any] = {c: math.nan for c in LAYER_COLUMNS}
             row.update(layer=i, name=name, normalize=self.options.get("normalize"))
+            row["stack"] = _stack_of(self.capture, name)
             row["skipped_reason"] = self.skipped.get(name)
             row["nonfinite"] = int(self.capture.nonfinite.get(name, 0))
             if name in self.reports:
@@ -113,14 +114,15 @@ class Audit(View):
         rep = self.reports.get(last)
         if rep is not None and rep.r_hat > 0:
             rows = np.asarray(rep.valid_rows)
-            seq = cap.row_sequence[rows]
+            row_seq = _rows_of(cap, last)
+            seq = row_seq[rows]
             r = rep.nn / rep.r_hat
             # Several rows per sequence (positions="all"): the mean ratio, the last row's basin.
             sums = np.bincount(seq, weights=r, minlength=n)
             counts = np.bincount(seq, minlength=n)
             with np.errstate(invalid="ignore", divide="ignore"):
                 ratio = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-            basin[seq] = cap.row_sequence[rows[rep.basin]]
+            basin[seq] = row_seq[rows[rep.basin]]
         return pd.DataFrame(
             {
                 "sequence": np.arange(n),
@@ -162,6 +164,8 @@ class Audit(View):
             "positions": self.options.get("positions"),
             "compute_dtype": cap.compute_dtype,
             "store_dtype": self.options.get("store_dtype"),
+            "stacks": self.options.get("stacks"),
+            "architecture_note": self.options.get("architecture_note"),
             "capture_seconds": cap.seconds,
             "tokens_per_second": cap.tokens_per_second,
             "total_seconds": self.timings.get("total"),
@@ -235,3 +239,14 @@ class Audit(View):
             f"<Audit {s['model']}: {s['n_layers']} blocks + final, {s['n_sequences']} sequences, "
             f"{s['n_tokens']} tokens, cross-entropy {ce}, normalize={s['normalize']}>"
         )
+
+
+def _stack_of(capture: Any, layer: str) -> str | None:
+    """The stack of a layer; captures saved before stacks existed have one, unnamed."""
+    stack_of = getattr(capture, "stack_of", None)
+    return stack_of(layer) if callable(stack_of) else None
+
+
+def _rows_of(capture: Any, layer: str) -> np.ndarray:
+    rows_of = getattr(capture, "rows_of", None)
+    return rows_of(layer)[0] if callable(rows_of) else capture.row_sequence

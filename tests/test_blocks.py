@@ -322,3 +322,39 @@ def test_real_minilm_blocks_and_no_final_norm():
     emb = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * d + 2 * d
     pooler = d * d + d
     assert count_parameters(model, found) == (emb + 6 * block + pooler, 6 * block)
+
+
+def test_torch_compile_prefix_is_removed_from_names():
+    from hopaudit.blocks import find_stacks
+
+    model, _ = tiny_model("gpt2")
+    compiled = torch.compile(model)  # wrapping only: nothing is compiled until it runs
+    assert any(n.startswith("_orig_mod.") for n, _ in compiled.named_modules())
+    stacks = find_stacks(compiled)
+    assert [p for p, _ in stacks[0].blocks] == [
+        "transformer.h.0",
+        "transformer.h.1",
+        "transformer.h.2",
+    ]
+    assert stacks[0].final[0] == "transformer.ln_f"
+    assert next(p for p, _ in find_stacks(compiled, "_orig_mod.transformer.h")[0].blocks) == (
+        "transformer.h.0"
+    )
+
+
+def test_a_post_ln_decoder_has_no_final_norm_not_its_input_side_norm():
+    """The issue's BART bug: ``final`` was ``model.decoder.layernorm_embedding``, the norm on
+    the decoder's input side; BART's head reads the last decoder block's output itself."""
+    from tiny_models import tiny_seq2seq
+
+    model = tiny_seq2seq("bart")
+    decoder_blocks = [f"model.decoder.layers.{i}" for i in range(2)]
+    assert find_final_norm(model, decoder_blocks) is None
+
+
+@pytest.mark.parametrize(("arch", "role"), [("llama", "decoder"), ("bert", "encoder")])
+def test_a_single_stack_is_named_for_its_role(arch, role):
+    from hopaudit.blocks import find_stacks
+
+    model, _ = tiny_model(arch)
+    assert [s.name for s in find_stacks(model)] == [role]

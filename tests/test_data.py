@@ -486,3 +486,47 @@ def test_real_minilm_tokenizer_found_beside_the_model_and_its_cls_sep_template()
         n = int(d.attention_mask[i].sum())
         assert d.input_ids[i, :n].tolist() == [tok.cls_token_id, *body, tok.sep_token_id]
     assert d.pad_token_id == tok.pad_token_id
+
+
+# ------------------------------------------------------------------- issue 14: more forms
+def test_numpy_strings_series_and_generators(tok):
+    import pandas as pd
+
+    want = prepare_data(TEXTS, tok, max_length=8)
+    for form in (
+        np.array(TEXTS),
+        np.array(TEXTS, dtype=object),
+        pd.Series(TEXTS, name="body"),
+        (t for t in TEXTS),
+    ):
+        got = prepare_data(form, tok, max_length=8)
+        assert torch.equal(got.input_ids, want.input_ids), type(form)
+
+
+def test_a_long_string_that_is_not_a_path_is_a_text(tok):
+    text = " ".join(NONEMPTY * 4)
+    assert len(text) > 200
+    got = prepare_data(text, tok, max_length=8)
+    assert torch.equal(got.input_ids, prepare_data([text], tok, max_length=8).input_ids)
+    very_long = "word " * 20_000  # the OS would say "file name too long"
+    assert prepare_data(very_long, tok, max_length=8).num_sequences > 0
+    with pytest.raises(DataError, match=r"no such file.*\[text\]"):
+        prepare_data("a short sentence", tok)  # a short one keeps the hint
+
+
+def test_a_streaming_dataset_with_unknown_features(tok):
+    datasets = pytest.importorskip("datasets")
+
+    def rows():
+        for i, t in enumerate(TEXTS):
+            yield {"body": t, "n": i}
+
+    ds = datasets.IterableDataset.from_generator(rows)
+    assert ds.features is None  # read from its rows, not refused
+    got = prepare_data(ds, tok, max_length=8)
+    assert torch.equal(got.input_ids, prepare_data(TEXTS, tok, max_length=8).input_ids)
+    ids = datasets.IterableDataset.from_generator(
+        lambda: ({"input_ids": [5, 6, 7, 8][: i + 2]} for i in range(3))
+    )
+    rows_got = prepare_data(ids, max_length=8, chunking="document")
+    assert rows_got.input_ids.tolist() == [[5, 6, 0, 0], [5, 6, 7, 0], [5, 6, 7, 8]]

@@ -385,3 +385,188 @@ def tiny_tokenizer(
     if bos:
         roles["bos_token"] = "<bos>"
     return PreTrainedTokenizerFast(tokenizer_object=backend, **roles)
+
+
+# ------------------------------------------------------------------ encoder-decoders, encoders
+# Seq2seq configs: 2 encoder and 2 decoder blocks, d_model 32, vocab 512 (the tiny tokenizer's
+# ids fit). Pre-LN families (T5, mBART, Pegasus, Whisper) have a final norm per stack; BART and
+# Marian are post-LN: their last blocks end the stacks.
+_S2S = dict(
+    d_model=_H,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    vocab_size=VOCAB_SIZE,
+    pad_token_id=0,
+    eos_token_id=1,
+    bos_token_id=2,
+)
+SEQ2SEQ_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
+    "t5": (
+        "t5",
+        dict(
+            d_model=_H,
+            d_ff=64,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            d_kv=8,
+            vocab_size=VOCAB_SIZE,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        ),
+    ),
+    "bart": (
+        "bart",
+        dict(_S2S, max_position_embeddings=128, decoder_start_token_id=1, forced_eos_token_id=None),
+    ),
+    "mbart": ("mbart", dict(_S2S, max_position_embeddings=128)),
+    "pegasus": ("pegasus", dict(_S2S, max_position_embeddings=128, decoder_start_token_id=0)),
+    "marian": ("marian", dict(_S2S, max_position_embeddings=128, decoder_start_token_id=0)),
+    "whisper": (
+        "whisper",
+        dict(
+            _S2S,
+            num_mel_bins=16,
+            max_source_positions=16,
+            max_target_positions=64,
+            decoder_start_token_id=2,
+            suppress_tokens=None,
+            begin_suppress_tokens=None,
+        ),
+    ),
+}
+SEQ2SEQ_ARCHS: list[str] = list(SEQ2SEQ_SPECS)
+
+# Non-text encoders: model_type, config kwargs, where the blocks are, main input.
+ENCODER_SPECS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "vit": (
+        "vit",
+        dict(
+            hidden_size=_H,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        ),
+        "encoder.layer",
+    ),
+    "clip_vision": (
+        "clip_vision_model",
+        dict(
+            hidden_size=_H,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        ),
+        "vision_model.encoder.layers",
+    ),
+    "dinov2": (
+        "dinov2",
+        dict(
+            hidden_size=_H,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            mlp_ratio=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        "encoder.layer",
+    ),
+    "wav2vec2": (
+        "wav2vec2",
+        dict(
+            hidden_size=_H,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            conv_dim=(16, 16),
+            conv_stride=(5, 2),
+            conv_kernel=(10, 3),
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+            feat_extract_norm="layer",
+            do_stable_layer_norm=True,
+        ),
+        "encoder.layers",
+    ),
+    "hubert": (
+        "hubert",
+        dict(
+            hidden_size=_H,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            conv_dim=(16, 16),
+            conv_stride=(5, 2),
+            conv_kernel=(10, 3),
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+            feat_extract_norm="layer",
+            do_stable_layer_norm=True,
+        ),
+        "encoder.layers",
+    ),
+    "whisper_encoder": ("whisper", SEQ2SEQ_SPECS["whisper"][1], "layers"),
+}
+
+
+def tiny_seq2seq(arch: str, *, seed: int = 0):
+    """A tiny seeded random encoder-decoder with its LM head (``...ForConditionalGeneration``,
+    ``MarianMTModel``), float32, eval mode, on the CPU."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, WhisperForConditionalGeneration
+
+    model_type, kwargs = SEQ2SEQ_SPECS[arch]
+    config = AutoConfig.for_model(model_type, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if arch == "whisper":
+            model = WhisperForConditionalGeneration(config)
+        else:
+            model = AutoModelForSeq2SeqLM.from_config(config)
+    return model.float().eval()
+
+
+def tiny_encoder(arch: str, *, seed: int = 0):
+    """A tiny seeded random image or audio encoder (``AutoModel``; the Whisper encoder alone),
+    float32, eval mode, on the CPU, and the dotted path of its blocks."""
+    from transformers import AutoConfig, AutoModel, WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    model_type, kwargs, prefix = ENCODER_SPECS[arch]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if arch == "whisper_encoder":
+            model = WhisperEncoder(WhisperConfig(**kwargs))
+        else:
+            model = AutoModel.from_config(AutoConfig.for_model(model_type, **kwargs))
+    return model.float().eval(), prefix
+
+
+def tiny_mamba(*, seed: int = 0):
+    """A tiny seeded random Mamba LM (no attention: a state-space model), on the CPU."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    config = MambaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=_H,
+        state_size=4,
+        num_hidden_layers=2,
+        expand=2,
+        conv_kernel=4,
+        use_mambapy=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MambaForCausalLM(config)
+    return model.float().eval()
