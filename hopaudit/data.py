@@ -1034,6 +1034,8 @@ def _pad_rows(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.T
 
 
 def _decode(rows: list[torch.Tensor], tok: Any) -> list[str]:
+    """The texts of token rows, for display; token-id labels when there is no tokenizer, or
+    when it cannot decode them (ids outside its vocabulary, say), with a warning saying why."""
     if tok is not None and hasattr(tok, "batch_decode"):
         try:
             return list(
@@ -1043,8 +1045,12 @@ def _decode(rows: list[torch.Tensor], tok: Any) -> list[str]:
                     clean_up_tokenization_spaces=False,
                 )
             )
-        except Exception:
-            pass
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+            warnings.warn(
+                f"the tokenizer could not decode the sequences ({type(exc).__name__}: {exc}); "
+                "they are shown as token ids",
+                stacklevel=3,
+            )
     return [_ids_label(r) for r in rows]
 
 

@@ -530,3 +530,15 @@ def test_a_streaming_dataset_with_unknown_features(tok):
     )
     rows_got = prepare_data(ids, max_length=8, chunking="document")
     assert rows_got.input_ids.tolist() == [[5, 6, 0, 0], [5, 6, 7, 0], [5, 6, 7, 8]]
+
+
+def test_ids_a_tokenizer_cannot_decode_are_shown_as_ids_with_a_warning():
+    from hopaudit.data import _decode
+
+    class Broken:
+        def batch_decode(self, rows, **kwargs):
+            raise IndexError("piece id is out of range")
+
+    rows = [torch.tensor([5, 6, 7])]
+    with pytest.warns(UserWarning, match="could not decode.*IndexError.*shown as token ids"):
+        assert _decode(rows, Broken()) == ["<3 token ids: 5 6 7>"]
