@@ -441,14 +441,15 @@ def _timeline_layers(audits: list[Audit], spec: Any) -> list[str]:
     return out
 
 
-def _keys(audit: Audit, rows: np.ndarray, text_ids: dict[str, int]) -> np.ndarray:
-    """One int64 per stored row naming its point across steps: the row's sequence *text*
-    (numbered in ``text_ids``, shared by the steps) and its token position. Matching by text,
-    not by sequence number, keeps audits of different evaluation data from being paired."""
-    cap = audit.capture
+def _keys(audit: Audit, name: str, rows: np.ndarray, text_ids: dict[str, int]) -> np.ndarray:
+    """One int64 per stored row of layer ``name`` naming its point across steps: the row's
+    sequence *text* (numbered in ``text_ids``, shared by the steps) and its token position (in
+    the layer's own stack). Matching by text, not by sequence number, keeps audits of
+    different evaluation data from being paired."""
+    row_sequence, row_position = audit.capture.rows_of(name)
     seq_key = np.array([text_ids.setdefault(t, len(text_ids)) for t in audit.texts], np.int64)
-    position = cap.row_position[rows].astype(np.int64) % (1 << 20)
-    return seq_key[cap.row_sequence[rows]] * (1 << 20) + position
+    position = row_position[rows].astype(np.int64) % (1 << 20)
+    return seq_key[row_sequence[rows]] * (1 << 20) + position
 
 
 def _graph(audit: Audit, name: str, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -476,7 +477,7 @@ def _embedding(audit: Audit, name: str, pick: np.ndarray, xy: np.ndarray) -> Emb
     return Embedding(
         xy=np.asarray(xy, dtype=np.float32),
         rows=rows,
-        sequence=audit.capture.row_sequence[rows],
+        sequence=audit.capture.rows_of(name)[0][rows],
         basin=np.asarray(rep.basin)[pick],
         ratio=np.asarray(ratio, dtype=np.float32),
         n_total=int(rep.n_patterns),
@@ -504,7 +505,7 @@ def _align_layer(
     for a, step in zip(audits, steps, strict=True):
         rep = a.reports[name]
         valid = np.asarray(rep.valid_rows)
-        keys = _keys(a, valid, text_ids)
+        keys = _keys(a, name, valid, text_ids)
         n = len(valid)
         if n < MIN_POINTS:
             out.append(Alignment(step, name, "none", n, 0))

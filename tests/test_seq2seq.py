@@ -288,3 +288,28 @@ def test_hooks_are_removed_after_an_interrupt_in_the_decoder(tok):
     handle.remove()
     assert hooks() == 0
     assert data.labels is not None and prepare_data(data, model=model) is not None
+
+
+def test_a_timeline_of_encoder_decoder_audits_keys_each_layer_by_its_own_stack(tok, tmp_path):
+    """positions="all" with targets longer than sources: the encoder's rows are not the
+    decoder's, and the timeline matches each layer's points by its own stack's rows."""
+    model = tiny_seq2seq("t5")
+    words = TOKENIZER_TEXT.split()
+    pairs = [(" ".join(words[i : i + 3]), " ".join(words[i : i + 9])) for i in range(0, 60, 5)]
+    paths = []
+    for step in (1, 2):
+        a = hopaudit.audit(
+            model, pairs, tokenizer=tok, positions="all", umap_layers=[], progress=False,
+            index="exact", k=3,
+        )  # fmt: skip
+        a.options["step"] = step
+        paths.append(a.save(tmp_path / f"step-{step}"))
+    enc = a.layer_names[0]
+    enc_rows, dec_rows = a.capture.rows_of(enc)[0], a.capture.rows_of("final")[0]
+    assert len(enc_rows) < len(dec_rows)  # the premise: the stacks keep different rows
+    tl = hopaudit.timeline(paths, umap_layers=[enc, "final"])
+    assert set(tl.alignment.method) <= {"first", "init"}
+    for audit in tl.audits:
+        for name in (enc, "final"):
+            emb = audit.embeddings[name]
+            assert np.array_equal(emb.sequence, audit.capture.rows_of(name)[0][emb.rows])
