@@ -57,9 +57,28 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 # ------------------------------------------------------------------------------ pure maths
-def relative_depth(layer_names: list[str], n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
+def relative_depth(
+    layer_names: list[str], n_blocks: int, stacks: list[str | None] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(relative depth, is_final) of each layer: block ``i`` of ``n_blocks`` at i / (L - 1),
-    a one-block model's block at 1, ``final`` (the last layer when it is named so) at 1."""
+    a one-block model's block at 1, ``final`` (the last layer when it is named so) at 1.
+
+    With ``stacks`` (each layer's stack, as ``audit.layers["stack"]``) naming more than one
+    stack, as an encoder-decoder's do, depth runs over each stack's own blocks, and each
+    stack's closing layer (``encoder.final``, ``final``) is at 1, flagged final."""
+    if stacks is not None and len({s for s in stacks if s is not None}) > 1:
+        depth = np.empty(len(layer_names))
+        final = np.zeros(len(layer_names), dtype=bool)
+        for stack in dict.fromkeys(stacks):
+            idx = [i for i, s in enumerate(stacks) if s == stack]
+            ends = [
+                i for i in idx if layer_names[i] == "final" or layer_names[i].endswith(".final")
+            ]
+            blocks = [i for i in idx if i not in ends]
+            d, _ = relative_depth([layer_names[i] for i in blocks], len(blocks))
+            depth[blocks] = d
+            depth[ends], final[ends] = 1.0, True
+        return depth, final
     depth = np.empty(len(layer_names))
     final = np.zeros(len(layer_names), dtype=bool)
     for i, name in enumerate(layer_names):
@@ -68,6 +87,17 @@ def relative_depth(layer_names: list[str], n_blocks: int) -> tuple[np.ndarray, n
         else:
             depth[i] = i / (n_blocks - 1) if n_blocks > 1 else 1.0
     return depth, final
+
+
+def _depth_of(audit: Audit) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`relative_depth` of an audit's layers, stack by stack."""
+    stacks = [_stack(audit, name) for name in audit.layer_names]
+    return relative_depth(audit.layer_names, audit.n_blocks, stacks)
+
+
+def _stack(audit: Audit, name: str) -> str | None:
+    stack_of = getattr(audit.capture, "stack_of", None)
+    return stack_of(name) if callable(stack_of) else None
 
 
 def procrustes(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
@@ -136,7 +166,7 @@ def _layers_table(audits: list[Audit], keys: dict[str, list[Any]]) -> pd.DataFra
     frames = []
     for i, a in enumerate(audits):
         df = a.layers.copy()
-        depth, final = relative_depth(a.layer_names, a.n_blocks)
+        depth, final = _depth_of(a)
         front = {k: [v[i]] * len(df) for k, v in keys.items()}
         front["audit"] = [i] * len(df)
         df.insert(0, "relative_depth", depth)
@@ -213,12 +243,13 @@ def comparison_state(comparison: Comparison, **options: Any) -> dict[str, Any]:
     states, extras = [], []
     for a, label in zip(comparison.audits, comparison.labels, strict=True):
         states.append(widget_state(a, **options))
-        depth, final = relative_depth(a.layer_names, a.n_blocks)
+        depth, final = _depth_of(a)
         extras.append(
             {
                 "label": label,
                 "depth": [float(d) for d in depth],
                 "is_final": [bool(f) for f in final],
+                "stack": [_stack(a, name) for name in a.layer_names],
                 "n_blocks": int(a.n_blocks),
             }
         )
@@ -578,13 +609,14 @@ def timeline_state(tl: Timeline, **options: Any) -> dict[str, Any]:
     _common_boxes(states)
     extras = []
     for a, step in zip(tl.audits, tl.steps, strict=True):
-        depth, final = relative_depth(a.layer_names, a.n_blocks)
+        depth, final = _depth_of(a)
         extras.append(
             {
                 "label": f"step {step}",
                 "step": int(step),
                 "depth": [float(d) for d in depth],
                 "is_final": [bool(f) for f in final],
+                "stack": [_stack(a, name) for name in a.layer_names],
                 "n_blocks": int(a.n_blocks),
             }
         )

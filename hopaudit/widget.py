@@ -155,6 +155,13 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
+def _text_or_none(v: Any) -> str | None:
+    """A table cell as text; None for a missing one (None or NaN)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return str(v)
+
+
 def _finite(a: Any) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64).ravel()
     return a[np.isfinite(a)]
@@ -290,6 +297,7 @@ def _layer_table(audit: AuditLike, names: list[str]) -> dict[str, Any]:
             {
                 "id": int(row["layer"]),
                 "name": str(name),
+                "stack": _text_or_none(row.get("stack")),
                 "skipped_reason": None
                 if reason is None or (isinstance(reason, float) and math.isnan(reason))
                 else str(reason),

@@ -74,6 +74,17 @@ def test_relative_depth_by_hand():
     assert depth.tolist() == [1.0] and not final.any()
 
 
+def test_relative_depth_runs_over_each_stack_of_an_encoder_decoder():
+    names = ["encoder.block.0", "encoder.block.1", "encoder.block.2", "encoder.final"]
+    names += ["decoder.block.0", "decoder.block.1", "final"]
+    stacks = ["encoder"] * 4 + ["decoder"] * 3
+    depth, final = relative_depth(names, 5, stacks)
+    assert depth.tolist() == [0.0, 0.5, 1.0, 1.0, 0.0, 1.0, 1.0]
+    assert final.tolist() == [False, False, False, True, False, False, True]
+    # one stack (or none named): as before
+    assert relative_depth(names[4:], 2, ["decoder"] * 3)[0].tolist() == [0.0, 1.0, 1.0]
+
+
 def test_compare_layers_relative_depth_and_radii_by_hand(audits):
     c = hopaudit.compare(*audits, labels=["small", "wide"])
     layers = c.layers
