@@ -24,8 +24,14 @@ function radiiRows(frame: Frame, i: number) {
   return st.layers.map((l, j) => {
     const rHat = st.stat(j, "r_hat");
     const rStar = st.stat(j, "r_star");
+    const stack = (info.stack?.[j] as string | null | undefined) ?? null;
+    const member = frame.members.labels[i];
     return {
-      member: frame.members.labels[i],
+      member,
+      // One line per stack: an encoder-decoder's encoder and decoder each run from depth 0 to 1.
+      series: stack && new Set(info.stack ?? []).size > 1 ? `${member} · ${stack}` : member,
+      encoder: stack === "encoder",
+      stack,
       i,
       j,
       name: l.name,
@@ -73,14 +79,15 @@ class CompareRadiiPanel extends ChartPanel {
         Plot.ruleY([1], { stroke: theme.lines.rStar, strokeDasharray: "5,3" }),
         Plot.text([1], { y: (d: number) => d, text: () => "r̂ = r*", frameAnchor: "left", dx: 4, dy: -7, fill: theme.lines.rStar }),
         Plot.ruleX([(1 + FINAL_X) / 2], { stroke: theme.border, strokeDasharray: "1,3" }),
-        Plot.line(blocks, { x: "depth", y: "ratio", stroke: "member", z: "member", strokeWidth: 1.8 }),
+        Plot.line(blocks.filter((r) => !r.encoder), { x: "depth", y: "ratio", stroke: "member", z: "series", strokeWidth: 1.8 }),
+        Plot.line(blocks.filter((r) => r.encoder), { x: "depth", y: "ratio", stroke: "member", z: "series", strokeWidth: 1.8, strokeDasharray: "6,3" }),
         Plot.dot(blocks, { x: "depth", y: "ratio", fill: "member", r: 2.5 }),
         Plot.dot(finals, { x: "depth", y: "ratio", stroke: "member", fill: theme.bg, r: 4.5, strokeWidth: 2, symbol: "diamond" }),
-        Plot.tip(rows, Plot.pointer({ x: "depth", y: "ratio", title: (d: any) => `${d.member}\n${d.name} (depth ${fmt(d.relDepth)})\nr̂ = ${fmt(d.rHat)}, r* = ${fmt(d.rStar)}\nr̂/r* = ${fmt(d.ratio)}` })),
+        Plot.tip(rows, Plot.pointer({ x: "depth", y: "ratio", title: (d: any) => `${d.member}${d.stack ? ` (${d.stack})` : ""}\n${d.name} (depth ${fmt(d.relDepth)})\nr̂ = ${fmt(d.rHat)}, r* = ${fmt(d.rStar)}\nr̂/r* = ${fmt(d.ratio)}` })),
       ],
     });
     this.chart.replaceChildren(svg);
-    this.note.textContent = `Each model's radius over its own r* = √(n/2πe) (n its hidden size), so models of different widths share one scale; below 1 the patterns are packed tighter than the theory's typical ball. Diamonds: the final norm's output (the LM head's input).`;
+    this.note.textContent = `Each model's radius over its own r* = √(n/2πe) (n its hidden size), so models of different widths share one scale; below 1 the patterns are packed tighter than the theory's typical ball. Diamonds: the final norm's output (the LM head's input).${rows.some((r) => r.encoder) ? " Dashed: an encoder-decoder's encoder, its depth over the encoder's own blocks (the decoder's over its own)." : ""}`;
     this.markReady();
   }
 }

@@ -11,6 +11,8 @@ export interface ModelLike {
 export interface LayerInfo {
   id: number;
   name: string;
+  /** "encoder" or "decoder" in an encoder-decoder; the single stack's role, or null, otherwise. */
+  stack?: string | null;
   skipped_reason: string | null;
 }
 
@@ -106,6 +108,16 @@ export class AuditState {
       if (r > 0) out.push({ r, F: Number.isNaN(F) ? Infinity : F });
     }
     return out;
+  }
+
+  /** Whether the layers form more than one stack (an encoder-decoder). */
+  get multiStack(): boolean {
+    return new Set(this.layers.map((l) => l.stack ?? null)).size > 1;
+  }
+
+  /** The stack to group a layer under in menus and charts, when there is more than one. */
+  groupOf(layer: number): string | null {
+    return this.multiStack ? this.layers[layer]?.stack ?? null : null;
   }
 
   get nLayers(): number {

@@ -68,17 +68,32 @@ export function observeSize(el: Element, cb: (w: number, h: number) => void): ()
 }
 
 /** A labelled native <select> (keyboard usable by construction). */
-export function select(
-  label: string,
-  options: { value: string; label: string; disabled?: boolean }[],
-  value: string,
-  onChange: (v: string) => void,
-): HTMLLabelElement {
+export interface Option {
+  value: string;
+  label: string;
+  disabled?: boolean;
+  /** Options with a group are shown under it (an <optgroup>), e.g. an encoder-decoder's stacks. */
+  group?: string | null;
+}
+
+export function select(label: string, options: Option[], value: string, onChange: (v: string) => void): HTMLLabelElement {
   const s = h("select", {});
+  const groups = new Map<string, HTMLOptGroupElement>();
   for (const o of options) {
     const opt = h("option", { value: o.value, text: o.label });
     if (o.disabled) opt.disabled = true;
-    s.append(opt);
+    if (o.group) {
+      let g = groups.get(o.group);
+      if (!g) {
+        g = h("optgroup", {}) as HTMLOptGroupElement;
+        g.label = o.group;
+        groups.set(o.group, g);
+        s.append(g);
+      }
+      g.append(opt);
+    } else {
+      s.append(opt);
+    }
   }
   s.value = value;
   s.addEventListener("change", () => onChange(s.value));

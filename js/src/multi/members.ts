@@ -10,6 +10,7 @@ export interface MemberInfo {
   label: string;
   depth: number[];
   is_final: boolean[];
+  stack?: (string | null)[];
   n_blocks: number;
   step?: number;
   [key: string]: unknown;

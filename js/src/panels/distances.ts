@@ -17,7 +17,7 @@ export class DistancesPanel extends Panel {
     this.header.append(
       select(
         "layer",
-        st.layers.map((l, i) => ({ value: String(i), label: `${l.id}: ${l.name}${l.skipped_reason ? " (skipped)" : ""}` })),
+        st.layers.map((l, i) => ({ value: String(i), label: `${l.id}: ${l.name}${l.skipped_reason ? " (skipped)" : ""}`, group: st.groupOf(i) })),
         String(this.layer),
         (v) => this.setLayer(Number(v)),
       ),

@@ -19,7 +19,7 @@ export class FloorPanel extends Panel {
     this.header.append(
       select(
         "layer",
-        st.layers.map((l, i) => ({ value: String(i), label: `${l.id}: ${l.name}`, disabled: !!l.skipped_reason })),
+        st.layers.map((l, i) => ({ value: String(i), label: `${l.id}: ${l.name}`, disabled: !!l.skipped_reason, group: st.groupOf(i) })),
         String(this.layer),
         (v) => {
           this.layer = Number(v);

@@ -19,8 +19,9 @@ export class RadiiPanel extends Panel {
     const { state: st, theme } = this.ctx;
     const rows = st.layers.map((l, i) => ({
       i,
-      label: l.name === "final" ? "final" : String(l.id),
+      label: l.name === "final" || l.name.endsWith(".final") ? "final" : String(l.id),
       name: l.name,
+      g: st.groupOf(i) ?? "",
       rHat: st.stat(i, "r_hat"),
       q25: st.stat(i, "r_hat_q25"),
       q75: st.stat(i, "r_hat_q75"),
@@ -29,6 +30,21 @@ export class RadiiPanel extends Panel {
       id: st.stat(i, "twonn_id"),
     }));
     const ok = rows.filter((r) => Number.isFinite(r.rHat));
+    // An encoder-decoder's two stacks: a rule between them and each one's name over it.
+    const groups: { start: number; end: number; name: string }[] = [];
+    rows.forEach((r) => {
+      const g = st.groupOf(r.i);
+      if (g === null) return;
+      const last = groups[groups.length - 1];
+      if (last && last.name === g) last.end = r.i;
+      else groups.push({ start: r.i, end: r.i, name: g });
+    });
+    const stackMarks = groups.length > 1
+      ? [
+          Plot.ruleX(groups.slice(1).map((g) => g.start - 0.5), { stroke: theme.border, strokeDasharray: "2,3" }),
+          Plot.text(groups, { x: (g: { start: number; end: number }) => (g.start + g.end) / 2, text: "name", frameAnchor: "top", dy: 4, fill: theme.fg, fillOpacity: 0.7 }),
+        ]
+      : [];
     const tick = (i: number) => rows[i]?.label ?? "";
     const common = {
       height: 230,
@@ -53,8 +69,10 @@ export class RadiiPanel extends Panel {
       y: { type: logY ? "log" : "linear", tickFormat: logY ? "~g" : undefined, label: `radius${logY ? " (log scale)" : ""} (normalize=${String(st.summary.normalize ?? "")})`, grid: true, zero: false },
       color: { domain, range: [theme.lines.rHat, theme.lines.rStar, theme.lines.rC], legend: true },
       marks: [
-        Plot.areaY(ok.filter((r) => Number.isFinite(r.q25) && (!logY || r.q25 > 0)), { x: "i", y1: "q25", y2: "q75", fill: theme.lines.rHat, fillOpacity: 0.18 }),
-        Plot.line(series, { x: "i", y: "v", stroke: "s", strokeWidth: 1.8, strokeDasharray: (d: { s: string }) => (d.s === domain[0] ? null : "5,3") } as any),
+        ...stackMarks,
+        Plot.areaY(ok.filter((r) => Number.isFinite(r.q25) && (!logY || r.q25 > 0)), { x: "i", y1: "q25", y2: "q75", z: "g", fill: theme.lines.rHat, fillOpacity: 0.18 }),
+        // z: one line per series and stack, so an encoder's line does not run into its decoder's
+        Plot.line(series, { x: "i", y: "v", stroke: "s", z: (d: { s: string; i: number }) => `${d.s}|${st.groupOf(d.i) ?? ""}`, strokeWidth: 1.8, strokeDasharray: (d: { s: string }) => (d.s === domain[0] ? null : "5,3") } as any),
         Plot.dot(ok, { x: "i", y: "rHat", fill: theme.lines.rHat, r: 2.5, tip: true, title: (d: any) => `${d.name}\nr̂ = ${fmt(d.rHat)} (IQR ${fmt(d.q25)}–${fmt(d.q75)})\nr* = ${fmt(d.rStar)} · r_c = ${fmt(d.rC)}` }),
       ],
     });
