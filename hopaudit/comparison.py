@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 #: Per-audit arrays the multi-audit views do not show (the samples table), left out of payloads.
-_DROPPED = ("sample_seq", "sample_values")
+_DROPPED = ("sample_seq", "sample_values", "sample_columns", "roc_points", "membership")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 

@@ -62,10 +62,38 @@ LAYER_STAT_COLUMNS = (
     "twonn_id",
     "nonfinite",
     "floor_r_star",
+    # 95 % bootstrap intervals (docs/theory.md §7); NaN where the audit made none
+    "r_hat_lo",
+    "r_hat_hi",
+    "separated_frac_lo",
+    "separated_frac_hi",
+    "twonn_id_lo",
+    "twonn_id_hi",
+    "floor_low_lo",
+    "floor_low_hi",
+    "floor_high_lo",
+    "floor_high_hi",
 )
 #: Histogram bins become geometric (log axis) when the range spans more than this factor.
 LOG_BINS_ABOVE = 30.0
-SAMPLE_ROWS = 100  # sequences kept per ranking (lowest CE, highest Min-K%, lowest ratio)
+SAMPLE_ROWS = 100  # sequences kept per ranking score (the most memorized by each)
+#: The per-sequence columns the samples panel shows, in order, where the audit has them, with
+#: the direction that means "more memorized" (+1: higher, -1: lower; 0: shown, not ranked).
+#: The membership scores are oriented higher = memorized (docs/theory.md §6).
+SAMPLE_COLUMNS = {
+    "extracted_tokens": 1,
+    "loss": 1,
+    "cross_entropy": -1,  # left out where ``loss`` (its negation) is there
+    "zlib": 1,
+    "min_k": 1,
+    "min_k_pp": 1,
+    "ref_loss_diff": 1,
+    "distance_ratio": -1,
+    "top1": 0,
+    "basin": 0,
+}
+#: Points of each ROC curve sent to the membership panel (an even grid of false-positive rates).
+ROC_POINTS = 101
 #: Points of each layer's loss-floor curve: spread evenly on a log axis over the panel's range,
 #: and again where F is in view. F(r) = n log(r / r_c) + (r / r_c)^-n is below FLOOR_IN_VIEW
 #: nats only within a few 1/n of r_c, which an even grid over the range would step over.
@@ -94,7 +122,9 @@ STATE_LAYOUT = {
     "text_bytes": "UTF-8 of every shown sequence's text (truncated to text_chars)",
     "text_offsets": "(n_sequences + 1): byte offsets into text_bytes",
     "sample_seq": "(k): sequences of the samples table",
-    "sample_values": "(k, 5): cross_entropy, min_k, top1, distance_ratio, basin",
+    "sample_values": "(k, len(sample_columns)): the samples table's values (SAMPLE_COLUMNS)",
+    "roc_points": "(sum of roc_n, 2): (false-positive rate, true-positive rate) of the ROC curves "
+    "of the membership rows (ROC_POINTS each, at their roc_offset)",
     "sequence_ids": "(n_sequences) display ids, or empty when they are 0..n-1",
 }
 
@@ -401,25 +431,26 @@ def _scatter(audit: AuditLike, names: list[str], top_basins: int) -> dict[str, A
 def _samples(audit: AuditLike, shown: np.ndarray, text_chars: int) -> dict[str, Any]:
     df = audit.samples
     n = len(df)
-    ce = df["cross_entropy"].to_numpy(dtype=np.float64)
-    mink = df["min_k"].to_numpy(dtype=np.float64)
-    ratio = df["distance_ratio"].to_numpy(dtype=np.float64)
+    columns = [c for c in SAMPLE_COLUMNS if c in df.columns]
+    if "loss" in columns:
+        columns.remove("cross_entropy")
+    table = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64) for c in columns}
+    columns = [c for c in columns if np.isfinite(table[c]).any()]
     keep: set[int] = set()
-    for key, sign in ((ce, 1.0), (mink, -1.0), (ratio, 1.0)):
+    for c in columns:
+        if SAMPLE_COLUMNS[c] == 0:
+            continue
+        key = table[c]
         ok = np.flatnonzero(np.isfinite(key))
-        keep.update(ok[np.argsort(sign * key[ok], kind="stable")][:SAMPLE_ROWS].tolist())
+        order = np.argsort(-SAMPLE_COLUMNS[c] * key[ok], kind="stable")
+        keep.update(ok[order][:SAMPLE_ROWS].tolist())
     if not keep:  # no score at all (an encoder without loss): show the first sequences
         keep = set(range(min(n, SAMPLE_ROWS)))
     rows = np.array(sorted(keep), dtype=np.int64)
-    values = np.column_stack(
-        [
-            ce[rows],
-            mink[rows],
-            df["top1"].to_numpy(dtype=np.float64)[rows],
-            ratio[rows],
-            df["basin"].to_numpy(dtype=np.float64)[rows],
-        ]
+    values = (
+        np.column_stack([table[c][rows] for c in columns]) if columns else np.zeros((len(rows), 0))
     )
+    ce = df["cross_entropy"].to_numpy(dtype=np.float64)
     seq_ids = df["sequence"].to_numpy(dtype=np.int64)
     need = np.zeros(n, dtype=bool)
     need[rows] = True
@@ -444,8 +475,54 @@ def _samples(audit: AuditLike, shown: np.ndarray, text_chars: int) -> dict[str, 
         "text_offsets": pack(np.array(offsets), "uint32"),
         "text_chars": int(text_chars),
         "sample_seq": pack(rows, "uint32"),
+        "sample_columns": columns,
         "sample_values": pack(values, "float32"),
     }
+
+
+def roc_on_grid(fpr: Any, tpr: Any, points: int = ROC_POINTS) -> np.ndarray:
+    """An ROC curve as the true-positive rate at ``points`` evenly spaced false-positive rates
+    in [0, 1]: at each, the highest rate the curve reaches at or below it (the step the
+    threshold gives); (points, 2) of (fpr, tpr)."""
+    fpr = np.asarray(fpr, dtype=np.float64)
+    tpr = np.asarray(tpr, dtype=np.float64)
+    grid = np.linspace(0.0, 1.0, points)
+    at = np.searchsorted(fpr, grid, side="right") - 1
+    out = np.where(at >= 0, np.maximum.accumulate(tpr)[np.maximum(at, 0)], 0.0)
+    return np.column_stack([grid, out])
+
+
+def _membership(audit: AuditLike) -> dict[str, Any]:
+    """The membership panel's rows (one per score, and per layer for the geometric score) and
+    ROC curves: of every per-sequence score, and of the geometric score at the last layer."""
+    table = getattr(audit, "membership", None)
+    empty = {"membership": [], "roc_points": pack(np.zeros((0, 2)), "float32")}
+    if not isinstance(table, pd.DataFrame):
+        return {**empty, "membership_note": "this audit has no membership evaluation"}
+    if table.empty:
+        reason = table.attrs.get("reason") or "no membership evaluation"
+        return {**empty, "membership_note": str(reason)}
+    roc_curves = getattr(audit, "roc_curves", None)
+    curves = roc_curves() if callable(roc_curves) else {}
+    geometric = table[table["score"] == "geometric"]
+    last = None if geometric.empty else geometric["layer"].iloc[-1]
+    rows, parts, offset = [], [], 0
+    for r in table.to_dict("records"):
+        layer = r.get("layer")
+        layer = None if layer is None or (isinstance(layer, float) and math.isnan(layer)) else layer
+        entry: dict[str, Any] = {"score": str(r["score"]), "layer": _jsonable(layer)}
+        for c in ("auroc", "auroc_lo", "auroc_hi", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr"):
+            entry[c] = _f(r.get(c))
+        for c in ("n_members", "n_nonmembers"):
+            entry[c] = int(r[c]) if _f(r.get(c)) is not None else None
+        key = (r["score"], layer if r["score"] == "geometric" else None)
+        if key in curves and (r["score"] != "geometric" or layer == last):
+            parts.append(roc_on_grid(*curves[key]))
+            entry["roc_offset"], entry["roc_n"] = offset, ROC_POINTS
+            offset += ROC_POINTS
+        rows.append(entry)
+    points = np.concatenate(parts) if parts else np.zeros((0, 2))
+    return {"membership": rows, "roc_points": pack(points, "float32"), "membership_note": None}
 
 
 def _summary(audit: AuditLike) -> dict[str, Any]:
@@ -471,6 +548,7 @@ def widget_state(
     state.update(_scatter(audit, names, top_basins))
     shown = decode(state, "scatter_seq").astype(np.int64)
     state.update(_samples(audit, shown, text_chars))
+    state.update(_membership(audit))
     return state
 
 
@@ -561,7 +639,11 @@ class AuditWidget(_View):
     text_offsets = _array()
     text_chars = traitlets.Int(240).tag(sync=True)
     sample_seq = _array()
+    sample_columns = traitlets.List(traitlets.Unicode()).tag(sync=True)
     sample_values = _array()
+    membership = traitlets.List().tag(sync=True)
+    membership_note = traitlets.Unicode(None, allow_none=True).tag(sync=True)
+    roc_points = _array()
 
     @classmethod
     def from_audit(cls, audit: AuditLike, **options: Any) -> AuditWidget:

@@ -50,10 +50,18 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 #: Arrays of a single-audit state that may be empty: the sequence ids are sent only when they
 #: are not 0..n-1.
-MAY_BE_EMPTY = {"sequence_ids"}
+MAY_BE_EMPTY = {"sequence_ids", "roc_points"}  # roc_points: only with heldout=
 #: What the compare and timeline views leave out of their members: the samples table, and the
 #: front end (the multi-audit widget carries it once).
-NOT_IN_MEMBERS = {"sample_seq", "sample_values", "_esm", "_css"}
+NOT_IN_MEMBERS = {
+    "sample_seq",
+    "sample_values",
+    "sample_columns",
+    "membership",
+    "roc_points",
+    "_esm",
+    "_css",
+}
 
 
 def _own_traits(cls) -> dict[str, object]:

@@ -141,12 +141,17 @@ def test_samples_and_texts(audit, state):
     df = audit.samples
     rows = decode(state, "sample_seq").astype(np.int64)
     values = decode(state, "sample_values")
+    columns = state["sample_columns"]
+    assert columns == [c for c in widget.SAMPLE_COLUMNS if c in df.columns]
+    assert columns[0] == "cross_entropy"  # the fake has no loss column: cross-entropy leads
     ce = df["cross_entropy"].to_numpy()
-    # the 100 lowest cross-entropies are all in the table
-    assert set(np.argsort(ce)[:100]) <= set(rows.tolist())
-    np.testing.assert_allclose(values[:, 0], ce[rows].astype(np.float32))
-    ratio = df["distance_ratio"].to_numpy()[rows]
-    np.testing.assert_allclose(values[:, 3], ratio.astype(np.float32))
+    # the 100 lowest cross-entropies, the 100 highest Min-K% and the 100 smallest ratios are in
+    min_k, ratio = df["min_k"].to_numpy(), df["distance_ratio"].to_numpy()
+    for ranked in (np.argsort(ce), np.argsort(-min_k), np.argsort(ratio)):
+        assert set(ranked[:100]) <= set(rows.tolist())
+    for name in ("cross_entropy", "min_k", "distance_ratio", "top1", "basin"):
+        want = df[name].to_numpy(dtype=np.float64)[rows].astype(np.float32)
+        np.testing.assert_allclose(values[:, columns.index(name)], want)
     offsets = decode(state, "text_offsets")
     blob = decode(state, "text_bytes").tobytes()
     for i in (0, 7, int(rows[0])):

@@ -1,8 +1,9 @@
-// The anywidget entry: render({ model, el }) draws the six panels of an audit.
+// The anywidget entry: render({ model, el }) draws the seven panels of an audit.
 import { BasinsPanel } from "./panels/basins";
 import type { Context, Panel } from "./panels/base";
 import { DistancesPanel } from "./panels/distances";
 import { FloorPanel } from "./panels/floor";
+import { MembershipPanel } from "./panels/membership";
 import { RadiiPanel } from "./panels/radii";
 import { SamplesPanel } from "./panels/samples";
 import { SummaryPanel } from "./panels/summary";
@@ -17,7 +18,7 @@ const DATA_TRAITS = [
   "summary", "layer_info", "layer_columns", "layer_stats", "hist_fractions", "hist_bins", "hist_range",
   "hist_counts", "hist_medians", "hist_log", "scatter_layers", "scatter_xy", "scatter_basin", "scatter_ratio",
   "scatter_basin_sizes", "scatter_seq", "floor_curve", "n_sequences", "sequence_ids", "seq_ce", "text_bytes",
-  "text_offsets", "sample_seq", "sample_values",
+  "text_offsets", "sample_seq", "sample_columns", "sample_values", "membership", "membership_note", "roc_points",
 ];
 
 export interface View {
@@ -54,6 +55,7 @@ export function mount(model: ModelLike, el: HTMLElement): View {
       new FloorPanel(ctx),
       new BasinsPanel(ctx),
       new RadiiPanel(ctx),
+      new MembershipPanel(ctx),
       new SamplesPanel(ctx),
     ];
     view.panels = panels;

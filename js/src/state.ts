@@ -34,6 +34,23 @@ export interface ScatterLayer {
   top_basins: number;
 }
 
+/** One row of the membership evaluation (hopaudit/widget.py, _membership): a score (per layer
+ *  for the geometric score), its AUROC with a 95 % bootstrap interval, and where its ROC curve
+ *  sits in roc_points. */
+export interface MembershipRow {
+  score: string;
+  layer: string | number | null;
+  auroc: number | null;
+  auroc_lo: number | null;
+  auroc_hi: number | null;
+  tpr_at_1pct_fpr: number | null;
+  tpr_at_5pct_fpr: number | null;
+  n_members: number | null;
+  n_nonmembers: number | null;
+  roc_offset?: number;
+  roc_n?: number;
+}
+
 export interface Summary {
   [key: string]: string | number | boolean | null | undefined;
 }
@@ -64,6 +81,10 @@ export class AuditState {
   sampleValues: Float32Array;
   textChars: number;
   floorCurve: Float32Array;
+  sampleColumns: string[];
+  membership: MembershipRow[];
+  membershipNote: string | null;
+  rocPoints: Float32Array;
   private decoder = new TextDecoder();
   private colIndex = new Map<string, number>();
 
@@ -94,6 +115,10 @@ export class AuditState {
     this.sampleValues = ndarray(model.get("sample_values"), "float32");
     this.textChars = model.get("text_chars") ?? 0;
     this.floorCurve = ndarray(model.get("floor_curve"), "float32");
+    this.sampleColumns = model.get("sample_columns") ?? [];
+    this.membership = model.get("membership") ?? [];
+    this.membershipNote = model.get("membership_note") ?? null;
+    this.rocPoints = ndarray(model.get("roc_points"), "float32");
   }
 
   /** The loss-floor curve of a layer, computed in Python (hopaudit/widget.py, _floor_curves):
@@ -106,6 +131,17 @@ export class AuditState {
       const r = this.floorCurve[at];
       const F = this.floorCurve[at + 1];
       if (r > 0) out.push({ r, F: Number.isNaN(F) ? Infinity : F });
+    }
+    return out;
+  }
+
+  /** The ROC curve of a membership row as (fpr, tpr) points; empty when none was sent. */
+  roc(row: MembershipRow): { fpr: number; tpr: number }[] {
+    const out: { fpr: number; tpr: number }[] = [];
+    if (row.roc_offset === undefined || !row.roc_n) return out;
+    for (let k = 0; k < row.roc_n; k++) {
+      const at = 2 * (row.roc_offset + k);
+      out.push({ fpr: this.rocPoints[at], tpr: this.rocPoints[at + 1] });
     }
     return out;
   }

@@ -16,7 +16,7 @@ SCREENSHOTS = (
     if os.environ.get("HOPAUDIT_SCREENSHOTS") == "1"
     else Path(tempfile.gettempdir()) / "hopaudit-screenshots"
 )
-PANELS = ("summary", "distances", "radii", "basins", "floor", "samples")
+PANELS = ("summary", "distances", "radii", "basins", "floor", "membership", "samples")
 
 
 def decode_png(data: bytes) -> tuple[int, int, int, bytes]:

@@ -94,14 +94,28 @@ def test_the_layer_selector_works_from_the_keyboard(open_report):
 
 def test_samples_sort_from_the_keyboard(open_report):
     p = open_report()
-    button = p.page.locator('[data-panel="samples"] th button[data-sort="3"]')
+    button = p.page.locator('[data-panel="samples"] th button[data-sort="distance_ratio"]')
     button.focus()
     p.page.keyboard.press("Enter")
     th = p.page.locator('[data-panel="samples"] th[aria-sort="ascending"] button')
-    assert th.get_attribute("data-sort") == "3"
-    cells = p.page.locator('[data-panel="samples"] tbody tr td:nth-child(4)').all_inner_texts()
+    assert th.get_attribute("data-sort") == "distance_ratio"
+    column = '[data-panel="samples"] tbody td[data-column="distance_ratio"]'
+    cells = p.page.locator(column).all_inner_texts()
     vals = [float(c) for c in cells if c not in ("–", "")]
     assert vals == sorted(vals) and len(vals) > 3
+
+
+def test_samples_rank_by_the_chosen_score(open_report):
+    """The "rank by" menu re-sorts the table by that score, most memorized first."""
+    p = open_report()
+    menu = p.page.locator('[data-panel="samples"] header select')
+    options = menu.locator("option").evaluate_all("els => els.map(e => e.value)")
+    assert options[0] in ("extracted_tokens", "loss", "cross_entropy") and "min_k" in options
+    menu.select_option("min_k")
+    cells = p.page.locator('[data-panel="samples"] tbody td[data-column="min_k"]').all_inner_texts()
+    vals = [float(c) for c in cells if c not in ("–", "")]
+    assert vals == sorted(vals, reverse=True) and len(vals) > 3  # higher Min-K% = memorized
+    assert p.errors == []
 
 
 def test_hovering_a_point_shows_its_text(open_report, report_state):

@@ -73,6 +73,9 @@ export class FloorPanel extends Panel {
       const F = Number.isNaN(m.F) ? Infinity : m.F;
       return { ...m, F, shown: Math.min(F, yMax * 0.96), text: `${m.label} = ${fmt(m.r)}\nF = ${fmt(F)}` };
     });
+    const rLo = st.stat(i, "r_hat_lo");
+    const rHi = st.stat(i, "r_hat_hi");
+    const rHatCI = rLo > 0 && rHi > 0 ? [{ lo: Math.max(rLo, lo), hi: Math.min(rHi, hi) }] : [];
     const svg = Plot.plot({
       width,
       height: 260,
@@ -87,6 +90,8 @@ export class FloorPanel extends Panel {
         Plot.text(refs, { y: "y", text: "label", frameAnchor: "left", dx: 4, dy: -7, fill: "color" }),
         // Values far above the frame are clipped anyway; cap them so SVG gets sane numbers.
         Plot.line(curve.map((c) => ({ r: c.r, F: Math.min(c.F, yMax * 4) })), { x: "r", y: "F", stroke: theme.fg, strokeWidth: 2 }),
+        // the 95 % bootstrap interval of r̂ (docs/theory.md §7), where the audit made one
+        Plot.rectX(rHatCI, { x1: "lo", x2: "hi", fill: theme.lines.rHat, fillOpacity: 0.12 }),
         Plot.ruleX(pts, { x: "r", stroke: "color", strokeOpacity: 0.6, strokeDasharray: "2,3" }),
         Plot.dot(pts, { x: "r", y: "shown", fill: "color", r: 4.5, stroke: theme.bg }),
         Plot.text(pts, { x: "r", y: "shown", text: "label", dy: -11, fill: "color", fontWeight: 700 }),
@@ -95,7 +100,12 @@ export class FloorPanel extends Panel {
     });
     this.chart.replaceChildren(svg);
     const fHat = st.stat(i, "floor_low");
-    this.note.textContent = `Volume form log Z = log d + log V_n(r); F = log Z + 1/Z ≥ 1 with equality at r_c. At r̂ = ${fmt(rHat)}: F = ${fmt(fHat)} nats (band [${fmt(st.stat(i, "floor_low"))}, ${fmt(st.stat(i, "floor_high"))}] adds log l). Chinchilla's fit is on another corpus: a reference, not a verdict.`;
+    const fLo = st.stat(i, "floor_low_lo");
+    const fHi = st.stat(i, "floor_low_hi");
+    const interval = Number.isFinite(fLo) && Number.isFinite(fHi)
+      ? ` With 95 % confidence r̂ lies in [${fmt(rLo)}, ${fmt(rHi)}] (shaded) and the floor F(r̂) in [${fmt(fLo)}, ${fmt(fHi)}] nats, from resampling the nearest-pattern distances.`
+      : "";
+    this.note.textContent = `Volume form log Z = log d + log V_n(r); F = log Z + 1/Z ≥ 1 with equality at r_c. At r̂ = ${fmt(rHat)}: F = ${fmt(fHat)} nats (band [${fmt(st.stat(i, "floor_low"))}, ${fmt(st.stat(i, "floor_high"))}] adds log l).${interval} Chinchilla's fit is on another corpus: a reference, not a verdict.`;
     this.markReady();
   }
 }

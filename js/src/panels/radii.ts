@@ -23,6 +23,8 @@ export class RadiiPanel extends Panel {
       name: l.name,
       g: st.groupOf(i) ?? "",
       rHat: st.stat(i, "r_hat"),
+      lo: st.stat(i, "r_hat_lo"),
+      hi: st.stat(i, "r_hat_hi"),
       q25: st.stat(i, "r_hat_q25"),
       q75: st.stat(i, "r_hat_q75"),
       rStar: st.stat(i, "r_star"),
@@ -73,7 +75,9 @@ export class RadiiPanel extends Panel {
         Plot.areaY(ok.filter((r) => Number.isFinite(r.q25) && (!logY || r.q25 > 0)), { x: "i", y1: "q25", y2: "q75", z: "g", fill: theme.lines.rHat, fillOpacity: 0.18 }),
         // z: one line per series and stack, so an encoder's line does not run into its decoder's
         Plot.line(series, { x: "i", y: "v", stroke: "s", z: (d: { s: string; i: number }) => `${d.s}|${st.groupOf(d.i) ?? ""}`, strokeWidth: 1.8, strokeDasharray: (d: { s: string }) => (d.s === domain[0] ? null : "5,3") } as any),
-        Plot.dot(ok, { x: "i", y: "rHat", fill: theme.lines.rHat, r: 2.5, tip: true, title: (d: any) => `${d.name}\nr̂ = ${fmt(d.rHat)} (IQR ${fmt(d.q25)}–${fmt(d.q75)})\nr* = ${fmt(d.rStar)} · r_c = ${fmt(d.rC)}` }),
+        // the 95 % bootstrap interval of r̂ (docs/theory.md §7): an error bar per layer
+        Plot.ruleX(ok.filter((r) => Number.isFinite(r.lo) && Number.isFinite(r.hi)), { x: "i", y1: "lo", y2: "hi", stroke: theme.lines.rHat, strokeWidth: 2.5 }),
+        Plot.dot(ok, { x: "i", y: "rHat", fill: theme.lines.rHat, r: 2.5, tip: true, title: (d: any) => `${d.name}\nr̂ = ${fmt(d.rHat)}${Number.isFinite(d.lo) ? ` (95 % interval ${fmt(d.lo)}–${fmt(d.hi)})` : ""} (IQR ${fmt(d.q25)}–${fmt(d.q75)})\nr* = ${fmt(d.rStar)} · r_c = ${fmt(d.rC)}` }),
       ],
     });
     const idRows = rows.filter((r) => Number.isFinite(r.id));

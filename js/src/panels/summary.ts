@@ -18,7 +18,7 @@ export class SummaryPanel extends Panel {
     const hi = num("floor_high");
     const below = Number.isFinite(ce) && Number.isFinite(lo) && ce < lo;
     const ceSub = Number.isFinite(ce)
-      ? `floor band [${fmt(lo)}, ${fmt(hi)}] nats · universal floor 1 nat · Chinchilla ${fmt(num("chinchilla_loss"))}`
+      ? `floor band [${fmt(lo)}, ${fmt(hi)}] nats${Number.isFinite(num("floor_low_lo")) ? ` (its low end 95 %: ${fmt(num("floor_low_lo"))}–${fmt(num("floor_low_hi"))})` : ""} · universal floor 1 nat · Chinchilla ${fmt(num("chinchilla_loss"))}`
       : String(s.loss_note ?? "no loss for this model");
     const nLog = num("log10_N");
     const dLog = num("two_log10_D");
@@ -34,7 +34,18 @@ export class SummaryPanel extends Panel {
       card("normalize", String(s.normalize ?? "–"), s.positions != null ? `positions: ${s.positions}` : ""),
       card("run time", fmtSeconds(num("total_seconds")), `capture ${fmtSeconds(num("capture_seconds"))} · ${fmtCount(num("tokens_per_second"))} tok/s${s.compute_dtype ? ` · ${s.compute_dtype}` : ""}`),
     );
+    // Extraction, the ground truth (docs/theory.md §6), where it was run.
+    const ex = num("extraction_rate");
+    if (Number.isFinite(ex)) {
+      const held = num("extraction_rate_heldout");
+      const pct = (v: number) => `${fmt(100 * v, 3)} %`;
+      cards.append(card("extractable", pct(ex), Number.isFinite(held) ? `of stored sequences · held-out ${pct(held)}` : "of the sequences: greedy decoding reproduces their suffix"));
+    }
     this.body.replaceChildren(cards);
+    for (const key of ["architecture_note", "extraction_note"]) {
+      const text = s[key];
+      if (typeof text === "string" && text) this.body.append(h("p", { class: "ha-note", "data-note": key, text }));
+    }
     if (below) this.body.append(h("p", { class: "ha-note", text: "The measured cross-entropy is below the final layer's floor band: the volume estimate's assumptions do not hold here (see the floor panel)." }));
     this.markReady();
   }
