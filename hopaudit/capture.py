@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 from hopaudit.blocks import input_embedding, vocab_size
 from hopaudit.errors import CaptureError, DataError, HopauditError, ModelError
 from hopaudit.precision import autocast_context, compute_dtype, describe
+from hopaudit.scores import sequence_statistics, token_statistics
 from hopaudit.store import ActivationStore, normalize_dtype
 
 FINAL = "final"
@@ -148,6 +149,11 @@ class CaptureResult:
     min_k: float = 0.2
     overflow: dict[str, int] = field(default_factory=dict)  # rows finite before the cast only
     compute_dtype: str | None = None  # "bfloat16 autocast" or the model's own dtype
+    # membership scores (hopaudit/scores.py; docs/theory.md §6)
+    seq_min_k_pp: np.ndarray | None = None  # Min-K%++ per sequence (higher = member)
+    seq_n_predicted: np.ndarray | None = None  # next-token predictions per sequence
+    seq_ref_nll: np.ndarray | None = None  # mean NLL under a reference model (audit(reference=))
+    seq_extracted_tokens: np.ndarray | None = None  # leading suffix tokens greedy decoding matched
 
 
 # ------------------------------------------------------------------------------- positions
@@ -582,6 +588,7 @@ def capture(
     tok_seq: list[torch.Tensor] = []
     tok_lp: list[torch.Tensor] = []
     tok_hit: list[torch.Tensor] = []
+    tok_z: list[torch.Tensor] = []
     loss_note: str | None = None
     state: dict[str, _Batch] = {}
     widths: dict[str, int] = {}
@@ -646,7 +653,8 @@ def capture(
                 row_pos.append(p_idx.numpy())
                 logits = _logits_of(output, vocab)
                 if logits is not None and not _is_masked_lm(model):
-                    b, lp, hit = token_scores(logits, ids_d, mask_d)
+                    b, lp, hit, z = token_statistics(logits, ids_d, mask_d)
+                    tok_z.append(z.cpu())
                     tok_seq.append(b.cpu() + start)
                     tok_lp.append(lp.cpu())
                     tok_hit.append(hit.cpu())
@@ -681,11 +689,14 @@ def capture(
     seq_nll = seq_min_k = seq_top1 = None
     cross_entropy = None
     n_predicted = 0
+    extra: dict[str, np.ndarray] = {}
     if loss_note is None:
         seq_a = torch.cat(tok_seq).numpy().astype(np.int64)
         lp_a = torch.cat(tok_lp).numpy().astype(np.float64)
         hit_a = torch.cat(tok_hit).numpy()
         seq_nll, seq_min_k, seq_top1 = sequence_scores(seq_a, lp_a, hit_a, n_seq, float(min_k))
+        z_a = torch.cat(tok_z).numpy().astype(np.float64)
+        extra = sequence_statistics(seq_a, lp_a, z_a, n_seq, float(min_k))
         n_predicted = int(lp_a.size)
         cross_entropy = float(-lp_a.sum() / n_predicted) if n_predicted else math.nan
         if not n_predicted:
@@ -718,4 +729,6 @@ def capture(
         min_k=float(min_k),
         overflow={n: c for n, c in overflow.items() if c},
         compute_dtype=describe(amp, model),
+        seq_min_k_pp=extra.get("min_k_pp"),
+        seq_n_predicted=extra.get("n_predicted"),
     )
