@@ -1,0 +1,105 @@
+"""Membership evidence with a known answer: a tiny GPT-2 memorizes half of a text.
+
+``train_tiny_gpt2`` trains a tiny GPT-2 (2 blocks, hidden 128) on half of the 64-token
+sequences of some pydoc prose until its training loss is near zero; the other half is held out.
+A reference model (same tokenizer) is trained on another random half for fewer steps. One
+audit with ``heldout=``, ``extraction=True`` and ``reference=`` then gives the AUROC of every
+score (members = the trained half) and the extraction rates of both halves. Prints::
+
+    auroc_<score>=                every score of Audit.membership (geometric: per layer)
+    extraction_rate_members=      fraction of trained sequences reproduced from 32 tokens
+    extraction_rate_nonmembers=   the same for the held-out half
+    extraction_tokens_per_second= greedy decoding with the KV cache
+    with_scores_seconds=          audit with Min-K%++, zlib, bootstrap=200, Audit.membership
+    without_scores_seconds=       audit with the old per-token scores and bootstrap=0
+    scores_overhead_ratio=        with / without (target <= 1.10)
+
+The two overhead variants run on the same batches, alternated (order flipped each round) after
+an untimed warm-up of each. Usage: ``python benchmarks/membership.py [--rounds 3]
+[--steps 600]``; about two minutes on two busy cores (most of it training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+MAX_CHARS = 40_000  # about 190 sequences of 64 tokens: half trained, half held out
+
+
+def _train(steps: int):
+    from hopaudit.zoo import corpus, train_tiny_gpt2
+
+    docs = corpus("pydoc", max_chars=MAX_CHARS)
+    common = dict(n_layer=2, n_embd=128, n_head=4, seq_len=64, progress=False)
+    target = train_tiny_gpt2(docs, fraction=0.5, steps=steps, seed=0, **common)
+    reference = train_tiny_gpt2(docs, fraction=0.5, steps=max(1, steps // 4), seed=1, **common)
+    return target, reference
+
+
+def _audit(run, *, with_scores: bool, **extra):
+    import hopaudit
+    import hopaudit.capture as capture_module
+
+    def old_scores(logits, ids, mask):  # the per-token scores before Min-K%++
+        b, lp, hit = capture_module.token_scores(logits, ids, mask)
+        return b, lp, hit, lp.new_zeros(lp.shape)
+
+    saved = capture_module.token_statistics
+    if not with_scores:
+        capture_module.token_statistics = old_scores
+    try:
+        a = hopaudit.audit(
+            run.model, run.train_ids, heldout=run.heldout_ids, tokenizer=run.tokenizer,
+            progress=False, umap_layers=[], bootstrap=200 if with_scores else 0, **extra,
+        )  # fmt: skip
+        if with_scores:
+            a.membership  # noqa: B018 (the table is part of what the scores cost)
+        else:
+            a.samples  # noqa: B018
+    finally:
+        capture_module.token_statistics = saved
+    return a
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=600)
+    args = parser.parse_args()
+
+    target, reference = _train(args.steps)
+    a = _audit(target, with_scores=True, extraction=True, reference=reference.model)
+    for row in a.membership.itertuples():
+        name = row.score if row.score != "geometric" else f"geometric_{row.layer}"
+        print(f"auroc_{name}={row.auroc:.4f}")
+    s = a.summary()
+    print(f"extraction_rate_members={s['extraction_rate']:.4f}")
+    print(f"extraction_rate_nonmembers={s['extraction_rate_heldout']:.4f}")
+    print(f"extraction_tokens_per_second={a.extraction['tokens_per_second']:.0f}")
+    print(f"train_loss_members={target.loss_on(target.train_ids):.4f}")
+    print(f"loss_nonmembers={target.loss_on(target.heldout_ids):.4f}")
+
+    times: dict[bool, list[float]] = {True: [], False: []}
+    _audit(target, with_scores=True)  # warm-up of each
+    _audit(target, with_scores=False)
+    for r in range(args.rounds):
+        for with_scores in (True, False) if r % 2 == 0 else (False, True):
+            t0 = time.perf_counter()
+            _audit(target, with_scores=with_scores)
+            times[with_scores].append(time.perf_counter() - t0)
+    with_s = sum(times[True]) / len(times[True])
+    without_s = sum(times[False]) / len(times[False])
+    print(f"with_scores_seconds={with_s:.3f}")
+    print(f"without_scores_seconds={without_s:.3f}")
+    print(f"scores_overhead_ratio={with_s / without_s:.3f}")
+
+
+if __name__ == "__main__":
+    main()
