@@ -100,21 +100,43 @@ def bootstrap_auroc(
     members: Any, nonmembers: Any, n_boot: int = 200, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the AUROC: members and non-members are resampled
-    separately, with replacement; (nan, nan) for ``n_boot=0``."""
+    separately, with replacement; (nan, nan) for ``n_boot=0``.
+
+    A resample is a vector of counts (how often each sequence was drawn, multinomial), so all
+    ``n_boot`` AUROCs come from one sort: each member's count-weighted number of non-members
+    below it (ties one half), summed with the members' counts.
+    """
     m, n = _pair(members, nonmembers)
     if n_boot <= 0:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
-    scores = np.concatenate([m, n])
     values = np.empty(n_boot)
-    for b in range(n_boot):
-        im = rng.integers(0, m.size, m.size)
-        inn = m.size + rng.integers(0, n.size, n.size)
-        ranks = rankdata(scores[np.r_[im, inn]])
-        values[b] = (ranks[: m.size].sum() - m.size * (m.size + 1) / 2.0) / (m.size * n.size)
+    step = max(1, 2**22 // (m.size + n.size))  # resamples per block: bounded memory
+    for start in range(0, n_boot, step):
+        b = min(step, n_boot - start)
+        w_m = rng.multinomial(m.size, np.full(m.size, 1.0 / m.size), size=b)
+        w_n = rng.multinomial(n.size, np.full(n.size, 1.0 / n.size), size=b)
+        values[start : start + b] = weighted_auroc(m, n, w_m, w_n)
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(values, [tail, 100 - tail])
     return float(lo), float(hi)
+
+
+def weighted_auroc(
+    members: np.ndarray, nonmembers: np.ndarray, w_m: np.ndarray, w_n: np.ndarray
+) -> np.ndarray:
+    """AUROC of the samples that repeat each member ``w_m[b, i]`` times and each non-member
+    ``w_n[b, j]`` times, for every row b (counts, as a bootstrap draws them)."""
+    m, n = np.asarray(members, np.float64), np.asarray(nonmembers, np.float64)
+    w_m = np.atleast_2d(np.asarray(w_m, np.float64))
+    w_n = np.atleast_2d(np.asarray(w_n, np.float64))
+    order = np.argsort(n, kind="stable")
+    below = np.searchsorted(n[order], m, side="left")  # non-members strictly below each member
+    upto = np.searchsorted(n[order], m, side="right")  # ... and those equal to it
+    cum = np.zeros((w_n.shape[0], n.size + 1))
+    np.cumsum(w_n[:, order], axis=1, out=cum[:, 1:])
+    wins = cum[:, below] + 0.5 * (cum[:, upto] - cum[:, below])
+    return (w_m * wins).sum(1) / (w_m.sum(1) * w_n.sum(1))
 
 
 def membership_table(

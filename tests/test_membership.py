@@ -14,7 +14,7 @@ from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.errors import DataError
-from hopaudit.membership import auroc, bootstrap_auroc, roc_curve, tpr_at_fpr
+from hopaudit.membership import auroc, bootstrap_auroc, roc_curve, tpr_at_fpr, weighted_auroc
 
 
 def _texts(n: int, words: int = 30, seed: int = 0) -> list[str]:
@@ -69,6 +69,20 @@ def test_bootstrap_interval_covers_the_true_auroc():
         lo, hi = bootstrap_auroc(rng.normal(delta, 1, 80), rng.normal(0, 1, 60), 200, draw)
         covered += lo <= truth <= hi
     assert covered >= 88
+
+
+def test_weighted_auroc_is_the_auroc_of_the_repeated_sample():
+    """A bootstrap resample is a count per sequence: its AUROC must be sklearn's on the
+    sample that repeats each sequence that many times."""
+    rng = np.random.default_rng(3)
+    members = np.round(rng.normal(0.3, 1, 40), 1)
+    nonmembers = np.round(rng.normal(0, 1, 30), 1)
+    w_m = rng.multinomial(40, np.full(40, 1 / 40), size=5)
+    w_n = rng.multinomial(30, np.full(30, 1 / 30), size=5)
+    got = weighted_auroc(members, nonmembers, w_m, w_n)
+    for b in range(5):
+        y, s = _sk(np.repeat(members, w_m[b]), np.repeat(nonmembers, w_n[b]))
+        assert got[b] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
 
 
 def test_bootstrap_off_gives_nan():
