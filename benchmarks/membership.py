@@ -15,8 +15,12 @@ score (members = the trained half) and the extraction rates of both halves. Prin
     scores_overhead_ratio=        with / without (target <= 1.10)
 
 The two overhead variants run on the same batches, alternated (order flipped each round) after
-an untimed warm-up of each. Usage: ``python benchmarks/membership.py [--rounds 3]
-[--steps 600]``; about two minutes on two busy cores (most of it training).
+an untimed warm-up of each. ``--smollm2`` repeats the overhead lines (``smollm2_...``) on
+SmolLM2-135M, whose 49 152-token vocabulary is where Min-K%++'s pass over every next-token
+distribution costs most: 128 + 128 pydoc sequences of 64 tokens.
+
+Usage: ``python benchmarks/membership.py [--rounds 3] [--steps 600] [--smollm2]``; about two
+minutes on two busy cores (most of it training), five more with ``--smollm2``.
 """
 
 from __future__ import annotations
@@ -44,6 +48,12 @@ def _train(steps: int):
 
 
 def _audit(run, *, with_scores: bool, **extra):
+    return _audit_data(
+        run.model, run.train_ids, run.heldout_ids, run.tokenizer, with_scores=with_scores, **extra
+    )
+
+
+def _audit_data(model, data, heldout, tokenizer, *, with_scores: bool, **extra):
     import hopaudit
     import hopaudit.capture as capture_module
 
@@ -56,7 +66,7 @@ def _audit(run, *, with_scores: bool, **extra):
         capture_module.token_statistics = old_scores
     try:
         a = hopaudit.audit(
-            run.model, run.train_ids, heldout=run.heldout_ids, tokenizer=run.tokenizer,
+            model, data, heldout=heldout, tokenizer=tokenizer,
             progress=False, umap_layers=[], bootstrap=200 if with_scores else 0, **extra,
         )  # fmt: skip
         if with_scores:
@@ -72,6 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--smollm2", action="store_true")
     args = parser.parse_args()
 
     target, reference = _train(args.steps)
@@ -86,19 +97,34 @@ def main() -> None:
     print(f"train_loss_members={target.loss_on(target.train_ids):.4f}")
     print(f"loss_nonmembers={target.loss_on(target.heldout_ids):.4f}")
 
+    _overhead(lambda w: _audit(target, with_scores=w), args.rounds, "")
+    if args.smollm2:
+        from hopaudit.data import prepare_data
+        from hopaudit.zoo import corpus, smollm2
+
+        model, tok = smollm2()
+        ids = prepare_data(corpus("pydoc"), tok, max_length=64, max_sequences=256).input_ids
+        _overhead(
+            lambda w: _audit_data(model, ids[:128], ids[128:], tok, with_scores=w),
+            args.rounds,
+            "smollm2_",
+        )
+
+
+def _overhead(run_audit, rounds: int, prefix: str) -> None:
     times: dict[bool, list[float]] = {True: [], False: []}
-    _audit(target, with_scores=True)  # warm-up of each
-    _audit(target, with_scores=False)
-    for r in range(args.rounds):
+    run_audit(True)  # warm-up of each
+    run_audit(False)
+    for r in range(rounds):
         for with_scores in (True, False) if r % 2 == 0 else (False, True):
             t0 = time.perf_counter()
-            _audit(target, with_scores=with_scores)
+            run_audit(with_scores)
             times[with_scores].append(time.perf_counter() - t0)
     with_s = sum(times[True]) / len(times[True])
     without_s = sum(times[False]) / len(times[False])
-    print(f"with_scores_seconds={with_s:.3f}")
-    print(f"without_scores_seconds={without_s:.3f}")
-    print(f"scores_overhead_ratio={with_s / without_s:.3f}")
+    print(f"{prefix}with_scores_seconds={with_s:.3f}")
+    print(f"{prefix}without_scores_seconds={without_s:.3f}")
+    print(f"{prefix}scores_overhead_ratio={with_s / without_s:.3f}")
 
 
 if __name__ == "__main__":
