@@ -135,9 +135,9 @@ class Audit:
         texts = (self.heldout_texts or []) if heldout else self.texts
         if cap is None:
             return pd.DataFrame(columns=list(self.samples.columns))
-        n = cap.seq_nll.size if cap.seq_nll is not None else len(texts)
-        if heldout and len(texts) != n:  # saved by a hopaudit without held-out texts
-            n = int(cap.row_sequence.max()) + 1 if cap.row_sequence.size else 0
+        n = self._n_sequences(heldout)
+        no_texts = heldout and len(texts) != n  # saved by a hopaudit without held-out texts
+        if no_texts:
             texts = [""] * n
         nan = np.full(n, np.nan)
         ratio = np.full(n, np.nan)
@@ -164,11 +164,26 @@ class Audit:
             "basin": basin,
         }
         frame.update(_score_columns(cap, texts))
+        if no_texts:
+            frame["zlib"] = nan  # zlib needs the text
         ex = getattr(cap, "seq_extracted_tokens", None)
         if ex is not None and self.extraction and self.extraction.get("suffix"):
             frame["extracted"] = np.asarray(ex) >= int(self.extraction["suffix"])
             frame["extracted_tokens"] = np.asarray(ex, dtype=np.int64)
         return pd.DataFrame(frame)
+
+    def _n_sequences(self, heldout: bool) -> int:
+        """Sequences of the stored (or held-out) set, also for saves without held-out texts."""
+        if not heldout:
+            return len(self.texts)
+        cap = self.heldout_capture
+        if cap is None:
+            return 0
+        if cap.seq_nll is not None:
+            return int(cap.seq_nll.size)
+        if self.heldout_texts is not None:
+            return len(self.heldout_texts)
+        return int(cap.row_sequence.max()) + 1 if cap.row_sequence.size else 0
 
     def _ratio(self, layer: str, heldout: bool, n: int) -> np.ndarray:
         """nn / r_hat of every sequence at ``layer`` (mean over its rows); NaN where unknown."""
@@ -202,13 +217,7 @@ class Audit:
             raise HopauditError(f"which must be 'stored' or 'heldout', got {which!r}")
         heldout = which == "heldout"
         cap = self.heldout_capture if heldout else self.capture
-        n = 0
-        if cap is not None:
-            n = (
-                cap.seq_nll.size
-                if cap.seq_nll is not None
-                else (len(self.heldout_texts or []) if heldout else len(self.texts))
-            )
+        n = 0 if cap is None else self._n_sequences(heldout)
         data = {name: -self._ratio(name, heldout, n) for name in self.layer_names}
         frame = pd.DataFrame(data, index=pd.RangeIndex(n, name="sequence"))
         frame.columns.name = "layer"

@@ -178,3 +178,14 @@ def test_membership_survives_save_and_load(membership_audit, tmp_path):
     b = hopaudit.load(a.save(tmp_path / "a"))
     assert b.membership.equals(a.membership)
     assert b.heldout_samples.equals(a.heldout_samples)
+
+
+def test_heldout_samples_without_heldout_texts(membership_audit):
+    """An audit saved before held-out texts were kept: scores but zlib survive, zlib is NaN."""
+    import dataclasses
+
+    a = dataclasses.replace(membership_audit, heldout_texts=None)
+    held = a.heldout_samples
+    assert len(held) == len(membership_audit.heldout_samples)
+    assert held["zlib"].isna().all()
+    np.testing.assert_array_equal(held["loss"], membership_audit.heldout_samples["loss"])
