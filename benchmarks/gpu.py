@@ -299,8 +299,8 @@ def capture_pass(model, data, batch_size: int, autocast: str):
 
 def scoring_share(model, data, batch_size: int, device: torch.device, amp) -> float:
     """Seconds of the capture's per-token scoring of one batch over its plain forward's."""
-    from hopaudit.capture import token_scores
     from hopaudit.precision import autocast_context
+    from hopaudit.scores import token_statistics
 
     ids = data.input_ids[:batch_size].to(device)
     mask = data.attention_mask[:batch_size].to(device)
@@ -308,7 +308,7 @@ def scoring_share(model, data, batch_size: int, device: torch.device, amp) -> fl
         forward, out = timed(
             device, lambda: model(input_ids=ids, attention_mask=mask, use_cache=False)
         )
-        scoring = timed(device, lambda: token_scores(out.logits, ids, mask))[0]
+        scoring = timed(device, lambda: token_statistics(out.logits, ids, mask))[0]
     return scoring / forward
 
 

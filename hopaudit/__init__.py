@@ -23,6 +23,7 @@ from .errors import (
     SearchError,
     ZooError,
 )
+from .extraction import ExtractionResult, extraction
 from .measure import LayerReport, measure
 from .persist import load
 from .result import Audit, Embedding
@@ -54,6 +55,7 @@ __all__ = [
     "CaptureError",
     "DataError",
     "Embedding",
+    "ExtractionResult",
     "FormatError",
     "HopauditError",
     "LayerReport",
@@ -62,6 +64,7 @@ __all__ = [
     "ZooError",
     "__version__",
     "audit",
+    "extraction",
     "find_blocks",
     "find_stacks",
     "geometry",

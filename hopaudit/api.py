@@ -21,8 +21,10 @@ from .blocks import architecture_note, count_parameters, find_stacks, strip_comp
 from .capture import capture, model_device
 from .data import prepare_data
 from .errors import DataError, HopauditError, SearchError
+from .extraction import check_extraction, extract, extraction_unsupported, parse_extraction
 from .loading import load_model
 from .measure import measure
+from .membership import MIN_PER_CLASS, check_reference, reference_nll
 from .precision import check_autocast
 from .result import Audit, Embedding
 
@@ -91,6 +93,9 @@ def audit(
     seed: int = 0,
     autocast: str = "auto",
     processor: Any = None,
+    extraction: bool | dict[str, int] = False,
+    reference: Any = None,
+    bootstrap: int = 200,
 ) -> Audit:
     """Audit what ``model`` has memorized of ``data``.
 
@@ -118,6 +123,14 @@ def audit(
     decoder's labels (teacher forcing); ``(source, target)`` pairs and rows with ``labels``
     are taken as given. Image and audio encoders take tensors, or images / clips with
     ``processor=`` (see :mod:`hopaudit.inputs`).
+
+    Evidence of memorization (docs/theory.md §6, §7): ``extraction=True`` (or
+    ``{"prefix": p, "suffix": s}``, default 32 and 32) decodes every sequence greedily from its
+    first p tokens and marks it ``extracted`` when the next s come out exactly (causal LMs;
+    an encoder gets a note instead). ``reference=`` another causal LM with the same tokenizer
+    adds the ``ref_loss_diff`` score. With ``heldout=``, ``Audit.membership`` says how well
+    each score tells the stored sequences from the held-out ones. ``bootstrap`` resamples
+    (0: off) give 95 % intervals to the per-layer estimates and the AUROCs.
     """
     t_start = time.perf_counter()
     _check_options(normalize, index, store_dtype, umap_max_points, k, autocast)
@@ -130,8 +143,14 @@ def audit(
         seed=seed,
         store=store,
     )
+    if not isinstance(bootstrap, (int, np.integer)) or isinstance(bootstrap, bool) or bootstrap < 0:
+        raise DataError(f"bootstrap is a number of resamples >= 0 (0: off), got {bootstrap!r}")
+    extraction_lengths = parse_extraction(extraction)
 
     model, tokenizer = load_model(model, tokenizer=tokenizer)
+    if reference is not None:
+        reference = load_model(reference)[0]
+        check_reference(model, reference)
     stacks = find_stacks(model, blocks)
     block_list = [b for st in stacks for b in st.blocks]
     final = stacks[-1].final
@@ -166,6 +185,23 @@ def audit(
     # Both datasets are checked before the (long) forward passes: bad input loses no work.
     tokens = tokens_of(data)
     held_tokens = None if heldout is None else tokens_of(heldout)
+    if held_tokens is not None and held_tokens.num_sequences < MIN_PER_CLASS:
+        raise DataError(
+            f"heldout has {held_tokens.num_sequences} sequence: membership (the AUROC of the "
+            f"held-out against the stored sequences, and its interval) is undefined with fewer "
+            f"than {MIN_PER_CLASS} non-members; give at least {MIN_PER_CLASS} held-out sequences"
+        )
+    extraction_info = None
+    if extraction_lengths is not None:
+        note = extraction_unsupported(model)
+        extraction_info = {"prefix": extraction_lengths[0], "suffix": extraction_lengths[1]}
+        if note is not None:
+            extraction_info = {"note": f"no extraction: {note}"}
+            extraction_lengths = None
+        else:
+            for what, toks in (("data", tokens), ("heldout data", held_tokens)):
+                if toks is not None:
+                    check_extraction(toks.attention_mask.sum(1).numpy(), *extraction_lengths, what)
     dtype_name, dtype_note = resolve_store_dtype(
         store_dtype, model, block_list, final, positions, [tokens, held_tokens]
     )
@@ -174,6 +210,31 @@ def audit(
     if held_tokens is not None:
         held = _track(capture_of(held_tokens, None if store is None else f"{store}/heldout"))
     t_captured = time.perf_counter()
+    for tok, cap in ((tokens, stored), (held_tokens, held)):
+        if tok is None:
+            continue
+        if reference is not None:
+            cap.seq_ref_nll = reference_nll(
+                reference, tok.input_ids, tok.attention_mask, progress=progress
+            )
+        if extraction_lengths is not None:
+            ex = extract(
+                model,
+                tok.input_ids,
+                tok.attention_mask,
+                prefix=extraction_lengths[0],
+                suffix=extraction_lengths[1],
+                progress=progress,
+            )
+            cap.seq_extracted_tokens = ex.extracted_tokens
+            extraction_info["seconds"] = extraction_info.get("seconds", 0.0) + ex.seconds
+            extraction_info["tokens"] = extraction_info.get("tokens", 0) + ex.generated.size
+            extraction_info["cached"] = ex.cached
+    if extraction_info and extraction_info.get("seconds"):
+        extraction_info["tokens_per_second"] = (
+            extraction_info["tokens"] / extraction_info["seconds"]
+        )
+    t_evidence = time.perf_counter()
 
     reports, skipped = {}, {}
     names = stored.layer_names
@@ -188,6 +249,7 @@ def audit(
                 n_blocks=len(block_list),
                 seed=seed,
                 device=device,
+                bootstrap=int(bootstrap),
             )
         except SearchError as exc:
             skipped[name] = str(exc)
@@ -243,6 +305,9 @@ def audit(
             "heldout": heldout is not None,
             "seed": seed,
             "autocast": autocast,
+            "extraction": None if extraction_lengths is None else list(extraction_lengths),
+            "reference": None if reference is None else _model_name(reference),
+            "bootstrap": int(bootstrap),
         },
         layer_names=list(names),
         hidden_size=int(stored.store.get(names[0]).shape[1]),
@@ -256,9 +321,12 @@ def audit(
         skipped=skipped,
         embeddings=embeddings,
         heldout_capture=held,
+        heldout_texts=None if held_tokens is None else held_tokens.texts,
+        extraction=extraction_info,
         timings={
             "capture": t_captured - t_start,
-            "measure": t_measured - t_captured,
+            "evidence": t_evidence - t_captured,
+            "measure": t_measured - t_evidence,
             "umap": t_done - t_measured,
             "total": t_done - t_start,
         },

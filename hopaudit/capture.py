@@ -61,6 +61,7 @@ from hopaudit.blocks import (
 )
 from hopaudit.errors import CaptureError, DataError, HopauditError, ModelError
 from hopaudit.precision import autocast_context, compute_dtype, describe
+from hopaudit.scores import sequence_statistics, token_statistics
 from hopaudit.store import ActivationStore, normalize_dtype
 
 FINAL = "final"
@@ -69,7 +70,6 @@ FINAL = "final"
 CPU_TOKENS_PER_BATCH = 8192
 LOGITS_BUDGET_BYTES = 512 * 2**20
 # Log-softmax works on at most this many logit values at once (float32: 64 MiB).
-SCORE_CHUNK_VALUES = 2**24
 # Rows leave a GPU by an asynchronous copy into pinned memory, so the forward never waits for
 # them; False copies them blocking (benchmarks/gpu.py measures both: gpu_async_copy_speedup).
 ASYNC_COPY = True
@@ -176,6 +176,12 @@ class CaptureResult:
             return self.stack_sequence[stack], self.stack_position[stack]
         return self.row_sequence, self.row_position
 
+    # membership scores (hopaudit/scores.py; docs/theory.md §6)
+    seq_min_k_pp: np.ndarray | None = None  # Min-K%++ per sequence (higher = member)
+    seq_n_predicted: np.ndarray | None = None  # next-token predictions per sequence
+    seq_ref_nll: np.ndarray | None = None  # mean NLL under a reference model (audit(reference=))
+    seq_extracted_tokens: np.ndarray | None = None  # leading suffix tokens greedy decoding matched
+
 
 # ------------------------------------------------------------------------------- positions
 def parse_positions(positions: Any) -> str | list[int]:
@@ -251,45 +257,6 @@ def select_positions(
 
 
 # --------------------------------------------------------------------------------- scores
-def token_scores(
-    logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor, *, shift: bool = True
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per next-token prediction within the mask: (sequence index, log-prob of the true next
-    token, top-1 hit), computed in float32 with log_softmax over bounded chunks.
-
-    A prediction at token t of token t+1 counts when both are real tokens. ``shift=False`` is
-    the seq2seq alignment: logits[t] predict ``input_ids[t]`` (the labels; the decoder read
-    them shifted right), counted where the mask is set. Each sequence's predictions are read
-    as a view of the logits when they are contiguous (right padding), so the logits are not
-    copied.
-    """
-    m = mask.bool()
-    valid = m[:, :-1] & m[:, 1:] if shift else m
-    step = 1 if shift else 0
-    vocab = logits.shape[-1]
-    chunk = max(1, SCORE_CHUNK_VALUES // vocab)
-    seqs, lps, hits = [], [], []
-    for b in range(logits.shape[0]):
-        t = valid[b].nonzero()[:, 0]
-        n = t.numel()
-        if n == 0:
-            continue
-        t0, t1 = int(t[0]), int(t[-1]) + 1
-        rows = logits[b, t0:t1] if t1 - t0 == n else logits[b, t]
-        targets = input_ids[b, t + step]
-        for s in range(0, n, chunk):
-            x = rows[s : s + chunk].float()
-            target = targets[s : s + chunk]
-            lp = torch.log_softmax(x, dim=-1)
-            lps.append(lp.gather(1, target[:, None])[:, 0])
-            hits.append(x.argmax(1) == target)
-        seqs.append(torch.full((n,), b, dtype=torch.long, device=logits.device))
-    if not lps:
-        empty = torch.empty(0, device=logits.device)
-        return empty.long(), empty, empty.bool()
-    return torch.cat(seqs), torch.cat(lps), torch.cat(hits)
-
-
 def sequence_scores(
     seq: np.ndarray, logp: np.ndarray, hit: np.ndarray, n_sequences: int, min_k: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -844,6 +811,7 @@ def capture(
     tok_seq: list[torch.Tensor] = []
     tok_lp: list[torch.Tensor] = []
     tok_hit: list[torch.Tensor] = []
+    tok_z: list[torch.Tensor] = []
     loss_note: str | None = None
     state: dict[str, _Batch] = {}
     widths: dict[tuple[str, str], int] = {}
@@ -901,7 +869,8 @@ def capture(
                 logits = _logits_of(output, vocab)
                 if logits is not None and score is not None and not _is_masked_lm(model):
                     targets, score_mask, shift = score
-                    b, lp, hit = token_scores(logits, targets, score_mask, shift=shift)
+                    b, lp, hit, z = token_statistics(logits, targets, score_mask, shift=shift)
+                    tok_z.append(z.cpu())
                     tok_seq.append(b.cpu() + start)
                     tok_lp.append(lp.cpu())
                     tok_hit.append(hit.cpu())
@@ -930,11 +899,14 @@ def capture(
     seq_nll = seq_min_k = seq_top1 = None
     cross_entropy = None
     n_predicted = 0
+    extra: dict[str, np.ndarray] = {}
     if loss_note is None:
         seq_a = torch.cat(tok_seq).numpy().astype(np.int64)
         lp_a = torch.cat(tok_lp).numpy().astype(np.float64)
         hit_a = torch.cat(tok_hit).numpy()
         seq_nll, seq_min_k, seq_top1 = sequence_scores(seq_a, lp_a, hit_a, n_seq, float(min_k))
+        z_a = torch.cat(tok_z).numpy().astype(np.float64)
+        extra = sequence_statistics(seq_a, lp_a, z_a, n_seq, float(min_k))
         n_predicted = int(lp_a.size)
         cross_entropy = float(-lp_a.sum() / n_predicted) if n_predicted else math.nan
         if not n_predicted:
@@ -973,6 +945,8 @@ def capture(
         layer_stacks=dict(stack_of),
         stack_sequence=seqs if len(stacks) > 1 else {},
         stack_position=poss if len(stacks) > 1 else {},
+        seq_min_k_pp=extra.get("min_k_pp"),
+        seq_n_predicted=extra.get("n_predicted"),
     )
 
 

@@ -27,7 +27,18 @@ from . import geometry, theory
 from .errors import DataError, SearchError
 from .search import NeighborIndex, _as_2d, build_index, knn_self
 
-__all__ = ["ROW_COLUMNS", "LayerReport", "measure"]
+__all__ = ["INTERVAL_COLUMNS", "ROW_COLUMNS", "LayerReport", "bootstrap_intervals", "measure"]
+
+#: The estimates that get a 95 % bootstrap interval (columns ``<name>_lo`` and ``<name>_hi``).
+INTERVAL_ESTIMATES = (
+    "r_hat",
+    "separated_frac",
+    "twonn_id",
+    "log_z_vol",
+    "floor_low",
+    "floor_high",
+)
+INTERVAL_COLUMNS = tuple(f"{e}_{s}" for e in INTERVAL_ESTIMATES for s in ("lo", "hi"))
 
 #: The per-layer table's columns, in order (what :meth:`LayerReport.row` returns).
 ROW_COLUMNS = (
@@ -53,6 +64,7 @@ ROW_COLUMNS = (
     "twonn_id",
     "nonfinite",
     "normalize",
+    *INTERVAL_COLUMNS,
 )
 
 
@@ -97,6 +109,20 @@ class LayerReport:
     query_rows: np.ndarray | None = None  # rows of the query input that were used
     nonfinite_queries: int = 0  # query rows dropped for NaN/inf
     twonn_zero_pairs: int = 0  # patterns with an exact duplicate, left out of TwoNN
+    # 95 % bootstrap intervals (docs/theory.md §7); nan when bootstrap=0
+    bootstrap: int = 0  # resamples behind the intervals
+    r_hat_lo: float = math.nan
+    r_hat_hi: float = math.nan
+    separated_frac_lo: float = math.nan
+    separated_frac_hi: float = math.nan
+    twonn_id_lo: float = math.nan
+    twonn_id_hi: float = math.nan
+    log_z_vol_lo: float = math.nan
+    log_z_vol_hi: float = math.nan
+    floor_low_lo: float = math.nan
+    floor_low_hi: float = math.nan
+    floor_high_lo: float = math.nan
+    floor_high_hi: float = math.nan
 
     def row(self) -> dict[str, Any]:
         """The per-layer table's columns (``ROW_COLUMNS``); None becomes nan."""
@@ -125,6 +151,7 @@ class LayerReport:
             "nonfinite": self.nonfinite,
             "normalize": self.normalize,
         }
+        values.update({c: getattr(self, c) for c in INTERVAL_COLUMNS})
         return {c: values[c] for c in ROW_COLUMNS}
 
     def __repr__(self) -> str:
@@ -151,10 +178,13 @@ def measure(
     n_blocks: int = 1,
     seed: int = 0,
     device: object = None,
+    bootstrap: int = 200,
 ) -> LayerReport:
     """Measure one layer: ``patterns`` (d, n) are the stored set, ``queries`` (m, n) an
     optional held-out set. ``k`` neighbours per pattern (at least 2 are searched, for TwoNN)
     form the kNN graph; ``n_blocks`` is the model's block count for the loss band.
+    ``bootstrap`` resamples (0: none) give the 95 % intervals ``r_hat_lo``/``r_hat_hi`` and the
+    like, from the distances already found (:func:`bootstrap_intervals`).
 
     Raises :class:`SearchError` for fewer than 3 finite patterns or mismatched query width.
     """
@@ -201,6 +231,9 @@ def measure(
         floor_low, floor_high = (float(v) for v in theory.floor_band(log_z_vol, n_blocks))
         floor_gauss = float(theory.loss_floor(log_z_gauss))
     sat_queries, sat_nn = _saturation(x, idx, ids, dists, fractions, seed)
+    if int(bootstrap) != bootstrap or bootstrap < 0:
+        raise DataError(f"bootstrap is a number of resamples >= 0 (0: off), got {bootstrap!r}")
+    intervals = bootstrap_intervals(nn, nn2, basin, n, r_star, n_blocks, int(bootstrap), seed)
 
     return LayerReport(
         n=n,
@@ -239,7 +272,90 @@ def measure(
         query_rows=report_q.get("query_rows"),
         nonfinite_queries=report_q.get("nonfinite_queries", 0),
         twonn_zero_pairs=twonn_zero_pairs,
+        bootstrap=int(bootstrap),
+        **intervals,
     )
+
+
+def _components(basin: np.ndarray) -> np.ndarray:
+    """Component id of every pattern in the nearest-neighbour graph (edges i - basin[i])."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    d = basin.size
+    graph = coo_matrix((np.ones(d), (np.arange(d), basin)), shape=(d, d))
+    return connected_components(graph, directed=False)[1]
+
+
+def bootstrap_intervals(
+    nn: np.ndarray,
+    nn2: np.ndarray,
+    basin: np.ndarray,
+    n: int,
+    r_star: float,
+    n_blocks: int,
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float]:
+    """Percentile-bootstrap intervals of r_hat, the separated fraction, TwoNN, log Z_vol and the
+    floors, from the nearest-neighbour distances already found (no new search).
+
+    The resampled unit is a component of the nearest-neighbour graph (i - basin[i]), not a
+    single pattern: mutual nearest neighbours share one distance, so resampling patterns
+    counts each such distance as two independent draws and gives intervals too narrow
+    (docs/theory.md §7 has the measured coverage). Each resample draws as many components as
+    there are, with replacement; every pattern weighs the number of times its component was
+    drawn. The pattern count d of log Z_vol stays the one measured.
+    """
+    out = {c: math.nan for c in INTERVAL_COLUMNS}
+    d = nn.size
+    if n_boot <= 0 or d < 3:
+        return out
+    comp = _components(np.asarray(basin, dtype=np.int64))
+    n_comp = int(comp.max()) + 1
+    order = np.argsort(nn, kind="stable")
+    nn_sorted = nn[order]
+    comp_sorted = comp[order]
+    usable = (nn > 0) & (nn2 > 0) & np.isfinite(nn) & np.isfinite(nn2)
+    log_mu = np.zeros(d)
+    log_mu[usable] = np.log(nn2[usable] / nn[usable])
+    separated = (nn > 2.0 * r_star).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    r_hat = np.empty(n_boot)
+    sep = np.empty(n_boot)
+    twonn = np.empty(n_boot)
+    for b in range(n_boot):
+        counts = np.bincount(rng.integers(0, n_comp, n_comp), minlength=n_comp)
+        w = counts[comp].astype(np.float64)
+        total = w.sum()
+        # the median of the resample (each pattern repeated w times), as np.median takes it
+        cum = np.cumsum(counts[comp_sorted])
+        lo_i = np.searchsorted(cum, (total - 1) // 2, side="right")
+        hi_i = np.searchsorted(cum, total // 2, side="right")
+        r_hat[b] = (nn_sorted[lo_i] + nn_sorted[hi_i]) / 4.0
+        sep[b] = float(w @ separated) / total
+        used = float(w @ usable)
+        s = float(w @ log_mu)
+        twonn[b] = used / s if used >= 3 and s > 0 else math.nan
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        log_z = np.asarray(theory.log_partition_volume(r_hat, n, d), dtype=np.float64)
+        low, high = (np.asarray(v, dtype=np.float64) for v in theory.floor_band(log_z, n_blocks))
+    tail = (1 - level) / 2 * 100
+    for name, values in (
+        ("r_hat", r_hat),
+        ("separated_frac", sep),
+        ("twonn_id", twonn),
+        ("log_z_vol", log_z),
+        ("floor_low", low),
+        ("floor_high", high),
+    ):
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            out[f"{name}_lo"], out[f"{name}_hi"] = (
+                float(v) for v in np.percentile(finite, [tail, 100 - tail])
+            )
+    return out
 
 
 def _measure_queries(

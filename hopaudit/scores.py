@@ -1,0 +1,137 @@
+"""Membership scores as pure functions: logits, labels and masks in, per-sequence numbers out.
+
+Every score is oriented so that *higher means more likely a member* (memorized); the
+definitions, with their papers, are in docs/theory.md §6 ("Evidence of memorization"):
+
+- ``loss``: minus the mean token NLL (nats).
+- ``zlib`` (Carlini et al. 2021): minus the sum of token NLL over the zlib-compressed length
+  of the text's UTF-8 bytes.
+- ``min_k`` (Shi et al. 2023): mean of the lowest k % of token log-probs (computed in
+  :mod:`hopaudit.capture`).
+- ``min_k_pp`` (Min-K%++, Zhang et al. 2024): mean of the lowest k % of
+  z_t = (log p(x_t) - mu_t) / sigma_t, with mu_t and sigma_t the mean and standard deviation of
+  log p under the model's own next-token distribution p at position t.
+- ``ref_loss_diff`` (Carlini et al. 2021): NLL under a reference model minus NLL under the
+  audited one (same tokenizer).
+
+Min-K%++ needs the whole next-token distribution at every position: :func:`token_statistics`
+reads it from the logits the forward already produced, in chunks of positions, so a
+(batch x length x vocab) float array is never made beyond what the model returned.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+
+__all__ = [
+    "SCORE_CHUNK_VALUES",
+    "lowest_fraction_mean",
+    "sequence_statistics",
+    "token_statistics",
+    "zlib_length",
+    "zlib_score",
+]
+
+#: Logit values scored at once (float32: 4 MiB): small enough that the six passes over a chunk
+#: stay in cache, large enough that a chunk holds many positions of a 50K vocabulary.
+SCORE_CHUNK_VALUES = 2**20
+
+
+def token_statistics(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    shift: bool = True,
+    chunk_values: int = SCORE_CHUNK_VALUES,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per next-token prediction within the mask: (sequence index, log p of the true next
+    token, top-1 hit, Min-K%++ z), ordered by sequence, then position.
+
+    A prediction at token t of token t+1 counts when both are real tokens. ``shift=False`` is
+    the seq2seq alignment: logits[t] predict ``input_ids[t]`` (the labels; the decoder read them
+    shifted right), counted where the mask is set. Computed in float32, or
+    float64 for float64 logits, over at most ``chunk_values`` logits at once, gathered across
+    the batch (one chunk serves many short sequences). z is 0 where the distribution has no
+    spread (sigma = 0: a one-hot prediction).
+    """
+    m = mask.bool()
+    valid = m[:, :-1] & m[:, 1:] if shift else m
+    b_idx, t_idx = valid.nonzero(as_tuple=True)
+    n = b_idx.numel()
+    work = torch.promote_types(logits.dtype, torch.float32)
+    if n == 0:
+        empty = torch.empty(0, device=logits.device, dtype=work)
+        return b_idx, empty, empty.bool(), empty
+    vocab = logits.shape[-1]
+    chunk = max(1, int(chunk_values) // vocab)
+    targets = input_ids[b_idx, t_idx + (1 if shift else 0)]
+    lps, hits, zs = [], [], []
+    for s in range(0, n, chunk):
+        x = logits[b_idx[s : s + chunk], t_idx[s : s + chunk]].to(work)
+        target = targets[s : s + chunk, None]
+        lp = torch.log_softmax(x, dim=-1)
+        del x
+        p = lp.exp()
+        mu = torch.linalg.vecdot(p, lp)
+        lp_t = lp.gather(1, target)[:, 0]
+        hits.append(lp.argmax(1) == target[:, 0])
+        second = torch.linalg.vecdot(p, lp.square_())  # lp is not needed after this
+        sigma = (second - mu * mu).clamp_min(0).sqrt()
+        zs.append(torch.where(sigma > 0, (lp_t - mu) / sigma, torch.zeros_like(mu)))
+        lps.append(lp_t)
+    return b_idx, torch.cat(lps), torch.cat(hits), torch.cat(zs)
+
+
+def lowest_fraction_mean(
+    seq: np.ndarray, values: np.ndarray, n_sequences: int, fraction: float
+) -> np.ndarray:
+    """Per sequence, the mean of its lowest ``max(1, floor(fraction * n))`` values (NaN for a
+    sequence without values): Min-K% of log-probs, Min-K%++ of z."""
+    out = np.full(n_sequences, np.nan)
+    seq = np.asarray(seq, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    if seq.size == 0:
+        return out
+    order = np.lexsort((values, seq))
+    seq_s, v_s = seq[order], values[order]
+    counts = np.bincount(seq_s, minlength=n_sequences)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    k = np.maximum(1, np.floor(counts * fraction).astype(np.int64))
+    cum = np.concatenate([[0.0], np.cumsum(v_s)])
+    idx = np.flatnonzero(counts > 0)
+    out[idx] = (cum[starts[idx] + k[idx]] - cum[starts[idx]]) / k[idx]
+    return out
+
+
+def sequence_statistics(
+    seq: np.ndarray, logp: np.ndarray, z: np.ndarray, n_sequences: int, min_k: float
+) -> dict[str, np.ndarray]:
+    """Per sequence: ``n_predicted`` (int64), ``nll_sum`` (nats; NaN without predictions) and
+    ``min_k_pp`` (Min-K%++ over the lowest ``min_k`` fraction of z)."""
+    seq = np.asarray(seq, dtype=np.int64)
+    counts = np.bincount(seq, minlength=n_sequences).astype(np.int64)
+    sums = np.bincount(seq, weights=-np.asarray(logp, np.float64), minlength=n_sequences)
+    nll_sum = np.where(counts > 0, sums, np.nan)
+    return {
+        "n_predicted": counts,
+        "nll_sum": nll_sum,
+        "min_k_pp": lowest_fraction_mean(seq, z, n_sequences, min_k),
+    }
+
+
+def zlib_length(text: str) -> int:
+    """Bytes of ``zlib.compress`` (default level) of the text's UTF-8 encoding."""
+    return len(zlib.compress(text.encode("utf-8")))
+
+
+def zlib_score(nll_sum: np.ndarray, texts: list[str]) -> np.ndarray:
+    """The zlib score, oriented higher = member: -(sum of token NLL) / zlib length of the text."""
+    nll_sum = np.asarray(nll_sum, dtype=np.float64)
+    if nll_sum.shape != (len(texts),):
+        raise ValueError(f"{nll_sum.shape[0]} NLL sums for {len(texts)} texts")
+    lengths = np.array([zlib_length(t) for t in texts], dtype=np.float64)
+    return -nll_sum / lengths

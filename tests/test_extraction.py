@@ -1,0 +1,129 @@
+"""Extraction (hopaudit/extraction.py) against a plain greedy loop without a cache."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
+
+import hopaudit
+from hopaudit.errors import DataError
+from hopaudit.extraction import extract
+
+
+def _texts(n: int, words: int = 40, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    vocab = TOKENIZER_TEXT.split()
+    return [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(n)]
+
+
+def _plain_greedy(model, prefix: torch.Tensor, steps: int) -> torch.Tensor:
+    """One sequence at a time, the whole sequence every step, no cache: the oracle."""
+    rows = []
+    with torch.no_grad():
+        for row in prefix:
+            x = row[None]
+            for _ in range(steps):
+                out = model(input_ids=x)
+                logits = out if isinstance(out, torch.Tensor) else out.logits
+                x = torch.cat([x, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+            rows.append(x[0, prefix.shape[1] :])
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox", "nanogpt"])
+def test_cached_batched_decoding_matches_plain_loop(arch):
+    model, _ = tiny_model(arch)
+    model = model.double()  # float64: no near-ties between the two orders of arithmetic
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 500, (7, 16), generator=gen)
+    prefix, suffix = 6, 8
+    expected = _plain_greedy(model, ids[:, :prefix], suffix)
+    # plant the model's own continuation in some rows, and part of it in others
+    ids[:3, prefix : prefix + suffix] = expected[:3]
+    ids[3, prefix : prefix + 4] = expected[3, :4]
+    ids[3, prefix + 4] = (expected[3, 4] + 1) % 500
+    r = extract(model, ids, torch.ones_like(ids), prefix=prefix, suffix=suffix, batch_size=3,
+                progress=False)  # fmt: skip
+    assert r.cached == (arch != "nanogpt")
+    np.testing.assert_array_equal(r.generated, expected.numpy())
+    match = (expected == ids[:, prefix : prefix + suffix]).numpy()
+    by_hand = [next((j for j, m in enumerate(row) if not m), suffix) for row in match]
+    assert r.extracted_tokens.tolist() == by_hand
+    assert r.extracted.tolist() == [t == suffix for t in by_hand]
+    assert r.extracted[:3].all() and r.extracted_tokens[3] == 4
+    assert r.rate == pytest.approx(np.mean([t == suffix for t in by_hand]))
+    assert r.tokens_per_second > 0
+
+
+def test_training_flags_come_back():
+    model, _ = tiny_model("gpt2")
+    model.train()
+    ids = torch.randint(3, 500, (2, 12))
+    extract(model, ids, torch.ones_like(ids), prefix=4, suffix=4, progress=False)
+    assert model.training and all(m.training for m in model.modules())
+
+
+def test_audit_extraction_columns_and_rates():
+    model, _ = tiny_model("gpt2")
+    tok = tiny_tokenizer()
+    a = hopaudit.audit(
+        model, _texts(12), tokenizer=tok, heldout=_texts(6, seed=4), max_length=16,
+        progress=False, umap_layers=[], extraction={"prefix": 6, "suffix": 5}, bootstrap=0,
+    )  # fmt: skip
+    s = a.samples
+    cap = a.capture
+    # the standalone function on the same tokens gives the same columns
+    from hopaudit.data import prepare_data
+
+    tokens = prepare_data(_texts(12), tok, max_length=16, model=model)
+    direct = extract(model, tokens.input_ids, tokens.attention_mask, prefix=6, suffix=5,
+                     progress=False)  # fmt: skip
+    assert s["extracted_tokens"].tolist() == direct.extracted_tokens.tolist()
+    assert s["extracted"].dtype == bool
+    assert a.summary()["extraction_rate"] == pytest.approx(direct.rate)
+    assert a.summary()["extraction_rate_heldout"] is not None
+    assert "extracted" in a.heldout_samples
+    assert cap.seq_extracted_tokens is not None
+    assert a.extraction["tokens_per_second"] > 0
+    # and the public function on texts
+    r = hopaudit.extraction(model, _texts(12), tokenizer=tok, max_length=16, prefix=6, suffix=5,
+                            progress=False)  # fmt: skip
+    assert r.extracted_tokens.tolist() == direct.extracted_tokens.tolist()
+
+
+def test_prefix_plus_suffix_longer_than_sequences_is_refused_before_any_forward(monkeypatch):
+    model, _ = tiny_model("gpt2")
+    calls = []
+    monkeypatch.setattr(hopaudit.api, "capture", lambda *a, **k: calls.append(1))
+    with pytest.raises(DataError, match=r"prefix \+ suffix = 32 \+ 32 = 64 tokens"):
+        hopaudit.audit(
+            model, _texts(10), tokenizer=tiny_tokenizer(), max_length=16, progress=False,
+            extraction=True,
+        )  # fmt: skip
+    assert calls == []
+    with pytest.raises(DataError, match="not understood"):
+        hopaudit.audit(model, _texts(10), tokenizer=tiny_tokenizer(), extraction="yes")
+    with pytest.raises(DataError, match="positive number of tokens"):
+        hopaudit.extraction(model, torch.zeros(2, 8, dtype=torch.long), prefix=0)
+
+
+def test_encoder_gets_none_with_a_reason():
+    model, _ = tiny_model("bert")
+    tok = tiny_tokenizer()
+    with pytest.warns(UserWarning, match="no LM head"):
+        assert hopaudit.extraction(model, _texts(4), tokenizer=tok, max_length=16) is None
+    masked, _ = tiny_model("bert", kind="masked")
+    with pytest.warns(UserWarning, match="masked LM"):
+        assert hopaudit.extraction(masked, _texts(4), tokenizer=tok, max_length=16) is None
+    a = hopaudit.audit(
+        model, _texts(10), tokenizer=tok, max_length=16, progress=False, umap_layers=[],
+        extraction=True,
+    )  # fmt: skip
+    summary = a.summary()
+    assert summary["extraction_rate"] is None
+    assert "no LM head" in summary["extraction_note"]
+    assert "extracted" not in a.samples

@@ -1,0 +1,191 @@
+"""Membership evaluation (hopaudit/membership.py, Audit.membership) against scikit-learn."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_curve as sk_roc_curve
+from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
+
+import hopaudit
+from hopaudit.errors import DataError
+from hopaudit.membership import auroc, bootstrap_auroc, roc_curve, tpr_at_fpr, weighted_auroc
+
+
+def _texts(n: int, words: int = 30, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    vocab = TOKENIZER_TEXT.split()
+    return [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(n)]
+
+
+def _sk(members, nonmembers):
+    y = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
+    return y, np.r_[members, nonmembers]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auroc_and_roc_match_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    members = np.round(rng.normal(0.5, 1, 300), 1)  # rounded: many ties
+    nonmembers = np.round(rng.normal(0, 1, 200), 1)
+    y, s = _sk(members, nonmembers)
+    assert auroc(members, nonmembers) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    fpr, tpr, thr = roc_curve(members, nonmembers)
+    sk_fpr, sk_tpr, sk_thr = sk_roc_curve(y, s, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr, atol=1e-12)
+    np.testing.assert_allclose(tpr, sk_tpr, atol=1e-12)
+    np.testing.assert_allclose(thr[1:], sk_thr[1:])
+    for target in (0.01, 0.05, 0.2):
+        expected = sk_tpr[sk_fpr <= target].max()
+        assert tpr_at_fpr(fpr, tpr, target) == pytest.approx(expected, abs=1e-12)
+
+
+def test_auroc_extremes_and_nan_scores_dropped():
+    assert auroc([3, 4, np.nan], [1, 2]) == 1.0
+    assert auroc([1, 2], [3, 4]) == 0.0
+    assert auroc([1, 1], [1, 1]) == 0.5
+    fpr, tpr, _ = roc_curve([3, 4], [1, 2])
+    assert tpr_at_fpr(fpr, tpr, 0.01) == 1.0
+
+
+def test_one_nonmember_is_undefined():
+    with pytest.raises(DataError, match="at least 2 members and 2 non-members"):
+        auroc([1.0, 2.0, 3.0], [0.5])
+
+
+def test_bootstrap_interval_covers_the_true_auroc():
+    """Normal scores shifted by delta have AUROC Phi(delta / sqrt 2): the 95 % interval
+    should cover it in about 95 of 100 independent draws."""
+    delta = 0.8
+    truth = norm.cdf(delta / math.sqrt(2))
+    covered = 0
+    for draw in range(100):
+        rng = np.random.default_rng(100 + draw)
+        lo, hi = bootstrap_auroc(rng.normal(delta, 1, 80), rng.normal(0, 1, 60), 200, draw)
+        covered += lo <= truth <= hi
+    assert covered >= 88
+
+
+def test_weighted_auroc_is_the_auroc_of_the_repeated_sample():
+    """A bootstrap resample is a count per sequence: its AUROC must be sklearn's on the
+    sample that repeats each sequence that many times."""
+    rng = np.random.default_rng(3)
+    members = np.round(rng.normal(0.3, 1, 40), 1)
+    nonmembers = np.round(rng.normal(0, 1, 30), 1)
+    w_m = rng.multinomial(40, np.full(40, 1 / 40), size=5)
+    w_n = rng.multinomial(30, np.full(30, 1 / 30), size=5)
+    got = weighted_auroc(members, nonmembers, w_m, w_n)
+    for b in range(5):
+        y, s = _sk(np.repeat(members, w_m[b]), np.repeat(nonmembers, w_n[b]))
+        assert got[b] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+def test_bootstrap_off_gives_nan():
+    lo, hi = bootstrap_auroc([1, 2, 3], [0, 1], 0)
+    assert math.isnan(lo) and math.isnan(hi)
+
+
+@pytest.fixture(scope="module")
+def membership_audit():
+    model, _ = tiny_model("gpt2")
+    return hopaudit.audit(
+        model, _texts(40), tokenizer=tiny_tokenizer(), heldout=_texts(25, seed=7),
+        max_length=12, progress=False, umap_layers=[], bootstrap=50,
+    )  # fmt: skip
+
+
+def test_audit_membership_matches_sklearn(membership_audit):
+    a = membership_audit
+    table = a.membership
+    assert list(table.columns) == [
+        "score", "layer", "auroc", "auroc_lo", "auroc_hi", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr",
+        "n_members", "n_nonmembers",
+    ]  # fmt: skip
+    stored, held = a.samples, a.heldout_samples
+    assert len(held) == a.heldout_capture.seq_nll.size
+    assert set(table["score"]) == {"loss", "zlib", "min_k", "min_k_pp", "geometric"}
+    for row in table.itertuples():
+        if row.score == "geometric":
+            m = a.geometric_scores("stored")[row.layer].to_numpy()
+            n = a.geometric_scores("heldout")[row.layer].to_numpy()
+        else:
+            m, n = stored[row.score].to_numpy(), held[row.score].to_numpy()
+        y, s = _sk(m, n)
+        assert row.auroc == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+        sk_fpr, sk_tpr, _ = sk_roc_curve(y, s, drop_intermediate=False)
+        assert row.tpr_at_5pct_fpr == pytest.approx(sk_tpr[sk_fpr <= 0.05].max())
+        assert row.tpr_at_1pct_fpr == pytest.approx(sk_tpr[sk_fpr <= 0.01].max())
+        assert row.auroc_lo <= row.auroc <= row.auroc_hi
+        assert (row.n_members, row.n_nonmembers) == (len(m), len(n))
+    _fpr, tpr = a.roc("loss")
+    y, s = _sk(stored["loss"].to_numpy(), held["loss"].to_numpy())
+    np.testing.assert_allclose(tpr, sk_roc_curve(y, s, drop_intermediate=False)[1])
+    assert set(a.roc_curves()) == {
+        (r.score, r.layer if r.score == "geometric" else None) for r in table.itertuples()
+    }
+
+
+def test_geometric_scores_are_minus_the_distance_ratio(membership_audit):
+    a = membership_audit
+    g = a.geometric_scores()
+    assert list(g.columns) == a.layer_names and len(g) == len(a.texts)
+    np.testing.assert_allclose(-g["final"].to_numpy(), a.samples["distance_ratio"].to_numpy())
+    # held-out: distance to the nearest stored pattern over r_hat, by brute force
+    rep = a.report("final")
+    from hopaudit.geometry import normalize_rows
+
+    x = normalize_rows(np.asarray(a.activations("final"), np.float64), "rms")
+    q = normalize_rows(np.asarray(a.heldout_capture.store.get("final"), np.float64), "rms")
+    nearest = np.sqrt(((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)).min(1)
+    np.testing.assert_allclose(
+        -a.geometric_scores("heldout")["final"].to_numpy(), nearest / rep.r_hat, rtol=1e-4
+    )
+
+
+def test_membership_without_heldout_is_empty_with_a_reason():
+    model, _ = tiny_model("gpt2")
+    a = hopaudit.audit(
+        model, _texts(20), tokenizer=tiny_tokenizer(), max_length=12, progress=False,
+        umap_layers=[],
+    )  # fmt: skip
+    assert a.membership.empty
+    assert "heldout=" in a.membership.attrs["reason"]
+    assert a.heldout_samples.empty and list(a.heldout_samples.columns) == list(a.samples.columns)
+    with pytest.raises(hopaudit.HopauditError, match="heldout="):
+        a.roc("loss")
+
+
+def test_one_heldout_sequence_is_refused_before_any_forward(monkeypatch):
+    model, _ = tiny_model("gpt2")
+    calls = []
+    # the capture pass is the forward that costs; find_final_norm's 4-token probe does not
+    monkeypatch.setattr(hopaudit.api, "capture", lambda *a, **k: calls.append(1))
+    with pytest.raises(DataError, match="undefined with fewer than 2 non-members"):
+        hopaudit.audit(
+            model, _texts(20), tokenizer=tiny_tokenizer(), heldout=_texts(1, seed=3),
+            max_length=12, chunking="document", progress=False,
+        )  # fmt: skip
+    assert calls == []
+
+
+def test_membership_survives_save_and_load(membership_audit, tmp_path):
+    a = membership_audit
+    b = hopaudit.load(a.save(tmp_path / "a"))
+    assert b.membership.equals(a.membership)
+    assert b.heldout_samples.equals(a.heldout_samples)
+
+
+def test_heldout_samples_without_heldout_texts(membership_audit):
+    """An audit saved before held-out texts were kept: scores but zlib survive, zlib is NaN."""
+    import dataclasses
+
+    a = dataclasses.replace(membership_audit, heldout_texts=None)
+    held = a.heldout_samples
+    assert len(held) == len(membership_audit.heldout_samples)
+    assert held["zlib"].isna().all()
+    np.testing.assert_array_equal(held["loss"], membership_audit.heldout_samples["loss"])

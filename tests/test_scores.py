@@ -1,0 +1,158 @@
+"""Membership scores (hopaudit/scores.py and the samples columns) against float64 loops."""
+
+from __future__ import annotations
+
+import math
+import random
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
+
+import hopaudit
+from hopaudit.errors import ModelError
+from hopaudit.scores import lowest_fraction_mean, token_statistics
+
+
+def _texts(n: int, words: int = 30, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    vocab = TOKENIZER_TEXT.split()
+    return [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(n)]
+
+
+def _loop_stats(logits: np.ndarray, ids: np.ndarray, mask: np.ndarray):
+    """Per prediction (seq, log p(target), z) by plain float64 loops over tokens and vocab."""
+    out = []
+    for b in range(ids.shape[0]):
+        for t in range(ids.shape[1] - 1):
+            if not (mask[b, t] and mask[b, t + 1]):
+                continue
+            row = [float(v) for v in logits[b, t]]
+            top = max(row)
+            log_norm = top + math.log(sum(math.exp(v - top) for v in row))
+            logp = [v - log_norm for v in row]
+            mu = sum(math.exp(lp) * lp for lp in logp)
+            var = sum(math.exp(lp) * (lp - mu) ** 2 for lp in logp)
+            target = logp[int(ids[b, t + 1])]
+            out.append((b, target, (target - mu) / math.sqrt(var)))
+    return out
+
+
+def _lowest_mean(values: list[float], k: float) -> float:
+    values = sorted(values)
+    n = max(1, math.floor(k * len(values)))
+    return sum(values[:n]) / n
+
+
+def test_token_statistics_match_float64_loop():
+    rng = np.random.default_rng(0)
+    batch, seq, vocab = 3, 9, 37
+    logits = torch.tensor(rng.normal(scale=3.0, size=(batch, seq, vocab)))
+    ids = torch.tensor(rng.integers(0, vocab, size=(batch, seq)))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[1, 6:] = 0  # right padding
+    mask[2, 3] = 0  # a hole: predictions around it do not count
+    expected = _loop_stats(logits.numpy(), ids.numpy(), mask.numpy())
+    # a tiny chunk so the chunked path is taken
+    seq_i, lp, hit, z = token_statistics(logits, ids, mask, chunk_values=2 * vocab)
+    assert seq_i.tolist() == [e[0] for e in expected]
+    np.testing.assert_allclose(lp.numpy(), [e[1] for e in expected], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(z.numpy(), [e[2] for e in expected], rtol=0, atol=1e-10)
+    assert lp.dtype == torch.float64
+    # float32 logits are scored in float32: the same numbers to float32 precision
+    _, lp32, _, z32 = token_statistics(logits.float(), ids, mask)
+    assert lp32.dtype == torch.float32
+    np.testing.assert_allclose(lp32.numpy(), [e[1] for e in expected], atol=1e-5)
+    np.testing.assert_allclose(z32.numpy(), [e[2] for e in expected], atol=2e-4)
+    # top-1 against the argmax by hand
+    hits = [
+        int(np.argmax(logits.numpy()[b, t])) == int(ids[b, t + 1])
+        for b in range(batch)
+        for t in range(seq - 1)
+        if mask[b, t] and mask[b, t + 1]
+    ]
+    assert hit.tolist() == hits
+
+
+def test_lowest_fraction_mean_matches_sorting_by_hand():
+    rng = np.random.default_rng(1)
+    seq = rng.integers(0, 4, size=50)
+    seq[seq == 3] = 2  # sequence 3 has no values: NaN
+    values = rng.normal(size=50)
+    for k in (0.2, 0.5, 1.0):
+        got = lowest_fraction_mean(seq, values, 4, k)
+        for s in range(3):
+            assert got[s] == pytest.approx(_lowest_mean(values[seq == s].tolist(), k), abs=1e-12)
+        assert math.isnan(got[3])
+
+
+@pytest.fixture(scope="module")
+def double_gpt2_audit():
+    model, _ = tiny_model("gpt2")
+    model = model.double()
+    tok = tiny_tokenizer()
+    texts = _texts(12, words=12)
+    a = hopaudit.audit(
+        model, texts, tokenizer=tok, max_length=10, chunking="document", progress=False,
+        umap_layers=[], bootstrap=0, autocast="off",
+    )  # fmt: skip
+    return model, tok, a
+
+
+def _model_loop(model, ids: torch.Tensor, mask: torch.Tensor):
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits.double().numpy()
+    return _loop_stats(logits, ids.numpy(), mask.numpy())
+
+
+def test_samples_min_k_pp_zlib_loss_against_loops(double_gpt2_audit):
+    model, tok, a = double_gpt2_audit
+    s = a.samples
+    enc = tok(a.texts, padding=True, return_tensors="pt", truncation=True, max_length=10)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    per = _model_loop(model, ids, mask)
+    for i, text in enumerate(a.texts):
+        lps = [lp for b, lp, _ in per if b == i]
+        zs = [z for b, _, z in per if b == i]
+        # Min-K%++ at k = 20 %, against the float64 loop over tokens and vocabulary (1e-6)
+        assert s["min_k_pp"][i] == pytest.approx(_lowest_mean(zs, 0.2), abs=1e-6)
+        # loss: minus the mean NLL; zlib: minus the NLL sum over the compressed bytes
+        assert s["loss"][i] == pytest.approx(sum(lps) / len(lps), abs=1e-6)
+        by_hand = len(zlib.compress(text.encode("utf-8")))
+        assert s["zlib"][i] == pytest.approx(sum(lps) / by_hand, abs=1e-6)
+    assert s["ref_loss_diff"].isna().all()  # no reference given
+
+
+def test_reference_loss_difference(double_gpt2_audit):
+    model, tok, _ = double_gpt2_audit
+    ref, _ = tiny_model("gpt2", seed=3)
+    ref = ref.double()
+    texts = _texts(6, words=12, seed=5)
+    a = hopaudit.audit(
+        model, texts, tokenizer=tok, max_length=10, progress=False, umap_layers=[],
+        reference=ref, bootstrap=0, autocast="off",
+    )  # fmt: skip
+    enc = tok(a.texts, return_tensors="pt", truncation=True, max_length=10, padding=True)
+    mine = _model_loop(model, enc["input_ids"], enc["attention_mask"])
+    theirs = _model_loop(ref, enc["input_ids"], enc["attention_mask"])
+    for i in range(len(a.texts)):
+        nll_m = -np.mean([lp for b, lp, _ in mine if b == i])
+        nll_r = -np.mean([lp for b, lp, _ in theirs if b == i])
+        assert a.samples["ref_loss_diff"][i] == pytest.approx(nll_r - nll_m, abs=1e-6)
+    assert a.options["reference"]
+
+
+def test_reference_with_another_vocabulary_is_refused_before_any_forward():
+    model, _ = tiny_model("gpt2")
+    ref, _ = tiny_model("gpt2", vocab_size=300)
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    ref.register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(ModelError, match="vocabulary has 300 entries"):
+        hopaudit.audit(
+            model, _texts(10), tokenizer=tiny_tokenizer(), max_length=10, progress=False,
+            reference=ref,
+        )  # fmt: skip
+    assert calls == []
