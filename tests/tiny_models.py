@@ -442,6 +442,23 @@ SEQ2SEQ_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 SEQ2SEQ_ARCHS: list[str] = list(SEQ2SEQ_SPECS)
 
+#: A small wav2vec2-style speech encoder (wav2vec2 and HuBERT share it): two blocks over a
+#: two-layer convolutional feature extractor.
+_SPEECH = dict(
+    hidden_size=_H,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    conv_dim=(16, 16),
+    conv_stride=(5, 2),
+    conv_kernel=(10, 3),
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    feat_extract_norm="layer",
+    do_stable_layer_norm=True,
+)
+
+
 # Non-text encoders: model_type, config kwargs, where the blocks are, main input.
 ENCODER_SPECS: dict[str, tuple[str, dict[str, Any], str]] = {
     "vit": (
@@ -482,36 +499,12 @@ ENCODER_SPECS: dict[str, tuple[str, dict[str, Any], str]] = {
     ),
     "wav2vec2": (
         "wav2vec2",
-        dict(
-            hidden_size=_H,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            conv_dim=(16, 16),
-            conv_stride=(5, 2),
-            conv_kernel=(10, 3),
-            num_conv_pos_embeddings=16,
-            num_conv_pos_embedding_groups=4,
-            feat_extract_norm="layer",
-            do_stable_layer_norm=True,
-        ),
+        _SPEECH,
         "encoder.layers",
     ),
     "hubert": (
         "hubert",
-        dict(
-            hidden_size=_H,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            conv_dim=(16, 16),
-            conv_stride=(5, 2),
-            conv_kernel=(10, 3),
-            num_conv_pos_embeddings=16,
-            num_conv_pos_embedding_groups=4,
-            feat_extract_norm="layer",
-            do_stable_layer_norm=True,
-        ),
+        _SPEECH,
         "encoder.layers",
     ),
     "whisper_encoder": ("whisper", SEQ2SEQ_SPECS["whisper"][1], "layers"),
