@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import traitlets
 
+from .measure import ROW_COLUMNS
 from .schema import pack, unpack
 from .theory import log_ball_volume, loss_floor
 
@@ -33,46 +34,16 @@ MISSING_BUNDLE = "the front end was not built: reinstall with pip install -e . (
 
 #: Fractions of the stored patterns whose nearest-pattern distances the distance panel shows.
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
-#: Per-layer numbers sent to the view (float64 columns of ``layer_stats``, in this order).
+#: Per-layer numbers the view draws beyond the layer table: the interquartile band of the
+#: nearest-pattern distances (and of r_hat, their half), and F at r_star.
+VIEW_ONLY_COLUMNS = ("nn_q25", "nn_q75", "r_hat_q25", "r_hat_q75", "floor_r_star")
+#: Per-layer numbers sent to the view (float64 columns of ``layer_stats``, in this order):
+#: the stable id, every numeric column of the layer table (its bootstrap intervals among them,
+#: NaN where the audit made none), and VIEW_ONLY_COLUMNS.
 LAYER_STAT_COLUMNS = (
     "layer",
-    "n",
-    "n_patterns",
-    "n_queries",
-    "nn_mean",
-    "nn_median",
-    "nn_q10",
-    "nn_q25",
-    "nn_q75",
-    "nn_q90",
-    "r_hat",
-    "r_hat_mean",
-    "r_hat_q25",
-    "r_hat_q75",
-    "r_star",
-    "r_ratio",
-    "separated_frac",
-    "contained_frac",
-    "log_z_gauss",
-    "log_z_vol",
-    "r_c",
-    "floor_low",
-    "floor_high",
-    "floor_gauss",
-    "twonn_id",
-    "nonfinite",
-    "floor_r_star",
-    # 95 % bootstrap intervals (docs/theory.md §7); NaN where the audit made none
-    "r_hat_lo",
-    "r_hat_hi",
-    "separated_frac_lo",
-    "separated_frac_hi",
-    "twonn_id_lo",
-    "twonn_id_hi",
-    "floor_low_lo",
-    "floor_low_hi",
-    "floor_high_lo",
-    "floor_high_hi",
+    *(c for c in ROW_COLUMNS if c != "normalize"),
+    *VIEW_ONLY_COLUMNS,
 )
 #: Histogram bins become geometric (log axis) when the range spans more than this factor.
 LOG_BINS_ABOVE = 30.0
