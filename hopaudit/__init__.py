@@ -13,6 +13,7 @@ from . import geometry, theory, zoo
 from ._version import __version__
 from .api import audit
 from .blocks import find_blocks
+from .catalog import catalog
 from .data import prepare_data
 from .errors import (
     CaptureError,
@@ -62,6 +63,7 @@ __all__ = [
     "ZooError",
     "__version__",
     "audit",
+    "catalog",
     "find_blocks",
     "geometry",
     "load",

@@ -14,6 +14,8 @@ The on-disk format (version 2), one directory per audit::
     indexes/layer_NNN.bin the layer's HNSW index in hnswlib's own format (exact indexes are
                           rebuilt from the activations on load: they are the data itself)
     embeddings/layer_NNN.npz  the UMAP layouts
+    layers.parquet, samples.parquet (membership.parquet)  the tidy tables, with the columns
+                          that name the audit (hopaudit/catalog.py), for DuckDB and polars
 
 ``NNN`` is the layer's stable id (its row in ``audit.layers``).
 
@@ -329,7 +331,7 @@ def save_audit(audit: Any, path: str | Path, *, overwrite: bool = False) -> Path
     _check_target(root, overwrite)
     root.parent.mkdir(parents=True, exist_ok=True)
     with temporary_dir(root) as tmp:
-        _write(audit, tmp)
+        _write(audit, tmp, folder=root.name)
         _move_into_place(tmp, root, overwrite)
     return root
 
@@ -472,8 +474,10 @@ def _move_into_place(tmp: Path, root: Path, overwrite: bool) -> None:
             )
 
 
-def _write(audit: Any, root: Path) -> None:
-    """Every file of a saved audit into the fresh folder ``root``, audit.json last."""
+def _write(audit: Any, root: Path, *, folder: str | None = None) -> None:
+    """Every file of a saved audit into the fresh folder ``root``, audit.json last; ``folder``
+    is the name it will be renamed to (the ``audit`` column of its parquet tables)."""
+    from .catalog import json_safe, now_utc, write_tables
     from .search import save_index
     from .store import ActivationStore
 
@@ -522,6 +526,8 @@ def _write(audit: Any, root: Path) -> None:
         embeddings[name] = scalars
 
     (root / "texts.json").write_text(json.dumps(audit.texts), encoding="utf-8")
+    saved_at = now_utc()
+    write_tables(audit, root, name=folder or root.name, saved_at=saved_at)
 
     files = sorted(p for p in root.rglob("*") if p.is_file())
     for p in files:
@@ -531,6 +537,8 @@ def _write(audit: Any, root: Path) -> None:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "hopaudit_version": __version__,
+        "saved_at": saved_at,
+        "summary": json_safe(audit.summary()),
         "audit": _jsonable(
             {
                 f.name: getattr(audit, f.name)

@@ -135,12 +135,15 @@ class Audit(View):
 
     # --------------------------------------------------------------- summary
     def summary(self) -> dict[str, Any]:
-        """The headline numbers: model and data size, cross-entropy against the floor."""
+        """The headline numbers: model and data size, cross-entropy against the floor. JSON-safe,
+        with stable types: int, float, str, bool or None (never NaN, inf or numpy scalars)."""
+        from .catalog import json_safe
+
         cap = self.capture
         final = self.reports.get(self.layer_names[-1])
         n_big = self.n_params_blocks
         ce = cap.cross_entropy
-        return {
+        out = {
             "model": self.model_name,
             "n_params_total": self.n_params_total,
             "n_params_blocks": self.n_params_blocks,
@@ -166,6 +169,11 @@ class Audit(View):
             "tokens_per_second": cap.tokens_per_second,
             "total_seconds": self.timings.get("total"),
         }
+        # positions may be "last" or a list of ints: one type (str), spelled as the CLI takes it
+        pos = out["positions"]
+        if pos is not None and not isinstance(pos, str):
+            out["positions"] = ",".join(map(str, np.atleast_1d(pos).tolist()))
+        return json_safe(out)
 
     def summary_text(self) -> str:
         """The summary as aligned ``key: value`` lines, for the shell."""
