@@ -52,6 +52,10 @@ def json_safe(value: Any) -> Any:
         return [json_safe(v) for v in value]
     if isinstance(value, np.ndarray):
         return json_safe(value.tolist())
+    if value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, datetime):  # pandas Timestamps too
+        return value.isoformat()
     return str(value)
 
 
