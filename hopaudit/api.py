@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .blocks import count_parameters, find_blocks, find_final_norm
 from .capture import capture, model_device
@@ -24,6 +23,7 @@ from .errors import DataError, HopauditError, SearchError
 from .loading import load_model
 from .measure import measure
 from .precision import check_autocast
+from .progress import tqdm
 from .result import Audit, Embedding
 
 NORMALIZE_MODES = ("rms", "none")

@@ -48,11 +48,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from hopaudit.blocks import input_embedding, vocab_size
 from hopaudit.errors import CaptureError, DataError, HopauditError, ModelError
 from hopaudit.precision import autocast_context, compute_dtype, describe
+from hopaudit.progress import tqdm
 from hopaudit.store import ActivationStore, normalize_dtype
 
 FINAL = "final"

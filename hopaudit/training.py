@@ -535,9 +535,8 @@ def audit_checkpoints(paths_or_glob: Any, data: Any, **audit_options: Any) -> li
     ``data`` is tokenized once, with ``tokenizer=`` or the first checkpoint's own tokenizer.
     ``progress`` (default True) shows one bar over the checkpoints.
     """
-    from tqdm.auto import tqdm
-
     from .loading import load_model
+    from .progress import tqdm
 
     show = bool(audit_options.pop("progress", True))
     runner = _Runner(data, audit_options)

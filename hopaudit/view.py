@@ -42,4 +42,17 @@ class View:
         return to_html(self, path, **options)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget()._repr_mimebundle_(**kwargs)
+        """The widget view, plus a static ``text/html`` snapshot and a readable ``text/plain``
+        (hopaudit/snapshot.py) for whatever shows the notebook without a kernel."""
+        from . import widget
+        from .snapshot import snapshot_html, snapshot_text
+
+        state = self.widget_state()
+        bundle = getattr(widget, self._widget)(state)._repr_mimebundle_(**kwargs)
+        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
+        data = {
+            **data,
+            "text/html": snapshot_html(state),
+            "text/plain": snapshot_text(state),
+        }
+        return data, metadata
