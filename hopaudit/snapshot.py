@@ -272,12 +272,32 @@ def title(state: dict[str, Any]) -> str:
 NOTE = "A static snapshot: run the cell with a kernel for the interactive view."
 
 
-def snapshot_html(state: dict[str, Any]) -> str:
-    """The static HTML snapshot of a view's state (no script; see the module docstring)."""
+#: In a notebook the snapshot is an output of its own, before the widget's. This rule (JupyterLab
+#: and Notebook 7 classes; ignored elsewhere, dropped by sanitizers) hides the snapshot's row
+#: while the live view is in the same cell, and the widget's row after a snapshot when the
+#: widget renderer marked it ``jupyter-widgets`` (it does so only for its error texts, e.g.
+#: "model not found" when a saved notebook is reopened) and holds no live view. CSS forbids
+#: ``:has`` inside ``:has``, hence the sibling combinator.
+NOTEBOOK_STYLE = (
+    "<style>"
+    ".jp-OutputArea:has(.hopaudit)>.jp-OutputArea-child:has(.hopaudit-snapshot){display:none}"
+    ".jp-OutputArea-child:has(.hopaudit-snapshot)~.jp-OutputArea-child"
+    ":has(>.jp-OutputArea-output.jupyter-widgets):not(:has(.hopaudit)){display:none}"
+    "</style>"
+)
+
+
+def snapshot_html(state: dict[str, Any], *, token: str | None = None) -> str:
+    """The static HTML snapshot of a view's state (no script; see the module docstring).
+    With ``token`` (the notebook form) the snapshot carries it as ``data-hopaudit-snapshot``,
+    so the live widget that has the same token hides it, and :data:`NOTEBOOK_STYLE`."""
+    mark = "" if token is None else f' data-hopaudit-snapshot="{html.escape(token)}"'
     parts = [
-        f'<div class="hopaudit-snapshot" style="{_FONT};max-width:900px;color:#222">',
+        f'<div class="hopaudit-snapshot"{mark} style="{_FONT};max-width:900px;color:#222">',
         f'<h3 style="margin:4px 0">{html.escape(title(state))}</h3>',
     ]
+    if token is not None:
+        parts.insert(0, NOTEBOOK_STYLE)
     if state.get("kind", "audit") == "audit":
         parts.append(_summary_table(state.get("summary") or {}))
         parts.append('<h4 style="margin:12px 0 4px">Radius per layer: r̂ (dots) and r* (squares)')

@@ -20,6 +20,7 @@ from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
 import hopaudit
 from hopaudit.schema import pack, unpack
 from hopaudit.snapshot import MAX_BYTES, SAMPLE_ROWS, snapshot_html, snapshot_text
+from hopaudit.view import WIDGET_TEXT
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -156,6 +157,24 @@ def test_bundle_has_the_widget_the_snapshot_and_the_text(audited):
     assert isinstance(metadata, dict)
 
 
+def test_ipython_display_gives_the_snapshot_then_the_widget(audited, monkeypatch):
+    import IPython.display
+    from ipywidgets.widgets.widget import _instances  # Widget.widgets is deprecated
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, **kw: shown.append((obj, kw)))
+    audited._ipython_display_()
+    (snap, snap_kw), (live, live_kw) = shown
+    assert snap_kw["raw"] and live_kw["raw"]
+    assert set(snap) == {"text/html", "text/plain"}
+    assert set(live) == {WIDGET_MIME, "text/plain"} and live["text/plain"] == WIDGET_TEXT
+    token = re.search(r'data-hopaudit-snapshot="([0-9a-f]+)"', snap["text/html"]).group(1)
+    widget = _instances[live[WIDGET_MIME]["model_id"]]
+    assert widget.snapshot_id == token and "snapshot_id" in widget.keys  # synced to the view
+    # the notebook form's style rule; the plain snapshot has none
+    assert snap["text/html"].startswith("<style>") and "<script" not in snap["text/html"]
+
+
 def test_long_texts_stay_under_the_budget(audited):
     state = audited.widget_state(text_chars=5000)
     page = snapshot_html(state)
@@ -186,8 +205,9 @@ CELLS = [
 ]
 
 
-def executed_notebook(tmp_path):
-    """A notebook that audits with progress bars and shows the audit, run by a real kernel."""
+def executed_notebook(tmp_path, *, store_widget_state: bool = True):
+    """A notebook that audits with progress bars and shows the audit, run by a real kernel.
+    ``store_widget_state=False`` saves it as JupyterLab does by default (no widget state)."""
     from pathlib import Path
 
     import nbformat
@@ -198,7 +218,11 @@ def executed_notebook(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
     NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+        store_widget_state=store_widget_state,
     ).execute()
     path = tmp_path / "audit.ipynb"
     nbformat.write(nb, path)
@@ -214,6 +238,12 @@ def test_finished_progress_bars_leave_text_and_the_audit_its_snapshot(tmp_path):
         assert WIDGET_MIME not in out.get("data", {}), out  # no dead widget left
     texts = [o["data"]["text/plain"] for o in bars if "data" in o and o["data"].get("text/plain")]
     assert any("measuring layers" in t and "100%" in t for t in texts), texts
-    (shown,) = nb.cells[2].outputs
-    assert set(shown["data"]) == {WIDGET_MIME, "text/html", "text/plain"}
-    assert "hopaudit-snapshot" in shown["data"]["text/html"]
+    snap, live = nb.cells[2].outputs  # the snapshot, then the widget
+    assert set(snap["data"]) == {"text/html", "text/plain"}
+    token = re.search(r'data-hopaudit-snapshot="([0-9a-f]+)"', snap["data"]["text/html"]).group(1)
+    assert snap["data"]["text/plain"].startswith("hopaudit audit of")
+    assert set(live["data"]) == {WIDGET_MIME, "text/plain"}
+    assert live["data"]["text/plain"] == WIDGET_TEXT  # one line: a fallback repeats nothing
+    # the live widget carries the token that hides the snapshot (nbclient kept its state)
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    assert state[live["data"][WIDGET_MIME]["model_id"]]["state"]["snapshot_id"] == token

@@ -12,6 +12,7 @@ import { h } from "./util";
 import { bindView, drawPanel } from "./lifecycle";
 import { mountCompare } from "./compare";
 import { mountTimeline } from "./timeline";
+import { hideSnapshot } from "./snapshot";
 
 const DATA_TRAITS = [
   "summary", "layer_info", "layer_columns", "layer_stats", "hist_fractions", "hist_bins", "hist_range",
@@ -82,7 +83,11 @@ export function mount(model: ModelLike, el: HTMLElement): View {
 
 function render({ model, el }: { model: ModelLike; el: HTMLElement }) {
   const view = mount(model, el);
-  return () => view.destroy();
+  const unhide = hideSnapshot(model);
+  return () => {
+    unhide();
+    view.destroy();
+  };
 }
 
 export default { render };
