@@ -133,6 +133,26 @@ class Audit(View):
             }
         )
 
+    def selected(self, widget: Any = None) -> pd.DataFrame:
+        """The rows of :attr:`samples` selected in the basins view (shift+drag a box or a
+        lasso), of ``widget`` or else of the view shown last (``audit`` as a cell's last line,
+        or ``audit.widget()``)."""
+        view = widget if widget is not None else getattr(self, "_last_view", None)
+        if view is None:
+            raise HopauditError(
+                "no view of this audit was shown yet: show it (audit as a cell's last line, or "
+                "w = audit.widget()), select points in the basins view with shift+drag, then "
+                "call audit.selected() (or audit.selected(w))"
+            )
+        if not hasattr(view, "selection"):
+            raise HopauditError(
+                f"{type(view).__name__} has no selection; pass the widget of this audit "
+                "(audit.widget())"
+            )
+        samples = self.samples
+        ids = [int(i) for i in view.selection]
+        return samples[samples["sequence"].isin(ids)]
+
     # --------------------------------------------------------------- summary
     def summary(self) -> dict[str, Any]:
         """The headline numbers: model and data size, cross-entropy against the floor. JSON-safe,

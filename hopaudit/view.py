@@ -32,7 +32,9 @@ class View:
         """The interactive anywidget view; ``options`` go to ``widget_state``."""
         from . import widget
 
-        return getattr(widget, self._widget)(self.widget_state(**options))
+        view = getattr(widget, self._widget)(self.widget_state(**options))
+        self._last_view = view  # what Audit.selected() reads when no widget is given
+        return view
 
     def to_html(self, path: str | Path, **options: Any) -> Path:
         """Write one self-contained HTML report that opens offline in any browser (see
@@ -56,6 +58,7 @@ class View:
         token = secrets.token_hex(8)
         view = getattr(widget, self._widget)(state)
         view.add_traits(snapshot_id=traitlets.Unicode(token).tag(sync=True))
+        self._last_view = view
         snapshot = {
             "text/html": snapshot_html(state, token=token),
             "text/plain": snapshot_text(state),

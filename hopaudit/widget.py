@@ -554,6 +554,9 @@ class AuditWidget(_View):
     text_chars = traitlets.Int(240).tag(sync=True)
     sample_seq = _array()
     sample_values = _array()
+    #: Sequence ids of the points selected in the basins view (shift+drag: a box or a lasso);
+    #: ``audit.selected(widget)`` gives their rows of ``audit.samples``.
+    selection = traitlets.List(traitlets.Int()).tag(sync=True)
 
     @classmethod
     def from_audit(cls, audit: AuditLike, **options: Any) -> AuditWidget:

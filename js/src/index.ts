@@ -42,6 +42,7 @@ export function mount(model: ModelLike, el: HTMLElement): View {
     const state = new AuditState(model);
     const ctx: Context = {
       state,
+      model,
       theme: readTheme(root),
       ready: () => {
         if (view.panels.length && view.panels.every((p) => p.el.getAttribute("data-ready") === "true")) {

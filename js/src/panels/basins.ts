@@ -1,6 +1,8 @@
 // The UMAP of one layer's patterns in WebGL (regl-scatterplot, as jupyter-scatter uses),
 // coloured by basin, by distance ratio nn/r_hat, or by the sequence's cross-entropy.
 // Hover shows the sequence's text; wheel/drag zoom and pan; arrows, +/- and 0 from the keyboard.
+// Shift+drag selects points (a box or a lasso): their sequence ids go to the model's
+// `selection` (Audit.selected() reads it in Python); Escape clears it.
 import * as Plot from "@observablehq/plot";
 import createScatterplot, { createRenderer } from "regl-scatterplot";
 import type { ScatterLayer } from "../state";
@@ -9,6 +11,7 @@ import { fmt, h, observeSize, select } from "../util";
 import { type Context, Panel } from "./base";
 
 type Mode = "basin" | "ratio" | "ce";
+type Lasso = "rectangle" | "freeform";
 type Scatter = ReturnType<typeof createScatterplot>;
 const RAMP = 64; // continuous colours are 64 categories; index RAMP = missing (grey)
 
@@ -38,11 +41,15 @@ export function hasWebGL(): boolean {
 export class BasinsPanel extends Panel {
   layer = 0;
   mode: Mode = "basin";
+  lasso: Lasso = "rectangle";
+  /** Sequence ids of the selected points (also the model's `selection`). */
+  selection: number[] = [];
   box = h("div", { class: "ha-scatter", tabindex: "0", role: "img" });
   canvas = h("canvas", {});
   tooltip = h("div", { class: "ha-tooltip", hidden: "" });
   legend = h("div", { class: "ha-legend" });
   note = h("p", { class: "ha-note" });
+  selectionNote = h("p", { class: "ha-note", "data-role": "selection" });
   sp: Scatter | null = null;
   current: ReturnType<Context["state"]["points"]> | null = null;
   size = [0, 0];
@@ -73,13 +80,27 @@ export class BasinsPanel extends Panel {
           },
         ),
       );
+      this.header.append(
+        select(
+          "select",
+          [
+            { value: "rectangle", label: "box (shift+drag)" },
+            { value: "freeform", label: "lasso (shift+drag)" },
+          ],
+          this.lasso,
+          (v) => {
+            this.lasso = v as Lasso;
+            this.sp?.set({ lassoType: this.lasso } as any);
+          },
+        ),
+      );
       const reset = h("button", { type: "button", text: "reset view", title: "Reset zoom (key 0)" });
       reset.addEventListener("click", () => this.fit(true));
       this.header.append(reset);
     }
     this.box.setAttribute("aria-label", "UMAP scatter plot: drag to pan, wheel to zoom; arrow keys pan, + and - zoom, 0 resets");
     this.box.append(this.canvas, this.tooltip);
-    this.body.append(this.box, this.legend, this.note);
+    this.body.append(this.box, this.legend, this.note, this.selectionNote);
   }
 
   render(): void {
@@ -129,6 +150,7 @@ export class BasinsPanel extends Panel {
         pointOutlineWidth: 1,
         opacity: 0.85,
         lassoOnLongPress: false,
+        lassoType: this.lasso,
         deselectOnEscape: true,
         showReticle: false,
       } as any);
@@ -141,6 +163,8 @@ export class BasinsPanel extends Panel {
     sp.subscribe("pointOver", (i: number) => this.showTooltip(i));
     sp.subscribe("pointOut", () => this.tooltip.setAttribute("hidden", ""));
     sp.subscribe("view", () => this.tooltip.setAttribute("hidden", ""));
+    sp.subscribe("select", ({ points }: { points: number[] }) => this.onSelect(points));
+    sp.subscribe("deselect", () => this.onSelect([]));
     this.cleanups.push(() => {
       sp.destroy();
       this.sp = null;
@@ -151,6 +175,23 @@ export class BasinsPanel extends Panel {
       }
     });
     this.draw();
+  }
+
+  /** Points ``points`` (indices into the layer shown) selected: their sequences, sorted and
+   * unique, become the selection, in the panel and in the model. */
+  onSelect(points: number[]): void {
+    const st = this.ctx.state;
+    const p = this.current;
+    const ids = new Set<number>();
+    if (p) for (const i of points) if (i >= 0 && i < p.seq.length) ids.add(st.sequenceId(p.seq[i]));
+    this.selection = [...ids].sort((a, b) => a - b);
+    this.box.setAttribute("data-selected", String(this.selection.length));
+    this.selectionNote.textContent = this.selection.length
+      ? `${points.length.toLocaleString("en-US")} points of ${this.selection.length.toLocaleString("en-US")} sequences selected: audit.selected() gives their rows (Escape clears).`
+      : "";
+    const model = this.ctx.model;
+    model?.set?.("selection", this.selection);
+    model?.save_changes?.();
   }
 
   private layerMeta(): ScatterLayer {

@@ -1,0 +1,84 @@
+"""Selection in the basins view: shift+drag a box over known screen coordinates; the selected
+sequence ids (the panel's and the model's ``selection``) are the ones whose points lie inside.
+
+Oracle: where regl-scatterplot draws each point (its own getScreenPosition), and which
+sequence each point is, read in Python from the report's state (scatter_seq)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hopaudit.widget import decode
+
+PANEL = """() => {
+  const view = document.querySelector('.hopaudit').__hopaudit;
+  return view.panels.find((q) => q.name === 'basins');
+}"""
+
+
+def _positions(page, n: int) -> np.ndarray:
+    return np.array(
+        page.evaluate(
+            f"""() => {{ const panel = ({PANEL})();
+            return Array.from({{ length: {n} }}, (_, i) => panel.screenPosition(i)); }}"""
+        ),
+        dtype=float,
+    )
+
+
+def test_a_box_selects_the_sequences_inside_it(open_report, report_state):
+    p = open_report()
+    page = p.page
+    shown = int(page.locator('[data-panel="basins"] select').first.input_value())
+    meta = report_state["scatter_layers"][shown]
+    n = meta["n"]
+    seq = decode(report_state, "scatter_seq")[meta["seq_offset"] : meta["seq_offset"] + n]
+    ids = decode(report_state, "sequence_ids")
+    seq_id = ids[seq] if len(ids) else seq
+
+    scatter = page.locator('[data-panel="basins"] .ha-scatter')
+    scatter.scroll_into_view_if_needed()
+    box = scatter.bounding_box()
+    pos = _positions(page, n)
+    # a box over the middle of the points' extent: some inside, some outside
+    lo, hi = np.percentile(pos, 30, axis=0), np.percentile(pos, 70, axis=0)
+    margin = 3.0
+    inside = np.all((pos > lo + margin) & (pos < hi - margin), axis=1)
+    outside = np.any((pos < lo - margin) | (pos > hi + margin), axis=1)
+    assert inside.sum() >= 3 and outside.sum() >= 3
+
+    page.keyboard.down("Shift")
+    page.mouse.move(box["x"] + lo[0], box["y"] + lo[1])
+    page.mouse.down()
+    # the rectangle starts where the lasso's first point is recorded (its first move of a few
+    # px), so creep off the corner before the long drag
+    for d in (1.0, 2.0):
+        page.mouse.move(box["x"] + lo[0] + d / 2, box["y"] + lo[1] + d / 2)
+        page.wait_for_timeout(30)
+    for t in np.linspace(0, 1, 12)[1:]:
+        page.mouse.move(
+            box["x"] + lo[0] + t * (hi[0] - lo[0]), box["y"] + lo[1] + t * (hi[1] - lo[1])
+        )
+        page.wait_for_timeout(30)
+    page.mouse.up()
+    page.keyboard.up("Shift")
+    page.wait_for_function(
+        "() => document.querySelector('[data-panel=\"basins\"] .ha-scatter')"
+        ".hasAttribute('data-selected')",
+        timeout=10_000,
+    )
+    got = page.evaluate(f"() => ({PANEL})().selection")
+    model = page.evaluate(f"() => ({PANEL})().ctx.model.get('selection')")
+    assert got == model == sorted(set(got))
+    must = set(seq_id[inside].tolist())
+    may = set(seq_id[~outside].tolist())
+    assert must <= set(got) <= may, (sorted(must), got, sorted(may))
+    note = page.locator('[data-panel="basins"] [data-role="selection"]').inner_text()
+    assert f"{len(got)} sequences selected" in note
+
+    # Escape clears the selection
+    scatter.focus()
+    page.keyboard.press("Escape")
+    page.wait_for_function(f"() => ({PANEL})().selection.length === 0", timeout=5_000)
+    assert page.evaluate(f"() => ({PANEL})().ctx.model.get('selection')") == []
+    assert p.errors == []
