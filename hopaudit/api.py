@@ -22,6 +22,7 @@ from .data import prepare_data
 from .errors import DataError, HopauditError, SearchError
 from .loading import load_model
 from .measure import measure
+from .metadata import check_metadata
 from .precision import check_autocast
 from .progress import tqdm
 from .result import Audit, Embedding
@@ -90,6 +91,7 @@ def audit(
     progress: bool = True,
     seed: int = 0,
     autocast: str = "auto",
+    metadata: Any = None,
 ) -> Audit:
     """Audit what ``model`` has memorized of ``data``.
 
@@ -111,6 +113,8 @@ def audit(
     ``autocast="auto"`` runs a float32 model's forward in bfloat16 autocast where the hardware
     multiplies bfloat16 natively (faster; :mod:`hopaudit.precision` says what it changes);
     ``"off"`` runs the model as it is.
+    ``metadata`` (a DataFrame or a dict of column -> values, one per sequence) adds columns to
+    ``samples`` and colours of the basins view (hopaudit/metadata.py).
     """
     t_start = time.perf_counter()
     _check_options(normalize, index, store_dtype, umap_max_points, k, autocast)
@@ -124,6 +128,7 @@ def audit(
         store=store,
     )
 
+    check_metadata(metadata, None)
     model, tokenizer = load_model(model, tokenizer=tokenizer)
     block_list = find_blocks(model, blocks)
     final = find_final_norm(model, [path for path, _ in block_list])
@@ -158,6 +163,7 @@ def audit(
     # Both datasets are checked before the (long) forward passes: bad input loses no work.
     tokens = tokens_of(data)
     held_tokens = None if heldout is None else tokens_of(heldout)
+    meta = check_metadata(metadata, tokens.num_sequences)
     dtype_name, dtype_note = resolve_store_dtype(
         store_dtype, model, block_list, final, positions, [tokens, held_tokens]
     )
@@ -210,6 +216,7 @@ def audit(
     t_done = time.perf_counter()
 
     return Audit(
+        metadata=meta,
         model_name=_model_name(model),
         model_config=_config_dict(model),
         options={

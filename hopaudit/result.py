@@ -64,6 +64,8 @@ class Audit(View):
     embeddings: dict[str, Embedding] = field(default_factory=dict)
     heldout_capture: CaptureResult | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    #: Per-sequence columns given to ``audit(metadata=...)`` (joined to ``samples``), or None.
+    metadata: pd.DataFrame | None = None
 
     # ---------------------------------------------------------------- tables
     @property
@@ -121,7 +123,7 @@ class Audit(View):
             with np.errstate(invalid="ignore", divide="ignore"):
                 ratio = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
             basin[seq] = cap.row_sequence[rows[rep.basin]]
-        return pd.DataFrame(
+        table = pd.DataFrame(
             {
                 "sequence": np.arange(n),
                 "text": self.texts,
@@ -132,6 +134,9 @@ class Audit(View):
                 "basin": basin,
             }
         )
+        if self.metadata is None:
+            return table
+        return pd.concat([table, self.metadata.reset_index(drop=True)], axis=1)
 
     def selected(self, widget: Any = None) -> pd.DataFrame:
         """The rows of :attr:`samples` selected in the basins view (shift+drag a box or a

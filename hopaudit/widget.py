@@ -463,6 +463,9 @@ def widget_state(
     state.update(_scatter(audit, names, top_basins))
     shown = decode(state, "scatter_seq").astype(np.int64)
     state.update(_samples(audit, shown, text_chars))
+    from .metadata import metadata_state  # audit(metadata=...): colours of the basins view
+
+    state.update(metadata_state(getattr(audit, "metadata", None)))
     return state
 
 
@@ -557,6 +560,8 @@ class AuditWidget(_View):
     #: Sequence ids of the points selected in the basins view (shift+drag: a box or a lasso);
     #: ``audit.selected(widget)`` gives their rows of ``audit.samples``.
     selection = traitlets.List(traitlets.Int()).tag(sync=True)
+    meta_columns = traitlets.List().tag(sync=True)
+    meta_values = _array()
 
     @classmethod
     def from_audit(cls, audit: AuditLike, **options: Any) -> AuditWidget:

@@ -18,7 +18,7 @@ const DATA_TRAITS = [
   "summary", "layer_info", "layer_columns", "layer_stats", "hist_fractions", "hist_bins", "hist_range",
   "hist_counts", "hist_medians", "hist_log", "scatter_layers", "scatter_xy", "scatter_basin", "scatter_ratio",
   "scatter_basin_sizes", "scatter_seq", "floor_curve", "n_sequences", "sequence_ids", "seq_ce", "text_bytes",
-  "text_offsets", "sample_seq", "sample_values",
+  "text_offsets", "sample_seq", "sample_values", "meta_columns", "meta_values",
 ];
 
 export interface View {

@@ -82,3 +82,51 @@ def test_a_box_selects_the_sequences_inside_it(open_report, report_state):
     page.wait_for_function(f"() => ({PANEL})().selection.length === 0", timeout=5_000)
     assert page.evaluate(f"() => ({PANEL})().ctx.model.get('selection')") == []
     assert p.errors == []
+
+
+def test_colour_by_a_metadata_column(browser, tmp_path):
+    """audit(metadata=...): the colour menu lists its columns; a categorical one gives a
+    legend of its categories, a numeric one a ramp."""
+    from tiny_models import tiny_model, tiny_tokenizer
+
+    import hopaudit
+
+    texts = [
+        f"Metadata sequence {i}: the split is {'train' if i % 3 else 'test'}." for i in range(60)
+    ]
+    split = ["train" if i % 3 else "test" for i in range(60)]
+    model, _ = tiny_model("gpt2")
+    a = hopaudit.audit(model, texts, tokenizer=tiny_tokenizer(), max_length=32,
+                       chunking="document", progress=False, umap_layers=["final"], autocast="off",
+                       metadata={"split": split, "length": [len(t) for t in texts]})  # fmt: skip
+    path = a.to_html(tmp_path / "meta.html")
+    ctx = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(path.as_uri())
+        page.wait_for_selector(".hopaudit[data-ready=true]", timeout=30_000)
+        colour = page.locator('[data-panel="basins"] select').nth(1)
+        labels = colour.locator("option").all_inner_texts()
+        assert labels[-2:] == ["split", "length"]
+        colour.select_option("meta:0")
+        scatter = page.locator('[data-panel="basins"] .ha-scatter')
+        page.wait_for_function(
+            "() => document.querySelector('[data-panel=\"basins\"] .ha-scatter')"
+            ".getAttribute('data-mode') === 'meta:0'",
+            timeout=10_000,
+        )
+        legend = page.locator('[data-panel="basins"] .ha-legend').inner_text()
+        assert "split:" in legend and "train" in legend and "test" in legend
+        colour.select_option("meta:1")
+        page.wait_for_function(
+            "() => document.querySelector('[data-panel=\"basins\"] .ha-scatter')"
+            ".getAttribute('data-mode') === 'meta:1'",
+            timeout=10_000,
+        )
+        assert "length" in page.locator('[data-panel="basins"] .ha-legend').inner_text()
+        assert scatter.is_visible()
+    finally:
+        ctx.close()
+    assert errors == []

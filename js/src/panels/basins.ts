@@ -6,11 +6,18 @@
 import * as Plot from "@observablehq/plot";
 import createScatterplot, { createRenderer } from "regl-scatterplot";
 import type { ScatterLayer } from "../state";
+import { ndarray } from "../schema";
 import { toRgba } from "../theme";
 import { fmt, h, observeSize, select } from "../util";
 import { type Context, Panel } from "./base";
 
-type Mode = "basin" | "ratio" | "ce";
+/** basin, ratio, ce, or "meta:J": column J of the audit's metadata (audit(metadata=...)). */
+type Mode = string;
+interface MetaColumn {
+  name: string;
+  kind: "number" | "category";
+  categories: string[];
+}
 type Lasso = "rectangle" | "freeform";
 type Scatter = ReturnType<typeof createScatterplot>;
 const RAMP = 64; // continuous colours are 64 categories; index RAMP = missing (grey)
@@ -50,6 +57,9 @@ export class BasinsPanel extends Panel {
   legend = h("div", { class: "ha-legend" });
   note = h("p", { class: "ha-note" });
   selectionNote = h("p", { class: "ha-note", "data-role": "selection" });
+  /** Metadata columns (one row of meta_values per column, one value per sequence). */
+  metaColumns: MetaColumn[] = [];
+  metaValues: Float32Array = new Float32Array(0);
   sp: Scatter | null = null;
   current: ReturnType<Context["state"]["points"]> | null = null;
   size = [0, 0];
@@ -60,6 +70,8 @@ export class BasinsPanel extends Panel {
     const st = ctx.state;
     const layers = st.scatter;
     this.layer = Math.max(0, layers.length - 1);
+    this.metaColumns = ctx.model?.get("meta_columns") ?? [];
+    if (this.metaColumns.length) this.metaValues = ndarray(ctx.model?.get("meta_values"), "float32");
     if (layers.length) {
       this.header.append(
         select("layer", layers.map((s, i) => ({ value: String(i), label: s.name })), String(this.layer), (v) => {
@@ -72,6 +84,7 @@ export class BasinsPanel extends Panel {
             { value: "basin", label: "basin" },
             { value: "ratio", label: "distance ratio nn/r̂" },
             { value: "ce", label: "sequence cross-entropy", disabled: !st.seqCe.some((v) => Number.isFinite(v)) },
+            ...this.metaColumns.map((c, j) => ({ value: `meta:${j}`, label: c.name })),
           ],
           this.mode,
           (v) => {
@@ -215,13 +228,31 @@ export class BasinsPanel extends Panel {
       if (s.n_basins > top) legend.push(h("span", {}, sw(theme.other), "other"));
       return { z, colors, legend };
     }
+    const meta = this.mode.startsWith("meta:") ? Number(this.mode.slice(5)) : -1;
+    const column = this.metaColumns[meta];
+    const metaRow = (seq: number) => this.metaValues[meta * st.nSequences + seq];
+    if (column?.kind === "category") {
+      const k = column.categories.length;
+      const colors = [...theme.categorical.slice(0, k), theme.other];
+      let other = false;
+      for (let i = 0; i < n; i++) {
+        const code = metaRow(p.seq[i]);
+        z[i] = code < k ? code : k;
+        if (code >= k) other = true;
+      }
+      const legend = [h("span", { text: `${column.name}:` })];
+      column.categories.forEach((c, b) => legend.push(h("span", {}, sw(colors[b]), c)));
+      if (other) legend.push(h("span", {}, sw(theme.other), "other or missing"));
+      return { z, colors, legend };
+    }
     const values = new Float64Array(n);
     if (this.mode === "ratio") for (let i = 0; i < n; i++) values[i] = st.ratioValue(s, p.ratio[i]);
+    else if (column) for (let i = 0; i < n; i++) values[i] = metaRow(p.seq[i]);
     else for (let i = 0; i < n; i++) values[i] = st.seqCe[p.seq[i]] ?? NaN;
     const finite = Array.from(values).filter(Number.isFinite).sort((a, b) => a - b);
     const lo = finite.length ? finite[Math.floor(0.02 * (finite.length - 1))] : 0;
     const hi = finite.length ? finite[Math.ceil(0.98 * (finite.length - 1))] : 1;
-    const scheme = this.mode === "ratio" ? "viridis" : "magma";
+    const scheme = this.mode === "ratio" || column ? "viridis" : "magma";
     const scale = Plot.scale({ color: { type: "linear", scheme, domain: [0, 1] } });
     const colors: string[] = [];
     for (let k = 0; k < RAMP; k++) colors.push(String(scale.apply(k / (RAMP - 1))));
@@ -231,7 +262,7 @@ export class BasinsPanel extends Panel {
       z[i] = Number.isFinite(v) ? Math.round(Math.min(1, Math.max(0, (v - lo) / (hi - lo || 1))) * (RAMP - 1)) : RAMP;
     }
     const ramp = h("span", { class: "ha-ramp", style: `background:linear-gradient(to right, ${colors[0]}, ${colors[21]}, ${colors[42]}, ${colors[RAMP - 1]})` });
-    const label = this.mode === "ratio" ? "nn / r̂ (low = tightly packed, memorized)" : "sequence cross-entropy (nats)";
+    const label = column ? column.name : this.mode === "ratio" ? "nn / r̂ (low = tightly packed, memorized)" : "sequence cross-entropy (nats)";
     return { z, colors, legend: [h("span", {}, `${label}: ${fmt(lo)}`, ramp, `${fmt(hi)}`)] };
   }
 
