@@ -130,3 +130,51 @@ def test_colour_by_a_metadata_column(browser, tmp_path):
     finally:
         ctx.close()
     assert errors == []
+
+
+def _layer(page, report_state):
+    shown = int(page.locator('[data-panel="basins"] select').first.input_value())
+    meta = report_state["scatter_layers"][shown]
+    seq = decode(report_state, "scatter_seq")[meta["seq_offset"] : meta["seq_offset"] + meta["n"]]
+    off = decode(report_state, "text_offsets")
+    blob = decode(report_state, "text_bytes").tobytes()
+    texts = {int(s): blob[off[s] : off[s + 1]].decode() for s in set(seq.tolist())}
+    return seq, texts
+
+
+def _highlighted(page) -> list[int]:
+    return sorted(page.evaluate(f"() => ({PANEL})().sp.get('selectedPoints')"))
+
+
+def test_a_samples_row_click_and_a_search_highlight_points(open_report, report_state):
+    p = open_report()
+    page = p.page
+    seq, texts = _layer(page, report_state)
+    # a sequence of the samples table that has a point in the layer shown
+    rows = page.locator('[data-panel="samples"] tr[data-sequence]')
+    ids = [int(v) for v in rows.evaluate_all("rs => rs.map(r => r.dataset.sequence)")]
+    target = next(i for i in ids if i in set(seq.tolist()))
+    row = page.locator(f'[data-panel="samples"] tr[data-sequence="{target}"]')
+    row.scroll_into_view_if_needed()
+    row.locator("td").first.click()
+    page.wait_for_function(f"() => ({PANEL})().highlighted.length > 0", timeout=5_000)
+    assert _highlighted(page) == np.flatnonzero(seq == target).tolist()
+    # highlighting is not selecting: nothing goes to Python
+    assert page.evaluate(f"() => ({PANEL})().ctx.model.get('selection')") in (None, [])
+
+    # search: a substring some texts hold, in another case
+    query = "RED BASIN"
+    expected = [i for i, s in enumerate(seq.tolist()) if query.lower() in texts[s].lower()]
+    assert 0 < len(expected) < len(seq)
+    search = page.locator('[data-panel="basins"] input[type="search"]')
+    search.fill(query)
+    page.wait_for_function(
+        f"() => ({PANEL})().highlighted.length === {len(expected)}", timeout=5_000
+    )
+    assert _highlighted(page) == expected
+    note = page.locator('[data-panel="basins"] [data-role="selection"]').inner_text()
+    assert f"{len(expected)} points highlighted" in note
+    search.fill("")
+    page.wait_for_function(f"() => ({PANEL})().highlighted.length === 0", timeout=5_000)
+    assert _highlighted(page) == []
+    assert p.errors == []

@@ -2,7 +2,9 @@
 // coloured by basin, by distance ratio nn/r_hat, or by the sequence's cross-entropy.
 // Hover shows the sequence's text; wheel/drag zoom and pan; arrows, +/- and 0 from the keyboard.
 // Shift+drag selects points (a box or a lasso): their sequence ids go to the model's
-// `selection` (Audit.selected() reads it in Python); Escape clears it.
+// `selection` (Audit.selected() reads it in Python); Escape clears it. Clicking a row of the
+// samples table highlights its sequence's points; the search box highlights the points whose
+// text contains a substring (case-insensitive).
 import * as Plot from "@observablehq/plot";
 import createScatterplot, { createRenderer } from "regl-scatterplot";
 import type { ScatterLayer } from "../state";
@@ -51,12 +53,15 @@ export class BasinsPanel extends Panel {
   lasso: Lasso = "rectangle";
   /** Sequence ids of the selected points (also the model's `selection`). */
   selection: number[] = [];
+  /** Points highlighted by a click on a samples row or by the search box. */
+  highlighted: number[] = [];
   box = h("div", { class: "ha-scatter", tabindex: "0", role: "img" });
   canvas = h("canvas", {});
   tooltip = h("div", { class: "ha-tooltip", hidden: "" });
   legend = h("div", { class: "ha-legend" });
   note = h("p", { class: "ha-note" });
   selectionNote = h("p", { class: "ha-note", "data-role": "selection" });
+  search = h("input", { type: "search", placeholder: "search texts", "aria-label": "Highlight the points whose text contains this", class: "ha-search", style: "width:9em;font:inherit" }) as HTMLInputElement;
   /** Metadata columns (one row of meta_values per column, one value per sequence). */
   metaColumns: MetaColumn[] = [];
   metaValues: Float32Array = new Float32Array(0);
@@ -107,6 +112,12 @@ export class BasinsPanel extends Panel {
           },
         ),
       );
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      this.search.addEventListener("input", () => {
+        clearTimeout(timer);
+        timer = setTimeout(() => this.find(this.search.value), 150);
+      });
+      this.header.append(this.search);
       const reset = h("button", { type: "button", text: "reset view", title: "Reset zoom (key 0)" });
       reset.addEventListener("click", () => this.fit(true));
       this.header.append(reset);
@@ -131,6 +142,17 @@ export class BasinsPanel extends Panel {
       return;
     }
     if (!this.sp) {
+      // a click on a row of the samples table (data-sequence) highlights that sequence's points
+      const root = this.el.closest(".hopaudit");
+      const onRow = (e: Event) => {
+        const row = (e.target as HTMLElement | null)?.closest?.("tr[data-sequence]");
+        if (!row || !root?.contains(row)) return;
+        const id = Number(row.getAttribute("data-sequence"));
+        const st = this.ctx.state;
+        this.highlight(this.pointsWhere((seq) => st.sequenceId(seq) === id), `sequence ${id}`);
+      };
+      root?.addEventListener("click", onRow);
+      this.cleanups.push(() => root?.removeEventListener("click", onRow));
       this.cleanups.push(
         observeSize(this.box, (w, hgt) => {
           if (w <= 0 || hgt <= 0) return;
@@ -205,6 +227,43 @@ export class BasinsPanel extends Panel {
     const model = this.ctx.model;
     model?.set?.("selection", this.selection);
     model?.save_changes?.();
+  }
+
+  /** Indices of the points shown whose sequence passes ``test``. */
+  pointsWhere(test: (seq: number) => boolean): number[] {
+    const p = this.current;
+    const out: number[] = [];
+    if (p) for (let i = 0; i < p.seq.length; i++) if (test(p.seq[i])) out.push(i);
+    return out;
+  }
+
+  /** Points whose text contains ``query`` (case-insensitive); an empty query clears. */
+  find(query: string): number[] {
+    const q = query.trim().toLowerCase();
+    if (!q) {
+      this.highlight([], "");
+      return [];
+    }
+    const st = this.ctx.state;
+    const cache = new Map<number, boolean>();
+    const points = this.pointsWhere((seq) => {
+      let hit = cache.get(seq);
+      if (hit === undefined) cache.set(seq, (hit = st.text(seq).toLowerCase().includes(q)));
+      return hit;
+    });
+    this.highlight(points, `“${query.trim()}”`);
+    return points;
+  }
+
+  /** Highlight points without changing the selection sent to Python. */
+  highlight(points: number[], what: string): void {
+    this.highlighted = points;
+    this.box.setAttribute("data-highlighted", String(points.length));
+    if (points.length) this.sp?.select(points, { preventEvent: true } as any);
+    else this.sp?.deselect({ preventEvent: true } as any);
+    this.selectionNote.textContent = what
+      ? `${points.length.toLocaleString("en-US")} points highlighted: ${what}.`
+      : "";
   }
 
   private layerMeta(): ScatterLayer {
