@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -32,6 +33,7 @@ CELLS = [
     "a = hopaudit.audit(model, texts, tokenizer=tiny_tokenizer(), max_length=32,\n"
     "                   chunking='document', umap_layers=['final'], autocast='off')",
     "a",
+    "print('selected', a.selected()['sequence'].tolist())",
 ]
 
 
@@ -106,6 +108,60 @@ def _outputs(page) -> list[str]:
     return page.locator(".jp-OutputArea-output").all_inner_texts()
 
 
+PANEL = """() => document.querySelector('.jp-OutputArea-output .hopaudit').__hopaudit
+    .panels.find((q) => q.name === 'basins')"""
+
+
+def _select_a_box_and_read_it_in_python(page) -> None:
+    """Shift+drag a box in the live basins view; the last cell, run again, prints
+    ``a.selected()`` from the kernel: the ids of the points inside the box."""
+    import numpy as np
+
+    out = page.locator(".jp-OutputArea-output .hopaudit")
+    scatter = out.locator('[data-panel="basins"] .ha-scatter')
+    scatter.scroll_into_view_if_needed()
+    found = page.evaluate(
+        f"""() => {{ const panel = ({PANEL})(); const p = panel.current;
+        return Array.from({{ length: p.seq.length }}, (_, i) =>
+          [...panel.screenPosition(i), panel.ctx.state.sequenceId(p.seq[i])]); }}"""
+    )
+    pos, ids = np.array([f[:2] for f in found]), np.array([f[2] for f in found])
+    lo, hi = np.percentile(pos, 25, axis=0), np.percentile(pos, 75, axis=0)
+    inside = np.all((pos > lo + 3) & (pos < hi - 3), axis=1)
+    outside = np.any((pos < lo - 3) | (pos > hi + 3), axis=1)
+    assert inside.sum() >= 2
+    box = scatter.bounding_box()
+    # the drag menu on "select a box": a plain drag selects (no modifier key for JupyterLab)
+    out.locator('[data-panel="basins"] select').nth(2).select_option("rectangle")
+    page.mouse.move(box["x"] + lo[0], box["y"] + lo[1])
+    page.mouse.down()
+    for d in (1.0, 2.0):  # the rectangle starts at the lasso's first recorded point
+        page.mouse.move(box["x"] + lo[0] + d / 2, box["y"] + lo[1] + d / 2)
+        page.wait_for_timeout(30)
+    for t in np.linspace(0, 1, 12)[1:]:
+        page.mouse.move(box["x"] + lo[0] + t * (hi[0] - lo[0]),
+                        box["y"] + lo[1] + t * (hi[1] - lo[1]))  # fmt: skip
+        page.wait_for_timeout(30)
+    page.mouse.up()
+    try:
+        page.wait_for_function(f"() => ({PANEL})().selection.length > 0", timeout=10_000)
+    except Exception:
+        page.screenshot(path="/tmp/hopaudit-lab-selection.png")
+        raise
+    page.wait_for_timeout(1000)  # the model's change reaches the kernel
+    last = page.locator(".jp-Notebook .jp-Cell").nth(len(CELLS) - 1)  # Shift+Enter adds one
+    last.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")
+    printed = last.locator(".jp-OutputArea-output", has_text=re.compile(r"selected \[\d"))
+    try:
+        printed.wait_for(timeout=60_000)
+    except Exception:
+        page.screenshot(path="/tmp/hopaudit-lab-selection.png")
+        raise AssertionError(f"the kernel printed: {last.inner_text()!r}") from None
+    got = json.loads(printed.inner_text().split("selected", 1)[1].strip())
+    assert set(ids[inside].tolist()) <= set(got) <= set(ids[~outside].tolist()), got
+
+
 def test_saved_notebook_reopened_without_kernel(browser, lab):
     url, token, root = lab
     _write_notebook(root / "audit.ipynb")
@@ -123,6 +179,7 @@ def test_saved_notebook_reopened_without_kernel(browser, lab):
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
         page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
         page.locator(".jp-OutputArea-output .hopaudit[data-ready='true']").wait_for(timeout=300_000)
+        _select_a_box_and_read_it_in_python(page)
         # live: the widget shows, its snapshot (an output of its own) is hidden
         assert page.locator(".hopaudit-snapshot").count() == 1
         assert not page.locator(".hopaudit-snapshot").is_visible()

@@ -1,7 +1,7 @@
 // The UMAP of one layer's patterns in WebGL (regl-scatterplot, as jupyter-scatter uses),
 // coloured by basin, by distance ratio nn/r_hat, or by the sequence's cross-entropy.
 // Hover shows the sequence's text; wheel/drag zoom and pan; arrows, +/- and 0 from the keyboard.
-// Shift+drag selects points (a box or a lasso): their sequence ids go to the model's
+// Shift+drag (or a drag, with the drag menu on select) selects points, a box or a lasso: their sequence ids go to the model's
 // `selection` (Audit.selected() reads it in Python); Escape clears it. Clicking a row of the
 // samples table highlights its sequence's points; the search box highlights the points whose
 // text contains a substring (case-insensitive).
@@ -51,6 +51,8 @@ export class BasinsPanel extends Panel {
   layer = 0;
   mode: Mode = "basin";
   lasso: Lasso = "rectangle";
+  /** What a plain drag does: pan (shift+drag selects), or select a box or a lasso. */
+  dragMode = "pan";
   /** Sequence ids of the selected points (also the model's `selection`). */
   selection: number[] = [];
   /** Points highlighted by a click on a samples row or by the search box. */
@@ -100,15 +102,18 @@ export class BasinsPanel extends Panel {
       );
       this.header.append(
         select(
-          "select",
+          "drag",
           [
-            { value: "rectangle", label: "box (shift+drag)" },
-            { value: "freeform", label: "lasso (shift+drag)" },
+            { value: "pan", label: "pan and zoom (shift: box)" },
+            { value: "rectangle", label: "select a box" },
+            { value: "freeform", label: "select a lasso" },
           ],
-          this.lasso,
+          this.dragMode,
           (v) => {
-            this.lasso = v as Lasso;
-            this.sp?.set({ lassoType: this.lasso } as any);
+            this.dragMode = v;
+            if (v !== "pan") this.lasso = v as Lasso;
+            this.sp?.set({ lassoType: this.lasso, mouseMode: v === "pan" ? "panZoom" : "lasso" } as any);
+            this.box.setAttribute("data-drag", v);
           },
         ),
       );
