@@ -370,7 +370,12 @@ class AuditCallback(TrainerCallback):
             self.keep, self.keep
         )
         _rotate(self.paths, limit)
-        self._log(args, state, control, scalars, result)
+        try:  # a logger that fails (W&B offline storage full...) is an audit failure too
+            self._log(args, state, control, scalars, result)
+        except Exception as exc:
+            if self.on_error == "raise":
+                raise
+            self._runner.failed(self.errors, step, exc)
 
     def _log(self, args, state, control, scalars: dict[str, float], result: Any = None) -> None:
         """One log event at this step: into ``state.log_history``; TensorBoard and W&B directly

@@ -133,3 +133,35 @@ def test_wandb_offline_run_holds_the_table_and_the_report(logged):
 def test_nothing_of_the_audit_is_printed(logged):
     assert "hopaudit" not in logged["stdout"]
     assert "'loss'" in logged["stdout"]  # the trainer's own console logs still print
+
+
+def test_a_failing_logger_follows_on_error(monkeypatch):
+    """on_error='warn': a logger that raises is recorded and warned about, training goes on."""
+    import hopaudit.loggers
+    from hopaudit.training import AuditCallback
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hopaudit.loggers, "log_audit", broken)
+
+    class State:
+        global_step, epoch, log_history, is_world_process_zero = 3, None, [], True
+
+    class Control:
+        should_log = False
+
+    for on_error in ("raise", "warn"):
+        cb = AuditCallback(["x"], on_error=on_error)
+        cb._handler = type("Handler", (), {"callbacks": []})()
+        cb._runner.run = lambda model, tok, step: object()
+        monkeypatch.setattr("hopaudit.training._save_atomically", lambda r, p, **k: p)
+        monkeypatch.setattr("hopaudit.training.audit_scalars", lambda r: {"hopaudit/x": 1.0})
+        args = type("Args", (), {"output_dir": "/nonexistent", "save_total_limit": None})()
+        if on_error == "raise":
+            with pytest.raises(OSError, match="disk full"):
+                cb._audit(args, State(), Control(), object(), {})
+        else:
+            with pytest.warns(UserWarning, match="disk full"):
+                cb._audit(args, State(), Control(), object(), {})
+            assert cb.errors == {3: "OSError: disk full"}
