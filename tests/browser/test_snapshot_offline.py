@@ -1,7 +1,6 @@
 """A notebook's audit without a kernel: nbconvert HTML opened offline in Chromium shows the
 static snapshot (summary, radii, samples), the finished progress bars as text, and no widget
-error. The notebook is run by a real kernel (nbclient) and saved the way JupyterLab saves it
-with its default settings (no widget state)."""
+error. The notebook is run by a real kernel (nbclient), saved with and without widget state."""
 
 from __future__ import annotations
 
@@ -11,20 +10,23 @@ from test_snapshot import executed_notebook
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["saved-by-lab", "nbconvert-execute"])
+def exported(tmp_path_factory, request):
+    """Without widget state (as JupyterLab saves by default: nbconvert falls back to the
+    outputs' other mime types), and with it (as ``nbconvert --execute`` stores it: nbconvert
+    then writes the widget for the html-manager, which needs the network)."""
     from nbconvert import HTMLExporter
 
     tmp = tmp_path_factory.mktemp("nbconvert")
-    nb, _ = executed_notebook(tmp, store_widget_state=False)
+    nb, _ = executed_notebook(tmp, store_widget_state=request.param)
     body, _ = HTMLExporter().from_notebook_node(nb)
     path = tmp / "audit.html"
     path.write_text(body, encoding="utf-8")
-    return nb, path
+    return request.param, path
 
 
 def test_nbconvert_html_offline_shows_the_snapshot(browser, exported):
-    _nb, path = exported
+    with_state, path = exported
     ctx = browser.new_context(viewport={"width": 1200, "height": 900}, offline=True)
     page = ctx.new_page()
     requested: list[str] = []
@@ -56,6 +58,8 @@ def test_nbconvert_html_offline_shows_the_snapshot(browser, exported):
         assert "measuring layers: 100%" in body.replace("\u2007", " ")
     finally:
         ctx.close()
-    # the page asked the network only for what nbconvert's template links (MathJax,
-    # require.js), never for the widget: nothing of the audit needed it
-    assert not [u for u in requested if "jupyter-widgets" in u or "anywidget" in u]
+    # Without widget state the page asks the network only for what nbconvert's template links
+    # (MathJax, require.js); with it, also for the widgets' html-manager (online, the widget
+    # renders and hides the snapshot): offline, the snapshot is what shows in both.
+    widgets = [u for u in requested if "jupyter-widgets" in u or "anywidget" in u]
+    assert bool(widgets) == with_state, widgets
