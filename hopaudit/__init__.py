@@ -13,6 +13,7 @@ from . import geometry, theory, zoo
 from ._version import __version__
 from .api import audit
 from .blocks import find_blocks, find_stacks
+from .catalog import catalog
 from .data import prepare_data
 from .errors import (
     CaptureError,
@@ -65,6 +66,7 @@ __all__ = [
     "__version__",
     "audit",
     "extraction",
+    "catalog",
     "find_blocks",
     "find_stacks",
     "geometry",

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .blocks import architecture_note, count_parameters, find_stacks, strip_compiled
 from .capture import capture, model_device
@@ -25,7 +24,9 @@ from .extraction import check_extraction, extract, extraction_unsupported, parse
 from .loading import load_model
 from .measure import measure
 from .membership import MIN_PER_CLASS, check_reference, reference_nll
+from .metadata import check_metadata
 from .precision import check_autocast
+from .progress import tqdm
 from .result import Audit, Embedding
 
 NORMALIZE_MODES = ("rms", "none")
@@ -96,6 +97,7 @@ def audit(
     extraction: bool | dict[str, int] = False,
     reference: Any = None,
     bootstrap: int = 200,
+    metadata: Any = None,
 ) -> Audit:
     """Audit what ``model`` has memorized of ``data``.
 
@@ -131,6 +133,8 @@ def audit(
     adds the ``ref_loss_diff`` score. With ``heldout=``, ``Audit.membership`` says how well
     each score tells the stored sequences from the held-out ones. ``bootstrap`` resamples
     (0: off) give 95 % intervals to the per-layer estimates and the AUROCs.
+    ``metadata`` (a DataFrame or a dict of column -> values, one per sequence) adds columns to
+    ``samples`` and colours of the basins view (hopaudit/metadata.py).
     """
     t_start = time.perf_counter()
     _check_options(normalize, index, store_dtype, umap_max_points, k, autocast)
@@ -147,6 +151,7 @@ def audit(
         raise DataError(f"bootstrap is a number of resamples >= 0 (0: off), got {bootstrap!r}")
     extraction_lengths = parse_extraction(extraction)
 
+    check_metadata(metadata, None)
     model, tokenizer = load_model(model, tokenizer=tokenizer)
     if reference is not None:
         reference = load_model(reference)[0]
@@ -202,6 +207,7 @@ def audit(
             for what, toks in (("data", tokens), ("heldout data", held_tokens)):
                 if toks is not None:
                     check_extraction(toks.attention_mask.sum(1).numpy(), *extraction_lengths, what)
+    meta = check_metadata(metadata, tokens.num_sequences)
     dtype_name, dtype_note = resolve_store_dtype(
         store_dtype, model, block_list, final, positions, [tokens, held_tokens]
     )
@@ -280,6 +286,7 @@ def audit(
     t_done = time.perf_counter()
 
     return Audit(
+        metadata=meta,
         model_name=_model_name(model),
         model_config=_config_dict(model),
         options={

@@ -48,7 +48,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from hopaudit.blocks import (
     ENCODER_FINAL,
@@ -61,6 +60,7 @@ from hopaudit.blocks import (
 )
 from hopaudit.errors import CaptureError, DataError, HopauditError, ModelError
 from hopaudit.precision import autocast_context, compute_dtype, describe
+from hopaudit.progress import tqdm
 from hopaudit.scores import sequence_statistics, token_statistics
 from hopaudit.store import ActivationStore, normalize_dtype
 

@@ -1,4 +1,6 @@
-"""The ``hopaudit`` shell command: ``audit``, ``demo``, ``compare``, ``timeline``.
+"""The ``hopaudit`` shell command: ``audit``, ``demo``, ``show``, ``catalog``, ``compare``,
+``timeline``. ``--format table|json|csv`` picks what stdout gets (json and csv are for programs:
+stdout holds that alone, and every other line goes to stderr); ``--version`` prints the version.
 
 Exit status: 0 on success, 2 on bad usage (argparse's own), 1 on failure, 130 on Ctrl-C. Every
 failure prints one readable line, not a traceback (``HOPAUDIT_DEBUG=1`` shows the traceback):
@@ -15,7 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._version import __version__
 from .errors import HopauditError
+
+FORMATS = ("table", "json", "csv")
 
 DEMO_SEQUENCES = 600  # 38 400 tokens of 64: a demo of about a minute on 2 cores
 DEMO_LENGTH = 64
@@ -79,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hopaudit",
         description="Audit what a transformer language model has memorized.",
     )
+    parser.add_argument("--version", action="version", version=f"hopaudit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -90,6 +96,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("data")
     _add_audit_options(p)
+    _add_format(p)
+
+    s = sub.add_parser(
+        "show",
+        help="print a saved audit's summary and per-layer table",
+        description="Print the summary and per-layer table of a saved audit (a directory "
+        "written by audit.save, hopaudit audit --save or AuditCallback).",
+    )
+    s.add_argument("dir", metavar="DIR")
+    _add_format(s)
+
+    g = sub.add_parser(
+        "catalog",
+        help="one table of many saved audits (layers, samples or audits)",
+        description="Print one long table over saved audits: DIR is a saved audit, a folder "
+        "holding saved audits, or a glob (quote it). Each row starts with audit, model, label, "
+        "step and saved_at.",
+    )
+    g.add_argument("dirs", nargs="+", metavar="DIR")
+    g.add_argument(
+        "--table", choices=["layers", "samples", "membership", "audits"], default="layers"
+    )
+    _add_format(g)
 
     d = sub.add_parser(
         "demo",
@@ -112,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("dirs", nargs="+", metavar="DIR", help="saved audit directories")
     c.add_argument("--out", required=True, help="the HTML report to write")
     c.add_argument("--labels", help="comma-separated names, one per DIR (default: model names)")
+    _add_format(c)
 
     t = sub.add_parser(
         "timeline",
@@ -121,7 +151,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("dir", metavar="DIR")
     t.add_argument("--out", required=True, help="the HTML report to write")
+    _add_format(t)
     return parser
+
+
+def _add_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help="table: for people (default); json or csv: for programs (stdout holds only that)",
+    )
+
+
+def _note(args: argparse.Namespace, text: str) -> None:
+    """A line for people: stdout with the table format, stderr with json and csv."""
+    print(text, file=sys.stdout if getattr(args, "format", "table") == "table" else sys.stderr)
+
+
+def _emit(args: argparse.Namespace, df: Any, *, summary: dict | None = None) -> None:
+    """``df`` (and a summary) on stdout in the chosen format (table is printed by the caller)."""
+    import json
+
+    from .catalog import json_safe
+
+    if args.format == "csv":
+        sys.stdout.write(df.to_csv(index=False))
+        return
+    records = df.to_dict("records")  # full float precision (to_json rounds to 10 digits)
+    out: Any = records if summary is None else {"summary": summary, "layers": records}
+    sys.stdout.write(json.dumps(json_safe(out), indent=1, allow_nan=False) + "\n")
 
 
 def _load_data(spec: str) -> Any:
@@ -135,9 +194,12 @@ def _load_data(spec: str) -> Any:
     return path
 
 
-def _print_report(a: Any) -> None:
+def _print_report(a: Any, args: argparse.Namespace | None = None) -> None:
     import pandas as pd
 
+    if args is not None and getattr(args, "format", "table") != "table":
+        _emit(args, a.layers, summary=a.summary())
+        return
     print(a.summary_text())
     print()
     cols = [
@@ -166,14 +228,40 @@ def _run_views(args: argparse.Namespace) -> int:
         if args.labels is not None:
             labels = [x.strip() for x in args.labels.split(",")]
         view = compare(*args.dirs, labels=labels)
-        print(view.table[["label", "model", "n_layers", "hidden_size", "cross_entropy",
+        if args.format != "table":
+            _emit(args, view.table)
+        else:
+            print(view.table[["label", "model", "n_layers", "hidden_size", "cross_entropy",
                           "final_r_ratio"]].to_string(index=False))  # fmt: skip
     else:
         view = timeline(args.dir)
-        print(view.table[["step", "cross_entropy", "floor_low", "final_r_ratio"]].to_string(
-            index=False))  # fmt: skip
+        if args.format != "table":
+            _emit(args, view.table)
+        else:
+            print(view.table[["step", "cross_entropy", "floor_low", "final_r_ratio"]].to_string(
+                index=False))  # fmt: skip
     out = view.to_html(args.out)
-    print(f"\nreport written to {Path(out).resolve()}")
+    _note(args, f"\nreport written to {Path(out).resolve()}")
+    return 0
+
+
+def _run_saved(args: argparse.Namespace) -> int:
+    """``show`` and ``catalog``: print what saved audits hold, without recomputing."""
+    import pandas as pd
+
+    if args.command == "show":
+        from .persist import load
+
+        _print_report(load(args.dir), args)
+        return 0
+    from .catalog import catalog
+
+    df = catalog(args.dirs, args.table)
+    if args.format != "table":
+        _emit(args, df)
+        return 0
+    with pd.option_context("display.max_rows", 500, "display.width", 200, "display.precision", 4):
+        print(df.to_string(index=False))
     return 0
 
 
@@ -182,6 +270,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.command in ("compare", "timeline"):
         return _run_views(args)
+    if args.command in ("show", "catalog"):
+        return _run_saved(args)
 
     if args.command == "demo":
         from .zoo import corpus
@@ -214,12 +304,12 @@ def _run(args: argparse.Namespace) -> int:
         store_dtype=args.store_dtype,
         progress=not args.quiet,
     )
-    _print_report(result)
+    _print_report(result, args)
     if args.save:
-        print(f"\naudit saved to {result.save(args.save).resolve()}")
+        _note(args, f"\naudit saved to {result.save(args.save).resolve()}")
     if args.out:
         out = result.to_html(args.out)
-        print(f"\nreport written to {Path(out).resolve()}")
+        _note(args, f"\nreport written to {Path(out).resolve()}")
     return 0
 
 

@@ -15,6 +15,9 @@ The on-disk format (version 2), one directory per audit::
     indexes/layer_NNN.bin the layer's HNSW index in hnswlib's own format (exact indexes are
                           rebuilt from the activations on load: they are the data itself)
     embeddings/layer_NNN.npz  the UMAP layouts
+    layers.parquet, samples.parquet (membership.parquet)  the tidy tables, with the columns
+                          that name the audit (hopaudit/catalog.py), for DuckDB and polars
+    metadata.parquet      the per-sequence columns given to audit(metadata=...), when any
 
 ``NNN`` is the layer's stable id (its row in ``audit.layers``).
 
@@ -330,7 +333,7 @@ def save_audit(audit: Any, path: str | Path, *, overwrite: bool = False) -> Path
     _check_target(root, overwrite)
     root.parent.mkdir(parents=True, exist_ok=True)
     with temporary_dir(root) as tmp:
-        _write(audit, tmp)
+        _write(audit, tmp, folder=root.name)
         _move_into_place(tmp, root, overwrite)
     return root
 
@@ -473,8 +476,11 @@ def _move_into_place(tmp: Path, root: Path, overwrite: bool) -> None:
             )
 
 
-def _write(audit: Any, root: Path) -> None:
-    """Every file of a saved audit into the fresh folder ``root``, audit.json last."""
+def _write(audit: Any, root: Path, *, folder: str | None = None) -> None:
+    """Every file of a saved audit into the fresh folder ``root``, audit.json last; ``folder``
+    is the name it will be renamed to (the ``audit`` column of its parquet tables)."""
+    from .atomic import write_bytes
+    from .catalog import json_safe, now_utc, parquet_bytes, write_tables
     from .search import save_index
     from .store import ActivationStore
 
@@ -523,6 +529,11 @@ def _write(audit: Any, root: Path) -> None:
         embeddings[name] = scalars
 
     (root / "texts.json").write_text(json.dumps(audit.texts), encoding="utf-8")
+    saved_at = now_utc()
+    write_tables(audit, root, name=folder or root.name, saved_at=saved_at)
+    metadata = getattr(audit, "metadata", None)
+    if metadata is not None:
+        write_bytes(root / "metadata.parquet", parquet_bytes(metadata.reset_index(drop=True)))
 
     files = sorted(p for p in root.rglob("*") if p.is_file())
     for p in files:
@@ -532,11 +543,14 @@ def _write(audit: Any, root: Path) -> None:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "hopaudit_version": __version__,
+        "saved_at": saved_at,
+        "summary": json_safe(audit.summary()),
         "audit": _jsonable(
             {
                 f.name: getattr(audit, f.name)
                 for f in dataclasses.fields(audit)
-                if f.name not in ("capture", "reports", "embeddings", "heldout_capture", "texts")
+                if f.name
+                not in ("capture", "reports", "embeddings", "heldout_capture", "texts", "metadata")
             }
         ),
         "capture": cap_scalars,
@@ -670,6 +684,11 @@ def load(path: str | Path, *, verify: bool = True, rebuild_index: bool = False) 
         with _damaged(root / rel):
             embeddings[name] = Embedding(**_join_fields(scalars, arrays))
 
+    if "metadata.parquet" in manifest:  # its bytes are checked against the manifest, then read
+        from .catalog import _read_listed, _read_parquet
+
+        data = _read_listed(root, "metadata.parquet", manifest)
+        fields["metadata"] = _read_parquet(data, root / "metadata.parquet")
     texts = _read_json(listed("texts.json"))
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise FormatError(f"{root / 'texts.json'}: damaged (not a list of texts)")

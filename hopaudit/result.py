@@ -78,6 +78,8 @@ class Audit(View):
     timings: dict[str, float] = field(default_factory=dict)
     heldout_texts: list[str] | None = None  # decoded text of every held-out sequence
     extraction: dict[str, Any] | None = None  # prefix, suffix, seconds, tokens/s, or a note
+    #: Per-sequence columns given to ``audit(metadata=...)`` (joined to ``samples``), or None.
+    metadata: pd.DataFrame | None = None
 
     # ---------------------------------------------------------------- tables
     @property
@@ -126,8 +128,12 @@ class Audit(View):
         that higher means more likely memorized; NaN where a score is not available (an
         encoder has no loss; ref_loss_diff needs ``reference=``). With ``extraction=``:
         ``extracted`` (greedy decoding reproduced the whole suffix) and ``extracted_tokens``
-        (how many leading suffix tokens it reproduced)."""
-        return self._sequence_frame(heldout=False)
+        (how many leading suffix tokens it reproduced). The columns given to
+        ``audit(metadata=...)`` follow."""
+        table = self._sequence_frame(heldout=False)
+        if self.metadata is None:
+            return table
+        return pd.concat([table, self.metadata.reset_index(drop=True)], axis=1)
 
     @property
     def heldout_samples(self) -> pd.DataFrame:
@@ -290,14 +296,37 @@ class Audit(View):
             out[key] = (fpr, tpr)
         return out
 
+    def selected(self, widget: Any = None) -> pd.DataFrame:
+        """The rows of :attr:`samples` selected in the basins view (shift+drag a box or a
+        lasso), of ``widget`` or else of the view shown last (``audit`` as a cell's last line,
+        or ``audit.widget()``)."""
+        view = widget if widget is not None else getattr(self, "_last_view", None)
+        if view is None:
+            raise HopauditError(
+                "no view of this audit was shown yet: show it (audit as a cell's last line, or "
+                "w = audit.widget()), select points in the basins view with shift+drag, then "
+                "call audit.selected() (or audit.selected(w))"
+            )
+        if not hasattr(view, "selection"):
+            raise HopauditError(
+                f"{type(view).__name__} has no selection; pass the widget of this audit "
+                "(audit.widget())"
+            )
+        samples = self.samples
+        ids = [int(i) for i in view.selection]
+        return samples[samples["sequence"].isin(ids)]
+
     # --------------------------------------------------------------- summary
     def summary(self) -> dict[str, Any]:
-        """The headline numbers: model and data size, cross-entropy against the floor."""
+        """The headline numbers: model and data size, cross-entropy against the floor. JSON-safe,
+        with stable types: int, float, str, bool or None (never NaN, inf or numpy scalars)."""
+        from .catalog import json_safe
+
         cap = self.capture
         final = self.reports.get(self.layer_names[-1])
         n_big = self.n_params_blocks
         ce = cap.cross_entropy
-        return {
+        out = {
             "model": self.model_name,
             "n_params_total": self.n_params_total,
             "n_params_blocks": self.n_params_blocks,
@@ -330,6 +359,11 @@ class Audit(View):
             "total_seconds": self.timings.get("total"),
             **self._evidence_summary(),
         }
+        # positions may be "last" or a list of ints: one type (str), spelled as the CLI takes it
+        pos = out["positions"]
+        if pos is not None and not isinstance(pos, str):
+            out["positions"] = ",".join(map(str, np.atleast_1d(pos).tolist()))
+        return json_safe(out)
 
     def _evidence_summary(self) -> dict[str, Any]:
         """Extraction rates of the stored and held-out sequences (None when not run, with the

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .errors import DataError, ModelError
+from .progress import tqdm
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"

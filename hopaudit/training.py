@@ -2,8 +2,9 @@
 
 - :class:`AuditCallback` audits the model inside ``transformers.Trainer`` at each checkpoint
   save (or every N steps), writes ``<output_dir>/hopaudit/step-<N>/`` and logs per-layer
-  scalars (``hopaudit/<layer>/r_hat`` ...) through the trainer's own logging, so TensorBoard,
-  W&B and ``trainer.state.log_history`` all get them.
+  scalars (``hopaudit/<layer>/r_hat`` ...) under ``hopaudit/`` at the top level to TensorBoard
+  and W&B (with the layer table and the report, hopaudit/loggers.py), to the trainer's other
+  logging callbacks and ``trainer.state.log_history``; nothing is printed to the console.
 - :class:`Auditor` does the same from a plain PyTorch loop: ``auditor.step(model, step)``.
 - :func:`audit_checkpoints` audits checkpoint directories a run already saved.
 
@@ -57,14 +58,17 @@ _WEIGHT_FILES = (
 # ------------------------------------------------------------------------------ scalars
 def audit_scalars(audit: Any) -> dict[str, float]:
     """The scalars an audit logs: per layer ``hopaudit/<layer>/{r_hat,r_ratio,separated_frac}``,
-    the last layer's (``final``) ``floor_low``, ``hopaudit/cross_entropy`` and the audit's
+    the last layer's (``final``) ``log10_floor_low`` (the floor spans tens of orders of
+    magnitude: 1 nat at r_c, 1e31 far from it), ``hopaudit/cross_entropy`` and the audit's
     seconds. Skipped layers and non-finite values are left out (loggers choke on them)."""
     out: dict[str, float] = {}
     for row in audit.layers.to_dict("records"):
         for column in LAYER_SCALARS:
             _put(out, f"hopaudit/{row['name']}/{column}", row.get(column))
     summary = audit.summary()
-    _put(out, f"hopaudit/{audit.layer_names[-1]}/floor_low", summary.get("floor_low"))
+    floor = summary.get("floor_low")
+    if isinstance(floor, (int, float)) and floor > 0:
+        _put(out, f"hopaudit/{audit.layer_names[-1]}/log10_floor_low", math.log10(floor))
     _put(out, "hopaudit/cross_entropy", summary.get("cross_entropy"))
     _put(out, "hopaudit/audit_seconds", audit.timings.get("total"))
     return out
@@ -366,11 +370,17 @@ class AuditCallback(TrainerCallback):
             self.keep, self.keep
         )
         _rotate(self.paths, limit)
-        self._log(args, state, control, scalars)
+        try:  # a logger that fails (W&B offline storage full...) is an audit failure too
+            self._log(args, state, control, scalars, result)
+        except Exception as exc:
+            if self.on_error == "raise":
+                raise
+            self._runner.failed(self.errors, step, exc)
 
-    def _log(self, args, state, control, scalars: dict[str, float]) -> None:
-        """One log event at this step, the way ``Trainer.log`` makes one: into
-        ``state.log_history``, then ``on_log`` of every callback (the reporting integrations)."""
+    def _log(self, args, state, control, scalars: dict[str, float], result: Any = None) -> None:
+        """One log event at this step: into ``state.log_history``; TensorBoard and W&B directly
+        under ``hopaudit/`` (their ``on_log`` would prefix ``train/``), with the layer table and
+        the report; ``on_log`` of the other callbacks except the console's (which print)."""
         logs: dict[str, float] = dict(scalars)
         if state.epoch is not None:
             logs["epoch"] = state.epoch
@@ -385,9 +395,26 @@ class AuditCallback(TrainerCallback):
                 stacklevel=3,
             )
             return
-        # The handler's on_log clears should_log; keep the trainer's own pending log.
+        from .loggers import log_audit
+
+        handler = self._handler
+        rest = log_audit(handler.callbacks, args, state, result, scalars)
+        extra = {
+            name: getattr(handler, name, None)
+            for name in (
+                "model",
+                "processing_class",
+                "optimizer",
+                "lr_scheduler",
+                "train_dataloader",
+                "eval_dataloader",
+            )  # as CallbackHandler passes
+        }
+        # on_log may clear should_log (as the handler's does); keep the trainer's pending log.
         should_log = control.should_log
-        self._handler.on_log(args, state, control, logs)
+        for cb in rest:
+            if cb is not self:
+                cb.on_log(args, state, control, logs=logs, **extra)
         control.should_log = should_log
 
 
@@ -513,9 +540,8 @@ def audit_checkpoints(paths_or_glob: Any, data: Any, **audit_options: Any) -> li
     ``data`` is tokenized once, with ``tokenizer=`` or the first checkpoint's own tokenizer.
     ``progress`` (default True) shows one bar over the checkpoints.
     """
-    from tqdm.auto import tqdm
-
     from .loading import load_model
+    from .progress import tqdm
 
     show = bool(audit_options.pop("progress", True))
     runner = _Runner(data, audit_options)

@@ -520,6 +520,9 @@ def widget_state(
     shown = decode(state, "scatter_seq").astype(np.int64)
     state.update(_samples(audit, shown, text_chars))
     state.update(_membership(audit))
+    from .metadata import metadata_state  # audit(metadata=...): colours of the basins view
+
+    state.update(metadata_state(getattr(audit, "metadata", None)))
     return state
 
 
@@ -615,6 +618,11 @@ class AuditWidget(_View):
     membership = traitlets.List().tag(sync=True)
     membership_note = traitlets.Unicode(None, allow_none=True).tag(sync=True)
     roc_points = _array()
+    #: Sequence ids of the points selected in the basins view (shift+drag: a box or a lasso);
+    #: ``audit.selected(widget)`` gives their rows of ``audit.samples``.
+    selection = traitlets.List(traitlets.Int()).tag(sync=True)
+    meta_columns = traitlets.List().tag(sync=True)
+    meta_values = _array()
 
     @classmethod
     def from_audit(cls, audit: AuditLike, **options: Any) -> AuditWidget:

@@ -145,3 +145,76 @@ def test_a_closed_pipe_ends_quietly(saved_dir, tmp_path):
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, err
     assert err.decode().strip() == ""
+
+
+# ------------------------------------------------------------------ formats (issue 15)
+def test_version_exits_0():
+    proc = _run("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"hopaudit {hopaudit.__version__}"
+
+
+def test_show_json_parses_and_matches_the_audit(saved_dir):
+    import json
+    import math
+
+    proc = _run("show", str(saved_dir), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)  # stdout holds the JSON alone
+    a = hopaudit.load(saved_dir)
+    assert data["summary"] == json.loads(json.dumps(a.summary()))
+    layers = a.layers
+    assert [row["name"] for row in data["layers"]] == list(layers["name"])
+    for row, r_hat in zip(data["layers"], layers["r_hat"], strict=True):
+        assert row["r_hat"] == (None if math.isnan(r_hat) else pytest.approx(r_hat, rel=1e-12))
+
+
+def test_show_csv_reads_back(saved_dir):
+    import io
+
+    import pandas as pd
+
+    proc = _run("show", str(saved_dir), "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    df = pd.read_csv(io.StringIO(proc.stdout))
+    a = hopaudit.load(saved_dir)
+    assert list(df.columns) == list(a.layers.columns)
+    assert df["r_ratio"].tolist() == pytest.approx(a.layers["r_ratio"].tolist(), rel=1e-12)
+
+
+def test_catalog_csv_and_compare_json(saved_dir, tmp_path):
+    import io
+    import json
+
+    import pandas as pd
+
+    proc = _run("catalog", str(saved_dir), "--table", "samples", "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    df = pd.read_csv(io.StringIO(proc.stdout), keep_default_na=False)
+    assert list(df.columns[:5]) == ["audit", "model", "label", "step", "saved_at"]
+    assert df["text"].tolist() == hopaudit.load(saved_dir).texts
+    proc = _run(
+        "compare", str(saved_dir), str(saved_dir), "--out", str(tmp_path / "r.html"),
+        "--format", "json", "--labels", "a,b",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert [row["label"] for row in json.loads(proc.stdout)] == ["a", "b"]
+    assert "report written" in proc.stderr and (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_head_1_leaves_no_traceback(saved_dir, fmt):
+    """``hopaudit show DIR | head -1``: head exits after one line; hopaudit ends quietly."""
+    cmd = f"{sys.executable} -m hopaudit show '{saved_dir}' --format {fmt} | head -1"
+    proc = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=600
+    )
+    assert len(proc.stdout.splitlines()) == 1
+    assert proc.stderr == "", proc.stderr
+    assert proc.returncode in (0, 1)  # 1: hopaudit saw the closed pipe; 0: it had finished
+
+
+def test_py_typed_is_in_the_package():
+    from pathlib import Path
+
+    assert (Path(hopaudit.__file__).parent / "py.typed").is_file()

@@ -128,7 +128,7 @@ def test_scalars_in_log_history_and_at_the_reporting_callbacks(run):
     assert sorted(entries) == [8, 16, 24]
     keys = {f"hopaudit/{layer}/{col}" for layer in LAYERS
             for col in ("r_hat", "r_ratio", "separated_frac")}  # fmt: skip
-    keys |= {"hopaudit/final/floor_low", "hopaudit/cross_entropy"}
+    keys |= {"hopaudit/final/log10_floor_low", "hopaudit/cross_entropy"}
     for entry in entries.values():
         assert keys <= set(entry)
         assert all(math.isfinite(entry[k]) for k in keys)

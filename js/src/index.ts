@@ -13,12 +13,13 @@ import { h } from "./util";
 import { bindView, drawPanel } from "./lifecycle";
 import { mountCompare } from "./compare";
 import { mountTimeline } from "./timeline";
+import { hideSnapshot } from "./snapshot";
 
 const DATA_TRAITS = [
   "summary", "layer_info", "layer_columns", "layer_stats", "hist_fractions", "hist_bins", "hist_range",
   "hist_counts", "hist_medians", "hist_log", "scatter_layers", "scatter_xy", "scatter_basin", "scatter_ratio",
   "scatter_basin_sizes", "scatter_seq", "floor_curve", "n_sequences", "sequence_ids", "seq_ce", "text_bytes",
-  "text_offsets", "sample_seq", "sample_columns", "sample_values", "membership", "membership_note", "roc_points",
+  "text_offsets", "sample_seq", "sample_columns", "sample_values", "membership", "membership_note", "roc_points", "meta_columns", "meta_values",
 ];
 
 export interface View {
@@ -42,6 +43,7 @@ export function mount(model: ModelLike, el: HTMLElement): View {
     const state = new AuditState(model);
     const ctx: Context = {
       state,
+      model,
       theme: readTheme(root),
       ready: () => {
         if (view.panels.length && view.panels.every((p) => p.el.getAttribute("data-ready") === "true")) {
@@ -84,7 +86,11 @@ export function mount(model: ModelLike, el: HTMLElement): View {
 
 function render({ model, el }: { model: ModelLike; el: HTMLElement }) {
   const view = mount(model, el);
-  return () => view.destroy();
+  const unhide = hideSnapshot(model);
+  return () => {
+    unhide();
+    view.destroy();
+  };
 }
 
 export default { render };

@@ -6,6 +6,9 @@ export interface ModelLike {
   get(name: string): any;
   on(event: string, cb: (...args: any[]) => void): void;
   off(event?: string | null, cb?: ((...args: any[]) => void) | null): void;
+  /** Write back (anywidget's model; the report's in-page model keeps it in the page). */
+  set?(name: string, value: unknown): void;
+  save_changes?(): void;
 }
 
 export interface LayerInfo {

@@ -1,5 +1,5 @@
 // What every panel shares: its element (data-panel=NAME), the decoded state, the theme.
-import type { AuditState } from "../state";
+import type { AuditState, ModelLike } from "../state";
 import type { Theme } from "../theme";
 import { h, observeSize } from "../util";
 
@@ -8,6 +8,8 @@ export interface Context {
   theme: Theme;
   /** Mark a panel drawn (sets data-ready on it; the root once all are). */
   ready(panel: Panel): void;
+  /** The widget's model, where a panel writes back (the basins view's `selection`). */
+  model?: ModelLike;
 }
 
 export abstract class Panel {

@@ -1,14 +1,26 @@
 // The UMAP of one layer's patterns in WebGL (regl-scatterplot, as jupyter-scatter uses),
 // coloured by basin, by distance ratio nn/r_hat, or by the sequence's cross-entropy.
 // Hover shows the sequence's text; wheel/drag zoom and pan; arrows, +/- and 0 from the keyboard.
+// Shift+drag (or a drag, with the drag menu on select) selects points, a box or a lasso: their sequence ids go to the model's
+// `selection` (Audit.selected() reads it in Python); Escape clears it. Clicking a row of the
+// samples table highlights its sequence's points; the search box highlights the points whose
+// text contains a substring (case-insensitive).
 import * as Plot from "@observablehq/plot";
 import createScatterplot, { createRenderer } from "regl-scatterplot";
 import type { ScatterLayer } from "../state";
+import { ndarray } from "../schema";
 import { toRgba } from "../theme";
 import { fmt, h, observeSize, select } from "../util";
 import { type Context, Panel } from "./base";
 
-type Mode = "basin" | "ratio" | "ce";
+/** basin, ratio, ce, or "meta:J": column J of the audit's metadata (audit(metadata=...)). */
+type Mode = string;
+interface MetaColumn {
+  name: string;
+  kind: "number" | "category";
+  categories: string[];
+}
+type Lasso = "rectangle" | "freeform";
 type Scatter = ReturnType<typeof createScatterplot>;
 const RAMP = 64; // continuous colours are 64 categories; index RAMP = missing (grey)
 
@@ -38,11 +50,23 @@ export function hasWebGL(): boolean {
 export class BasinsPanel extends Panel {
   layer = 0;
   mode: Mode = "basin";
+  lasso: Lasso = "rectangle";
+  /** What a plain drag does: pan (shift+drag selects), or select a box or a lasso. */
+  dragMode = "pan";
+  /** Sequence ids of the selected points (also the model's `selection`). */
+  selection: number[] = [];
+  /** Points highlighted by a click on a samples row or by the search box. */
+  highlighted: number[] = [];
   box = h("div", { class: "ha-scatter", tabindex: "0", role: "img" });
   canvas = h("canvas", {});
   tooltip = h("div", { class: "ha-tooltip", hidden: "" });
   legend = h("div", { class: "ha-legend" });
   note = h("p", { class: "ha-note" });
+  selectionNote = h("p", { class: "ha-note", "data-role": "selection" });
+  search = h("input", { type: "search", placeholder: "search texts", "aria-label": "Highlight the points whose text contains this", class: "ha-search", style: "width:9em;font:inherit" }) as HTMLInputElement;
+  /** Metadata columns (one row of meta_values per column, one value per sequence). */
+  metaColumns: MetaColumn[] = [];
+  metaValues: Float32Array = new Float32Array(0);
   sp: Scatter | null = null;
   current: ReturnType<Context["state"]["points"]> | null = null;
   size = [0, 0];
@@ -53,6 +77,8 @@ export class BasinsPanel extends Panel {
     const st = ctx.state;
     const layers = st.scatter;
     this.layer = Math.max(0, layers.length - 1);
+    this.metaColumns = ctx.model?.get("meta_columns") ?? [];
+    if (this.metaColumns.length) this.metaValues = ndarray(ctx.model?.get("meta_values"), "float32");
     if (layers.length) {
       this.header.append(
         select("layer", layers.map((s, i) => ({ value: String(i), label: s.name })), String(this.layer), (v) => {
@@ -65,6 +91,7 @@ export class BasinsPanel extends Panel {
             { value: "basin", label: "basin" },
             { value: "ratio", label: "distance ratio nn/r̂" },
             { value: "ce", label: "sequence cross-entropy", disabled: !st.seqCe.some((v) => Number.isFinite(v)) },
+            ...this.metaColumns.map((c, j) => ({ value: `meta:${j}`, label: c.name })),
           ],
           this.mode,
           (v) => {
@@ -73,13 +100,36 @@ export class BasinsPanel extends Panel {
           },
         ),
       );
+      this.header.append(
+        select(
+          "drag",
+          [
+            { value: "pan", label: "pan and zoom (shift: box)" },
+            { value: "rectangle", label: "select a box" },
+            { value: "freeform", label: "select a lasso" },
+          ],
+          this.dragMode,
+          (v) => {
+            this.dragMode = v;
+            if (v !== "pan") this.lasso = v as Lasso;
+            this.sp?.set({ lassoType: this.lasso, mouseMode: v === "pan" ? "panZoom" : "lasso" } as any);
+            this.box.setAttribute("data-drag", v);
+          },
+        ),
+      );
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      this.search.addEventListener("input", () => {
+        clearTimeout(timer);
+        timer = setTimeout(() => this.find(this.search.value), 150);
+      });
+      this.header.append(this.search);
       const reset = h("button", { type: "button", text: "reset view", title: "Reset zoom (key 0)" });
       reset.addEventListener("click", () => this.fit(true));
       this.header.append(reset);
     }
     this.box.setAttribute("aria-label", "UMAP scatter plot: drag to pan, wheel to zoom; arrow keys pan, + and - zoom, 0 resets");
     this.box.append(this.canvas, this.tooltip);
-    this.body.append(this.box, this.legend, this.note);
+    this.body.append(this.box, this.legend, this.note, this.selectionNote);
   }
 
   render(): void {
@@ -97,6 +147,17 @@ export class BasinsPanel extends Panel {
       return;
     }
     if (!this.sp) {
+      // a click on a row of the samples table (data-sequence) highlights that sequence's points
+      const root = this.el.closest(".hopaudit");
+      const onRow = (e: Event) => {
+        const row = (e.target as HTMLElement | null)?.closest?.("tr[data-sequence]");
+        if (!row || !root?.contains(row)) return;
+        const id = Number(row.getAttribute("data-sequence"));
+        const st = this.ctx.state;
+        this.highlight(this.pointsWhere((seq) => st.sequenceId(seq) === id), `sequence ${id}`);
+      };
+      root?.addEventListener("click", onRow);
+      this.cleanups.push(() => root?.removeEventListener("click", onRow));
       this.cleanups.push(
         observeSize(this.box, (w, hgt) => {
           if (w <= 0 || hgt <= 0) return;
@@ -129,6 +190,7 @@ export class BasinsPanel extends Panel {
         pointOutlineWidth: 1,
         opacity: 0.85,
         lassoOnLongPress: false,
+        lassoType: this.lasso,
         deselectOnEscape: true,
         showReticle: false,
       } as any);
@@ -141,6 +203,8 @@ export class BasinsPanel extends Panel {
     sp.subscribe("pointOver", (i: number) => this.showTooltip(i));
     sp.subscribe("pointOut", () => this.tooltip.setAttribute("hidden", ""));
     sp.subscribe("view", () => this.tooltip.setAttribute("hidden", ""));
+    sp.subscribe("select", ({ points }: { points: number[] }) => this.onSelect(points));
+    sp.subscribe("deselect", () => this.onSelect([]));
     this.cleanups.push(() => {
       sp.destroy();
       this.sp = null;
@@ -151,6 +215,60 @@ export class BasinsPanel extends Panel {
       }
     });
     this.draw();
+  }
+
+  /** Points ``points`` (indices into the layer shown) selected: their sequences, sorted and
+   * unique, become the selection, in the panel and in the model. */
+  onSelect(points: number[]): void {
+    const st = this.ctx.state;
+    const p = this.current;
+    const ids = new Set<number>();
+    if (p) for (const i of points) if (i >= 0 && i < p.seq.length) ids.add(st.sequenceId(p.seq[i]));
+    this.selection = [...ids].sort((a, b) => a - b);
+    this.box.setAttribute("data-selected", String(this.selection.length));
+    this.selectionNote.textContent = this.selection.length
+      ? `${points.length.toLocaleString("en-US")} points of ${this.selection.length.toLocaleString("en-US")} sequences selected: audit.selected() gives their rows (Escape clears).`
+      : "";
+    const model = this.ctx.model;
+    model?.set?.("selection", this.selection);
+    model?.save_changes?.();
+  }
+
+  /** Indices of the points shown whose sequence passes ``test``. */
+  pointsWhere(test: (seq: number) => boolean): number[] {
+    const p = this.current;
+    const out: number[] = [];
+    if (p) for (let i = 0; i < p.seq.length; i++) if (test(p.seq[i])) out.push(i);
+    return out;
+  }
+
+  /** Points whose text contains ``query`` (case-insensitive); an empty query clears. */
+  find(query: string): number[] {
+    const q = query.trim().toLowerCase();
+    if (!q) {
+      this.highlight([], "");
+      return [];
+    }
+    const st = this.ctx.state;
+    const cache = new Map<number, boolean>();
+    const points = this.pointsWhere((seq) => {
+      let hit = cache.get(seq);
+      if (hit === undefined) cache.set(seq, (hit = st.text(seq).toLowerCase().includes(q)));
+      return hit;
+    });
+    this.highlight(points, `“${query.trim()}”`);
+    return points;
+  }
+
+  /** Highlight points without changing the selection sent to Python. */
+  highlight(points: number[], what: string): void {
+    this.highlighted = points;
+    this.box.setAttribute("data-highlighted", String(points.length));
+    if (points.length) this.sp?.select(points, { preventEvent: true } as any);
+    else this.sp?.deselect({ preventEvent: true } as any);
+    this.selectionNote.textContent = what
+      ? `${points.length.toLocaleString("en-US")} points highlighted: ${what}.`
+      : "";
   }
 
   private layerMeta(): ScatterLayer {
@@ -174,13 +292,31 @@ export class BasinsPanel extends Panel {
       if (s.n_basins > top) legend.push(h("span", {}, sw(theme.other), "other"));
       return { z, colors, legend };
     }
+    const meta = this.mode.startsWith("meta:") ? Number(this.mode.slice(5)) : -1;
+    const column = this.metaColumns[meta];
+    const metaRow = (seq: number) => this.metaValues[meta * st.nSequences + seq];
+    if (column?.kind === "category") {
+      const k = column.categories.length;
+      const colors = [...theme.categorical.slice(0, k), theme.other];
+      let other = false;
+      for (let i = 0; i < n; i++) {
+        const code = metaRow(p.seq[i]);
+        z[i] = code < k ? code : k;
+        if (code >= k) other = true;
+      }
+      const legend = [h("span", { text: `${column.name}:` })];
+      column.categories.forEach((c, b) => legend.push(h("span", {}, sw(colors[b]), c)));
+      if (other) legend.push(h("span", {}, sw(theme.other), "other or missing"));
+      return { z, colors, legend };
+    }
     const values = new Float64Array(n);
     if (this.mode === "ratio") for (let i = 0; i < n; i++) values[i] = st.ratioValue(s, p.ratio[i]);
+    else if (column) for (let i = 0; i < n; i++) values[i] = metaRow(p.seq[i]);
     else for (let i = 0; i < n; i++) values[i] = st.seqCe[p.seq[i]] ?? NaN;
     const finite = Array.from(values).filter(Number.isFinite).sort((a, b) => a - b);
     const lo = finite.length ? finite[Math.floor(0.02 * (finite.length - 1))] : 0;
     const hi = finite.length ? finite[Math.ceil(0.98 * (finite.length - 1))] : 1;
-    const scheme = this.mode === "ratio" ? "viridis" : "magma";
+    const scheme = this.mode === "ratio" || column ? "viridis" : "magma";
     const scale = Plot.scale({ color: { type: "linear", scheme, domain: [0, 1] } });
     const colors: string[] = [];
     for (let k = 0; k < RAMP; k++) colors.push(String(scale.apply(k / (RAMP - 1))));
@@ -190,7 +326,7 @@ export class BasinsPanel extends Panel {
       z[i] = Number.isFinite(v) ? Math.round(Math.min(1, Math.max(0, (v - lo) / (hi - lo || 1))) * (RAMP - 1)) : RAMP;
     }
     const ramp = h("span", { class: "ha-ramp", style: `background:linear-gradient(to right, ${colors[0]}, ${colors[21]}, ${colors[42]}, ${colors[RAMP - 1]})` });
-    const label = this.mode === "ratio" ? "nn / r̂ (low = tightly packed, memorized)" : "sequence cross-entropy (nats)";
+    const label = column ? column.name : this.mode === "ratio" ? "nn / r̂ (low = tightly packed, memorized)" : "sequence cross-entropy (nats)";
     return { z, colors, legend: [h("span", {}, `${label}: ${fmt(lo)}`, ramp, `${fmt(hi)}`)] };
   }
 

@@ -1,0 +1,251 @@
+"""A saved notebook reopened in JupyterLab 4 (default settings) without a kernel.
+
+Run an audit (with progress bars), save, shut the kernel down, reopen: what shows where the
+audit and the bars were. And an untrusted notebook (one JupyterLab did not save: executed
+elsewhere), opened without running it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from browser_helpers import ROOT, SCREENSHOTS, free_port
+
+pytestmark = pytest.mark.slow
+
+CELLS = [
+    f"import sys\nsys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]",
+    "import hopaudit\n"
+    "from tiny_models import tiny_model, tiny_tokenizer\n"
+    "model, _ = tiny_model('gpt2')\n"
+    "texts = [f'Notebook sequence {i}: pattern {i % 9} sits in basin {i % 4}.'\n"
+    "         for i in range(60)]\n"
+    "a = hopaudit.audit(model, texts, tokenizer=tiny_tokenizer(), max_length=32,\n"
+    "                   chunking='document', umap_layers=['final'], autocast='off')",
+    "a",
+    "print('selected', a.selected()['sequence'].tolist())",
+]
+
+
+def _write_notebook(path: Path) -> None:
+    cells = [
+        {"cell_type": "code", "metadata": {}, "source": c, "outputs": [], "execution_count": None}
+        for c in CELLS
+    ]
+    nb = {
+        "cells": cells,
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": {"name": "python"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(nb), encoding="utf-8")
+
+
+@pytest.fixture
+def lab(tmp_path):
+    port, token = free_port(), secrets.token_hex(16)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"),
+               JUPYTER_DATA_DIR=str(tmp_path / "data"))  # fmt: skip
+    log = open(tmp_path / "lab.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip", "127.0.0.1", "--port",
+         str(port), f"--ServerApp.token={token}", f"--ServerApp.root_dir={tmp_path}",
+         "--LabApp.news_url=None", "--allow-root"],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    log.flush()
+                    raise RuntimeError(
+                        "jupyter lab did not start:\n" + (tmp_path / "lab.log").read_text()
+                    ) from None
+                time.sleep(0.5)
+        yield url, token, tmp_path
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # the session this fixture started, only
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+def _api(url: str, token: str, method: str, path: str) -> object:
+    req = urllib.request.Request(f"{url}{path}?token={token}", method=method)
+    with urllib.request.urlopen(req, timeout=30) as r:
+        body = r.read()
+    return json.loads(body) if body else None
+
+
+def _open(page, url: str, token: str, name: str) -> None:
+    page.goto(f"{url}/lab/tree/{name}?token={token}", timeout=120_000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+
+
+def _outputs(page) -> list[str]:
+    return page.locator(".jp-OutputArea-output").all_inner_texts()
+
+
+PANEL = """() => document.querySelector('.jp-OutputArea-output .hopaudit').__hopaudit
+    .panels.find((q) => q.name === 'basins')"""
+
+
+def _select_a_box_and_read_it_in_python(page) -> None:
+    """Shift+drag a box in the live basins view; the last cell, run again, prints
+    ``a.selected()`` from the kernel: the ids of the points inside the box."""
+    import numpy as np
+
+    out = page.locator(".jp-OutputArea-output .hopaudit")
+    scatter = out.locator('[data-panel="basins"] .ha-scatter')
+    scatter.scroll_into_view_if_needed()
+    found = page.evaluate(
+        f"""() => {{ const panel = ({PANEL})(); const p = panel.current;
+        return Array.from({{ length: p.seq.length }}, (_, i) =>
+          [...panel.screenPosition(i), panel.ctx.state.sequenceId(p.seq[i])]); }}"""
+    )
+    pos, ids = np.array([f[:2] for f in found]), np.array([f[2] for f in found])
+    lo, hi = np.percentile(pos, 25, axis=0), np.percentile(pos, 75, axis=0)
+    inside = np.all((pos > lo + 3) & (pos < hi - 3), axis=1)
+    outside = np.any((pos < lo - 3) | (pos > hi + 3), axis=1)
+    assert inside.sum() >= 2
+    box = scatter.bounding_box()
+    # the drag menu on "select a box": a plain drag selects (no modifier key for JupyterLab)
+    out.locator('[data-panel="basins"] select').nth(2).select_option("rectangle")
+    page.mouse.move(box["x"] + lo[0], box["y"] + lo[1])
+    page.mouse.down()
+    for d in (1.0, 2.0):  # the rectangle starts at the lasso's first recorded point
+        page.mouse.move(box["x"] + lo[0] + d / 2, box["y"] + lo[1] + d / 2)
+        page.wait_for_timeout(30)
+    for t in np.linspace(0, 1, 12)[1:]:
+        page.mouse.move(box["x"] + lo[0] + t * (hi[0] - lo[0]),
+                        box["y"] + lo[1] + t * (hi[1] - lo[1]))  # fmt: skip
+        page.wait_for_timeout(30)
+    page.mouse.up()
+    try:
+        page.wait_for_function(f"() => ({PANEL})().selection.length > 0", timeout=10_000)
+    except Exception:
+        page.screenshot(path="/tmp/hopaudit-lab-selection.png")
+        raise
+    page.wait_for_timeout(1000)  # the model's change reaches the kernel
+    last = page.locator(".jp-Notebook .jp-Cell").nth(len(CELLS) - 1)  # Shift+Enter adds one
+    last.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")
+    printed = last.locator(".jp-OutputArea-output", has_text=re.compile(r"selected \[\d"))
+    try:
+        printed.wait_for(timeout=60_000)
+    except Exception:
+        page.screenshot(path="/tmp/hopaudit-lab-selection.png")
+        raise AssertionError(f"the kernel printed: {last.inner_text()!r}") from None
+    got = json.loads(printed.inner_text().split("selected", 1)[1].strip())
+    assert set(ids[inside].tolist()) <= set(got) <= set(ids[~outside].tolist()), got
+
+
+def test_saved_notebook_reopened_without_kernel(browser, lab):
+    url, token, root = lab
+    _write_notebook(root / "audit.ipynb")
+    ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = ctx.new_page()
+    try:
+        _open(page, url, token, "audit.ipynb")
+        dialog = page.locator(".jp-Dialog button.jp-mod-accept", has_text="Select")
+        try:
+            dialog.wait_for(timeout=30_000)
+            dialog.click()
+        except Exception:
+            pass
+        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        page.locator(".jp-OutputArea-output .hopaudit[data-ready='true']").wait_for(timeout=300_000)
+        _select_a_box_and_read_it_in_python(page)
+        # live: the widget shows, its snapshot (an output of its own) is hidden
+        assert page.locator(".hopaudit-snapshot").count() == 1
+        assert not page.locator(".hopaudit-snapshot").is_visible()
+        assert page.locator(".jp-OutputArea-output .hopaudit").is_visible()
+        page.keyboard.press("Control+s")
+        page.wait_for_timeout(3000)
+        for kernel in _api(url, token, "GET", "/api/kernels"):
+            _api(url, token, "DELETE", f"/api/kernels/{kernel['id']}")
+        for session in _api(url, token, "GET", "/api/sessions"):
+            _api(url, token, "DELETE", f"/api/sessions/{session['id']}")
+        saved = json.loads((root / "audit.ipynb").read_text())
+        snap, live = (o["data"] for o in saved["cells"][2]["outputs"])
+        assert "hopaudit-snapshot" in "".join(snap["text/html"])
+        assert "application/vnd.jupyter.widget-view+json" in live
+        assert not saved["metadata"].get("widgets")  # default settings: no widget state saved
+        bar_mimes = [set(o.get("data", {})) for o in saved["cells"][1]["outputs"]]
+        page.close()
+
+        page = ctx.new_page()
+        _open(page, url, token, "audit.ipynb")
+        with contextlib.suppress(Exception):  # no kernel: JupyterLab may ask which to start
+            page.locator(".jp-Dialog button", has_text="No Kernel").click(timeout=15_000)
+        page.wait_for_timeout(8000)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "lab-reopen.png"), full_page=True)
+        snap = page.locator(".hopaudit-snapshot")
+        texts = _outputs(page)  # the visible text of every output
+        report = {
+            "bar_mimes": [sorted(m) for m in bar_mimes],
+            "outputs": [t[:120] for t in texts],
+            "snapshot_visible": page.locator(".hopaudit-snapshot").count(),
+        }
+        print(json.dumps(report, indent=1))
+        assert snap.count() == 1 and snap.is_visible(), report
+        shown = snap.inner_text()
+        assert "hopaudit audit of GPT2LMHeadModel" in shown and "Most memorized" in shown
+        assert snap.locator("svg circle.r-hat").count() == 4
+        assert snap.locator("table.samples tr").count() == 21
+        body = page.locator(".jp-Notebook").inner_text()
+        assert "model not found" not in body and "Error displaying widget" not in body, report
+        # the renderer's error text is still in the page (JupyterLab writes it and never falls
+        # back to the other mime types); the snapshot's style rule hides its row
+        error = page.get_by_text("Error displaying widget: model not found")
+        assert error.count() == 1 and not error.is_visible()
+        assert "measuring layers: 100%" in body.replace("\u2007", " "), report
+    finally:
+        ctx.close()
+
+
+def test_untrusted_notebook_shows_the_snapshot(browser, lab, tmp_path):
+    from test_snapshot import executed_notebook
+
+    url, token, root = lab
+    nb_dir = root / "elsewhere"
+    nb_dir.mkdir()
+    executed_notebook(nb_dir, store_widget_state=False)  # run by nbclient: not trusted here
+    ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = ctx.new_page()
+    try:
+        _open(page, url, token, "elsewhere/audit.ipynb")
+        with contextlib.suppress(Exception):
+            page.locator(".jp-Dialog button", has_text="No Kernel").click(timeout=15_000)
+        snap = page.locator(".hopaudit-snapshot")
+        snap.wait_for(timeout=60_000)
+        texts = _outputs(page)
+        assert "Most memorized sequences" in snap.inner_text()
+        assert not any("model not found" in t for t in texts), texts
+    finally:
+        ctx.close()
