@@ -363,7 +363,7 @@ def smollm2(
 
     source, kwargs = str(path.parent), {"gguf_file": path.name}
     try:
-        with _faster_gguf_load():
+        with _faster_gguf_load(), _text_progress_bars():
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(
                 source, **kwargs, **_dense_gguf_options(), **{_dtype_kwarg(): dtype}
@@ -418,8 +418,9 @@ def minilm() -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        with _text_progress_bars():
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            model = AutoModel.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise ZooError(
             f"transformers cannot load {MINILM_NAME} from {folder} "
@@ -490,6 +491,33 @@ def _dtype_kwarg() -> str:
     from packaging.version import Version
 
     return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
+@contextlib.contextmanager
+def _text_progress_bars() -> Iterator[None]:
+    """transformers' loading bars drawn by :mod:`hopaudit.progress` for the time of a load: in
+    a notebook each becomes its last line of text when it ends, not a widget that a saved
+    notebook shows as "model not found". Only the modules' ``tqdm`` names are replaced, and
+    put back afterwards."""
+    from .progress import tqdm
+
+    names = ("transformers.modeling_gguf_pytorch_utils", "transformers.core_model_loading")
+    modules = [m for m in (sys.modules.get(n) or _try_import(n) for n in names) if m is not None]
+    saved = [(m, m.tqdm) for m in modules if hasattr(m, "tqdm")]
+    for m, _ in saved:
+        m.tqdm = tqdm
+    try:
+        yield
+    finally:
+        for m, original in saved:
+            m.tqdm = original
+
+
+def _try_import(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:  # another transformers release: its bars stay as they are
+        return None
 
 
 @contextlib.contextmanager

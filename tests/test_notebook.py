@@ -54,6 +54,7 @@ MAY_BE_EMPTY = {"sequence_ids", "roc_points"}  # roc_points: only with heldout=
 #: What the compare and timeline views leave out of their members: the samples table, and the
 #: front end (the multi-audit widget carries it once).
 NOT_IN_MEMBERS = {
+    "selection",  # the view's own state, not the audit's
     "sample_seq",
     "sample_values",
     "sample_columns",
@@ -215,15 +216,27 @@ def check_multi_state(state: dict, where: str) -> int:
 
 
 # ------------------------------------------------------------------------------ the test
-def test_committed_notebook_has_no_outputs():
+def test_committed_notebook_shows_its_results_without_a_kernel():
+    """demo.ipynb is committed executed, without widget state: what GitHub's preview, nbconvert
+    and a reader without a kernel see is every cell's output, each hopaudit view as its static
+    snapshot (an output of its own, before the widget), and no error."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code, "demo.ipynb has no code cells"
-    for i, cell in enumerate(code):
-        assert not cell.outputs, f"code cell {i} was committed with outputs"
-        assert cell.execution_count is None, f"code cell {i} was committed executed"
     assert "widgets" not in nb.metadata, "demo.ipynb was committed with widget state"
+    views = 0
+    for i, cell in enumerate(code):
+        assert cell.execution_count is not None, f"code cell {i} was committed unexecuted"
+        outputs = cell.outputs
+        for k, output in enumerate(outputs):
+            assert output.output_type != "error", f"code cell {i}: {output.get('ename')}"
+            if WIDGET_VIEW not in output.get("data", {}):
+                continue
+            views += 1
+            before = outputs[k - 1].get("data", {}).get("text/html", "") if k else ""
+            assert "hopaudit-snapshot" in before, f"code cell {i}: a widget without its snapshot"
+    assert views == 4, views  # SmolLM2, the four tiny runs, the Trainer run, MiniLM
 
 
 def test_demo_notebook_runs_and_every_widget_has_its_data(tmp_path, monkeypatch):

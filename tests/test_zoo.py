@@ -554,3 +554,18 @@ def test_minilm_matches_sentence_transformers(minilm_loaded):
     expected = reference.encode(SENTENCES, convert_to_numpy=True, normalize_embeddings=True)
     ours = _mean_pool(model, tokenizer, SENTENCES).numpy()
     np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_transformers_loading_bars_are_hopaudits_during_a_load_and_restored_after():
+    import transformers.core_model_loading as loading
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from hopaudit.progress import tqdm as text_bars
+
+    before = (loading.tqdm, gguf_utils.tqdm)
+    with zoo._text_progress_bars():
+        assert loading.tqdm is text_bars and gguf_utils.tqdm is text_bars
+    assert (loading.tqdm, gguf_utils.tqdm) == before
+    with pytest.raises(RuntimeError), zoo._text_progress_bars():
+        raise RuntimeError("a failed load")
+    assert (loading.tqdm, gguf_utils.tqdm) == before
