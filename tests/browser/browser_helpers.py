@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import secrets
+import signal
 import struct
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,3 +121,67 @@ def non_background(png: bytes) -> int:
     flat = np.frombuffer(px, dtype=np.uint8).reshape(h * w, ch)[:, :3].astype(int)
     colours, counts = np.unique(flat, axis=0, return_counts=True)
     return int((np.abs(flat - colours[counts.argmax()]).sum(axis=1) > 60).sum())
+
+
+def write_notebook(path: Path, cells: list[str]) -> None:
+    """A notebook of ``cells`` (code sources, unexecuted) for the python3 kernel."""
+    nb = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "metadata": {},
+                "source": c,
+                "outputs": [],
+                "execution_count": None,
+            }
+            for c in cells
+        ],
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": {"name": "python"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(nb), encoding="utf-8")
+
+
+@contextlib.contextmanager
+def jupyter_lab(root: Path) -> Iterator[tuple[str, str]]:
+    """A JupyterLab 4 server over ``root`` with default settings (its own config and data
+    folders in ``root``), on a free port with a fresh token: yields (url, token). The server's
+    process group is ended afterwards, and only that one."""
+    port, token = free_port(), secrets.token_hex(16)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JUPYTER_CONFIG_DIR=str(root / "cfg"),
+               JUPYTER_DATA_DIR=str(root / "data"))  # fmt: skip
+    log = open(root / "lab.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip", "127.0.0.1", "--port",
+         str(port), f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
+         "--LabApp.news_url=None", "--allow-root"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    log.flush()
+                    raise RuntimeError(
+                        "jupyter lab did not start:\n" + (root / "lab.log").read_text()
+                    ) from None
+                time.sleep(0.5)
+        yield url, token
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # the session this started, only
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()

@@ -8,18 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import secrets
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-from browser_helpers import ROOT, SCREENSHOTS, free_port
+from browser_helpers import ROOT, SCREENSHOTS, jupyter_lab, write_notebook
 
 pytestmark = pytest.mark.slow
 
@@ -37,59 +30,10 @@ CELLS = [
 ]
 
 
-def _write_notebook(path: Path) -> None:
-    cells = [
-        {"cell_type": "code", "metadata": {}, "source": c, "outputs": [], "execution_count": None}
-        for c in CELLS
-    ]
-    nb = {
-        "cells": cells,
-        "metadata": {
-            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-            "language_info": {"name": "python"},
-        },
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    path.write_text(json.dumps(nb), encoding="utf-8")
-
-
 @pytest.fixture
 def lab(tmp_path):
-    port, token = free_port(), secrets.token_hex(16)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"),
-               JUPYTER_DATA_DIR=str(tmp_path / "data"))  # fmt: skip
-    log = open(tmp_path / "lab.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip", "127.0.0.1", "--port",
-         str(port), f"--ServerApp.token={token}", f"--ServerApp.root_dir={tmp_path}",
-         "--LabApp.news_url=None", "--allow-root"],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    log.flush()
-                    raise RuntimeError(
-                        "jupyter lab did not start:\n" + (tmp_path / "lab.log").read_text()
-                    ) from None
-                time.sleep(0.5)
+    with jupyter_lab(tmp_path) as (url, token):
         yield url, token, tmp_path
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # the session this fixture started, only
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
 
 
 def _api(url: str, token: str, method: str, path: str) -> object:
@@ -164,7 +108,7 @@ def _select_a_box_and_read_it_in_python(page) -> None:
 
 def test_saved_notebook_reopened_without_kernel(browser, lab):
     url, token, root = lab
-    _write_notebook(root / "audit.ipynb")
+    write_notebook(root / "audit.ipynb", CELLS)
     ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = ctx.new_page()
     try:
