@@ -10,6 +10,7 @@ import contextvars
 import functools
 import os
 import time
+import types
 import warnings
 from typing import Any
 
@@ -21,8 +22,10 @@ from .blocks import count_parameters, find_blocks, find_final_norm
 from .capture import capture, model_device
 from .data import prepare_data
 from .errors import DataError, HopauditError, SearchError
+from .layerfiles import GRAPH_DIST_DTYPES, LayerFiles, compact_graph, layer_files_path
 from .loading import load_model
 from .measure import measure
+from .memory import PeakTracker
 from .precision import check_autocast
 from .result import Audit, Embedding
 
@@ -90,6 +93,8 @@ def audit(
     progress: bool = True,
     seed: int = 0,
     autocast: str = "auto",
+    graph_dtype: str = "float32",
+    saturation_max: int | None = 50_000,
 ) -> Audit:
     """Audit what ``model`` has memorized of ``data``.
 
@@ -111,8 +116,16 @@ def audit(
     ``autocast="auto"`` runs a float32 model's forward in bfloat16 autocast where the hardware
     multiplies bfloat16 natively (faster; :mod:`hopaudit.precision` says what it changes);
     ``"off"`` runs the model as it is.
+    Layers are measured one at a time; with a ``store`` each layer's index and kNN graph then
+    go to ``<store>.layers/`` and are opened on demand (docs/scale.md), so memory holds one
+    layer's work. ``graph_dtype`` ("float32" or "float16") is the graph's distance type;
+    ``saturation_max`` caps the saturation curve's queries per layer (None: no cap).
     """
     t_start = time.perf_counter()
+    peak = PeakTracker()
+    if graph_dtype not in GRAPH_DIST_DTYPES:
+        raise DataError(f"graph_dtype must be one of {GRAPH_DIST_DTYPES}, got {graph_dtype!r}")
+    _positive_int("saturation_max", saturation_max)
     _check_options(normalize, index, store_dtype, umap_max_points, k, autocast)
     _check_more_options(
         max_length=max_length,
@@ -166,12 +179,18 @@ def audit(
     if held_tokens is not None:
         held = _track(capture_of(held_tokens, None if store is None else f"{store}/heldout"))
     t_captured = time.perf_counter()
+    peak.mark("capture")
+
+    layer_files = None
+    if store is not None:
+        layer_files = LayerFiles(layer_files_path(store))
+        _track(types.SimpleNamespace(store=layer_files))  # removed if the audit fails
 
     reports, skipped = {}, {}
     names = stored.layer_names
-    for name in tqdm(names, desc="measuring layers", disable=not progress):
+    for i, name in enumerate(tqdm(names, desc="measuring layers", disable=not progress)):
         try:
-            reports[name] = measure(
+            rep = measure(
                 stored.store.get(name),
                 None if held is None else held.store.get(name),
                 normalize=normalize,
@@ -180,9 +199,20 @@ def audit(
                 n_blocks=len(block_list),
                 seed=seed,
                 device=device,
+                saturation_max=saturation_max,
             )
         except SearchError as exc:
             skipped[name] = str(exc)
+        else:
+            reports[name] = _settle(rep, i, name, stored, layer_files, graph_dtype)
+            del rep
+        # one layer at a time: its mapped pages leave the resident set before the next
+        stored.store.release(name)
+        if held is not None:
+            held.store.release(name)
+        peak.mark(f"measuring {name}")
+    if layer_files is not None:
+        layer_files.finish()
     if not reports:
         raise HopauditError(
             "no layer could be measured: " + "; ".join(f"{n}: {r}" for n, r in skipped.items())
@@ -207,6 +237,8 @@ def audit(
             seed,
             device,
         )
+        stored.store.release(name)
+        peak.mark(f"UMAP {name}")
     t_done = time.perf_counter()
 
     return Audit(
@@ -230,6 +262,9 @@ def audit(
             "heldout": heldout is not None,
             "seed": seed,
             "autocast": autocast,
+            "graph_dtype": graph_dtype,
+            "saturation_max": saturation_max,
+            "layer_files": None if layer_files is None else str(layer_files.path),
         },
         layer_names=list(names),
         hidden_size=int(stored.store.get(names[0]).shape[1]),
@@ -249,7 +284,31 @@ def audit(
             "umap": t_done - t_measured,
             "total": t_done - t_start,
         },
+        memory=peak.result(),
     )
+
+
+def _settle(
+    rep: Any, i: int, name: str, stored: Any, layer_files: LayerFiles | None, graph_dtype: str
+) -> Any:
+    """A measured layer's graph compacted and, with layer files, its index and graph moved to
+    disk (opened on demand), so the next layer starts with only this layer's scalars held."""
+    ids, dists = compact_graph(rep.knn_ids, rep.knn_dists, graph_dtype)
+    if layer_files is None:
+        rep.knn_ids, rep.knn_dists = ids, dists
+        return rep
+    rep.knn_ids, rep.knn_dists = layer_files.put_graph(i, ids, dists, graph_dtype)
+    del ids, dists
+
+    def patterns(store: Any = stored.store, rows: Any = rep.valid_rows, mode: str = rep.normalize):
+        from .geometry import normalize_rows
+
+        x = normalize_rows(np.asarray(store.get(name)[np.asarray(rows)], np.float32), mode)
+        store.release(name)
+        return x
+
+    rep.index = layer_files.put_index(i, rep.index, patterns)
+    return rep
 
 
 def _check_options(

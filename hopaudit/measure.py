@@ -151,10 +151,13 @@ def measure(
     n_blocks: int = 1,
     seed: int = 0,
     device: object = None,
+    saturation_max: int | None = None,
 ) -> LayerReport:
     """Measure one layer: ``patterns`` (d, n) are the stored set, ``queries`` (m, n) an
     optional held-out set. ``k`` neighbours per pattern (at least 2 are searched, for TwoNN)
     form the kNN graph; ``n_blocks`` is the model's block count for the loss band.
+    ``saturation_max`` caps the saturation curve's query set (a seeded subsample of the
+    smallest subset; its size is ``len(saturation_queries)``), None for no cap.
 
     Raises :class:`SearchError` for fewer than 3 finite patterns or mismatched query width.
     """
@@ -200,7 +203,7 @@ def measure(
         log_z_vol = float(theory.log_partition_volume(r_hat, n, d))
         floor_low, floor_high = (float(v) for v in theory.floor_band(log_z_vol, n_blocks))
         floor_gauss = float(theory.loss_floor(log_z_gauss))
-    sat_queries, sat_nn = _saturation(x, idx, ids, dists, fractions, seed)
+    sat_queries, sat_nn = _saturation(x, idx, ids, dists, fractions, seed, saturation_max)
 
     return LayerReport(
         n=n,
@@ -278,13 +281,18 @@ def _saturation(
     dists: np.ndarray,
     fractions: Sequence[float],
     seed: int,
+    max_queries: int | None = None,
 ) -> tuple[np.ndarray | None, dict[float, np.ndarray]]:
-    """Nearest-other-pattern distance of the smallest subset's patterns within each subset."""
+    """Nearest-other-pattern distance of the smallest subset's patterns within each subset
+    (a seeded subsample of at most ``max_queries`` of them when given)."""
     if not fractions:
         return None, {}
     d = ids.shape[0]
     subsets = geometry.subset_indices(d, fractions, seed)
     queries = subsets[min(subsets)]
+    if max_queries is not None and queries.size > max_queries:
+        rng = np.random.default_rng(seed)
+        queries = np.sort(rng.choice(queries, size=int(max_queries), replace=False))
     out: dict[float, np.ndarray] = {}
     for fraction, members in subsets.items():
         if members.size < 2:  # no other pattern to measure against

@@ -64,6 +64,7 @@ class Audit(View):
     embeddings: dict[str, Embedding] = field(default_factory=dict)
     heldout_capture: CaptureResult | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)  # peak RSS and its stage (memory.py)
 
     # ---------------------------------------------------------------- tables
     @property
@@ -97,9 +98,11 @@ class Audit(View):
                         "fraction": frac,
                         "mean": float(d.mean()) if d.size else math.nan,
                         "median": float(np.median(d)) if d.size else math.nan,
+                        "n_queries": int(d.size),
                     }
                 )
-        return pd.DataFrame(rows, columns=["layer", "name", "fraction", "mean", "median"])
+        columns = ["layer", "name", "fraction", "mean", "median", "n_queries"]
+        return pd.DataFrame(rows, columns=columns)
 
     @property
     def samples(self) -> pd.DataFrame:
@@ -165,6 +168,8 @@ class Audit(View):
             "capture_seconds": cap.seconds,
             "tokens_per_second": cap.tokens_per_second,
             "total_seconds": self.timings.get("total"),
+            "peak_rss_mb": self.memory.get("peak_rss_mb"),
+            "peak_rss_stage": self.memory.get("peak_rss_stage"),
         }
 
     def summary_text(self) -> str:
