@@ -32,6 +32,7 @@ from .result import Audit, Embedding
 NORMALIZE_MODES = ("rms", "none")
 MIN_UMAP_POINTS = 4  # below it umap's spectral start fails
 INDEX_KINDS = ("auto", "hnsw", "exact")
+ENGINES = ("local", "ray")
 #: ``store_dtype="auto"`` keeps float32 up to this many bytes of activations (float16 moves the
 #: volume floor by n times its relative error, docs/theory.md), float16 beyond it.
 STORE_BUDGET_BYTES = 2 << 30
@@ -95,6 +96,8 @@ def audit(
     autocast: str = "auto",
     graph_dtype: str = "float32",
     saturation_max: int | None = 50_000,
+    engine: str = "local",
+    ray_options: dict[str, Any] | None = None,
 ) -> Audit:
     """Audit what ``model`` has memorized of ``data``.
 
@@ -120,12 +123,21 @@ def audit(
     go to ``<store>.layers/`` and are opened on demand (docs/scale.md), so memory holds one
     layer's work. ``graph_dtype`` ("float32" or "float16") is the graph's distance type;
     ``saturation_max`` caps the saturation curve's queries per layer (None: no cap).
+    ``engine="ray"`` captures with a Ray Data actor pool of model replicas and measures each
+    layer in its own Ray task (``ray_options``: concurrency, num_cpus, num_gpus, max_retries;
+    docs/scale.md); the Audit is the same as ``engine="local"``'s.
     """
     t_start = time.perf_counter()
     peak = PeakTracker()
     if graph_dtype not in GRAPH_DIST_DTYPES:
         raise DataError(f"graph_dtype must be one of {GRAPH_DIST_DTYPES}, got {graph_dtype!r}")
     _positive_int("saturation_max", saturation_max)
+    if engine not in ENGINES:
+        raise DataError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "ray":
+        from . import ray_engine
+
+        ray_engine.check_ray(ray_options)
     _check_options(normalize, index, store_dtype, umap_max_points, k, autocast)
     _check_more_options(
         max_length=max_length,
@@ -155,6 +167,20 @@ def audit(
         )
 
     def capture_of(tokens: Any, where: str | None):
+        if engine == "ray":
+            return ray_engine.capture_ray(
+                model,
+                tokens,
+                block_list,
+                final=final,
+                positions=positions,
+                store_dtype=getattr(torch, dtype_name),
+                store=where,
+                batch_size=batch_size,
+                progress=progress,
+                autocast=autocast,
+                ray_options=ray_options,
+            )
         return capture(
             model,
             tokens,
@@ -174,32 +200,51 @@ def audit(
     dtype_name, dtype_note = resolve_store_dtype(
         store_dtype, model, block_list, final, positions, [tokens, held_tokens]
     )
-    stored = _track(capture_of(tokens, store))
+    where, scratch = store, None
+    if engine == "ray" and store is None:  # Ray's workers read the store from disk
+        scratch = _track(types.SimpleNamespace(store=ray_engine.TemporaryRoot())).store
+        where = scratch.store
+    stored = _track(capture_of(tokens, where))
     held = None
     if held_tokens is not None:
-        held = _track(capture_of(held_tokens, None if store is None else f"{store}/heldout"))
+        held = _track(capture_of(held_tokens, None if where is None else f"{where}/heldout"))
     t_captured = time.perf_counter()
     peak.mark("capture")
 
     layer_files = None
-    if store is not None:
-        layer_files = LayerFiles(layer_files_path(store))
+    if where is not None:
+        layer_files = LayerFiles(layer_files_path(where))
         _track(types.SimpleNamespace(store=layer_files))  # removed if the audit fails
 
+    measure_kwargs = dict(
+        normalize=normalize,
+        index=index,
+        k=k,
+        n_blocks=len(block_list),
+        seed=seed,
+        device=None if engine == "ray" else device,
+        saturation_max=saturation_max,
+    )
     reports, skipped = {}, {}
     names = stored.layer_names
-    for i, name in enumerate(tqdm(names, desc="measuring layers", disable=not progress)):
+    if engine == "ray":
+        reports, skipped = ray_engine.measure_layers(
+            stored,
+            held,
+            layer_files,
+            measure_kwargs,
+            graph_dtype,
+            progress=progress,
+            ray_options=ray_options,
+        )
+        peak.mark("measuring (ray)")
+    local_names = names if engine == "local" else []
+    for i, name in enumerate(tqdm(local_names, desc="measuring layers", disable=not progress)):
         try:
             rep = measure(
                 stored.store.get(name),
                 None if held is None else held.store.get(name),
-                normalize=normalize,
-                index=index,
-                k=k,
-                n_blocks=len(block_list),
-                seed=seed,
-                device=device,
-                saturation_max=saturation_max,
+                **measure_kwargs,
             )
         except SearchError as exc:
             skipped[name] = str(exc)
@@ -221,7 +266,14 @@ def audit(
 
     embeddings = {}
     chosen = _umap_layers(names, umap_layers, reports)
-    for name in tqdm(chosen, desc="UMAP", disable=not progress or not chosen):
+    too_few = [n for n in chosen if reports[n].n_patterns < MIN_UMAP_POINTS]
+    if engine == "ray":
+        fit = [n for n in chosen if n not in too_few]
+        embeddings = ray_engine.embed_layers(stored, reports, fit, umap_max_points, seed)
+        peak.mark("UMAP (ray)")
+    for name in tqdm(
+        chosen if engine == "local" else too_few, desc="UMAP", disable=not progress or not chosen
+    ):
         if reports[name].n_patterns < MIN_UMAP_POINTS:
             warnings.warn(
                 f"no UMAP of {name}: {reports[name].n_patterns} patterns, "
@@ -239,6 +291,12 @@ def audit(
         )
         stored.store.release(name)
         peak.mark(f"UMAP {name}")
+    if scratch is not None:  # store=None: in memory, as engine="local" keeps it
+        ray_engine.to_memory(stored, reports)
+        if held is not None:
+            ray_engine.to_memory(held, {})
+        scratch.discard()
+        layer_files = None
     t_done = time.perf_counter()
 
     return Audit(
@@ -265,6 +323,7 @@ def audit(
             "graph_dtype": graph_dtype,
             "saturation_max": saturation_max,
             "layer_files": None if layer_files is None else str(layer_files.path),
+            "engine": engine,
         },
         layer_names=list(names),
         hidden_size=int(stored.store.get(names[0]).shape[1]),

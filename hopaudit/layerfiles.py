@@ -108,6 +108,24 @@ class LayerFiles:
             out.append(np.load(target, mmap_mode="r", allow_pickle=False))
         return out[0], out[1]
 
+    def adopt_graph(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Layer ``i``'s graph written by another process (a Ray task): read-only memory maps,
+        and the files count as this object's (``discard`` deletes them)."""
+        out = []
+        for suffix in ("ids.npy", "dists.npy"):
+            target = self._name(i, suffix)
+            self._written.append(target)
+            out.append(np.load(target, mmap_mode="r", allow_pickle=False))
+        return out[0], out[1]
+
+    def adopt_index(self, i: int, meta: dict, patterns: Any) -> LazyIndex:
+        """Layer ``i``'s index written by another process, from its :func:`save_index` meta."""
+        if meta["kind"] == "hnsw":
+            target = self._name(i, "bin")
+            self._written.append(target)
+            return LazyIndex(meta, lambda: load_index(meta, target, patterns=None), file=target)
+        return LazyIndex(meta, lambda: load_index(meta, self.path, patterns=patterns))
+
     def put_index(self, i: int, index: NeighborIndex, patterns: Any) -> LazyIndex:
         """Write layer ``i``'s index; returns it as a :class:`LazyIndex` opened on demand.
 

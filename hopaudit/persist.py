@@ -700,9 +700,7 @@ def _load_layer_index(
     from .search import LazyIndex, build_index
 
     if index_meta.get("kind") != "hnsw":
-        return LazyIndex(
-            index_meta, lambda: load_index(index_meta, root / rel, patterns=patterns)
-        )
+        return LazyIndex(index_meta, lambda: load_index(index_meta, root / rel, patterns=patterns))
     problem = problems.get(rel) or (None if rel in manifest else "not in the manifest")
     if problem is None and not rebuild and not now:
         return LazyIndex(
