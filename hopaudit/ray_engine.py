@@ -190,9 +190,7 @@ def capture_ray(
             compute=ray.data.ActorPoolStrategy(size=concurrency),
             num_gpus=num_gpus,
             num_cpus=opts.get("num_cpus", 0 if num_gpus else 1),
-            max_restarts=-1,
-            max_task_retries=opts.get("max_retries", 3),
-        )
+        )  # Ray Data restarts a dead actor and retries its batch (max_restarts=-1 by default)
         try:
             rows = ds.take_all()
         except Exception as exc:  # Ray wraps the worker's error; one clear error instead
