@@ -99,6 +99,11 @@ def child(n: int, layers: int) -> dict:
         stored = types.SimpleNamespace(store=st)
         import gc
 
+        # warm: the imports and allocator pools of a first measure() are not one layer's cost
+        warm = np.random.default_rng(1).normal(size=(64, WIDTH)).astype(np.float16)
+        measure_mod.measure(warm, index="hnsw", k=15)
+        del warm
+        times.update(dict.fromkeys(STAGES, 0.0))
         gc.collect()
         base = current_rss()
         reset_peak()
@@ -130,7 +135,28 @@ def child(n: int, layers: int) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def smollm2() -> None:
+def project_fig2(
+    seconds_per_pattern: float, width: int, tokens_per_second: float, workers: int
+) -> dict[str, float]:
+    """Projected seconds of the paper's Fig. 2 audit (benchmarks/gpu.py's constants: 80 000
+    chunks x 256 tokens of GPT-2 medium, every block and the final norm) on ``workers``
+    workers: the capture splits its tokens over the actors; each layer is one task (80 000
+    patterns, the last token of each chunk), at the measured cost per pattern scaled by width
+    (distance evaluations are linear in it); layers run ``workers`` at a time."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hopaudit_benchmark_gpu", _HERE / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    layers = gpu.GPT2_MEDIUM["n_layer"] + 1
+    patterns, width_big = gpu.FIG2_CHUNKS, gpu.GPT2_MEDIUM["n_embd"]
+    capture = gpu.FIG2_CHUNKS * gpu.FIG2_TOKENS / (tokens_per_second * workers)
+    per_layer = seconds_per_pattern * patterns * width_big / width
+    measure = per_layer * math.ceil(layers / workers)
+    return {"capture": capture, "measure": measure, "total": capture + measure}
+
+
+def smollm2() -> float:
     import hopaudit
     from hopaudit.data import prepare_data
 
@@ -156,6 +182,7 @@ def smollm2() -> None:
         say("seconds_measure_per_layer_smollm2", a.timings["measure"] / len(a.layer_names))
         say("peak_rss_mb_smollm2", s["peak_rss_mb"])
         print(f"# peak reached in: {s['peak_rss_stage']}")
+        return a.n_tokens / a.timings["capture"]
 
 
 def fit(ns: list[int], seconds: list[float]) -> float:
@@ -168,6 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="1e4,1e5", help="patterns per layer, comma separated")
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--smollm2", action="store_true", help="also the real SmolLM2 audit")
+    p.add_argument(
+        "--gpu-tokens-per-second",
+        type=float,
+        default=None,
+        help="one GPU's GPT-2-medium capture rate (benchmarks/gpu.py's "
+        "fig2_capture_tokens_per_second) for the Fig. 2 projection",
+    )
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
@@ -201,8 +235,21 @@ def main(argv: list[str] | None = None) -> int:
             )
     say("peak_rss_over_one_layer", results[max(sizes)]["over_one_layer"])
     print(f"# layers per size: {args.layers}; every size measured in a fresh process")
+    tps = None
     if args.smollm2:
-        smollm2()
+        # per-token cost scales with the non-embedding parameters: SmolLM2-135M ~ 106 M,
+        # GPT-2 medium ~ 302 M
+        tps = smollm2() * 106 / 302
+        say("gpt2_medium_tokens_per_second_cpu_projected", tps)
+    if args.gpu_tokens_per_second:
+        tps = args.gpu_tokens_per_second
+    if tps:
+        big = results[max(sizes)]["seconds"]
+        per_pattern = (big["index"] + big["search"] + big["geometry"]) / max(sizes)
+        say("measure_seconds_per_pattern_576", per_pattern)
+        for key, value in project_fig2(per_pattern, WIDTH, tps, 8).items():
+            say(f"projected_fig2_{key}_seconds_8_workers", value)
+        print("# a projection from the costs measured above, not a measurement")
     return 0 if math.isfinite(results[max(sizes)]["over_one_layer"]) else 1
 
 
