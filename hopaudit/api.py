@@ -359,9 +359,10 @@ def _settle(
     rep.knn_ids, rep.knn_dists = layer_files.put_graph(i, ids, dists, graph_dtype)
     del ids, dists
 
-    def patterns(store: Any = stored.store, rows: Any = rep.valid_rows, mode: str = rep.normalize):
+    def patterns(cap: Any = stored, rows: Any = rep.valid_rows, mode: str = rep.normalize):
         from .geometry import normalize_rows
 
+        store = cap.store  # looked up when asked: a saved audit's store may replace it
         x = normalize_rows(np.asarray(store.get(name)[np.asarray(rows)], np.float32), mode)
         store.release(name)
         return x

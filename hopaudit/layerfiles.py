@@ -175,6 +175,30 @@ class LayerFiles:
         return f"LayerFiles({str(self.path)!r}, {len(self._written)} files)"
 
 
+def move_to_saved(audit: Any, root: str | os.PathLike[str]) -> None:
+    """Point an audit's on-disk indexes at its saved copy (``root/indexes/``) and delete its
+    ``<store>.layers/`` files: for a caller that removes the store once the audit is saved
+    (hopaudit.training). The graphs stay mapped (an unlinked file stays readable)."""
+    folder = audit.options.get("layer_files")
+    if not folder:
+        return
+    root = Path(root)
+    for i, name in enumerate(audit.layer_names):
+        rep = audit.reports.get(name)
+        index = None if rep is None else rep.index
+        if isinstance(index, LazyIndex) and index.kind == "hnsw" and not index.loaded:
+            meta, saved = dict(index.meta), root / "indexes" / f"layer_{i:03d}.bin"
+            index.file = saved
+            index._opener = lambda meta=meta, saved=saved: load_index(meta, saved, patterns=None)
+    folder = Path(folder)
+    if folder.is_dir() and not folder.is_symlink():
+        for entry in folder.iterdir():
+            if _ours(entry.name) and entry.is_file() and not entry.is_symlink():
+                entry.unlink()
+        if not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def _ours(name: str) -> bool:
     """A file this module writes (or its temporary sibling left by a killed process)."""
     base = name[1:].split(".tmp-")[0] if name.startswith(".") else name

@@ -358,10 +358,11 @@ def measure_layers(
 
 
 def _patterns(stored: CaptureResult, name: str, rep: Any) -> Any:
-    def patterns(store: Any = stored.store, rows: Any = rep.valid_rows, mode: str = rep.normalize):
+    def patterns(cap: Any = stored, rows: Any = rep.valid_rows, mode: str = rep.normalize):
         from .geometry import normalize_rows
 
-        return normalize_rows(np.asarray(store.get(name)[np.asarray(rows)], np.float32), mode)
+        x = np.asarray(cap.store.get(name)[np.asarray(rows)], np.float32)
+        return normalize_rows(x, mode)
 
     return patterns
 

@@ -175,3 +175,27 @@ def test_saturation_subsample_is_recorded_and_matches_brute_force():
             assert got[j] == pytest.approx(want, rel=1e-6)
     full = hopaudit.measure(x, index="exact", seed=5, normalize="none")
     assert full.saturation_queries.size == 100
+
+
+def test_indexes_move_to_the_saved_copy_when_the_layer_files_go(tmp_path):
+    from hopaudit.layerfiles import move_to_saved
+
+    model, _ = tiny_model("gpt2")
+    a = hopaudit.audit(
+        model,
+        _texts(20),
+        tokenizer=tiny_tokenizer(),
+        store=str(tmp_path / "s"),
+        **{**OPTIONS, "index": "hnsw"},
+    )
+    q = np.random.default_rng(2).normal(size=(5, a.hidden_size)).astype(np.float32)
+    before = {n: a.layer_report(n).index.query(q, 3)[0] for n in a.layer_names}
+    for n in a.layer_names:
+        a.layer_report(n).index.release()
+    root = a.save(tmp_path / "saved")
+    move_to_saved(a, root)
+    assert not layer_files_path(tmp_path / "s").exists()
+    for n in a.layer_names:
+        index = a.layer_report(n).index
+        assert index.file.parent == root / "indexes"
+        np.testing.assert_array_equal(index.query(q, 3)[0], before[n])
