@@ -161,6 +161,11 @@ def capture_ray(
         1, min(int(gpus) if gpus else int(ray.cluster_resources().get("CPU", 1)), n_seq)
     )
     shards = Path(str(store) + ".shards")
+    if shards.exists() or shards.is_symlink():
+        raise CaptureError(
+            f"{shards} exists (left by an interrupted Ray capture?); remove it or give another "
+            "store path"
+        )
     shards.mkdir(parents=True)
     layer_names = [p for p, _ in block_list] + ([] if final is None else ["final"])
     st = None
