@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .capture import CaptureResult, capture, choose_batch_size, model_device
+from .capture import CaptureResult, _storage_dtypes, capture, choose_batch_size, model_device
 from .errors import CaptureError, HopauditError, SearchError
 from .layerfiles import LayerFiles
 from .store import ActivationStore
@@ -170,6 +170,8 @@ def capture_ray(
     layer_names = [p for p, _ in block_list] + ([] if final is None else ["final"])
     st = None
     try:
+        # the store first, as the local engine does: a bad path fails before any forward pass
+        st = ActivationStore(layer_names, dtype=_storage_dtypes(store_dtype)[2], path=store)
         cpu_model = model.to("cpu") if str(device) != "cpu" else model
         refs = [ray.put(cpu_model), ray.put(tokens)]
         if str(device) != "cpu":
@@ -211,8 +213,6 @@ def capture_ray(
         if missing:
             raise CaptureError(f"the capture under Ray returned no rows for batches {missing}")
         parts = [done[b["start"]] for b in batches]
-        first = ActivationStore.open(parts[0]["shard"])
-        st = ActivationStore(layer_names, dtype=first.dtype, path=store)
         for part in parts:
             shard = ActivationStore.open(part["shard"])
             for name in layer_names:
