@@ -138,6 +138,8 @@ def audit(
         from . import ray_engine
 
         ray_engine.check_ray(ray_options)
+    elif ray_options is not None:
+        raise DataError("ray_options is for engine='ray'; pass engine='ray' or drop ray_options")
     _check_options(normalize, index, store_dtype, umap_max_points, k, autocast)
     _check_more_options(
         max_length=max_length,

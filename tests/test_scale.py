@@ -199,3 +199,13 @@ def test_indexes_move_to_the_saved_copy_when_the_layer_files_go(tmp_path):
         index = a.layer_report(n).index
         assert index.file.parent == root / "indexes"
         np.testing.assert_array_equal(index.query(q, 3)[0], before[n])
+
+
+def test_engine_options_are_checked_before_the_forward_pass():
+    model, _ = tiny_model("gpt2")
+    with pytest.raises(hopaudit.errors.DataError, match="engine must be one of"):
+        hopaudit.audit(model, _texts(4), tokenizer=tiny_tokenizer(), engine="spark")
+    with pytest.raises(hopaudit.errors.DataError, match="ray_options is for engine='ray'"):
+        hopaudit.audit(model, _texts(4), tokenizer=tiny_tokenizer(), ray_options={})
+    with pytest.raises(hopaudit.errors.DataError, match="graph_dtype"):
+        hopaudit.audit(model, _texts(4), tokenizer=tiny_tokenizer(), graph_dtype="int8")
