@@ -179,6 +179,8 @@ def measure(
             f"({raw.shape[0]} rows, {nonfinite} with NaN/inf). Give the layer more sequences."
         )
     x = geometry.normalize_rows(raw if nonfinite == 0 else raw[valid_rows], normalize)
+    if x is not raw:
+        _drop_mapped_pages(raw)  # a memmapped layer: its pages leave the RSS before the index
 
     idx = build_index(x, index, device=device)
     kk = min(max(int(k), 2), d - 1)
@@ -243,6 +245,21 @@ def measure(
         nonfinite_queries=report_q.get("nonfinite_queries", 0),
         twonn_zero_pairs=twonn_zero_pairs,
     )
+
+
+def _drop_mapped_pages(arr: Any) -> None:
+    """Tell the kernel this process no longer needs a memory map's pages (they stay in the page
+    cache; reading them again maps them back), so one layer's raw rows do not stay resident
+    beside its normalized copy and index (docs/scale.md)."""
+    import contextlib
+    import mmap
+
+    if not isinstance(arr, np.memmap) or getattr(arr, "mode", None) != "r":
+        return  # only read-only maps: a copy-on-write map's pages may hold the caller's edits
+    handle = getattr(arr, "_mmap", None)
+    if handle is not None and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            handle.madvise(mmap.MADV_DONTNEED)
 
 
 def _measure_queries(

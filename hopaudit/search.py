@@ -48,8 +48,9 @@ AUTO_EXACT_MAX = 10000
 #: that reached recall@1 = 1 on clustered data, a margin for real activations
 #: (benchmarks/README.md, "Constants").
 DEFAULT_EF = 64
-#: Bytes of float32 handed to hnswlib or torch per chunk (bounds the temporary copies).
-_CHUNK_BYTES = 64 << 20
+#: Bytes of float32 handed to hnswlib or torch per chunk: bounds the temporary copies (a float64
+#: one twice this size), small beside one layer at 1e5 x 576 (230 MB), thousands of rows per call.
+_CHUNK_BYTES = 16 << 20
 #: Elements of one (queries x stored) float32 score tile in the exact backend.
 _TILE_ELEMS = 1 << 22
 
@@ -118,7 +119,8 @@ def _float32_chunks(
         if center is None:
             chunk = np.ascontiguousarray(arr[start : start + rows], dtype=np.float32)
         else:
-            wide = np.asarray(arr[start : start + rows], dtype=np.float64) - center
+            wide = np.array(arr[start : start + rows], dtype=np.float64)  # a copy: ours to edit
+            wide -= center
             chunk = np.ascontiguousarray(wide, dtype=np.float32)
         _refuse_nonfinite(chunk, start, what)
         yield start, chunk
