@@ -157,9 +157,10 @@ def capture_ray(
         batch_size = choose_batch_size(model, tokens.seq_len, n_seq, device)
     gpus = ray.cluster_resources().get("GPU", 0)
     num_gpus = opts.get("num_gpus", 1 if gpus else 0)
-    concurrency = opts.get("concurrency") or max(
-        1, min(int(gpus) if gpus else int(ray.cluster_resources().get("CPU", 1)), n_seq)
-    )
+    # one actor per GPU; on CPUs half of them: Ray Data keeps part of the cluster for its own
+    # work, and an actor pool asking for every CPU waits for it forever
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    concurrency = opts.get("concurrency") or max(1, min(int(gpus) if gpus else cpus // 2, n_seq))
     shards = Path(str(store) + ".shards")
     if shards.exists() or shards.is_symlink():
         raise CaptureError(
