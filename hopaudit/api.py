@@ -10,6 +10,7 @@ import contextvars
 import functools
 import os
 import time
+import types
 import warnings
 from typing import Any
 
@@ -18,12 +19,14 @@ import torch
 
 from .blocks import architecture_note, count_parameters, find_stacks, strip_compiled
 from .capture import capture, model_device
-from .data import prepare_data
+from .data import TokenData, prepare_data
 from .errors import DataError, HopauditError, SearchError
 from .extraction import check_extraction, extract, extraction_unsupported, parse_extraction
+from .layerfiles import GRAPH_DIST_DTYPES, LayerFiles, compact_graph, layer_files_path
 from .loading import load_model
 from .measure import measure
 from .membership import MIN_PER_CLASS, check_reference, reference_nll
+from .memory import PeakTracker
 from .metadata import check_metadata
 from .precision import check_autocast
 from .progress import tqdm
@@ -32,6 +35,7 @@ from .result import Audit, Embedding
 NORMALIZE_MODES = ("rms", "none")
 MIN_UMAP_POINTS = 4  # below it umap's spectral start fails
 INDEX_KINDS = ("auto", "hnsw", "exact")
+ENGINES = ("local", "ray")
 #: ``store_dtype="auto"`` keeps float32 up to this many bytes of activations (float16 moves the
 #: volume floor by n times its relative error, docs/theory.md), float16 beyond it.
 STORE_BUDGET_BYTES = 2 << 30
@@ -98,6 +102,10 @@ def audit(
     reference: Any = None,
     bootstrap: int = 200,
     metadata: Any = None,
+    graph_dtype: str = "float32",
+    saturation_max: int | None = 50_000,
+    engine: str = "local",
+    ray_options: dict[str, Any] | None = None,
 ) -> Audit:
     """Audit what ``model`` has memorized of ``data``.
 
@@ -135,8 +143,28 @@ def audit(
     (0: off) give 95 % intervals to the per-layer estimates and the AUROCs.
     ``metadata`` (a DataFrame or a dict of column -> values, one per sequence) adds columns to
     ``samples`` and colours of the basins view (hopaudit/metadata.py).
+
+    Layers are measured one at a time; with a ``store`` each layer's index and kNN graph then
+    go to ``<store>.layers/`` and are opened on demand (docs/scale.md), so memory holds one
+    layer's work. ``graph_dtype`` ("float32" or "float16") is the graph's distance type;
+    ``saturation_max`` caps the saturation curve's queries per layer (None: no cap).
+    ``engine="ray"`` captures with a Ray Data actor pool of model replicas and measures each
+    layer in its own Ray task (``ray_options``: concurrency, num_cpus, num_gpus, max_retries;
+    docs/scale.md); the Audit is the same as ``engine="local"``'s.
     """
     t_start = time.perf_counter()
+    peak = PeakTracker()
+    if graph_dtype not in GRAPH_DIST_DTYPES:
+        raise DataError(f"graph_dtype must be one of {GRAPH_DIST_DTYPES}, got {graph_dtype!r}")
+    _positive_int("saturation_max", saturation_max)
+    if engine not in ENGINES:
+        raise DataError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "ray":
+        from . import ray_engine
+
+        ray_engine.check_ray(ray_options)
+    elif ray_options is not None:
+        raise DataError("ray_options is for engine='ray'; pass engine='ray' or drop ray_options")
     _check_options(normalize, index, store_dtype, umap_max_points, k, autocast)
     _check_more_options(
         max_length=max_length,
@@ -160,6 +188,11 @@ def audit(
     block_list = [b for st in stacks for b in st.blocks]
     final = stacks[-1].final
     _check_layer_options([n for st in stacks for n in st.layer_names], umap_layers)
+    if engine == "ray" and len(stacks) > 1:
+        raise DataError(
+            "engine='ray' audits models of one stack of blocks (decoders, encoders); this "
+            "encoder-decoder's two stacks are audited with engine='local'"
+        )
     n_total, n_blocks_params = count_parameters(model, block_list)
     device = model_device(model)
 
@@ -175,6 +208,20 @@ def audit(
         )
 
     def capture_of(tokens: Any, where: str | None):
+        if engine == "ray":
+            return ray_engine.capture_ray(
+                model,
+                tokens,
+                block_list,
+                final=final,
+                positions=positions,
+                store_dtype=getattr(torch, dtype_name),
+                store=where,
+                batch_size=batch_size,
+                progress=progress,
+                autocast=autocast,
+                ray_options=ray_options,
+            )
         return capture(
             model,
             tokens,
@@ -207,15 +254,25 @@ def audit(
             for what, toks in (("data", tokens), ("heldout data", held_tokens)):
                 if toks is not None:
                     check_extraction(toks.attention_mask.sum(1).numpy(), *extraction_lengths, what)
+    if engine == "ray" and not isinstance(tokens, TokenData):
+        raise DataError(
+            "engine='ray' takes token data (texts or token ids); images and audio are audited "
+            "with engine='local'"
+        )
     meta = check_metadata(metadata, tokens.num_sequences)
     dtype_name, dtype_note = resolve_store_dtype(
         store_dtype, model, block_list, final, positions, [tokens, held_tokens]
     )
-    stored = _track(capture_of(tokens, store))
+    where, scratch = store, None
+    if engine == "ray" and store is None:  # Ray's workers read the store from disk
+        scratch = _track(types.SimpleNamespace(store=ray_engine.TemporaryRoot())).store
+        where = scratch.store
+    stored = _track(capture_of(tokens, where))
     held = None
     if held_tokens is not None:
-        held = _track(capture_of(held_tokens, None if store is None else f"{store}/heldout"))
+        held = _track(capture_of(held_tokens, None if where is None else f"{where}/heldout"))
     t_captured = time.perf_counter()
+    peak.mark("capture")
     for tok, cap in ((tokens, stored), (held_tokens, held)):
         if tok is None:
             continue
@@ -241,24 +298,56 @@ def audit(
             extraction_info["tokens"] / extraction_info["seconds"]
         )
     t_evidence = time.perf_counter()
+    peak.mark("evidence (extraction, reference)")
 
+    layer_files = None
+    if where is not None:
+        layer_files = LayerFiles(layer_files_path(where))
+        _track(types.SimpleNamespace(store=layer_files))  # removed if the audit fails
+
+    measure_kwargs = dict(
+        normalize=normalize,
+        index=index,
+        k=k,
+        n_blocks=len(block_list),
+        seed=seed,
+        device=None if engine == "ray" else device,
+        saturation_max=saturation_max,
+        bootstrap=int(bootstrap),
+    )
     reports, skipped = {}, {}
     names = stored.layer_names
-    for name in tqdm(names, desc="measuring layers", disable=not progress):
+    if engine == "ray":
+        reports, skipped = ray_engine.measure_layers(
+            stored,
+            held,
+            layer_files,
+            measure_kwargs,
+            graph_dtype,
+            progress=progress,
+            ray_options=ray_options,
+        )
+        peak.mark("measuring (ray)")
+    local_names = names if engine == "local" else []
+    for i, name in enumerate(tqdm(local_names, desc="measuring layers", disable=not progress)):
         try:
-            reports[name] = measure(
+            rep = measure(
                 stored.store.get(name),
                 None if held is None else held.store.get(name),
-                normalize=normalize,
-                index=index,
-                k=k,
-                n_blocks=len(block_list),
-                seed=seed,
-                device=device,
-                bootstrap=int(bootstrap),
+                **measure_kwargs,
             )
         except SearchError as exc:
             skipped[name] = str(exc)
+        else:
+            reports[name] = _settle(rep, i, name, stored, layer_files, graph_dtype)
+            del rep
+        # one layer at a time: its mapped pages leave the resident set before the next
+        stored.store.release(name)
+        if held is not None:
+            held.store.release(name)
+        peak.mark(f"measuring {name}")
+    if layer_files is not None:
+        layer_files.finish()
     if not reports:
         raise HopauditError(
             "no layer could be measured: " + "; ".join(f"{n}: {r}" for n, r in skipped.items())
@@ -267,7 +356,14 @@ def audit(
 
     embeddings = {}
     chosen = _umap_layers(names, umap_layers, reports)
-    for name in tqdm(chosen, desc="UMAP", disable=not progress or not chosen):
+    too_few = [n for n in chosen if reports[n].n_patterns < MIN_UMAP_POINTS]
+    if engine == "ray":
+        fit = [n for n in chosen if n not in too_few]
+        embeddings = ray_engine.embed_layers(stored, reports, fit, umap_max_points, seed)
+        peak.mark("UMAP (ray)")
+    for name in tqdm(
+        chosen if engine == "local" else too_few, desc="UMAP", disable=not progress or not chosen
+    ):
         if reports[name].n_patterns < MIN_UMAP_POINTS:
             warnings.warn(
                 f"no UMAP of {name}: {reports[name].n_patterns} patterns, "
@@ -283,6 +379,14 @@ def audit(
             seed,
             device,
         )
+        stored.store.release(name)
+        peak.mark(f"UMAP {name}")
+    if scratch is not None:  # store=None: in memory, as engine="local" keeps it
+        ray_engine.to_memory(stored, reports)
+        if held is not None:
+            ray_engine.to_memory(held, {})
+        scratch.discard()
+        layer_files = None
     t_done = time.perf_counter()
 
     return Audit(
@@ -315,6 +419,10 @@ def audit(
             "extraction": None if extraction_lengths is None else list(extraction_lengths),
             "reference": None if reference is None else _model_name(reference),
             "bootstrap": int(bootstrap),
+            "graph_dtype": graph_dtype,
+            "saturation_max": saturation_max,
+            "layer_files": None if layer_files is None else str(layer_files.path),
+            "engine": engine,
         },
         layer_names=list(names),
         hidden_size=int(stored.store.get(names[0]).shape[1]),
@@ -337,7 +445,32 @@ def audit(
             "umap": t_done - t_measured,
             "total": t_done - t_start,
         },
+        memory=peak.result(),
     )
+
+
+def _settle(
+    rep: Any, i: int, name: str, stored: Any, layer_files: LayerFiles | None, graph_dtype: str
+) -> Any:
+    """A measured layer's graph compacted and, with layer files, its index and graph moved to
+    disk (opened on demand), so the next layer starts with only this layer's scalars held."""
+    ids, dists = compact_graph(rep.knn_ids, rep.knn_dists, graph_dtype)
+    if layer_files is None:
+        rep.knn_ids, rep.knn_dists = ids, dists
+        return rep
+    rep.knn_ids, rep.knn_dists = layer_files.put_graph(i, ids, dists, graph_dtype)
+    del ids, dists
+
+    def patterns(cap: Any = stored, rows: Any = rep.valid_rows, mode: str = rep.normalize):
+        from .geometry import normalize_rows
+
+        store = cap.store  # looked up when asked: a saved audit's store may replace it
+        x = normalize_rows(np.asarray(store.get(name)[np.asarray(rows)], np.float32), mode)
+        store.release(name)
+        return x
+
+    rep.index = layer_files.put_index(i, rep.index, patterns)
+    return rep
 
 
 def _check_options(

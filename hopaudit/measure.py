@@ -179,12 +179,15 @@ def measure(
     seed: int = 0,
     device: object = None,
     bootstrap: int = 200,
+    saturation_max: int | None = None,
 ) -> LayerReport:
     """Measure one layer: ``patterns`` (d, n) are the stored set, ``queries`` (m, n) an
     optional held-out set. ``k`` neighbours per pattern (at least 2 are searched, for TwoNN)
     form the kNN graph; ``n_blocks`` is the model's block count for the loss band.
     ``bootstrap`` resamples (0: none) give the 95 % intervals ``r_hat_lo``/``r_hat_hi`` and the
     like, from the distances already found (:func:`bootstrap_intervals`).
+    ``saturation_max`` caps the saturation curve's query set (a seeded subsample of the
+    smallest subset; its size is ``len(saturation_queries)``), None for no cap.
 
     Raises :class:`SearchError` for fewer than 3 finite patterns or mismatched query width.
     """
@@ -206,6 +209,8 @@ def measure(
             f"({raw.shape[0]} rows, {nonfinite} with NaN/inf). Give the layer more sequences."
         )
     x = geometry.normalize_rows(raw if nonfinite == 0 else raw[valid_rows], normalize)
+    if x is not raw:
+        _drop_mapped_pages(raw)  # a memmapped layer: its pages leave the RSS before the index
 
     idx = build_index(x, index, device=device)
     kk = min(max(int(k), 2), d - 1)
@@ -230,7 +235,7 @@ def measure(
         log_z_vol = float(theory.log_partition_volume(r_hat, n, d))
         floor_low, floor_high = (float(v) for v in theory.floor_band(log_z_vol, n_blocks))
         floor_gauss = float(theory.loss_floor(log_z_gauss))
-    sat_queries, sat_nn = _saturation(x, idx, ids, dists, fractions, seed)
+    sat_queries, sat_nn = _saturation(x, idx, ids, dists, fractions, seed, saturation_max)
     if int(bootstrap) != bootstrap or bootstrap < 0:
         raise DataError(f"bootstrap is a number of resamples >= 0 (0: off), got {bootstrap!r}")
     intervals = bootstrap_intervals(nn, nn2, basin, n, r_star, n_blocks, int(bootstrap), seed)
@@ -358,6 +363,21 @@ def bootstrap_intervals(
     return out
 
 
+def _drop_mapped_pages(arr: Any) -> None:
+    """Tell the kernel this process no longer needs a memory map's pages (they stay in the page
+    cache; reading them again maps them back), so one layer's raw rows do not stay resident
+    beside its normalized copy and index (docs/scale.md)."""
+    import contextlib
+    import mmap
+
+    if not isinstance(arr, np.memmap) or getattr(arr, "mode", None) != "r":
+        return  # only read-only maps: a copy-on-write map's pages may hold the caller's edits
+    handle = getattr(arr, "_mmap", None)
+    if handle is not None and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            handle.madvise(mmap.MADV_DONTNEED)
+
+
 def _measure_queries(
     queries: np.ndarray, idx: NeighborIndex, n: int, normalize: str, radii: np.ndarray
 ) -> dict[str, Any]:
@@ -394,13 +414,18 @@ def _saturation(
     dists: np.ndarray,
     fractions: Sequence[float],
     seed: int,
+    max_queries: int | None = None,
 ) -> tuple[np.ndarray | None, dict[float, np.ndarray]]:
-    """Nearest-other-pattern distance of the smallest subset's patterns within each subset."""
+    """Nearest-other-pattern distance of the smallest subset's patterns within each subset
+    (a seeded subsample of at most ``max_queries`` of them when given)."""
     if not fractions:
         return None, {}
     d = ids.shape[0]
     subsets = geometry.subset_indices(d, fractions, seed)
     queries = subsets[min(subsets)]
+    if max_queries is not None and queries.size > max_queries:
+        rng = np.random.default_rng(seed)
+        queries = np.sort(rng.choice(queries, size=int(max_queries), replace=False))
     out: dict[float, np.ndarray] = {}
     for fraction, members in subsets.items():
         if members.size < 2:  # no other pattern to measure against

@@ -712,14 +712,24 @@ def _load_layer_index(
     rebuild: bool,
     patterns: Any,
     load_index: Any,
+    now: bool = False,
 ) -> Any:
     """A layer's saved index; an HNSW file that is not listed, missing or fails its check is
-    never opened: the index is rebuilt from the patterns (with a warning unless asked)."""
-    from .search import build_index
+    never opened: the index is rebuilt from the patterns (with a warning unless asked). A
+    sound one is opened on its first query (docs/scale.md: one layer's index at a time)."""
+    from .search import LazyIndex, build_index
 
     if index_meta.get("kind") != "hnsw":
-        return load_index(index_meta, root / rel, patterns=patterns)
+        return LazyIndex(index_meta, lambda: load_index(index_meta, root / rel, patterns=patterns))
     problem = problems.get(rel) or (None if rel in manifest else "not in the manifest")
+    if problem is None and not rebuild and not now:
+        return LazyIndex(
+            index_meta,
+            lambda: _load_layer_index(
+                index_meta, root, rel, manifest, problems, rebuild, patterns, load_index, True
+            ),
+            file=root / rel,
+        )
     if problem is None and not rebuild:
         try:
             return load_index(index_meta, root / rel, patterns=patterns)

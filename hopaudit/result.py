@@ -80,6 +80,7 @@ class Audit(View):
     extraction: dict[str, Any] | None = None  # prefix, suffix, seconds, tokens/s, or a note
     #: Per-sequence columns given to ``audit(metadata=...)`` (joined to ``samples``), or None.
     metadata: pd.DataFrame | None = None
+    memory: dict[str, Any] = field(default_factory=dict)  # peak RSS and its stage (memory.py)
 
     # ---------------------------------------------------------------- tables
     @property
@@ -114,9 +115,11 @@ class Audit(View):
                         "fraction": frac,
                         "mean": float(d.mean()) if d.size else math.nan,
                         "median": float(np.median(d)) if d.size else math.nan,
+                        "n_queries": int(d.size),
                     }
                 )
-        return pd.DataFrame(rows, columns=["layer", "name", "fraction", "mean", "median"])
+        columns = ["layer", "name", "fraction", "mean", "median", "n_queries"]
+        return pd.DataFrame(rows, columns=columns)
 
     @property
     def samples(self) -> pd.DataFrame:
@@ -358,6 +361,8 @@ class Audit(View):
             "tokens_per_second": cap.tokens_per_second,
             "total_seconds": self.timings.get("total"),
             **self._evidence_summary(),
+            "peak_rss_mb": self.memory.get("peak_rss_mb"),
+            "peak_rss_stage": self.memory.get("peak_rss_stage"),
         }
         # positions may be "last" or a list of ints: one type (str), spelled as the CLI takes it
         pos = out["positions"]

@@ -20,7 +20,8 @@ distance 0 instead of disappearing.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_EF",
     "ExactIndex",
     "HnswIndex",
+    "LazyIndex",
     "NeighborIndex",
     "build_index",
     "default_threads",
@@ -46,8 +48,9 @@ AUTO_EXACT_MAX = 10000
 #: that reached recall@1 = 1 on clustered data, a margin for real activations
 #: (benchmarks/README.md, "Constants").
 DEFAULT_EF = 64
-#: Bytes of float32 handed to hnswlib or torch per chunk (bounds the temporary copies).
-_CHUNK_BYTES = 64 << 20
+#: Bytes of float32 handed to hnswlib or torch per chunk: bounds the temporary copies (a float64
+#: one twice this size), small beside one layer at 1e5 x 576 (230 MB), thousands of rows per call.
+_CHUNK_BYTES = 16 << 20
 #: Elements of one (queries x stored) float32 score tile in the exact backend.
 _TILE_ELEMS = 1 << 22
 
@@ -116,7 +119,8 @@ def _float32_chunks(
         if center is None:
             chunk = np.ascontiguousarray(arr[start : start + rows], dtype=np.float32)
         else:
-            wide = np.asarray(arr[start : start + rows], dtype=np.float64) - center
+            wide = np.array(arr[start : start + rows], dtype=np.float64)  # a copy: ours to edit
+            wide -= center
             chunk = np.ascontiguousarray(wide, dtype=np.float32)
         _refuse_nonfinite(chunk, start, what)
         yield start, chunk
@@ -452,12 +456,69 @@ def knn_self(index: NeighborIndex, data: np.ndarray, k: int) -> tuple[np.ndarray
 # --------------------------------------------------------------------------- saving
 
 
+class LazyIndex:
+    """An index on disk, opened on its first query and dropped again by :meth:`release`.
+
+    ``opener()`` returns the real :class:`NeighborIndex` (an HNSW file read back, an exact
+    index rebuilt from the stored activations). ``kind``, ``dim`` and ``len`` are known
+    without opening it, so an audit can list its layers while holding one index at a time.
+    ``file`` is the HNSW file the opener reads (None for an exact index), ``meta`` the
+    :func:`save_index` metadata: saving an unopened index copies the file.
+    """
+
+    def __init__(
+        self, meta: dict, opener: Callable[[], NeighborIndex], file: Path | None = None
+    ) -> None:
+        self.meta = dict(meta)
+        self.kind = str(meta["kind"])
+        self.dim = int(meta["dim"])
+        self._count = int(meta["count"])
+        self._opener = opener
+        self.file = None if file is None else Path(file)
+        self._index: NeighborIndex | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __repr__(self) -> str:
+        state = "open" if self._index is not None else "on disk"
+        return f"LazyIndex({self.kind}, len={self._count}, dim={self.dim}, {state})"
+
+    @property
+    def loaded(self) -> bool:
+        return self._index is not None
+
+    def open(self) -> NeighborIndex:
+        """The real index, opened now if it is not yet."""
+        if self._index is None:
+            self._index = self._opener()
+        return self._index
+
+    def release(self) -> None:
+        """Drop the opened index (the next query opens it again)."""
+        self._index = None
+
+    def add(self, data: np.ndarray) -> None:
+        self.open().add(data)
+        self._count = len(self._index)  # type: ignore[arg-type]
+
+    def query(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.open().query(x, k)
+
+
 def save_index(index: NeighborIndex, path: Path) -> dict:
     """Write an index beside a saved audit; returns the metadata :func:`load_index` needs.
 
     An HNSW graph goes to ``path`` in hnswlib's own format. An exact index *is* its data, so
-    nothing is written: it is rebuilt from the saved activations on load.
+    nothing is written: it is rebuilt from the saved activations on load. An unopened
+    :class:`LazyIndex` is copied file to file, never read into memory.
     """
+    if isinstance(index, LazyIndex):
+        if index.loaded:
+            return save_index(index.open(), path)
+        if index.kind == "hnsw" and index.file is not None:
+            shutil.copyfile(index.file, path)
+        return dict(index.meta)
     if isinstance(index, HnswIndex):
         index._index.save_index(str(path))
         return {

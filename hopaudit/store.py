@@ -277,6 +277,12 @@ class ActivationStore:
             self._arrays[layer] = arr
         return arr
 
+    def release(self, layer: str) -> None:
+        """Unmap a layer read from disk, so its pages leave this process's resident set (an
+        audit measures one layer at a time); the next :meth:`get` maps it again. No-op in RAM."""
+        if self.path is not None:
+            self._arrays.pop(layer, None)
+
     def __contains__(self, layer: object) -> bool:
         return layer in self._index
 

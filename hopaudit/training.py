@@ -219,6 +219,9 @@ def _drop_capture_store(result: Any, path: Path) -> None:
         for name in cap.store.layer_names:
             cap.store.get(name)  # mapped now: still readable if rotation deletes the files
         old.discard()
+    from .layerfiles import move_to_saved
+
+    move_to_saved(result, path)  # the indexes beside the store: the saved copies from now on
 
 
 def _rotate(paths: list[Path], limit: int | None) -> None:

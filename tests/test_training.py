@@ -407,6 +407,10 @@ def test_stores_of_saved_audits_are_removed_unless_kept(corpus, tmp_path):
     np.testing.assert_array_equal(a2.activations("final"), a1.activations("final"))
     kept = Auditor(eval_rows, tmp_path / "out2", store=str(stores), keep_stores=True, **OPTS)
     kept.step(model, 3)
-    assert sorted(p.name for p in stores.iterdir()) == ["step-3"]
+    # kept: the store and, beside it, its layer files (docs/scale.md)
+    assert sorted(p.name for p in stores.iterdir()) == [
+        "step-3",
+        "step-3.layers",
+    ]  # kept: the store and its layer files
     with pytest.raises(DataError, match="keep"):
         Auditor(eval_rows, tmp_path, keep=0)

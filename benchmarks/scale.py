@@ -1,0 +1,257 @@
+"""How an audit's stages grow with the patterns per layer, and what memory one layer costs.
+
+    python benchmarks/scale.py                       # 1e4 and 1e5 patterns x 3 layers
+    python benchmarks/scale.py --sizes 1e4,1e5,1e6 --layers 2
+    python benchmarks/scale.py --smollm2             # + a real SmolLM2 positions="all" audit
+
+Synthetic part: for each size n, a fresh process writes ``--layers`` layers of n activation-like
+576-d patterns (SmolLM2's width; a low-rank signal plus noise, float16) into an activation store
+on disk, then measures them as ``audit(store=...)`` does, one layer at a time (``measure``, then
+the layer's index and graph moved to ``<store>.layers/``), with the HNSW index at every size so
+the sizes compare, and a UMAP of one layer on ``audit()``'s default subsample. It prints
+``seconds_<stage>_<n>=`` for the stages index, search (the self kNN), geometry (the rest of
+``measure``) and umap, per layer, ``peak_rss_mb_<n>=`` (the process's high-water mark while
+measuring), and ``peak_rss_over_one_layer_<n>=``: the peak above the process before measuring,
+over one layer's float32 vectors plus its index (the size hnswlib's saved file has). Then the
+fitted ``growth_exponent_<stage>=`` (slope of log seconds on log n; target for index and
+search <= 1.15) and ``peak_rss_over_one_layer=`` at the largest size (target <= 1.5).
+
+``--smollm2``: SmolLM2-135M on the zoo's pydoc corpus (about 1.1e5 tokens), ``positions="all"``,
+a store on disk, blocks 0, 15 and 29 plus the final norm: ``seconds_capture_smollm2=``,
+``patterns_per_layer_smollm2=``, ``seconds_measure_smollm2=``, ``peak_rss_mb_smollm2=`` and
+where the peak was reached. Needs the model in the zoo's cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+WIDTH = 576  # SmolLM2-135M's hidden size
+RANK = 32  # the synthetic patterns' signal dimension
+STAGES = ("index", "search", "geometry", "umap")
+
+
+def say(name: str, value: object) -> None:
+    print(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}", flush=True)
+
+
+def write_layers(store_path: Path, n: int, layers: int, seed: int = 0):
+    """``layers`` layers of n activation-like rows (float16), written in chunks."""
+    from hopaudit.store import ActivationStore
+
+    names = [f"layer{i}" for i in range(layers)]
+    st = ActivationStore(names, dtype=np.float16, path=store_path)
+    rng = np.random.default_rng(seed)
+    for name in names:
+        basis = rng.normal(size=(RANK, WIDTH)).astype(np.float32)
+        for start in range(0, n, 50_000):
+            m = min(50_000, n - start)
+            z = rng.normal(size=(m, RANK)).astype(np.float32)
+            rows = z @ basis + 0.5 * rng.normal(size=(m, WIDTH)).astype(np.float32)
+            st.append(name, rows)
+    st.finalize()
+    return st
+
+
+def child(n: int, layers: int) -> dict:
+    """One size in this process: returns stage seconds and memory."""
+    import hopaudit.measure  # noqa: F401  (the package exports a function of the same name)
+    from hopaudit.api import _embed, _settle
+    from hopaudit.layerfiles import LayerFiles, layer_files_path
+    from hopaudit.memory import current_rss, peak_rss, reset_peak
+
+    measure_mod = sys.modules["hopaudit.measure"]
+    work = Path(tempfile.mkdtemp(prefix="hopaudit-scale-"))
+    try:
+        st = write_layers(work / "store", n, layers)
+        times = {s: 0.0 for s in STAGES}
+        real_build, real_knn = measure_mod.build_index, measure_mod.knn_self
+
+        def build(*a, **kw):
+            t = time.perf_counter()
+            out = real_build(*a, **kw)
+            times["index"] += time.perf_counter() - t
+            return out
+
+        def knn(*a, **kw):
+            t = time.perf_counter()
+            out = real_knn(*a, **kw)
+            times["search"] += time.perf_counter() - t
+            return out
+
+        measure_mod.build_index, measure_mod.knn_self = build, knn
+        files = LayerFiles(layer_files_path(work / "store"))
+        stored = types.SimpleNamespace(store=st)
+        import gc
+
+        # warm: the imports and allocator pools of a first measure() are not one layer's cost
+        warm = np.random.default_rng(1).normal(size=(64, WIDTH)).astype(np.float16)
+        measure_mod.measure(warm, index="hnsw", k=15)
+        del warm
+        times.update(dict.fromkeys(STAGES, 0.0))
+        gc.collect()
+        base = current_rss()
+        reset_peak()
+        reports = {}
+        t_all = time.perf_counter()
+        for i, name in enumerate(st.layer_names):
+            rep = measure_mod.measure(st.get(name), index="hnsw", k=15, n_blocks=layers)
+            reports[name] = _settle(rep, i, name, stored, files, "float32")
+            del rep
+            st.release(name)
+        measured = time.perf_counter() - t_all
+        peak = peak_rss()
+        times["geometry"] = measured - times["index"] - times["search"]
+        index_bytes = (work / "store.layers" / "layer_000.bin").stat().st_size
+        t = time.perf_counter()
+        name = st.layer_names[0]
+        _embed(reports[name], st.get(name), np.zeros(n, np.int64), 20_000, 0, None)
+        times["umap"] = time.perf_counter() - t
+        one_layer = n * WIDTH * 4 + index_bytes
+        return {
+            "seconds": {s: times[s] / (1 if s == "umap" else layers) for s in STAGES},
+            "peak_rss_mb": peak / 2**20,
+            "over_one_layer": (peak - base) / one_layer,
+            "one_layer_mb": one_layer / 2**20,
+        }
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def project_fig2(
+    seconds_per_pattern: float, width: int, tokens_per_second: float, workers: int
+) -> dict[str, float]:
+    """Projected seconds of the paper's Fig. 2 audit (benchmarks/gpu.py's constants: 80 000
+    chunks x 256 tokens of GPT-2 medium, every block and the final norm) on ``workers``
+    workers: the capture splits its tokens over the actors; each layer is one task (80 000
+    patterns, the last token of each chunk), at the measured cost per pattern scaled by width
+    (distance evaluations are linear in it); layers run ``workers`` at a time."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hopaudit_benchmark_gpu", _HERE / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    layers = gpu.GPT2_MEDIUM["n_layer"] + 1
+    patterns, width_big = gpu.FIG2_CHUNKS, gpu.GPT2_MEDIUM["n_embd"]
+    capture = gpu.FIG2_CHUNKS * gpu.FIG2_TOKENS / (tokens_per_second * workers)
+    per_layer = seconds_per_pattern * patterns * width_big / width
+    measure = per_layer * math.ceil(layers / workers)
+    return {"capture": capture, "measure": measure, "total": capture + measure}
+
+
+def smollm2() -> float:
+    import hopaudit
+    from hopaudit.data import prepare_data
+
+    model, tok = hopaudit.zoo.smollm2()
+    data = prepare_data(hopaudit.zoo.corpus("pydoc"), tok, max_length=256)
+    blocks = [f"model.layers.{i}" for i in (0, 15, 29)]
+    with tempfile.TemporaryDirectory() as tmp:
+        a = hopaudit.audit(
+            model,
+            data,
+            positions="all",
+            store=f"{tmp}/store",
+            blocks=blocks,
+            progress=False,
+            umap_layers=[],
+        )
+        s = a.summary()
+        say("tokens_smollm2", a.n_tokens)
+        say("patterns_per_layer_smollm2", int(a.layers["n_patterns"].min()))
+        say("layers_smollm2", len(a.layer_names))
+        say("seconds_capture_smollm2", a.timings["capture"])
+        say("seconds_measure_smollm2", a.timings["measure"])
+        say("seconds_measure_per_layer_smollm2", a.timings["measure"] / len(a.layer_names))
+        say("peak_rss_mb_smollm2", s["peak_rss_mb"])
+        print(f"# peak reached in: {s['peak_rss_stage']}")
+        return a.n_tokens / a.timings["capture"]
+
+
+def fit(ns: list[int], seconds: list[float]) -> float:
+    x, y = np.log(ns), np.log(np.maximum(seconds, 1e-9))
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="1e4,1e5", help="patterns per layer, comma separated")
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--smollm2", action="store_true", help="also the real SmolLM2 audit")
+    p.add_argument(
+        "--gpu-tokens-per-second",
+        type=float,
+        default=None,
+        help="one GPU's GPT-2-medium capture rate (benchmarks/gpu.py's "
+        "fig2_capture_tokens_per_second) for the Fig. 2 projection",
+    )
+    p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child is not None:
+        print(json.dumps(child(args.child, args.layers)))
+        return 0
+    sizes = [int(float(s)) for s in args.sizes.split(",")]
+    results = {}
+    for n in sizes:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(n), "--layers", str(args.layers)],
+            check=False,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TQDM_DISABLE": "1"},
+        )
+        if out.returncode:
+            sys.stderr.write(out.stderr)
+            return 2
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        results[n] = r
+        for stage in STAGES:
+            say(f"seconds_{stage}_{n}", r["seconds"][stage])
+        say(f"peak_rss_mb_{n}", r["peak_rss_mb"])
+        say(f"one_layer_mb_{n}", r["one_layer_mb"])
+        say(f"peak_rss_over_one_layer_{n}", r["over_one_layer"])
+    if len(sizes) > 1:
+        for stage in STAGES:
+            say(
+                f"growth_exponent_{stage}",
+                fit(sizes, [results[n]["seconds"][stage] for n in sizes]),
+            )
+    say("peak_rss_over_one_layer", results[max(sizes)]["over_one_layer"])
+    print(f"# layers per size: {args.layers}; every size measured in a fresh process")
+    tps = None
+    if args.smollm2:
+        # per-token cost scales with the non-embedding parameters: SmolLM2-135M ~ 106 M,
+        # GPT-2 medium ~ 302 M
+        tps = smollm2() * 106 / 302
+        say("gpt2_medium_tokens_per_second_cpu_projected", tps)
+    if args.gpu_tokens_per_second:
+        tps = args.gpu_tokens_per_second
+    if tps:
+        big = results[max(sizes)]["seconds"]
+        per_pattern = (big["index"] + big["search"] + big["geometry"]) / max(sizes)
+        say("measure_seconds_per_pattern_576", per_pattern)
+        for key, value in project_fig2(per_pattern, WIDTH, tps, 8).items():
+            say(f"projected_fig2_{key}_seconds_8_workers", value)
+        print("# a projection from the costs measured above, not a measurement")
+    return 0 if math.isfinite(results[max(sizes)]["over_one_layer"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

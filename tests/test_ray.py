@@ -1,0 +1,162 @@
+"""engine="ray" on a real two-node Ray cluster on this machine: the same audit as engine="local",
+an actor killed during capture, and a failure no retry can fix. Select with ``-m ray``."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
+
+import hopaudit
+from hopaudit.errors import CaptureError
+
+ray = pytest.importorskip("ray", reason="engine='ray' needs pip install 'hopaudit[ray]'")
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # a cluster start and Ray audits: minutes
+
+HERE = Path(__file__).resolve().parent
+NUMERIC = [
+    "n_patterns", "nn_mean", "nn_median", "nn_q10", "nn_q90", "r_hat", "r_ratio",
+    "separated_frac", "contained_frac", "log_z_gauss", "log_z_vol", "floor_low", "twonn_id",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two raylets (head + one worker node) on this machine, 2 logical CPUs each."""
+    from ray.cluster_utils import Cluster
+
+    paths = [str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH", "")]
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)  # the workers import these
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    c.add_node(num_cpus=2)
+    ray.init(address=c.address, log_to_driver=False)
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def _texts(n: int, words: int = 20, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    vocab = TOKENIZER_TEXT.split()
+    return [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("gpt2")[0]
+
+
+def _options(**extra):
+    opts = dict(
+        tokenizer=tiny_tokenizer(),
+        max_length=12,
+        positions="all",
+        progress=False,
+        umap_layers=[0],
+        index="exact",
+        batch_size=8,
+    )
+    opts.update(extra)
+    return opts
+
+
+def _same_layers(a, b, rtol):
+    la, lb = a.layers, b.layers
+    assert list(la["name"]) == list(lb["name"])
+    for col in NUMERIC:
+        np.testing.assert_allclose(lb[col], la[col], rtol=rtol, err_msg=col)
+
+
+def test_ray_equals_local_with_the_exact_index(cluster, model):
+    texts = _texts(40)
+    local = hopaudit.audit(model, texts, **_options())
+    remote = hopaudit.audit(
+        model, texts, engine="ray", ray_options={"concurrency": 2}, **_options()
+    )
+    _same_layers(local, remote, rtol=1e-6)
+    np.testing.assert_array_equal(remote.capture.row_sequence, local.capture.row_sequence)
+    np.testing.assert_array_equal(remote.capture.row_position, local.capture.row_position)
+    np.testing.assert_allclose(remote.capture.seq_nll, local.capture.seq_nll, rtol=1e-6)
+    assert remote.summary()["cross_entropy"] == pytest.approx(
+        local.summary()["cross_entropy"], rel=1e-9
+    )
+    name = local.layer_names[0]
+    np.testing.assert_allclose(remote.embeddings[name].xy, local.embeddings[name].xy, atol=1e-4)
+    assert remote.capture.store.path is None  # store=None: in memory, like the local engine
+    assert remote.options["engine"] == "ray"
+
+
+def test_ray_with_hnsw_a_store_and_heldout_saves_and_loads(cluster, model, tmp_path):
+    texts, held = _texts(40), _texts(10, seed=1)
+    opts = _options(index="hnsw", heldout=held, umap_layers=[])
+    local = hopaudit.audit(model, texts, **opts)
+    remote = hopaudit.audit(model, texts, engine="ray", store=str(tmp_path / "s"), **opts)
+    la, lb = local.layers, remote.layers
+    rel = np.abs(lb["nn_median"] - la["nn_median"]) / la["nn_median"]
+    assert rel.max() <= 0.005
+    np.testing.assert_allclose(lb["contained_frac"], la["contained_frac"], atol=0.05)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s", "s.layers"]  # no shards left
+    back = hopaudit.load(remote.save(tmp_path / "saved"))
+    assert back.layers.drop(columns=["skipped_reason"]).equals(
+        remote.layers.drop(columns=["skipped_reason"])
+    )
+    q = np.random.default_rng(0).normal(size=(4, remote.hidden_size)).astype(np.float32)
+    for name in remote.layer_names:
+        np.testing.assert_array_equal(
+            back.layer_report(name).index.query(q, 3)[0],
+            remote.layer_report(name).index.query(q, 3)[0],
+        )
+
+
+def test_an_actor_killed_during_capture_loses_and_doubles_no_row(cluster, model, tmp_path):
+    from ray_helpers import KillOnce
+
+    texts = _texts(32)
+    flag = tmp_path / "killed"
+    local = hopaudit.audit(model, texts, **_options(umap_layers=[]))
+    remote = hopaudit.audit(
+        model,
+        texts,
+        engine="ray",
+        store=str(tmp_path / "s"),
+        ray_options={"concurrency": 2, "before_batch": KillOnce(str(flag), 16)},
+        **_options(umap_layers=[]),
+    )
+    assert flag.exists()  # an actor was killed, mid-batch
+    np.testing.assert_array_equal(remote.capture.row_sequence, local.capture.row_sequence)
+    np.testing.assert_array_equal(remote.capture.row_position, local.capture.row_position)
+    _same_layers(local, remote, rtol=1e-6)
+    assert not (tmp_path / "s.shards").exists()
+
+
+def test_a_failure_no_retry_fixes_is_one_error_and_removes_the_shards(cluster, model, tmp_path):
+    from ray_helpers import FailAlways
+
+    store = tmp_path / "s"
+    seen = tmp_path / "seen"
+    fail = FailAlways(24, str(store) + ".shards", str(seen))
+    with pytest.raises(CaptureError, match="failed after its retries") as caught:
+        hopaudit.audit(
+            model,
+            _texts(32),
+            engine="ray",
+            store=str(store),
+            ray_options={"concurrency": 1, "before_batch": fail},
+            **_options(umap_layers=[]),
+        )
+    assert "injected failure" in str(caught.value) or "injected failure" in str(
+        caught.value.__cause__
+    )
+    assert int(seen.read_text()) == 3  # three batches had written their shards
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seen"]  # shards, store: all gone
