@@ -355,7 +355,8 @@ class Audit(View):
             "positions": self.options.get("positions"),
             "compute_dtype": cap.compute_dtype,
             "store_dtype": self.options.get("store_dtype"),
-            "stacks": self.options.get("stacks"),
+            # "encoder,decoder" or one stack's name: a string, as summary values are scalars
+            "stacks": _joined(self.options.get("stacks")),
             "architecture_note": self.options.get("architecture_note"),
             "capture_seconds": cap.seconds,
             "tokens_per_second": cap.tokens_per_second,
@@ -486,3 +487,10 @@ def _score_columns(cap: Any, texts: list[str]) -> dict[str, np.ndarray]:
         "min_k_pp": nan if min_k_pp is None else np.asarray(min_k_pp, dtype=np.float64),
         "ref_loss_diff": nan if ref is None or nll is None else np.asarray(ref) - np.asarray(nll),
     }
+
+
+def _joined(names: Any) -> str | None:
+    """A list of names as one comma-separated string (None stays None)."""
+    if names is None or isinstance(names, str):
+        return names
+    return ",".join(str(n) for n in names)

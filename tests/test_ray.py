@@ -158,5 +158,7 @@ def test_a_failure_no_retry_fixes_is_one_error_and_removes_the_shards(cluster, m
     assert "injected failure" in str(caught.value) or "injected failure" in str(
         caught.value.__cause__
     )
-    assert int(seen.read_text()) == 3  # three batches had written their shards
+    # Shards of other batches were there when it failed (how many depends on the order Ray Data
+    # ran the four batches in: 3 on one run, 2 on another), and all of them are gone.
+    assert 1 <= int(seen.read_text()) <= 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seen"]  # shards, store: all gone

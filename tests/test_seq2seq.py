@@ -234,7 +234,7 @@ def test_audit_of_t5_has_a_stack_column(tok):
     assert layers["stack"].tolist() == ["encoder"] * 3 + ["decoder"] * 3
     assert layers["layer"].tolist() == list(range(6))
     s = result.summary()
-    assert s["stacks"] == ["encoder", "decoder"] and s["architecture_note"] is None
+    assert s["stacks"] == "encoder,decoder" and s["architecture_note"] is None
     assert s["cross_entropy"] is not None and np.isfinite(s["cross_entropy"])
     assert result.options["encoder_final"] == "encoder.final_layer_norm"
     assert result.options["final"] == "decoder.final_layer_norm"
@@ -258,7 +258,7 @@ def test_a_saved_encoder_decoder_loads_with_its_head_and_round_trips(tok, tmp_pa
         np.testing.assert_array_equal(
             back.capture.stack_sequence[stack], result.capture.stack_sequence[stack]
         )
-    assert back.summary()["stacks"] == ["encoder", "decoder"]
+    assert back.summary()["stacks"] == "encoder,decoder"
 
 
 def test_a_model_in_training_mode_has_the_same_stacks_and_keeps_its_mode():
