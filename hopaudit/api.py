@@ -208,24 +208,7 @@ def audit(
         )
 
     def capture_of(tokens: Any, where: str | None):
-        if engine == "ray":
-            return ray_engine.capture_ray(
-                model,
-                tokens,
-                block_list,
-                final=final,
-                positions=positions,
-                store_dtype=getattr(torch, dtype_name),
-                store=where,
-                batch_size=batch_size,
-                progress=progress,
-                autocast=autocast,
-                ray_options=ray_options,
-            )
-        return capture(
-            model,
-            tokens,
-            stacks,
+        common = dict(
             positions=positions,
             store_dtype=getattr(torch, dtype_name),
             store=where,
@@ -233,6 +216,11 @@ def audit(
             progress=progress,
             autocast=autocast,
         )
+        if engine == "ray":  # one stack only (checked above): its blocks and final norm
+            return ray_engine.capture_ray(
+                model, tokens, block_list, final=final, ray_options=ray_options, **common
+            )
+        return capture(model, tokens, stacks, **common)
 
     # Both datasets are checked before the (long) forward passes: bad input loses no work.
     tokens = tokens_of(data)
