@@ -1,6 +1,6 @@
 """Saved audits: ``audit.save(dir)`` and ``hopaudit.load(dir)`` (docs/saved-audits.md).
 
-The on-disk format (version 2), one directory per audit::
+The on-disk format (version 3), one directory per audit::
 
     audit.json            its own SHA-256 (first key, over the file with the digest zeroed),
                           format name and version, hopaudit version, model name and config,
@@ -11,7 +11,9 @@ The on-disk format (version 2), one directory per audit::
     activations/          the activation store (hopaudit.store format: meta.json + raw files)
     heldout/              the held-out activation store, when the audit had one
     heldout.npz           the held-out capture's per-row and per-sequence arrays (as capture.npz)
-    reports/layer_NNN.npz the arrays of each measured layer's report
+    reports/layer_NNN.npz the arrays of each measured layer's report but its kNN graph
+    graphs/layer_NNN.ids.npy, graphs/layer_NNN.dists.npy  the kNN graph, memory-mapped on
+                          load so that a loaded audit does not hold every layer's graph
     indexes/layer_NNN.bin the layer's HNSW index in hnswlib's own format (exact indexes are
                           rebuilt from the activations on load: they are the data itself)
     embeddings/layer_NNN.npz  the UMAP layouts
@@ -28,7 +30,8 @@ SHA-256) before any parser reads it; a file that is missing, damaged or refused 
 :class:`~hopaudit.errors.FormatError` naming it. An HNSW index is derived data: when its file
 fails the check it is rebuilt from the activations with a warning, so an unverified file never
 reaches hnswlib. Nothing in a saved audit is ever executed (JSON, ``.npz`` without pickles, raw
-arrays). Version 1 folders (sizes only, no digests) still load, their indexes rebuilt.
+arrays). Version 1 folders (sizes only, no digests) still load, their indexes rebuilt; version 2
+kept the graph inside ``reports/layer_NNN.npz``, and still loads.
 """
 
 from __future__ import annotations
@@ -56,7 +59,9 @@ from .atomic import exchange, fsync_dir, fsync_file, lstat_regular, temporary_di
 from .errors import FormatError, SearchError
 
 FORMAT = "hopaudit-audit"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: The kNN graph of each layer, saved as plain ``.npy`` files so that load can map them.
+GRAPH_FIELDS = ("knn_ids", "knn_dists")
 META = "audit.json"
 #: audit.json holds scalars only (a few MB for hundreds of layers); anything bigger is not one.
 MAX_META_BYTES = 256 << 20
@@ -484,7 +489,7 @@ def _write(audit: Any, root: Path, *, folder: str | None = None) -> None:
     from .search import save_index
     from .store import ActivationStore
 
-    for sub in ("reports", "indexes", "embeddings"):
+    for sub in ("reports", "graphs", "indexes", "embeddings"):
         (root / sub).mkdir()
 
     def copy_store(src: Any, dest: Path) -> None:
@@ -516,6 +521,9 @@ def _write(audit: Any, root: Path, *, folder: str | None = None) -> None:
         if rep is None:
             continue
         scalars, arrays = _split_fields(rep, skip=("index",))
+        for field in GRAPH_FIELDS:  # as they are: int32 ids already where the audit had a store
+            file = root / "graphs" / f"layer_{i:03d}.{field.removeprefix('knn_')}.npy"
+            np.save(file, np.ascontiguousarray(arrays.pop(field)), allow_pickle=False)
         np.savez(root / "reports" / f"layer_{i:03d}.npz", **arrays)
         if rep.index is not None:
             scalars["index"] = save_index(rep.index, root / "indexes" / f"layer_{i:03d}.bin")
@@ -574,6 +582,22 @@ def _write(audit: Any, root: Path, *, folder: str | None = None) -> None:
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     with _damaged(path), np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+def _read_graph(root: Path, i: int, listed: Any) -> dict[str, np.ndarray]:
+    """Layer ``i``'s kNN graph as read-only memory maps (its files were checked against the
+    manifest already): ids and distances of one shape, ids integers, distances floats."""
+    out = {}
+    for field, suffix, kinds in (("knn_ids", "ids", "iu"), ("knn_dists", "dists", "f")):
+        path = listed(f"graphs/layer_{i:03d}.{suffix}.npy")
+        with _damaged(path):
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        if arr.ndim != 2 or arr.dtype.kind not in kinds:
+            raise FormatError(f"{path}: damaged (a {arr.dtype} array of shape {arr.shape})")
+        out[field] = arr
+    if out["knn_ids"].shape != out["knn_dists"].shape:
+        raise FormatError(f"{root / 'graphs'}: damaged (layer {i}'s ids and distances differ)")
+    return out
 
 
 def _read_json(path: Path) -> Any:
@@ -655,6 +679,8 @@ def load(path: str | Path, *, verify: bool = True, rebuild_index: bool = False) 
             i = layer_names.index(name)
             rel = f"reports/layer_{i:03d}.npz"
             arrays = _read_npz(listed(rel))
+            if "knn_ids" not in arrays:  # format 3: the graph in its own files, mapped
+                arrays.update(_read_graph(root, i, listed))
         with _damaged(root / rel):
             scalars = dict(scalars)
             index_meta = scalars.pop("index", None)

@@ -76,6 +76,48 @@ def test_round_trip_is_exact(audited, tmp_path):
     assert a.summary() == b.summary()
 
 
+def test_a_loaded_audit_maps_its_graphs_instead_of_reading_them(audited, tmp_path):
+    b = hopaudit.load(audited.save(tmp_path / "a"))
+    for name in audited.layer_names:
+        rep = b.layer_report(name)
+        for field in ("knn_ids", "knn_dists"):
+            got = getattr(rep, field)
+            assert isinstance(got, np.memmap) and not got.flags.writeable, field
+            np.testing.assert_array_equal(got, getattr(audited.layer_report(name), field))
+
+
+def test_a_format_2_folder_with_the_graph_in_the_report_still_loads(audited, tmp_path):
+    """Format 2 kept each layer's kNN graph inside reports/layer_NNN.npz."""
+    import hashlib
+
+    root = audited.save(tmp_path / "a")
+    meta = json.loads((root / "audit.json").read_text())
+    meta.pop("sha256")
+    for npz in sorted((root / "reports").glob("layer_*.npz")):
+        stem = npz.name.removesuffix(".npz")
+        with np.load(npz) as z:
+            arrays = {k: z[k] for k in z.files}
+        for field in ("ids", "dists"):
+            graph = root / "graphs" / f"{stem}.{field}.npy"
+            arrays[f"knn_{field}"] = np.load(graph)
+            graph.unlink()
+            del meta["files"][f"graphs/{graph.name}"]
+        np.savez(npz, **arrays)
+        data = npz.read_bytes()
+        meta["files"][f"reports/{npz.name}"] = {
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    (root / "graphs").rmdir()
+    meta["format_version"] = 2
+    body = json.dumps({"sha256": "0" * 64, **meta}, indent=1)
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    (root / "audit.json").write_text(body.replace("0" * 64, digest, 1))
+    old = hopaudit.load(root)
+    assert_same(audited, old)
+    assert not isinstance(old.layer_report("final").knn_ids, np.memmap)
+
+
 def test_loaded_index_answers_queries_like_the_original(audited, tmp_path):
     a = audited
     a.save(tmp_path / "a")
