@@ -476,12 +476,13 @@ class LazyIndex:
         self._opener = opener
         self.file = None if file is None else Path(file)
         self._index: NeighborIndex | None = None
+        self._pinned = False
 
     def __len__(self) -> int:
         return self._count
 
     def __repr__(self) -> str:
-        state = "open" if self._index is not None else "on disk"
+        state = "pinned" if self._pinned else "open" if self._index is not None else "on disk"
         return f"LazyIndex({self.kind}, len={self._count}, dim={self.dim}, {state})"
 
     @property
@@ -495,8 +496,15 @@ class LazyIndex:
         return self._index
 
     def release(self) -> None:
-        """Drop the opened index (the next query opens it again)."""
-        self._index = None
+        """Drop the opened index (the next query opens it again), unless it is pinned."""
+        if not self._pinned:
+            self._index = None
+
+    def pin(self) -> None:
+        """Open the index and keep it in memory from now on, its file no longer read (for a
+        caller about to delete the file); saving writes the index in memory."""
+        self.open()
+        self._pinned, self.file = True, None
 
     def add(self, data: np.ndarray) -> None:
         self.open().add(data)

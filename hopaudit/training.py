@@ -30,6 +30,7 @@ import re
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -224,14 +225,21 @@ def _drop_capture_store(result: Any, path: Path) -> None:
     move_to_saved(result, path)  # the indexes beside the store: the saved copies from now on
 
 
-def _rotate(paths: list[Path], limit: int | None) -> None:
+def _rotate(
+    paths: list[Path], limit: int | None, live: dict[Path, weakref.ref] | None = None
+) -> None:
     """Delete the oldest saved audits beyond ``limit`` (only hopaudit audits this run wrote,
-    and only their own files)."""
+    and only their own files). An Audit of one of them still held by the caller (``live``)
+    first reads its on-disk indexes into memory, so it keeps answering queries."""
     from .persist import remove_audit
 
     if not limit or len(paths) <= limit:
         return
     for old in paths[:-limit]:
+        ref = (live or {}).pop(old, None)
+        held = None if ref is None else ref()
+        if held is not None:
+            _detach_indexes(held, old)
         try:
             left = remove_audit(old)
         except (HopauditError, OSError) as exc:
@@ -243,6 +251,18 @@ def _rotate(paths: list[Path], limit: int | None) -> None:
                 stacklevel=3,
             )
     del paths[:-limit]
+
+
+def _detach_indexes(audit: Any, folder: Path) -> None:
+    """Open every index of ``audit`` read from a file under ``folder`` and keep it in memory:
+    the folder is about to be deleted (its activations and graphs are memory-mapped already,
+    and a mapped file outlives its name)."""
+    from .search import LazyIndex
+
+    for rep in audit.reports.values():
+        index = getattr(rep, "index", None)
+        if isinstance(index, LazyIndex) and index.file is not None and folder in index.file.parents:
+            index.pin()
 
 
 def _check_keep(keep: Any) -> Any:
@@ -313,6 +333,7 @@ class AuditCallback(TrainerCallback):
         self._warned_no_handler = False
         self._audited: set[int] = set()
         self.paths: list[Path] = []  # one audit directory per audited step, in order
+        self._live: dict[Path, weakref.ref] = {}  # path -> the Audit saved there, while held
         self.history: list[dict[str, Any]] = []  # {"step", "path", **scalars} per audit
         self.errors: dict[int, str] = {}  # step -> message, with on_error="warn"
         self.last_audit: Any = None
@@ -367,12 +388,13 @@ class AuditCallback(TrainerCallback):
             self._runner.failed(self.errors, step, exc)
             return
         self.paths.append(path)
+        self._live[path] = weakref.ref(result)
         self.history.append({"step": step, "path": str(path), **scalars})
         self.last_audit = result
         limit = {"limit": getattr(args, "save_total_limit", None), "all": None}.get(
             self.keep, self.keep
         )
-        _rotate(self.paths, limit)
+        _rotate(self.paths, limit, self._live)
         try:  # a logger that fails (W&B offline storage full...) is an audit failure too
             self._log(args, state, control, scalars, result)
         except Exception as exc:
@@ -500,6 +522,7 @@ class Auditor:
         self.keep_stores = bool(keep_stores)
         self._runner = _Runner(eval_data, audit_options)
         self.paths: list[Path] = []
+        self._live: dict[Path, weakref.ref] = {}  # path -> the Audit saved there, while held
         self.history: list[dict[str, Any]] = []
         self.errors: dict[int, str] = {}
 
@@ -526,8 +549,9 @@ class Auditor:
             self._runner.failed(self.errors, step, exc)
             return None
         self.paths.append(path)
+        self._live[path] = weakref.ref(result)
         self.history.append({"step": step, "path": str(path), **scalars})
-        _rotate(self.paths, None if self.keep in ("all", "limit") else self.keep)
+        _rotate(self.paths, None if self.keep in ("all", "limit") else self.keep, self._live)
         return result
 
 

@@ -414,3 +414,26 @@ def test_stores_of_saved_audits_are_removed_unless_kept(corpus, tmp_path):
     ]  # kept: the store and its layer files
     with pytest.raises(DataError, match="keep"):
         Auditor(eval_rows, tmp_path, keep=0)
+
+
+def test_an_audit_still_held_answers_queries_after_rotation_deletes_its_folder(corpus, tmp_path):
+    """keep=1 deletes step-1's folder, which its HNSW index files were read from; the Audit of
+    step 1 still in hand must answer queries exactly as before, and save again."""
+    tok, _, eval_rows = corpus
+    model = _model(tok)
+    model.hopaudit_tokenizer = tok
+    opts = {**OPTS, "index": "hnsw"}
+    auditor = Auditor(eval_rows, tmp_path / "out", store=str(tmp_path / "st"), keep=1, **opts)
+    a1 = auditor.step(model, 1)
+    index = a1.layer_report("final").index
+    probe = np.asarray(a1.activations("final")[:5], dtype=np.float32)
+    before = index.query(probe, 3)
+    index.release()  # on disk again, as after any query: rotation must not strand it
+    auditor.step(model, 2)
+    assert not (auditor.audit_dir / "step-1").exists()
+    after = a1.layer_report("final").index.query(probe, 3)
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_allclose(after[1], before[1], rtol=1e-6)
+    a1.save(tmp_path / "again")  # the in-memory index is what is written
+    back = hopaudit.load(tmp_path / "again").layer_report("final").index.query(probe, 3)
+    np.testing.assert_array_equal(back[0], before[0])
