@@ -218,7 +218,13 @@ def audit(
         )
         if engine == "ray":  # one stack only (checked above): its blocks and final norm
             return ray_engine.capture_ray(
-                model, tokens, block_list, final=final, ray_options=ray_options, **common
+                model,
+                tokens,
+                block_list,
+                final=final,
+                ray_options=ray_options,
+                peak=peak,
+                **common,
             )
         return capture(model, tokens, stacks, **common)
 
@@ -314,6 +320,7 @@ def audit(
             graph_dtype,
             progress=progress,
             ray_options=ray_options,
+            peak=peak,
         )
         peak.mark("measuring (ray)")
     local_names = names if engine == "local" else []
@@ -347,7 +354,7 @@ def audit(
     too_few = [n for n in chosen if reports[n].n_patterns < MIN_UMAP_POINTS]
     if engine == "ray":
         fit = [n for n in chosen if n not in too_few]
-        embeddings = ray_engine.embed_layers(stored, reports, fit, umap_max_points, seed)
+        embeddings = ray_engine.embed_layers(stored, reports, fit, umap_max_points, seed, peak)
         peak.mark("UMAP (ray)")
     for name in tqdm(
         chosen if engine == "local" else too_few, desc="UMAP", disable=not progress or not chosen

@@ -5,6 +5,10 @@ is written to ``/proc/self/clear_refs``; :class:`PeakTracker` resets it once at 
 audit, then reads it after every stage: the stage after which it last rose is where the peak
 was reached. Elsewhere (or when the reset is refused) the process's lifetime maximum from
 ``resource.getrusage`` stands in, and ``reset`` says so.
+
+Under ``engine="ray"`` the work happens in other processes: each Ray actor and task resets its
+own mark when it starts and sends it back, and :meth:`PeakTracker.worker` keeps the largest,
+so the summary gives the driver's peak and the largest worker's, each with its stage.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class PeakTracker:
         self.start = peak_rss()
         self.peak = self.start
         self.where = "before the audit"
+        self.worker_peak: int | None = None
+        self.worker_where: str | None = None
 
     def mark(self, stage: str) -> None:
         """Call after a stage: if the high-water mark rose during it, the peak is there."""
@@ -72,10 +78,21 @@ class PeakTracker:
         if now > self.peak:
             self.peak, self.where = now, stage
 
+    def worker(self, stage: str, peak: int) -> None:
+        """A peak (bytes) another process reached during ``stage`` (a Ray actor or task)."""
+        if self.worker_peak is None or peak > self.worker_peak:
+            self.worker_peak, self.worker_where = int(peak), stage
+
     def result(self) -> dict[str, object]:
-        """``peak_rss_mb``, ``peak_rss_stage`` and whether the mark was reset at the start."""
+        """``peak_rss_mb``, ``peak_rss_stage``, whether the mark was reset at the start, and
+        the largest worker's ``peak_rss_worker_mb`` and ``peak_rss_worker_stage`` (None when
+        every stage ran in this process)."""
         return {
             "peak_rss_mb": round(self.peak / 2**20, 1),
             "peak_rss_stage": self.where,
             "peak_rss_reset": self.reset,
+            "peak_rss_worker_mb": (
+                None if self.worker_peak is None else round(self.worker_peak / 2**20, 1)
+            ),
+            "peak_rss_worker_stage": self.worker_where,
         }

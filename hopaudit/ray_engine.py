@@ -34,6 +34,7 @@ import numpy as np
 from .capture import CaptureResult, _storage_dtypes, capture, choose_batch_size, model_device
 from .errors import CaptureError, HopauditError, SearchError
 from .layerfiles import LayerFiles
+from .memory import PeakTracker, peak_rss, reset_peak
 from .store import ActivationStore
 
 __all__ = ["RAY_OPTION_KEYS", "capture_ray", "check_ray", "embed_layers", "measure_layers"]
@@ -84,6 +85,7 @@ class _CaptureActor:
         import ray
         import torch
 
+        reset_peak()  # this actor's peak: its model replica and every batch it captures
         self.model, self.tokens = ray.get(refs[0]), ray.get(refs[1])
         if options["num_gpus"] and torch.cuda.is_available():
             self.model.to("cuda")
@@ -125,7 +127,7 @@ class _CaptureActor:
             f.name: getattr(cap, f.name) for f in dataclasses.fields(cap) if f.name != "store"
         }
         fields["row_sequence"] = fields["row_sequence"] + start
-        payload = pickle.dumps({"shard": str(shard), "fields": fields})
+        payload = pickle.dumps({"shard": str(shard), "fields": fields, "peak_rss": peak_rss()})
         return {"start": np.array([start]), "payload": np.array([payload], dtype=object)}
 
 
@@ -143,6 +145,7 @@ def capture_ray(
     autocast: str,
     ray_options: dict | None,
     min_k: float = 0.2,
+    peak: PeakTracker | None = None,
 ) -> CaptureResult:
     """The capture of ``tokens`` by a Ray Data actor pool, assembled into a store at ``store``
     (rows in the same order as the local engine). Shards are always deleted; on a failure that
@@ -214,6 +217,8 @@ def capture_ray(
         if missing:
             raise CaptureError(f"the capture under Ray returned no rows for batches {missing}")
         parts = [done[b["start"]] for b in batches]
+        if peak is not None:
+            peak.worker("capture (Ray actor)", max(p["peak_rss"] for p in parts))
         for part in parts:
             shard = ActivationStore.open(part["shard"])
             for name in layer_names:
@@ -285,20 +290,22 @@ def _join_captures(
 def _measure_task(
     store: str, held: str | None, name: str, i: int, files: str, kwargs: dict, graph_dtype: str
 ) -> dict:
-    """One layer on a Ray worker: measure, write the index and graph, return the scalars."""
+    """One layer on a Ray worker: measure, write the index and graph, return the scalars and
+    the worker's peak resident set during this task."""
     from .measure import measure
 
+    reset_peak()  # a worker runs many tasks: count this one's
     st = ActivationStore.open(store)
     queries = None if held is None else ActivationStore.open(held).get(name)
     try:
         rep = measure(st.get(name), queries, **kwargs)
     except SearchError as exc:
-        return {"skipped": str(exc)}
+        return {"skipped": str(exc), "peak_rss": peak_rss()}
     lf = LayerFiles(files)
     lf.put_graph(i, rep.knn_ids, rep.knn_dists, graph_dtype)
     lazy = lf.put_index(i, rep.index, lambda: None)
     rep.index = rep.knn_ids = rep.knn_dists = None
-    return {"report": rep, "index_meta": lazy.meta}
+    return {"report": rep, "index_meta": lazy.meta, "peak_rss": peak_rss()}
 
 
 def layer_memory(rows: int, hidden: int) -> int:
@@ -316,6 +323,7 @@ def measure_layers(
     *,
     progress: bool,
     ray_options: dict | None,
+    peak: PeakTracker | None = None,
 ) -> tuple[dict, dict]:
     """Every layer measured by its own Ray task; (reports, skipped) as the local loop gives."""
     from tqdm.auto import tqdm
@@ -355,6 +363,8 @@ def measure_layers(
                 f"measuring layer {name!r} under Ray failed after its retries "
                 f"({type(exc).__name__}: {_first_line(exc)})"
             ) from exc
+        if peak is not None:
+            peak.worker(f"measuring {name} (Ray task)", out["peak_rss"])
         if "skipped" in out:
             skipped[name] = out["skipped"]
             continue
@@ -384,11 +394,18 @@ class _Kind:
 def _embed_task(rep: Any, store: str, name: str, row_sequence: np.ndarray, *args: Any) -> Any:
     from .api import _embed
 
-    return _embed(rep, ActivationStore.open(store).get(name), row_sequence, *args)
+    reset_peak()
+    emb = _embed(rep, ActivationStore.open(store).get(name), row_sequence, *args)
+    return emb, peak_rss()
 
 
 def embed_layers(
-    stored: CaptureResult, reports: dict, chosen: list[str], max_points: int, seed: int
+    stored: CaptureResult,
+    reports: dict,
+    chosen: list[str],
+    max_points: int,
+    seed: int,
+    peak: PeakTracker | None = None,
 ) -> dict:
     """One Ray task per UMAP layout; the same layouts as the local engine's loop."""
     ray = _ray()
@@ -406,7 +423,12 @@ def embed_layers(
         futures[name] = task.remote(
             light, str(stored.store.path), name, seq_ref, max_points, seed, None
         )
-    return {name: ray.get(f) for name, f in futures.items()}
+    out = {}
+    for name, f in futures.items():
+        out[name], worker_peak = ray.get(f)
+        if peak is not None:
+            peak.worker(f"UMAP {name} (Ray task)", worker_peak)
+    return out
 
 
 # ----------------------------------------------------------------------------- assembly

@@ -364,6 +364,9 @@ class Audit(View):
             **self._evidence_summary(),
             "peak_rss_mb": self.memory.get("peak_rss_mb"),
             "peak_rss_stage": self.memory.get("peak_rss_stage"),
+            # engine="ray": the largest resident set of any Ray actor or task, and its stage
+            "peak_rss_worker_mb": self.memory.get("peak_rss_worker_mb"),
+            "peak_rss_worker_stage": self.memory.get("peak_rss_worker_stage"),
         }
         # positions may be "last" or a list of ints: one type (str), spelled as the CLI takes it
         pos = out["positions"]

@@ -95,6 +95,11 @@ def test_ray_equals_local_with_the_exact_index(cluster, model):
     np.testing.assert_allclose(remote.embeddings[name].xy, local.embeddings[name].xy, atol=1e-4)
     assert remote.capture.store.path is None  # store=None: in memory, like the local engine
     assert remote.options["engine"] == "ray"
+    # the work ran in Ray's processes: their largest peak is reported beside the driver's
+    assert local.summary()["peak_rss_worker_mb"] is None
+    s = remote.summary()
+    assert s["peak_rss_worker_mb"] > 100  # a process holding torch and a model replica
+    assert s["peak_rss_worker_stage"].endswith(("(Ray actor)", "(Ray task)"))
 
 
 def test_ray_with_hnsw_a_store_and_heldout_saves_and_loads(cluster, model, tmp_path):
