@@ -6,12 +6,14 @@ data -> blocks -> one hooked forward pass -> per-layer store -> per-layer search
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import os
 import time
 import types
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,9 @@ ENGINES = ("local", "ray")
 #: volume floor by n times its relative error, docs/theory.md), float16 beyond it.
 STORE_BUDGET_BYTES = 2 << 30
 STORE_DTYPES = ("auto", "float16", "bfloat16", "float32")
+#: Patterns from which a layer gets a bar of its own (index, then search): smaller layers take
+#: seconds, while 10^6 patterns take minutes per layer (benchmarks/README.md).
+LAYER_BAR_ROWS = 50_000
 _DTYPE_ALIASES = {"half": "float16", "float": "float32", "single": "float32"}
 # the stores the running audit() created, removed if it fails (see _removes_its_stores)
 _created_stores: contextvars.ContextVar[list | None] = contextvars.ContextVar(
@@ -325,12 +330,15 @@ def audit(
         peak.mark("measuring (ray)")
     local_names = names if engine == "local" else []
     for i, name in enumerate(tqdm(local_names, desc="measuring layers", disable=not progress)):
+        rows = stored.store.shape(name)[0]
         try:
-            rep = measure(
-                stored.store.get(name),
-                None if held is None else held.store.get(name),
-                **measure_kwargs,
-            )
+            with _layer_bar(name, rows, progress and rows >= LAYER_BAR_ROWS) as step:
+                rep = measure(
+                    stored.store.get(name),
+                    None if held is None else held.store.get(name),
+                    progress=step,
+                    **measure_kwargs,
+                )
         except SearchError as exc:
             skipped[name] = str(exc)
         else:
@@ -442,6 +450,27 @@ def audit(
         },
         memory=peak.result(),
     )
+
+
+@contextlib.contextmanager
+def _layer_bar(name: str, rows: int, show: bool) -> Iterator[Any]:
+    """A bar over one layer's index build and search (each row counted once in each), or None."""
+    if not show:
+        yield None
+        return
+    bar = tqdm(total=2 * rows, desc=f"{name}: index", unit="pattern", leave=False)
+    stage = ["index"]
+
+    def step(now: str, done: int) -> None:
+        if now != stage[0]:
+            stage[0] = now
+            bar.set_description(f"{name}: {now}")
+        bar.update(done)
+
+    try:
+        yield step
+    finally:
+        bar.close()
 
 
 def _settle(

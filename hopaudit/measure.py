@@ -17,7 +17,7 @@ are searched again with a larger k, then, if still needed, by brute force. No ex
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,6 +180,7 @@ def measure(
     device: object = None,
     bootstrap: int = 200,
     saturation_max: int | None = None,
+    progress: Callable[[str, int], object] | None = None,
 ) -> LayerReport:
     """Measure one layer: ``patterns`` (d, n) are the stored set, ``queries`` (m, n) an
     optional held-out set. ``k`` neighbours per pattern (at least 2 are searched, for TwoNN)
@@ -188,6 +189,8 @@ def measure(
     like, from the distances already found (:func:`bootstrap_intervals`).
     ``saturation_max`` caps the saturation curve's query set (a seeded subsample of the
     smallest subset; its size is ``len(saturation_queries)``), None for no cap.
+    ``progress(stage, rows)`` follows the two long steps of a large layer: ``"index"`` as rows
+    go into the index, then ``"search"`` as they are searched.
 
     Raises :class:`SearchError` for fewer than 3 finite patterns or mismatched query width.
     """
@@ -212,9 +215,12 @@ def measure(
     if x is not raw:
         _drop_mapped_pages(raw)  # a memmapped layer: its pages leave the RSS before the index
 
-    idx = build_index(x, index, device=device)
+    def step(stage: str) -> Callable[[int], object] | None:
+        return None if progress is None else (lambda rows: progress(stage, rows))
+
+    idx = build_index(x, index, device=device, progress=step("index"))
     kk = min(max(int(k), 2), d - 1)
-    ids, dists = knn_self(idx, x, kk)
+    ids, dists = knn_self(idx, x, kk, progress=step("search"))
     nn = dists[:, 0].astype(np.float64)
     nn2 = dists[:, 1].astype(np.float64)
     self_col = np.arange(d, dtype=np.int64)[:, None]

@@ -55,6 +55,10 @@ _CHUNK_BYTES = 16 << 20
 _TILE_ELEMS = 1 << 22
 
 
+#: Called with the number of rows just added or queried, chunk by chunk (a progress bar's update).
+Progress = Callable[[int], object] | None
+
+
 @runtime_checkable
 class NeighborIndex(Protocol):
     """What every backend offers: add patterns, query the nearest ones, report its size."""
@@ -62,9 +66,11 @@ class NeighborIndex(Protocol):
     kind: str  # "hnsw" or "exact"
     dim: int
 
-    def add(self, data: np.ndarray) -> None: ...
+    def add(self, data: np.ndarray, progress: Progress = None) -> None: ...
 
-    def query(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def query(
+        self, x: np.ndarray, k: int, progress: Progress = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
     def __len__(self) -> int: ...
 
@@ -196,8 +202,9 @@ class HnswIndex:
     def __repr__(self) -> str:
         return f"HnswIndex(len={self._count}, dim={self.dim}, M={self.M}, threads={self.threads})"
 
-    def add(self, data: np.ndarray) -> None:
-        """Append patterns (ids continue from the current size), fed as float32 chunks."""
+    def add(self, data: np.ndarray, progress: Progress = None) -> None:
+        """Append patterns (ids continue from the current size), fed as float32 chunks;
+        ``progress(rows)`` after each chunk."""
         arr = _as_2d(data, "patterns")
         if arr.shape[1] != self.dim:
             raise SearchError(
@@ -214,10 +221,15 @@ class HnswIndex:
         for start, chunk in _float32_chunks(arr, rows, "patterns", self._center):
             ids = np.arange(self._count + start, self._count + start + chunk.shape[0])
             self._index.add_items(chunk, ids, num_threads=self.threads)
+            if progress is not None:
+                progress(chunk.shape[0])
         self._count = need
 
-    def query(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` nearest stored patterns of each row of ``x``: (ids int64, L2 float32)."""
+    def query(
+        self, x: np.ndarray, k: int, progress: Progress = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest stored patterns of each row of ``x``: (ids int64, L2 float32);
+        ``progress(rows)`` after each chunk of queries."""
         arr = _check_query(self, x, k)
         k = int(k)
         m = arr.shape[0]
@@ -231,6 +243,8 @@ class HnswIndex:
             stop = start + chunk.shape[0]
             ids[start:stop] = labels.astype(np.int64, copy=False)
             np.sqrt(np.maximum(sq, 0.0, out=sq), out=dists[start:stop])
+            if progress is not None:
+                progress(chunk.shape[0])
         return ids, dists
 
     def _knn(self, chunk: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
@@ -280,9 +294,10 @@ class ExactIndex:
         centred = np.asarray(chunk, dtype=np.float64) - self._center
         return torch.from_numpy(centred.astype(np.float32)).to(self.device)
 
-    def add(self, data: np.ndarray) -> None:
+    def add(self, data: np.ndarray, progress: Progress = None) -> None:
         """Append patterns. The centre is the mean of the first batch (any fixed shift keeps
-        distances exact; the mean of the stored set is the one that removes cancellation)."""
+        distances exact; the mean of the stored set is the one that removes cancellation).
+        ``progress(rows)`` once they are stored."""
         import torch
 
         arr = _as_2d(data, "patterns")
@@ -301,9 +316,14 @@ class ExactIndex:
         self._data = torch.cat(parts) if len(parts) > 1 else parts[0]
         self._sqnorm = (self._data.to(self._rerank_dtype) ** 2).sum(dim=1).to(torch.float32)
         self._count = int(self._data.shape[0])
+        if progress is not None:
+            progress(arr.shape[0])
 
-    def query(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` nearest stored patterns of each row of ``x``: (ids int64, L2 float32).
+    def query(
+        self, x: np.ndarray, k: int, progress: Progress = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest stored patterns of each row of ``x``: (ids int64, L2 float32);
+        ``progress(rows)`` after each tile of queries.
 
         Ties are broken by the lower id, so results are deterministic.
         """
@@ -332,6 +352,8 @@ class ExactIndex:
                     lo = start + q0
                     ids[lo : lo + xq.shape[0]] = i
                     dists[lo : lo + xq.shape[0]] = d
+                    if progress is not None:
+                        progress(xq.shape[0])
         return ids, dists
 
     def _candidates(self, xq, c: int, tile_s: int):
@@ -394,6 +416,7 @@ def build_index(
     ef_construction: int = 200,
     ef: int | None = None,
     threads: int | None = None,
+    progress: Progress = None,
 ) -> NeighborIndex:
     """Index the rows of ``data`` (n, dim; any float dtype, memmaps welcome) for L2 search.
 
@@ -401,6 +424,7 @@ def build_index(
     patterns, HNSW otherwise. ``M``, ``ef_construction``, ``ef`` (query-time candidate list,
     default ``DEFAULT_EF``) and ``threads`` (default: the CPUs this process may use) are
     HNSW parameters; ``device`` is the torch device of the exact backend. Ids are row numbers.
+    ``progress(rows)`` is called as the rows go in.
     """
     arr = _as_2d(data, "patterns")
     n, dim = arr.shape
@@ -418,16 +442,19 @@ def build_index(
         index = HnswIndex(
             dim, max_elements=n, M=M, ef_construction=ef_construction, ef=ef, threads=threads
         )
-    index.add(arr)
+    index.add(arr, progress=progress)
     return index
 
 
-def knn_self(index: NeighborIndex, data: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def knn_self(
+    index: NeighborIndex, data: np.ndarray, k: int, progress: Progress = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest *other* stored patterns of every stored pattern: (n, k) ids, distances.
 
     ``data`` must be the indexed set itself, in the same order. Each row is queried with
     ``k + 1``; the entry whose id is the row's own is dropped (else the last one), so an exact
     duplicate of a pattern comes back at distance 0 rather than being mistaken for itself.
+    ``progress(rows)`` is called as the rows are searched.
     """
     arr = _as_2d(data, "patterns")
     n = len(index)
@@ -444,7 +471,7 @@ def knn_self(index: NeighborIndex, data: np.ndarray, k: int) -> tuple[np.ndarray
             f"k={k} nearest other patterns requested but there are only {n} patterns; "
             f"use k <= {n - 1}."
         )
-    ids, dists = index.query(arr, k + 1)
+    ids, dists = index.query(arr, k + 1, progress=progress)
     own = ids == np.arange(n, dtype=np.int64)[:, None]
     has_own = own.any(axis=1)
     drop = np.where(has_own, own.argmax(axis=1), k)
@@ -506,12 +533,14 @@ class LazyIndex:
         self.open()
         self._pinned, self.file = True, None
 
-    def add(self, data: np.ndarray) -> None:
-        self.open().add(data)
+    def add(self, data: np.ndarray, progress: Progress = None) -> None:
+        self.open().add(data, progress=progress)
         self._count = len(self._index)  # type: ignore[arg-type]
 
-    def query(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.open().query(x, k)
+    def query(
+        self, x: np.ndarray, k: int, progress: Progress = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return self.open().query(x, k, progress=progress)
 
 
 def save_index(index: NeighborIndex, path: Path) -> dict:

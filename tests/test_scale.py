@@ -212,3 +212,17 @@ def test_engine_options_are_checked_before_the_forward_pass():
         hopaudit.audit(model, _texts(4), tokenizer=tiny_tokenizer(), ray_options={})
     with pytest.raises(hopaudit.errors.DataError, match="graph_dtype"):
         hopaudit.audit(model, _texts(4), tokenizer=tiny_tokenizer(), graph_dtype="int8")
+
+
+def test_a_large_layer_gets_a_bar_over_its_index_and_search(monkeypatch, capsys):
+    monkeypatch.setattr(api, "LAYER_BAR_ROWS", 100)  # the tiny layers count as large
+    model, _ = tiny_model("gpt2")
+    a = hopaudit.audit(
+        model, _texts(), tokenizer=tiny_tokenizer(), max_length=16, positions="all",
+        umap_layers=[], progress=True,
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    rows = int(a.layers["n_patterns"].iloc[-1])
+    assert rows >= 100
+    for stage in ("index", "search"):  # shown when the bar opens and when the step changes
+        assert f"final: {stage}" in err and f"/{2 * rows} [" in err, err[-2000:]

@@ -227,3 +227,21 @@ def test_errors_say_what_is_wrong(kind):
         index.query(bad, 1)
     with pytest.raises(SearchError, match="kind must be"):
         build_index(y, "faiss")
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+def test_progress_counts_every_row_once_in_chunks(kind, monkeypatch):
+    """A large layer's bar follows the build and the search: each row is reported once per
+    step, over several chunks, and the results are those of a search without a bar."""
+    monkeypatch.setattr(search, "_CHUNK_BYTES", 4 * 16 * 200)  # 200 rows a chunk
+    monkeypatch.setattr(search, "_TILE_ELEMS", 1 << 14)
+    y = mixture(1500, 16, seed=4)
+    added, searched = [], []
+    index = build_index(y, kind, progress=added.append)
+    ids, dists = knn_self(index, y, 5, progress=searched.append)
+    assert sum(searched) == len(y) and len(searched) > 1
+    assert sum(added) == len(y) and (kind == "exact" or len(added) > 1)
+    ref_ids, ref_d = knn_self(build_index(y, kind), y, 5)
+    if kind == "exact":
+        np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(np.median(dists[:, 0]), np.median(ref_d[:, 0]), rtol=1e-3)
