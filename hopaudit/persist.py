@@ -588,8 +588,8 @@ def _read_graph(root: Path, i: int, listed: Any) -> dict[str, np.ndarray]:
     """Layer ``i``'s kNN graph as read-only memory maps (its files were checked against the
     manifest already): ids and distances of one shape, ids integers, distances floats."""
     out = {}
-    for field, suffix, kinds in (("knn_ids", "ids", "iu"), ("knn_dists", "dists", "f")):
-        path = listed(f"graphs/layer_{i:03d}.{suffix}.npy")
+    for field, kinds in zip(GRAPH_FIELDS, ("iu", "f"), strict=True):
+        path = listed(f"graphs/layer_{i:03d}.{field.removeprefix('knn_')}.npy")
         with _damaged(path):
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         if arr.ndim != 2 or arr.dtype.kind not in kinds:
