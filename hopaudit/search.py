@@ -28,6 +28,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from .errors import SearchError
+from .hugepages import huge_pages
 
 __all__ = [
     "AUTO_EXACT_MAX",
@@ -186,12 +187,15 @@ class HnswIndex:
         self.ef = ef
         self.threads = int(threads) if threads else default_threads()
         self._index = hnswlib.Index(space="l2", dim=self.dim)
-        self._index.init_index(
-            max_elements=max(int(max_elements), 1),
-            M=self.M,
-            ef_construction=self.ef_construction,
-            random_seed=int(seed),
-        )
+        rows = max(int(max_elements), 1)
+        # hnswlib's level-0 block: each row's vector, 2 M links, their count and its label
+        with huge_pages(rows * (4 * self.dim + 8 * self.M + 12)):
+            self._index.init_index(
+                max_elements=rows,
+                M=self.M,
+                ef_construction=self.ef_construction,
+                random_seed=int(seed),
+            )
         self._index.set_num_threads(self.threads)
         self._count = 0
         self._center: np.ndarray | None = None  # float64 (dim,): mean of the first batch
