@@ -20,6 +20,13 @@ search <= 1.15) and ``peak_rss_over_one_layer=`` at the largest size (target <= 
 a store on disk, blocks 0, 15 and 29 plus the final norm: ``seconds_capture_smollm2=``,
 ``patterns_per_layer_smollm2=``, ``seconds_measure_smollm2=``, ``peak_rss_mb_smollm2=`` and
 where the peak was reached. Needs the model in the zoo's cache.
+
+``--all-tokens N`` (e.g. 1e6): ``audit(positions="all", store=...)`` of N tokens, so N patterns
+per layer, with SmolLM2's real weights cut after its first block (the forward pass is one block
+deep, so the capture takes minutes, not hours, on two cores: the measuring is what grows with
+N), on CPython's own standard-library source: ``patterns_per_layer_all=``,
+``seconds_capture_all=``, ``seconds_measure_per_layer_all=``, ``seconds_umap_all=``,
+``peak_rss_mb_all=`` and its stage, ``peak_rss_over_one_layer_all=``.
 """
 
 from __future__ import annotations
@@ -156,6 +163,14 @@ def project_fig2(
     return {"capture": capture, "measure": measure, "total": capture + measure}
 
 
+def gpt2_medium_flops_per_token(seq: int = 256) -> float:
+    """Forward FLOPs per token of GPT-2 medium (Kaplan et al. 2020, Table 1: 2N + 2 n_layer
+    n_ctx d, N = 12 n_layer d^2 the non-embedding parameters) plus the logits the capture's
+    loss needs (2 d vocab): what a GPU's sustained FLOP/s divides into tokens per second."""
+    layer, d, vocab = 24, 1024, 50257
+    return 2 * 12 * layer * d * d + 2 * layer * seq * d + 2 * d * vocab
+
+
 def smollm2() -> float:
     import hopaudit
     from hopaudit.data import prepare_data
@@ -185,6 +200,68 @@ def smollm2() -> float:
         return a.n_tokens / a.timings["capture"]
 
 
+def stdlib_source(chars: int) -> list[str]:
+    """CPython's standard-library modules (sorted paths, site-packages left out), whole files,
+    until ``chars`` characters: a corpus of millions of tokens found on every machine."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docs, total = [], 0
+    for f in sorted(root.rglob("*.py")):
+        if "site-packages" in f.parts or total >= chars:
+            continue
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        docs.append(text)
+        total += len(text)
+    return docs
+
+
+def all_tokens(n_tokens: int) -> None:
+    """positions="all" over n_tokens tokens: a real audit, n_tokens patterns per layer."""
+    import hopaudit
+    from hopaudit.data import prepare_data
+    from hopaudit.memory import current_rss
+
+    model, tok = hopaudit.zoo.smollm2()
+    model.model.layers = model.model.layers[:1]  # cut after block 0: the real weights of it
+    model.config.num_hidden_layers = 1
+    seq = 256
+    data = prepare_data(
+        stdlib_source(8 * n_tokens), tok, max_length=seq, max_sequences=-(-n_tokens // seq)
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        base = current_rss()  # the model and the tokens: not the audit's
+        a = hopaudit.audit(
+            model,
+            data,
+            positions="all",
+            store=f"{tmp}/store",
+            index="hnsw",
+            progress=True,
+            umap_layers=["final"],
+        )
+        s = a.summary()
+        n = int(a.layers["n_patterns"].min())
+        index_bytes = max(p.stat().st_size for p in Path(f"{tmp}/store.layers").glob("*.bin"))
+        one_layer = n * a.layers["n"].iloc[0] * 4 + index_bytes
+        say("tokens_all", a.n_tokens)
+        say("patterns_per_layer_all", n)
+        say("layers_all", len(a.layer_names))
+        say("seconds_capture_all", a.timings["capture"])
+        say("seconds_measure_per_layer_all", a.timings["measure"] / len(a.layer_names))
+        say("seconds_umap_all", a.timings.get("umap", math.nan))
+        say("peak_rss_mb_all", s["peak_rss_mb"])
+        say("one_layer_mb_all", one_layer / 2**20)
+        say("peak_rss_over_one_layer_all", (s["peak_rss_mb"] * 2**20 - base) / one_layer)
+        print(
+            f"# peak reached in: {s['peak_rss_stage']}; the process held {base / 2**20:.0f} MB "
+            "(model, tokens) before the audit, left out of the ratio as in the synthetic part"
+        )
+
+
 def fit(ns: list[int], seconds: list[float]) -> float:
     x, y = np.log(ns), np.log(np.maximum(seconds, 1e-9))
     return float(np.polyfit(x, y, 1)[0])
@@ -196,16 +273,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--smollm2", action="store_true", help="also the real SmolLM2 audit")
     p.add_argument(
+        "--all-tokens",
+        type=float,
+        default=None,
+        help='only a real positions="all" audit of this many tokens (one SmolLM2 block)',
+    )
+    p.add_argument(
         "--gpu-tokens-per-second",
         type=float,
         default=None,
         help="one GPU's GPT-2-medium capture rate (benchmarks/gpu.py's "
         "fig2_capture_tokens_per_second) for the Fig. 2 projection",
     )
+    p.add_argument(
+        "--gpu-tflops",
+        type=float,
+        default=None,
+        help="an ASSUMED sustained bf16 TFLOP/s of one GPU: the Fig. 2 projection then takes "
+        "its capture rate from GPT-2 medium's FLOPs per token (no GPU was measured)",
+    )
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
         print(json.dumps(child(args.child, args.layers)))
+        return 0
+    if args.all_tokens:
+        all_tokens(int(args.all_tokens))
         return 0
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     results = {}
@@ -235,20 +328,27 @@ def main(argv: list[str] | None = None) -> int:
             )
     say("peak_rss_over_one_layer", results[max(sizes)]["over_one_layer"])
     print(f"# layers per size: {args.layers}; every size measured in a fresh process")
-    tps = None
+    rates = {}  # one worker's GPT-2-medium capture rate, by where it came from
     if args.smollm2:
         # per-token cost scales with the non-embedding parameters: SmolLM2-135M ~ 106 M,
         # GPT-2 medium ~ 302 M
-        tps = smollm2() * 106 / 302
-        say("gpt2_medium_tokens_per_second_cpu_projected", tps)
+        rates["cpu"] = smollm2() * 106 / 302
+        say("gpt2_medium_tokens_per_second_cpu_projected", rates["cpu"])
     if args.gpu_tokens_per_second:
-        tps = args.gpu_tokens_per_second
-    if tps:
-        big = results[max(sizes)]["seconds"]
-        per_pattern = (big["index"] + big["search"] + big["geometry"]) / max(sizes)
-        say("measure_seconds_per_pattern_576", per_pattern)
-        for key, value in project_fig2(per_pattern, WIDTH, tps, 8).items():
-            say(f"projected_fig2_{key}_seconds_8_workers", value)
+        rates["gpu"] = args.gpu_tokens_per_second
+    elif args.gpu_tflops:
+        rates["gpu"] = args.gpu_tflops * 1e12 / gpt2_medium_flops_per_token()
+        say("gpt2_medium_flops_per_token", gpt2_medium_flops_per_token())
+        say("gpt2_medium_tokens_per_second_gpu_assumed", rates["gpu"])
+    if rates:
+        # the per-pattern cost at the measured size nearest Fig. 2's 80 000 patterns per layer
+        near = min(sizes, key=lambda n: abs(math.log(n / 80_000)))
+        big = results[near]["seconds"]
+        per_pattern = (big["index"] + big["search"] + big["geometry"]) / near
+        say(f"measure_seconds_per_pattern_576_at_{near}", per_pattern)
+        for where, tps in rates.items():
+            for key, value in project_fig2(per_pattern, WIDTH, tps, 8).items():
+                say(f"projected_fig2_{key}_seconds_8_{where}_workers", value)
         print("# a projection from the costs measured above, not a measurement")
     return 0 if math.isfinite(results[max(sizes)]["over_one_layer"]) else 1
 

@@ -1,0 +1,51 @@
+"""benchmarks/scale.py at toy sizes: every line the README's numbers are read from is printed,
+and the Fig. 2 projection is the arithmetic docs/scale.md states (checked here by hand)."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "scale.py"
+SIZES = (1500, 3000)
+
+
+@pytest.mark.slow  # two fresh processes, each with a UMAP
+def test_toy_sizes_print_every_stage_and_the_projection():
+    env = {**os.environ, "PYTHONPATH": str(SCRIPT.parent.parent), "TQDM_DISABLE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--sizes", ",".join(map(str, SIZES)), "--layers", "2",
+         "--gpu-tflops", "100"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    v = {
+        k: float(x)
+        for k, x in (line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    }
+    for n in SIZES:
+        for stage in ("index", "search", "geometry", "umap"):
+            assert v[f"seconds_{stage}_{n}"] > 0
+        assert v[f"peak_rss_mb_{n}"] > v[f"one_layer_mb_{n}"] > 0
+    for stage in ("index", "search", "geometry", "umap"):
+        assert math.isfinite(v[f"growth_exponent_{stage}"])
+    # GPT-2 medium: 24 blocks of width 1024 (12 d^2 weights each), 256-token context,
+    # a 50257-token vocabulary
+    flops = 2 * 24 * 12 * 1024**2 + 2 * 24 * 256 * 1024 + 2 * 1024 * 50257
+    assert v["gpt2_medium_flops_per_token"] == pytest.approx(flops, rel=1e-3)
+    tps = 100e12 / flops
+    assert v["gpt2_medium_tokens_per_second_gpu_assumed"] == pytest.approx(tps, rel=1e-3)
+    # 80 000 chunks of 256 tokens over 8 GPUs; 25 layers, 8 at a time (4 rounds), each of
+    # 80 000 patterns of width 1024 at the per-pattern cost measured at width 576 (3000 is
+    # the size nearest 80 000)
+    per_pattern = v["measure_seconds_per_pattern_576_at_3000"]
+    capture = 80_000 * 256 / (8 * tps)
+    measure = 4 * per_pattern * 80_000 * 1024 / 576
+    assert v["projected_fig2_capture_seconds_8_gpu_workers"] == pytest.approx(capture, rel=1e-3)
+    assert v["projected_fig2_measure_seconds_8_gpu_workers"] == pytest.approx(measure, rel=1e-3)
+    assert "not a measurement" in proc.stdout
