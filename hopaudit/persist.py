@@ -156,9 +156,10 @@ def _open_regular(path: Path) -> int:
 
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    buffer = bytearray(_HASH_CHUNK)
-    view = memoryview(buffer)
     with os.fdopen(_open_regular(path), "rb", buffering=0) as handle:
+        # no bigger than the file: a zeroed 8 MB buffer per small file costs more than its hash
+        buffer = bytearray(min(_HASH_CHUNK, max(os.fstat(handle.fileno()).st_size, 1)))
+        view = memoryview(buffer)
         while n := handle.readinto(buffer):
             digest.update(view[:n])
     return digest.hexdigest()
