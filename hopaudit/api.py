@@ -459,12 +459,10 @@ def _layer_bar(name: str, rows: int, show: bool) -> Iterator[Any]:
         yield None
         return
     bar = tqdm(total=2 * rows, desc=f"{name}: index", unit="pattern", leave=False)
-    stage = ["index"]
 
-    def step(now: str, done: int) -> None:
-        if now != stage[0]:
-            stage[0] = now
-            bar.set_description(f"{name}: {now}")
+    def step(stage: str, done: int) -> None:
+        if bar.desc != f"{name}: {stage}":
+            bar.set_description_str(f"{name}: {stage}")
         bar.update(done)
 
     try:
