@@ -134,9 +134,10 @@ def umap_from_knn(
             f"the kNN graph has {cols} columns (self + {cols - 1} neighbours) but n_neighbors="
             f"{k} needs {k}; search with k >= {k - 1} other neighbours or lower n_neighbors"
         )
-    # exactly k columns, contiguous copies (umap writes into its graph arrays)
-    ids_k = np.ascontiguousarray(ids[:, :k], dtype=np.int64)
-    dists_k = np.ascontiguousarray(dists[:, :k], dtype=np.float32)
+    # exactly k columns, always copies: umap writes into its graph arrays, and the graph may be
+    # a read-only memory map (a saved audit's, or one beside a store)
+    ids_k = np.array(ids[:, :k], dtype=np.int64, order="C", copy=True)
+    dists_k = np.array(dists[:, :k], dtype=np.float32, order="C", copy=True)
 
     if n_epochs is not None and (int(n_epochs) != n_epochs or n_epochs < 1):
         raise ValueError(f"n_epochs must be a positive integer or None, got {n_epochs}")

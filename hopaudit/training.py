@@ -253,6 +253,13 @@ def _rotate(
     del paths[:-limit]
 
 
+def _hold(live: dict[Path, weakref.ref], path: Path, result: Any) -> None:
+    """Remember the Audit saved at ``path`` without keeping it alive (for :func:`_rotate`)."""
+    # not an Audit (a stand-in without weak references): nothing to detach later
+    with contextlib.suppress(TypeError):
+        live[path] = weakref.ref(result)
+
+
 def _detach_indexes(audit: Any, folder: Path) -> None:
     """Open every index of ``audit`` read from a file under ``folder`` and keep it in memory:
     the folder is about to be deleted (its activations and graphs are memory-mapped already,
@@ -388,7 +395,7 @@ class AuditCallback(TrainerCallback):
             self._runner.failed(self.errors, step, exc)
             return
         self.paths.append(path)
-        self._live[path] = weakref.ref(result)
+        _hold(self._live, path, result)
         self.history.append({"step": step, "path": str(path), **scalars})
         self.last_audit = result
         limit = {"limit": getattr(args, "save_total_limit", None), "all": None}.get(
@@ -549,7 +556,7 @@ class Auditor:
             self._runner.failed(self.errors, step, exc)
             return None
         self.paths.append(path)
-        self._live[path] = weakref.ref(result)
+        _hold(self._live, path, result)
         self.history.append({"step": step, "path": str(path), **scalars})
         _rotate(self.paths, None if self.keep in ("all", "limit") else self.keep, self._live)
         return result

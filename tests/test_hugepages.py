@@ -36,7 +36,9 @@ def _index(rows: int, dim: int = 64) -> HnswIndex:
 def test_the_graph_block_is_advised_huge_pages_only_when_enabled(enabled, monkeypatch):
     monkeypatch.setattr(hugepages, "MIN_BYTES", 1 << 20)
     monkeypatch.setattr(hugepages, "ENABLED", enabled)
-    rows = 20_000  # 20 000 x (64 x 4 + 16 x 8 + 12) bytes = 7.9 MB
+    # 100 000 x (64 x 4 + 16 x 8 + 12) bytes = 40 MB: above glibc's largest mmap threshold
+    # (32 MB), so the block is a mapping of its own even in a long-lived process
+    rows = 100_000
     before = _advised_regions()
     index = _index(rows)
     new = {r for r in _advised_regions() - before if r[1] - r[0] >= rows * 396}
