@@ -85,7 +85,7 @@ def _capture(model, data, blocks, final, batch_size=BATCH, **kw):
 
 def speed(model, tokenizer, rounds: int, n_sequences: int, budget: float) -> float:
     """Alternate plain and capture passes over the same batches; returns wall s per sequence."""
-    from hopaudit.blocks import find_blocks, find_final_norm
+    from hopaudit.model.blocks import find_blocks, find_final_norm
 
     blocks = find_blocks(model)
     final = find_final_norm(model, [p for p, _ in blocks])
@@ -151,8 +151,8 @@ def child(workdir: Path, mode: str) -> None:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from hopaudit.blocks import find_blocks, find_final_norm
     from hopaudit.data import TokenData
+    from hopaudit.model.blocks import find_blocks, find_final_norm
 
     config = AutoConfig.from_pretrained(workdir)
     with init_empty_weights():  # parameters on "meta"; buffers (rotary) real

@@ -36,8 +36,8 @@ EVERY = 20
 
 
 def _setup(n_eval: int):
-    from hopaudit.tinygpt import _token_stream, train_tokenizer
     from hopaudit.zoo import corpus
+    from hopaudit.zoo.tinygpt import _token_stream, train_tokenizer
 
     docs = corpus("pydoc")
     tok = train_tokenizer(docs, vocab_size=1024, model_max_length=SEQ_LEN)

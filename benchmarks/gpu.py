@@ -276,7 +276,7 @@ def equality(models: Models, device: torch.device, sizes: dict) -> bool:
 # ----------------------------------------------------------------------------- 2. overhead
 def plain_pass(model, data, batch_size: int, device: torch.device, amp) -> None:
     """A plain forward over ``data`` in batches, as the capture runs it (no hooks, no scores)."""
-    from hopaudit.precision import autocast_context
+    from hopaudit.model.precision import autocast_context
 
     with torch.inference_mode(), autocast_context(amp, device):
         for s in range(0, data.num_sequences, batch_size):
@@ -287,8 +287,8 @@ def plain_pass(model, data, batch_size: int, device: torch.device, amp) -> None:
 
 
 def capture_pass(model, data, batch_size: int, autocast: str):
-    from hopaudit.blocks import find_blocks, find_final_norm
     from hopaudit.capture import capture
+    from hopaudit.model.blocks import find_blocks, find_final_norm
 
     blocks = find_blocks(model)
     final = find_final_norm(model, [p for p, _ in blocks])
@@ -299,8 +299,8 @@ def capture_pass(model, data, batch_size: int, autocast: str):
 
 def scoring_share(model, data, batch_size: int, device: torch.device, amp) -> float:
     """Seconds of the capture's per-token scoring of one batch over its plain forward's."""
-    from hopaudit.precision import autocast_context
-    from hopaudit.scores import token_statistics
+    from hopaudit.evidence.scores import token_statistics
+    from hopaudit.model.precision import autocast_context
 
     ids = data.input_ids[:batch_size].to(device)
     mask = data.attention_mask[:batch_size].to(device)
@@ -316,9 +316,9 @@ def overhead(
     label: str, model, data, device: torch.device, autocast: str, rounds: int, async_copy: bool
 ) -> float:
     """Plain forward against capture, alternated; returns the capture's tokens per second."""
-    from hopaudit import capture as capture_module
     from hopaudit.capture import choose_batch_size
-    from hopaudit.precision import compute_dtype, describe
+    from hopaudit.capture import forward as capture_module
+    from hopaudit.model.precision import compute_dtype, describe
 
     amp = compute_dtype(model, device, autocast)
     bs = choose_batch_size(model, data.seq_len, data.num_sequences, device)
@@ -389,7 +389,7 @@ def activation_like(n: int, width: int, device: torch.device, seed: int = 0) -> 
 # --------------------------------------------------------------------------- 3. Fig. 2
 def fig2(device: torch.device, sizes: dict, quick: bool, rounds: int) -> None:
     """Projected seconds of the paper's Fig. 2 audit on this machine, from two measurements."""
-    from hopaudit.measure import measure
+    from hopaudit.layer.measuring import measure
 
     shape = TINY_GPT2 if quick else GPT2_MEDIUM
     model = random_model("gpt2", shape, device, torch.float32)  # GPT-2 ships in float32
@@ -446,7 +446,7 @@ def search(
 
     The HNSW build stops at ``deadline`` (``time.perf_counter()``) after at least one chunk.
     """
-    from hopaudit.search import ExactIndex, HnswIndex, _resolve_kind, default_threads
+    from hopaudit.search.backends import ExactIndex, HnswIndex, _resolve_kind, default_threads
 
     t0 = time.perf_counter()
     x = activation_like(n, width, device, seed=2)

@@ -43,9 +43,8 @@ def patterns(n: int, seed: int = 0) -> np.ndarray:
 
 
 def child(n: int, enabled: bool) -> dict:
-    from hopaudit import hugepages
     from hopaudit.geometry import normalize_rows
-    from hopaudit.search import build_index, knn_self
+    from hopaudit.search import build_index, hugepages, knn_self
 
     hugepages.ENABLED = enabled
     x = normalize_rows(patterns(n), "rms")

@@ -95,7 +95,7 @@ def _audit(run, *, with_scores: bool, **extra):
 
 def _audit_data(model, data, heldout, tokenizer, *, with_scores: bool, **extra):
     import hopaudit
-    import hopaudit.capture as capture_module
+    import hopaudit.capture.forward as capture_module
 
     def old_scores(logits, ids, mask, shift=True):  # the per-token scores before Min-K%++
         b, lp, hit = token_scores(logits, ids, mask, shift=shift)

@@ -40,9 +40,9 @@ SEQ_LEN = 64
 def synthetic_audit(n_seq: int, seed: int = 0):
     """An Audit of SmolLM2's shape, measured by hopaudit on clustered random activations."""
     from hopaudit.capture import CaptureResult
-    from hopaudit.measure import measure
-    from hopaudit.result import Audit, Embedding
-    from hopaudit.store import ActivationStore
+    from hopaudit.capture.store import ActivationStore
+    from hopaudit.layer.measuring import measure
+    from hopaudit.results.audit import Audit, Embedding
 
     rng = np.random.default_rng(seed)
     names = [f"model.layers.{i}" for i in range(BLOCKS)] + ["final"]

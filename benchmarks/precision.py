@@ -29,7 +29,7 @@ import torch
 
 import hopaudit
 from hopaudit.data import prepare_data
-from hopaudit.precision import native_bf16
+from hopaudit.model.precision import native_bf16
 
 
 def forward_all(model, ids: torch.Tensor, batch: int, ctx) -> tuple[float, np.ndarray, np.ndarray]:

@@ -59,7 +59,7 @@ def say(name: str, value: object) -> None:
 
 def write_layers(store_path: Path, n: int, layers: int, seed: int = 0):
     """``layers`` layers of n activation-like rows (float16), written in chunks."""
-    from hopaudit.store import ActivationStore
+    from hopaudit.capture.store import ActivationStore
 
     names = [f"layer{i}" for i in range(layers)]
     st = ActivationStore(names, dtype=np.float16, path=store_path)
@@ -77,12 +77,13 @@ def write_layers(store_path: Path, n: int, layers: int, seed: int = 0):
 
 def child(n: int, layers: int) -> dict:
     """One size in this process: returns stage seconds and memory."""
-    import hopaudit.measure  # noqa: F401  (the package exports a function of the same name)
-    from hopaudit.api import _embed, _settle
-    from hopaudit.layerfiles import LayerFiles, layer_files_path
-    from hopaudit.memory import current_rss, peak_rss, reset_peak
+    import hopaudit.layer.measuring  # noqa: F401  (sys.modules below needs it imported)
+    from hopaudit.engines.local import settle
+    from hopaudit.engines.memory import current_rss, peak_rss, reset_peak
+    from hopaudit.layer.embedding import embed_layer
+    from hopaudit.layer.files import LayerFiles, layer_files_path
 
-    measure_mod = sys.modules["hopaudit.measure"]
+    measure_mod = sys.modules["hopaudit.layer.measuring"]
     work = Path(tempfile.mkdtemp(prefix="hopaudit-scale-"))
     try:
         st = write_layers(work / "store", n, layers)
@@ -118,7 +119,7 @@ def child(n: int, layers: int) -> dict:
         t_all = time.perf_counter()
         for i, name in enumerate(st.layer_names):
             rep = measure_mod.measure(st.get(name), index="hnsw", k=15, n_blocks=layers)
-            reports[name] = _settle(rep, i, name, stored, files, "float32")
+            reports[name] = settle(rep, i, name, stored, files, "float32")
             del rep
             st.release(name)
         measured = time.perf_counter() - t_all
@@ -127,7 +128,7 @@ def child(n: int, layers: int) -> dict:
         index_bytes = (work / "store.layers" / "layer_000.bin").stat().st_size
         t = time.perf_counter()
         name = st.layer_names[0]
-        _embed(reports[name], st.get(name), np.zeros(n, np.int64), 20_000, 0, None)
+        embed_layer(reports[name], st.get(name), np.zeros(n, np.int64), 20_000, 0, None)
         times["umap"] = time.perf_counter() - t
         one_layer = n * WIDTH * 4 + index_bytes
         return {
@@ -223,7 +224,7 @@ def all_tokens(n_tokens: int) -> None:
     """positions="all" over n_tokens tokens: a real audit, n_tokens patterns per layer."""
     import hopaudit
     from hopaudit.data import prepare_data
-    from hopaudit.memory import current_rss
+    from hopaudit.engines.memory import current_rss
 
     model, tok = hopaudit.zoo.smollm2()
     model.model.layers = model.model.layers[:1]  # cut after block 0: the real weights of it

@@ -38,7 +38,7 @@ import warnings
 
 import numpy as np
 
-from hopaudit.embedding import umap_from_knn
+from hopaudit.layer.embedding import umap_from_knn
 
 
 def clustered(n: int, dim: int, *, clusters: int = 40, sub: int = 12, seed: int = 0):
@@ -74,12 +74,12 @@ def exact_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def smollm2_final(n_sequences: int = 320, length: int = 64) -> np.ndarray:
     """Real patterns: SmolLM2's final-norm output at every position, RMS-normalized."""
-    from hopaudit import zoo
-    from hopaudit.blocks import find_blocks, find_final_norm
     from hopaudit.capture import capture
     from hopaudit.data import prepare_data
     from hopaudit.geometry import normalize_rows
-    from hopaudit.loading import load_model
+    from hopaudit.model.blocks import find_blocks, find_final_norm
+    from hopaudit.model.loading import load_model
+    from hopaudit.zoo import models as zoo
 
     model, tok = load_model("smollm2")
     blocks = find_blocks(model)

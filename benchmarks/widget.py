@@ -42,9 +42,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hopaudit import report
-from hopaudit.schema import pack
-from hopaudit.widget import ESM_PATH, widget_state
+from hopaudit.views import report
+from hopaudit.views.schema import pack
+from hopaudit.views.widget import ESM_PATH, widget_state
 from hopaudit.zoo import corpus
 
 N_BLOCKS, D, HIDDEN, POINTS, UMAP_LAYERS, RUNS = 30, 20_000, 576, 20_000, 4, 3

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._version import __version__
-from .errors import HopauditError
+from hopaudit._version import __version__
+from hopaudit.errors import HopauditError
 
 FORMATS = ("table", "json", "csv")
 
@@ -173,7 +173,7 @@ def _emit(args: argparse.Namespace, df: Any, *, summary: dict | None = None) -> 
     """``df`` (and a summary) on stdout in the chosen format (table is printed by the caller)."""
     import json
 
-    from .catalog import json_safe
+    from hopaudit.jsonable import json_safe
 
     if args.format == "csv":
         sys.stdout.write(df.to_csv(index=False))
@@ -185,7 +185,7 @@ def _emit(args: argparse.Namespace, df: Any, *, summary: dict | None = None) -> 
 
 def _load_data(spec: str) -> Any:
     if spec == "pydoc":
-        from .zoo import corpus
+        from hopaudit.zoo.models import corpus
 
         return corpus("pydoc")
     path = Path(spec).expanduser()
@@ -221,7 +221,7 @@ def _print_report(a: Any, args: argparse.Namespace | None = None) -> None:
 
 def _run_views(args: argparse.Namespace) -> int:
     """``compare`` and ``timeline``: saved audits -> one HTML report."""
-    from .comparison import compare, timeline
+    from hopaudit.results.comparison import compare, timeline
 
     if args.command == "compare":
         labels = None
@@ -250,11 +250,11 @@ def _run_saved(args: argparse.Namespace) -> int:
     import pandas as pd
 
     if args.command == "show":
-        from .persist import load
+        from hopaudit.storage.load import load
 
         _print_report(load(args.dir), args)
         return 0
-    from .catalog import catalog
+    from hopaudit.storage.catalog import catalog
 
     df = catalog(args.dirs, args.table)
     if args.format != "table":
@@ -266,7 +266,7 @@ def _run_saved(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .api import audit
+    from hopaudit.api import audit
 
     if args.command in ("compare", "timeline"):
         return _run_views(args)
@@ -274,7 +274,7 @@ def _run(args: argparse.Namespace) -> int:
         return _run_saved(args)
 
     if args.command == "demo":
-        from .zoo import corpus
+        from hopaudit.zoo.models import corpus
 
         result = audit(
             "smollm2",

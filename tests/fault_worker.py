@@ -119,7 +119,7 @@ def fuzz(src: str, work: str, seed: int, hows: list[str], verify: bool) -> list[
 def kill_save(old: str, new: str, work: str, points: list[list]) -> list[dict]:
     """Save the audit ``new`` over a copy of ``old`` with overwrite=True, SIGKILLed at the n-th
     call of a function (``[name, n]``); then load what is there in another child."""
-    import hopaudit.persist as persist
+    import hopaudit.storage.save as persist
 
     out = []
     for name, nth in points:

@@ -238,11 +238,13 @@ def test_three_patterns_are_measured_but_not_embedded():
 
 
 def test_bad_heldout_fails_before_any_capture(monkeypatch):
-    import hopaudit.api
+    from hopaudit.engines import local
 
     calls = []
-    real = hopaudit.api.capture
-    monkeypatch.setattr(hopaudit.api, "capture", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = local.capture
+    monkeypatch.setattr(
+        "hopaudit.engines.local.capture", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
     model, _ = tiny_model("gpt2")
     with pytest.raises(DataError):
         hopaudit.audit(model, _texts(20), tokenizer=tiny_tokenizer(), heldout=[], max_length=8)

@@ -11,7 +11,8 @@ import torch
 from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
 
 import hopaudit
-import hopaudit.api as api
+import hopaudit.capture.dtype as store_dtype_module
+import hopaudit.engines.local as local
 from hopaudit.errors import DataError
 
 
@@ -91,11 +92,11 @@ def test_auto_store_dtype_switches_to_float16_beyond_the_budget(monkeypatch):
     opts = dict(tokenizer=tiny_tokenizer(), max_length=8, progress=False, umap_layers=[])
     n_seq = len(hopaudit.prepare_data(texts, opts["tokenizer"], max_length=8).texts)
     need = n_seq * info.hidden_size * (info.num_blocks + 1) * 4  # one row (last) per sequence
-    monkeypatch.setattr(api, "STORE_BUDGET_BYTES", need)
+    monkeypatch.setattr(store_dtype_module, "STORE_BUDGET_BYTES", need)
     a = hopaudit.audit(model, texts, **opts)
     assert len(a.texts) == n_seq
     assert a.summary()["store_dtype"] == "float32" and a.activations(0).dtype == np.float32
-    monkeypatch.setattr(api, "STORE_BUDGET_BYTES", need - 1)
+    monkeypatch.setattr(store_dtype_module, "STORE_BUDGET_BYTES", need - 1)
     b = hopaudit.audit(model, texts, **opts)
     assert b.summary()["store_dtype"] == "float16" and b.activations(0).dtype == np.float16
     assert "auto: float16" in b.options["store_dtype_note"]
@@ -126,7 +127,7 @@ def test_a_failed_audit_removes_the_store_it_created(tmp_path, monkeypatch, when
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(api, "measure" if when == "measure" else "_embed", interrupt)
+    monkeypatch.setattr(local, "measure" if when == "measure" else "embed_layer", interrupt)
     with pytest.raises(KeyboardInterrupt):
         hopaudit.audit(
             model, _texts(), heldout=_texts(8, 1), tokenizer=tiny_tokenizer(), max_length=8,

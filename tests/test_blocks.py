@@ -15,8 +15,8 @@ import torch
 from tiny_models import ARCHS, DECODER_ARCHS, ENCODER_ARCHS, NanoGPT, tiny_model
 from torch import nn
 
-from hopaudit.blocks import count_parameters, find_blocks, find_final_norm
 from hopaudit.errors import ModelError
+from hopaudit.model.blocks import count_parameters, find_blocks, find_final_norm
 
 
 def _head(model: nn.Module) -> nn.Module:
@@ -293,7 +293,7 @@ def _llama_hand_count(c) -> tuple[int, int]:
 
 @pytest.mark.slow
 def test_real_smollm2_blocks_final_norm_and_size():
-    from hopaudit import zoo
+    from hopaudit.zoo import models as zoo
 
     model, tok = zoo.smollm2()
     found = find_blocks(model)
@@ -310,7 +310,7 @@ def test_real_smollm2_blocks_final_norm_and_size():
 
 @pytest.mark.slow
 def test_real_minilm_blocks_and_no_final_norm():
-    from hopaudit import zoo
+    from hopaudit.zoo import models as zoo
 
     model, _ = zoo.minilm()
     found = find_blocks(model)
@@ -325,7 +325,7 @@ def test_real_minilm_blocks_and_no_final_norm():
 
 
 def test_torch_compile_prefix_is_removed_from_names():
-    from hopaudit.blocks import find_stacks
+    from hopaudit.model.blocks import find_stacks
 
     model, _ = tiny_model("gpt2")
     compiled = torch.compile(model)  # wrapping only: nothing is compiled until it runs
@@ -354,7 +354,7 @@ def test_a_post_ln_decoder_has_no_final_norm_not_its_input_side_norm():
 
 @pytest.mark.parametrize(("arch", "role"), [("llama", "decoder"), ("bert", "encoder")])
 def test_a_single_stack_is_named_for_its_role(arch, role):
-    from hopaudit.blocks import find_stacks
+    from hopaudit.model.blocks import find_stacks
 
     model, _ = tiny_model(arch)
     assert [s.name for s in find_stacks(model)] == [role]

@@ -12,7 +12,7 @@ from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
 import hopaudit
 from hopaudit import theory
 from hopaudit.errors import DataError
-from hopaudit.measure import INTERVAL_COLUMNS, bootstrap_intervals
+from hopaudit.layer.measuring import INTERVAL_COLUMNS, bootstrap_intervals
 
 
 def _twin_pairs(rng: np.random.Generator, pairs: int, dim: int, a: float, b: float):

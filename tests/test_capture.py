@@ -15,9 +15,9 @@ from tiny_models import NanoGPT, tiny_model
 from torch import nn
 
 from hopaudit.capture import TraceBlocks, capture, select_positions
+from hopaudit.capture.store import ActivationStore
 from hopaudit.data import TokenData
 from hopaudit.errors import CaptureError, DataError, FormatError, ModelError
-from hopaudit.store import ActivationStore
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -491,7 +491,7 @@ def test_chosen_batch_size_follows_its_documented_budgets():
 
 
 def test_progress_bar_reports_tokens_per_second(monkeypatch):
-    import hopaudit.capture
+    import hopaudit.capture.forward
 
     bars = []
 
@@ -511,7 +511,7 @@ def test_progress_bar_reports_tokens_per_second(monkeypatch):
             self.closed += 1
 
     model, info = tiny_model("gpt2")
-    monkeypatch.setattr(hopaudit.capture, "tqdm", Recorder)
+    monkeypatch.setattr(hopaudit.capture.forward, "tqdm", Recorder)
     _run(model, info, _data([6, 6, 6]), batch_size=1, progress=True)
     _run(model, info, _data([6, 6, 6]), batch_size=2, progress=False)
     (on, off) = bars

@@ -130,7 +130,8 @@ def test_a_damaged_parquet_file_is_named(saved, tmp_path):
 
 
 def test_an_audit_saved_without_tables_is_computed(saved, tmp_path):
-    from hopaudit.persist import _encode_meta, _read_meta
+    from hopaudit.storage.manifest import encode_meta as _encode_meta
+    from hopaudit.storage.manifest import read_meta as _read_meta
 
     _, audits, _ = saved
     path = audits[1].save(tmp_path / "old")

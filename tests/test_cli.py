@@ -121,12 +121,12 @@ def test_damaged_saved_audit_is_one_line(saved_dir, tmp_path):
 
 
 def test_unexpected_errors_are_one_line_too(monkeypatch, capsys, saved_dir, tmp_path):
-    import hopaudit.comparison
+    import hopaudit.results.comparison
 
     def boom(*args, **kwargs):
         raise TypeError("planted\nover two lines")
 
-    monkeypatch.setattr(hopaudit.comparison, "compare", boom)
+    monkeypatch.setattr(hopaudit.results.comparison, "compare", boom)
     code = main(["compare", str(saved_dir), "--out", str(tmp_path / "r.html")])
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1

@@ -19,10 +19,10 @@ import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
 import hopaudit
-from hopaudit.comparison import member_state, procrustes, relative_depth
-from hopaudit.embedding import umap_from_knn
 from hopaudit.errors import DataError
-from hopaudit.widget import decode, widget_state
+from hopaudit.layer.embedding import umap_from_knn
+from hopaudit.results.comparison import member_state, procrustes, relative_depth
+from hopaudit.views.widget import decode, widget_state
 
 TEXTS = [
     f"Sequence {i}: the {['red', 'green', 'blue', 'grey'][i % 4]} basin holds pattern "
@@ -158,7 +158,7 @@ def test_compare_state_members_are_the_single_view_states(audits):
 
 
 def test_to_html_of_a_comparison(audits, tmp_path):
-    from hopaudit.report import read_html_state
+    from hopaudit.views.report import read_html_state
 
     out = hopaudit.compare(*audits, labels=["x", "y"]).to_html(tmp_path / "c.html")
     text = out.read_text()

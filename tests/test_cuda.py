@@ -22,11 +22,11 @@ import torch
 from tiny_models import tiny_model
 
 import hopaudit
-from hopaudit import capture as capture_module
 from hopaudit.capture import capture
+from hopaudit.capture import forward as capture_module
 from hopaudit.data import TokenData
 from hopaudit.errors import CaptureError
-from hopaudit.precision import compute_dtype
+from hopaudit.model.precision import compute_dtype
 
 GPU = torch.device("cuda", 0)
 TOL = dict(rtol=1e-3, atol=1e-3)

@@ -474,7 +474,7 @@ def test_very_long_texts_are_read_by_prefix_with_the_same_tokens(tok):
 
 @pytest.mark.slow
 def test_real_minilm_tokenizer_found_beside_the_model_and_its_cls_sep_template():
-    from hopaudit import zoo
+    from hopaudit.zoo import models as zoo
 
     model, tok = zoo.minilm()
     del model.hopaudit_tokenizer  # found from the model's local directory instead
@@ -533,7 +533,7 @@ def test_a_streaming_dataset_with_unknown_features(tok):
 
 
 def test_ids_a_tokenizer_cannot_decode_are_shown_as_ids_with_a_warning():
-    from hopaudit.data import _decode
+    from hopaudit.data.prepare import _decode
 
     class Broken:
         def batch_decode(self, rows, **kwargs):

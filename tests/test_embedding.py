@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hopaudit.embedding import umap_from_knn
 from hopaudit.errors import SearchError
+from hopaudit.layer.embedding import umap_from_knn
 
 
 def knn_with_self(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -157,7 +157,7 @@ def test_graph_checks():
 
 _LAYOUT_IN_A_NEW_PROCESS = """
 import numpy as np
-from hopaudit.embedding import umap_from_knn
+from hopaudit.layer.embedding import umap_from_knn
 x = np.random.default_rng(0).normal(size=(60, 5)).astype(np.float32)
 d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
 ids = np.argsort(d, 1)[:, :6]

@@ -15,10 +15,10 @@ from tiny_models import ENCODER_SPECS, TOKENIZER_TEXT, tiny_encoder, tiny_mamba,
 from torch import nn
 
 import hopaudit
-from hopaudit.blocks import architecture_note, find_stacks, has_attention
 from hopaudit.capture import capture
 from hopaudit.data import InputData, prepare_data
 from hopaudit.errors import DataError
+from hopaudit.model.blocks import architecture_note, find_stacks, has_attention
 
 # arch -> (blocks that hidden_states[i + 1] reports raw, the final layer's oracle or None)
 RAW = {

@@ -11,7 +11,7 @@ from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.errors import DataError
-from hopaudit.extraction import extract
+from hopaudit.evidence.extract import extract
 
 
 def _texts(n: int, words: int = 40, seed: int = 0) -> list[str]:
@@ -98,7 +98,7 @@ def test_audit_extraction_columns_and_rates():
 def test_prefix_plus_suffix_longer_than_sequences_is_refused_before_any_forward(monkeypatch):
     model, _ = tiny_model("gpt2")
     calls = []
-    monkeypatch.setattr(hopaudit.api, "capture", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr("hopaudit.engines.local.capture", lambda *a, **k: calls.append(1))
     with pytest.raises(DataError, match=r"prefix \+ suffix = 32 \+ 32 = 64 tokens"):
         hopaudit.audit(
             model, _texts(10), tokenizer=tiny_tokenizer(), max_length=16, progress=False,

@@ -228,7 +228,7 @@ def test_a_fifo_in_a_saved_audit_is_refused_without_blocking(saved, tmp_path):
 def test_manifest_paths_outside_the_folder_are_refused(saved, tmp_path, rel):
     """A manifest naming a path outside the folder is refused (audit.json re-signed, as a
     hand-edited or malicious folder would be)."""
-    from hopaudit.persist import _encode_meta
+    from hopaudit.storage.manifest import encode_meta as _encode_meta
 
     copy = tmp_path / "copy"
     shutil.copytree(saved / "exact", copy)
@@ -241,7 +241,7 @@ def test_manifest_paths_outside_the_folder_are_refused(saved, tmp_path, rel):
 
 
 def test_store_cleanup_never_follows_a_link(tmp_path):
-    from hopaudit.store import ActivationStore
+    from hopaudit.capture.store import ActivationStore
 
     outside = tmp_path / "outside"
     outside.mkdir()

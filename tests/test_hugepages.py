@@ -8,8 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from hopaudit import hugepages
-from hopaudit.search import HnswIndex, knn_self
+from hopaudit.search import HnswIndex, hugepages, knn_self
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only (madvise)")
 

@@ -17,8 +17,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 import hopaudit
-from hopaudit.tinygpt import _token_stream, train_tokenizer
 from hopaudit.training import AuditCallback
+from hopaudit.zoo.tinygpt import _token_stream, train_tokenizer
 
 SEQ = 32
 DOCS = [topics[k] for k in sorted(topics)][:8]
@@ -137,13 +137,13 @@ def test_nothing_of_the_audit_is_printed(logged):
 
 def test_a_failing_logger_follows_on_error(monkeypatch):
     """on_error='warn': a logger that raises is recorded and warned about, training goes on."""
-    import hopaudit.loggers
+    import hopaudit.training.loggers
     from hopaudit.training import AuditCallback
 
     def broken(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(hopaudit.loggers, "log_audit", broken)
+    monkeypatch.setattr(hopaudit.training.loggers, "log_audit", broken)
 
     class State:
         global_step, epoch, log_history, is_world_process_zero = 3, None, [], True
@@ -155,8 +155,10 @@ def test_a_failing_logger_follows_on_error(monkeypatch):
         cb = AuditCallback(["x"], on_error=on_error)
         cb._handler = type("Handler", (), {"callbacks": []})()
         cb._runner.run = lambda model, tok, step: object()
-        monkeypatch.setattr("hopaudit.training._save_atomically", lambda r, p, **k: p)
-        monkeypatch.setattr("hopaudit.training.audit_scalars", lambda r: {"hopaudit/x": 1.0})
+        monkeypatch.setattr("hopaudit.training.callback._save_atomically", lambda r, p, **k: p)
+        monkeypatch.setattr(
+            "hopaudit.training.callback.audit_scalars", lambda r: {"hopaudit/x": 1.0}
+        )
         args = type("Args", (), {"output_dir": "/nonexistent", "save_total_limit": None})()
         if on_error == "raise":
             with pytest.raises(OSError, match="disk full"):

@@ -11,7 +11,7 @@ from scipy.spatial.distance import cdist
 
 from hopaudit.errors import DataError, SearchError
 from hopaudit.geometry import subset_indices
-from hopaudit.measure import ROW_COLUMNS, measure
+from hopaudit.layer.measuring import ROW_COLUMNS, measure
 
 
 def r_star(n: int) -> float:

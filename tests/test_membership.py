@@ -14,7 +14,13 @@ from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.errors import DataError
-from hopaudit.membership import auroc, bootstrap_auroc, roc_curve, tpr_at_fpr, weighted_auroc
+from hopaudit.evidence.membership import (
+    auroc,
+    bootstrap_auroc,
+    roc_curve,
+    tpr_at_fpr,
+    weighted_auroc,
+)
 
 
 def _texts(n: int, words: int = 30, seed: int = 0) -> list[str]:
@@ -164,7 +170,7 @@ def test_one_heldout_sequence_is_refused_before_any_forward(monkeypatch):
     model, _ = tiny_model("gpt2")
     calls = []
     # the capture pass is the forward that costs; find_final_norm's 4-token probe does not
-    monkeypatch.setattr(hopaudit.api, "capture", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr("hopaudit.engines.local.capture", lambda *a, **k: calls.append(1))
     with pytest.raises(DataError, match="undefined with fewer than 2 non-members"):
         hopaudit.audit(
             model, _texts(20), tokenizer=tiny_tokenizer(), heldout=_texts(1, seed=3),

@@ -12,8 +12,8 @@ from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.errors import DataError
-from hopaudit.metadata import MISSING, OTHER, TOP_CATEGORIES, metadata_state
-from hopaudit.schema import unpack
+from hopaudit.results.metadata import MISSING, OTHER, TOP_CATEGORIES, metadata_state
+from hopaudit.views.schema import unpack
 
 N = 48
 
@@ -66,12 +66,10 @@ def test_metadata_survives_save_and_load(audited, tmp_path):
 
 
 def test_bad_metadata_is_refused_before_the_forward_pass(monkeypatch):
-    import hopaudit.api
-
     def no_capture(*a, **k):
         raise AssertionError("the forward pass ran")
 
-    monkeypatch.setattr(hopaudit.api, "capture", no_capture)
+    monkeypatch.setattr("hopaudit.engines.local.capture", no_capture)
     with pytest.raises(DataError, match="47 rows but the audit has 48 sequences"):
         _audit({k: v[:47] for k, v in _meta().items()})
     with pytest.raises(DataError, match=r"already columns of audit\.samples"):

@@ -29,9 +29,9 @@ import nbformat
 import numpy as np
 import pytest
 
-from hopaudit.comparison import member_state
-from hopaudit.schema import is_array
-from hopaudit.widget import (
+from hopaudit.results.comparison import member_state
+from hopaudit.views.schema import is_array
+from hopaudit.views.widget import (
     LAYER_STAT_COLUMNS,
     STATE_LAYOUT,
     AuditWidget,

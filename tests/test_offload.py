@@ -14,7 +14,7 @@ from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
 from torch import nn
 
 import hopaudit
-from hopaudit.blocks import execution_device, find_stacks
+from hopaudit.model.blocks import execution_device, find_stacks
 
 accelerate = pytest.importorskip("accelerate")
 

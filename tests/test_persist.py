@@ -255,7 +255,7 @@ def test_overwrite_refuses_an_audit_holding_foreign_files(audited, tmp_path):
 
 
 def test_remove_audit_deletes_only_the_listed_files(audited, tmp_path):
-    from hopaudit.persist import remove_audit
+    from hopaudit.storage.persist import remove_audit
 
     root = audited.save(tmp_path / "a")
     (root / "reports" / "mine.txt").write_text("mine")

@@ -13,8 +13,8 @@ from test_capture import _data, _reference, _run
 from tiny_models import tiny_model
 
 import hopaudit
-from hopaudit import precision
 from hopaudit.errors import DataError
+from hopaudit.model import precision
 
 CPU = torch.device("cpu")
 

@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from hopaudit import report, schema
+from hopaudit.views import report, schema
 
 
 def shuffle_by_hand(data: bytes, size: int) -> bytes:

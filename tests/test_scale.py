@@ -9,11 +9,11 @@ import pytest
 from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
 
 import hopaudit
-from hopaudit import api
+from hopaudit.engines import local
+from hopaudit.engines.memory import peak_rss
 from hopaudit.errors import FormatError
 from hopaudit.geometry import normalize_rows, subset_indices
-from hopaudit.layerfiles import LayerFiles, compact_graph, layer_files_path
-from hopaudit.memory import peak_rss
+from hopaudit.layer.files import LayerFiles, compact_graph, layer_files_path
 from hopaudit.search import LazyIndex
 
 
@@ -126,7 +126,7 @@ def test_peak_memory_is_reported_with_its_stage(tmp_path):
 
 def test_a_failed_measuring_removes_the_store_and_the_layer_files(tmp_path, monkeypatch):
     calls = []
-    real = api.measure
+    real = local.measure
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -134,7 +134,7 @@ def test_a_failed_measuring_removes_the_store_and_the_layer_files(tmp_path, monk
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(api, "measure", failing)
+    monkeypatch.setattr(local, "measure", failing)
     model, _ = tiny_model("gpt2")
     with pytest.raises(KeyboardInterrupt):
         hopaudit.audit(
@@ -181,7 +181,7 @@ def test_saturation_subsample_is_recorded_and_matches_brute_force():
 
 
 def test_indexes_move_to_the_saved_copy_when_the_layer_files_go(tmp_path):
-    from hopaudit.layerfiles import move_to_saved
+    from hopaudit.layer.files import move_to_saved
 
     model, _ = tiny_model("gpt2")
     a = hopaudit.audit(
@@ -215,7 +215,7 @@ def test_engine_options_are_checked_before_the_forward_pass():
 
 
 def test_a_large_layer_gets_a_bar_over_its_index_and_search(monkeypatch, capsys):
-    monkeypatch.setattr(api, "LAYER_BAR_ROWS", 100)  # the tiny layers count as large
+    monkeypatch.setattr(local, "LAYER_BAR_ROWS", 100)  # the tiny layers count as large
     model, _ = tiny_model("gpt2")
     a = hopaudit.audit(
         model, _texts(), tokenizer=tiny_tokenizer(), max_length=16, positions="all",

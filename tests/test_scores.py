@@ -13,7 +13,7 @@ from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.errors import ModelError
-from hopaudit.scores import lowest_fraction_mean, token_statistics
+from hopaudit.evidence.scores import lowest_fraction_mean, token_statistics
 
 
 def _texts(n: int, words: int = 30, seed: int = 0) -> list[str]:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from hopaudit import search
 from hopaudit.errors import SearchError
 from hopaudit.search import AUTO_EXACT_MAX, build_index, knn_self
+from hopaudit.search import backends as search
 
 
 def brute(x: np.ndarray, y: np.ndarray, k: int, exclude_self: bool = False):

@@ -15,10 +15,10 @@ import torch
 from tiny_models import SEQ2SEQ_ARCHS, TOKENIZER_TEXT, tiny_seq2seq, tiny_tokenizer
 
 import hopaudit
-from hopaudit.blocks import find_stacks
 from hopaudit.capture import capture
 from hopaudit.data import InputData, TokenData, prepare_data
 from hopaudit.errors import DataError
+from hopaudit.model.blocks import find_stacks
 
 TEXT_ARCHS = [a for a in SEQ2SEQ_ARCHS if a != "whisper"]
 

@@ -18,9 +18,9 @@ import pytest
 from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
 
 import hopaudit
-from hopaudit.schema import pack, unpack
-from hopaudit.snapshot import MAX_BYTES, SAMPLE_ROWS, snapshot_html, snapshot_text
-from hopaudit.view import WIDGET_TEXT
+from hopaudit.views.protocol import WIDGET_TEXT
+from hopaudit.views.schema import pack, unpack
+from hopaudit.views.snapshot import MAX_BYTES, SAMPLE_ROWS, snapshot_html, snapshot_text
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 

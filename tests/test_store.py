@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from hopaudit.capture.store import ActivationStore
 from hopaudit.errors import DataError, FormatError
-from hopaudit.store import ActivationStore
 
 NAMES = ["model.layers.0", "model.layers.1/x", "final"]
 

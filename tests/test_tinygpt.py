@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from hopaudit.errors import DataError, ModelError
-from hopaudit.tinygpt import EOS_TOKEN, train_tiny_gpt2
+from hopaudit.zoo.tinygpt import EOS_TOKEN, train_tiny_gpt2
 
 DOCS = [topics[k] for k in sorted(topics)]
 TRAIN_DOCS = DOCS[:20]  # about 60 KB

@@ -28,8 +28,8 @@ from transformers import (
 
 import hopaudit
 from hopaudit.errors import DataError, ModelError, SearchError
-from hopaudit.tinygpt import _token_stream, train_tokenizer
-from hopaudit.training import AuditCallback, Auditor, _checkpoint_dirs, audit_checkpoints
+from hopaudit.training.callback import AuditCallback, Auditor, _checkpoint_dirs, audit_checkpoints
+from hopaudit.zoo.tinygpt import _token_stream, train_tokenizer
 
 SEQ = 32
 DOCS = [topics[k] for k in sorted(topics)][:8]

@@ -16,8 +16,8 @@ import itertools
 
 from fakes import fake_audit
 
-from hopaudit import report, schema, widget
-from hopaudit.widget import LAYER_STAT_COLUMNS, decode, widget_state
+from hopaudit.views import report, schema, widget
+from hopaudit.views.widget import LAYER_STAT_COLUMNS, decode, widget_state
 
 HAS_BUNDLE = widget.ESM_PATH.is_file()
 

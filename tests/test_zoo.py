@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 import torch
 
-from hopaudit import zoo
 from hopaudit.errors import ZooError
+from hopaudit.zoo import models as zoo
 
 # --------------------------------------------------------------------------- corpus
 
@@ -75,7 +75,7 @@ def test_pydoc_corpus_is_deterministic_across_processes():
         "import hashlib; from hopaudit.zoo import corpus; "
         "print(hashlib.sha256('\\x00'.join(corpus()).encode()).hexdigest())"
     )
-    root = str(Path(zoo.__file__).resolve().parents[1])
+    root = str(Path(zoo.__file__).resolve().parents[2])
     path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     # this process hashes strings with a random seed, the child with a fixed one
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": path}

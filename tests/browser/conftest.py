@@ -71,14 +71,14 @@ def real_audit():
 
 @pytest.fixture(scope="session")
 def report_path(real_audit, tmp_path_factory):
-    from hopaudit.report import to_html
+    from hopaudit.views.report import to_html
 
     return to_html(real_audit, tmp_path_factory.mktemp("report") / "audit.html")
 
 
 @pytest.fixture(scope="session")
 def report_state(real_audit):
-    from hopaudit.widget import widget_state
+    from hopaudit.views.widget import widget_state
 
     return widget_state(real_audit)
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hopaudit.view import View
+from hopaudit.views.protocol import View
 
 WORDS = (
     "memory",
@@ -76,7 +76,7 @@ class FakeAudit(View):
         return dict(self._summary)
 
     def widget_state(self, **options: Any) -> dict[str, Any]:
-        from hopaudit.widget import widget_state
+        from hopaudit.views.widget import widget_state
 
         return widget_state(self, **options)
 

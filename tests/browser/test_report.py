@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from browser_helpers import PANELS, decode_png, save_screenshot
 
-from hopaudit import schema
-from hopaudit.widget import decode
+from hopaudit.views import schema
+from hopaudit.views.widget import decode
 
 
 def _luminance(css: str) -> float:
@@ -268,8 +268,8 @@ def test_the_page_reads_the_same_bytes_as_python(open_report, report_state):
 def test_the_bundle_undoes_every_filter(open_report):
     """unpackReport of the real bundle on a payload with every filter and item size, including
     non-monotone arrays whose differences wrap around."""
-    from hopaudit import report
-    from hopaudit.widget import ESM_PATH
+    from hopaudit.views import report
+    from hopaudit.views.widget import ESM_PATH
 
     rng = np.random.default_rng(7)
     state, filters = {"kind": "audit", "n": 3}, {}

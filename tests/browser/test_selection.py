@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hopaudit.widget import decode
+from hopaudit.views.widget import decode
 
 PANEL = """() => {
   const view = document.querySelector('.hopaudit').__hopaudit;

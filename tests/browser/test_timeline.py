@@ -21,8 +21,8 @@ STEPS = [6, 12, 18, 24, 30]
 def run_dir(tmp_path_factory):
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
-    from hopaudit.tinygpt import _token_stream, train_tokenizer
     from hopaudit.training import AuditCallback
+    from hopaudit.zoo.tinygpt import _token_stream, train_tokenizer
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

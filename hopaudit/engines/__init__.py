@@ -1,0 +1,1 @@
+"""Where the per-layer work runs: one process (local) or a Ray cluster, behind one protocol."""

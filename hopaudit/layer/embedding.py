@@ -1,0 +1,253 @@
+"""UMAP on the kNN graph the search already built (no second neighbour search).
+
+umap-learn's ``precomputed_knn`` takes the graph with each point itself in column 0 and wants
+exactly ``n_neighbors`` columns: with fewer it silently recomputes the neighbours itself, and
+below 4096 points it does not prune extra columns. So this module hands it exactly the right
+columns, checks the graph first, and imports umap only when a layout is asked for (its import
+takes seconds).
+
+Start and length: from the patterns' 2 principal components, ``DEFAULT_EPOCHS`` (60) epochs
+give a layout as trustworthy as umap's own spectral start with 200, at a quarter of the time;
+the sweep that chose 60 is in benchmarks/README.md (``benchmarks/umap_precomputed.py --epochs
+40,60,100``). So when the patterns are passed (``data``), the layout starts from their PCA; pass
+``n_epochs=100`` or more for tighter basins. Without the patterns it keeps umap's spectral start
+and epoch count.
+
+Seeded or not: umap's ``random_state`` forces its optimisation onto one thread, so
+``seed=None`` allows parallel epochs but gives a different layout every run. The default is
+``seed=0``: reproducible layouts (audits compare, timelines align); pass ``seed=None`` on a
+many-core machine when speed matters more than reproducibility.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from hopaudit.errors import SearchError
+
+__all__ = [
+    "DEFAULT_EPOCHS",
+    "MIN_POINTS",
+    "Embedding",
+    "cache_umap_jit",
+    "embed_layer",
+    "umap_from_knn",
+]
+
+#: The fewest points UMAP can lay out: each needs itself and at least one neighbour, and the
+#: spectral initialisation needs more points than the 2 output dimensions.
+MIN_POINTS = 4
+#: Epochs when the layout starts from the patterns' PCA or a given layout (see above).
+DEFAULT_EPOCHS = 60
+
+_jit_cache_asked = False
+
+
+@dataclass
+class Embedding:
+    """A 2-D UMAP of one layer's patterns: ``xy`` (m, 2) for stored rows ``rows``."""
+
+    xy: np.ndarray
+    rows: np.ndarray
+    sequence: np.ndarray
+    basin: np.ndarray
+    ratio: np.ndarray
+    n_total: int = 0
+
+    @property
+    def subsampled(self) -> bool:
+        return len(self.rows) < self.n_total
+
+
+def cache_umap_jit() -> int:
+    """Turn on numba's on-disk cache for umap's own jitted functions; the number turned on.
+
+    Idempotent and never fatal: a numba without ``enable_caching`` or a machine with no
+    writable cache location leaves umap compiling in memory, as it does by default.
+    """
+    global _jit_cache_asked
+    if _jit_cache_asked:
+        return 0
+    _jit_cache_asked = True
+    try:
+        import umap.layouts
+        import umap.umap_
+        import umap.utils
+        from numba.core.dispatcher import Dispatcher
+    except ImportError:
+        return 0
+    turned_on = 0
+    for module in (umap.umap_, umap.layouts, umap.utils):
+        for fn in list(vars(module).values()):
+            if isinstance(fn, Dispatcher) and hasattr(fn, "enable_caching"):
+                try:
+                    fn.enable_caching()
+                except RuntimeError:  # numba found no writable place for a cache
+                    return turned_on
+                turned_on += 1
+    return turned_on
+
+
+def _check_graph(knn_ids: ArrayLike, knn_dists: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.asarray(knn_ids)
+    dists = np.asarray(knn_dists)
+    if ids.ndim != 2 or dists.shape != ids.shape:
+        raise SearchError(
+            f"the kNN graph must be two (n, k + 1) arrays of the same shape (ids and distances, "
+            f"the point itself in column 0); got ids {ids.shape} and distances {dists.shape}"
+        )
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise SearchError(f"knn_ids must be integers, got dtype {ids.dtype}")
+    n, cols = ids.shape
+    if n and (ids.min() < 0 or ids.max() >= n):
+        raise SearchError(
+            f"knn_ids must lie in [0, {n}) (missing neighbours are not allowed); got values "
+            f"from {ids.min()} to {ids.max()}"
+        )
+    if cols == 0 or not np.array_equal(ids[:, 0], np.arange(n)):
+        raise SearchError(
+            "column 0 of the kNN graph must be each point itself (ids[i, 0] == i), as "
+            "measure() builds it; prepend the self column to a self-excluded graph"
+        )
+    if not np.all(np.isfinite(dists)) or np.any(dists < 0):
+        raise SearchError("knn_dists must be finite and >= 0")
+    return ids, dists
+
+
+def umap_from_knn(
+    knn_ids: ArrayLike,
+    knn_dists: ArrayLike,
+    *,
+    n_neighbors: int = 15,
+    seed: int | None = 0,
+    init: ArrayLike | None = None,
+    min_dist: float = 0.1,
+    data: ArrayLike | None = None,
+    n_epochs: int | None = None,
+) -> np.ndarray:
+    """A 2-D UMAP layout (n, 2) float32 from a kNN graph with self in column 0.
+
+    - ``n_neighbors`` counts the point itself, as in umap-learn; the graph needs at least that
+      many columns (it is reduced to n - 1 when there are only n <= n_neighbors points).
+    - ``seed``: an int gives a reproducible layout; umap then runs its optimisation on one
+      thread. ``None`` lets it use every core, and the layout changes from run to run.
+    - ``init``: a previous (n, 2) layout to start from (timelines keep their frames aligned);
+      by default the PCA of ``data`` when it is given, else the spectral layout of the graph.
+    - ``data``: the (n, features) patterns the graph was built from, optional. They give the
+      PCA start; without them the spectral start places the graph's disconnected components
+      at random (the graph holds no distance between components).
+    - ``n_epochs``: ``None`` means ``DEFAULT_EPOCHS`` from a PCA or given start and umap's
+      own default (200 epochs, 500 below 10 000 points) from the spectral start.
+    """
+    ids, dists = _check_graph(knn_ids, knn_dists)
+    n, cols = ids.shape
+    if n < MIN_POINTS:
+        raise SearchError(
+            f"UMAP needs at least {MIN_POINTS} points to lay out, got {n}; "
+            "store more sequences or skip the embedding for this layer"
+        )
+    if int(n_neighbors) != n_neighbors or n_neighbors < 2:
+        raise ValueError(f"n_neighbors must be an integer >= 2 (self included), got {n_neighbors}")
+    k = min(int(n_neighbors), n - 1)
+    if cols < k:
+        raise SearchError(
+            f"the kNN graph has {cols} columns (self + {cols - 1} neighbours) but n_neighbors="
+            f"{k} needs {k}; search with k >= {k - 1} other neighbours or lower n_neighbors"
+        )
+    # exactly k columns, always copies: umap writes into its graph arrays, and the graph may be
+    # a read-only memory map (a saved audit's, or one beside a store)
+    ids_k = np.array(ids[:, :k], dtype=np.int64, order="C", copy=True)
+    dists_k = np.array(dists[:, :k], dtype=np.float32, order="C", copy=True)
+
+    if n_epochs is not None and (int(n_epochs) != n_epochs or n_epochs < 1):
+        raise ValueError(f"n_epochs must be a positive integer or None, got {n_epochs}")
+    if init is None:
+        init_arg: str | np.ndarray = "spectral" if data is None else "pca"
+    else:
+        init_arg = np.asarray(init, dtype=np.float32)
+        if init_arg.shape != (n, 2) or not np.all(np.isfinite(init_arg)):
+            raise ValueError(
+                f"init must be a finite (n, 2) layout with n = {n} rows, got shape {init_arg.shape}"
+            )
+
+    if data is None:
+        # UMAP needs an (n, features) array to fit; with a precomputed graph it reads only its
+        # shape, plus component centroids when the graph is disconnected. One random column
+        # gives those components random, distinct places.
+        x = np.random.default_rng(seed).normal(size=(n, 1)).astype(np.float32)
+    else:
+        x = np.asarray(data, dtype=np.float32)
+        if x.ndim != 2 or x.shape[0] != n:
+            raise ValueError(f"data must have {n} rows like the graph, got shape {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("data must be finite (the PCA start cannot use NaN or inf rows)")
+    if n_epochs is None and not (isinstance(init_arg, str) and init_arg == "spectral"):
+        n_epochs = DEFAULT_EPOCHS
+
+    import umap  # lazy: importing umap (numba, pynndescent) takes seconds
+
+    cache_umap_jit()
+
+    reducer = umap.UMAP(
+        n_neighbors=k,
+        n_components=2,
+        min_dist=min_dist,
+        init=init_arg,
+        n_epochs=None if n_epochs is None else int(n_epochs),
+        random_state=seed,
+        n_jobs=1 if seed is not None else -1,
+        precomputed_knn=(ids_k, dists_k, None),
+    )
+    with warnings.catch_warnings():
+        # no NNDescent index is passed (we never call transform), and that is fine
+        warnings.filterwarnings("ignore", message=r".*knn_search_index.*")
+        # clustered activations often give a disconnected graph: umap lays the components
+        # out one by one (see `data`), the warning has nothing for the user to act on
+        warnings.filterwarnings("ignore", message=r"Graph is not fully connected")
+        layout = reducer.fit_transform(x)
+    return np.ascontiguousarray(layout, dtype=np.float32)
+
+
+def embed_layer(
+    report: Any,
+    activations: np.ndarray,
+    row_sequence: np.ndarray,
+    max_points: int,
+    seed: int,
+    device: Any,
+) -> Embedding:
+    """UMAP of one layer on the kNN graph its search built (a fresh graph for a subsample)."""
+    from hopaudit.geometry import normalize_rows
+    from hopaudit.search.backends import build_index, knn_self
+
+    valid = np.asarray(report.valid_rows)
+    n = len(valid)
+    k = report.knn_ids.shape[1] - 1
+    if max_points and n > max_points:
+        pick = np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
+        sub = normalize_rows(np.asarray(activations[valid[pick]], np.float32), report.normalize)
+        idx = build_index(sub, report.index.kind, device=device)
+        ids, dists = knn_self(idx, sub, k)
+        ids = np.concatenate([np.arange(len(pick))[:, None], ids], axis=1)
+        dists = np.concatenate([np.zeros((len(pick), 1), dists.dtype), dists], axis=1)
+    else:
+        pick = np.arange(n)
+        ids, dists = report.knn_ids, report.knn_dists
+        sub = normalize_rows(np.asarray(activations[valid], np.float32), report.normalize)
+    # the patterns give the layout its PCA start (see embedding.py for why, measured)
+    xy = umap_from_knn(ids, dists, n_neighbors=min(k + 1, 15), seed=seed, data=sub)
+    rows = valid[pick]
+    ratio = report.nn[pick] / report.r_hat if report.r_hat > 0 else np.full(len(pick), np.nan)
+    return Embedding(
+        xy=np.asarray(xy, dtype=np.float32),
+        rows=rows,
+        sequence=row_sequence[rows],
+        basin=np.asarray(report.basin)[pick],
+        ratio=np.asarray(ratio, dtype=np.float32),
+        n_total=n,
+    )

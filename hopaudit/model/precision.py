@@ -1,0 +1,91 @@
+"""The precision of the audit's forward pass: the model as it is, or bfloat16 autocast.
+
+Most of an audit's time is the forward pass. Where the hardware multiplies bfloat16 natively
+(CUDA GPUs with ``torch.cuda.is_bf16_supported()``; CPUs with AVX512-BF16 or AMX), autocast
+runs the matrix products in bfloat16 while norms, softmax and the residual stream stay in
+float32: the same recipe as mixed-precision training, and the precision SmolLM2 and most
+recent models were released in.
+
+What it gains in speed and costs in accuracy (cross-entropy, stored activations, distances)
+is measured by ``benchmarks/precision.py``; the numbers are in benchmarks/README.md.
+
+``autocast="auto"`` (the default) uses bfloat16 where it is native and the model is float32,
+and leaves every other model as it is; ``"bfloat16"`` asks for it anyway (slow where it is
+emulated); ``"off"`` runs the model in its own dtype. The choice made is recorded in the
+audit's summary (``compute_dtype``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from hopaudit.errors import DataError
+
+__all__ = [
+    "AUTOCAST_MODES",
+    "autocast_context",
+    "check_autocast",
+    "compute_dtype",
+    "describe",
+    "native_bf16",
+]
+
+AUTOCAST_MODES = ("auto", "bfloat16", "off")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices in hardware (not emulated)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+    return False
+
+
+def _param_dtype(model: nn.Module) -> torch.dtype | None:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
+
+
+def check_autocast(autocast: Any) -> None:
+    """Raise a clear :class:`DataError` for anything but one of ``AUTOCAST_MODES``."""
+    if autocast not in AUTOCAST_MODES:
+        raise DataError(
+            f"autocast must be one of {AUTOCAST_MODES}, got {autocast!r}: 'auto' uses bfloat16 "
+            "where the hardware has it and the model is float32, 'off' runs the model as it is"
+        )
+
+
+def compute_dtype(model: nn.Module, device: torch.device, autocast: str) -> torch.dtype | None:
+    """The autocast dtype for the forward pass, or None to run the model as it is."""
+    check_autocast(autocast)
+    if autocast == "off" or device.type not in ("cpu", "cuda"):
+        return None
+    if autocast == "bfloat16":
+        return torch.bfloat16
+    if _param_dtype(model) == torch.float32 and native_bf16(device):
+        return torch.bfloat16
+    return None
+
+
+def autocast_context(dtype: torch.dtype | None, device: torch.device) -> Any:
+    """``torch.autocast`` on ``device`` for ``dtype``; a no-op context for None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def describe(dtype: torch.dtype | None, model: nn.Module) -> str:
+    """What the summary shows: ``"bfloat16 autocast"`` or the model's own dtype."""
+    if dtype is not None:
+        return f"{str(dtype).removeprefix('torch.')} autocast"
+    own = _param_dtype(model)
+    return "unknown" if own is None else str(own).removeprefix("torch.")

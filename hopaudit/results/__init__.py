@@ -1,0 +1,1 @@
+"""What an audit returns: Audit, Comparison and Timeline, and the per-sequence metadata."""

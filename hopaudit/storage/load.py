@@ -1,0 +1,254 @@
+"""``hopaudit.load(dir)``: a saved audit read back, every file checked against its manifest
+before any parser sees it (docs/saved-audits.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hopaudit.errors import FormatError, SearchError
+from hopaudit.jsonable import from_json
+from hopaudit.storage.manifest import (
+    GRAPH_FIELDS,
+    META,
+    check_files,
+    damaged,
+    is_index,
+    open_regular,
+    read_listed,
+    read_manifest,
+    read_meta,
+)
+from hopaudit.storage.tables import read_parquet
+
+
+def _join_fields(scalars: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in scalars.items():
+        if isinstance(value, dict) and "dict_of_arrays" in value:
+            keys = [from_json(k) for k in value["dict_of_arrays"]]
+            out[name] = {k: arrays[f"{name}.{i}"] for i, k in enumerate(keys)}
+        else:
+            out[name] = from_json(value)
+    for name, value in arrays.items():
+        if "." not in name:
+            out[name] = value
+    return out
+
+
+def _fix_dict_keys(fields: dict[str, Any]) -> dict[str, Any]:
+    """JSON turns float keys (saturation fractions) into strings; turn them back."""
+    for name in ("saturation",):
+        if isinstance(fields.get(name), dict):
+            fields[name] = {float(k): tuple(v) for k, v in fields[name].items()}
+    return fields
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    with damaged(path), np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _read_graph(root: Path, i: int, listed: Any) -> dict[str, np.ndarray]:
+    """Layer ``i``'s kNN graph as read-only memory maps (its files were checked against the
+    manifest already): ids and distances of one shape, ids integers, distances floats."""
+    out = {}
+    for field, kinds in zip(GRAPH_FIELDS, ("iu", "f"), strict=True):
+        path = listed(f"graphs/layer_{i:03d}.{field.removeprefix('knn_')}.npy")
+        with damaged(path):
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        if arr.ndim != 2 or arr.dtype.kind not in kinds:
+            raise FormatError(f"{path}: damaged (a {arr.dtype} array of shape {arr.shape})")
+        out[field] = arr
+    if out["knn_ids"].shape != out["knn_dists"].shape:
+        raise FormatError(f"{root / 'graphs'}: damaged (layer {i}'s ids and distances differ)")
+    return out
+
+
+def _read_json(path: Path) -> Any:
+    with damaged(path):
+        fd = open_regular(path)
+        with os.fdopen(fd, "rb") as handle:
+            return json.loads(handle.read().decode("utf-8"))
+
+
+def load(path: str | Path, *, verify: bool = True, rebuild_index: bool = False) -> Any:
+    """Read an audit written by :func:`save_audit`; errors name the file and the problem.
+
+    With ``verify=True`` (default) every file is checked against the SHA-256 its manifest
+    holds before any parser reads it (``verify=False`` checks types and sizes only). HNSW
+    index files are always checked, and one that fails (or is missing) is rebuilt from the
+    activations with a warning; ``rebuild_index=True`` rebuilds every HNSW index without
+    reading the saved ones (for audits from someone else: no third-party binary reaches
+    hnswlib). Nothing in a saved audit is executed.
+    """
+    from hopaudit.capture.forward import CaptureResult
+    from hopaudit.capture.store import ActivationStore
+    from hopaudit.layer.measuring import LayerReport
+    from hopaudit.results.audit import Audit, Embedding
+    from hopaudit.search.backends import load_index
+
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise FormatError(f"{root}: no such directory (expected a saved audit)")
+    root = root.resolve()  # the folder named (a link to it is fine); nothing inside may be one
+    meta_file = root / META
+    meta = read_meta(root)
+    manifest = read_manifest(meta, meta_file)
+    problems = check_files(root, manifest, verify)
+    for rel, problem in problems.items():
+        if not is_index(rel):
+            raise FormatError(f"{root / rel}: {problem}")
+
+    def listed(rel: str) -> Path:
+        if rel not in manifest:
+            raise FormatError(f"{root / rel}: missing from the manifest in {meta_file}: damaged")
+        return root / rel
+
+    def open_store(sub: str) -> Any:
+        dest = root / sub
+        listed(f"{sub}/meta.json")
+        with damaged(dest / "meta.json"):
+            store = ActivationStore.open(dest)
+            for name in store.layer_names:
+                if store.shape(name)[0]:
+                    listed(f"{sub}/{store._filename(name)}")
+                store.get(name)  # mapped now: a later save over this folder reads these
+        return store
+
+    def capture_of(scalars: Any, arrays: dict, store: Any) -> Any:
+        fields = _join_fields(scalars, arrays)
+        for f in dataclasses.fields(CaptureResult):
+            if f.name not in fields and f.name != "store":
+                fields[f.name] = None
+        return CaptureResult(store=store, **fields)
+
+    with damaged(meta_file):
+        cap_arrays = _read_npz(listed("capture.npz"))
+    with damaged(meta_file):
+        cap = capture_of(meta["capture"], cap_arrays, open_store("activations"))
+        held = None
+        if meta.get("heldout") is not None:
+            held_arrays = _read_npz(listed("heldout.npz"))
+            held = capture_of(meta["heldout"], held_arrays, open_store("heldout"))
+
+        fields = from_json(meta["audit"])
+        layer_names = fields["layer_names"]
+        if not isinstance(layer_names, list) or not all(isinstance(n, str) for n in layer_names):
+            raise FormatError(f"{meta_file}: damaged (layer_names)")
+        reports_meta = meta["reports"]
+        embeddings_meta = meta["embeddings"]
+    reports = {}
+    for name, scalars in reports_meta.items():
+        with damaged(meta_file):
+            i = layer_names.index(name)
+            rel = f"reports/layer_{i:03d}.npz"
+            arrays = _read_npz(listed(rel))
+            if "knn_ids" not in arrays:  # format 3: the graph in its own files, mapped
+                arrays.update(_read_graph(root, i, listed))
+        with damaged(root / rel):
+            scalars = dict(scalars)
+            index_meta = scalars.pop("index", None)
+            rep_fields = _fix_dict_keys(_join_fields(scalars, arrays))
+            rep_fields.setdefault("index", None)
+            rep = LayerReport(**rep_fields)
+        if index_meta is not None:
+            with damaged(meta_file):
+                rep.index = _load_layer_index(
+                    index_meta,
+                    root,
+                    f"indexes/layer_{i:03d}.bin",
+                    manifest,
+                    problems,
+                    rebuild_index,
+                    lambda name=name, rep=rep: _normalized_patterns(cap, name, rep),
+                    load_index,
+                )
+        reports[name] = rep
+
+    embeddings = {}
+    for name, scalars in embeddings_meta.items():
+        with damaged(meta_file):
+            i = layer_names.index(name)
+            rel = f"embeddings/layer_{i:03d}.npz"
+            arrays = _read_npz(listed(rel))
+        with damaged(root / rel):
+            embeddings[name] = Embedding(**_join_fields(scalars, arrays))
+
+    if "metadata.parquet" in manifest:  # its bytes are checked against the manifest, then read
+        data = read_listed(root, "metadata.parquet", manifest)
+        fields["metadata"] = read_parquet(data, root / "metadata.parquet")
+    texts = _read_json(listed("texts.json"))
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise FormatError(f"{root / 'texts.json'}: damaged (not a list of texts)")
+    with damaged(meta_file):
+        return Audit(
+            **fields,
+            texts=texts,
+            capture=cap,
+            reports=reports,
+            embeddings=embeddings,
+            heldout_capture=held,
+        )
+
+
+def _load_layer_index(
+    index_meta: dict,
+    root: Path,
+    rel: str,
+    manifest: dict,
+    problems: dict[str, str],
+    rebuild: bool,
+    patterns: Any,
+    load_index: Any,
+    now: bool = False,
+) -> Any:
+    """A layer's saved index; an HNSW file that is not listed, missing or fails its check is
+    never opened: the index is rebuilt from the patterns (with a warning unless asked). A
+    sound one is opened on its first query (docs/scale.md: one layer's index at a time)."""
+    from hopaudit.search.backends import LazyIndex, build_index
+
+    if index_meta.get("kind") != "hnsw":
+        return LazyIndex(index_meta, lambda: load_index(index_meta, root / rel, patterns=patterns))
+    problem = problems.get(rel) or (None if rel in manifest else "not in the manifest")
+    if problem is None and not rebuild and not now:
+        return LazyIndex(
+            index_meta,
+            lambda: _load_layer_index(
+                index_meta, root, rel, manifest, problems, rebuild, patterns, load_index, True
+            ),
+            file=root / rel,
+        )
+    if problem is None and not rebuild:
+        try:
+            return load_index(index_meta, root / rel, patterns=patterns)
+        except SearchError as exc:
+            problem = str(exc)
+    if problem is not None and not rebuild:
+        warnings.warn(
+            f"{root / rel}: {problem}; rebuilding the HNSW index from the saved activations "
+            "(derived data: nothing is lost)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return build_index(
+        patterns(),
+        "hnsw",
+        M=int(index_meta["M"]),
+        ef_construction=int(index_meta["ef_construction"]),
+        ef=None if index_meta.get("ef") is None else int(index_meta["ef"]),
+    )
+
+
+def _normalized_patterns(cap: Any, name: str, rep: Any) -> np.ndarray:
+    """The patterns an index was built on: the finite rows, normalized as the report says."""
+    from hopaudit.geometry import normalize_rows
+
+    rows = np.asarray(cap.store.get(name))[np.asarray(rep.valid_rows)]
+    return normalize_rows(rows.astype(np.float32), rep.normalize)
