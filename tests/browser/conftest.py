@@ -4,7 +4,6 @@ its exported report. Skips (with the reason) only when /usr/bin/chromium is abse
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,6 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-sys.path.insert(0, str(Path(__file__).parent))
-from browser_helpers import ROOT  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def pytest_collection_modifyitems(config, items):

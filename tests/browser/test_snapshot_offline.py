@@ -5,7 +5,7 @@ error. The notebook is run by a real kernel (nbclient), saved with and without w
 from __future__ import annotations
 
 import pytest
-from test_snapshot import executed_notebook
+from notebooks import executed_notebook
 
 pytestmark = pytest.mark.slow
 

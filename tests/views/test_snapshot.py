@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+from notebooks import executed_notebook
 from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
 
 import hopaudit
@@ -196,44 +197,6 @@ def test_comparison_snapshot(audited):
     assert math.isfinite(len(snapshot_text(state)))
     data, _ = view._repr_mimebundle_()
     assert data["text/plain"].startswith("hopaudit comparison of one, two")
-
-
-# ------------------------------------------------------------------ a real kernel (nbclient)
-CELLS = [
-    "import sys\nsys.path[:0] = [{root!r}, {tests!r}]",
-    "import hopaudit\n"
-    "from tiny_models import tiny_model, tiny_tokenizer\n"
-    "model, _ = tiny_model('gpt2')\n"
-    "texts = [f'Notebook sequence {{i}}: pattern {{i % 9}} sits in basin {{i % 4}}.'\n"
-    "         for i in range(60)]\n"
-    "a = hopaudit.audit(model, texts, tokenizer=tiny_tokenizer(), max_length=32,\n"
-    "                   chunking='document', umap_layers=['final'], autocast='off')",
-    "a",
-]
-
-
-def executed_notebook(tmp_path, *, store_widget_state: bool = True):
-    """A notebook that audits with progress bars and shows the audit, run by a real kernel.
-    ``store_widget_state=False`` saves it as JupyterLab does by default (no widget state)."""
-    from pathlib import Path
-
-    import nbformat
-    from nbclient import NotebookClient
-
-    root = Path(hopaudit.__file__).resolve().parent.parent
-    cells = [c.format(root=str(root), tests=str(root / "tests")) for c in CELLS]
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
-    NotebookClient(
-        nb,
-        timeout=600,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(tmp_path)}},
-        store_widget_state=store_widget_state,
-    ).execute()
-    path = tmp_path / "audit.ipynb"
-    nbformat.write(nb, path)
-    return nb, path
 
 
 @pytest.mark.slow

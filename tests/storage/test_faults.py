@@ -24,7 +24,7 @@ from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
 import hopaudit
 from hopaudit.errors import FormatError
 
-WORKER = Path(__file__).with_name("fault_worker.py")
+WORKER = Path(__file__).resolve().parents[1] / "fault_worker.py"
 
 
 def _texts(n: int, seed: int) -> list[str]:

@@ -17,7 +17,7 @@ from hopaudit.errors import CaptureError
 ray = pytest.importorskip("ray", reason="engine='ray' needs pip install 'hopaudit[ray]'")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]  # a cluster start and Ray audits: minutes
 
-HERE = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 NUMERIC = [
     "n_patterns", "nn_mean", "nn_median", "nn_q10", "nn_q90", "r_hat", "r_ratio",
     "separated_frac", "contained_frac", "log_z_gauss", "log_z_vol", "floor_low", "twonn_id",
@@ -29,7 +29,7 @@ def cluster():
     """Two raylets (head + one worker node) on this machine, 2 logical CPUs each."""
     from ray.cluster_utils import Cluster
 
-    paths = [str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH", "")]
+    paths = [str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")]
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)  # the workers import these
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})

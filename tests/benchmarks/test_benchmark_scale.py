@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "scale.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scale.py"
 SIZES = (1500, 3000)
 
 

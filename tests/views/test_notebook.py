@@ -41,7 +41,7 @@ from hopaudit.views.widget import (
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "demo.ipynb"
 KERNEL = "hopaudit-venv"
 CELL_TIMEOUT = 1800  # seconds; SmolLM2's forward pass is minutes on two shared cores

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu.py"
 # what the lent GPU run is read by: every part must print its lines
 EXPECTED = [
     "equal_nn_median_max_rel_diff", "equal_cross_entropy_abs_diff", "equal_nn_median_ok",

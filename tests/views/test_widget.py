@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import math
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent / "browser"))
-import itertools
-
 from fakes import fake_audit
 
 from hopaudit.views import report, schema, widget
