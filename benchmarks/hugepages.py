@@ -1,4 +1,5 @@
-"""HNSW build and search with hnswlib's graph on huge pages against without (hopaudit/hugepages.py).
+"""HNSW build and search with hnswlib's graph on huge pages against without
+(hopaudit/search/hugepages.py).
 
     python benchmarks/hugepages.py              # 2e5 patterns of width 576, 2 rounds
     python benchmarks/hugepages.py --n 1e6 --rounds 1

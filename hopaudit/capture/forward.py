@@ -177,7 +177,7 @@ class CaptureResult:
             return self.stack_sequence[stack], self.stack_position[stack]
         return self.row_sequence, self.row_position
 
-    # membership scores (hopaudit/scores.py; docs/theory.md §6)
+    # membership scores (hopaudit/evidence/scores.py; docs/theory.md §6)
     seq_min_k_pp: np.ndarray | None = None  # Min-K%++ per sequence (higher = member)
     seq_n_predicted: np.ndarray | None = None  # next-token predictions per sequence
     seq_ref_nll: np.ndarray | None = None  # mean NLL under a reference model (audit(reference=))

@@ -3,7 +3,7 @@
 - :class:`AuditCallback` audits the model inside ``transformers.Trainer`` at each checkpoint
   save (or every N steps), writes ``<output_dir>/hopaudit/step-<N>/`` and logs per-layer
   scalars (``hopaudit/<layer>/r_hat`` ...) under ``hopaudit/`` at the top level to TensorBoard
-  and W&B (with the layer table and the report, hopaudit/loggers.py), to the trainer's other
+  and W&B (with the layer table and the report, training/loggers.py), to the trainer's other
   logging callbacks and ``trainer.state.log_history``; nothing is printed to the console.
 - :class:`Auditor` does the same from a plain PyTorch loop: ``auditor.step(model, step)``.
 - :func:`audit_checkpoints` audits checkpoint directories a run already saved.

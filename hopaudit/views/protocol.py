@@ -45,7 +45,7 @@ class View:
 
     def _notebook_outputs(self) -> tuple[dict[str, Any], Any]:
         """The snapshot's bundle (``text/html`` and a readable ``text/plain``, from
-        hopaudit/snapshot.py) and the live widget, tied by a token: the widget hides the
+        hopaudit/views/snapshot.py) and the live widget, tied by a token: the widget hides the
         snapshot that carries it."""
         import secrets
 

@@ -4,7 +4,7 @@ Each array of a widget state is a dict ``{"dtype": "uint16", "shape": [m, 2], "v
 (little-endian, C order), as jupyter-scatter sends its points. ipywidgets ships the ``view`` as
 a binary buffer; the report writes it as one; the front end (js/src/schema.ts) and
 :func:`unpack` read the dtype and shape from the dict itself, so no reader keeps a table of
-its own. What each array *means* is written where it is packed (hopaudit/widget.py).
+its own. What each array *means* is written where it is packed (hopaudit/views/widget.py).
 """
 
 from __future__ import annotations
