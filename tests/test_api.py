@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import math
-import random
 
 import numpy as np
 import pytest
 import torch
-from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
+from tiny_models import random_texts, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.errors import DataError, HopauditError, ModelError
-
-
-def _texts(n: int = 120, words: int = 30, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    vocab = TOKENIZER_TEXT.split()
-    return [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +18,7 @@ def gpt2_audit():
     model, info = tiny_model("gpt2")
     tok = tiny_tokenizer()
     a = hopaudit.audit(
-        model, _texts(), tokenizer=tok, max_length=16, progress=False, umap_layers=[]
+        model, random_texts(120), tokenizer=tok, max_length=16, progress=False, umap_layers=[]
     )
     return model, info, tok, a
 
@@ -55,7 +48,7 @@ def test_layers_table_has_one_row_per_block_plus_final(gpt2_audit):
 def test_radii_match_brute_force_on_transformers_hidden_states(gpt2_audit):
     """r_hat of block i from hidden_states[i + 1] at the last position, rms-normalized."""
     model, info, _, a = gpt2_audit
-    tokens = hopaudit.prepare_data(_texts(), tiny_tokenizer(), max_length=16)
+    tokens = hopaudit.prepare_data(random_texts(120), tiny_tokenizer(), max_length=16)
     with torch.inference_mode():
         hs = model(tokens.input_ids, output_hidden_states=True).hidden_states
     for i in range(info.num_blocks - 1):  # the last hidden state is after ln_f
@@ -73,7 +66,7 @@ def test_radii_match_brute_force_on_transformers_hidden_states(gpt2_audit):
 
 def test_cross_entropy_equals_transformers_loss(gpt2_audit):
     model, _, tok, a = gpt2_audit
-    tokens = hopaudit.prepare_data(_texts(), tok, max_length=16)
+    tokens = hopaudit.prepare_data(random_texts(120), tok, max_length=16)
     with torch.inference_mode():
         loss = model(tokens.input_ids, labels=tokens.input_ids).loss.item()
     s = a.summary()
@@ -114,7 +107,7 @@ def test_encoder_has_no_loss_and_says_why():
     model, info = tiny_model("bert")
     tok = tiny_tokenizer(template="cls_sep")
     a = hopaudit.audit(
-        model, _texts(40), tokenizer=tok, max_length=12, progress=False, umap_layers=[]
+        model, random_texts(40), tokenizer=tok, max_length=12, progress=False, umap_layers=[]
     )
     s = a.summary()
     assert s["cross_entropy"] is None
@@ -129,9 +122,9 @@ def test_heldout_gives_containment():
     tok = tiny_tokenizer(template="bos")
     a = hopaudit.audit(
         model,
-        _texts(80, seed=1),
+        random_texts(80, seed=1),
         tokenizer=tok,
-        heldout=_texts(30, seed=2),
+        heldout=random_texts(30, seed=2),
         max_length=12,
         progress=False,
         umap_layers=[],
@@ -144,7 +137,7 @@ def test_heldout_gives_containment():
 def test_umap_default_layers_first_middle_last_final():
     model, info = tiny_model("gpt2")
     tok = tiny_tokenizer()
-    a = hopaudit.audit(model, _texts(60), tokenizer=tok, max_length=12, progress=False)
+    a = hopaudit.audit(model, random_texts(60), tokenizer=tok, max_length=12, progress=False)
     blocks = info.block_paths
     expected = list(dict.fromkeys([blocks[0], blocks[len(blocks) // 2], blocks[-1], "final"]))
     assert list(a.embeddings) == expected
@@ -157,7 +150,7 @@ def test_umap_subsample_records_rows():
     model, _ = tiny_model("gpt2")
     a = hopaudit.audit(
         model,
-        _texts(100),
+        random_texts(100),
         tokenizer=tiny_tokenizer(),
         max_length=12,
         progress=False,
@@ -174,17 +167,17 @@ def test_bad_options_and_inputs_are_one_clear_error():
     model, _ = tiny_model("gpt2")
     tok = tiny_tokenizer()
     with pytest.raises(DataError, match="normalize"):
-        hopaudit.audit(model, _texts(5), tokenizer=tok, normalize="l2")
+        hopaudit.audit(model, random_texts(5), tokenizer=tok, normalize="l2")
     with pytest.raises(DataError, match="index"):
-        hopaudit.audit(model, _texts(5), tokenizer=tok, index="faiss")
+        hopaudit.audit(model, random_texts(5), tokenizer=tok, index="faiss")
     with pytest.raises(DataError):
         hopaudit.audit(model, [], tokenizer=tok)
     with pytest.raises(ModelError):
-        hopaudit.audit(42, _texts(5), tokenizer=tok)
+        hopaudit.audit(42, random_texts(5), tokenizer=tok)
     with pytest.raises(ModelError, match="does not exist"):
-        hopaudit.audit("/no/such/model/dir", _texts(5), tokenizer=tok)
+        hopaudit.audit("/no/such/model/dir", random_texts(5), tokenizer=tok)
     with pytest.raises(HopauditError):
-        hopaudit.audit(model, _texts(5), tokenizer=tok, umap_layers=["nope"], max_length=8)
+        hopaudit.audit(model, random_texts(5), tokenizer=tok, umap_layers=["nope"], max_length=8)
     for module in model.modules():
         assert not module._forward_hooks
 
@@ -193,7 +186,7 @@ def test_too_few_patterns_in_every_layer_is_one_error_giving_each_layers_reason(
     model, info = tiny_model("gpt2")
     with pytest.raises(HopauditError, match="no layer could be measured") as err:
         hopaudit.audit(
-            model, _texts(2), tokenizer=tiny_tokenizer(), max_length=8, chunking="document"
+            model, random_texts(2), tokenizer=tiny_tokenizer(), max_length=8, chunking="document"
         )
     message = str(err.value)
     for i in range(info.num_blocks):
@@ -207,7 +200,7 @@ def test_audit_of_a_saved_model_directory(tmp_path):
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     a = hopaudit.audit(
-        str(tmp_path / "m"), _texts(40), max_length=12, progress=False, umap_layers=[]
+        str(tmp_path / "m"), random_texts(40), max_length=12, progress=False, umap_layers=[]
     )
     assert a.n_blocks == info.num_blocks
     assert a.summary()["cross_entropy"] is not None
@@ -216,10 +209,10 @@ def test_audit_of_a_saved_model_directory(tmp_path):
 def test_max_length_follows_a_short_model_context():
     model, _ = tiny_model("gpt2", n_positions=24)
     tok = tiny_tokenizer()
-    a = hopaudit.audit(model, _texts(40), tokenizer=tok, progress=False, umap_layers=[])
+    a = hopaudit.audit(model, random_texts(40), tokenizer=tok, progress=False, umap_layers=[])
     assert a.capture.row_position.max() == 23  # default 256 capped at the context
     with pytest.raises(DataError, match="context of 24 positions"):
-        hopaudit.audit(model, _texts(40), tokenizer=tok, max_length=64, progress=False)
+        hopaudit.audit(model, random_texts(40), tokenizer=tok, max_length=64, progress=False)
 
 
 def test_three_patterns_are_measured_but_not_embedded():
@@ -227,7 +220,7 @@ def test_three_patterns_are_measured_but_not_embedded():
     with pytest.warns(UserWarning, match="no UMAP"):
         a = hopaudit.audit(
             model,
-            _texts(3),
+            random_texts(3),
             tokenizer=tiny_tokenizer(),
             max_length=8,
             chunking="document",
@@ -247,5 +240,7 @@ def test_bad_heldout_fails_before_any_capture(monkeypatch):
     )
     model, _ = tiny_model("gpt2")
     with pytest.raises(DataError):
-        hopaudit.audit(model, _texts(20), tokenizer=tiny_tokenizer(), heldout=[], max_length=8)
+        hopaudit.audit(
+            model, random_texts(20), tokenizer=tiny_tokenizer(), heldout=[], max_length=8
+        )
     assert calls == []

@@ -3,23 +3,15 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 import torch
-from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
+from tiny_models import random_texts, tiny_model, tiny_tokenizer
 
 import hopaudit
 import hopaudit.capture.dtype as store_dtype_module
 import hopaudit.engines.local as local
 from hopaudit.errors import DataError
-
-
-def _texts(n: int = 30, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    words = TOKENIZER_TEXT.split()
-    return [" ".join(rng.choice(words) for _ in range(20)) for _ in range(n)]
 
 
 @pytest.fixture
@@ -59,7 +51,9 @@ BAD = [
 def test_bad_options_fail_before_the_forward_pass(counted, options, message):
     model, calls = counted
     with pytest.raises(DataError, match=message):
-        hopaudit.audit(model, _texts(), tokenizer=tiny_tokenizer(), progress=False, **options)
+        hopaudit.audit(
+            model, random_texts(30, words=20), tokenizer=tiny_tokenizer(), progress=False, **options
+        )
     # no forward pass over the data was spent (find_final_norm's 3-token probe may run)
     assert all(shape[-1] <= 3 for shape in calls), calls
 
@@ -78,9 +72,14 @@ def test_bad_options_fail_before_the_forward_pass(counted, options, message):
 def test_store_dtype_takes_strings_and_torch_dtypes(given, stored):
     model, _ = tiny_model("gpt2")
     a = hopaudit.audit(
-        model, _texts(), tokenizer=tiny_tokenizer(), max_length=8, store_dtype=given,
-        progress=False, umap_layers=[],
-    )  # fmt: skip
+        model,
+        random_texts(30, words=20),
+        tokenizer=tiny_tokenizer(),
+        max_length=8,
+        store_dtype=given,
+        progress=False,
+        umap_layers=[],
+    )
     assert a.activations(0).dtype == stored
     assert a.summary()["store_dtype"] in ("float16", "float32", "bfloat16")
 
@@ -88,7 +87,7 @@ def test_store_dtype_takes_strings_and_torch_dtypes(given, stored):
 def test_auto_store_dtype_switches_to_float16_beyond_the_budget(monkeypatch):
     """float32 while rows x hidden x layers x 4 bytes fit the budget, float16 beyond it."""
     model, info = tiny_model("gpt2")
-    texts = _texts(20)
+    texts = random_texts(20, words=20)
     opts = dict(tokenizer=tiny_tokenizer(), max_length=8, progress=False, umap_layers=[])
     n_seq = len(hopaudit.prepare_data(texts, opts["tokenizer"], max_length=8).texts)
     need = n_seq * info.hidden_size * (info.num_blocks + 1) * 4  # one row (last) per sequence
@@ -109,13 +108,15 @@ def test_activations_beyond_float16_are_kept_by_default_and_named_otherwise():
     with torch.no_grad():
         model.transformer.h[0].mlp.c_proj.bias.fill_(1e5)
     opts = dict(tokenizer=tiny_tokenizer(), max_length=8, progress=False, umap_layers=[])
-    a = hopaudit.audit(model, _texts(), **opts)
+    a = hopaudit.audit(model, random_texts(30, words=20), **opts)
     assert np.isfinite(a.activations(0)).all() and np.abs(a.activations(0)).max() > 65504
     with pytest.warns(RuntimeWarning, match=r"store_dtype=torch\.float32") as caught:
-        hopaudit.audit(model, _texts(), store_dtype="float16", **opts)
+        hopaudit.audit(model, random_texts(30, words=20), store_dtype="float16", **opts)
     advice = next(str(w.message) for w in caught if "store_dtype=" in str(w.message))
     value = advice.split("store_dtype=")[1].split()[0].rstrip(".;,)")
-    b = hopaudit.audit(model, _texts(), store_dtype=eval(value, {"torch": torch}), **opts)
+    b = hopaudit.audit(
+        model, random_texts(30, words=20), store_dtype=eval(value, {"torch": torch}), **opts
+    )
     assert np.isfinite(b.activations(0)).all()
 
 
@@ -130,8 +131,14 @@ def test_a_failed_audit_removes_the_store_it_created(tmp_path, monkeypatch, when
     monkeypatch.setattr(local, "measure" if when == "measure" else "embed_layer", interrupt)
     with pytest.raises(KeyboardInterrupt):
         hopaudit.audit(
-            model, _texts(), heldout=_texts(8, 1), tokenizer=tiny_tokenizer(), max_length=8,
-            store=str(store), progress=False, umap_layers=["final"],
-        )  # fmt: skip
+            model,
+            random_texts(30, words=20),
+            heldout=random_texts(8, words=20, seed=1),
+            tokenizer=tiny_tokenizer(),
+            max_length=8,
+            store=str(store),
+            progress=False,
+            umap_layers=["final"],
+        )
     assert not store.exists()
     assert list(tmp_path.iterdir()) == []

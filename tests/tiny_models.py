@@ -563,3 +563,13 @@ def tiny_mamba(*, seed: int = 0):
         torch.manual_seed(seed)
         model = MambaForCausalLM(config)
     return model.float().eval()
+
+
+def random_texts(n: int, *, words: int = 30, seed: int = 0) -> list[str]:
+    """``n`` texts of ``words`` words drawn (seeded) from the tiny tokenizer's vocabulary: the
+    data of most audits in the tests."""
+    import random
+
+    rng = random.Random(seed)
+    vocab = TOKENIZER_TEXT.split()
+    return [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(n)]

@@ -4,12 +4,11 @@ an actor killed during capture, and a failure no retry can fix. Select with ``-m
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
+from tiny_models import random_texts, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.errors import CaptureError
@@ -46,12 +45,6 @@ def cluster():
             os.environ["PYTHONPATH"] = old
 
 
-def _texts(n: int, words: int = 20, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    vocab = TOKENIZER_TEXT.split()
-    return [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(n)]
-
-
 @pytest.fixture(scope="module")
 def model():
     return tiny_model("gpt2")[0]
@@ -79,7 +72,7 @@ def _same_layers(a, b, rtol):
 
 
 def test_ray_equals_local_with_the_exact_index(cluster, model):
-    texts = _texts(40)
+    texts = random_texts(40, words=20)
     local = hopaudit.audit(model, texts, **_options())
     remote = hopaudit.audit(
         model, texts, engine="ray", ray_options={"concurrency": 2}, **_options()
@@ -103,7 +96,7 @@ def test_ray_equals_local_with_the_exact_index(cluster, model):
 
 
 def test_ray_with_hnsw_a_store_and_heldout_saves_and_loads(cluster, model, tmp_path):
-    texts, held = _texts(40), _texts(10, seed=1)
+    texts, held = random_texts(40, words=20), random_texts(10, words=20, seed=1)
     opts = _options(index="hnsw", heldout=held, umap_layers=[])
     local = hopaudit.audit(model, texts, **opts)
     remote = hopaudit.audit(model, texts, engine="ray", store=str(tmp_path / "s"), **opts)
@@ -127,7 +120,7 @@ def test_ray_with_hnsw_a_store_and_heldout_saves_and_loads(cluster, model, tmp_p
 def test_an_actor_killed_during_capture_loses_and_doubles_no_row(cluster, model, tmp_path):
     from ray_helpers import KillOnce
 
-    texts = _texts(32)
+    texts = random_texts(32, words=20)
     flag = tmp_path / "killed"
     local = hopaudit.audit(model, texts, **_options(umap_layers=[]))
     remote = hopaudit.audit(
@@ -154,7 +147,7 @@ def test_a_failure_no_retry_fixes_is_one_error_and_removes_the_shards(cluster, m
     with pytest.raises(CaptureError, match="failed after its retries") as caught:
         hopaudit.audit(
             model,
-            _texts(32),
+            random_texts(32, words=20),
             engine="ray",
             store=str(store),
             ray_options={"concurrency": 1, "before_batch": fail},

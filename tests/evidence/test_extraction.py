@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 import torch
-from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
+from tiny_models import random_texts, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.errors import DataError
 from hopaudit.evidence.extract import extract
-
-
-def _texts(n: int, words: int = 40, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    vocab = TOKENIZER_TEXT.split()
-    return [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(n)]
 
 
 def _plain_greedy(model, prefix: torch.Tensor, steps: int) -> torch.Tensor:
@@ -46,8 +38,9 @@ def test_cached_batched_decoding_matches_plain_loop(arch):
     ids[:3, prefix : prefix + suffix] = expected[:3]
     ids[3, prefix : prefix + 4] = expected[3, :4]
     ids[3, prefix + 4] = (expected[3, 4] + 1) % 500
-    r = extract(model, ids, torch.ones_like(ids), prefix=prefix, suffix=suffix, batch_size=3,
-                progress=False)  # fmt: skip
+    r = extract(
+        model, ids, torch.ones_like(ids), prefix=prefix, suffix=suffix, batch_size=3, progress=False
+    )
     assert r.cached == (arch != "nanogpt")
     np.testing.assert_array_equal(r.generated, expected.numpy())
     match = (expected == ids[:, prefix : prefix + suffix]).numpy()
@@ -71,17 +64,25 @@ def test_audit_extraction_columns_and_rates():
     model, _ = tiny_model("gpt2")
     tok = tiny_tokenizer()
     a = hopaudit.audit(
-        model, _texts(12), tokenizer=tok, heldout=_texts(6, seed=4), max_length=16,
-        progress=False, umap_layers=[], extraction={"prefix": 6, "suffix": 5}, bootstrap=0,
-    )  # fmt: skip
+        model,
+        random_texts(12, words=40),
+        tokenizer=tok,
+        heldout=random_texts(6, words=40, seed=4),
+        max_length=16,
+        progress=False,
+        umap_layers=[],
+        extraction={"prefix": 6, "suffix": 5},
+        bootstrap=0,
+    )
     s = a.samples
     cap = a.capture
     # the standalone function on the same tokens gives the same columns
     from hopaudit.data import prepare_data
 
-    tokens = prepare_data(_texts(12), tok, max_length=16, model=model)
-    direct = extract(model, tokens.input_ids, tokens.attention_mask, prefix=6, suffix=5,
-                     progress=False)  # fmt: skip
+    tokens = prepare_data(random_texts(12, words=40), tok, max_length=16, model=model)
+    direct = extract(
+        model, tokens.input_ids, tokens.attention_mask, prefix=6, suffix=5, progress=False
+    )
     assert s["extracted_tokens"].tolist() == direct.extracted_tokens.tolist()
     assert s["extracted"].dtype == bool
     assert a.summary()["extraction_rate"] == pytest.approx(direct.rate)
@@ -90,8 +91,15 @@ def test_audit_extraction_columns_and_rates():
     assert cap.seq_extracted_tokens is not None
     assert a.extraction["tokens_per_second"] > 0
     # and the public function on texts
-    r = hopaudit.extraction(model, _texts(12), tokenizer=tok, max_length=16, prefix=6, suffix=5,
-                            progress=False)  # fmt: skip
+    r = hopaudit.extraction(
+        model,
+        random_texts(12, words=40),
+        tokenizer=tok,
+        max_length=16,
+        prefix=6,
+        suffix=5,
+        progress=False,
+    )
     assert r.extracted_tokens.tolist() == direct.extracted_tokens.tolist()
 
 
@@ -101,12 +109,18 @@ def test_prefix_plus_suffix_longer_than_sequences_is_refused_before_any_forward(
     monkeypatch.setattr("hopaudit.engines.local.capture", lambda *a, **k: calls.append(1))
     with pytest.raises(DataError, match=r"prefix \+ suffix = 32 \+ 32 = 64 tokens"):
         hopaudit.audit(
-            model, _texts(10), tokenizer=tiny_tokenizer(), max_length=16, progress=False,
+            model,
+            random_texts(10, words=40),
+            tokenizer=tiny_tokenizer(),
+            max_length=16,
+            progress=False,
             extraction=True,
-        )  # fmt: skip
+        )
     assert calls == []
     with pytest.raises(DataError, match="not understood"):
-        hopaudit.audit(model, _texts(10), tokenizer=tiny_tokenizer(), extraction="yes")
+        hopaudit.audit(
+            model, random_texts(10, words=40), tokenizer=tiny_tokenizer(), extraction="yes"
+        )
     with pytest.raises(DataError, match="positive number of tokens"):
         hopaudit.extraction(model, torch.zeros(2, 8, dtype=torch.long), prefix=0)
 
@@ -115,14 +129,25 @@ def test_encoder_gets_none_with_a_reason():
     model, _ = tiny_model("bert")
     tok = tiny_tokenizer()
     with pytest.warns(UserWarning, match="no LM head"):
-        assert hopaudit.extraction(model, _texts(4), tokenizer=tok, max_length=16) is None
+        assert (
+            hopaudit.extraction(model, random_texts(4, words=40), tokenizer=tok, max_length=16)
+            is None
+        )
     masked, _ = tiny_model("bert", kind="masked")
     with pytest.warns(UserWarning, match="masked LM"):
-        assert hopaudit.extraction(masked, _texts(4), tokenizer=tok, max_length=16) is None
+        assert (
+            hopaudit.extraction(masked, random_texts(4, words=40), tokenizer=tok, max_length=16)
+            is None
+        )
     a = hopaudit.audit(
-        model, _texts(10), tokenizer=tok, max_length=16, progress=False, umap_layers=[],
+        model,
+        random_texts(10, words=40),
+        tokenizer=tok,
+        max_length=16,
+        progress=False,
+        umap_layers=[],
         extraction=True,
-    )  # fmt: skip
+    )
     summary = a.summary()
     assert summary["extraction_rate"] is None
     assert "no LM head" in summary["extraction_note"]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import random
 
 import numpy as np
 import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
-from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
+from tiny_models import random_texts, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.errors import DataError
@@ -21,12 +20,6 @@ from hopaudit.evidence.membership import (
     tpr_at_fpr,
     weighted_auroc,
 )
-
-
-def _texts(n: int, words: int = 30, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    vocab = TOKENIZER_TEXT.split()
-    return [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(n)]
 
 
 def _sk(members, nonmembers):
@@ -100,7 +93,7 @@ def test_bootstrap_off_gives_nan():
 def membership_audit():
     model, _ = tiny_model("gpt2")
     return hopaudit.audit(
-        model, _texts(40), tokenizer=tiny_tokenizer(), heldout=_texts(25, seed=7),
+        model, random_texts(40), tokenizer=tiny_tokenizer(), heldout=random_texts(25, seed=7),
         max_length=12, progress=False, umap_layers=[], bootstrap=50,
     )  # fmt: skip
 
@@ -156,7 +149,7 @@ def test_geometric_scores_are_minus_the_distance_ratio(membership_audit):
 def test_membership_without_heldout_is_empty_with_a_reason():
     model, _ = tiny_model("gpt2")
     a = hopaudit.audit(
-        model, _texts(20), tokenizer=tiny_tokenizer(), max_length=12, progress=False,
+        model, random_texts(20), tokenizer=tiny_tokenizer(), max_length=12, progress=False,
         umap_layers=[],
     )  # fmt: skip
     assert a.membership.empty
@@ -173,7 +166,7 @@ def test_one_heldout_sequence_is_refused_before_any_forward(monkeypatch):
     monkeypatch.setattr("hopaudit.engines.local.capture", lambda *a, **k: calls.append(1))
     with pytest.raises(DataError, match="undefined with fewer than 2 non-members"):
         hopaudit.audit(
-            model, _texts(20), tokenizer=tiny_tokenizer(), heldout=_texts(1, seed=3),
+            model, random_texts(20), tokenizer=tiny_tokenizer(), heldout=random_texts(1, seed=3),
             max_length=12, chunking="document", progress=False,
         )  # fmt: skip
     assert calls == []

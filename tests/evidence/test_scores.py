@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import math
-import random
 import zlib
 
 import numpy as np
 import pytest
 import torch
-from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
+from tiny_models import random_texts, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.errors import ModelError
 from hopaudit.evidence.scores import lowest_fraction_mean, token_statistics
-
-
-def _texts(n: int, words: int = 30, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    vocab = TOKENIZER_TEXT.split()
-    return [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(n)]
 
 
 def _loop_stats(logits: np.ndarray, ids: np.ndarray, mask: np.ndarray):
@@ -93,7 +86,7 @@ def double_gpt2_audit():
     model, _ = tiny_model("gpt2")
     model = model.double()
     tok = tiny_tokenizer()
-    texts = _texts(12, words=12)
+    texts = random_texts(12, words=12)
     a = hopaudit.audit(
         model, texts, tokenizer=tok, max_length=10, chunking="document", progress=False,
         umap_layers=[], bootstrap=0, autocast="off",
@@ -129,7 +122,7 @@ def test_reference_loss_difference(double_gpt2_audit):
     model, tok, _ = double_gpt2_audit
     ref, _ = tiny_model("gpt2", seed=3)
     ref = ref.double()
-    texts = _texts(6, words=12, seed=5)
+    texts = random_texts(6, words=12, seed=5)
     a = hopaudit.audit(
         model, texts, tokenizer=tok, max_length=10, progress=False, umap_layers=[],
         reference=ref, bootstrap=0, autocast="off",
@@ -152,7 +145,7 @@ def test_reference_with_another_vocabulary_is_refused_before_any_forward():
     ref.register_forward_hook(lambda *a: calls.append(1))
     with pytest.raises(ModelError, match="vocabulary has 300 entries"):
         hopaudit.audit(
-            model, _texts(10), tokenizer=tiny_tokenizer(), max_length=10, progress=False,
+            model, random_texts(10), tokenizer=tiny_tokenizer(), max_length=10, progress=False,
             reference=ref,
         )  # fmt: skip
     assert calls == []

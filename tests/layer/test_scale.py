@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
-from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
+from tiny_models import random_texts, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.engines import local
@@ -15,13 +13,6 @@ from hopaudit.errors import FormatError
 from hopaudit.geometry import normalize_rows, subset_indices
 from hopaudit.layer.files import LayerFiles, compact_graph, layer_files_path
 from hopaudit.search import LazyIndex
-
-
-def _texts(n: int = 40, words: int = 20, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    vocab = TOKENIZER_TEXT.split()
-    return [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(n)]
-
 
 OPTIONS = dict(max_length=12, positions="all", progress=False, umap_layers=[], index="exact")
 
@@ -32,8 +23,10 @@ def pair(tmp_path_factory):
     model, _ = tiny_model("gpt2")
     tok = tiny_tokenizer()
     where = tmp_path_factory.mktemp("scale") / "store"
-    on_disk = hopaudit.audit(model, _texts(), tokenizer=tok, store=str(where), **OPTIONS)
-    in_ram = hopaudit.audit(model, _texts(), tokenizer=tok, **OPTIONS)
+    on_disk = hopaudit.audit(
+        model, random_texts(40, words=20), tokenizer=tok, store=str(where), **OPTIONS
+    )
+    in_ram = hopaudit.audit(model, random_texts(40, words=20), tokenizer=tok, **OPTIONS)
     return on_disk, in_ram, where
 
 
@@ -88,7 +81,7 @@ def test_hnsw_layers_round_trip_through_save_and_load(tmp_path):
     model, _ = tiny_model("gpt2")
     a = hopaudit.audit(
         model,
-        _texts(30),
+        random_texts(30, words=20),
         tokenizer=tiny_tokenizer(),
         store=str(tmp_path / "s"),
         **{**OPTIONS, "index": "hnsw"},
@@ -111,8 +104,13 @@ def test_hnsw_layers_round_trip_through_save_and_load(tmp_path):
 
 def test_peak_memory_is_reported_with_its_stage(tmp_path):
     model, _ = tiny_model("gpt2")
-    a = hopaudit.audit(model, _texts(), tokenizer=tiny_tokenizer(), store=str(tmp_path / "s"),
-                       **OPTIONS)  # fmt: skip
+    a = hopaudit.audit(
+        model,
+        random_texts(40, words=20),
+        tokenizer=tiny_tokenizer(),
+        store=str(tmp_path / "s"),
+        **OPTIONS,
+    )
     # The high-water mark right after the audit, nothing run since (the audit reset it when it
     # started, so a later audit's reset, as in a whole test run, cannot lower it first).
     after_mb = peak_rss() / 2**20
@@ -138,7 +136,11 @@ def test_a_failed_measuring_removes_the_store_and_the_layer_files(tmp_path, monk
     model, _ = tiny_model("gpt2")
     with pytest.raises(KeyboardInterrupt):
         hopaudit.audit(
-            model, _texts(10), tokenizer=tiny_tokenizer(), store=str(tmp_path / "s"), **OPTIONS
+            model,
+            random_texts(10, words=20),
+            tokenizer=tiny_tokenizer(),
+            store=str(tmp_path / "s"),
+            **OPTIONS,
         )
     assert len(calls) == 2
     assert list(tmp_path.iterdir()) == []
@@ -186,7 +188,7 @@ def test_indexes_move_to_the_saved_copy_when_the_layer_files_go(tmp_path):
     model, _ = tiny_model("gpt2")
     a = hopaudit.audit(
         model,
-        _texts(20),
+        random_texts(20, words=20),
         tokenizer=tiny_tokenizer(),
         store=str(tmp_path / "s"),
         **{**OPTIONS, "index": "hnsw"},
@@ -207,20 +209,27 @@ def test_indexes_move_to_the_saved_copy_when_the_layer_files_go(tmp_path):
 def test_engine_options_are_checked_before_the_forward_pass():
     model, _ = tiny_model("gpt2")
     with pytest.raises(hopaudit.errors.DataError, match="engine must be one of"):
-        hopaudit.audit(model, _texts(4), tokenizer=tiny_tokenizer(), engine="spark")
+        hopaudit.audit(model, random_texts(4, words=20), tokenizer=tiny_tokenizer(), engine="spark")
     with pytest.raises(hopaudit.errors.DataError, match="ray_options is for engine='ray'"):
-        hopaudit.audit(model, _texts(4), tokenizer=tiny_tokenizer(), ray_options={})
+        hopaudit.audit(model, random_texts(4, words=20), tokenizer=tiny_tokenizer(), ray_options={})
     with pytest.raises(hopaudit.errors.DataError, match="graph_dtype"):
-        hopaudit.audit(model, _texts(4), tokenizer=tiny_tokenizer(), graph_dtype="int8")
+        hopaudit.audit(
+            model, random_texts(4, words=20), tokenizer=tiny_tokenizer(), graph_dtype="int8"
+        )
 
 
 def test_a_large_layer_gets_a_bar_over_its_index_and_search(monkeypatch, capsys):
     monkeypatch.setattr(local, "LAYER_BAR_ROWS", 100)  # the tiny layers count as large
     model, _ = tiny_model("gpt2")
     a = hopaudit.audit(
-        model, _texts(), tokenizer=tiny_tokenizer(), max_length=16, positions="all",
-        umap_layers=[], progress=True,
-    )  # fmt: skip
+        model,
+        random_texts(40, words=20),
+        tokenizer=tiny_tokenizer(),
+        max_length=16,
+        positions="all",
+        umap_layers=[],
+        progress=True,
+    )
     err = capsys.readouterr().err
     rows = int(a.layers["n_patterns"].iloc[-1])
     assert rows >= 100

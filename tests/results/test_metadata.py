@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
+from tiny_models import random_texts, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.errors import DataError
@@ -16,12 +16,6 @@ from hopaudit.results.metadata import MISSING, OTHER, TOP_CATEGORIES, metadata_s
 from hopaudit.views.schema import unpack
 
 N = 48
-
-
-def _texts(n: int) -> list[str]:
-    rng = random.Random(3)
-    words = TOKENIZER_TEXT.split()
-    return [" ".join(rng.choice(words) for _ in range(8)) for _ in range(n)]
 
 
 def _meta(n: int = N) -> dict:
@@ -34,9 +28,18 @@ def _meta(n: int = N) -> dict:
 
 def _audit(metadata, **kw):
     model, _ = tiny_model("gpt2")
-    return hopaudit.audit(model, _texts(N), tokenizer=tiny_tokenizer(), max_length=12,
-                          chunking="document", progress=False, umap_layers=["final"],
-                          autocast="off", metadata=metadata, **kw)  # fmt: skip
+    return hopaudit.audit(
+        model,
+        random_texts(N, words=8, seed=3),
+        tokenizer=tiny_tokenizer(),
+        max_length=12,
+        chunking="document",
+        progress=False,
+        umap_layers=["final"],
+        autocast="off",
+        metadata=metadata,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +53,14 @@ def test_metadata_joins_samples(audited):
     assert samples["source"].tolist() == meta["source"]
     assert samples["quality"].tolist() == meta["quality"]
     assert list(samples.columns[:7]) == [
-        "sequence", "text", "cross_entropy", "min_k", "top1", "distance_ratio", "basin",
-    ]  # fmt: skip
+        "sequence",
+        "text",
+        "cross_entropy",
+        "min_k",
+        "top1",
+        "distance_ratio",
+        "basin",
+    ]
 
 
 def test_metadata_survives_save_and_load(audited, tmp_path):

@@ -5,28 +5,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 
 import numpy as np
 import pandas as pd
 import pytest
-from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
+from tiny_models import random_texts, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.errors import DataError, FormatError
-
-
-def _texts(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    words = TOKENIZER_TEXT.split()
-    return [" ".join(rng.choice(words) for _ in range(30)) for _ in range(n)]
 
 
 def _audit(arch: str, positions="last"):
     model, _ = tiny_model(arch)
     return hopaudit.audit(
         model,
-        _texts(40, 0),
+        random_texts(40),
         tokenizer=tiny_tokenizer(),
         max_length=12,
         positions=positions,

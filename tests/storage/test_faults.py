@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -19,18 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
+from tiny_models import random_texts, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.errors import FormatError
 
 WORKER = Path(__file__).resolve().parents[1] / "fault_worker.py"
-
-
-def _texts(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    words = TOKENIZER_TEXT.split()
-    return [" ".join(rng.choice(words) for _ in range(20)) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +33,16 @@ def saved(tmp_path_factory):
     model, _ = tiny_model("gpt2")
     common = dict(tokenizer=tiny_tokenizer(), max_length=10, progress=False)
     hnsw = hopaudit.audit(
-        model, _texts(60, 0), heldout=_texts(12, 1), index="hnsw", umap_layers=["final"], **common
+        model,
+        random_texts(60, words=20),
+        heldout=random_texts(12, words=20, seed=1),
+        index="hnsw",
+        umap_layers=["final"],
+        **common,
     )
-    exact = hopaudit.audit(model, _texts(40, 2), index="exact", umap_layers=[], **common)
+    exact = hopaudit.audit(
+        model, random_texts(40, words=20, seed=2), index="exact", umap_layers=[], **common
+    )
     hnsw.save(root / "hnsw")
     exact.save(root / "exact")
     return root
@@ -144,9 +144,12 @@ def test_two_concurrent_writers(saved, tmp_path):
 def test_two_processes_writing_one_report(saved, tmp_path):
     """The last complete report wins; a reader never sees a partial file."""
     r = _worker(
-        "concurrent_html", a=str(saved / "hnsw"), b=str(saved / "exact"), work=str(tmp_path),
+        "concurrent_html",
+        a=str(saved / "hnsw"),
+        b=str(saved / "exact"),
+        work=str(tmp_path),
         writes=4,
-    )  # fmt: skip
+    )
     assert r["codes"] == [0, 0], r
     assert r["partial"] == 0 and r["reads"] > 0, r
     assert r["final"] in ("hnsw", "exact") and r["litter"] == [], r

@@ -5,20 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
 
 import numpy as np
 import pytest
-from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
+from tiny_models import random_texts, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.errors import FormatError
-
-
-def _texts(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    words = TOKENIZER_TEXT.split()
-    return [" ".join(rng.choice(words) for _ in range(30)) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +19,9 @@ def audited():
     model, _ = tiny_model("gpt2")
     return hopaudit.audit(
         model,
-        _texts(150, 0),
+        random_texts(150),
         tokenizer=tiny_tokenizer(),
-        heldout=_texts(20, 1),
+        heldout=random_texts(20, seed=1),
         max_length=12,
         progress=False,
         umap_layers=["final"],
@@ -276,7 +269,7 @@ def test_a_missing_or_damaged_hnsw_index_is_rebuilt(tmp_path):
     model, _ = tiny_model("gpt2")
     a = hopaudit.audit(
         model,
-        _texts(60, 3),
+        random_texts(60, seed=3),
         tokenizer=tiny_tokenizer(),
         max_length=10,
         index="hnsw",

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import html
 import math
-import random
 import re
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 from notebooks import executed_notebook
-from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
+from tiny_models import random_texts, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.views.protocol import WIDGET_TEXT
@@ -26,18 +25,12 @@ from hopaudit.views.snapshot import MAX_BYTES, SAMPLE_ROWS, snapshot_html, snaps
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 
-def _texts(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    words = TOKENIZER_TEXT.split()
-    return [" ".join(rng.choice(words) for _ in range(30)) for _ in range(n)]
-
-
 @pytest.fixture(scope="module")
 def audited(one_torch_thread):
     model, _ = tiny_model("gpt2")
     return hopaudit.audit(
         model,
-        _texts(120, 0),
+        random_texts(120),
         tokenizer=tiny_tokenizer(),
         max_length=12,
         progress=False,
