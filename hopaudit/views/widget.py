@@ -13,7 +13,9 @@ What each array means is in ``STATE_LAYOUT``; its dtype and shape travel with it
 
 from __future__ import annotations
 
+import json
 import math
+import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -577,45 +579,42 @@ class _View(anywidget.AnyWidget):
         }
 
 
-class AuditWidget(_View):
+#: The data traits of the audit view, name -> kind, from traits.json (js/src/index.ts reads it).
+DATA_TRAITS: dict[str, str] = json.loads(
+    (Path(__file__).with_name("traits.json")).read_text(encoding="utf-8")
+)["audit"]
+
+
+def _trait(kind: str) -> Any:
+    """A synced trait of one kind of traits.json."""
+    if kind == "array":
+        return _array()
+    made = {
+        "dict": lambda: traitlets.Dict(),
+        "list": lambda: traitlets.List(),
+        "list[str]": lambda: traitlets.List(traitlets.Unicode()),
+        "list[float]": lambda: traitlets.List(traitlets.Float()),
+        "int": lambda: traitlets.Int(0),
+        "str?": lambda: traitlets.Unicode(None, allow_none=True),
+    }[kind]()
+    return made.tag(sync=True)
+
+
+# The audit view's data traits as a base class (traitlets sets traits up at class creation).
+_AuditData = types.new_class(
+    "_AuditData",
+    (_View,),
+    exec_body=lambda ns: ns.update({n: _trait(k) for n, k in DATA_TRAITS.items()}),
+)
+
+
+class AuditWidget(_AuditData):
     """The interactive view of one audit (six panels: summary, distances, radii, basins,
     floor, samples). Build it with ``audit.widget()``."""
 
-    summary = traitlets.Dict().tag(sync=True)
-    layer_names = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    layer_info = traitlets.List().tag(sync=True)
-    layer_columns = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    layer_stats = _array()
-    floor_curve = _array()
-    hist_fractions = traitlets.List(traitlets.Float()).tag(sync=True)
-    hist_bins = traitlets.Int(0).tag(sync=True)
-    hist_range = _array()
-    hist_counts = _array()
-    hist_medians = _array()
-    hist_log = _array()
-    scatter_layers = traitlets.List().tag(sync=True)
-    scatter_xy = _array()
-    scatter_basin = _array()
-    scatter_ratio = _array()
-    scatter_basin_sizes = _array()
-    scatter_seq = _array()
-    n_sequences = traitlets.Int(0).tag(sync=True)
-    sequence_ids = _array()
-    seq_ce = _array()
-    text_bytes = _array()
-    text_offsets = _array()
-    text_chars = traitlets.Int(240).tag(sync=True)
-    sample_seq = _array()
-    sample_columns = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    sample_values = _array()
-    membership = traitlets.List().tag(sync=True)
-    membership_note = traitlets.Unicode(None, allow_none=True).tag(sync=True)
-    roc_points = _array()
     #: Sequence ids of the points selected in the basins view (shift+drag: a box or a lasso);
     #: ``audit.selected(widget)`` gives their rows of ``audit.samples``.
     selection = traitlets.List(traitlets.Int()).tag(sync=True)
-    meta_columns = traitlets.List().tag(sync=True)
-    meta_values = _array()
 
     @classmethod
     def from_audit(cls, audit: AuditLike, **options: Any) -> AuditWidget:

@@ -14,13 +14,10 @@ import { bindView, drawPanel } from "./lifecycle";
 import { mountCompare } from "./compare";
 import { mountTimeline } from "./timeline";
 import { hideSnapshot } from "./snapshot";
+import TRAITS from "../../hopaudit/views/traits.json";
 
-const DATA_TRAITS = [
-  "summary", "layer_info", "layer_columns", "layer_stats", "hist_fractions", "hist_bins", "hist_range",
-  "hist_counts", "hist_medians", "hist_log", "scatter_layers", "scatter_xy", "scatter_basin", "scatter_ratio",
-  "scatter_basin_sizes", "scatter_seq", "floor_curve", "n_sequences", "sequence_ids", "seq_ce", "text_bytes",
-  "text_offsets", "sample_seq", "sample_columns", "sample_values", "membership", "membership_note", "roc_points", "meta_columns", "meta_values",
-];
+// The data traits, one list for Python and TypeScript (hopaudit/views/traits.json).
+const DATA_TRAITS = Object.keys(TRAITS.audit);
 
 export interface View {
   panels: Panel[];

@@ -50,6 +50,23 @@ def test_every_array_is_packed_bytes_never_a_json_list_of_numbers(state):
         assert len(v["view"]) == itemsize * int(np.prod(v["shape"])), key
 
 
+def test_the_state_packs_exactly_the_data_traits_of_traits_json(state):
+    """One list of data traits (hopaudit/views/traits.json) for the state, the widget's traits
+    and the front end: a trait packed but not declared, or declared but never packed, fails."""
+    import json
+    from pathlib import Path
+
+    declared = json.loads((Path(widget.__file__).with_name("traits.json")).read_text())["audit"]
+    assert set(state) - {"kind"} == set(declared)
+    synced = set(widget.AuditWidget.class_trait_names(sync=True))
+    assert set(declared) <= synced
+    for name, kind in declared.items():
+        if kind == "array":
+            assert isinstance(state[name], dict) and "view" in state[name], name
+    index_ts = Path(widget.__file__).parents[2] / "js" / "src" / "index.ts"
+    assert "views/traits.json" in index_ts.read_text()
+
+
 def test_layer_table_round_trips(audit, state):
     stats = decode(state, "layer_stats")
     table = audit.layers
