@@ -51,6 +51,8 @@ NEAREST_COLUMNS = [
     "distance_over_r_hat",
     "inside_ball",
 ]
+#: The config key that holds where a model was loaded from: its name is compared instead.
+PATH_KEY = "_name_or_path"
 #: ``QueryResult.placements``'s columns: one row per query row and UMAP layer.
 PLACEMENT_COLUMNS = ["query", "layer", "name", "x", "y"]
 
@@ -159,12 +161,11 @@ def check_model(audit: Audit, model: Any) -> None:
             f"model must be a torch model (the audited one), got {type(model).__name__}"
         )
     differ = []
-    name = model_name(model)
-    if name != audit.model_name:
-        differ.append(f"its name is {name!r}, the audit's {audit.model_name!r}")
     given = _plain(config_dict(model))
     recorded = _plain(audit.model_config)
-    keys = sorted(k for k in set(given) | set(recorded) if given.get(k) != recorded.get(k))
+    keys = sorted(
+        k for k in set(given) | set(recorded) if k != PATH_KEY and given.get(k) != recorded.get(k)
+    )
     if keys:
         shown = ", ".join(f"{k}: {given.get(k)!r} vs {recorded.get(k)!r}" for k in keys[:4])
         differ.append(f"its config differs ({shown}{', ...' if len(keys) > 4 else ''})")
@@ -172,9 +173,13 @@ def check_model(audit: Audit, model: Any) -> None:
     total = count_parameters(model, blocks)[0]
     if total != audit.n_params_total:
         differ.append(f"it has {total:,} parameters, the audited model {audit.n_params_total:,}")
-    recorded_digest = audit.options.get("weights_digest")
-    if not differ and recorded_digest and weights_digest(model) not in (None, recorded_digest):
+    digest = audit.options.get("weights_digest")
+    same_weights = bool(digest) and weights_digest(model) == digest
+    if not differ and digest and not same_weights and weights_digest(model) is not None:
         differ.append("its weights differ from the audited model's (another checkpoint?)")
+    name = model_name(model)
+    if name != audit.model_name and not same_weights:  # a moved copy of the same weights passes
+        differ.insert(0, f"its name is {name!r}, the audit's {audit.model_name!r}")
     if differ:
         raise ModelError(
             "this model is not the audited one: "
