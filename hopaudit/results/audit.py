@@ -434,7 +434,8 @@ class Audit(View):
         k: int = 5,
         **options: Any,
     ) -> QueryResult:
-        """Ask the audit about new texts: their membership scores and extraction
+        """Ask the audit about new texts (a str, a list of str, or an (n, length) tensor of
+        token ids, one sequence per row): their membership scores and extraction
         (``.scores``), the ``k`` stored sequences each lies nearest to at each layer
         (``.nearest``, with distance / r_hat and whether it lies inside that pattern's ball,
         docs/theory.md §2), and their places on the UMAP layouts (``.placements``).

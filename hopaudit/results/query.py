@@ -133,8 +133,18 @@ class QueryResult:
 
 
 # ---------------------------------------------------------------------------- checks
-def check_texts(texts: Any) -> list[str]:
-    """A text or a list of texts, none empty; a :class:`DataError` naming the fix otherwise."""
+def check_texts(texts: Any) -> Any:
+    """A text or a list of texts, none empty, or an (n, length) integer tensor of token ids
+    (one sequence per row); a :class:`DataError` naming the fix otherwise."""
+    if isinstance(texts, torch.Tensor):
+        if texts.ndim != 2 or texts.shape[0] == 0 or texts.shape[1] == 0:
+            raise DataError(
+                f"token ids must be an (n, length) tensor with n, length >= 1, got shape "
+                f"{tuple(texts.shape)}"
+            )
+        if texts.dtype.is_floating_point or texts.dtype == torch.bool:
+            raise DataError(f"token ids must be integers, got {texts.dtype}")
+        return texts.long()
     if isinstance(texts, str):
         texts = [texts]
     if not isinstance(texts, (list, tuple)) or not texts:
@@ -302,7 +312,7 @@ def run_query(
     t = time.perf_counter()
     cap = _capture(audit, model, tokens, batch_size)
     seconds["forward"] = time.perf_counter() - t
-    _check_rows(cap, names, len(texts), audit.options.get("positions", "last"))
+    _check_rows(cap, names, tokens.num_sequences, audit.options.get("positions", "last"))
     t = time.perf_counter()
     ref_nll = None
     if reference is not None:
@@ -326,7 +336,7 @@ def run_query(
     seconds["placement"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     return QueryResult(
-        texts=texts,
+        texts=list(texts) if isinstance(texts, list) else list(tokens.texts),
         scores=scores,
         nearest=nearest,
         placements=placements,
@@ -367,13 +377,14 @@ def _resolve_reference(audit: Audit, model: Any, reference: Any) -> tuple[Any, l
     return reference, []
 
 
-def _tokenize(audit: Audit, texts: list[str], model: Any, tokenizer: Any) -> Any:
-    """One sequence per text, cut at the audit's max_length, as the audit's data was."""
+def _tokenize(audit: Audit, texts: Any, model: Any, tokenizer: Any) -> Any:
+    """One sequence per text (or row of token ids), cut at the audit's max_length, as the
+    audit's data was."""
     from hopaudit.data.prepare import find_tokenizer, prepare_data
 
     if tokenizer is None:
         tokenizer = find_tokenizer(model)
-    if tokenizer is None:
+    if tokenizer is None and not isinstance(texts, torch.Tensor):
         raise ModelError(
             "no tokenizer for this model was found beside it: pass tokenizer= (the one the "
             "audit was made with)"

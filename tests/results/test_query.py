@@ -259,3 +259,14 @@ def test_loaded_audit_queries_like_the_live_one_and_fails_clearly(setup, tmp_pat
 
 def test_every_error_is_a_hopaudit_error():
     assert issubclass(DataError, HopauditError) and issubclass(SearchError, HopauditError)
+
+
+def test_token_ids_query_like_their_text(setup):
+    _, tok, texts, _, audit = setup
+    ids = tok(texts[6], return_tensors="pt")["input_ids"][:, :MAX_LEN]
+    by_ids = audit.query(ids, k=3, place=False)
+    by_text = audit.query([texts[6]], k=3, place=False)
+    assert by_ids.nearest.equals(by_text.nearest)
+    assert by_ids.scores["loss"].equals(by_text.scores["loss"])
+    with pytest.raises(DataError, match="integers"):
+        audit.query(torch.zeros(2, 5))
