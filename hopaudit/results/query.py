@@ -254,7 +254,8 @@ def _resolve_model(audit: Audit, model: Any, tokenizer: Any) -> tuple[Any, Any]:
         if model is None:
             raise ModelError(
                 "this audit holds no live model (it was loaded from disk, or the audited model "
-                "was deleted): pass it, audit.query(texts, model)"
+                "was deleted): pass it, audit.query(texts, model); for the widget's box, "
+                "audit.attach_model(model, tokenizer=...)"
             )
         tokenizer = tokenizer if tokenizer is not None else link.tokenizer
     elif isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
