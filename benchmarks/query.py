@@ -171,9 +171,10 @@ def known_answers(args: argparse.Namespace) -> None:
     n = min(args.queries, len(run.train_ids))
     audit = hopaudit.audit(
         run.model, run.train_ids, tokenizer=run.tokenizer, progress=False, umap_layers=[],
+        positions=args.positions,
         bootstrap=0, extraction=True,
     )  # fmt: skip
-    print(f"members_stored={len(audit.texts)} queries_per_kind={n}")
+    print(f"members_stored={len(audit.texts)} queries_per_kind={n} positions={args.positions}")
     print(f"train_loss_members={run.loss_on(run.train_ids):.4f}")
     kinds, heldout = _queries(run, n, rng)
     results = {k: audit.query(ids, k=1, place=False) for k, ids in kinds.items()}
@@ -245,6 +246,7 @@ def main() -> None:
     parser.add_argument("--max-chars", type=int, default=40_000)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--queries", type=int, default=64, help="queries of each kind")
+    parser.add_argument("--positions", default="last", help="the audit's positions (last, mean)")
     parser.add_argument("--boot", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--smollm2", action="store_true")

@@ -270,3 +270,23 @@ def test_token_ids_query_like_their_text(setup):
     assert by_ids.scores["loss"].equals(by_text.scores["loss"])
     with pytest.raises(DataError, match="integers"):
         audit.query(torch.zeros(2, 5))
+
+
+def test_hnsw_index_gives_the_exact_answer_too(setup):
+    model, tok, texts, held, _ = setup
+    a = hopaudit.audit(
+        model, texts, tokenizer=tok, max_length=MAX_LEN, chunking="document", index="hnsw",
+        progress=False, umap_layers=[], bootstrap=0,
+    )  # fmt: skip
+    assert a.layer_report("final").index.kind == "hnsw"
+    queries = held[:4]
+    r = a.query(queries, k=5, place=False, extraction=False, layers=["final"])
+    q = _independent_patterns(model, tok, queries, "final", a)
+    p = _stored_patterns(a, "final")
+    d = np.sqrt(((q[:, None, :].astype(np.float64) - p[None]) ** 2).sum(-1))
+    ids = np.argsort(d, axis=1, kind="stable")[:, :5]
+    got = r.nearest.sort_values(["query", "rank"])
+    np.testing.assert_array_equal(got["sequence"].to_numpy().reshape(-1, 5), ids)
+    np.testing.assert_allclose(
+        got["distance"].to_numpy().reshape(-1, 5), np.take_along_axis(d, ids, 1), atol=1e-4
+    )
