@@ -251,8 +251,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--smollm2", action="store_true")
     parser.add_argument("--umap-cost", type=int, default=0, metavar="N")
+    parser.add_argument("--no-known-answers", action="store_true", help="skip the tiny GPT-2")
     args = parser.parse_args()
-    known_answers(args)
+    if not args.no_known_answers:
+        known_answers(args)
     if args.smollm2:
         smollm2_timing(args)
     if args.umap_cost:
