@@ -27,7 +27,7 @@ from hopaudit.evidence.membership import MIN_PER_CLASS, check_reference, referen
 from hopaudit.layer.embedding import MIN_POINTS
 from hopaudit.layer.files import LayerFiles, layer_files_path
 from hopaudit.model.blocks import architecture_note, count_parameters, find_stacks, strip_compiled
-from hopaudit.model.identity import config_dict, model_name
+from hopaudit.model.identity import config_dict, model_name, weights_digest
 from hopaudit.model.loading import load_model
 from hopaudit.results.audit import Audit
 from hopaudit.results.metadata import check_metadata
@@ -225,13 +225,16 @@ def audit(
     layer_files = None if scratch is not None else layer_files  # in memory now
     t["umap"] = time.perf_counter()
 
-    return Audit(
+    result = Audit(
         metadata=meta,
         model_name=model_name(model),
         model_config=config_dict(model),
-        options=_recorded_options(
-            opts, stacks, reference, heldout, (dtype_name, dtype_note), chosen, layer_files
-        ),
+        options={
+            **_recorded_options(
+                opts, stacks, reference, heldout, (dtype_name, dtype_note), chosen, layer_files
+            ),
+            "weights_digest": weights_digest(model),  # Audit.query checks a model against it
+        },
         layer_names=list(names),
         hidden_size=int(stored.store.get(names[0]).shape[1]),
         n_blocks=len(block_list),
@@ -249,6 +252,8 @@ def audit(
         timings=_timings(t),
         memory=peak.result(),
     )
+    result.attach_model(model, tokenizer=tokenizer, reference=reference)  # for Audit.query
+    return result
 
 
 # ---------------------------------------------------------------------------- the steps

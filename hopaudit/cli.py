@@ -1,6 +1,7 @@
-"""The ``hopaudit`` shell command: ``audit``, ``demo``, ``show``, ``catalog``, ``compare``,
-``timeline``. ``--format table|json|csv`` picks what stdout gets (json and csv are for programs:
-stdout holds that alone, and every other line goes to stderr); ``--version`` prints the version.
+"""The ``hopaudit`` shell command: ``audit``, ``demo``, ``show``, ``query``, ``catalog``,
+``compare``, ``timeline``. ``--format table|json|csv`` picks what stdout gets (json and csv are
+for programs: stdout holds that alone, and every other line goes to stderr); ``--version``
+prints the version.
 
 Exit status: 0 on success, 2 on bad usage (argparse's own), 1 on failure, 130 on Ctrl-C. Every
 failure prints one readable line, not a traceback (``HOPAUDIT_DEBUG=1`` shows the traceback):
@@ -106,6 +107,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("dir", metavar="DIR")
     _add_format(s)
+
+    q = sub.add_parser(
+        "query",
+        help="ask a saved audit about texts: scores, extraction, nearest stored sequences",
+        description="Run TEXTs through MODEL (the audited model: a model directory, a .gguf "
+        "file, or 'smollm2') as the saved audit DIR ran its data, and print each text's "
+        "membership scores and extraction, and its nearest stored sequences at each layer "
+        "(Audit.query). csv: one row per text, layer and neighbour, with the text's scores.",
+    )
+    q.add_argument("dir", metavar="DIR")
+    q.add_argument("texts", nargs="+", metavar="TEXT")
+    q.add_argument("--model", required=True, help="the audited model (a directory or 'smollm2')")
+    q.add_argument("-k", type=int, default=5, help="nearest stored sequences per layer")
+    q.add_argument("--layers", help="comma-separated layer ids or names (default: every layer)")
+    q.add_argument(
+        "--extraction",
+        help="PREFIX,SUFFIX tokens for greedy extraction (default: the audit's, else 32,32), "
+        "or 'off'",
+    )
+    _add_format(q)
 
     g = sub.add_parser(
         "catalog",
@@ -265,9 +286,68 @@ def _run_saved(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_layers(text: str | None) -> list[Any] | None:
+    if text is None:
+        return None
+    return [int(v) if v.strip().lstrip("-").isdigit() else v.strip() for v in text.split(",")]
+
+
+def _parse_extraction(text: str | None) -> Any:
+    if text is None:
+        return None
+    if text == "off":
+        return False
+    try:
+        prefix, suffix = (int(v) for v in text.split(","))
+    except ValueError:
+        raise HopauditError(
+            f"--extraction must be PREFIX,SUFFIX (e.g. 32,32) or off; got {text!r}"
+        ) from None
+    return {"prefix": prefix, "suffix": suffix}
+
+
+def _run_query(args: argparse.Namespace) -> int:
+    """``query``: a saved audit, the audited model and texts -> scores and nearest sequences."""
+    import json
+
+    import pandas as pd
+
+    from hopaudit.jsonable import json_safe
+    from hopaudit.storage.load import load
+
+    saved = load(args.dir)
+    result = saved.query(
+        args.texts,
+        args.model,
+        layers=_parse_layers(args.layers),
+        k=args.k,
+        extraction=_parse_extraction(args.extraction),
+        place=False,
+    )
+    for note in result.notes:
+        print(note, file=sys.stderr)
+    if args.format == "json":
+        out = {"scores": result.scores.to_dict("records"), "nearest": result.nearest.to_dict(
+            "records"), "extraction": result.extraction, "notes": result.notes}  # fmt: skip
+        sys.stdout.write(json.dumps(json_safe(out), indent=1, allow_nan=False) + "\n")
+        return 0
+    scores = result.scores.rename(columns={"text": "query_text"})
+    if args.format == "csv":
+        sys.stdout.write(result.nearest.merge(scores, on="query").to_csv(index=False))
+        return 0
+    with pd.option_context("display.max_rows", 500, "display.width", 200, "display.precision", 4,
+                           "display.max_colwidth", 60):  # fmt: skip
+        print(scores.to_string(index=False))
+        print()
+        print(result.nearest.to_string(index=False))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from hopaudit.api import audit
 
+    if args.command == "query":
+        return _run_query(args)
     if args.command in ("compare", "timeline"):
         return _run_views(args)
     if args.command in ("show", "catalog"):

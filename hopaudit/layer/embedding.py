@@ -36,8 +36,14 @@ __all__ = [
     "Embedding",
     "cache_umap_jit",
     "embed_layer",
+    "layout_parameters",
+    "place",
     "umap_from_knn",
 ]
+
+#: umap-learn's defaults that :func:`umap_from_knn` keeps and :func:`place` needs again.
+SPREAD = 1.0
+TRANSFORM_SEED = 42
 
 #: The fewest points UMAP can lay out: each needs itself and at least one neighbour, and the
 #: spectral initialisation needs more points than the 2 output dimensions.
@@ -58,6 +64,12 @@ class Embedding:
     basin: np.ndarray
     ratio: np.ndarray
     n_total: int = 0
+    #: What :func:`place` needs besides ``xy`` (umap's ``transform``): the layout's neighbours
+    #: (self included) and epochs; None on embeddings saved before they were kept, where
+    #: :func:`layout_parameters` derives them as :func:`embed_layer` chose them.
+    n_neighbors: int | None = None
+    n_epochs: int | None = None
+    min_dist: float = 0.1
 
     @property
     def subsampled(self) -> bool:
@@ -240,7 +252,8 @@ def embed_layer(
         ids, dists = report.knn_ids, report.knn_dists
         sub = normalize_rows(np.asarray(activations[valid], np.float32), report.normalize)
     # the patterns give the layout its PCA start (see embedding.py for why, measured)
-    xy = umap_from_knn(ids, dists, n_neighbors=min(k + 1, 15), seed=seed, data=sub)
+    n_neighbors, n_epochs = layout_parameters(len(pick), k)
+    xy = umap_from_knn(ids, dists, n_neighbors=n_neighbors, seed=seed, data=sub, n_epochs=n_epochs)
     rows = valid[pick]
     ratio = report.nn[pick] / report.r_hat if report.r_hat > 0 else np.full(len(pick), np.nan)
     return Embedding(
@@ -250,4 +263,78 @@ def embed_layer(
         basin=np.asarray(report.basin)[pick],
         ratio=np.asarray(ratio, dtype=np.float32),
         n_total=n,
+        n_neighbors=n_neighbors,
+        n_epochs=n_epochs,
     )
+
+
+def layout_parameters(n_points: int, k: int) -> tuple[int, int]:
+    """(n_neighbors, n_epochs) of :func:`embed_layer`'s layout of ``n_points`` patterns whose
+    graph holds ``k`` other neighbours: at most 15 neighbours with self, fewer than the points,
+    and ``DEFAULT_EPOCHS`` from the patterns' PCA."""
+    return min(int(k) + 1, 15, int(n_points) - 1), DEFAULT_EPOCHS
+
+
+def place(
+    xy: ArrayLike,
+    neighbour_ids: ArrayLike,
+    neighbour_dists: ArrayLike,
+    *,
+    n_epochs: int,
+    min_dist: float = 0.1,
+    seed: int = TRANSFORM_SEED,
+    parallel: bool = False,
+) -> np.ndarray:
+    """New points on a fitted layout, as ``umap.UMAP.transform`` places them: (m, 2) float32.
+
+    ``xy`` (n, 2) is the fitted layout; ``neighbour_ids``/``neighbour_dists`` (m, n_neighbors)
+    each new point's nearest laid-out points in pattern space (ascending, as many as the
+    layout's ``n_neighbors``), which the layer's own index gives, so no second index is kept.
+    The steps are umap-learn 0.5's ``transform``: fuzzy memberships of the neighbours
+    (``smooth_knn_dist``, local connectivity 0), the membership-weighted mean of their places as
+    the start, then ``n_epochs // 3`` epochs moving only the new points (``seed`` is umap's
+    ``transform_seed``). ``tests/layer/test_place.py`` checks it against umap's own transform.
+    """
+    import scipy.sparse
+    import umap.umap_ as U
+
+    cache_umap_jit()
+    emb = np.ascontiguousarray(xy, dtype=np.float32)
+    ids = np.ascontiguousarray(neighbour_ids, dtype=np.int32)
+    dists = np.ascontiguousarray(neighbour_dists, dtype=np.float32)
+    if ids.ndim != 2 or dists.shape != ids.shape or ids.shape[1] < 1:
+        raise SearchError(
+            f"place() needs (m, n_neighbors) neighbour ids and distances, got {ids.shape} and "
+            f"{dists.shape}"
+        )
+    if ids.size and (ids.min() < 0 or ids.max() >= len(emb)):
+        raise SearchError(f"neighbour ids must lie in [0, {len(emb)})")
+    m, n_neighbors = ids.shape
+    rng_state = np.random.RandomState(seed).randint(U.INT32_MIN, U.INT32_MAX, 3).astype(np.int64)
+    sigmas, rhos = U.smooth_knn_dist(dists, float(n_neighbors), local_connectivity=0.0)
+    rows, cols, vals, _ = U.compute_membership_strengths(ids, dists, sigmas, rhos, bipartite=True)
+    graph = scipy.sparse.coo_matrix((vals, (rows, cols)), shape=(m, len(emb)))
+    csr = graph.tocsr()
+    csr.eliminate_zeros()
+    start = U.init_graph_transform(csr, emb)
+    epochs = max(int(n_epochs // 3.0), 1)
+    graph.data[graph.data < (graph.data.max() / float(epochs))] = 0.0
+    graph.eliminate_zeros()
+    a, b = U.find_ab_params(SPREAD, min_dist)
+    out = U.optimize_layout_euclidean(
+        start,
+        emb.copy(),
+        graph.row,
+        graph.col,
+        epochs,
+        len(emb),
+        U.make_epochs_per_sample(graph.data, epochs),
+        a,
+        b,
+        rng_state,
+        1.0,  # repulsion_strength
+        1.0 / 4.0,  # umap's initial alpha (learning_rate 1) over 4, as its transform
+        5,  # negative_sample_rate
+        parallel,
+    )
+    return np.ascontiguousarray(out, dtype=np.float32)

@@ -3,9 +3,13 @@ query checks a model against them)."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
-__all__ = ["config_dict", "model_name"]
+__all__ = ["config_dict", "model_name", "weights_digest"]
+
+#: Leading elements of each parameter that :func:`weights_digest` reads.
+DIGEST_ELEMENTS = 256
 
 
 def model_name(model: Any) -> str:
@@ -31,3 +35,20 @@ def config_dict(model: Any) -> dict[str, Any]:
             out[key] = value
     out["class"] = type(model).__name__
     return out
+
+
+def weights_digest(model: Any) -> str | None:
+    """A SHA-256 of each parameter's name, shape and first ``DIGEST_ELEMENTS`` values (as
+    float32): two checkpoints of one architecture differ in it, and it costs a few kilobytes
+    of reads. None when a parameter sits on the meta device (offloaded weights are not read)."""
+    named = getattr(model, "named_parameters", None)
+    if not callable(named):
+        return None
+    h = hashlib.sha256()
+    for name, p in named():
+        if p.device.type == "meta":
+            return None
+        head = p.detach().reshape(-1)[:DIGEST_ELEMENTS].float().cpu().numpy()
+        h.update(f"{name.replace('_orig_mod.', '')}{tuple(p.shape)}".encode())
+        h.update(head.tobytes())
+    return h.hexdigest()

@@ -22,6 +22,7 @@ from hopaudit.views.protocol import View
 
 if TYPE_CHECKING:
     from hopaudit.capture.forward import CaptureResult
+    from hopaudit.results.query import QueryResult
 
 #: The per-layer table's columns, in order (one row per layer, ``final`` last): the stable id
 #: and full name, what :meth:`LayerReport.row` gives, and why a layer was skipped.
@@ -422,6 +423,41 @@ class Audit(View):
             stacklevel=2,
         )
         return self.layer_report(layer)
+
+    # ----------------------------------------------------------------- query
+    def query(
+        self,
+        texts: str | list[str],
+        model: Any = None,
+        *,
+        layers: Any = None,
+        k: int = 5,
+        **options: Any,
+    ) -> QueryResult:
+        """Ask the audit about new texts (a str, a list of str, or an (n, length) tensor of
+        token ids, one sequence per row): their membership scores and extraction
+        (``.scores``), the ``k`` stored sequences each lies nearest to at each layer
+        (``.nearest``, with distance / r_hat and whether it lies inside that pattern's ball,
+        docs/theory.md §2), and their places on the UMAP layouts (``.placements``).
+
+        The texts go through the audit's own capture (blocks, positions, store dtype,
+        precision, normalization) and each layer's own index. ``model`` defaults to the audited
+        model while it is alive; a loaded audit needs it passed (a model object or a path), and
+        any other model is refused. ``layers``: ids or names (default: every measured layer).
+        ``options``: ``tokenizer``, ``reference`` (for ref_loss_diff, when the audit had one),
+        ``extraction`` (``{"prefix": p, "suffix": s}``, False; default the audit's lengths, else
+        32 + 32), ``place`` (False: no UMAP placement), ``batch_size``. The audit is unchanged.
+        """
+        from hopaudit.results.query import run_query
+
+        return run_query(self, texts, model, layers=layers, k=k, **options)
+
+    def attach_model(self, model: Any, *, tokenizer: Any = None, reference: Any = None) -> None:
+        """Remember the audited model (weakly: the audit never keeps it alive), its tokenizer
+        and reference model, so :meth:`query` can default to them; ``audit()`` calls this."""
+        from hopaudit.results.query import ModelLink
+
+        self.model_link = ModelLink(model, tokenizer=tokenizer, reference=reference)
 
     # ------------------------------------------------------------------ disk
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:

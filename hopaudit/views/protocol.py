@@ -33,6 +33,7 @@ class View:
         from hopaudit.views import widget
 
         view = getattr(widget, self._widget)(self.widget_state(**options))
+        _answer_queries(view, self)
         self._last_view = view  # what Audit.selected() reads when no widget is given
         return view
 
@@ -58,6 +59,7 @@ class View:
         token = secrets.token_hex(8)
         view = getattr(widget, self._widget)(state)
         view.add_traits(snapshot_id=traitlets.Unicode(token).tag(sync=True))
+        _answer_queries(view, self)
         self._last_view = view
         snapshot = {
             "text/html": snapshot_html(state, token=token),
@@ -95,3 +97,10 @@ def _bundle(bundle: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     if isinstance(bundle, tuple):
         return dict(bundle[0]), dict(bundle[1] or {})
     return dict(bundle or {}), {}
+
+
+def _answer_queries(view: Any, viewable: Any) -> None:
+    """A live view of an audit answers its "ask about a text" box (``AuditWidget``)."""
+    answer = getattr(view, "answer_queries", None)
+    if callable(answer) and callable(getattr(viewable, "query", None)):
+        answer(viewable)

@@ -293,6 +293,8 @@ def title(state: dict[str, Any]) -> str:
 
 
 NOTE = "A static snapshot: run the cell with a kernel for the interactive view."
+#: Why a snapshot has no "ask about a text" box (the live widget's, answered by the kernel).
+ASK_NOTE = "No “ask about a text” box: a query runs the model, so it needs the live widget."
 
 
 #: In a notebook the snapshot is an output of its own, before the widget's. This rule (JupyterLab
@@ -326,6 +328,7 @@ def snapshot_html(state: dict[str, Any], *, token: str | None = None) -> str:
         parts.append('<h4 style="margin:12px 0 4px">Radius per layer: r̂ (dots) and r* (squares)')
         parts.append("</h4>" + radii_svg(layer_rows(state)))
         parts.append(_samples_table(state))
+        parts.append(f'<p style="color:#777;font-size:11px">{html.escape(ASK_NOTE)}</p>')
     else:
         parts.append(_member_table(state))
     parts.append(f'<p style="color:#777;font-size:11px">{NOTE}</p></div>')
@@ -371,5 +374,6 @@ def snapshot_text(state: dict[str, Any]) -> str:
             text = " ".join(r["text"].split())
             text = text if len(text) <= 70 else text[:69] + "…"
             lines.append(f"  #{r['sequence']:<6} {_num(r[key], 3):>7}  {text}")
+    lines.append(ASK_NOTE)
     lines.append(NOTE)
     return "\n".join(lines)

@@ -521,6 +521,86 @@ def widget_state(
     return state
 
 
+#: The custom message the view sends for its "ask about a text" box, and the reply's type.
+QUERY_MESSAGE = "hopaudit.query"
+QUERY_REPLY = "hopaudit.query_result"
+#: Characters of a neighbour's text the card shows.
+CARD_TEXT_CHARS = 200
+
+
+def query_message(audit: Any, content: dict[str, Any]) -> dict[str, Any]:
+    """The reply to one "ask about a text" message: the card's data (:func:`query_card`) or
+    ``{"error": message}`` for a user error (named by the HopauditError), never a traceback."""
+    from hopaudit.errors import HopauditError
+
+    reply: dict[str, Any] = {"type": QUERY_REPLY, "id": content.get("id")}
+    text = content.get("text")
+    k = content.get("k", 5)
+    try:
+        if not isinstance(text, str):
+            raise HopauditError("the box sent no text")
+        result = audit.query([text], k=int(k) if isinstance(k, (int, float)) else k)
+    except HopauditError as exc:
+        reply["error"] = str(exc)
+        return reply
+    reply.update(query_card(audit, result))
+    return reply
+
+
+def query_card(audit: Any, result: Any) -> dict[str, Any]:
+    """One queried text as the card shows it (JSON): its scores, each with the AUROC of that
+    score in the audit's membership beside it; its extraction; its nearest stored sequences
+    per layer; its places on the UMAP layouts; the notes."""
+    row = result.scores.iloc[0].to_dict()
+    table = getattr(audit, "membership", None)
+    aurocs: dict[str, Any] = {}
+    if isinstance(table, pd.DataFrame) and not table.empty:
+        for r in table[table["score"] != "geometric"].to_dict("records"):
+            aurocs[str(r["score"])] = {
+                "auroc": _f(r.get("auroc")),
+                "lo": _f(r.get("auroc_lo")),
+                "hi": _f(r.get("auroc_hi")),
+            }
+    scores = [
+        {"score": s, "value": _f(row.get(s)), **aurocs.get(s, {})}
+        for s in ("loss", "zlib", "min_k", "min_k_pp", "ref_loss_diff")
+        if s in row
+    ]
+    extraction = dict(result.extraction)
+    for c in ("extracted", "extracted_tokens", "compared_tokens"):
+        if c in row:
+            extraction[c] = json_safe(row[c])
+    nearest = []
+    for r in result.nearest.to_dict("records"):
+        text = str(r["text"])
+        nearest.append(
+            {
+                "layer": int(r["layer"]),
+                "name": str(r["name"]),
+                "rank": int(r["rank"]),
+                "sequence": int(r["sequence"]),
+                "text": text if len(text) <= CARD_TEXT_CHARS else text[: CARD_TEXT_CHARS - 1] + "…",
+                "distance": _f(r["distance"]),
+                "ratio": _f(r["distance_over_r_hat"]),
+                "inside": bool(r["inside_ball"]),
+            }
+        )
+    places = [
+        {"name": str(r["name"]), "x": _f(r["x"]), "y": _f(r["y"])}
+        for r in result.placements.to_dict("records")
+    ]
+    return {
+        "text": str(row.get("text", "")),
+        "n_tokens": int(row.get("n_tokens", 0)),
+        "scores": scores,
+        "extraction": json_safe(extraction),
+        "nearest": nearest,
+        "places": places,
+        "notes": [str(n) for n in result.notes],
+        "seconds": _f(result.seconds.get("total")),
+    }
+
+
 def decode(state: dict[str, Any], key: str) -> np.ndarray:
     """Read one packed array of a state back (for tests and notebooks)."""
     return unpack(state[key])
@@ -571,7 +651,7 @@ class _View(anywidget.AnyWidget):
             raise TypeError(
                 f"a widget's state is fixed; give {sorted(options)} to the audit's widget_state()"
             )
-        skip = {"layout", "tabbable", "tooltip", "height"}
+        skip = {"layout", "tabbable", "tooltip", "height", "can_query"}
         return {
             k: getattr(self, k)
             for k in self.trait_names(sync=True)
@@ -615,11 +695,31 @@ class AuditWidget(_AuditData):
     #: Sequence ids of the points selected in the basins view (shift+drag: a box or a lasso);
     #: ``audit.selected(widget)`` gives their rows of ``audit.samples``.
     selection = traitlets.List(traitlets.Int()).tag(sync=True)
+    #: True once the kernel answers the "ask about a text" box (:meth:`answer_queries`); a
+    #: report or a snapshot has no kernel, and no box.
+    can_query = traitlets.Bool(False).tag(sync=True)
 
     @classmethod
     def from_audit(cls, audit: AuditLike, **options: Any) -> AuditWidget:
         """The widget of ``audit``; ``options`` go to :func:`widget_state`."""
-        return cls(widget_state(audit, **options))
+        view = cls(widget_state(audit, **options))
+        if callable(getattr(audit, "query", None)):
+            view.answer_queries(audit)
+        return view
+
+    def answer_queries(self, audit: Any) -> None:
+        """Answer the box's texts with ``audit.query`` (anywidget custom messages: the view
+        sends ``{"type": "hopaudit.query", "id", "text", "k"}``, the kernel replies with
+        :func:`query_message`). The audited model must be alive, or attached to a loaded audit
+        with ``audit.attach_model(model, tokenizer=...)``."""
+        self._query_audit = audit
+        if not self.can_query:
+            self.on_msg(self._on_custom_message)
+        self.can_query = True
+
+    def _on_custom_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        if isinstance(content, dict) and content.get("type") == QUERY_MESSAGE:
+            self.send(query_message(self._query_audit, content))
 
 
 class _MultiWidget(_View):

@@ -1,4 +1,6 @@
-// The anywidget entry: render({ model, el }) draws the seven panels of an audit.
+// The anywidget entry: render({ model, el }) draws the eight panels of an audit (the last, the
+// ask box, only with a kernel: hopaudit/views/widget.py's answer_queries).
+import { AskPanel } from "./panels/ask";
 import { BasinsPanel } from "./panels/basins";
 import type { Context, Panel } from "./panels/base";
 import { DistancesPanel } from "./panels/distances";
@@ -48,14 +50,16 @@ export function mount(model: ModelLike, el: HTMLElement): View {
         }
       },
     };
+    const basins = new BasinsPanel(ctx);
     const panels: Panel[] = [
       new SummaryPanel(ctx),
       new DistancesPanel(ctx),
       new FloorPanel(ctx),
-      new BasinsPanel(ctx),
+      basins,
       new RadiiPanel(ctx),
       new MembershipPanel(ctx),
       new SamplesPanel(ctx),
+      new AskPanel(ctx, basins),
     ];
     view.panels = panels;
     const grid = h("div", { class: "ha-grid" }, ...panels.map((p) => p.el));

@@ -71,6 +71,9 @@ export class BasinsPanel extends Panel {
   current: ReturnType<Context["state"]["points"]> | null = null;
   size = [0, 0];
   drawToken = 0;
+  /** The asked text's places (layer name -> layout points) and its nearest sequences per layer
+   * (the ask panel's answer), drawn apart: a point of their own colour, its neighbours selected. */
+  queried: { places: Map<string, [number, number][]>; nearest: Map<string, Set<number>> } | null = null;
 
   constructor(ctx: Context) {
     super("basins", "Basins (UMAP)", ctx);
@@ -348,12 +351,21 @@ export class BasinsPanel extends Panel {
       y[i] = (p.y[i] - cy) / half;
     }
     const { z, colors, legend } = this.colours();
+    const asked = this.queried?.places.get(s.name) ?? [];
     const size = s.n < 2000 ? 6 : s.n < 10000 ? 4 : s.n < 50000 ? 3 : 2;
-    sp.set({ pointColor: colors, colorBy: "valueA", pointSize: size } as any);
-    await sp.draw({ x, y, valueA: z } as any, { zDataType: "categorical" } as any);
+    const all = asked.length ? this.withAsked(x, y, z, asked, cx, cy, half, colors.length) : { x, y, z };
+    if (asked.length) legend.push(h("span", {}, h("i", { style: `background:${this.ctx.theme.accent}` }), "your text"));
+    sp.set({ pointColor: asked.length ? [...colors, this.ctx.theme.accent] : colors, colorBy: "valueA", pointSize: size } as any);
+    await sp.draw({ x: all.x, y: all.y, valueA: all.z } as any, { zDataType: "categorical" } as any);
     if (token !== this.drawToken) return;
     await this.fit();
     if (token !== this.drawToken) return;
+    this.box.setAttribute("data-asked", String(asked.length));
+    if (asked.length) {
+      const near = this.queried!.nearest.get(s.name) ?? new Set<number>();
+      const pts = this.pointsWhere((seq) => near.has(st.sequenceId(seq)));
+      this.highlight([...pts, ...asked.map((_, j) => s.n + j)], "your text and its nearest stored sequences");
+    }
     this.legend.replaceChildren(...legend);
     this.note.textContent = `${s.name}: ${s.n.toLocaleString("en-US")} points${s.n_total > s.n ? ` (a random subset of ${s.n_total.toLocaleString("en-US")})` : ""}. Hover a point for its sequence; colour by basin puts the ${s.top_basins} largest basins in distinct colours.`;
     this.box.setAttribute("data-layer", s.name);
@@ -361,6 +373,41 @@ export class BasinsPanel extends Panel {
     requestAnimationFrame(() => {
       if (token === this.drawToken) this.markReady();
     });
+  }
+
+  /** Place the asked text (the ask panel's answer) and redraw: ``places`` its layout points per
+   * layer, ``nearest`` its nearest stored sequences per layer. */
+  placeQuery(places: { name: string; x: number; y: number }[], nearest: { name: string; sequence: number }[]): void {
+    const byLayer = new Map<string, [number, number][]>();
+    for (const p of places) {
+      if (!Number.isFinite(p.x) || !Number.isFinite(p.y)) continue;
+      if (!byLayer.has(p.name)) byLayer.set(p.name, []);
+      byLayer.get(p.name)!.push([p.x, p.y]);
+    }
+    const near = new Map<string, Set<number>>();
+    for (const n of nearest) {
+      if (!near.has(n.name)) near.set(n.name, new Set());
+      near.get(n.name)!.add(n.sequence);
+    }
+    this.queried = { places: byLayer, nearest: near };
+    void this.draw();
+  }
+
+  /** The points with the asked text's appended (indices n, n + 1, ...), in its own colour. */
+  private withAsked(x: Float32Array, y: Float32Array, z: Uint16Array, asked: [number, number][], cx: number, cy: number, half: number, colour: number) {
+    const n = x.length;
+    const ax = new Float32Array(n + asked.length);
+    const ay = new Float32Array(n + asked.length);
+    const az = new Uint16Array(n + asked.length);
+    ax.set(x);
+    ay.set(y);
+    az.set(z);
+    asked.forEach(([px, py], j) => {
+      ax[n + j] = (px - cx) / half;
+      ay[n + j] = (py - cy) / half;
+      az[n + j] = colour;
+    });
+    return { x: ax, y: ay, z: az };
   }
 
   /** Fit the points' box ([-1, 1]^2 after normalization) into the canvas, whatever its aspect. */
@@ -381,6 +428,12 @@ export class BasinsPanel extends Panel {
     const st = this.ctx.state;
     const s = this.layerMeta();
     const p = this.current;
+    if (p && i >= s.n && this.queried?.places.get(s.name)?.length) {
+      this.tooltip.replaceChildren(h("div", { class: "ha-tt-meta", text: "your text (asked in the box below), placed by UMAP's transform" }));
+      this.tooltip.removeAttribute("hidden");
+      this.tooltip.setAttribute("data-point", String(i));
+      return;
+    }
     if (!p || i < 0 || i >= s.n) return;
     const seq = p.seq[i];
     const ce = st.seqCe[seq];
