@@ -19,7 +19,6 @@ distance 0 instead of disappearing.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from hopaudit.cpus import usable_cpus
 from hopaudit.errors import SearchError
 from hopaudit.search.hugepages import huge_pages
 
@@ -77,11 +77,8 @@ class NeighborIndex(Protocol):
 
 
 def default_threads() -> int:
-    """The CPUs this process may run on (affinity-aware, unlike ``os.cpu_count``)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    """The CPUs this process may run on (affinity and cgroup quota, unlike ``os.cpu_count``)."""
+    return usable_cpus()
 
 
 # --------------------------------------------------------------------------- input checks
