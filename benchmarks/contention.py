@@ -37,25 +37,11 @@ SEQ_LEN = 64
 
 
 def machine_lines() -> list[str]:
-    """Which CPU this is (native bfloat16 or not) and its load: lines every benchmark prints."""
-    from hopaudit.model.precision import native_bf16
+    """Which CPU this is (native bfloat16 or not): lines every benchmark of issue 25 prints."""
+    from hopaudit.model.precision import cpu_description
 
-    model, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown":
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return [
-        f"cpu={model!r}",
-        f"native_bf16={native_bf16(torch.device('cpu'))}",
-        f"cpu_flags={','.join(wanted)}",
-        f"cpus_usable={len(os.sched_getaffinity(0))}",
-    ]
+    desc = cpu_description()
+    return [f"{k}={v!r}" if k == "cpu" else f"{k}={v}" for k, v in desc.items()]
 
 
 def loadavg() -> float:
