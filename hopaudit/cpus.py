@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["cgroup_quota", "usable_cpus"]
+__all__ = ["cgroup_quota", "cpu_bf16_native", "usable_cpus"]
 
 
 def cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -39,3 +39,13 @@ def usable_cpus() -> int:
     if quota is not None:
         n = min(n, max(1, math.ceil(quota)))
     return max(1, n)
+
+
+def cpu_bf16_native() -> bool:
+    """Whether torch multiplies bfloat16 matrices in hardware on this CPU (AVX512-BF16 or
+    AMX), not emulated (an AVX2-only CPU runs them hundreds of times slower than float32)."""
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hopaudit.cpus import cpu_bf16_native
 from hopaudit.errors import DataError
 
 __all__ = [
@@ -43,9 +44,7 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type == "cpu":
-        cpu = getattr(torch, "cpu", None)
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+        return cpu_bf16_native()
     return False
 
 
