@@ -17,8 +17,9 @@ shared machine), ``exact_vs_hnsw_speedup_<n>`` (exact time / hopaudit HNSW time)
 
 ``exact_bf16_speedup_<n>`` is the exact search with float32 tiles over bfloat16 ones
 (alternated, medians; ``exact_bf16_same_distances_<n>`` that both found the same distances),
-``exact_hnsw_crossover`` the size where exact and HNSW cost the same (log-log interpolated;
-``search.AUTO_EXACT_MAX`` is set from it).
+``exact_hnsw_crossover`` the size where exact (float32 tiles) and HNSW cost the same (log-log
+interpolated; ``search.AUTO_EXACT_MAX`` is set from it), ``exact_hnsw_crossover_bf16`` the same
+with bfloat16 tiles (``none``: exact was faster, or slower, at every size).
 
     python benchmarks/search.py --sizes 20000 50000 100000   # the crossover
     python benchmarks/search.py --sizes 20000 --rounds 3
@@ -156,7 +157,7 @@ def bench(
     print(f"exact_bf16_same_distances_{n}={same_bf16}")
     print(f"recall_at_1_{n}={recall:.4f}")
     print(f"recall_at_1_by_id_{n}={recall_id:.4f}", flush=True)
-    return exact_s / hop
+    return exact_s / hop, float(np.median(b16)) / hop
 
 
 def crossover(ratios: dict[int, float]) -> float | None:
@@ -189,14 +190,15 @@ def main() -> None:
     for key, value in cpu_description().items():
         print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
     print(f"loadavg_start={os.getloadavg()[0]:.2f}", flush=True)
-    ratios = {}
+    ratios, ratios_bf16 = {}, {}
     with tempfile.TemporaryDirectory(prefix="hopaudit-bench-") as tmp:
         for n in args.sizes:
-            ratios[n] = bench(
+            ratios[n], ratios_bf16[n] = bench(
                 n, args.rounds, args.threads, args.exact_full, args.exact_sample, Path(tmp)
             )
-    cross = crossover(ratios)
-    print(f"exact_hnsw_crossover={'none' if cross is None else f'{cross:.0f}'}")
+    for suffix, got in (("", ratios), ("_bf16", ratios_bf16)):
+        cross = crossover(got)
+        print(f"exact_hnsw_crossover{suffix}={'none' if cross is None else f'{cross:.0f}'}")
     print(f"loadavg_end={os.getloadavg()[0]:.2f}")
 
 

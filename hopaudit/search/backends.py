@@ -47,7 +47,7 @@ __all__ = [
 #: ``kind="auto"`` uses exact search up to this many patterns on the CPU: up to about here exact
 #: costs no more than HNSW and has no misses. The crossover ``benchmarks/search.py`` prints
 #: (``exact_hnsw_crossover``), rounded down (benchmarks/README.md, "Constants").
-AUTO_EXACT_MAX = 50_000
+AUTO_EXACT_MAX = 35_000
 #: Default query-time ``ef`` of the HNSW backend (raised to ``k + 1`` when needed): the smallest
 #: that reached recall@1 = 1 on clustered data, a margin for real activations
 #: (benchmarks/README.md, "Constants").
@@ -275,11 +275,10 @@ class HnswIndex:
 BF16_DOT_ERROR = 2.0**-8 + 2.0**-9 + 2.0**-12
 
 
-#: The exact backend's candidate tiles by default: float32. bfloat16 tiles (certified, then
-#: re-ranked exactly) were measured no faster on a CPU with AMX, where the top-k selection
-#: and not the matrix product bounds the search (``benchmarks/search.py`` prints
-#: ``exact_bf16_speedup_<n>``; benchmarks/README.md).
-EXACT_TILES = "float32"
+#: The exact backend's candidate tiles by default: bfloat16 where the CPU multiplies it
+#: natively, else float32 (``benchmarks/search.py`` prints ``exact_bf16_speedup_<n>``, the
+#: float32 time over the bfloat16 one; benchmarks/README.md).
+EXACT_TILES = "auto"
 
 
 class ExactIndex:
