@@ -346,9 +346,17 @@ class ExactIndex:
         mean = _column_mean(arr, rows, "patterns")  # also validates everything before storing
         if self._center is None:
             self._center = mean
-        parts = [self._data] if self._data is not None else []
-        parts += [self._centred(arr[s : s + rows]) for s in range(0, arr.shape[0], rows)]
-        self._data = torch.cat(parts) if len(parts) > 1 else parts[0]
+        # one float32 tensor filled chunk by chunk: no list of parts and concatenated copy
+        start = 0 if self._data is None else self._count
+        data = torch.empty(
+            (start + arr.shape[0], self.dim), dtype=torch.float32, device=self.device
+        )
+        if self._data is not None:
+            data[:start] = self._data
+            self._data = self._data_bf16 = None
+        for s in range(0, arr.shape[0], rows):
+            data[start + s : start + s + rows] = self._centred(arr[s : s + rows])
+        self._data = data
         self._sqnorm = (self._data.to(self._rerank_dtype) ** 2).sum(dim=1).to(torch.float32)
         self._count = int(self._data.shape[0])
         if self.tiles == "bfloat16":
