@@ -1,17 +1,20 @@
-"""What verification costs: save and load of a SmolLM2-sized audit, with and without SHA-256.
+"""What verification costs: save and load of a SmolLM2-sized audit, with and without digests.
 
 A synthetic audit of SmolLM2's shape (1000 sequences of 64 tokens, one row per sequence; 30
 blocks + ``final``, hidden 576; float32 store, as ``store_dtype="auto"`` picks for it; exact
 indexes, as ``index="auto"`` picks for 1000 patterns; 4 UMAP layouts; 240-character texts) is
 measured by hopaudit itself, then saved and loaded. Loads with ``verify=True`` (every file's
-SHA-256 checked first) and ``verify=False`` alternate round by round after one untimed warm-up
-of each; each load touches every layer's activations. The files are in the page cache (the
-case of loading what was just saved or recently read). Prints::
+BLAKE3 checked first, format 4) and ``verify=False`` alternate round by round after one
+untimed warm-up of each; each load touches every layer's activations. The files are in the page
+cache (the case of loading what was just saved or recently read). Then the folder's files are
+hashed with SHA-256 (formats 2 and 3) and with BLAKE3, alternated. Prints the CPU and the load
+average at start and end, and::
 
-    save_seconds=            mean wall time of one save
-    load_seconds=            mean wall time of one load with verification (the default)
-    load_noverify_seconds=   mean wall time of one load without it
-    load_verify_ratio=       load_seconds / load_noverify_seconds (target <= 1.5)
+    save_seconds=            median wall time of one save
+    load_seconds=            median wall time of one load with verification (the default)
+    load_noverify_seconds=   median wall time of one load without it
+    load_verify_ratio=       load_seconds / load_noverify_seconds (target <= 1.2)
+    sha256_over_blake3=      median time to hash the folder with SHA-256 over with BLAKE3
     audit_bytes=             bytes of the saved folder
 
 Usage: ``python benchmarks/persist.py [--rounds 3] [--sequences 1000]``.
@@ -20,6 +23,7 @@ Usage: ``python benchmarks/persist.py [--rounds 3] [--sequences 1000]``.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -129,10 +133,16 @@ def _load(path: Path, verify: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sequences", type=int, default=1000)
     args = parser.parse_args()
 
+    from hopaudit.model.precision import cpu_description
+    from hopaudit.storage.manifest import hash_all
+
+    for key, value in cpu_description().items():
+        print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
+    print(f"loadavg_start={os.getloadavg()[0]:.2f}", flush=True)
     audit = synthetic_audit(args.sequences)
     work = Path(tempfile.mkdtemp(prefix="hopaudit-persist-"))
     try:
@@ -149,14 +159,23 @@ def main() -> None:
             order = (True, False) if i % 2 == 0 else (False, True)
             for verify in order:
                 (verified if verify else plain).append(_load(path, verify))
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        hashes: dict[str, list[float]] = {"sha256": [], "blake3": []}
+        for i in range(args.rounds):
+            for algorithm in ("sha256", "blake3") if i % 2 == 0 else ("blake3", "sha256"):
+                t0 = time.perf_counter()
+                hash_all(files, algorithm)
+                hashes[algorithm].append(time.perf_counter() - t0)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    load_v, load_p = float(np.mean(verified)), float(np.mean(plain))
-    print(f"save_seconds={np.mean(saves):.3f}")
+    load_v, load_p = float(np.median(verified)), float(np.median(plain))
+    print(f"save_seconds={np.median(saves):.3f}")
     print(f"load_seconds={load_v:.3f}")
     print(f"load_noverify_seconds={load_p:.3f}")
     print(f"load_verify_ratio={load_v / load_p:.3f}")
+    print(f"sha256_over_blake3={np.median(hashes['sha256']) / np.median(hashes['blake3']):.3f}")
     print(f"audit_bytes={audit_bytes}")
+    print(f"loadavg_end={os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

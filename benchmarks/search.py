@@ -15,13 +15,21 @@ target <= 1.10; ``hnsw_overhead_cpu_ratio_<n>`` the same in CPU seconds, steadie
 shared machine), ``exact_vs_hnsw_speedup_<n>`` (exact time / hopaudit HNSW time) and
 ``recall_at_1_<n>`` (hopaudit HNSW against exact, by distance).
 
-    python benchmarks/search.py                    # sizes 20000 and 100000
+``exact_bf16_speedup_<n>`` is the exact search with float32 tiles over bfloat16 ones
+(alternated, medians; ``exact_bf16_same_distances_<n>`` that both found the same distances),
+``exact_hnsw_crossover`` the size where exact (float32 tiles) and HNSW cost the same (log-log
+interpolated; ``search.AUTO_EXACT_MAX`` is set from it), ``exact_hnsw_crossover_bf16`` the same
+with bfloat16 tiles (``none``: exact was faster, or slower, at every size).
+
+    python benchmarks/search.py --sizes 20000 50000 100000   # the crossover
     python benchmarks/search.py --sizes 20000 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -76,11 +84,14 @@ def run_raw(data: np.ndarray, threads: int):
     return time.perf_counter() - t, time.process_time() - c, labels, sq
 
 
-def run_exact(data: np.ndarray, sample: np.ndarray | None):
+def run_exact(data: np.ndarray, sample: np.ndarray | None, tiles: str = "float32"):
     """Exact kNN of all patterns, or of a sample (time scaled by n / len(sample))."""
+    from hopaudit.search.backends import ExactIndex
+
     n = len(data)
     t = time.perf_counter()
-    index = build_index(data, "exact")
+    index = ExactIndex(data.shape[1], tiles=tiles)
+    index.add(data)
     t_build = time.perf_counter() - t
     t = time.perf_counter()
     if sample is None:
@@ -97,7 +108,7 @@ def run_exact(data: np.ndarray, sample: np.ndarray | None):
 
 def bench(
     n: int, rounds: int, threads: int, exact_full: int, exact_sample: int, workdir: Path
-) -> None:
+) -> float:
     data = clustered_store(workdir / f"store_{n}.f16", n)
     hop_times, raw_times, hop_cpu, raw_cpu = [], [], [], []
     hop_ids = hop_d = None
@@ -118,7 +129,18 @@ def bench(
         sample = np.sort(
             np.random.default_rng(1).choice(n, size=min(exact_sample, n), replace=False)
         )
-    exact_s, ex_ids, ex_d = run_exact(data, sample)
+    # float32 and bfloat16 tiles side by side, alternated; the median of each
+    f32, b16 = [], []
+    for r in range(max(rounds, 1)):
+        for tiles in ("float32", "bfloat16") if r % 2 == 0 else ("bfloat16", "float32"):
+            seconds, ids_t, d_t = run_exact(data, sample, tiles)
+            (f32 if tiles == "float32" else b16).append(seconds)
+            if tiles == "float32":
+                exact_s, ex_ids, ex_d = seconds, ids_t, d_t
+            else:
+                same_bf16 = bool(np.allclose(d_t, ex_d, rtol=1e-5, atol=1e-6))
+        print(f"# n={n} round={r} exact float32 {f32[-1]:.2f} s, bfloat16 {b16[-1]:.2f} s")
+    exact_s = float(np.median(f32))
     rows = np.arange(n) if sample is None else sample
     recall = float(np.mean(hop_d[rows, 0] <= ex_d * (1 + 1e-5) + 1e-6))
     recall_id = float(np.mean(hop_ids[rows, 0] == ex_ids))
@@ -131,13 +153,28 @@ def bench(
     print(f"hnsw_overhead_ratio_{n}={hop / raw:.3f}")
     print(f"hnsw_overhead_cpu_ratio_{n}={min(hop_cpu) / min(raw_cpu):.3f}")
     print(f"exact_vs_hnsw_speedup_{n}={exact_s / hop:.2f}")
+    print(f"exact_bf16_speedup_{n}={exact_s / float(np.median(b16)):.3f}")
+    print(f"exact_bf16_same_distances_{n}={same_bf16}")
     print(f"recall_at_1_{n}={recall:.4f}")
     print(f"recall_at_1_by_id_{n}={recall_id:.4f}", flush=True)
+    return exact_s / hop, float(np.median(b16)) / hop
+
+
+def crossover(ratios: dict[int, float]) -> float | None:
+    """Patterns at which exact and HNSW cost the same, interpolating log(exact / HNSW time)
+    linearly in log(n) between the two sizes around 1 (None without such a pair)."""
+    sizes = sorted(ratios)
+    for a, b in itertools.pairwise(sizes):
+        ra, rb = np.log(ratios[a]), np.log(ratios[b])
+        if ra <= 0 < rb:
+            f = -ra / (rb - ra)
+            return float(np.exp(np.log(a) + f * (np.log(b) - np.log(a))))
+    return None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 100000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 50000, 100000])
     parser.add_argument("--rounds", type=int, default=2, help="alternated rounds per size")
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument(
@@ -148,9 +185,21 @@ def main() -> None:
     )
     parser.add_argument("--exact-sample", type=int, default=5000)
     args = parser.parse_args()
+    from hopaudit.model.precision import cpu_description
+
+    for key, value in cpu_description().items():
+        print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
+    print(f"loadavg_start={os.getloadavg()[0]:.2f}", flush=True)
+    ratios, ratios_bf16 = {}, {}
     with tempfile.TemporaryDirectory(prefix="hopaudit-bench-") as tmp:
         for n in args.sizes:
-            bench(n, args.rounds, args.threads, args.exact_full, args.exact_sample, Path(tmp))
+            ratios[n], ratios_bf16[n] = bench(
+                n, args.rounds, args.threads, args.exact_full, args.exact_sample, Path(tmp)
+            )
+    for suffix, got in (("", ratios), ("_bf16", ratios_bf16)):
+        cross = crossover(got)
+        print(f"exact_hnsw_crossover{suffix}={'none' if cross is None else f'{cross:.0f}'}")
+    print(f"loadavg_end={os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from hopaudit.data.prepare import prepare_data
 from hopaudit.engines import protocol as engines
 from hopaudit.engines.memory import PeakTracker
 from hopaudit.engines.options import AuditOptions, umap_layer_names
+from hopaudit.engines.threads import capped_threads
 from hopaudit.errors import DataError, HopauditError
 from hopaudit.evidence.extract import check_extraction, extract, extraction_unsupported
 from hopaudit.evidence.membership import MIN_PER_CLASS, check_reference, reference_nll
@@ -41,14 +42,16 @@ _created_stores: contextvars.ContextVar[list | None] = contextvars.ContextVar(
 
 
 def _removes_its_stores(fn: Any) -> Any:
-    """A failed or interrupted ``audit(store=PATH)`` removes the stores it created."""
+    """A failed or interrupted ``audit(store=PATH)`` removes the stores it created; every
+    thread pool runs at most the CPUs the process may use (:mod:`hopaudit.engines.threads`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         created: list = []
         token = _created_stores.set(created)
         try:
-            return fn(*args, **kwargs)
+            with capped_threads():
+                return fn(*args, **kwargs)
         except BaseException:
             for cap in reversed(created):  # the held-out store sits inside the main one
                 if cap.store.path is not None:

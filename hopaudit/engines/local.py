@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from hopaudit.capture.forward import capture
+from hopaudit.capture.forward import capture, release_freed_memory
 from hopaudit.engines.options import AuditOptions
 from hopaudit.errors import SearchError
 from hopaudit.layer.embedding import embed_layer
@@ -76,6 +76,9 @@ class LocalEngine:
             stored.store.release(name)
             if held is not None:
                 held.store.release(name)
+            # a layer frees arrays of a few MB (graphs, chunks) that fragment glibc's heap;
+            # without a trim the heap grew by part of a layer for every layer measured
+            release_freed_memory()
             peak.mark(f"measuring {name}")
         return reports, skipped
 
@@ -92,6 +95,7 @@ class LocalEngine:
                 device,
             )
             stored.store.release(name)
+            release_freed_memory()
             peak.mark(f"UMAP {name}")
         return out
 

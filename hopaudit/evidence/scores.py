@@ -71,19 +71,37 @@ def token_statistics(
     targets = input_ids[b_idx, t_idx + (1 if shift else 0)]
     lps, hits, zs = [], [], []
     for s in range(0, n, chunk):
-        x = logits[b_idx[s : s + chunk], t_idx[s : s + chunk]].to(work)
-        target = targets[s : s + chunk, None]
-        lp = torch.log_softmax(x, dim=-1)
-        del x
-        p = lp.exp()
-        mu = torch.linalg.vecdot(p, lp)
-        lp_t = lp.gather(1, target)[:, 0]
-        hits.append(lp.argmax(1) == target[:, 0])
-        second = torch.linalg.vecdot(p, lp.square_())  # lp is not needed after this
-        sigma = (second - mu * mu).clamp_min(0).sqrt()
-        zs.append(torch.where(sigma > 0, (lp_t - mu) / sigma, torch.zeros_like(mu)))
+        lp_t, hit, z = _chunk_statistics(
+            logits[b_idx[s : s + chunk], t_idx[s : s + chunk]].to(work), targets[s : s + chunk]
+        )
         lps.append(lp_t)
+        hits.append(hit)
+        zs.append(z)
     return b_idx, torch.cat(lps), torch.cat(hits), torch.cat(zs)
+
+
+def _chunk_statistics(
+    y: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log p of the target, top-1 hit, Min-K%++ z) of each row of logits ``y`` (a copy this
+    function may overwrite), in few passes over the row.
+
+    With y shifted by its row maximum and e = exp(y), sum(e) = Z: log p(target) = y_t - log Z,
+    mu = E_p[log p] = E_p[y] - log Z, and sigma^2 = Var_p[log p] = Var_p[y] (log Z shifts
+    both alike), each E_p a dot product with e over Z. The shift keeps exp in range.
+    """
+    top, arg = y.max(1)
+    y.sub_(top[:, None])
+    e = torch.exp(y)
+    total = e.sum(1)
+    log_z = total.log()
+    y_t = y.gather(1, target[:, None])[:, 0]
+    mean_y = torch.linalg.vecdot(e, y) / total
+    second = torch.linalg.vecdot(e, y.square_()) / total  # y is not needed after this
+    sigma = (second - mean_y * mean_y).clamp_min(0).sqrt()
+    lp_t = y_t - log_z
+    z = torch.where(sigma > 0, (y_t - mean_y) / sigma, torch.zeros_like(sigma))
+    return lp_t, arg == target, z
 
 
 def lowest_fraction_mean(

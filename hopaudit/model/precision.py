@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hopaudit.cpus import cpu_bf16_native
 from hopaudit.errors import DataError
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "autocast_context",
     "check_autocast",
     "compute_dtype",
+    "cpu_description",
     "describe",
     "native_bf16",
 ]
@@ -42,10 +44,33 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type == "cpu":
-        cpu = getattr(torch, "cpu", None)
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+        return cpu_bf16_native()
     return False
+
+
+def cpu_description() -> dict[str, object]:
+    """Which CPU this is, for benchmark lines: its model name, whether torch multiplies
+    bfloat16 natively on it, the instruction sets that decide that, and the usable CPUs."""
+    from pathlib import Path
+
+    from hopaudit.cpus import usable_cpus
+
+    name, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name == "unknown":
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    return {
+        "cpu": name,
+        "native_bf16": native_bf16(torch.device("cpu")),
+        "cpu_flags": ",".join(f for f in wanted if f in flags) or "unknown",
+        "cpus_usable": usable_cpus(),
+    }
 
 
 def _param_dtype(model: nn.Module) -> torch.dtype | None:

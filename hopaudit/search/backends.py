@@ -19,7 +19,6 @@ distance 0 instead of disappearing.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,12 +26,15 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from hopaudit.cpus import cpu_bf16_native, usable_cpus
 from hopaudit.errors import SearchError
 from hopaudit.search.hugepages import huge_pages
 
 __all__ = [
     "AUTO_EXACT_MAX",
+    "BF16_DOT_ERROR",
     "DEFAULT_EF",
+    "EXACT_TILES",
     "ExactIndex",
     "HnswIndex",
     "LazyIndex",
@@ -43,8 +45,9 @@ __all__ = [
 ]
 
 #: ``kind="auto"`` uses exact search up to this many patterns on the CPU: up to about here exact
-#: costs no more than HNSW and has no misses (benchmarks/README.md, "Constants").
-AUTO_EXACT_MAX = 10000
+#: costs no more than HNSW and has no misses. The crossover ``benchmarks/search.py`` prints
+#: (``exact_hnsw_crossover``), rounded down (benchmarks/README.md, "Constants").
+AUTO_EXACT_MAX = 35_000
 #: Default query-time ``ef`` of the HNSW backend (raised to ``k + 1`` when needed): the smallest
 #: that reached recall@1 = 1 on clustered data, a margin for real activations
 #: (benchmarks/README.md, "Constants").
@@ -77,11 +80,8 @@ class NeighborIndex(Protocol):
 
 
 def default_threads() -> int:
-    """The CPUs this process may run on (affinity-aware, unlike ``os.cpu_count``)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    """The CPUs this process may run on (affinity and cgroup quota, unlike ``os.cpu_count``)."""
+    return usable_cpus()
 
 
 # --------------------------------------------------------------------------- input checks
@@ -269,21 +269,52 @@ class HnswIndex:
 # --------------------------------------------------------------------------- exact backend
 
 
+#: Bound on |x.y - bf16(x).bf16(y) rounded to bfloat16| over |x| |y|: each input rounds by
+#: at most 2^-9 relative per coordinate (2^-8 for the product), the output by 2^-9, and the
+#: float32 accumulation adds far less than the 2^-12 margin (Cauchy-Schwarz gives |x| |y|).
+BF16_DOT_ERROR = 2.0**-8 + 2.0**-9 + 2.0**-12
+
+
+#: The exact backend's candidate tiles by default: bfloat16 where the CPU multiplies it
+#: natively, else float32 (``benchmarks/search.py`` prints ``exact_bf16_speedup_<n>``, the
+#: float32 time over the bfloat16 one; benchmarks/README.md).
+EXACT_TILES = "auto"
+
+
 class ExactIndex:
-    """Brute-force search with torch: centred data, tiled float32 matmul, exact re-rank."""
+    """Brute-force search with torch: centred data, tiled matmul for candidates, exact re-rank.
+
+    ``tiles="bfloat16"`` scores the candidates with bfloat16 matrix tiles (``"auto"``: where
+    the CPU multiplies bfloat16 natively, see :func:`hopaudit.cpus.cpu_bf16_native`;
+    the default is ``EXACT_TILES``); a
+    query's candidates are then certified: every stored pattern left out must score, by
+    ``BF16_DOT_ERROR``, worse than the k-th exact distance among those kept, and a query
+    that is not certified is searched again with float32 tiles. Either way the re-rank
+    computes the distances from the float32 patterns, so results are exact.
+    """
 
     kind = "exact"
 
-    def __init__(self, dim: int, *, device: object = None) -> None:
+    def __init__(self, dim: int, *, device: object = None, tiles: str | None = None) -> None:
         import torch
 
         self.dim = int(dim)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self._rerank_dtype = torch.float64 if self.device.type == "cpu" else torch.float32
+        tiles = EXACT_TILES if tiles is None else tiles
+        if tiles not in ("auto", "float32", "bfloat16"):
+            raise SearchError(f"tiles must be 'auto', 'float32' or 'bfloat16'; got {tiles!r}.")
+        if tiles == "auto":
+            native = self.device.type == "cpu" and cpu_bf16_native()
+            tiles = "bfloat16" if native else "float32"
+        self.tiles = tiles
         self._center: np.ndarray | None = None  # float64 (dim,)
         self._data = None  # centred float32 (n, dim) tensor on the device
+        self._data_bf16 = None  # its bfloat16 copy, for bfloat16 tiles
+        self._max_norm = 0.0  # the largest stored |y|, for the certificate
         self._sqnorm = None
         self._count = 0
+        self.uncertified = 0  # queries the bfloat16 tiles could not certify (searched again)
 
     def __len__(self) -> int:
         return self._count
@@ -315,11 +346,22 @@ class ExactIndex:
         mean = _column_mean(arr, rows, "patterns")  # also validates everything before storing
         if self._center is None:
             self._center = mean
-        parts = [self._data] if self._data is not None else []
-        parts += [self._centred(arr[s : s + rows]) for s in range(0, arr.shape[0], rows)]
-        self._data = torch.cat(parts) if len(parts) > 1 else parts[0]
+        # one float32 tensor filled chunk by chunk: no list of parts and concatenated copy
+        start = 0 if self._data is None else self._count
+        data = torch.empty(
+            (start + arr.shape[0], self.dim), dtype=torch.float32, device=self.device
+        )
+        if self._data is not None:
+            data[:start] = self._data
+            self._data = self._data_bf16 = None
+        for s in range(0, arr.shape[0], rows):
+            data[start + s : start + s + rows] = self._centred(arr[s : s + rows])
+        self._data = data
         self._sqnorm = (self._data.to(self._rerank_dtype) ** 2).sum(dim=1).to(torch.float32)
         self._count = int(self._data.shape[0])
+        if self.tiles == "bfloat16":
+            self._data_bf16 = self._data.to(torch.bfloat16)
+            self._max_norm = float(self._sqnorm.double().max().sqrt())
         if progress is not None:
             progress(arr.shape[0])
 
@@ -351,8 +393,7 @@ class ExactIndex:
                 xq_all = self._centred(chunk)
                 for q0 in range(0, xq_all.shape[0], tile_q):
                     xq = xq_all[q0 : q0 + tile_q]
-                    cand = self._candidates(xq, c, tile_s)
-                    i, d = self._rerank(xq, cand, k)
+                    i, d = self._search_tile(xq, k, c, tile_s)
                     lo = start + q0
                     ids[lo : lo + xq.shape[0]] = i
                     dists[lo : lo + xq.shape[0]] = d
@@ -360,14 +401,44 @@ class ExactIndex:
                         progress(xq.shape[0])
         return ids, dists
 
-    def _candidates(self, xq, c: int, tile_s: int):
-        """Ids of the c best stored patterns by the float32 score |y|^2 - 2 x.y."""
+    def _search_tile(self, xq, k: int, c: int, tile_s: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, distances) of a tile of queries: bfloat16 candidates, certified, or float32."""
+        import torch
+
+        if self.tiles != "bfloat16" or c >= self._count:
+            return self._rerank(xq, self._candidates(xq, c, tile_s)[1], k)
+        scores, cand = self._candidates(xq, c, tile_s, bf16=True)
+        ids, dists = self._rerank(xq, cand, k)
+        # the best score left out, lowered by the rounding bound, against the k-th kept one
+        xnorm = torch.linalg.vector_norm(xq, dim=1, dtype=torch.float64)
+        top = self._max_norm
+        # the float32 norms and subtraction round too: 2^-20 of the scores' scale covers them
+        bound = 2.0 * BF16_DOT_ERROR * xnorm * top + 2.0**-20 * (top * top + 2 * xnorm * top)
+        left_out = scores.max(dim=1).values.double() - bound
+        kth = torch.from_numpy(dists[:, -1]).to(xq.device, torch.float64) ** 2
+        ok = (left_out > kth * (1 + 1e-6) - xnorm**2).cpu().numpy()
+        redo = np.flatnonzero(~ok)
+        if redo.size:
+            self.uncertified += int(redo.size)
+            xr = xq[torch.from_numpy(redo).to(xq.device)]
+            ids[redo], dists[redo] = self._rerank(xr, self._candidates(xr, c, tile_s)[1], k)
+        return ids, dists
+
+    def _candidates(self, xq, c: int, tile_s: int, bf16: bool = False):
+        """(scores, ids) of the c best stored patterns by the score |y|^2 - 2 x.y: float32
+        tiles, or bfloat16 ones (the products rounded to bfloat16, the scores in float32)."""
         import torch
 
         best_s = best_i = None
+        xb = xq.to(torch.bfloat16) if bf16 else None
         for s0 in range(0, self._count, tile_s):
-            y = self._data[s0 : s0 + tile_s]
-            score = torch.addmm(self._sqnorm[s0 : s0 + tile_s].unsqueeze(0), xq, y.T, alpha=-2.0)
+            norms = self._sqnorm[s0 : s0 + tile_s].unsqueeze(0)
+            if bf16:
+                dot = torch.mm(xb, self._data_bf16[s0 : s0 + tile_s].T)
+                score = dot.float().mul_(-2.0).add_(norms)
+            else:
+                y = self._data[s0 : s0 + tile_s]
+                score = torch.addmm(norms, xq, y.T, alpha=-2.0)
             cc = min(c, score.shape[1])
             s, i = torch.topk(score, cc, dim=1, largest=False, sorted=False)
             i = i + s0
@@ -378,7 +449,7 @@ class ExactIndex:
                     s, pos = torch.topk(s, c, dim=1, largest=False, sorted=False)
                     i = torch.gather(i, 1, pos)
             best_s, best_i = s, i
-        return best_i
+        return best_s, best_i
 
     def _rerank(self, xq, cand, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact distances of the candidates by direct differences; k smallest, lower id on ties."""

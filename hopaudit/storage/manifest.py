@@ -1,11 +1,12 @@
 """The saved-audit format: audit.json, its own digest and the manifest of every other file.
 
-The on-disk format (version 3), one directory per audit::
+The on-disk format (version 4), one directory per audit::
 
     audit.json            its own SHA-256 (first key, over the file with the digest zeroed),
                           format name and version, hopaudit version, model name and config,
                           every option, scalars of the capture and of each layer report, and a
-                          manifest of every other file: relative path -> size and SHA-256
+                          manifest of every other file: relative path -> size and BLAKE3
+                          (format 4; SHA-256 in formats 2 and 3)
     texts.json            the decoded text of every sequence
     capture.npz           per-row sequence and position; per-sequence NLL, Min-K%, top-1
     activations/          the activation store (hopaudit.store format: meta.json + raw files)
@@ -31,7 +32,10 @@ SHA-256) before any parser reads it; a file that is missing, damaged or refused 
 fails the check it is rebuilt from the activations with a warning, so an unverified file never
 reaches hnswlib. Nothing in a saved audit is ever executed (JSON, ``.npz`` without pickles, raw
 arrays). Version 1 folders (sizes only, no digests) still load, their indexes rebuilt; version 2
-kept the graph inside ``reports/layer_NNN.npz``, and still loads.
+kept the graph inside ``reports/layer_NNN.npz``, and still loads; formats 2 and 3 list SHA-256
+digests, which are still verified as such. Format 4 lists BLAKE3 digests (the ``blake3``
+package), hashed on every CPU the process may use: a verified load then costs little more than
+an unverified one (benchmarks/persist.py).
 """
 
 from __future__ import annotations
@@ -52,7 +56,9 @@ from hopaudit.errors import FormatError, SearchError
 from hopaudit.storage.atomic import lstat_regular
 
 FORMAT = "hopaudit-audit"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+#: The digest the manifest of the current format lists; formats 2 and 3 list ``"sha256"``.
+DIGEST = "blake3"
 GRAPH_FIELDS = ("knn_ids", "knn_dists")
 META = "audit.json"
 MAX_META_BYTES = 256 << 20
@@ -74,6 +80,26 @@ def open_regular(path: Path) -> int:
     return fd
 
 
+def digest_key(format_version: int) -> str:
+    """The manifest key of a format's file digests: ``"blake3"`` from 4, ``"sha256"`` before."""
+    return "blake3" if format_version >= 4 else "sha256"
+
+
+def blake3_file(path: Path, threads: int = 1) -> str:
+    """BLAKE3 of a file, mapped and hashed on ``threads`` threads (the GIL released)."""
+    import mmap
+
+    import blake3
+
+    hasher = blake3.blake3(max_threads=max(1, int(threads)))
+    with os.fdopen(open_regular(path), "rb", buffering=0) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size:
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                hasher.update(view)
+    return hasher.hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with os.fdopen(open_regular(path), "rb", buffering=0) as handle:
@@ -85,14 +111,49 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def hash_all(paths: list[Path]) -> list[str]:
-    """SHA-256 of several files, in threads (hashlib and reads release the GIL)."""
-    from hopaudit.search.backends import default_threads
+#: Files at least this big are hashed by BLAKE3 on every usable CPU, one after another;
+#: smaller ones one thread each, several at once.
+_BLAKE3_SPLIT_BYTES = 1 << 20
 
-    if len(paths) < 2:
-        return [sha256_file(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=min(4, default_threads(), len(paths))) as pool:
-        return list(pool.map(sha256_file, paths))
+
+def hash_all(paths: list[Path], algorithm: str = "sha256") -> list[str]:
+    """The digests (``"sha256"`` or ``"blake3"``, hex) of several files, on every CPU the
+    process may use: SHA-256 a file per thread; BLAKE3 splits each big file across threads."""
+    from hopaudit.cpus import usable_cpus
+
+    cpus = usable_cpus()
+    if algorithm == "sha256":
+        if len(paths) < 2:
+            return [sha256_file(p) for p in paths]
+        with ThreadPoolExecutor(max_workers=min(4, cpus, len(paths))) as pool:
+            return list(pool.map(sha256_file, paths))
+    if algorithm != "blake3":
+        raise ValueError(f"unknown digest {algorithm!r}")
+    sizes = [p.stat().st_size if p.exists() else 0 for p in paths]
+    out: list[str | None] = [None] * len(paths)
+    small = [i for i, n in enumerate(sizes) if n < _BLAKE3_SPLIT_BYTES]
+    for i, n in enumerate(sizes):
+        if n >= _BLAKE3_SPLIT_BYTES:
+            out[i] = blake3_file(paths[i], cpus)
+    if small:
+        with ThreadPoolExecutor(max_workers=min(cpus, len(small))) as pool:
+            for i, d in zip(small, pool.map(blake3_file, [paths[i] for i in small]), strict=True):
+                out[i] = d
+    return [d for d in out if d is not None]
+
+
+def _file_digest(data: bytes, algorithm: str) -> str:
+    if algorithm == "blake3":
+        import blake3
+
+        return blake3.blake3(data).hexdigest()
+    return hashlib.sha256(data).hexdigest()
+
+
+def _split(digest: str) -> tuple[str, str]:
+    """(algorithm, hex) of a manifest digest as :func:`read_manifest` returns it."""
+    algorithm, _, hexdigest = digest.rpartition(":")
+    return algorithm or "sha256", hexdigest
 
 
 def bad_rel(rel: Any) -> str | None:
@@ -161,7 +222,10 @@ def read_meta(root: Path) -> dict[str, Any]:
 
 
 def read_manifest(meta: dict[str, Any], file: Path) -> dict[str, tuple[int, str | None]]:
-    """Relative path -> (size, SHA-256 or None for format 1), every path checked."""
+    """Relative path -> (size, digest or None for format 1), every path checked. A digest is
+    the SHA-256's hex (formats 2, 3) or ``"blake3:"`` and the BLAKE3's hex (format 4)."""
+    version = meta.get("format_version", 1)
+    key = digest_key(version if isinstance(version, int) else 1)
     files = meta.get("files")
     if not isinstance(files, dict):
         raise FormatError(f"{file}: damaged (no manifest of files)")
@@ -173,7 +237,7 @@ def read_manifest(meta: dict[str, Any], file: Path) -> dict[str, tuple[int, str 
         if isinstance(entry, int) and not isinstance(entry, bool):
             size, digest = entry, None
         elif isinstance(entry, dict):
-            size, digest = entry.get("size"), entry.get("sha256")
+            size, digest = entry.get("size"), entry.get(key)
         else:
             size = digest = None
         ok_digest = digest is None or (
@@ -184,8 +248,8 @@ def read_manifest(meta: dict[str, Any], file: Path) -> dict[str, tuple[int, str 
         if isinstance(size, bool) or not isinstance(size, int) or size < 0 or not ok_digest:
             raise FormatError(f"{file}: damaged (bad manifest entry for {rel!r})")
         if digest is None and meta.get("format_version", 1) >= 2:
-            raise FormatError(f"{file}: damaged (no SHA-256 for {rel!r})")
-        out[rel] = (size, digest)
+            raise FormatError(f"{file}: damaged (no {key.upper()} for {rel!r})")
+        out[rel] = (size, None if digest is None or key == "sha256" else f"{key}:{digest}")
     return out
 
 
@@ -211,13 +275,18 @@ def check_files(
                 problems[rel] = "saved without a SHA-256 (format 1), so it is not trusted"
         elif verify or is_index(rel):
             to_hash.append(rel)
-    try:
-        digests = hash_all([root / rel for rel in to_hash])
-    except OSError as exc:
-        raise FormatError(f"{root}: cannot read the saved audit ({exc})") from None
-    for rel, got in zip(to_hash, digests, strict=True):
-        if got != manifest[rel][1]:
-            problems[rel] = "damaged (its SHA-256 does not match the manifest)"
+    by_algorithm: dict[str, list[str]] = {}
+    for rel in to_hash:
+        by_algorithm.setdefault(_split(str(manifest[rel][1]))[0], []).append(rel)
+    for algorithm, rels in by_algorithm.items():
+        try:
+            digests = hash_all([root / rel for rel in rels], algorithm)
+        except OSError as exc:
+            raise FormatError(f"{root}: cannot read the saved audit ({exc})") from None
+        for rel, got in zip(rels, digests, strict=True):
+            if got != _split(str(manifest[rel][1]))[1]:
+                name = "BLAKE3" if algorithm == "blake3" else "SHA-256"
+                problems[rel] = f"damaged (its {name} does not match the manifest)"
     return problems
 
 
@@ -255,6 +324,9 @@ def read_listed(root: Path, rel: str, manifest: dict[str, tuple[int, str | None]
         data = handle.read(size + 1)
     if len(data) != size:
         raise FormatError(f"{root / rel}: {len(data)} bytes, expected {size}: the file is damaged")
-    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
-        raise FormatError(f"{root / rel}: damaged (its SHA-256 does not match the manifest)")
+    if digest is not None:
+        algorithm, want = _split(digest)
+        if _file_digest(data, algorithm) != want:
+            name = "BLAKE3" if algorithm == "blake3" else "SHA-256"
+            raise FormatError(f"{root / rel}: damaged (its {name} does not match the manifest)")
     return data

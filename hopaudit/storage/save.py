@@ -27,6 +27,7 @@ from hopaudit.storage.atomic import (
     write_bytes,
 )
 from hopaudit.storage.manifest import (
+    DIGEST,
     FORMAT,
     FORMAT_VERSION,
     GRAPH_FIELDS,
@@ -282,7 +283,7 @@ def _write(audit: Any, root: Path, *, folder: str | None = None) -> None:
     files = sorted(p for p in root.rglob("*") if p.is_file())
     for p in files:
         fsync_file(p)
-    digests = hash_all(files)
+    digests = hash_all(files, DIGEST)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -302,7 +303,7 @@ def _write(audit: Any, root: Path, *, folder: str | None = None) -> None:
         "reports": reports,
         "embeddings": embeddings,
         "files": {
-            p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": d}
+            p.relative_to(root).as_posix(): {"size": p.stat().st_size, DIGEST: d}
             for p, d in zip(files, digests, strict=True)
         },
     }

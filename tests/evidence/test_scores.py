@@ -69,6 +69,58 @@ def test_token_statistics_match_float64_loop():
     assert hit.tolist() == hits
 
 
+def _numpy_stats(logits: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(log p(next), z, top-1 hit) of every position but the last, vectorized in float64."""
+    x = logits[:, :-1].astype(np.float64)
+    top = x.max(-1, keepdims=True)
+    logp = x - (top + np.log(np.exp(x - top).sum(-1, keepdims=True)))
+    p = np.exp(logp)
+    mu = (p * logp).sum(-1)
+    sigma = np.sqrt((p * (logp - mu[..., None]) ** 2).sum(-1))
+    target = np.take_along_axis(logp, ids[:, 1:, None], -1)[..., 0]
+    hit = x.argmax(-1) == ids[:, 1:]
+    return target.ravel(), ((target - mu) / sigma).ravel(), hit.ravel()
+
+
+@pytest.mark.parametrize("chunk_values", [49_152 * 3 + 5, 2**20])
+def test_bfloat16_logits_of_a_full_vocabulary_against_float64(monkeypatch, chunk_values):
+    """SmolLM2's vocabulary in bfloat16, as autocast returns it: scored in float32 chunks that
+    never hold more than ``chunk_values`` logits, equal to a float64 computation."""
+    rng = np.random.default_rng(1)
+    batch, seq, vocab = 2, 24, 49_152
+    logits = torch.tensor(rng.normal(scale=4.0, size=(batch, seq, vocab))).bfloat16()
+    ids = torch.tensor(rng.integers(0, vocab, size=(batch, seq)))
+    ids[0, 5] = int(logits[0, 4].float().argmax())  # one top-1 hit for certain
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    rows = []
+    chunked = hopaudit.evidence.scores._chunk_statistics  # the function under test, wrapped
+    monkeypatch.setattr(
+        hopaudit.evidence.scores,
+        "_chunk_statistics",
+        lambda y, t: rows.append(y.shape) or chunked(y, t),
+    )
+    _, lp, hit, z = token_statistics(logits, ids, mask, chunk_values=chunk_values)
+    assert lp.dtype == torch.float32
+    assert all(r[0] * r[1] <= chunk_values for r in rows)
+    assert sum(r[0] for r in rows) == batch * (seq - 1)
+    want_lp, want_z, want_hit = _numpy_stats(logits.float().numpy(), ids.numpy())
+    np.testing.assert_allclose(lp.numpy(), want_lp, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(z.numpy(), want_z, rtol=0, atol=2e-4)
+    assert hit.numpy().tolist() == want_hit.tolist()
+    assert hit.numpy().any()
+
+
+def test_one_hot_prediction_has_z_zero():
+    logits = torch.full((1, 3, 8), -1e4, dtype=torch.float64)
+    logits[0, :, 2] = 0.0
+    ids = torch.tensor([[2, 2, 5]])
+    _, lp, hit, z = token_statistics(logits, ids, torch.ones(1, 3, dtype=torch.long))
+    assert z.tolist() == [0.0, 0.0]
+    assert hit.tolist() == [True, False]
+    assert lp[0].item() == pytest.approx(0.0, abs=1e-12)
+    assert lp[1].item() == pytest.approx(-1e4, rel=1e-12)
+
+
 def test_lowest_fraction_mean_matches_sorting_by_hand():
     rng = np.random.default_rng(1)
     seq = rng.integers(0, 4, size=50)

@@ -245,3 +245,61 @@ def test_progress_counts_every_row_once_in_chunks(kind, monkeypatch):
     if kind == "exact":
         np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_allclose(np.median(dists[:, 0]), np.median(ref_d[:, 0]), rtol=1e-3)
+
+
+def _brute_force(data: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, distances) of the k nearest rows by float64 numpy, lower id first on ties."""
+    d = np.sqrt(((queries[:, None, :].astype(np.float64) - data[None, :, :]) ** 2).sum(-1))
+    ids = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return ids, np.take_along_axis(d, ids, 1)
+
+
+@pytest.mark.parametrize("tiles", ["float32", "bfloat16"])
+def test_exact_tiles_match_numpy_brute_force(tiles):
+    """Both candidate tiles (bfloat16 forced, native or emulated) give numpy's neighbours and
+    distances to 1e-5: the float32 re-rank decides, whatever the tiles chose."""
+    from hopaudit.search.backends import ExactIndex
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(12, 48)) * 3
+    data = (centres[rng.integers(0, 12, 1500)] + rng.normal(size=(1500, 48))).astype(np.float32)
+    data[7] = data[3]  # an exact duplicate: a tie at distance 0
+    queries = np.concatenate([data[:150], rng.normal(size=(50, 48)).astype(np.float32) * 3])
+    index = ExactIndex(48, tiles=tiles)
+    assert index.tiles == tiles
+    index.add(data)
+    ids, dists = index.query(queries, 10)
+    want_ids, want_d = _brute_force(data, queries, 10)
+    np.testing.assert_allclose(dists, want_d, rtol=1e-5, atol=1e-5)
+    assert (ids == want_ids).mean() > 0.999  # only float32 ties may order differently
+    np.testing.assert_allclose(
+        np.linalg.norm(data[ids] - queries[:, None], axis=2), want_d, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_bfloat16_tiles_fall_back_where_rounding_could_hide_a_neighbour():
+    """Two tight clusters 200 apart (each pattern 100 from the centre): within a cluster the
+    neighbours differ by far less than bfloat16 products resolve, the certificate sends those
+    queries back to float32 tiles, and the answer is still numpy's."""
+    from hopaudit.search.backends import ExactIndex
+
+    rng = np.random.default_rng(4)
+    side = np.zeros(32)
+    side[0] = 100.0
+    x = np.where(np.arange(800)[:, None] % 2 == 0, side, -side)
+    data = (x + 0.05 * rng.normal(size=x.shape)).astype(np.float32)
+    index = ExactIndex(32, tiles="bfloat16")
+    index.add(data)
+    ids, dists = index.query(data[:100], 5)
+    assert index.uncertified > 0
+    want_ids, want_d = _brute_force(data, data[:100], 5)
+    np.testing.assert_allclose(dists, want_d, rtol=1e-5, atol=1e-5)
+    assert (ids == want_ids).all()
+
+
+def test_exact_tiles_are_checked():
+    from hopaudit.errors import SearchError
+    from hopaudit.search.backends import ExactIndex
+
+    with pytest.raises(SearchError, match="tiles"):
+        ExactIndex(4, tiles="float16")

@@ -111,6 +111,44 @@ def test_a_format_2_folder_with_the_graph_in_the_report_still_loads(audited, tmp
     assert not isinstance(old.layer_report("final").knn_ids, np.memmap)
 
 
+def _as_format_3(root) -> None:
+    """Rewrite a saved folder as format 3 wrote it: SHA-256 in the manifest, re-signed."""
+    import hashlib
+
+    meta = json.loads((root / "audit.json").read_text())
+    meta.pop("sha256")
+    for rel in meta["files"]:
+        data = (root / rel).read_bytes()
+        meta["files"][rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    meta["format_version"] = 3
+    body = json.dumps({"sha256": "0" * 64, **meta}, indent=1)
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    (root / "audit.json").write_text(body.replace("0" * 64, digest, 1))
+
+
+def test_a_format_3_folder_with_sha256_digests_still_loads_and_is_verified(audited, tmp_path):
+    root = audited.save(tmp_path / "a")
+    _as_format_3(root)
+    assert_same(audited, hopaudit.load(root))
+    # its SHA-256 digests are checked: one flipped byte is named
+    victim = root / "texts.json"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match=r"texts\.json.*SHA-256"):
+        hopaudit.load(root)
+
+
+def test_a_format_4_file_damaged_is_named_by_its_blake3(audited, tmp_path):
+    root = audited.save(tmp_path / "a")
+    victim = next((root / "reports").glob("layer_*.npz"))
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    victim.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match=f"{victim.name}.*BLAKE3"):
+        hopaudit.load(root)
+
+
 def test_loaded_index_answers_queries_like_the_original(audited, tmp_path):
     a = audited
     a.save(tmp_path / "a")
@@ -187,16 +225,19 @@ def _files(root):
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
 
 
-def test_manifest_holds_the_sha256_of_every_file(audited, tmp_path):
+def test_manifest_holds_the_blake3_of_every_file(audited, tmp_path):
     import hashlib
+
+    import blake3
 
     root = audited.save(tmp_path / "a")
     meta = json.loads((root / "audit.json").read_text())
+    assert meta["format_version"] == 4
     on_disk = {p for p in _files(root) if (root / p).is_file()} - {"audit.json"}
     assert set(meta["files"]) == on_disk
     for rel, entry in meta["files"].items():
         data = (root / rel).read_bytes()
-        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        assert entry == {"size": len(data), "blake3": blake3.blake3(data).hexdigest()}
     # audit.json's own digest: over the file with the digest's 64 characters zeroed
     raw = (root / "audit.json").read_bytes()
     digest = meta["sha256"]

@@ -1,0 +1,125 @@
+"""Memory across many layers: peak anonymous memory of a ``positions="all"`` audit, 4 and 12
+blocks.
+
+A GPT-2 with random weights (``GPT2Config``: width 768, 12 heads, 4 or 12 blocks) audits
+400 x 64 random tokens with ``store=`` (activations and per-layer files on disk), each size in a
+fresh process. A thread samples ``RssAnon`` from /proc/self/status every 20 ms; the model's and
+the tokens' memory before the audit is subtracted. One layer's float32 patterns are
+tokens x 768 x 4 bytes. Prints the CPU and the load average at start and end, and::
+
+    one_layer_mb=                       one layer's float32 patterns
+    peak_anon_mb_<blocks>=              peak anonymous memory above the model, during the audit
+    peak_anon_over_one_layer_<blocks>=  the two over each other (target <= 3, equal for 4 and 12)
+    peak_stage_<blocks>=                the audit's stage at the peak (its progress marks)
+
+Usage: ``python benchmarks/many_layers.py [--blocks 4 12] [--sequences 400]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+WIDTH = 768
+SEQ_LEN = 64
+
+
+def rss_anon_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class AnonSampler:
+    """The peak of ``RssAnon`` over a block, sampled every 20 ms, with the time it happened."""
+
+    def __init__(self) -> None:
+        self.peak, self.when = 0.0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        while not self._stop.wait(0.02):
+            now = rss_anon_mb()
+            if now > self.peak:
+                self.peak, self.when = now, time.perf_counter() - t0
+
+    def __enter__(self) -> AnonSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def child(blocks: int, n_seq: int) -> None:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import hopaudit
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=blocks, n_embd=WIDTH, n_head=12, n_positions=SEQ_LEN)
+    model = GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, config.vocab_size, (n_seq, SEQ_LEN))
+    with torch.inference_mode():
+        model(ids[:2])  # first allocations of the forward, before the baseline
+    with tempfile.TemporaryDirectory(prefix="hopaudit-layers-") as tmp:
+        base = rss_anon_mb()
+        t0 = time.perf_counter()
+        with AnonSampler() as sampler:
+            audit = hopaudit.audit(
+                model, ids, positions="all", store=f"{tmp}/store", progress=False, bootstrap=0
+            )
+        marks = audit.summary().get("memory") or {}
+        seconds = time.perf_counter() - t0
+        print(json.dumps({
+            "peak": sampler.peak - base, "base": base, "when": sampler.when,
+            "seconds": seconds, "tokens": int(audit.n_tokens), "marks": str(marks)[:400],
+        }))  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--blocks", type=int, nargs="+", default=[4, 12])
+    ap.add_argument("--sequences", type=int, default=400)
+    ap.add_argument("--child", type=int)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.sequences)
+        return
+    from hopaudit.model.precision import cpu_description
+
+    for key, value in cpu_description().items():
+        print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
+    print(f"loadavg_start={os.getloadavg()[0]:.2f}", flush=True)
+    one = args.sequences * SEQ_LEN * WIDTH * 4 / 2**20
+    print(f"one_layer_mb={one:.1f}")
+    for blocks in args.blocks:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(blocks), "--sequences", str(args.sequences)],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"# {blocks} blocks: {got}", flush=True)
+        print(f"peak_anon_mb_{blocks}={got['peak']:.1f}")
+        print(f"peak_anon_over_one_layer_{blocks}={got['peak'] / one:.2f}", flush=True)
+    print(f"loadavg_end={os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
