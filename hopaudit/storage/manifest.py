@@ -249,7 +249,9 @@ def read_manifest(meta: dict[str, Any], file: Path) -> dict[str, tuple[int, str 
             raise FormatError(f"{file}: damaged (bad manifest entry for {rel!r})")
         if digest is None and meta.get("format_version", 1) >= 2:
             raise FormatError(f"{file}: damaged (no {key.upper()} for {rel!r})")
-        out[rel] = (size, None if digest is None or key == "sha256" else f"{key}:{digest}")
+        if digest is not None and key != "sha256":
+            digest = f"{key}:{digest}"
+        out[rel] = (size, digest)
     return out
 
 
