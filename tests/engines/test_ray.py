@@ -78,6 +78,28 @@ def _same_layers(a, b, rtol):
         np.testing.assert_allclose(lb[col], la[col], rtol=rtol, err_msg=col)
 
 
+def _same_layout_quality(local, remote, name):
+    """The UMAP of one layer: the same points, each laid out as faithfully by either engine.
+
+    The coordinates themselves are not compared: Ray's workers run torch on other thread counts,
+    so the activations agree to rounding only, and UMAP's seeded optimisation turns a last-bit
+    difference in one kNN distance into a different (equally good) layout. What must be equal
+    is which rows are laid out, their labels, and how well each layout keeps the patterns'
+    neighbourhoods (scikit-learn's trustworthiness against the stored activations)."""
+    from sklearn.manifold import trustworthiness
+
+    a, b = local.embeddings[name], remote.embeddings[name]
+    np.testing.assert_array_equal(b.rows, a.rows)
+    np.testing.assert_array_equal(b.sequence, a.sequence)
+    assert np.mean(b.basin == a.basin) >= 0.95  # a basin can flip on a rounding tie
+    np.testing.assert_allclose(b.ratio, a.ratio, rtol=1e-5)
+    x = np.asarray(local.capture.store.get(name), np.float32)[a.rows]
+    t_local, t_remote = (trustworthiness(x, e.xy, n_neighbors=5) for e in (a, b))
+    shuffled = trustworthiness(x, np.random.default_rng(0).permutation(b.xy), n_neighbors=5)
+    assert t_remote > shuffled + 0.2, (t_remote, shuffled)  # a layout of these rows, in order
+    assert abs(t_remote - t_local) < 0.03, (t_local, t_remote)
+
+
 def test_ray_equals_local_with_the_exact_index(cluster, model):
     texts = _texts(40)
     local = hopaudit.audit(model, texts, **_options())
@@ -92,7 +114,7 @@ def test_ray_equals_local_with_the_exact_index(cluster, model):
         local.summary()["cross_entropy"], rel=1e-9
     )
     name = local.layer_names[0]
-    np.testing.assert_allclose(remote.embeddings[name].xy, local.embeddings[name].xy, atol=1e-4)
+    _same_layout_quality(local, remote, name)
     assert remote.capture.store.path is None  # store=None: in memory, like the local engine
     assert remote.options["engine"] == "ray"
     # the work ran in Ray's processes: their largest peak is reported beside the driver's
