@@ -266,12 +266,11 @@ def _run_saved(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from hopaudit.api import audit
-
     if args.command in ("compare", "timeline"):
         return _run_views(args)
     if args.command in ("show", "catalog"):
-        return _run_saved(args)
+        return _run_saved(args)  # reads files only: no torch, no model (about a second less)
+    from hopaudit.api import audit
 
     if args.command == "demo":
         from hopaudit.zoo.models import corpus

@@ -218,3 +218,32 @@ def test_py_typed_is_in_the_package():
     from pathlib import Path
 
     assert (Path(hopaudit.__file__).parent / "py.typed").is_file()
+
+
+HEAVY = ("torch", "transformers", "umap", "ray", "numba", "sklearn")
+
+
+def _imported(*args: str) -> set[str]:
+    """Top-level modules a fresh ``python -X importtime`` run of ``args`` imported."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", *args], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [ln.split("|")[-1] for ln in proc.stderr.splitlines() if ln.startswith("import time:")]
+    return {ln.strip().split(".")[0] for ln in lines}
+
+
+def test_import_hopaudit_imports_nothing_heavy():
+    """``import hopaudit`` resolves its names on first use: no torch, transformers, umap, Ray
+    (a module list, not a time: it holds on any machine)."""
+    found = _imported("-c", "import hopaudit; hopaudit.__version__")
+    assert "hopaudit" in found
+    assert found.isdisjoint(HEAVY), found & set(HEAVY)
+
+
+def test_version_and_show_import_no_model_library(saved_dir):
+    """``hopaudit --version`` and ``hopaudit show`` read files only (a second at most idle)."""
+    assert _imported("-m", "hopaudit", "--version").isdisjoint(HEAVY)
+    found = _imported("-m", "hopaudit", "show", str(saved_dir))
+    assert "pandas" in found  # it did print the table
+    assert found.isdisjoint(HEAVY), found & set(HEAVY)

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 
 from hopaudit.errors import HopauditError
-from hopaudit.evidence import scores as _scores
 from hopaudit.evidence.membership import MEMBERSHIP_COLUMNS, membership_table, roc_curve
 from hopaudit.layer.embedding import Embedding
 from hopaudit.layer.measuring import ROW_COLUMNS, LayerReport
@@ -21,7 +20,7 @@ from hopaudit.theory import chinchilla_loss
 from hopaudit.views.protocol import View
 
 if TYPE_CHECKING:
-    from hopaudit.capture.forward import CaptureResult
+    from hopaudit.capture.result import CaptureResult
 
 #: The per-layer table's columns, in order (one row per layer, ``final`` last): the stable id
 #: and full name, what :meth:`LayerReport.row` gives, and why a layer was skipped.
@@ -468,7 +467,9 @@ def _score_columns(cap: Any, texts: list[str]) -> dict[str, np.ndarray]:
     min_k_pp = getattr(cap, "seq_min_k_pp", None)
     zlib = nan
     if nll is not None and counts is not None:
-        zlib = _scores.zlib_score(np.asarray(nll) * np.asarray(counts), texts)
+        from hopaudit.evidence.scores import zlib_score  # torch: imported when scored
+
+        zlib = zlib_score(np.asarray(nll) * np.asarray(counts), texts)
     return {
         "loss": nan if nll is None else -np.asarray(nll),
         "zlib": zlib,
