@@ -7,6 +7,7 @@ notebook, a real kernel run by nbclient whose saved outputs are read back.
 
 from __future__ import annotations
 
+import base64
 import html
 import math
 import random
@@ -52,7 +53,9 @@ def state(audited):
 
 
 def _svg(page: str) -> ET.Element:
-    return ET.fromstring(re.search(r"<svg.*?</svg>", page, re.S).group(0))
+    """The radii chart: the SVG inside the snapshot's one ``<img>`` data URI."""
+    (uri,) = re.findall(r'<img class="radii"[^>]* src="data:image/svg\+xml;base64,([^"]+)"', page)
+    return ET.fromstring(base64.b64decode(uri).decode("utf-8"))
 
 
 def _marks(svg: ET.Element, tag: str, cls: str) -> list[ET.Element]:
@@ -66,7 +69,9 @@ def test_snapshot_has_no_script_and_fits(state):
     low = page.lower()
     assert "<script" not in low and "javascript:" not in low
     assert not re.search(r"\son[a-z]+\s*=", low)  # no event handler attributes
-    assert not re.search(r"(src|href)\s*=", low)  # nothing fetched
+    # nothing fetched: one source, the chart's data URI; no inline <svg> (sanitizers drop it)
+    assert re.findall(r"(src|href)\s*=\s*\"(\w+):", low) == [("src", "data")]
+    assert "<svg" not in low
     assert "<style" not in low  # inline styles only: sanitizers drop style elements
 
 
