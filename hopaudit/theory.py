@@ -30,6 +30,7 @@ __all__ = [
     "chinchilla_loss",
     "critical_radius",
     "floor_band",
+    "floor_words",
     "log_ball_volume",
     "log_gaussian_ball_mass",
     "log_lower_gamma_regularized",
@@ -49,6 +50,24 @@ CHINCHILLA_BETA = 0.28
 _LOG_PI = math.log(math.pi)
 _EPS = np.finfo(np.float64).eps
 _TINY = 1e-300  # Lentz's guard against division by zero
+
+
+#: Floors at or above this are written as what they mean (:func:`floor_words`), not as digits.
+ASTRONOMICAL_FLOOR = 1e100
+
+
+def floor_words(floor: float, digits: int = 4) -> str:
+    """A loss floor F (nats) as text: its digits, or what an infinite or astronomically large
+    floor means. F = log Z + 1/Z exceeds 1e100 only when Z < 1e-100 (the patterns packed far
+    tighter than r_c), and overflows float64 when Z < 1e-308."""
+    f = float(floor)
+    if math.isnan(f):
+        return "nan"
+    if f == math.inf:
+        return "no finite floor: Z < 1e-308 (over-packed)"
+    if f >= ASTRONOMICAL_FLOOR:
+        return "> 1e100 nats: Z < 1e-100 (over-packed)"
+    return f"{f:.{digits}g}"
 
 
 def _gammaln(x: Any) -> Any:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
 
@@ -247,3 +249,21 @@ def test_version_and_show_import_no_model_library(saved_dir):
     found = _imported("-m", "hopaudit", "show", str(saved_dir))
     assert "pandas" in found  # it did print the table
     assert found.isdisjoint(HEAVY), found & set(HEAVY)
+
+
+def test_show_writes_infinite_and_astronomical_floors_in_words(saved_dir, capsys):
+    """``hopaudit show``'s layer table: a floor of inf or 1.9e152 nats is written as what it
+    means, a finite one as digits."""
+    from hopaudit.cli import _print_report
+
+    a = hopaudit.load(saved_dir)
+    layers = a.layers.copy()
+    layers.loc[0, "floor_low"], layers.loc[1, "floor_low"] = np.inf, 1.884e152
+    finite = float(layers.loc[2, "floor_low"])
+    stand_in = SimpleNamespace(summary_text=lambda: "summary", layers=layers)
+    _print_report(stand_in)
+    out = capsys.readouterr().out
+    assert "no finite floor: Z < 1e-308 (over-packed)" in out
+    assert "> 1e100 nats: Z < 1e-100 (over-packed)" in out
+    assert "inf" not in out.split("summary", 1)[1] and "e+152" not in out
+    assert f"{finite:.3g}" in out

@@ -16,7 +16,7 @@ from hopaudit.errors import HopauditError
 from hopaudit.evidence.membership import MEMBERSHIP_COLUMNS, membership_table, roc_curve
 from hopaudit.layer.embedding import Embedding
 from hopaudit.layer.measuring import ROW_COLUMNS, LayerReport
-from hopaudit.theory import chinchilla_loss
+from hopaudit.theory import chinchilla_loss, floor_words
 from hopaudit.views.protocol import View
 
 if TYPE_CHECKING:
@@ -382,7 +382,9 @@ class Audit(View):
         width = max(len(k) for k in s)
         lines = []
         for key, value in s.items():
-            if isinstance(value, float):
+            if isinstance(value, float) and key.startswith("floor_"):
+                value = floor_words(value)  # "no finite floor ..." rather than inf
+            elif isinstance(value, float):
                 value = f"{value:.4g}"
             lines.append(f"{key:<{width}}  {value}")
         return "\n".join(lines)
