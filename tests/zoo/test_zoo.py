@@ -548,8 +548,8 @@ def test_smollm2_cache_is_reused_without_download(smollm2_loaded, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def minilm_loaded():
-    return zoo.minilm()
+def minilm_loaded(minilm_shared):
+    return minilm_shared
 
 
 def _mean_pool(model, tokenizer, sentences):

@@ -73,8 +73,9 @@ export class DistancesPanel extends Panel {
       height: 250,
       marginLeft: 56,
       marginTop: 10,
+      marginBottom: 44, // the x label below the tick labels, not on them
       style: { background: "transparent", color: theme.fg, fontSize: "11px" },
-      x: { type: log ? "log" : "linear", tickFormat: log ? "~g" : undefined, label: `nearest-pattern distance${log ? " (log scale)" : ""} (normalize=${String(st.summary.normalize ?? "")})`, grid: false },
+      x: { type: log ? "log" : "linear", tickFormat: log ? "~g" : undefined, labelOffset: 40, label: `nearest-pattern distance${log ? " (log scale)" : ""} (normalize=${String(st.summary.normalize ?? "")})`, grid: false },
       y: { label: "share of patterns per bin", labelAnchor: "center", grid: true, tickFormat: "%" },
       color: { domain: fracLabels, range: theme.fractions },
       marks: [

@@ -82,8 +82,9 @@ export class FloorPanel extends Panel {
       height: 260,
       marginLeft: 44,
       marginRight: 16,
+      marginBottom: 44, // the x label below the tick labels, not on them
       style: { background: "transparent", color: theme.fg, fontSize: "11px" },
-      x: { type: "log", tickFormat: "~g", label: `ball radius r (log scale; n = ${fmt(n)}, d = ${fmt(d)})`, domain: [lo, hi], grid: true },
+      x: { type: "log", tickFormat: "~g", labelOffset: 40, label: `ball radius r (log scale; n = ${fmt(n)}, d = ${fmt(d)})`, domain: [lo, hi], grid: true },
       y: { label: "loss floor F (nats)", domain: [0, yMax], grid: true },
       clip: true,
       marks: [
