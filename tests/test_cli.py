@@ -267,3 +267,25 @@ def test_show_writes_infinite_and_astronomical_floors_in_words(saved_dir, capsys
     assert "> 1e100 nats: Z < 1e-100 (over-packed)" in out
     assert "inf" not in out.split("summary", 1)[1] and "e+152" not in out
     assert f"{finite:.3g}" in out
+
+
+def test_demo_audits_with_held_out_text_and_extraction(monkeypatch, capsys):
+    """``hopaudit demo`` fills the membership panel: stored and held-out documents of the pydoc
+    corpus, disjoint, and greedy extraction over the whole sequence length."""
+    import hopaudit.api
+    from hopaudit.zoo.models import corpus
+
+    seen = {}
+
+    def stand_in(model, data, **kwargs):
+        seen.update(kwargs, model=model, data=data)
+        raise KeyboardInterrupt  # stop before any model is loaded
+
+    monkeypatch.setattr(hopaudit.api, "audit", stand_in)
+    assert main(["demo", "--max-length", "48"]) == 130
+    assert "hopaudit demo: SmolLM2" in capsys.readouterr().err  # said before anything slow
+    docs = corpus("pydoc")
+    assert seen["model"] == "smollm2" and seen["max_length"] == 48
+    assert seen["data"] and seen["heldout"] and set(seen["data"]).isdisjoint(seen["heldout"])
+    assert set(seen["data"]) | set(seen["heldout"]) <= set(docs)
+    assert seen["extraction"] == {"prefix": 24, "suffix": 24}
