@@ -105,6 +105,17 @@ def _ray() -> Any:
                 log_to_driver=False,
                 include_dashboard=False,
             )
+        except Exception as exc:  # Ray raises a bare Exception when its raylet is late
+            if "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
+            raise HopauditError(
+                "a local Ray did not start: Ray waits a fixed 30 s for its processes to "
+                "register, which a busy machine can miss. Try again when the machine is less "
+                "loaded, start Ray yourself (ray start --head, then ray.init(address='auto') "
+                "before audit), or use engine='local' (faster for audits of minutes: "
+                "docs/scale.md, 'When Ray pays')"
+            ) from exc
         finally:
             setup.removeFilter(notice)
     quiet_ray_data()
