@@ -222,3 +222,11 @@ def test_finished_progress_bars_leave_text_and_the_audit_its_snapshot(tmp_path):
     # the live widget carries the token that hides the snapshot (nbclient kept its state)
     state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
     assert state[live["data"][WIDGET_MIME]["model_id"]]["state"]["snapshot_id"] == token
+
+
+def test_infinite_and_astronomical_floors_are_written_as_what_they_mean(state):
+    for floor, words in ((math.inf, "no finite floor: Z < 1e-308"), (1.884e152, "> 1e100 nats")):
+        s = {**state, "summary": {**state["summary"], "floor_low": floor}}
+        page, text = snapshot_html(s), snapshot_text(s)
+        assert html.escape(words) in page and words in text
+        assert "e+152" not in page and "inf" not in text.split("loss floor", 1)[1].split("\n")[0]
