@@ -16,10 +16,10 @@ Python float for scalar input.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.special import gammaln, logsumexp
 
 __all__ = [
     "CHINCHILLA_A",
@@ -30,6 +30,7 @@ __all__ = [
     "chinchilla_loss",
     "critical_radius",
     "floor_band",
+    "floor_words",
     "log_ball_volume",
     "log_gaussian_ball_mass",
     "log_lower_gamma_regularized",
@@ -49,6 +50,38 @@ CHINCHILLA_BETA = 0.28
 _LOG_PI = math.log(math.pi)
 _EPS = np.finfo(np.float64).eps
 _TINY = 1e-300  # Lentz's guard against division by zero
+
+
+#: Floors at or above this are written as what they mean (:func:`floor_words`), not as digits.
+ASTRONOMICAL_FLOOR = 1e100
+
+
+def floor_words(floor: float, digits: int = 4) -> str:
+    """A loss floor F (nats) as text: its digits, or what an infinite or astronomically large
+    floor means. F = log Z + 1/Z exceeds 1e100 only when Z < 1e-100 (the patterns packed far
+    tighter than r_c), and overflows float64 when Z < 1e-308."""
+    f = float(floor)
+    if math.isnan(f):
+        return "nan"
+    if f == math.inf:
+        return "no finite floor: Z < 1e-308 (over-packed)"
+    if f >= ASTRONOMICAL_FLOOR:
+        return "> 1e100 nats: Z < 1e-100 (over-packed)"
+    return f"{f:.{digits}g}"
+
+
+def _gammaln(x: Any) -> Any:
+    """scipy.special.gammaln, imported on first use (scipy.special takes ~0.3 s to import)."""
+    from scipy.special import gammaln as f
+
+    return f(x)
+
+
+def _logsumexp(a: Any, axis: int | None = None) -> Any:
+    """scipy.special.logsumexp, imported on first use."""
+    from scipy.special import logsumexp as f
+
+    return f(a, axis=axis)
 
 
 def _result(values: np.ndarray) -> float | np.ndarray:
@@ -94,7 +127,7 @@ def log_ball_volume(n: ArrayLike, r: ArrayLike) -> float | np.ndarray:
     r = _nonnegative("r", r)
     n, r = np.broadcast_arrays(n, r)
     with np.errstate(divide="ignore"):
-        out = 0.5 * n * _LOG_PI + n * np.log(r) - gammaln(0.5 * n + 1.0)
+        out = 0.5 * n * _LOG_PI + n * np.log(r) - _gammaln(0.5 * n + 1.0)
     return _result(out)
 
 
@@ -143,7 +176,7 @@ def _log_prefactor(a: np.ndarray, x: np.ndarray) -> np.ndarray:
     big = a >= _STIRLING_MIN
     small = ~big
     if np.any(small):
-        out[small] = a[small] * np.log(x[small]) - x[small] - gammaln(a[small] + 1.0)
+        out[small] = a[small] * np.log(x[small]) - x[small] - _gammaln(a[small] + 1.0)
     if np.any(big):
         ab, xb = a[big], x[big]
         inv = 1.0 / ab
@@ -266,7 +299,7 @@ def log_partition(radii: ArrayLike, n: ArrayLike) -> float | np.ndarray:
     if radii.shape[-1] == 0:
         return _result(np.broadcast_to(-np.inf, np.broadcast_shapes(n.shape, radii.shape[:-1])))
     log_p = np.asarray(log_lower_gamma_regularized(0.5 * n[..., None], radii * radii))
-    return _result(0.5 * n * _LOG_PI + logsumexp(log_p, axis=-1))
+    return _result(0.5 * n * _LOG_PI + _logsumexp(log_p, axis=-1))
 
 
 def log_partition_volume(r: ArrayLike, n: ArrayLike, d: ArrayLike) -> float | np.ndarray:
@@ -309,7 +342,7 @@ def critical_radius(n: ArrayLike, d: ArrayLike) -> float | np.ndarray:
     n = _positive("n", n)
     d = _positive("d", d)
     n, d = np.broadcast_arrays(n, d)
-    log_rc = (gammaln(0.5 * n + 1.0) - 0.5 * n * _LOG_PI - np.log(d)) / n
+    log_rc = (_gammaln(0.5 * n + 1.0) - 0.5 * n * _LOG_PI - np.log(d)) / n
     return _result(np.exp(log_rc))
 
 

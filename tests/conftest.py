@@ -26,3 +26,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def smollm2_shared():
+    """SmolLM2-135M (model, tokenizer), loaded once per test run (its GGUF is dequantized on
+    every load: seconds each). Tests must not change it; one that does loads its own."""
+    from hopaudit.zoo import models as zoo
+
+    return zoo.smollm2()
+
+
+@pytest.fixture(scope="session")
+def minilm_shared():
+    """all-MiniLM-L6-v2 (model, tokenizer), loaded once per test run; read-only, as above."""
+    from hopaudit.zoo import models as zoo
+
+    return zoo.minilm()

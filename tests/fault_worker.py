@@ -22,7 +22,7 @@ import hopaudit
 from hopaudit.errors import FormatError
 
 
-def in_child(fn, timeout: float = 60.0) -> dict:
+def in_child(fn, timeout: float = 600.0) -> dict:
     """fn() in a forked child: {"status": ok|raised|crashed|hung, "text": ...}."""
     r, w = os.pipe()
     pid = os.fork()

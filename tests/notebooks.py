@@ -18,9 +18,29 @@ CELLS = [
 ]
 
 
+_RUNS: dict[bool, object] = {}  # store_widget_state -> the executed notebook, once per test run
+
+
 def executed_notebook(tmp_path, *, store_widget_state: bool = True):
     """A notebook that audits with progress bars and shows the audit, run by a real kernel.
-    ``store_widget_state=False`` saves it as JupyterLab does by default (no widget state)."""
+    ``store_widget_state=False`` saves it as JupyterLab does by default (no widget state).
+
+    Each form is executed once per test run (a kernel start and an audit: tens of seconds on
+    a loaded machine) and every caller gets its own copy, written to ``tmp_path/audit.ipynb``.
+    """
+    import copy
+
+    import nbformat
+
+    if store_widget_state not in _RUNS:
+        _RUNS[store_widget_state] = _execute(tmp_path, store_widget_state)
+    nb = copy.deepcopy(_RUNS[store_widget_state])
+    path = tmp_path / "audit.ipynb"
+    nbformat.write(nb, path)
+    return nb, path
+
+
+def _execute(tmp_path, store_widget_state: bool):
     from pathlib import Path
 
     import nbformat
@@ -37,6 +57,4 @@ def executed_notebook(tmp_path, *, store_widget_state: bool = True):
         resources={"metadata": {"path": str(tmp_path)}},
         store_widget_state=store_widget_state,
     ).execute()
-    path = tmp_path / "audit.ipynb"
-    nbformat.write(nb, path)
-    return nb, path
+    return nb

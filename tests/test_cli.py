@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from tiny_models import TOKENIZER_TEXT, tiny_model, tiny_tokenizer
 
@@ -218,3 +220,72 @@ def test_py_typed_is_in_the_package():
     from pathlib import Path
 
     assert (Path(hopaudit.__file__).parent / "py.typed").is_file()
+
+
+HEAVY = ("torch", "transformers", "umap", "ray", "numba", "sklearn")
+
+
+def _imported(*args: str) -> set[str]:
+    """Top-level modules a fresh ``python -X importtime`` run of ``args`` imported."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", *args], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [ln.split("|")[-1] for ln in proc.stderr.splitlines() if ln.startswith("import time:")]
+    return {ln.strip().split(".")[0] for ln in lines}
+
+
+def test_import_hopaudit_imports_nothing_heavy():
+    """``import hopaudit`` resolves its names on first use: no torch, transformers, umap, Ray
+    (a module list, not a time: it holds on any machine)."""
+    found = _imported("-c", "import hopaudit; hopaudit.__version__")
+    assert "hopaudit" in found
+    assert found.isdisjoint(HEAVY), found & set(HEAVY)
+
+
+def test_version_and_show_import_no_model_library(saved_dir):
+    """``hopaudit --version`` and ``hopaudit show`` read files only (a second at most idle)."""
+    assert _imported("-m", "hopaudit", "--version").isdisjoint(HEAVY)
+    found = _imported("-m", "hopaudit", "show", str(saved_dir))
+    assert "pandas" in found  # it did print the table
+    assert found.isdisjoint(HEAVY), found & set(HEAVY)
+
+
+def test_show_writes_infinite_and_astronomical_floors_in_words(saved_dir, capsys):
+    """``hopaudit show``'s layer table: a floor of inf or 1.9e152 nats is written as what it
+    means, a finite one as digits."""
+    from hopaudit.cli import _print_report
+
+    a = hopaudit.load(saved_dir)
+    layers = a.layers.copy()
+    layers.loc[0, "floor_low"], layers.loc[1, "floor_low"] = np.inf, 1.884e152
+    finite = float(layers.loc[2, "floor_low"])
+    stand_in = SimpleNamespace(summary_text=lambda: "summary", layers=layers)
+    _print_report(stand_in)
+    out = capsys.readouterr().out
+    assert "no finite floor: Z < 1e-308 (over-packed)" in out
+    assert "> 1e100 nats: Z < 1e-100 (over-packed)" in out
+    assert "inf" not in out.split("summary", 1)[1] and "e+152" not in out
+    assert f"{finite:.3g}" in out
+
+
+def test_demo_audits_with_held_out_text_and_extraction(monkeypatch, capsys):
+    """``hopaudit demo`` fills the membership panel: stored and held-out documents of the pydoc
+    corpus, disjoint, and greedy extraction over the whole sequence length."""
+    import hopaudit.api
+    from hopaudit.zoo.models import corpus
+
+    seen = {}
+
+    def stand_in(model, data, **kwargs):
+        seen.update(kwargs, model=model, data=data)
+        raise KeyboardInterrupt  # stop before any model is loaded
+
+    monkeypatch.setattr(hopaudit.api, "audit", stand_in)
+    assert main(["demo", "--max-length", "48"]) == 130
+    assert "hopaudit demo: SmolLM2" in capsys.readouterr().err  # said before anything slow
+    docs = corpus("pydoc")
+    assert seen["model"] == "smollm2" and seen["max_length"] == 48
+    assert seen["data"] and seen["heldout"] and set(seen["data"]).isdisjoint(seen["heldout"])
+    assert set(seen["data"]) | set(seen["heldout"]) <= set(docs)
+    assert seen["extraction"] == {"prefix": 24, "suffix": 24}

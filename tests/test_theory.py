@@ -269,3 +269,16 @@ def test_chinchilla_loss():
     assert got[0] > got[1] > 1.69
     with pytest.raises(ValueError):
         theory.chinchilla_loss(0, 1e9)
+
+
+def test_floor_words_say_what_an_infinite_or_astronomical_floor_means():
+    from hopaudit.theory import floor_words
+
+    # F = log Z + 1/Z computed independently in numpy: Z = e^-300 gives ~1.9e130 nats
+    huge = float(-300 + np.exp(np.float64(300)))
+    assert huge > 1e100
+    assert floor_words(huge) == "> 1e100 nats: Z < 1e-100 (over-packed)"
+    assert floor_words(float("inf")) == "no finite floor: Z < 1e-308 (over-packed)"
+    assert floor_words(float(-50 + np.exp(np.float64(50)))) == "5.185e+21"  # finite: digits
+    assert floor_words(1.2345678) == "1.235"
+    assert floor_words(float("nan")) == "nan"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,9 @@ _SUFFIX = {"float16": "f16", "float32": "f32", "float64": "f64"}
 
 def normalize_dtype(dtype: Any) -> np.dtype:
     """numpy dtype of a storage dtype given as numpy dtype, torch dtype or name ("float16")."""
-    try:
-        import torch
-
-        if isinstance(dtype, torch.dtype):
-            dtype = str(dtype).replace("torch.", "")
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    torch = sys.modules.get("torch")  # a torch dtype exists only once torch is imported
+    if torch is not None and isinstance(dtype, torch.dtype):
+        dtype = str(dtype).replace("torch.", "")
     if isinstance(dtype, str):
         dtype = {"half": "float16", "float": "float32", "double": "float64"}.get(dtype, dtype)
     try:

@@ -57,7 +57,8 @@ class LocalEngine:
         progress = self.options.progress
         reports, skipped = {}, {}
         names = stored.layer_names
-        for i, name in enumerate(tqdm(names, desc="measuring layers", disable=not progress)):
+        bar = tqdm(names, desc="measuring layers", disable=not progress or not names)
+        for i, name in enumerate(bar):
             rows = stored.store.shape(name)[0]
             try:
                 with _layer_bar(name, rows, progress and rows >= LAYER_BAR_ROWS) as step:

@@ -20,6 +20,7 @@ this module only says what runs where (docs/scale.md):
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import pickle
 import shutil
@@ -84,12 +85,66 @@ def check_ray(ray_options: Any) -> None:
 
 
 def _ray() -> Any:
+    """Ray, started quiet when hopaudit starts it: warnings and errors only from Ray's own
+    loggers, the workers' output left in Ray's log files (``/tmp/ray/session_latest/logs``)
+    rather than interleaved with hopaudit's bars, and Ray Data's progress bars off (hopaudit
+    draws its own). A Ray the caller started (``ray.init(...)`` first, e.g. to join a cluster)
+    keeps the caller's settings."""
     import ray
     import ray.data
 
     if not ray.is_initialized():
-        ray.init()  # a local Ray; call ray.init(address="auto") first to join a cluster
+        # Ray's notice that it turned token authentication on (its safe default) has nothing
+        # for the user to do; its warning when authentication is off still shows
+        setup = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        notice = _DropMessage("Token authentication is enabled for this Ray cluster")
+        setup.addFilter(notice)
+        try:
+            ray.init(  # a local Ray; call ray.init(address="auto") first to join a cluster
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                include_dashboard=False,
+            )
+        except Exception as exc:  # Ray raises a bare Exception when its raylet is late
+            if "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
+            raise HopauditError(
+                "a local Ray did not start: Ray waits a fixed 30 s for its processes to "
+                "register, which a busy machine can miss. Try again when the machine is less "
+                "loaded, start Ray yourself (ray start --head, then ray.init(address='auto') "
+                "before audit), or use engine='local' (faster for audits of minutes: "
+                "docs/scale.md, 'When Ray pays')"
+            ) from exc
+        finally:
+            setup.removeFilter(notice)
+    quiet_ray_data()
     return ray
+
+
+class _DropMessage(logging.Filter):
+    """Drops the log records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.prefix)
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's progress bars and per-operator progress logs off, its logger at warnings."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    for flag in ("enable_progress_bars", "enable_operator_progress_bars"):
+        if hasattr(ctx, flag):
+            setattr(ctx, flag, False)
+    if hasattr(ctx, "enable_progress_bar_name_truncation"):
+        ctx.enable_progress_bar_name_truncation = True
+    for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 # ------------------------------------------------------------------------------ capture

@@ -15,8 +15,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
 from hopaudit.errors import DataError, ModelError
@@ -67,6 +65,8 @@ def auroc(members: Any, nonmembers: Any) -> float:
     """P(score of a random member > score of a random non-member), ties counting 1/2
     (the Mann-Whitney U statistic over m * n, from mid-ranks)."""
     m, n = _pair(members, nonmembers)
+    from scipy.stats import rankdata  # scipy.stats takes ~0.5 s: imported when first scored
+
     ranks = rankdata(np.concatenate([m, n]))
     u = ranks[: m.size].sum() - m.size * (m.size + 1) / 2.0
     return float(u / (m.size * n.size))
@@ -178,6 +178,8 @@ def membership_table(
 def check_reference(model: Any, reference: Any) -> None:
     """A reference model must be a causal LM over the same vocabulary (and, where both
     tokenizers can be found, the same tokens); a :class:`ModelError` otherwise."""
+    import torch  # here, not at the top: the AUROCs need no torch (hopaudit show)
+
     from hopaudit.data.prepare import find_tokenizer
     from hopaudit.model.blocks import is_masked_lm, vocab_size
 
@@ -215,6 +217,8 @@ def reference_nll(
 ) -> np.ndarray:
     """Mean token NLL (nats) of every sequence under ``reference``: one forward per batch,
     without hooks, in inference mode; the model's training flags are restored afterwards."""
+    import torch  # here, not at the top: the AUROCs need no torch (hopaudit show)
+
     from hopaudit.capture.forward import choose_batch_size, logits_of, model_device
     from hopaudit.evidence.scores import sequence_statistics, token_statistics
     from hopaudit.model.blocks import vocab_size

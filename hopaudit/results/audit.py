@@ -13,15 +13,14 @@ import numpy as np
 import pandas as pd
 
 from hopaudit.errors import HopauditError
-from hopaudit.evidence import scores as _scores
 from hopaudit.evidence.membership import MEMBERSHIP_COLUMNS, membership_table, roc_curve
 from hopaudit.layer.embedding import Embedding
 from hopaudit.layer.measuring import ROW_COLUMNS, LayerReport
-from hopaudit.theory import chinchilla_loss
+from hopaudit.theory import chinchilla_loss, floor_words
 from hopaudit.views.protocol import View
 
 if TYPE_CHECKING:
-    from hopaudit.capture.forward import CaptureResult
+    from hopaudit.capture.result import CaptureResult
     from hopaudit.results.query import QueryResult
 
 #: The per-layer table's columns, in order (one row per layer, ``final`` last): the stable id
@@ -384,7 +383,9 @@ class Audit(View):
         width = max(len(k) for k in s)
         lines = []
         for key, value in s.items():
-            if isinstance(value, float):
+            if isinstance(value, float) and key.startswith("floor_"):
+                value = floor_words(value)  # "no finite floor ..." rather than inf
+            elif isinstance(value, float):
                 value = f"{value:.4g}"
             lines.append(f"{key:<{width}}  {value}")
         return "\n".join(lines)
@@ -504,7 +505,9 @@ def _score_columns(cap: Any, texts: list[str]) -> dict[str, np.ndarray]:
     min_k_pp = getattr(cap, "seq_min_k_pp", None)
     zlib = nan
     if nll is not None and counts is not None:
-        zlib = _scores.zlib_score(np.asarray(nll) * np.asarray(counts), texts)
+        from hopaudit.evidence.scores import zlib_score  # torch: imported when scored
+
+        zlib = zlib_score(np.asarray(nll) * np.asarray(counts), texts)
     return {
         "loss": nan if nll is None else -np.asarray(nll),
         "zlib": zlib,

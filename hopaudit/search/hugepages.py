@@ -6,8 +6,9 @@ and on 4 KB pages nearly every read misses the TLB. Linux backs a mapping with 2
 asked (``madvise(MADV_HUGEPAGE)``; numpy already asks for its own large arrays). hnswlib does
 not ask, so :func:`huge_pages` does, for the large anonymous mappings that appear while it runs.
 
-Best effort: elsewhere than Linux, with ``ENABLED = False``, or when anything fails, nothing
-happens; the pages are then ordinary ones and the results are the same.
+Best effort: elsewhere than Linux, where the kernel offers none (:func:`kernel_mode` is
+``None`` or ``"never"``), with ``ENABLED = False``, or when anything fails, nothing happens;
+the pages are then ordinary ones and the results are the same.
 """
 
 from __future__ import annotations
@@ -18,14 +19,41 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["ENABLED", "MIN_BYTES", "huge_pages"]
+__all__ = ["ENABLED", "MIN_BYTES", "huge_pages", "kernel_mode"]
 
 #: Switch (benchmarks/hugepages.py turns it off to time the difference).
 ENABLED = True
 #: Mappings smaller than this are left alone: a small index gains nothing measurable.
 MIN_BYTES = 64 << 20
 _MADV_HUGEPAGE = 14  # linux/mman.h
+_THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 _libc = None
+
+
+def kernel_mode() -> str | None:
+    """The kernel's transparent-huge-page mode for this process: ``"always"``, ``"madvise"``
+    or ``"never"``; ``None`` where the kernel has none (not Linux, no THP, unreadable).
+
+    The bracketed word of ``/sys/kernel/mm/transparent_hugepage/enabled``, and ``"never"``
+    when this process has them turned off (``THP_enabled: 0`` in ``/proc/self/status``, set
+    by ``prctl(PR_SET_THP_DISABLE)`` and inherited by children).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open(_THP_ENABLED) as handle:
+            words = handle.read().split()
+    except OSError:
+        return None
+    mode = next((w.strip("[]") for w in words if w.startswith("[")), None)
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("THP_enabled:") and line.split()[1:] == ["0"]:
+                    return "never"
+    except OSError:
+        pass
+    return mode
 
 
 def _anonymous_mappings() -> set[tuple[int, int]]:
@@ -53,7 +81,7 @@ def huge_pages(expected_bytes: int) -> Iterator[None]:
     """Advise huge pages for the anonymous mappings of at least ``MIN_BYTES`` (and at least half
     of ``expected_bytes``) made inside the ``with`` block, before anything is written to them."""
     before = None
-    if ENABLED and sys.platform.startswith("linux") and expected_bytes >= MIN_BYTES:
+    if ENABLED and expected_bytes >= MIN_BYTES and kernel_mode() in ("always", "madvise"):
         try:
             before = _anonymous_mappings()
         except OSError:

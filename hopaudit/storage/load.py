@@ -88,7 +88,7 @@ def load(path: str | Path, *, verify: bool = True, rebuild_index: bool = False) 
     reading the saved ones (for audits from someone else: no third-party binary reaches
     hnswlib). Nothing in a saved audit is executed.
     """
-    from hopaudit.capture.forward import CaptureResult
+    from hopaudit.capture.result import CaptureResult
     from hopaudit.capture.store import ActivationStore
     from hopaudit.layer.measuring import LayerReport
     from hopaudit.results.audit import Audit, Embedding

@@ -70,8 +70,9 @@ class View:
     def _ipython_display_(self) -> None:
         """Two outputs: the static snapshot, then the widget. Whatever shows the notebook
         without a kernel (a saved notebook reopened, nbconvert, GitHub, VS Code) shows the
-        snapshot; a live widget hides it. The widget's own ``text/plain`` is one line, so a
-        viewer that falls back to it does not repeat the snapshot."""
+        snapshot; a live widget hides it. The widget's own ``text/plain`` is empty, so a
+        viewer that falls back to it adds nothing under the snapshot (whose note says to run
+        the cell with a kernel)."""
         from IPython.display import display
 
         snapshot, view = self._notebook_outputs()
@@ -88,8 +89,10 @@ class View:
         return {**data, **snapshot}, metadata
 
 
-#: The widget output's text, for viewers without the widget: the snapshot is the output above.
-WIDGET_TEXT = "(hopaudit's interactive view: run the cell with a kernel; the snapshot is above)"
+#: The widget output's text, for viewers that cannot draw the widget (GitHub, nbconvert, an
+#: untrusted notebook): nothing, since the snapshot above already ends with its note "run the cell
+#: with a kernel for the interactive view", and is itself hidden wherever a kernel drew the widget.
+WIDGET_TEXT = ""
 
 
 def _bundle(bundle: Any) -> tuple[dict[str, Any], dict[str, Any]]:

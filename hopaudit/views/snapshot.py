@@ -11,12 +11,14 @@ most memorized sequences. No script, no external resource, inline styles only (s
 
 from __future__ import annotations
 
+import base64
 import html
 import math
 from typing import Any
 
 import numpy as np
 
+from hopaudit.theory import floor_words
 from hopaudit.views.schema import is_array, unpack
 
 #: The snapshot's budget: well under what notebook viewers inline (GitHub stops near 1 MB).
@@ -208,6 +210,21 @@ def radii_svg(rows: list[dict[str, Any]], width: int = 640, height: int = 230) -
     return "".join(out)
 
 
+def radii_img(rows: list[dict[str, Any]], width: int = 640, height: int = 230) -> str:
+    """:func:`radii_svg` as an ``<img>`` with a data URI (see the module docstring for why),
+    its ``alt`` text naming what it shows in one line."""
+    svg = radii_svg(rows, width, height)
+    if not svg.startswith("<svg"):
+        return svg  # "no measured layer": a sentence, not a chart
+    data = base64.b64encode(svg.encode("utf-8")).decode("ascii")
+    measured = sum(1 for r in rows if math.isfinite(r.get("r_hat", math.nan)))
+    alt = f"chart: radius r̂ and r* of {measured} measured layers"
+    return (
+        f'<img class="radii" alt="{html.escape(alt)}" width="{width}" height="{height}" '
+        f'style="max-width:100%;height:auto" src="data:image/svg+xml;base64,{data}"/>'
+    )
+
+
 # ------------------------------------------------------------------------------ renderings
 _HEADLINE = (
     ("n_sequences", "sequences"),
@@ -221,10 +238,18 @@ _HEADLINE = (
 )
 
 
+def _value(summary: dict[str, Any], key: str) -> str:
+    """A summary value as text; floors in words when infinite or astronomically large."""
+    v = summary.get(key)
+    if key.startswith("floor_") and isinstance(v, (float, int)) and not isinstance(v, bool):
+        return floor_words(v)
+    return _num(v)
+
+
 def _summary_table(summary: dict[str, Any]) -> str:
     cells = "".join(
         f'<tr><th style="{_CELL};font-weight:normal;color:#555">{html.escape(label)}</th>'
-        f'<td style="{_NUM}">{html.escape(_num(summary.get(key)))}</td></tr>'
+        f'<td style="{_NUM}">{html.escape(_value(summary, key))}</td></tr>'
         for key, label in _HEADLINE
         if key in summary
     )
@@ -269,7 +294,7 @@ def _member_table(state: dict[str, Any]) -> str:
         label = names[i] if i < len(names) else str(i)
         rows.append(
             f'<tr><td style="{_CELL}">{html.escape(str(label))}</td>'
-            + "".join(f'<td style="{_NUM}">{html.escape(_num(s.get(k)))}</td>' for k in keys)
+            + "".join(f'<td style="{_NUM}">{html.escape(_value(s, k))}</td>' for k in keys)
             + "</tr>"
         )
     head = "".join(f'<th style="{_CELL}">{k}</th>' for k in ("audit", *keys))
@@ -326,7 +351,7 @@ def snapshot_html(state: dict[str, Any], *, token: str | None = None) -> str:
     if state.get("kind", "audit") == "audit":
         parts.append(_summary_table(state.get("summary") or {}))
         parts.append('<h4 style="margin:12px 0 4px">Radius per layer: r̂ (dots) and r* (squares)')
-        parts.append("</h4>" + radii_svg(layer_rows(state)))
+        parts.append("</h4>" + radii_img(layer_rows(state)))
         parts.append(_samples_table(state))
         parts.append(f'<p style="color:#777;font-size:11px">{html.escape(ASK_NOTE)}</p>')
     else:
@@ -347,7 +372,7 @@ def snapshot_text(state: dict[str, Any]) -> str:
             s = m.get("summary") or {}
             lines.append(
                 f"  {i}: {s.get('model')}  cross-entropy {_num(s.get('cross_entropy'))}  "
-                f"floor {_num(s.get('floor_low'))}"
+                f"floor {_value(s, 'floor_low')}"
             )
         return "\n".join([*lines, NOTE])
     s = state.get("summary") or {}
@@ -355,7 +380,7 @@ def snapshot_text(state: dict[str, Any]) -> str:
         "  ".join(f"{label}: {_num(s.get(key))}" for key, label in _HEADLINE[:4] if key in s)
     )
     lines.append(
-        f"loss floor (final layer): {_num(s.get('floor_low'))}; below it: "
+        f"loss floor (final layer): {_value(s, 'floor_low')}; below it: "
         f"{_num(s.get('below_floor'))}"
     )
     lines.append(f"{'layer':<24} {'r_hat':>10} {'r_star':>10} {'r_ratio':>9} {'separated':>9}")

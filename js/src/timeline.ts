@@ -7,7 +7,7 @@ import type { Context, Panel } from "./panels/base";
 import { Panel as BasePanel } from "./panels/base";
 import { DistancesPanel } from "./panels/distances";
 import type { ModelLike } from "./state";
-import { fmt, h, select } from "./util";
+import { fmt, fmtBand, h, select } from "./util";
 import { ChartPanel, type Frame, type View, mountMulti } from "./multi/view";
 import { SharedScatterPanel } from "./multi/scatter";
 
@@ -59,7 +59,7 @@ class SliderPanel extends BasePanel {
     const fact = (k: string, v: string) => h("span", {}, `${k} `, h("b", { text: v }));
     this.facts.replaceChildren(
       fact("cross-entropy", fmt(num(s.cross_entropy), 4)),
-      fact("floor band", `${fmt(num(s.floor_low))} – ${fmt(num(s.floor_high))}`),
+      fact("floor band", fmtBand(num(s.floor_low), num(s.floor_high))),
       fact("final r̂/r*", fmt(st.stat(last, "r_hat") / st.stat(last, "r_star"))),
       fact("separated", `${fmt(100 * st.stat(last, "separated_frac"))} %`),
     );

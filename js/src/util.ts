@@ -23,6 +23,21 @@ export function fmt(v: number | null | undefined, digits = 3): string {
   return Number(v.toPrecision(digits)).toString();
 }
 
+/** A loss floor in nats, written as what it means when it is infinite or astronomically large:
+ * F = log Z + 1/Z passes 1e100 only when Z < 1e-100, and overflows when Z < 1e-308. */
+export function fmtFloor(v: number | null | undefined): string {
+  if (v == null || Number.isNaN(v)) return "–";
+  if (v === Infinity) return "no finite floor: Z < 1e-308 (over-packed)";
+  if (v >= 1e100) return "> 1e100 nats: Z < 1e-100 (over-packed)";
+  return fmt(v);
+}
+
+/** The floor band [F, F + log l] in words: one phrase when its low end is already beyond 1e100. */
+export function fmtBand(lo: number, hi: number): string {
+  if (lo === Infinity || lo >= 1e100) return `floor ${fmtFloor(lo)}`;
+  return `floor band [${fmt(lo)}, ${fmtFloor(hi)}] nats`;
+}
+
 export function fmtInt(v: number | null | undefined): string {
   if (v == null || Number.isNaN(v)) return "–";
   return Math.round(v).toLocaleString("en-US");

@@ -21,7 +21,7 @@ def test_toy_sizes_print_every_stage_and_the_projection():
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--sizes", ",".join(map(str, SIZES)), "--layers", "2",
          "--gpu-tflops", "100"],
-        capture_output=True, text=True, timeout=600, env=env,
+        capture_output=True, text=True, timeout=1800, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     v = {

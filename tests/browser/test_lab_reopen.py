@@ -174,7 +174,7 @@ def test_saved_notebook_reopened_without_kernel(browser, lab):
 
 
 def test_untrusted_notebook_shows_the_snapshot(browser, lab, tmp_path):
-    from test_snapshot import executed_notebook
+    from notebooks import executed_notebook
 
     url, token, root = lab
     nb_dir = root / "elsewhere"
@@ -191,5 +191,13 @@ def test_untrusted_notebook_shows_the_snapshot(browser, lab, tmp_path):
         texts = _outputs(page)
         assert "Most memorized sequences" in snap.inner_text()
         assert not any("model not found" in t for t in texts), texts
+        # the sanitizer strips inline SVG: the chart is an image, and it loaded
+        page.wait_for_function("() => document.querySelector('.hopaudit-snapshot img')?.complete")
+        chart = snap.locator("img.radii")
+        assert chart.evaluate("(i) => i.naturalWidth") >= 300
+        assert chart.bounding_box()["width"] > 200
+        assert snap.locator("svg").count() == 0
+        assert "r̂ =" not in snap.inner_text()  # no chart text spilled into the page
+        assert not any("run the cell with a kernel;" in t for t in texts), texts  # no fallback line
     finally:
         ctx.close()

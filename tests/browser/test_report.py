@@ -343,3 +343,30 @@ def test_a_server_declaring_another_charset_does_not_break_it(
         assert errors == []
     finally:
         ctx.close()
+
+
+OVERLAPS = """(panel) => {
+    const boxes = [...panel.querySelectorAll('.ha-chart svg text')]
+      .map((t) => t.getBoundingClientRect()).filter((r) => r.width > 0 && r.height > 0);
+    const hits = [];
+    for (let a = 0; a < boxes.length; a++)
+      for (let b = a + 1; b < boxes.length; b++) {
+        const p = boxes[a], q = boxes[b];
+        const w = Math.min(p.right, q.right) - Math.max(p.left, q.left);
+        const h = Math.min(p.bottom, q.bottom) - Math.max(p.top, q.top);
+        if (w > 1 && h > 1) hits.push([a, b, w, h]);
+      }
+    return hits;
+}"""
+
+
+@pytest.mark.parametrize("width", [1100, 520])
+def test_the_marked_radii_are_named_in_a_legend_and_no_chart_text_overlaps(open_report, width):
+    """2r*, 2r̂ (distances) and r̂, r*, r_c (floor) sit a few pixels apart on their axes: their
+    names are in the panel's legend, and no two texts of either chart overlap, wide or narrow."""
+    p = open_report(width=width)
+    for name, labels in (("distances", ("2 r* =", "2 r̂ =")), ("floor", ("r̂ =", "r* =", "r_c ="))):
+        panel = p.page.locator(f'[data-panel="{name}"]')
+        legend = panel.locator(".ha-legend").inner_text()
+        assert all(label in legend for label in labels), (name, legend)
+        assert panel.evaluate(OVERLAPS) == [], name

@@ -4,6 +4,8 @@ error. The notebook is run by a real kernel (nbclient), saved with and without w
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from notebooks import executed_notebook
 
@@ -46,10 +48,15 @@ def test_nbconvert_html_offline_shows_the_snapshot(browser, exported):
         text = snap.inner_text()
         assert "hopaudit audit of GPT2LMHeadModel" in text
         assert "cross-entropy" in text and "Most memorized sequences" in text
-        # the radii chart: one dot per measured layer, drawn with a real size
-        dots = snap.locator("svg circle.r-hat")
-        assert dots.count() == 4
-        box = snap.locator("svg").bounding_box()
+        # the radii chart: an image that loaded (a data URI), one dot per measured layer,
+        # drawn with a real size
+        img = snap.locator("img.radii")
+        page.wait_for_function("() => document.querySelector('img.radii').complete")
+        assert img.evaluate("(i) => i.naturalWidth") >= 300
+        src = img.get_attribute("src")
+        assert src.startswith("data:image/svg+xml;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).decode().count('class="r-hat"') == 4
+        box = img.bounding_box()
         assert box["width"] > 300 and box["height"] > 100
         assert snap.locator("table.samples tr").count() == 21  # header + 20 sequences
         body = page.locator("body").inner_text()

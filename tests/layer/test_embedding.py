@@ -183,7 +183,7 @@ def test_umaps_compiled_functions_are_loaded_from_disk_in_a_new_process(tmp_path
             env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=1800,  # a guard against a hang, not a speed check: loaded machines are slow
         )
         for _ in range(2)
     ]

@@ -292,10 +292,8 @@ def _llama_hand_count(c) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-def test_real_smollm2_blocks_final_norm_and_size():
-    from hopaudit.zoo import models as zoo
-
-    model, tok = zoo.smollm2()
+def test_real_smollm2_blocks_final_norm_and_size(smollm2_shared):
+    model, tok = smollm2_shared
     found = find_blocks(model)
     assert [p for p, _ in found] == [f"model.layers.{i}" for i in range(30)]
     path, module = find_final_norm(model, found)
@@ -309,10 +307,8 @@ def test_real_smollm2_blocks_final_norm_and_size():
 
 
 @pytest.mark.slow
-def test_real_minilm_blocks_and_no_final_norm():
-    from hopaudit.zoo import models as zoo
-
-    model, _ = zoo.minilm()
+def test_real_minilm_blocks_and_no_final_norm(minilm_shared):
+    model, _ = minilm_shared
     found = find_blocks(model)
     assert [p for p, _ in found] == [f"encoder.layer.{i}" for i in range(6)]
     assert find_final_norm(model, found) is None

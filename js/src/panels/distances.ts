@@ -72,16 +72,16 @@ export class DistancesPanel extends Panel {
       width,
       height: 250,
       marginLeft: 56,
-      marginTop: 22,
+      marginTop: 10,
+      marginBottom: 44, // the x label below the tick labels, not on them
       style: { background: "transparent", color: theme.fg, fontSize: "11px" },
-      x: { type: log ? "log" : "linear", tickFormat: log ? "~g" : undefined, label: `nearest-pattern distance${log ? " (log scale)" : ""} (normalize=${String(st.summary.normalize ?? "")})`, grid: false },
+      x: { type: log ? "log" : "linear", tickFormat: log ? "~g" : undefined, labelOffset: 40, label: `nearest-pattern distance${log ? " (log scale)" : ""} (normalize=${String(st.summary.normalize ?? "")})`, grid: false },
       y: { label: "share of patterns per bin", labelAnchor: "center", grid: true, tickFormat: "%" },
       color: { domain: fracLabels, range: theme.fractions },
       marks: [
         Plot.rectY(bars, { x1: "x1", x2: "x2", y: "y", fill: theme.muted, fillOpacity: 0.25 }),
         Plot.line(curves, { x: "x", y: "y", stroke: "fraction", strokeWidth: 1.6, curve: "monotone-x" }),
         Plot.ruleX(rules, { x: "x", stroke: "color", strokeWidth: 1.5, strokeDasharray: "5,3" }),
-        Plot.text(rules, { x: "x", text: "label", frameAnchor: "top", dy: -12, fill: "color", fontWeight: 600 }),
         Plot.ruleY([0], { stroke: theme.muted }),
       ],
     });
@@ -90,6 +90,10 @@ export class DistancesPanel extends Panel {
     this.legend.replaceChildren(
       ...st.fractions.map((f, j) => h("span", {}, sw(theme.fractions[j] ?? theme.accent), `${Math.round(f * 100)} % of patterns: median ${fmt(st.median(i, j))}`)),
     );
+    // the marked distances in the legend, not on the chart: 2 r* and 2 r̂ are often a few
+    // pixels apart, and labels at the lines would print over each other
+    const rule = (c: string) => h("i", { class: "ha-rule", style: `border-color:${c}` });
+    this.legend.append(...rules.map((r) => h("span", { class: "ha-mark" }, rule(r.color), r.label)));
     this.legend.append(
       h("span", { text: `n = ${fmt(st.stat(i, "n"))}, ${fmt(st.stat(i, "n_patterns"))} patterns · separated (nn > 2 r*): ${fmt(100 * st.stat(i, "separated_frac"))} %` }),
     );

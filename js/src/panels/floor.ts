@@ -3,12 +3,13 @@
 // (F = floor_low, floor_r_star and 1 there); reference lines at the model's cross-entropy, the
 // universal floor (1 nat) and Chinchilla's fit.
 import * as Plot from "@observablehq/plot";
-import { fmt, h, select } from "../util";
+import { fmt, fmtFloor, h, select } from "../util";
 import { type Context, Panel } from "./base";
 
 export class FloorPanel extends Panel {
   layer: number;
   chart = h("div", { class: "ha-chart ha-floor" });
+  legend = h("div", { class: "ha-legend" });
   note = h("p", { class: "ha-note" });
 
   constructor(ctx: Context) {
@@ -27,7 +28,7 @@ export class FloorPanel extends Panel {
         },
       ),
     );
-    this.body.append(this.chart, this.note);
+    this.body.append(this.chart, this.legend, this.note);
     this.redrawOnResize(this.chart);
   }
 
@@ -71,7 +72,7 @@ export class FloorPanel extends Panel {
     const yMax = Math.max(4, ...refs.map((r) => r.y)) * 1.5;
     const pts = marks.map((m) => {
       const F = Number.isNaN(m.F) ? Infinity : m.F;
-      return { ...m, F, shown: Math.min(F, yMax * 0.96), text: `${m.label} = ${fmt(m.r)}\nF = ${fmt(F)}` };
+      return { ...m, F, shown: Math.min(F, yMax * 0.96), text: `${m.label} = ${fmt(m.r)}\nF = ${fmtFloor(F)}` };
     });
     const rLo = st.stat(i, "r_hat_lo");
     const rHi = st.stat(i, "r_hat_hi");
@@ -81,31 +82,38 @@ export class FloorPanel extends Panel {
       height: 260,
       marginLeft: 44,
       marginRight: 16,
+      marginBottom: 44, // the x label below the tick labels, not on them
       style: { background: "transparent", color: theme.fg, fontSize: "11px" },
-      x: { type: "log", tickFormat: "~g", label: `ball radius r (log scale; n = ${fmt(n)}, d = ${fmt(d)})`, domain: [lo, hi], grid: true },
+      x: { type: "log", tickFormat: "~g", labelOffset: 40, label: `ball radius r (log scale; n = ${fmt(n)}, d = ${fmt(d)})`, domain: [lo, hi], grid: true },
       y: { label: "loss floor F (nats)", domain: [0, yMax], grid: true },
       clip: true,
       marks: [
         Plot.ruleY(refs, { y: "y", stroke: "color", strokeDasharray: "6,3", strokeWidth: 1.3 }),
-        Plot.text(refs, { y: "y", text: "label", frameAnchor: "left", dx: 4, dy: -7, fill: "color" }),
         // Values far above the frame are clipped anyway; cap them so SVG gets sane numbers.
         Plot.line(curve.map((c) => ({ r: c.r, F: Math.min(c.F, yMax * 4) })), { x: "r", y: "F", stroke: theme.fg, strokeWidth: 2 }),
         // the 95 % bootstrap interval of r̂ (docs/theory.md §7), where the audit made one
         Plot.rectX(rHatCI, { x1: "lo", x2: "hi", fill: theme.lines.rHat, fillOpacity: 0.12 }),
         Plot.ruleX(pts, { x: "r", stroke: "color", strokeOpacity: 0.6, strokeDasharray: "2,3" }),
         Plot.dot(pts, { x: "r", y: "shown", fill: "color", r: 4.5, stroke: theme.bg }),
-        Plot.text(pts, { x: "r", y: "shown", text: "label", dy: -11, fill: "color", fontWeight: 700 }),
         Plot.tip(pts, Plot.pointer({ x: "r", y: "shown", title: "text" })),
       ],
     });
     this.chart.replaceChildren(svg);
+    // every label in the legend, none on the chart: r̂, r* and r_c are often a few pixels
+    // apart (and the reference lines close to one another), so labels there would overlap
+    const dot = (c: string) => h("i", { style: `background:${c}` });
+    const rule = (c: string) => h("i", { class: "ha-rule", style: `border-color:${c}` });
+    this.legend.replaceChildren(
+      ...pts.map((p) => h("span", { class: "ha-mark" }, dot(p.color), `${p.label} = ${fmt(p.r)}: F = ${fmtFloor(p.F)}`)),
+      ...refs.map((r) => h("span", { class: "ha-mark" }, rule(r.color), r.label)),
+    );
     const fHat = st.stat(i, "floor_low");
     const fLo = st.stat(i, "floor_low_lo");
     const fHi = st.stat(i, "floor_low_hi");
     const interval = Number.isFinite(fLo) && Number.isFinite(fHi)
       ? ` With 95 % confidence r̂ lies in [${fmt(rLo)}, ${fmt(rHi)}] (shaded) and the floor F(r̂) in [${fmt(fLo)}, ${fmt(fHi)}] nats, from resampling the nearest-pattern distances.`
       : "";
-    this.note.textContent = `Volume form log Z = log d + log V_n(r); F = log Z + 1/Z ≥ 1 with equality at r_c. At r̂ = ${fmt(rHat)}: F = ${fmt(fHat)} nats (band [${fmt(st.stat(i, "floor_low"))}, ${fmt(st.stat(i, "floor_high"))}] adds log l).${interval} Chinchilla's fit is on another corpus: a reference, not a verdict.`;
+    this.note.textContent = `Volume form log Z = log d + log V_n(r); F = log Z + 1/Z ≥ 1 with equality at r_c. At r̂ = ${fmt(rHat)}: F = ${fmtFloor(fHat)}${fHat < 1e100 ? " nats" : ""} (band [${fmtFloor(st.stat(i, "floor_low"))}, ${fmtFloor(st.stat(i, "floor_high"))}] adds log l).${interval} Chinchilla's fit is on another corpus: a reference, not a verdict.`;
     this.markReady();
   }
 }

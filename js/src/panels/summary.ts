@@ -1,5 +1,5 @@
 // The headline numbers: model, N, D, log10 N against 2 log10 D, cross-entropy against the floor.
-import { fmt, fmtCount, fmtInt, fmtSeconds, h } from "../util";
+import { fmt, fmtBand, fmtCount, fmtInt, fmtSeconds, h } from "../util";
 import { type Context, Panel } from "./base";
 
 export class SummaryPanel extends Panel {
@@ -16,9 +16,10 @@ export class SummaryPanel extends Panel {
     const ce = num("cross_entropy");
     const lo = num("floor_low");
     const hi = num("floor_high");
-    const below = Number.isFinite(ce) && Number.isFinite(lo) && ce < lo;
+    const below = Number.isFinite(ce) && ce < lo;
+    const overPacked = lo >= 1e100; // Z < 1e-100, or no finite floor at all
     const ceSub = Number.isFinite(ce)
-      ? `floor band [${fmt(lo)}, ${fmt(hi)}] nats${Number.isFinite(num("floor_low_lo")) ? ` (its low end 95 %: ${fmt(num("floor_low_lo"))}–${fmt(num("floor_low_hi"))})` : ""} · universal floor 1 nat · Chinchilla ${fmt(num("chinchilla_loss"))}`
+      ? `${fmtBand(lo, hi)}${Number.isFinite(num("floor_low_lo")) ? ` (its low end 95 %: ${fmt(num("floor_low_lo"))}–${fmt(num("floor_low_hi"))})` : ""} · universal floor 1 nat · Chinchilla ${fmt(num("chinchilla_loss"))}`
       : String(s.loss_note ?? "no loss for this model");
     const nLog = num("log10_N");
     const dLog = num("two_log10_D");
@@ -46,7 +47,10 @@ export class SummaryPanel extends Panel {
       const text = s[key];
       if (typeof text === "string" && text) this.body.append(h("p", { class: "ha-note", "data-note": key, text }));
     }
-    if (below) this.body.append(h("p", { class: "ha-note", text: "The measured cross-entropy is below the final layer's floor band: the volume estimate's assumptions do not hold here (see the floor panel)." }));
+    const why = overPacked
+      ? "The final layer's patterns sit closer together than its critical radius r_c, so Z = d V_n(r̂) is below 1e-100 and the volume-form floor is astronomical: the measured cross-entropy is far below it, and the floor says only that this layer is over-packed in the theory's terms (see the floor panel)."
+      : "The measured cross-entropy is below the final layer's floor band: the volume estimate's assumptions do not hold here (see the floor panel).";
+    if (below) this.body.append(h("p", { class: "ha-note", text: why }));
     this.markReady();
   }
 }
