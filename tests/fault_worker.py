@@ -238,11 +238,117 @@ def concurrent_html(a: str, b: str, work: str, writes: int) -> dict:
             "codes": codes, "litter": litter}  # fmt: skip
 
 
+def fingerprint(a) -> dict:
+    """What identifies a loaded audit in every part a load reads: texts, the capture's arrays,
+    activations, the kNN graph (a mixed load matches no saved audit)."""
+    import numpy as np
+
+    name = a.layer_names[0]
+    rep = a.reports[name]
+    return {
+        "texts": len(a.texts) * 1000 + len(a.texts[0]),
+        "rows": int(np.asarray(a.capture.row_sequence).sum()),
+        "acts": round(float(np.asarray(a.activations(name), np.float64).sum()), 3),
+        "graph": int(np.asarray(rep.knn_ids, np.int64).sum()),
+    }
+
+
+def index_answers_itself(a) -> bool:
+    """Every layer's index finds each of the first rows of its own patterns at distance 0:
+    the index answers from the audit it was loaded with."""
+    import numpy as np
+
+    from hopaudit.layer.patterns import layer_patterns
+
+    for name in a.layer_names:
+        rep = a.reports[name]
+        x = layer_patterns(a.capture.store, name, rep.valid_rows, rep.normalize)[:8]
+        ids, dists = rep.index.query(x, 1)
+        if not (np.array_equal(ids[:, 0], np.arange(len(x))) and np.all(dists[:, 0] < 1e-3)):
+            return False
+    return True
+
+
+def concurrent_load(a: str, b: str, work: str, seconds: float, saves: int) -> dict:
+    """One child overwrites ``work/target`` with audits a and b in turn for ``seconds`` while
+    two children load it (and catalog it) again and again, each checking what it got is a or b
+    whole, and that
+    the audit it loaded before (held across a save) still answers from its own index. The
+    writer goes on until ``seconds`` passed and it saved ``saves`` times (however loaded the
+    machine is); the readers until it is done."""
+    target = Path(work) / "target"
+    shutil.copytree(a, target)
+    expected = {}
+    for src in (a, b):
+        got = in_child(lambda src=src: json.dumps(fingerprint(hopaudit.load(src))))
+        expected[json.dumps(json.loads(got["text"]), sort_keys=True)] = Path(src).name
+    done = Path(work) / "writer-done"
+
+    def writer():
+        audits = [hopaudit.load(src) for src in (b, a)]
+        deadline, n = time.time() + seconds, 0
+        try:
+            while time.time() < deadline or n < saves:
+                audits[n % 2].save(target, overwrite=True)
+                n += 1
+        finally:
+            done.touch()
+        return n
+
+    def reader():
+        seen = {"loads": 0, "mixed": [], "damaged": [], "held_wrong": 0, "names": []}
+        held = None
+        while not done.exists() or seen["loads"] < 3:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")  # a rebuilt index: its file was not its own
+                    audit = hopaudit.load(target)
+                    fp = json.dumps(fingerprint(audit), sort_keys=True)
+                    hopaudit.catalog(target, "samples")  # each file checked: no mix passes
+            except Exception as exc:  # counted, not raised: every failure is a finding
+                seen["damaged"].append(f"{type(exc).__name__}: {exc}"[:300])
+                continue
+            seen["loads"] += 1
+            if fp not in expected:
+                seen["mixed"].append(fp)
+            else:
+                seen["names"].append(expected[fp])
+            try:
+                seen["held_wrong"] += held is not None and not index_answers_itself(held)
+            except Exception:  # a held audit that cannot answer is as wrong
+                seen["held_wrong"] += 1
+            held = audit
+        seen["names"] = sorted(set(seen["names"]))
+        return json.dumps(seen)
+
+    jobs = []
+    for fn in (writer, reader, reader):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            res = in_child(fn, timeout=seconds + 1200)
+            os.write(w, json.dumps(res).encode())
+            os._exit(0)
+        os.close(w)
+        jobs.append((pid, r))
+    results = []
+    for pid, r in jobs:
+        data = b""
+        while chunk := os.read(r, 65536):
+            data += chunk
+        os.waitpid(pid, 0)
+        os.close(r)
+        results.append(json.loads(data))
+    return {"writer": results[0], "readers": results[1:]}
+
+
 CASES = {
     "fuzz": fuzz,
     "kill_save": kill_save,
     "concurrent": concurrent,
     "concurrent_html": concurrent_html,
+    "concurrent_load": concurrent_load,
 }
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import numpy as np
 
 from hopaudit.errors import FormatError, SearchError
 from hopaudit.jsonable import from_json
+from hopaudit.storage.folder import Folder, held_path, hold_file, read_whole
 from hopaudit.storage.manifest import (
     GRAPH_FIELDS,
     META,
@@ -87,17 +88,33 @@ def load(path: str | Path, *, verify: bool = True, rebuild_index: bool = False) 
     activations with a warning; ``rebuild_index=True`` rebuilds every HNSW index without
     reading the saved ones (for audits from someone else: no third-party binary reaches
     hnswlib). Nothing in a saved audit is executed.
+
+    Every file is read through one descriptor of the folder taken at the start
+    (:class:`~hopaudit.storage.folder.Folder`), so a save replacing the folder meanwhile
+    gives the old audit whole or, when it deleted files under this load, a new start on the
+    new audit: never a mix of two. A loaded audit keeps its activations mapped and its index
+    files open: it answers from the bytes it verified whatever happens to the folder later.
     """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise FormatError(f"{root}: no such directory (expected a saved audit)")
+    root = root.resolve()  # the folder named (a link to it is fine); nothing inside may be one
+    return read_whole(root, lambda folder: _load(folder, verify, rebuild_index))
+
+
+def _keep_mapped(layer: str) -> None:
+    """A loaded store's ``release``: its layers stay mapped from the files it verified (a
+    mapping of a clean file costs address space; the kernel reclaims its pages)."""
+
+
+def _load(folder: Folder, verify: bool, rebuild_index: bool) -> Any:
     from hopaudit.capture.forward import CaptureResult
     from hopaudit.capture.store import ActivationStore
     from hopaudit.layer.measuring import LayerReport
     from hopaudit.results.audit import Audit, Embedding
     from hopaudit.search.backends import load_index
 
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise FormatError(f"{root}: no such directory (expected a saved audit)")
-    root = root.resolve()  # the folder named (a link to it is fine); nothing inside may be one
+    root = folder.io  # every read goes through the held folder
     meta_file = root / META
     meta = read_meta(root)
     manifest = read_manifest(meta, meta_file)
@@ -120,6 +137,8 @@ def load(path: str | Path, *, verify: bool = True, rebuild_index: bool = False) 
                 if store.shape(name)[0]:
                     listed(f"{sub}/{store._filename(name)}")
                 store.get(name)  # mapped now: a later save over this folder reads these
+        store.path = folder.root / sub  # its name; the maps stay those of the held folder
+        store.release = _keep_mapped  # never mapped again by path
         return store
 
     def capture_of(scalars: Any, arrays: dict, store: Any) -> Any:
@@ -162,7 +181,7 @@ def load(path: str | Path, *, verify: bool = True, rebuild_index: bool = False) 
             with damaged(meta_file):
                 rep.index = _load_layer_index(
                     index_meta,
-                    root,
+                    folder,
                     f"indexes/layer_{i:03d}.bin",
                     manifest,
                     problems,
@@ -200,40 +219,53 @@ def load(path: str | Path, *, verify: bool = True, rebuild_index: bool = False) 
 
 def _load_layer_index(
     index_meta: dict,
-    root: Path,
+    folder: Folder,
     rel: str,
     manifest: dict,
     problems: dict[str, str],
     rebuild: bool,
     patterns: Any,
     load_index: Any,
-    now: bool = False,
 ) -> Any:
     """A layer's saved index; an HNSW file that is not listed, missing or fails its check is
     never opened: the index is rebuilt from the patterns (with a warning unless asked). A
-    sound one is opened on its first query (docs/scale.md: one layer's index at a time)."""
-    from hopaudit.search.backends import LazyIndex, build_index
+    sound one is held open now (the descriptor the check read through) and read on its first
+    query (docs/scale.md: one layer's index at a time), from that descriptor, never by path."""
+    from hopaudit.search.backends import LazyIndex
 
+    shown = folder.root / rel
     if index_meta.get("kind") != "hnsw":
-        return LazyIndex(index_meta, lambda: load_index(index_meta, root / rel, patterns=patterns))
+        io = folder.io / rel
+        return LazyIndex(index_meta, lambda: load_index(index_meta, io, patterns=patterns))
     problem = problems.get(rel) or (None if rel in manifest else "not in the manifest")
-    if problem is None and not rebuild and not now:
-        return LazyIndex(
-            index_meta,
-            lambda: _load_layer_index(
-                index_meta, root, rel, manifest, problems, rebuild, patterns, load_index, True
-            ),
-            file=root / rel,
-        )
     if problem is None and not rebuild:
-        try:
-            return load_index(index_meta, root / rel, patterns=patterns)
-        except SearchError as exc:
-            problem = str(exc)
-    if problem is not None and not rebuild:
+        fd = hold_file(folder.io / rel)
+        source = held_path(fd) or shown
+
+        def opener() -> Any:
+            try:
+                return load_index(index_meta, source, patterns=patterns)
+            except SearchError as exc:  # its digest matched: written so, not damaged on disk
+                problem = str(exc).replace(f"{source}: ", "").replace(str(source), "")
+                raise FormatError(
+                    f"{shown}: {problem}; its SHA-256 matches the manifest, so the audit was "
+                    "written so: load it with rebuild_index=True to rebuild its indexes from "
+                    "the activations"
+                ) from None
+
+        return LazyIndex(index_meta, opener, file=shown, fd=fd)
+    return _rebuild_index(index_meta, patterns, None if rebuild else problem, shown)
+
+
+def _rebuild_index(index_meta: dict, patterns: Any, problem: str | None, shown: Path) -> Any:
+    """The HNSW index built again from the saved activations; a warning names the file and
+    its ``problem`` unless the rebuild was asked for (``problem`` None)."""
+    from hopaudit.search.backends import build_index
+
+    if problem is not None:
         warnings.warn(
-            f"{root / rel}: {problem}; rebuilding the HNSW index from the saved activations "
-            "(derived data: nothing is lost)",
+            f"{shown}: {problem.lstrip(': ')}; rebuilding the HNSW index from the saved "
+            "activations (derived data: nothing is lost)",
             RuntimeWarning,
             stacklevel=4,
         )

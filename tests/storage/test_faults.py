@@ -48,13 +48,13 @@ def saved(tmp_path_factory):
     return root
 
 
-def _worker(case: str, **args) -> list[dict]:
+def _worker(case: str, timeout: float = 300, **args) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORKER.parent.parent), *sys.path])}
     proc = subprocess.run(
         [sys.executable, str(WORKER), case, json.dumps(args)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -297,3 +297,29 @@ def test_full_disk_loses_nothing(saved, tmp_path):
         gc.collect()  # the loaded audit's memory maps keep the tmpfs busy until collected
         if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(mount)], check=False)  # detach it all the same
+
+
+@pytest.mark.slow
+def test_loads_under_a_concurrent_writer_see_one_audit_whole(saved, tmp_path):
+    """Issue 26: one process overwrites an audit with another for 60 s while two load it and
+    query what they loaded: every load is one of the two saved audits whole (texts, capture,
+    activations and graph of one audit), none is called damaged, and an audit held across
+    later saves still answers from its own index."""
+    res = _worker(
+        "concurrent_load",
+        a=str(saved / "hnsw"),
+        b=str(saved / "exact"),
+        work=str(tmp_path),
+        seconds=60,
+        saves=12,
+        timeout=1800,
+    )
+    assert res["writer"]["status"] == "ok", res["writer"]
+    assert int(res["writer"]["text"]) >= 12, res["writer"]
+    for reader in res["readers"]:
+        assert reader["status"] == "ok", reader
+        seen = json.loads(reader["text"])
+        assert seen["loads"] >= 3, seen
+        assert seen["mixed"] == [], seen["mixed"][:3]
+        assert seen["damaged"] == [], seen["damaged"][:3]
+        assert seen["held_wrong"] == 0, seen
