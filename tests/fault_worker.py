@@ -343,12 +343,76 @@ def concurrent_load(a: str, b: str, work: str, seconds: float, saves: int) -> di
     return {"writer": results[0], "readers": results[1:]}
 
 
+def _patch_index(root: Path, at: int, fmt: str, value) -> None:
+    """Write ``value`` (struct ``fmt``) at byte ``at`` of layer 0's HNSW index file."""
+    import struct
+
+    file = root / "indexes" / "layer_000.bin"
+    data = bytearray(file.read_bytes())
+    struct.pack_into(fmt, data, at, value)
+    file.write_bytes(bytes(data))
+
+
+def _first_upper(root: Path) -> int:
+    """The byte offset of the first upper-level link list in layer 0's index file."""
+    import struct
+
+    data = (root / "indexes" / "layer_000.bin").read_bytes()
+    count, per = struct.unpack_from("<QQ", data, 16)
+    pos = 96 + count * per
+    while struct.unpack_from("<I", data, pos)[0] == 0:
+        pos += 4
+    return pos + 4  # the first level's link count
+
+
+CRAFTS = {
+    # hnswlib's layout (hopaudit/search/hnsw_file.py): header, then level-0 records from byte 96
+    "index_link_past_end": lambda r: _patch_index(r, 96 + 4, "<I", 2_000_000_000),
+    "index_link_count": lambda r: _patch_index(r, 96, "<I", 60_000),
+    "index_entry_point": lambda r: _patch_index(r, 52, "<I", 1_000_000),
+    "index_max_level": lambda r: _patch_index(r, 48, "<i", 40),
+    "index_upper_link": lambda r: _patch_index(r, _first_upper(r) + 4, "<I", 3_000_000_000),
+}
+
+
+def use_all(root: Path, work: Path) -> str:
+    """Load a saved audit and use every part: each index queried with its own patterns, the
+    tables, the summary, the report, the catalog."""
+    from hopaudit.layer.patterns import layer_patterns
+
+    a = hopaudit.load(root)
+    for name in a.layer_names:
+        rep = a.reports[name]
+        x = layer_patterns(a.capture.store, name, rep.valid_rows, rep.normalize)[:4]
+        rep.index.query(x, 2)
+    a.layers, a.samples, a.summary()
+    a.to_html(work / "report.html")
+    hopaudit.catalog(root, "audits"), hopaudit.catalog(root, "samples")
+    return "used"
+
+
+def crafted(src: str, work: str, cases: list[str]) -> list[dict]:
+    """Each crafted change of the saved audit ``src`` (:data:`CRAFTS`), with every digest made
+    to match again (tests/fakes.py's resign), then used whole in a child."""
+    from fakes import resign
+
+    out = []
+    for case in cases:
+        root = Path(work) / case
+        shutil.copytree(src, root)
+        CRAFTS[case](root)
+        resign(root)
+        out.append({"case": case, **in_child(lambda root=root: use_all(root, Path(work)))})
+    return out
+
+
 CASES = {
     "fuzz": fuzz,
     "kill_save": kill_save,
     "concurrent": concurrent,
     "concurrent_html": concurrent_html,
     "concurrent_load": concurrent_load,
+    "crafted": crafted,
 }
 
 if __name__ == "__main__":

@@ -323,3 +323,16 @@ def test_loads_under_a_concurrent_writer_see_one_audit_whole(saved, tmp_path):
         assert seen["mixed"] == [], seen["mixed"][:3]
         assert seen["damaged"] == [], seen["damaged"][:3]
         assert seen["held_wrong"] == 0, seen
+
+
+def test_a_crafted_index_behind_a_consistent_manifest_never_crashes(saved, tmp_path):
+    """Issue 26: an HNSW file changed (links past the end, link counts, entry point, levels)
+    and every digest made to match: using the audit raises a FormatError naming the index file
+    (hnswlib never reads it; on main three of these were SIGSEGV)."""
+    cases = ["index_link_past_end", "index_link_count", "index_entry_point", "index_max_level"]
+    cases.append("index_upper_link")
+    results = _worker("crafted", src=str(saved / "hnsw"), work=str(tmp_path), cases=cases)
+    _never_crashed(results)
+    for r in results:
+        assert r["status"] == "raised" and r["format_error"], r
+        assert "indexes/layer_000.bin" in r["text"] and "rebuild_index=True" in r["text"], r
