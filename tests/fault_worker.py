@@ -9,6 +9,7 @@ JSON list of case results.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -365,6 +366,47 @@ def _first_upper(root: Path) -> int:
     return pos + 4  # the first level's link count
 
 
+def _edit_meta(root: Path, edit) -> None:
+    """Change audit.json's content (resign then recomputes its digest)."""
+    meta = json.loads((root / "audit.json").read_text())
+    edit(meta)
+    (root / "audit.json").write_text(json.dumps(meta))
+
+
+def _edit_npz(root: Path, rel: str, edit) -> None:
+    import numpy as np
+
+    with np.load(root / rel) as z:
+        arrays = {k: z[k] for k in z.files}
+    edit(arrays)
+    np.savez(root / rel, **arrays)
+
+
+def _edit_json(root: Path, rel: str, edit) -> None:
+    value = json.loads((root / rel).read_text())
+    (root / rel).write_text(json.dumps(edit(value)))
+
+
+def _first_report(meta: dict) -> dict:
+    return next(iter(meta["reports"].values()))
+
+
+def _nested(depth: int):
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _set(d: dict, key: str, value) -> None:
+    d[key] = value
+
+
+def _store_layer(meta: dict, **values) -> dict:
+    meta["layers"][0].update(values)
+    return meta
+
+
 CRAFTS = {
     # hnswlib's layout (hopaudit/search/hnsw_file.py): header, then level-0 records from byte 96
     "index_link_past_end": lambda r: _patch_index(r, 96 + 4, "<I", 2_000_000_000),
@@ -372,6 +414,30 @@ CRAFTS = {
     "index_entry_point": lambda r: _patch_index(r, 52, "<I", 1_000_000),
     "index_max_level": lambda r: _patch_index(r, 48, "<i", 40),
     "index_upper_link": lambda r: _patch_index(r, _first_upper(r) + 4, "<I", 3_000_000_000),
+    # audit.json (its digest made to match again)
+    "meta_count_nan": lambda r: _edit_meta(r, lambda m: _set(_first_report(m), "n", math.nan)),
+    "meta_count_inf": lambda r: _edit_meta(r, lambda m: _set(m["audit"], "hidden_size", math.inf)),
+    "meta_count_zero": lambda r: _edit_meta(r, lambda m: _set(_first_report(m), "n", 0)),
+    "meta_nested": lambda r: _edit_meta(r, lambda m: _set(m["summary"], "x", _nested(900))),
+    "meta_saved_at_text": lambda r: _edit_meta(r, lambda m: _set(m, "saved_at", "yesterday")),
+    "meta_saved_at_huge": lambda r: _edit_meta(r, lambda m: _set(m, "saved_at", 1e300)),
+    # the other files
+    "texts_empty": lambda r: _edit_json(r, "texts.json", lambda t: []),
+    "texts_short": lambda r: _edit_json(r, "texts.json", lambda t: t[:3]),
+    "store_meta_huge": lambda r: _edit_json(
+        r, "activations/meta.json", lambda m: _store_layer(m, rows=0, hidden=10**11)
+    ),
+    "rows_past_texts": lambda r: _edit_npz(
+        r, "capture.npz", lambda a: a["row_sequence"].__setitem__(0, 10**9)
+    ),
+    "valid_rows_past": lambda r: _edit_npz(
+        r, "reports/layer_000.npz", lambda a: a["valid_rows"].__setitem__(0, 10**6)
+    ),
+    "fortran_member": lambda r: _edit_npz(
+        r,
+        "capture.npz",
+        lambda a: _set(a, "seq_nll", __import__("numpy").asfortranarray(a["seq_nll"][:, None])),
+    ),
 }
 
 

@@ -26,6 +26,7 @@ from hopaudit.storage.manifest import (
     read_manifest,
     read_meta,
 )
+from hopaudit.storage.schema import check_arrays, check_store, check_texts
 from hopaudit.storage.tables import read_parquet
 
 
@@ -70,6 +71,57 @@ def _read_graph(root: Path, i: int, listed: Any) -> dict[str, np.ndarray]:
     if out["knn_ids"].shape != out["knn_dists"].shape:
         raise FormatError(f"{root / 'graphs'}: damaged (layer {i}'s ids and distances differ)")
     return out
+
+
+def _n_sequences(capture: dict[str, np.ndarray], default: int) -> int:
+    """The sequences a capture holds: its per-sequence arrays' length (else ``default``)."""
+    for name, arr in capture.items():
+        if name.startswith("seq_"):
+            return len(arr)
+    return default
+
+
+def _check_capture(arrays: dict[str, np.ndarray], file: Path, n_seq: int | None) -> int:
+    """capture.npz's members (schema.check_arrays); returns its number of rows."""
+    rows = arrays.get("row_sequence")
+    n_rows = len(rows) if isinstance(rows, np.ndarray) else 0
+    lengths = {"row_*": n_rows} | ({} if n_seq is None else {"seq_*": n_seq})
+    bounds = {} if n_seq is None else {"row_sequence": n_seq}
+    check_arrays(arrays, file, lengths=lengths, bounds=bounds)
+    return n_rows
+
+
+def _check_report(
+    arrays: dict[str, np.ndarray], scalars: Any, file: Path, n_rows: int, held_rows: int | None
+) -> None:
+    """A report's members: one value per pattern, per query, per saturation step."""
+    n = scalars.get("n_patterns") if isinstance(scalars, dict) else None
+    n = n if isinstance(n, int) else None
+    per_pattern = ("nn", "nn2", "basin", "basin_sizes", "valid_rows", "basin_sizes_queries")
+    lengths = {} if n is None else dict.fromkeys(per_pattern, n)
+    if isinstance(arrays.get("saturation_queries"), np.ndarray):
+        lengths["saturation_nn.*"] = len(arrays["saturation_queries"])
+    if isinstance(arrays.get("query_rows"), np.ndarray):
+        lengths |= dict.fromkeys(("nn_queries", "basin_queries"), len(arrays["query_rows"]))
+    bounds = {"valid_rows": n_rows}
+    if n is not None:
+        bounds |= dict.fromkeys(("basin", "basin_queries", "saturation_queries"), n)
+    if held_rows is not None:
+        bounds["query_rows"] = held_rows
+    own = {k: v for k, v in arrays.items() if k not in GRAPH_FIELDS}
+    check_arrays(own, file, lengths=lengths, bounds=bounds)
+
+
+def _check_embedding(
+    arrays: dict[str, np.ndarray], file: Path, n_rows: int, n_seq: int, n_patterns: int | None
+) -> None:
+    """A UMAP layout's members: one value (or x, y) per point, ids inside what they name."""
+    rows = arrays.get("rows")
+    lengths = {} if rows is None else dict.fromkeys(arrays, len(rows))
+    bounds = {"rows": n_rows, "sequence": n_seq}
+    if n_patterns is not None:
+        bounds["basin"] = n_patterns
+    check_arrays(arrays, file, lengths=lengths, bounds=bounds, two_d=("xy",))
 
 
 def _read_json(path: Path) -> Any:
@@ -148,27 +200,37 @@ def _load(folder: Folder, verify: bool, rebuild_index: bool) -> Any:
                 fields[f.name] = None
         return CaptureResult(store=store, **fields)
 
+    texts = _read_json(listed("texts.json"))
     with damaged(meta_file):
-        cap_arrays = _read_npz(listed("capture.npz"))
-    with damaged(meta_file):
-        cap = capture_of(meta["capture"], cap_arrays, open_store("activations"))
-        held = None
-        if meta.get("heldout") is not None:
-            held_arrays = _read_npz(listed("heldout.npz"))
-            held = capture_of(meta["heldout"], held_arrays, open_store("heldout"))
-
         fields = from_json(meta["audit"])
         layer_names = fields["layer_names"]
         if not isinstance(layer_names, list) or not all(isinstance(n, str) for n in layer_names):
             raise FormatError(f"{meta_file}: damaged (layer_names)")
         reports_meta = meta["reports"]
         embeddings_meta = meta["embeddings"]
+        cap_arrays = _read_npz(listed("capture.npz"))
+    hidden = fields.get("hidden_size")
+    check_texts(texts, root / "texts.json", _n_sequences(cap_arrays, len(texts)))
+    n_rows = _check_capture(cap_arrays, root / "capture.npz", len(texts))
+    held_rows = None
+    with damaged(meta_file):
+        cap = capture_of(meta["capture"], cap_arrays, open_store("activations"))
+        check_store(cap.store, root / "activations/meta.json", n_rows, hidden)
+        held = None
+        if meta.get("heldout") is not None:
+            held_arrays = _read_npz(listed("heldout.npz"))
+            held_texts = fields.get("heldout_texts")
+            n_held = len(held_texts) if isinstance(held_texts, list) else None
+            held_rows = _check_capture(held_arrays, root / "heldout.npz", n_held)
+            held = capture_of(meta["heldout"], held_arrays, open_store("heldout"))
+            check_store(held.store, root / "heldout/meta.json", held_rows, hidden)
     reports = {}
     for name, scalars in reports_meta.items():
         with damaged(meta_file):
             i = layer_names.index(name)
             rel = f"reports/layer_{i:03d}.npz"
             arrays = _read_npz(listed(rel))
+            _check_report(arrays, scalars, root / rel, n_rows, held_rows)
             if "knn_ids" not in arrays:  # format 3: the graph in its own files, mapped
                 arrays.update(_read_graph(root, i, listed))
         with damaged(root / rel):
@@ -197,15 +259,15 @@ def _load(folder: Folder, verify: bool, rebuild_index: bool) -> Any:
             i = layer_names.index(name)
             rel = f"embeddings/layer_{i:03d}.npz"
             arrays = _read_npz(listed(rel))
+            rep = reports.get(name)
+            n_patterns = None if rep is None else len(rep.valid_rows)
+            _check_embedding(arrays, root / rel, n_rows, len(texts), n_patterns)
         with damaged(root / rel):
             embeddings[name] = Embedding(**_join_fields(scalars, arrays))
 
     if "metadata.parquet" in manifest:  # its bytes are checked against the manifest, then read
         data = read_listed(root, "metadata.parquet", manifest)
         fields["metadata"] = read_parquet(data, root / "metadata.parquet")
-    texts = _read_json(listed("texts.json"))
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise FormatError(f"{root / 'texts.json'}: damaged (not a list of texts)")
     with damaged(meta_file):
         return Audit(
             **fields,

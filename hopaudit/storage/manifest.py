@@ -50,6 +50,7 @@ from typing import Any
 from hopaudit._version import __version__
 from hopaudit.errors import FormatError, SearchError
 from hopaudit.storage.atomic import lstat_regular
+from hopaudit.storage.schema import check_meta
 
 FORMAT = "hopaudit-audit"
 FORMAT_VERSION = 3
@@ -159,7 +160,9 @@ def read_meta(root: Path) -> dict[str, Any]:
             data = handle.read(MAX_META_BYTES + 1)
     except OSError as exc:  # gone since the lstat: a concurrent save (the caller may retry)
         raise FormatError(f"{file}: cannot be read ({exc.strerror})") from None
-    return decode_meta(data, file)
+    meta = decode_meta(data, file)
+    check_meta(meta, file)
+    return meta
 
 
 def read_manifest(meta: dict[str, Any], file: Path) -> dict[str, tuple[int, str | None]]:

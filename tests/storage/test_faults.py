@@ -336,3 +336,35 @@ def test_a_crafted_index_behind_a_consistent_manifest_never_crashes(saved, tmp_p
     for r in results:
         assert r["status"] == "raised" and r["format_error"], r
         assert "indexes/layer_000.bin" in r["text"] and "rebuild_index=True" in r["text"], r
+
+
+SCHEMA_CASES = {  # crafted change -> (the file named, the field named)
+    "meta_count_nan": ("audit.json", ".n:"),
+    "meta_count_inf": ("audit.json", "hidden_size"),
+    "meta_count_zero": ("audit.json", ".n:"),
+    "meta_nested": ("audit.json", "nesting"),
+    "meta_saved_at_text": ("audit.json", "saved_at"),
+    "meta_saved_at_huge": ("audit.json", "saved_at"),
+    "texts_empty": ("texts.json", "texts"),
+    "texts_short": ("texts.json", "texts"),
+    "store_meta_huge": ("activations/meta.json", "layers."),
+    "rows_past_texts": ("capture.npz", "row_sequence"),
+    "valid_rows_past": ("reports/layer_000.npz", "valid_rows"),
+    "fortran_member": ("capture.npz", "seq_nll"),
+}
+
+
+def test_crafted_values_behind_consistent_digests_are_refused(saved, tmp_path):
+    """Issue 26: NaN, infinite and zero counts, JSON nested 900 deep, a free-text or 1e300
+    ``saved_at``, empty or short texts, a store meta.json declaring 10^11 columns, ids past
+    their siblings, a Fortran 2-D member where 1-D was meant; every digest made to match.
+    Using the audit (load, queries, tables, report, catalog) raises a FormatError naming the
+    file and the field (on main: raw IndexError, MemoryError, DateParseError... or silence)."""
+    results = _worker(
+        "crafted", src=str(saved / "hnsw"), work=str(tmp_path), cases=list(SCHEMA_CASES)
+    )
+    _never_crashed(results)
+    for r in results:
+        file, field = SCHEMA_CASES[r["case"]]
+        assert r["status"] == "raised" and r["format_error"], r
+        assert f"{r['case']}/{file}: damaged" in r["text"] and field in r["text"], r
