@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from hopaudit.errors import FormatError, SearchError
+from hopaudit.errors import DataError, FormatError, SearchError
 from hopaudit.jsonable import from_json
 from hopaudit.storage.folder import Folder, held_path, hold_file, read_whole
 from hopaudit.storage.manifest import (
@@ -122,6 +122,17 @@ def _check_embedding(
     if n_patterns is not None:
         bounds["basin"] = n_patterns
     check_arrays(arrays, file, lengths=lengths, bounds=bounds, two_d=("xy",))
+
+
+def _check_metadata(df: Any, file: Path, n_seq: int) -> Any:
+    """metadata.parquet as audit(metadata=) would take it: the user's columns, one row per
+    sequence, no hopaudit column name, plain values."""
+    from hopaudit.results.metadata import check_metadata
+
+    try:
+        return check_metadata(df, n_seq)
+    except DataError as exc:
+        raise FormatError(f"{file}: damaged ({exc})") from None
 
 
 def _read_json(path: Path) -> Any:
@@ -267,7 +278,9 @@ def _load(folder: Folder, verify: bool, rebuild_index: bool) -> Any:
 
     if "metadata.parquet" in manifest:  # its bytes are checked against the manifest, then read
         data = read_listed(root, "metadata.parquet", manifest)
-        fields["metadata"] = read_parquet(data, root / "metadata.parquet")
+        fields["metadata"] = _check_metadata(
+            read_parquet(data, root / "metadata.parquet"), root / "metadata.parquet", len(texts)
+        )
     with damaged(meta_file):
         return Audit(
             **fields,
