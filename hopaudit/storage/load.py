@@ -226,7 +226,8 @@ def _load(folder: Folder, verify: bool, rebuild_index: bool) -> Any:
     held_rows = None
     with damaged(meta_file):
         cap = capture_of(meta["capture"], cap_arrays, open_store("activations"))
-        check_store(cap.store, root / "activations/meta.json", n_rows, hidden)
+        stacks = bool(meta["capture"].get("stack_sequence"))  # encoder-decoder: rows per stack
+        check_store(cap.store, root / "activations/meta.json", None if stacks else n_rows, hidden)
         held = None
         if meta.get("heldout") is not None:
             held_arrays = _read_npz(listed("heldout.npz"))
@@ -234,7 +235,8 @@ def _load(folder: Folder, verify: bool, rebuild_index: bool) -> Any:
             n_held = len(held_texts) if isinstance(held_texts, list) else None
             held_rows = _check_capture(held_arrays, root / "heldout.npz", n_held)
             held = capture_of(meta["heldout"], held_arrays, open_store("heldout"))
-            check_store(held.store, root / "heldout/meta.json", held_rows, hidden)
+            held_check = None if stacks else held_rows
+            check_store(held.store, root / "heldout/meta.json", held_check, hidden)
     reports = {}
     for name, scalars in reports_meta.items():
         with damaged(meta_file):

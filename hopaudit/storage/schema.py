@@ -114,12 +114,12 @@ def check_meta(meta: dict, file: Path) -> None:
                 _count(scope, name, least, file, f"{key}.{layer}.")
 
 
-def check_store(store: Any, file: Path, rows: int, hidden: int) -> None:
-    """An activation store's layers: ``rows`` rows of ``hidden`` values each (the capture's
-    row count and the audit's hidden size)."""
+def check_store(store: Any, file: Path, rows: int | None, hidden: int) -> None:
+    """An activation store's layers: ``rows`` rows (the capture's row count; None where stacks
+    of an encoder-decoder hold different counts) of ``hidden`` values each."""
     for name in store.layer_names:
         n, h = store.shape(name)
-        if (n, h) != (rows, hidden):
+        if h != hidden or (rows is not None and n != rows):
             raise _bad(file, f"layers.{name}", f"{n} x {h}, expected {rows} x {hidden}")
 
 
