@@ -201,6 +201,28 @@ def _add_format(p: argparse.ArgumentParser) -> None:
     )
 
 
+#: What a spreadsheet reads as the start of a formula in a cell (OWASP's CSV injection rule).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(df: Any) -> Any:
+    """``df`` with every text cell that begins like a formula (:data:`FORMULA_START`) written
+    with a leading apostrophe, so a spreadsheet opening the CSV shows it as text (texts and
+    model names are the user's data: ``=HYPERLINK(...)`` must not become a link). Numbers
+    are left alone (a number is never a formula)."""
+    out = df.copy()
+    for name in out.columns:
+        col = out[name]
+        if col.dtype == object or str(col.dtype) in ("string", "str"):
+            out[name] = col.map(
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v
+            )
+    out.columns = [
+        "'" + c if isinstance(c, str) and c.startswith(FORMULA_START) else c for c in out.columns
+    ]
+    return out
+
+
 def _note(args: argparse.Namespace, text: str) -> None:
     """A line for people: stdout with the table format, stderr with json and csv."""
     print(text, file=sys.stdout if getattr(args, "format", "table") == "table" else sys.stderr)
@@ -213,7 +235,8 @@ def _emit(args: argparse.Namespace, df: Any, *, summary: dict | None = None) -> 
     from hopaudit.jsonable import json_safe
 
     if args.format == "csv":
-        sys.stdout.write(df.to_csv(index=False))
+        # CRLF rows (RFC 4180): a cell holding a bare carriage return is then quoted too
+        sys.stdout.write(spreadsheet_safe(df).to_csv(index=False, lineterminator="\r\n"))
         return
     records = df.to_dict("records")  # full float precision (to_json rounds to 10 digits)
     out: Any = records if summary is None else {"summary": summary, "layers": records}

@@ -9,6 +9,7 @@ JSON list of case results.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -238,11 +239,246 @@ def concurrent_html(a: str, b: str, work: str, writes: int) -> dict:
             "codes": codes, "litter": litter}  # fmt: skip
 
 
+def fingerprint(a) -> dict:
+    """What identifies a loaded audit in every part a load reads: texts, the capture's arrays,
+    activations, the kNN graph (a mixed load matches no saved audit)."""
+    import numpy as np
+
+    name = a.layer_names[0]
+    rep = a.reports[name]
+    return {
+        "texts": len(a.texts) * 1000 + len(a.texts[0]),
+        "rows": int(np.asarray(a.capture.row_sequence).sum()),
+        "acts": round(float(np.asarray(a.activations(name), np.float64).sum()), 3),
+        "graph": int(np.asarray(rep.knn_ids, np.int64).sum()),
+    }
+
+
+def index_answers_itself(a) -> bool:
+    """Every layer's index finds each of the first rows of its own patterns at distance 0:
+    the index answers from the audit it was loaded with."""
+    import numpy as np
+
+    from hopaudit.layer.patterns import layer_patterns
+
+    for name in a.layer_names:
+        rep = a.reports[name]
+        x = layer_patterns(a.capture.store, name, rep.valid_rows, rep.normalize)[:8]
+        ids, dists = rep.index.query(x, 1)
+        if not (np.array_equal(ids[:, 0], np.arange(len(x))) and np.all(dists[:, 0] < 1e-3)):
+            return False
+    return True
+
+
+def concurrent_load(a: str, b: str, work: str, seconds: float, saves: int) -> dict:
+    """One child overwrites ``work/target`` with audits a and b in turn for ``seconds`` while
+    two children load it (and catalog it) again and again, each checking what it got is a or b
+    whole, and that
+    the audit it loaded before (held across a save) still answers from its own index. The
+    writer goes on until ``seconds`` passed and it saved ``saves`` times (however loaded the
+    machine is); the readers until it is done."""
+    target = Path(work) / "target"
+    shutil.copytree(a, target)
+    expected = {}
+    for src in (a, b):
+        got = in_child(lambda src=src: json.dumps(fingerprint(hopaudit.load(src))))
+        expected[json.dumps(json.loads(got["text"]), sort_keys=True)] = Path(src).name
+    done = Path(work) / "writer-done"
+
+    def writer():
+        audits = [hopaudit.load(src) for src in (b, a)]
+        deadline, n = time.time() + seconds, 0
+        try:
+            while time.time() < deadline or n < saves:
+                audits[n % 2].save(target, overwrite=True)
+                n += 1
+        finally:
+            done.touch()
+        return n
+
+    def reader():
+        seen = {"loads": 0, "mixed": [], "damaged": [], "held_wrong": 0, "names": []}
+        held = None
+        while not done.exists() or seen["loads"] < 3:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")  # a rebuilt index: its file was not its own
+                    audit = hopaudit.load(target)
+                    fp = json.dumps(fingerprint(audit), sort_keys=True)
+                    hopaudit.catalog(target, "samples")  # each file checked: no mix passes
+            except Exception as exc:  # counted, not raised: every failure is a finding
+                seen["damaged"].append(f"{type(exc).__name__}: {exc}"[:300])
+                continue
+            seen["loads"] += 1
+            if fp not in expected:
+                seen["mixed"].append(fp)
+            else:
+                seen["names"].append(expected[fp])
+            try:
+                seen["held_wrong"] += held is not None and not index_answers_itself(held)
+            except Exception:  # a held audit that cannot answer is as wrong
+                seen["held_wrong"] += 1
+            held = audit
+        seen["names"] = sorted(set(seen["names"]))
+        return json.dumps(seen)
+
+    jobs = []
+    for fn in (writer, reader, reader):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            res = in_child(fn, timeout=seconds + 1200)
+            os.write(w, json.dumps(res).encode())
+            os._exit(0)
+        os.close(w)
+        jobs.append((pid, r))
+    results = []
+    for pid, r in jobs:
+        data = b""
+        while chunk := os.read(r, 65536):
+            data += chunk
+        os.waitpid(pid, 0)
+        os.close(r)
+        results.append(json.loads(data))
+    return {"writer": results[0], "readers": results[1:]}
+
+
+def _patch_index(root: Path, at: int, fmt: str, value) -> None:
+    """Write ``value`` (struct ``fmt``) at byte ``at`` of layer 0's HNSW index file."""
+    import struct
+
+    file = root / "indexes" / "layer_000.bin"
+    data = bytearray(file.read_bytes())
+    struct.pack_into(fmt, data, at, value)
+    file.write_bytes(bytes(data))
+
+
+def _first_upper(root: Path) -> int:
+    """The byte offset of the first upper-level link list in layer 0's index file."""
+    import struct
+
+    data = (root / "indexes" / "layer_000.bin").read_bytes()
+    count, per = struct.unpack_from("<QQ", data, 16)
+    pos = 96 + count * per
+    while struct.unpack_from("<I", data, pos)[0] == 0:
+        pos += 4
+    return pos + 4  # the first level's link count
+
+
+def _edit_meta(root: Path, edit) -> None:
+    """Change audit.json's content (resign then recomputes its digest)."""
+    meta = json.loads((root / "audit.json").read_text())
+    edit(meta)
+    (root / "audit.json").write_text(json.dumps(meta))
+
+
+def _edit_npz(root: Path, rel: str, edit) -> None:
+    import numpy as np
+
+    with np.load(root / rel) as z:
+        arrays = {k: z[k] for k in z.files}
+    edit(arrays)
+    np.savez(root / rel, **arrays)
+
+
+def _edit_json(root: Path, rel: str, edit) -> None:
+    value = json.loads((root / rel).read_text())
+    (root / rel).write_text(json.dumps(edit(value)))
+
+
+def _first_report(meta: dict) -> dict:
+    return next(iter(meta["reports"].values()))
+
+
+def _nested(depth: int):
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _set(d: dict, key: str, value) -> None:
+    d[key] = value
+
+
+def _store_layer(meta: dict, **values) -> dict:
+    meta["layers"][0].update(values)
+    return meta
+
+
+CRAFTS = {
+    # hnswlib's layout (hopaudit/search/hnsw_file.py): header, then level-0 records from byte 96
+    "index_link_past_end": lambda r: _patch_index(r, 96 + 4, "<I", 2_000_000_000),
+    "index_link_count": lambda r: _patch_index(r, 96, "<I", 60_000),
+    "index_entry_point": lambda r: _patch_index(r, 52, "<I", 1_000_000),
+    "index_max_level": lambda r: _patch_index(r, 48, "<i", 40),
+    "index_upper_link": lambda r: _patch_index(r, _first_upper(r) + 4, "<I", 3_000_000_000),
+    # audit.json (its digest made to match again)
+    "meta_count_nan": lambda r: _edit_meta(r, lambda m: _set(_first_report(m), "n", math.nan)),
+    "meta_count_inf": lambda r: _edit_meta(r, lambda m: _set(m["audit"], "hidden_size", math.inf)),
+    "meta_count_zero": lambda r: _edit_meta(r, lambda m: _set(_first_report(m), "n", 0)),
+    "meta_nested": lambda r: _edit_meta(r, lambda m: _set(m["summary"], "x", _nested(900))),
+    "meta_saved_at_text": lambda r: _edit_meta(r, lambda m: _set(m, "saved_at", "yesterday")),
+    "meta_saved_at_huge": lambda r: _edit_meta(r, lambda m: _set(m, "saved_at", 1e300)),
+    # the other files
+    "texts_empty": lambda r: _edit_json(r, "texts.json", lambda t: []),
+    "texts_short": lambda r: _edit_json(r, "texts.json", lambda t: t[:3]),
+    "store_meta_huge": lambda r: _edit_json(
+        r, "activations/meta.json", lambda m: _store_layer(m, rows=0, hidden=10**11)
+    ),
+    "rows_past_texts": lambda r: _edit_npz(
+        r, "capture.npz", lambda a: a["row_sequence"].__setitem__(0, 10**9)
+    ),
+    "valid_rows_past": lambda r: _edit_npz(
+        r, "reports/layer_000.npz", lambda a: a["valid_rows"].__setitem__(0, 10**6)
+    ),
+    "fortran_member": lambda r: _edit_npz(
+        r,
+        "capture.npz",
+        lambda a: _set(a, "seq_nll", __import__("numpy").asfortranarray(a["seq_nll"][:, None])),
+    ),
+}
+
+
+def use_all(root: Path, work: Path) -> str:
+    """Load a saved audit and use every part: each index queried with its own patterns, the
+    tables, the summary, the report, the catalog."""
+    from hopaudit.layer.patterns import layer_patterns
+
+    a = hopaudit.load(root)
+    for name in a.layer_names:
+        rep = a.reports[name]
+        x = layer_patterns(a.capture.store, name, rep.valid_rows, rep.normalize)[:4]
+        rep.index.query(x, 2)
+    a.layers, a.samples, a.summary()
+    a.to_html(work / "report.html")
+    hopaudit.catalog(root, "audits"), hopaudit.catalog(root, "samples")
+    return "used"
+
+
+def crafted(src: str, work: str, cases: list[str]) -> list[dict]:
+    """Each crafted change of the saved audit ``src`` (:data:`CRAFTS`), with every digest made
+    to match again (tests/fakes.py's resign), then used whole in a child."""
+    from fakes import resign
+
+    out = []
+    for case in cases:
+        root = Path(work) / case
+        shutil.copytree(src, root)
+        CRAFTS[case](root)
+        resign(root)
+        out.append({"case": case, **in_child(lambda root=root: use_all(root, Path(work)))})
+    return out
+
+
 CASES = {
     "fuzz": fuzz,
     "kill_save": kill_save,
     "concurrent": concurrent,
     "concurrent_html": concurrent_html,
+    "concurrent_load": concurrent_load,
+    "crafted": crafted,
 }
 
 if __name__ == "__main__":

@@ -289,3 +289,49 @@ def test_demo_audits_with_held_out_text_and_extraction(monkeypatch, capsys):
     assert seen["data"] and seen["heldout"] and set(seen["data"]).isdisjoint(seen["heldout"])
     assert set(seen["data"]) | set(seen["heldout"]) <= set(docs)
     assert seen["extraction"] == {"prefix": 24, "suffix": 24}
+
+
+def test_csv_cells_that_start_like_a_formula_are_quoted(saved_dir, tmp_path):
+    """Issue 26: texts and labels beginning with =, +, -, @, tab or CR come out of catalog and
+    compare --format csv with a leading apostrophe (OWASP), so a spreadsheet shows them as
+    text; other cells and every number are as they were."""
+    import csv
+    import io
+    import json
+    import shutil
+
+    import pandas as pd
+    from fakes import resign
+
+    root = tmp_path / "crafted"
+    shutil.copytree(saved_dir, root)
+    n = len(json.loads((root / "texts.json").read_text()))
+    starts = ['=HYPERLINK("http://x.example","m")', "+1+2", "-3+4", "@SUM(A1)", "\tx", "\ry", "ok"]
+    texts = [starts[i % len(starts)] + f" {i}" for i in range(n)]
+    (root / "texts.json").write_text(json.dumps(texts))
+    samples = pd.read_parquet(root / "samples.parquet")
+    samples["text"] = texts
+    samples.to_parquet(root / "samples.parquet", index=False)
+    resign(root)
+    rows = list(
+        csv.DictReader(io.StringIO(_csv("catalog", str(root), "--table", "samples"), newline=""))
+    )
+    assert [r["text"] for r in rows] == ["'" + t if t[0] in "=+-@\t\r" else t for t in texts]
+    assert all(float(r["cross_entropy"]) > 0 for r in rows)  # numbers untouched
+    out = _csv(
+        "compare", str(root), str(root), "--out", str(tmp_path / "r.html"), "--labels", "=1+1,@b"
+    )
+    labels = [r["label"] for r in csv.DictReader(io.StringIO(out, newline=""))]
+    assert labels == ["'=1+1", "'@b"]
+
+
+def _csv(*args: str) -> str:
+    """stdout of ``hopaudit ARGS --format csv``, bytes decoded as they are (a carriage return
+    inside a cell stays one)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "hopaudit", *args, "--format", "csv"],
+        capture_output=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    return proc.stdout.decode("utf-8")

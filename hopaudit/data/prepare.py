@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -106,6 +107,7 @@ def prepare_data(
         return inputs
     max_length = _resolve_max_length(max_length, model)
     _check_options(max_length, chunking, max_sequences)
+    _check_size(data, max_length, max_sequences)
     if isinstance(data, TokenData):
         out = _check_token_data(data)
         if max_sequences is not None and out.num_sequences > max_sequences:
@@ -259,6 +261,21 @@ def _check_context(seq_len: int, model: Any) -> None:
             f"sequences of {seq_len} tokens are longer than the model's context of {ctx} "
             f"positions; pass max_length <= {ctx}"
         )
+
+
+def _check_size(data: Any, max_length: int, max_sequences: int | None) -> None:
+    """The request against memory before anything is read: ``max_sequences`` sequences of
+    data of unknown size (a generator, a stream), or a tensor's rows, of ``max_length``
+    tokens (hopaudit/data/bounds.py). Data of known size (a list, a dataset) are as big as
+    they are: a generous ``max_sequences`` cap is then no request."""
+    from hopaudit.data.bounds import check_tokens
+
+    sized = hasattr(data, "__len__") or isinstance(data, (str, os.PathLike))
+    if max_sequences is not None and not sized:
+        check_tokens(max_sequences, max_length, f"max_sequences={max_sequences}")
+    if isinstance(data, torch.Tensor) and data.dim() == 2:
+        n = data.shape[0] if max_sequences is None else min(data.shape[0], max_sequences)
+        check_tokens(n, min(data.shape[1], max_length), f"a tensor of shape {tuple(data.shape)}")
 
 
 def _check_options(max_length: Any, chunking: Any, max_sequences: Any) -> None:

@@ -84,6 +84,36 @@ def check_ray(ray_options: Any) -> None:
         raise HopauditError(f"ray_options['concurrency'] must be a positive int, got {conc!r}")
 
 
+def check_resources(ray_options: dict | None, cluster: list[dict]) -> None:
+    """Refuse, before anything is sent, a request no node can meet: ``num_cpus`` or
+    ``num_gpus`` per actor above every alive node's, or ``concurrency`` actors of it above the
+    cluster's total (Ray would wait for them forever). ``cluster``: each alive node's
+    resources (``ray.nodes()``'s ``Resources``)."""
+    opts = ray_options or {}
+    asked = {"CPU": opts.get("num_cpus"), "GPU": opts.get("num_gpus")}
+    for key, value in asked.items():
+        name = f"num_{key.lower()}s"
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0
+        ):
+            raise HopauditError(f"ray_options[{name!r}] must be a number >= 0, got {value!r}")
+    have = {key: [float(n.get(key, 0)) for n in cluster] for key in asked}
+    conc = opts.get("concurrency") or 1
+    for key, value in asked.items():
+        if not value:
+            continue
+        name = f"num_{key.lower()}s"
+        most, total = max(have[key], default=0.0), sum(have[key])
+        if value > most or value * conc > total:
+            per_node = ", ".join(f"{h:g}" for h in have[key]) or "none"
+            raise HopauditError(
+                f"ray_options asks {name}={value:g} per actor (x {conc} actors) but the Ray "
+                f"cluster has {key} {per_node} on its {len(cluster)} nodes ({total:g} in all): "
+                f"no node can run it and Ray would wait forever; ask for at most {most:g}"
+                + ("" if conc == 1 else f" per actor and {total:g} in all")
+            )
+
+
 def _ray() -> Any:
     """Ray, started quiet when hopaudit starts it: warnings and errors only from Ray's own
     loggers, the workers' output left in Ray's log files (``/tmp/ray/session_latest/logs``)
@@ -535,6 +565,10 @@ class RayEngine:
     def check(self, stacks: list, tokens: Any = None) -> None:
         from hopaudit.data.types import TokenData
         from hopaudit.errors import DataError
+
+        ray = _ray()
+        alive = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        check_resources(self.ray_options, alive)
 
         if len(stacks) > 1:
             raise DataError(

@@ -300,6 +300,13 @@ class Audit(View):
                 f"{type(view).__name__} has no selection; pass the widget of this audit "
                 "(audit.widget())"
             )
+        drawn_from = getattr(view, "drawn_from", None)
+        if drawn_from is not None and drawn_from() is not self:
+            raise HopauditError(
+                "this widget shows another audit, so its selection names that audit's "
+                "sequences, not this one's; call selected() on the audit it was drawn from, or "
+                "pass this audit's widget (audit.widget())"
+            )
         samples = self.samples
         ids = [int(i) for i in view.selection]
         return samples[samples["sequence"].isin(ids)]

@@ -21,8 +21,14 @@ from hopaudit.views.schema import pack
 #: Categories of a column drawn in distinct colours; the rest are drawn as "other".
 TOP_CATEGORIES = 10
 OTHER, MISSING = TOP_CATEGORIES, 255  # codes of a categorical column in ``meta_values``
-#: Columns of ``Audit.samples``: metadata may not reuse their names.
-RESERVED = ("sequence", "text", "cross_entropy", "min_k", "top1", "distance_ratio", "basin")
+#: hopaudit's own column names: those of ``Audit.samples`` (its scores among them) and the
+#: columns naming the audit in the saved tables and ``catalog`` (storage/tables.py's
+#: ID_COLUMNS). Metadata may not reuse them: a join would duplicate or replace a column.
+RESERVED = (
+    *("sequence", "text", "cross_entropy", "min_k", "top1", "distance_ratio", "basin"),
+    *("loss", "zlib", "min_k_pp", "ref_loss_diff", "extracted", "extracted_tokens"),
+    *("audit", "model", "label", "step", "saved_at"),
+)
 
 
 def check_metadata(metadata: Any, n_sequences: int | None) -> pd.DataFrame | None:
@@ -51,8 +57,13 @@ def check_metadata(metadata: Any, n_sequences: int | None) -> pd.DataFrame | Non
     clash = [c for c in df.columns if c in RESERVED]
     if clash:
         raise DataError(
-            f"metadata columns {clash} are already columns of audit.samples; rename them"
+            f"metadata columns {clash} are already columns of audit.samples or of the saved "
+            f"tables; rename them (reserved: {', '.join(RESERVED)})"
         )
+    if len(set(df.columns)) != len(df.columns):
+        raise DataError(f"metadata column names must be unique; got {list(df.columns)}")
+    for name in df.columns:
+        _check_plain(df[name], name)
     if n_sequences is not None and len(df) != n_sequences:
         raise DataError(
             f"metadata has {len(df)} rows but the audit has {n_sequences} sequences: give one "
@@ -60,6 +71,24 @@ def check_metadata(metadata: Any, n_sequences: int | None) -> pd.DataFrame | Non
             "chunking='stream' cuts the texts into sequences of its own)"
         )
     return df
+
+
+def _check_plain(col: pd.Series, name: str) -> None:
+    """A column the views can draw: numbers, booleans, times, or text (missing allowed)."""
+    if (
+        pd.api.types.is_numeric_dtype(col)
+        or pd.api.types.is_bool_dtype(col)
+        or pd.api.types.is_datetime64_any_dtype(col)
+        or isinstance(col.dtype, (pd.StringDtype, pd.CategoricalDtype))
+    ):
+        return
+    plain = (str, int, float, bool, np.integer, np.floating, np.bool_, type(None))
+    odd = next((v for v in col if not isinstance(v, plain)), None)
+    if odd is not None or col.dtype != object:
+        kind = type(odd).__name__ if odd is not None else str(col.dtype)
+        raise DataError(
+            f"metadata column {name!r} holds {kind} values; give numbers, booleans or text"
+        )
 
 
 def metadata_state(metadata: pd.DataFrame | None) -> dict[str, Any]:

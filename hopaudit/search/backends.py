@@ -19,7 +19,9 @@ distance 0 instead of disappearing.
 
 from __future__ import annotations
 
+import os
 import shutil
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -28,6 +30,7 @@ import numpy as np
 
 from hopaudit.cpus import cpu_bf16_native, usable_cpus
 from hopaudit.errors import SearchError
+from hopaudit.search.hnsw_file import check_hnsw_file
 from hopaudit.search.hugepages import huge_pages
 
 __all__ = [
@@ -565,11 +568,18 @@ class LazyIndex:
     index rebuilt from the stored activations). ``kind``, ``dim`` and ``len`` are known
     without opening it, so an audit can list its layers while holding one index at a time.
     ``file`` is the HNSW file the opener reads (None for an exact index), ``meta`` the
-    :func:`save_index` metadata: saving an unopened index copies the file.
+    :func:`save_index` metadata: saving an unopened index copies the file. ``fd``, when given,
+    is a descriptor of that file held since it was verified (a loaded audit): the opener reads
+    through it and saving copies from it, so a file renamed or deleted later changes nothing;
+    it is closed with this object (or by :meth:`pin`).
     """
 
     def __init__(
-        self, meta: dict, opener: Callable[[], NeighborIndex], file: Path | None = None
+        self,
+        meta: dict,
+        opener: Callable[[], NeighborIndex],
+        file: Path | None = None,
+        fd: int | None = None,
     ) -> None:
         self.meta = dict(meta)
         self.kind = str(meta["kind"])
@@ -579,6 +589,8 @@ class LazyIndex:
         self.file = None if file is None else Path(file)
         self._index: NeighborIndex | None = None
         self._pinned = False
+        self.fd = fd
+        self._closer = None if fd is None else weakref.finalize(self, os.close, fd)
 
     def __len__(self) -> int:
         return self._count
@@ -607,6 +619,9 @@ class LazyIndex:
         caller about to delete the file); saving writes the index in memory."""
         self.open()
         self._pinned, self.file = True, None
+        if self._closer is not None:
+            self._closer()
+            self.fd = self._closer = None
 
     def add(self, data: np.ndarray, progress: Progress = None) -> None:
         self.open().add(data, progress=progress)
@@ -616,6 +631,16 @@ class LazyIndex:
         self, x: np.ndarray, k: int, progress: Progress = None
     ) -> tuple[np.ndarray, np.ndarray]:
         return self.open().query(x, k, progress=progress)
+
+
+def _copy_from(fd: int, path: Path) -> None:
+    """The whole file held by ``fd`` copied to ``path`` (positional reads: the descriptor's
+    offset is shared with nobody and left alone)."""
+    with open(path, "wb") as out:
+        offset = 0
+        while chunk := os.pread(fd, 16 << 20, offset):
+            out.write(chunk)
+            offset += len(chunk)
 
 
 def save_index(index: NeighborIndex, path: Path) -> dict:
@@ -628,7 +653,9 @@ def save_index(index: NeighborIndex, path: Path) -> dict:
     if isinstance(index, LazyIndex):
         if index.loaded:
             return save_index(index.open(), path)
-        if index.kind == "hnsw" and index.file is not None:
+        if index.kind == "hnsw" and index.fd is not None:
+            _copy_from(index.fd, path)
+        elif index.kind == "hnsw" and index.file is not None:
             shutil.copyfile(index.file, path)
         return dict(index.meta)
     if isinstance(index, HnswIndex):
@@ -648,7 +675,9 @@ def save_index(index: NeighborIndex, path: Path) -> dict:
 
 
 def load_index(meta: dict, path: Path, *, patterns) -> NeighborIndex:
-    """Rebuild a saved index; ``patterns()`` returns the normalized patterns of an exact one."""
+    """Rebuild a saved index; ``patterns()`` returns the normalized patterns of an exact one.
+    An HNSW file is checked (:func:`~hopaudit.search.hnsw_file.check_hnsw_file`) before
+    hnswlib reads it: a crafted one is a SearchError naming it, never a crash."""
     kind = meta.get("kind")
     if kind == "exact":
         index = ExactIndex(int(meta["dim"]))
@@ -665,6 +694,7 @@ def load_index(meta: dict, path: Path, *, patterns) -> NeighborIndex:
     index._count = int(meta["count"])
     center = meta.get("center")
     index._center = None if center is None else np.asarray(center, dtype=np.float64)
+    check_hnsw_file(Path(path), dim=index.dim, m=index.M, count=index._count)
     index._index = hnswlib.Index(space="l2", dim=index.dim)
     try:
         index._index.load_index(str(path), max_elements=max(index._count, 1))

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from hopaudit.errors import DataError
+from hopaudit.storage.folder import Folder, read_whole
 from hopaudit.storage.load import load
 from hopaudit.storage.manifest import read_listed, read_manifest, read_meta
 from hopaudit.storage.tables import (
@@ -70,16 +71,25 @@ def _audit_paths(paths_or_glob: Any) -> list[Path]:
 
 
 def _one_audit(root: Path, table: str) -> tuple[dict[str, Any], pd.DataFrame | None]:
-    """(audit.json's metadata, the table or None when this audit has no such table)."""
-    meta = read_meta(root)
-    manifest = read_manifest(meta, root / "audit.json")
-    rel = f"{table}.parquet"
-    if rel in manifest:
-        return meta, read_parquet(read_listed(root, rel, manifest), root / rel)
-    if "layers.parquet" in manifest:
-        return meta, None  # written with the tables (layers always among them), not this one
-    tables = audit_tables(load(root))  # saved before the tables existed
-    return meta, tables.get(table)
+    """(audit.json's metadata, the table or None when this audit has no such table), both
+    read through one descriptor of the folder (a concurrent save never mixes two audits)."""
+
+    def read(folder: Folder) -> tuple[dict[str, Any], pd.DataFrame | None, bool]:
+        io = folder.io
+        meta = read_meta(io)
+        if table == "audits":
+            return meta, pd.DataFrame([_audits_row(meta)]), False
+        manifest = read_manifest(meta, io / "audit.json")
+        rel = f"{table}.parquet"
+        if rel in manifest:
+            return meta, read_parquet(read_listed(io, rel, manifest), io / rel), False
+        # written with the tables (layers always among them) but not this one, or not at all
+        return meta, None, "layers.parquet" not in manifest
+
+    meta, df, old = read_whole(root, read)
+    if old:  # saved before the tables existed
+        df = audit_tables(load(root)).get(table)
+    return meta, df
 
 
 def _audits_row(meta: dict[str, Any]) -> dict[str, Any]:
@@ -112,11 +122,7 @@ def catalog(
         raise DataError(f"{len(labels)} labels for {len(paths)} audits; give one label per audit")
     frames = []
     for i, root in enumerate(paths):
-        if table == "audits":
-            meta = read_meta(root)
-            df: pd.DataFrame | None = pd.DataFrame([_audits_row(meta)])
-        else:
-            meta, df = _one_audit(root, table)
+        meta, df = _one_audit(root, table)
         if df is None:
             continue
         fields = meta.get("audit") or {}

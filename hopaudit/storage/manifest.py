@@ -54,6 +54,7 @@ from typing import Any
 from hopaudit._version import __version__
 from hopaudit.errors import FormatError, SearchError
 from hopaudit.storage.atomic import lstat_regular
+from hopaudit.storage.schema import check_meta
 
 FORMAT = "hopaudit-audit"
 FORMAT_VERSION = 4
@@ -215,10 +216,14 @@ def read_meta(root: Path) -> dict[str, Any]:
         raise FormatError(f"{file}: {st}")
     if st.st_size > MAX_META_BYTES:
         raise FormatError(f"{file}: {st.st_size} bytes, too big for an audit's metadata (refused)")
-    fd = open_regular(file)
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read(MAX_META_BYTES + 1)
-    return decode_meta(data, file)
+    try:
+        with os.fdopen(open_regular(file), "rb") as handle:
+            data = handle.read(MAX_META_BYTES + 1)
+    except OSError as exc:  # gone since the lstat: a concurrent save (the caller may retry)
+        raise FormatError(f"{file}: cannot be read ({exc.strerror})") from None
+    meta = decode_meta(data, file)
+    check_meta(meta, file)
+    return meta
 
 
 def read_manifest(meta: dict[str, Any], file: Path) -> dict[str, tuple[int, str | None]]:
@@ -322,8 +327,11 @@ def read_listed(root: Path, rel: str, manifest: dict[str, tuple[int, str | None]
     st = lstat_regular(root, rel)
     if isinstance(st, str):
         raise FormatError(f"{root / rel}: {st}")
-    with os.fdopen(open_regular(root / rel), "rb") as handle:
-        data = handle.read(size + 1)
+    try:
+        with os.fdopen(open_regular(root / rel), "rb") as handle:
+            data = handle.read(size + 1)
+    except OSError as exc:  # gone since the lstat: a concurrent save (the caller may retry)
+        raise FormatError(f"{root / rel}: cannot be read ({exc.strerror})") from None
     if len(data) != size:
         raise FormatError(f"{root / rel}: {len(data)} bytes, expected {size}: the file is damaged")
     if digest is not None:

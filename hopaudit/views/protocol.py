@@ -19,6 +19,16 @@ class Viewable(Protocol):
     def widget_state(self, **options: Any) -> dict[str, Any]: ...
 
 
+def _own(view: Any, owner: Any) -> None:
+    """Mark ``view`` as drawn from ``owner`` (a weak reference: the widget must not keep the
+    audit alive), so ``Audit.selected(view)`` can refuse another audit's widget."""
+    import contextlib
+    import weakref
+
+    with contextlib.suppress(TypeError):  # an owner without weak references: no mark
+        view.drawn_from = weakref.ref(owner)
+
+
 class View:
     """Mixin: ``widget()``, ``to_html()`` and the notebook's ``_repr_mimebundle_`` from
     ``widget_state()``. ``_widget`` names the anywidget class in :mod:`hopaudit.widget`."""
@@ -35,6 +45,7 @@ class View:
         view = getattr(widget, self._widget)(self.widget_state(**options))
         _answer_queries(view, self)
         self._last_view = view  # what Audit.selected() reads when no widget is given
+        _own(view, self)
         return view
 
     def to_html(self, path: str | Path, **options: Any) -> Path:
@@ -61,6 +72,7 @@ class View:
         view.add_traits(snapshot_id=traitlets.Unicode(token).tag(sync=True))
         _answer_queries(view, self)
         self._last_view = view
+        _own(view, self)
         snapshot = {
             "text/html": snapshot_html(state, token=token),
             "text/plain": snapshot_text(state),

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import traitlets
 
+from hopaudit.errors import DataError
 from hopaudit.jsonable import json_safe
 from hopaudit.layer.measuring import ROW_COLUMNS
 from hopaudit.theory import log_ball_volume, loss_floor
@@ -493,6 +494,21 @@ def _summary(audit: AuditLike) -> dict[str, Any]:
     return {str(k): json_safe(v) for k, v in audit.summary().items()}
 
 
+#: What each view option may be, checked before anything is allocated: (least, most).
+OPTION_RANGES = {"bins": (2, 1000), "top_basins": (0, 64), "text_chars": (0, 100_000)}
+
+
+def _check_options(**options: Any) -> None:
+    """Each option an integer inside :data:`OPTION_RANGES` (a DataError naming it otherwise:
+    ``bins=10**9`` would allocate gigabytes, ``bins="60"`` fail deep inside numpy)."""
+    for name, value in options.items():
+        low, high = OPTION_RANGES[name]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise DataError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+        if not low <= value <= high:
+            raise DataError(f"{name} must be from {low} to {high}, got {value}")
+
+
 def widget_state(
     audit: AuditLike, *, bins: int = 60, top_basins: int = 10, text_chars: int = 240
 ) -> dict[str, Any]:
@@ -501,10 +517,7 @@ def widget_state(
     ``bins`` histogram bins per layer (shared by the four saturation fractions), ``top_basins``
     the basins drawn in distinct colours, ``text_chars`` the longest text kept per sequence.
     """
-    if bins < 2:
-        raise ValueError(f"bins must be at least 2, got {bins}")
-    if text_chars < 0:
-        raise ValueError(f"text_chars must be >= 0, got {text_chars}")
+    _check_options(bins=bins, top_basins=top_basins, text_chars=text_chars)
     names = [str(n) for n in audit.layers["name"].tolist()]
     state: dict[str, Any] = {"kind": "audit", "summary": _summary(audit), "layer_names": names}
     state.update(_layer_table(audit, names))

@@ -370,3 +370,34 @@ def test_the_marked_radii_are_named_in_a_legend_and_no_chart_text_overlaps(open_
         legend = panel.locator(".ha-legend").inner_text()
         assert all(label in legend for label in labels), (name, legend)
         assert panel.evaluate(OVERLAPS) == [], name
+
+
+def test_quick_colour_switches_end_drawn_in_the_last_choice(open_report):
+    """Issue 26: two switches of the colour menu in one go left the scatter drawn in the older
+    colouring (2 of 4 runs) with "previous draw call has not yet finished" errors: draws asked
+    while one is in flight are coalesced, so the canvas ends as a page that was only ever
+    switched to the last choice draws it, with no error."""
+    shots = []
+    for quick in (True, False):
+        p = open_report()
+        sel = p.page.locator('[data-panel="basins"] select').nth(1)
+        canvas = p.page.locator('[data-panel="basins"] canvas')
+        p.page.evaluate(
+            "document.querySelector('[data-panel=basins]').removeAttribute('data-ready')"
+        )
+        if quick:  # ratio, ce then ratio again, all before the first draw can finish
+            sel.evaluate(
+                """(s) => { for (const v of ['ratio', 'ce', 'ratio']) {
+                     s.value = v; s.dispatchEvent(new Event('change', {bubbles: true})); } }"""
+            )
+        else:
+            sel.select_option("ratio")
+        p.page.wait_for_function(
+            "document.querySelector('[data-panel=basins]').dataset.ready === 'true'"
+            " && document.querySelector('[data-panel=basins] .ha-scatter').dataset.mode === 'ratio'"
+        )
+        p.page.wait_for_timeout(300)
+        shots.append(canvas.screenshot())
+        assert "nn / r̂" in p.page.locator('[data-panel="basins"] .ha-legend').inner_text()
+        assert not [e for e in p.errors if "draw" in e], p.errors
+    assert shots[0] == shots[1]

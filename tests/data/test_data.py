@@ -542,3 +542,38 @@ def test_ids_a_tokenizer_cannot_decode_are_shown_as_ids_with_a_warning():
     rows = [torch.tensor([5, 6, 7])]
     with pytest.warns(UserWarning, match="could not decode.*IndexError.*shown as token ids"):
         assert _decode(rows, Broken()) == ["<3 token ids: 5 6 7>"]
+
+
+def test_an_endless_generator_with_a_huge_cap_is_refused_before_reading():
+    """Issue 26: an endless generator with max_sequences=10**9 was consumed without end; the
+    request is compared with the memory this process can allocate before any row is read."""
+    import itertools
+
+    read = []
+
+    def endless():
+        for i in itertools.count():
+            read.append(i)
+            yield f"text number {i} " * 5
+
+    with pytest.raises(DataError, match=r"max_sequences=1000000000: .* pass max_sequences=\d+"):
+        prepare_data(endless(), tiny_tokenizer(), max_sequences=10**9)
+    assert len(read) <= 1  # the first row only, peeked to learn what kind of data it is
+
+
+def test_a_tensor_too_large_is_refused_before_allocation():
+    """Issue 26: a 10^9-row token tensor (a stride-0 view: no memory of its own) raised a raw
+    std::bad_alloc; it is refused with the shape and the limit before anything is copied."""
+    ids = torch.zeros(1, 64, dtype=torch.long).expand(10**9, 64)
+    with pytest.raises(DataError, match=r"shape \(1000000000, 64\).*can still allocate"):
+        prepare_data(ids)
+
+
+def test_memory_room_and_the_check_agree_with_an_address_space_limit():
+    """check_tokens refuses exactly above what fits: 24 bytes per token slot (ids kept, padded
+    ids, mask) against the room given."""
+    from hopaudit.data.bounds import check_tokens
+
+    check_tokens(100, 10, "x", room=100 * 10 * 24)
+    with pytest.raises(DataError, match="pass max_sequences=100 or less"):
+        check_tokens(101, 10, "x", room=100 * 10 * 24)

@@ -12,7 +12,7 @@ import pytest
 from tiny_models import random_texts, tiny_model, tiny_tokenizer
 
 import hopaudit
-from hopaudit.errors import CaptureError
+from hopaudit.errors import CaptureError, HopauditError
 
 ray = pytest.importorskip("ray", reason="engine='ray' needs pip install 'hopaudit[ray]'")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]  # a cluster start and Ray audits: minutes
@@ -206,3 +206,17 @@ def test_a_failure_no_retry_fixes_is_one_error_and_removes_the_shards(cluster, m
     # ran the four batches in: 3 on one run, 2 on another), and all of them are gone.
     assert 1 <= int(seen.read_text()) <= 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seen"]  # shards, store: all gone
+
+
+@pytest.mark.parametrize(
+    ("asked", "named"), [({"num_gpus": 1}, "num_gpus=1"), ({"num_cpus": 64}, "num_cpus=64")]
+)
+def test_a_request_no_node_can_meet_is_refused_in_seconds(cluster, model, asked, named):
+    """Issue 26: num_gpus=1 on a cluster without a GPU, or 64 CPUs on two-CPU nodes, waited
+    forever (Ray logs ``pending``): refused before any forward pass, naming what was asked
+    and what the two nodes have."""
+    with pytest.raises(HopauditError, match=rf"{named} per actor .* on its 2 nodes") as caught:
+        hopaudit.audit(
+            model, random_texts(16, words=20), engine="ray", ray_options=asked, **_options()
+        )
+    assert "wait forever" in str(caught.value)

@@ -130,3 +130,55 @@ def test_the_view_state_carries_the_metadata(audited):
     assert w.meta_columns == state["meta_columns"]
     empty = _audit(None)
     assert empty.widget_state()["meta_columns"] == [] and empty.metadata is None
+
+
+def test_every_hopaudit_column_name_is_reserved(audited, tmp_path):
+    """Issue 26: the reserved names cover every column hopaudit writes beside the user's:
+    samples (its scores among them) and the id columns of the saved tables and the catalog
+    (read from a real save, not from the list itself)."""
+    from hopaudit.results.metadata import RESERVED
+
+    path = audited.save(tmp_path / "a")
+    own = set(audited.samples.columns) - set(_meta())
+    own |= set(pd.read_parquet(path / "samples.parquet").columns) - set(_meta())
+    own |= set(hopaudit.catalog(path, "samples").columns) - set(_meta())
+    assert own <= set(RESERVED), own - set(RESERVED)
+
+
+@pytest.mark.parametrize("name", ["loss", "zlib", "label", "model", "text", "sequence"])
+def test_a_metadata_column_named_like_hopaudits_is_refused(name):
+    """Issue 26: such a column was accepted, then save failed on duplicate columns or the
+    catalog replaced the user's ``label`` with its own: refused at audit() with the list."""
+    from hopaudit.results.metadata import check_metadata
+
+    with pytest.raises(DataError, match=f"'{name}'.*reserved: sequence, text.*label"):
+        check_metadata({name: [1, 2], "fine": [3, 4]}, 2)
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        pd.Series([[1, 2], [3]], dtype=object),  # lists
+        pd.Series([{"a": 1}, {"b": 2}], dtype=object),  # structs
+        pd.Series([b"x", b"y"], dtype=object),  # bytes
+    ],
+)
+def test_a_crafted_metadata_table_is_refused_on_load(audited, tmp_path, column):
+    """Issue 26: metadata.parquet replaced by one with nested, byte or reserved columns and
+    every digest made to match: load raises a FormatError naming the file (on main to_html
+    and the snapshot raised AttributeError or TypeError)."""
+    from fakes import resign
+
+    from hopaudit.errors import FormatError
+
+    for i, df in enumerate(
+        [
+            pd.DataFrame({"odd": pd.concat([column] * (N // 2), ignore_index=True)}),
+            pd.DataFrame({"label": ["x"] * N}),
+        ]
+    ):
+        path = audited.save(tmp_path / f"a{i}")
+        df.to_parquet(path / "metadata.parquet")
+        resign(path)
+        with pytest.raises(FormatError, match=r"metadata\.parquet: damaged"):
+            hopaudit.load(path)

@@ -43,3 +43,16 @@ def test_selected_rows_follow_the_widget_selection(audited):
 def test_selected_refuses_something_without_a_selection(audited):
     with pytest.raises(HopauditError, match="has no selection"):
         audited.selected(object())
+
+
+def test_a_selection_from_another_audits_widget_is_refused(audited):
+    """Issue 26: a selection made in another audit's widget returned rows of this audit
+    without a word; it is refused, and the widget's own audit still answers."""
+    import dataclasses
+
+    other = dataclasses.replace(audited)  # another Audit object holding the same data
+    w = other.widget()
+    w.selection = [2, 5]
+    with pytest.raises(HopauditError, match="this widget shows another audit"):
+        audited.selected(w)
+    assert other.selected(w)["sequence"].tolist() == [2, 5]

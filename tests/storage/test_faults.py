@@ -48,13 +48,13 @@ def saved(tmp_path_factory):
     return root
 
 
-def _worker(case: str, **args) -> list[dict]:
+def _worker(case: str, timeout: float = 300, **args) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORKER.parent.parent), *sys.path])}
     proc = subprocess.run(
         [sys.executable, str(WORKER), case, json.dumps(args)],
         capture_output=True,
         text=True,
-        timeout=1800,  # a hang guard, not a speed check: each case forks children that load
+        timeout=max(timeout, 1800),  # a hang guard, not a speed check
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -300,3 +300,74 @@ def test_full_disk_loses_nothing(saved, tmp_path):
         gc.collect()  # the loaded audit's memory maps keep the tmpfs busy until collected
         if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(mount)], check=False)  # detach it all the same
+
+
+@pytest.mark.slow
+def test_loads_under_a_concurrent_writer_see_one_audit_whole(saved, tmp_path):
+    """Issue 26: one process overwrites an audit with another for 60 s while two load it and
+    query what they loaded: every load is one of the two saved audits whole (texts, capture,
+    activations and graph of one audit), none is called damaged, and an audit held across
+    later saves still answers from its own index."""
+    res = _worker(
+        "concurrent_load",
+        a=str(saved / "hnsw"),
+        b=str(saved / "exact"),
+        work=str(tmp_path),
+        seconds=60,
+        saves=12,
+        timeout=1800,
+    )
+    assert res["writer"]["status"] == "ok", res["writer"]
+    assert int(res["writer"]["text"]) >= 12, res["writer"]
+    for reader in res["readers"]:
+        assert reader["status"] == "ok", reader
+        seen = json.loads(reader["text"])
+        assert seen["loads"] >= 3, seen
+        assert seen["mixed"] == [], seen["mixed"][:3]
+        assert seen["damaged"] == [], seen["damaged"][:3]
+        assert seen["held_wrong"] == 0, seen
+
+
+def test_a_crafted_index_behind_a_consistent_manifest_never_crashes(saved, tmp_path):
+    """Issue 26: an HNSW file changed (links past the end, link counts, entry point, levels)
+    and every digest made to match: using the audit raises a FormatError naming the index file
+    (hnswlib never reads it; on main three of these were SIGSEGV)."""
+    cases = ["index_link_past_end", "index_link_count", "index_entry_point", "index_max_level"]
+    cases.append("index_upper_link")
+    results = _worker("crafted", src=str(saved / "hnsw"), work=str(tmp_path), cases=cases)
+    _never_crashed(results)
+    for r in results:
+        assert r["status"] == "raised" and r["format_error"], r
+        assert "indexes/layer_000.bin" in r["text"] and "rebuild_index=True" in r["text"], r
+
+
+SCHEMA_CASES = {  # crafted change -> (the file named, the field named)
+    "meta_count_nan": ("audit.json", ".n:"),
+    "meta_count_inf": ("audit.json", "hidden_size"),
+    "meta_count_zero": ("audit.json", ".n:"),
+    "meta_nested": ("audit.json", "nesting"),
+    "meta_saved_at_text": ("audit.json", "saved_at"),
+    "meta_saved_at_huge": ("audit.json", "saved_at"),
+    "texts_empty": ("texts.json", "texts"),
+    "texts_short": ("texts.json", "texts"),
+    "store_meta_huge": ("activations/meta.json", "layers."),
+    "rows_past_texts": ("capture.npz", "row_sequence"),
+    "valid_rows_past": ("reports/layer_000.npz", "valid_rows"),
+    "fortran_member": ("capture.npz", "seq_nll"),
+}
+
+
+def test_crafted_values_behind_consistent_digests_are_refused(saved, tmp_path):
+    """Issue 26: NaN, infinite and zero counts, JSON nested 900 deep, a free-text or 1e300
+    ``saved_at``, empty or short texts, a store meta.json declaring 10^11 columns, ids past
+    their siblings, a Fortran 2-D member where 1-D was meant; every digest made to match.
+    Using the audit (load, queries, tables, report, catalog) raises a FormatError naming the
+    file and the field (on main: raw IndexError, MemoryError, DateParseError... or silence)."""
+    results = _worker(
+        "crafted", src=str(saved / "hnsw"), work=str(tmp_path), cases=list(SCHEMA_CASES)
+    )
+    _never_crashed(results)
+    for r in results:
+        file, field = SCHEMA_CASES[r["case"]]
+        assert r["status"] == "raised" and r["format_error"], r
+        assert f"{r['case']}/{file}: damaged" in r["text"] and field in r["text"], r

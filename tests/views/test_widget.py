@@ -366,3 +366,17 @@ def test_floor_curves_are_the_volume_form_floor_computed_independently(audit, st
         log_z_star -= math.lgamma(0.5 * n + 1)
         assert row[col["floor_r_star"]] == pytest.approx(log_z_star + math.exp(-log_z_star))
     assert drawn >= 2
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("bins", 10**9), ("bins", "60"), ("bins", 2.5), ("bins", True), ("top_basins", -1),
+     ("top_basins", 10**6), ("text_chars", 10**12), ("text_chars", None)],
+)  # fmt: skip
+def test_view_options_are_checked_before_any_allocation(audit, option, value):
+    """Issue 26: bins=10**9 raised MemoryError and bins="60" a TypeError deep in numpy: each
+    option is an integer in a stated range, else a DataError naming it and the range."""
+    from hopaudit.errors import DataError
+
+    with pytest.raises(DataError, match=f"{option} must be .*from"):
+        widget_state(audit, **{option: value})

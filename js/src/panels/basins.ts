@@ -74,6 +74,10 @@ export class BasinsPanel extends Panel {
   /** The asked text's places (layer name -> layout points) and its nearest sequences per layer
    * (the ask panel's answer), drawn apart: a point of their own colour, its neighbours selected. */
   queried: { places: Map<string, [number, number][]>; nearest: Map<string, Set<number>> } | null = null;
+  /** The draw in flight (regl-scatterplot ignores a draw while one runs: "the previous draw
+   * call has not yet finished"), and whether another was asked meanwhile. */
+  private drawing: Promise<void> | null = null;
+  private drawAgain = false;
 
   constructor(ctx: Context) {
     super("basins", "Basins (UMAP)", ctx);
@@ -333,7 +337,29 @@ export class BasinsPanel extends Panel {
     return { z, colors, legend: [h("span", {}, `${label}: ${fmt(lo)}`, ramp, `${fmt(hi)}`)] };
   }
 
-  async draw(): Promise<void> {
+  /** Draw the current layer and colouring. Draws asked while one is in flight are coalesced
+   * into one more draw after it, from the state as it is then: the last choice always wins
+   * (two quick switches of the colour menu once left the old colouring drawn). The promise
+   * settles when no draw is left. */
+  draw(): Promise<void> {
+    if (this.drawing) {
+      this.drawAgain = true;
+      return this.drawing;
+    }
+    this.drawing = (async () => {
+      try {
+        do {
+          this.drawAgain = false;
+          await this.drawOnce();
+        } while (this.drawAgain);
+      } finally {
+        this.drawing = null;
+      }
+    })();
+    return this.drawing;
+  }
+
+  private async drawOnce(): Promise<void> {
     const sp = this.sp;
     if (!sp) return;
     const token = ++this.drawToken;
