@@ -37,7 +37,9 @@ writes ``checkpoints.parquet`` (one row per run, checkpoint and layer; a column 
 ``extraction_rate``, ``run``, ``seed``, ``width``, ``n_members``, ``step``, ``layer``),
 ``sequences.parquet`` (one row per sequence and checkpoint: its scores and whether it is a
 member) and ``capacity.svg``; ``--from DIR`` prints every line again from those two tables
-alone, without training. Runs go to ``--workers`` processes (one torch thread each).
+alone, without training. Each finished run is also kept in ``DIR/runs/``, and running again
+with the same ``--out`` reuses the runs found there (a grid stopped half-way resumes). Runs
+go to ``--workers`` processes (one torch thread each).
 
 Usage: ``python benchmarks/validity.py [--quick] [--out DIR]``; ``--quick`` is a reduced grid
 (about 5 minutes on two idle cores), the full grid about 30 (docs/validity.md has both).
@@ -46,6 +48,8 @@ Usage: ``python benchmarks/validity.py [--quick] [--out DIR]``; ``--quick`` is a
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import os
 import platform
@@ -422,31 +426,54 @@ def make_jobs(grid: dict[str, Any], *, batch_size: int, lr: float, max_chars: in
     return sorted(jobs, key=lambda j: (-j["n_members"], -j["width"], j["seed"]))
 
 
-def run_grid(jobs: list[dict], workers: int, log: Callable[[str], None]):
-    """Every job's rows, in job order: in this process (workers=1) or a spawned pool."""
-    results: dict[str, tuple[list, list]] = {}
+def _job_file(cache: Path, job: dict[str, Any], kind: str) -> Path:
+    key = hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()[:10]
+    return cache / f"{job['run']}-{key}.{kind}.parquet"
+
+
+def run_grid(
+    jobs: list[dict], workers: int, log: Callable[[str], None], cache: Path | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every job's rows, in job order: in this process (workers=1) or a spawned pool. With a
+    ``cache`` folder each finished run is written there at once, and a run already there
+    (same job, every parameter alike) is read back instead of trained again."""
+    results: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
     t0 = time.perf_counter()
 
     def done(job: dict, res: tuple[list, list]) -> None:
-        results[job["run"]] = res
+        frames = (pd.DataFrame(res[0]), pd.DataFrame(res[1]))
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            for kind, frame in zip(("checkpoints", "sequences"), frames, strict=True):
+                _atomic_write(_job_file(cache, job, kind), frame.to_parquet)
+        results[job["run"]] = frames
         secs = res[0][0]["run_seconds"] if res[0] else math.nan
+        elapsed, load = time.perf_counter() - t0, os.getloadavg()[0]
         log(f"# run {len(results)}/{len(jobs)} {job['run']}: {secs:.0f} s "
-            f"(elapsed {time.perf_counter() - t0:.0f} s)")  # fmt: skip
+            f"(elapsed {elapsed:.0f} s, load {load:.1f})")  # fmt: skip
 
+    todo = []
+    for job in jobs:
+        files = [_job_file(cache, job, k) for k in ("checkpoints", "sequences")] if cache else []
+        if files and all(f.exists() for f in files):
+            results[job["run"]] = (pd.read_parquet(files[0]), pd.read_parquet(files[1]))
+            log(f"# run {job['run']}: read from {cache}")
+        else:
+            todo.append(job)
     if workers <= 1:
-        for job in jobs:
+        for job in todo:
             done(job, run_one(job))
-    else:
+    elif todo:
         import concurrent.futures as cf
         import multiprocessing as mp
 
         with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(run_one, job): job for job in jobs}
+            futures = {pool.submit(run_one, job): job for job in todo}
             for fut in cf.as_completed(futures):
                 done(futures[fut], fut.result())
-    rows = [r for job in jobs for r in results[job["run"]][0]]
-    seqs = [r for job in jobs for r in results[job["run"]][1]]
-    return pd.DataFrame(rows), pd.DataFrame(seqs)
+    checkpoints = pd.concat([results[job["run"]][0] for job in jobs], ignore_index=True)
+    sequences = pd.concat([results[job["run"]][1] for job in jobs], ignore_index=True)
+    return checkpoints, sequences
 
 
 # --------------------------------------------------------------------------- the lines
@@ -648,7 +675,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
             if getattr(args, key):
                 grid[key] = getattr(args, key)
         jobs = make_jobs(grid, batch_size=args.batch_size, lr=args.lr, max_chars=args.max_chars)
-        checkpoints, sequences = run_grid(jobs, args.workers, log)
+        cache = Path(args.out) / "runs" if args.out else None
+        checkpoints, sequences = run_grid(jobs, args.workers, log, cache)
     lines, notes = summarize(checkpoints, sequences, n_boot=args.boot)
     native, kind, model = cpu_description()
     lines += [("native_bf16", native), ("cpu_kind", kind), ("cpu_model", model)]

@@ -258,3 +258,18 @@ def test_from_reprints_the_same_lines(validity, toy):
     run_only = ("wall_seconds", "load_average_start", "load_average_end")
     assert not set(run_only) & set(again)
     assert again == {k: v for k, v in lines.items() if k not in run_only}
+
+
+def test_a_second_run_with_the_same_out_reuses_every_run(validity, toy):
+    import contextlib
+    import io
+
+    lines, out = toy
+    assert len(list((out / "runs").glob("*.checkpoints.parquet"))) == 4
+    buf, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
+        validity.main([*TOY, "--out", str(out)])
+    assert err.getvalue().count("read from") == 4 and "# run 1/4" not in err.getvalue()
+    run_only = ("wall_seconds", "load_average_start", "load_average_end")
+    again = {k: v for k, v in _printed(buf.getvalue()).items() if k not in run_only}
+    assert again == {k: v for k, v in lines.items() if k not in run_only}
