@@ -621,7 +621,7 @@ def cpu_description() -> tuple[bool, str, str]:
     """(native bfloat16, "native-bfloat16" or "avx2-only" or "other", the CPU's model name)."""
     import torch
 
-    from hopaudit.precision import native_bf16
+    from hopaudit.model.precision import native_bf16
 
     native = native_bf16(torch.device("cpu"))
     model = platform.processor() or "unknown"
