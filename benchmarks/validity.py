@@ -19,6 +19,9 @@ checkpoints of all runs:
     rho_<q>=               Spearman's correlation of q with the members' extraction rate
     rho_<q>_lo= / _hi=     its 95 % bootstrap interval, resampling runs (not checkpoints)
     rho_within_<q>=        the median over runs of the per-run correlation (across steps)
+    rho_partial_<q>= / _lo= / _hi=   Spearman's partial correlation of q with the extraction
+                           rate given the members' cross-entropy (what q tells beyond the
+                           loss), with the same bootstrap over runs
     capacity_observed_<width>=   N at which the final extraction rate (mean over seeds) falls
                                  below 0.5, interpolated in log2 N (nan: it never does here)
     capacity_predicted_<width>=  N at which the final r_hat / r_star (mean over seeds) falls
@@ -138,6 +141,20 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float((rx * ry).sum() / den) if den > 0 else math.nan
 
 
+def partial_spearman(x: Sequence[float], y: Sequence[float], z: Sequence[float]) -> float:
+    """Spearman's partial correlation of x and y given z: the rank correlations combined as
+    (r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2)), over the triples where all three are
+    finite; nan where a correlation is undefined or z explains x or y entirely."""
+    x, y, z = (np.asarray(v, dtype=np.float64) for v in (x, y, z))
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(z)
+    x, y, z = x[ok], y[ok], z[ok]
+    r_xy, r_xz, r_yz = spearman(x, y), spearman(x, z), spearman(y, z)
+    den = (1 - r_xz**2) * (1 - r_yz**2)
+    if not all(map(math.isfinite, (r_xy, r_xz, r_yz))) or den <= 1e-12:
+        return math.nan
+    return float((r_xy - r_xz * r_yz) / math.sqrt(den))
+
+
 def _groups(runs: Sequence[Any]) -> list[np.ndarray]:
     runs = np.asarray(runs)
     return [np.flatnonzero(runs == r) for r in pd.unique(runs)]
@@ -150,17 +167,23 @@ def bootstrap_over_runs(
     *,
     n_boot: int = 2000,
     seed: int = 0,
+    given: Sequence[float] | None = None,
 ) -> tuple[float, float]:
-    """95 % percentile interval of ``spearman(x, y)`` when whole runs are resampled with
-    replacement (checkpoints of one run are not independent draws); resamples whose
-    correlation is undefined are left out; (nan, nan) when none is defined."""
+    """95 % percentile interval of ``spearman(x, y)`` (``partial_spearman(x, y, given)`` with
+    ``given``) when whole runs are resampled with replacement (checkpoints of one run are not
+    independent draws); resamples whose correlation is undefined are left out; (nan, nan)
+    when none is defined."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    z = None if given is None else np.asarray(given, dtype=np.float64)
     groups = _groups(runs)
     rng = np.random.default_rng(seed)
     stats = np.empty(n_boot)
     for b in range(n_boot):
         idx = np.concatenate([groups[i] for i in rng.integers(len(groups), size=len(groups))])
-        stats[b] = spearman(x[idx], y[idx])
+        if z is None:
+            stats[b] = spearman(x[idx], y[idx])
+        else:
+            stats[b] = partial_spearman(x[idx], y[idx], z[idx])
     stats = stats[np.isfinite(stats)]
     if stats.size == 0:
         return math.nan, math.nan
@@ -405,7 +428,7 @@ def sequence_rows(a: Any, meta: dict[str, Any]) -> list[dict]:
 
 
 def make_jobs(grid: dict[str, Any], *, batch_size: int, lr: float, max_chars: int | None):
-    """One job per (width, N, seed), the largest N first (they take longest)."""
+    """One job per (width, N, seed), seed by seed (a grid cut short still has whole seeds)."""
     jobs = []
     for width in grid["widths"]:
         for n in grid["sizes"]:
@@ -423,7 +446,7 @@ def make_jobs(grid: dict[str, Any], *, batch_size: int, lr: float, max_chars: in
                         "max_chars": max_chars,
                     }
                 )
-    return sorted(jobs, key=lambda j: (-j["n_members"], -j["width"], j["seed"]))
+    return sorted(jobs, key=lambda j: (j["seed"], -j["n_members"], -j["width"]))
 
 
 def _job_file(cache: Path, job: dict[str, Any], kind: str) -> Path:
@@ -495,6 +518,15 @@ def summarize(
             (f"rho_{q}_lo", lo),
             (f"rho_{q}_hi", hi),
             (f"rho_within_{q}", within_run_median(x, y, runs)),
+        ]
+    ce = fin["train_ce"].to_numpy(dtype=np.float64)
+    for q in (*GEOMETRY, "log2_n_members", "log2_step"):
+        x = fin[q].to_numpy(dtype=np.float64)
+        lo, hi = bootstrap_over_runs(x, y, runs, n_boot=n_boot, seed=seed, given=ce)
+        lines += [
+            (f"rho_partial_{q}", partial_spearman(x, y, ce)),
+            (f"rho_partial_{q}_lo", lo),
+            (f"rho_partial_{q}_hi", hi),
         ]
     last = fin[fin["step"] == fin["steps"]]
     for width, part in last.groupby("width"):
@@ -617,6 +649,22 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             tmp.unlink()
 
 
+def load_tables(src: Path, log: Callable[[str], None]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The two tables of an ``--out`` folder; without them (a grid still running or stopped),
+    the runs finished so far, from ``src/runs/``."""
+    if (src / "checkpoints.parquet").exists():
+        return pd.read_parquet(src / "checkpoints.parquet"), pd.read_parquet(
+            src / "sequences.parquet"
+        )
+    parts = sorted((src / "runs").glob("*.checkpoints.parquet"))
+    if not parts:
+        raise SystemExit(f"{src}: no checkpoints.parquet and no finished run in {src / 'runs'}")
+    log(f"# {src}: no checkpoints.parquet, reading the {len(parts)} runs finished so far")
+    seqs = [p.with_name(p.name.replace(".checkpoints.", ".sequences.")) for p in parts]
+    checkpoints = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    return checkpoints, pd.concat([pd.read_parquet(p) for p in seqs], ignore_index=True)
+
+
 def cpu_description() -> tuple[bool, str, str]:
     """(native bfloat16, "native-bfloat16" or "avx2-only" or "other", the CPU's model name)."""
     import torch
@@ -663,9 +711,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         print(msg, file=sys.stderr, flush=True)
 
     if args.source:
-        src = Path(args.source)
-        checkpoints = pd.read_parquet(src / "checkpoints.parquet")
-        sequences = pd.read_parquet(src / "sequences.parquet")
+        checkpoints, sequences = load_tables(Path(args.source), log)
     else:
         grid = dict(QUICK if args.quick else FULL)
         for key in ("widths", "sizes", "seeds"):

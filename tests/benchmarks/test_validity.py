@@ -64,6 +64,24 @@ def test_bootstrap_resamples_whole_runs(validity):
     assert validity.bootstrap_over_runs(x, y, one, n_boot=50) == pytest.approx((rho, rho))
 
 
+def test_partial_spearman_is_the_correlation_of_rank_residuals(validity):
+    """Against an independent route: regress the ranks of x and of y on the ranks of z by
+    least squares, correlate the residuals (Pearson)."""
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        z = rng.normal(size=50)
+        x = z + rng.normal(size=50)
+        y = z + 0.5 * x + rng.normal(size=50)
+        rx, ry, rz = rankdata(x), rankdata(y), rankdata(z)
+        design = np.c_[np.ones(50), rz]
+        res_x = rx - design @ np.linalg.lstsq(design, rx, rcond=None)[0]
+        res_y = ry - design @ np.linalg.lstsq(design, ry, rcond=None)[0]
+        expected = np.corrcoef(res_x, res_y)[0, 1]
+        assert validity.partial_spearman(x, y, z) == pytest.approx(expected, abs=1e-10)
+    # x is y's rank twin but both only through z: nothing left once z is known
+    assert math.isnan(validity.partial_spearman([1, 2, 3, 4], [2, 4, 6, 8], [1, 2, 3, 4]))
+
+
 def test_within_run_median_by_hand(validity):
     x = np.array([1, 2, 3, 1, 2, 3, 1, 2, 3, 4, 1, 2, 3.0])
     y = np.array([1, 2, 3, 3, 2, 1, 1, 3, 2, 4, 5, 5, 5.0])
@@ -186,6 +204,10 @@ def test_toy_run_prints_every_line_and_each_rho_lies_in_its_interval(validity, t
     for width in (32, 64):
         for name in ("capacity_observed", "capacity_predicted", "capacity_predicted_rc"):
             assert f"{name}_{width}" in lines
+    for q in validity.GEOMETRY:
+        rho, lo, hi = (float(lines[f"rho_partial_{q}{s}"]) for s in ("", "_lo", "_hi"))
+        if not math.isnan(rho):
+            assert lo - 1e-4 <= rho <= hi + 1e-4, (q, lo, rho, hi)
     for score in validity.SEQ_SCORES:
         assert f"auroc_seq_{score}" in lines
     assert lines["cpu_kind"] in ("native-bfloat16", "avx2-only", "other")
@@ -222,6 +244,14 @@ def test_the_table_reproduces_every_printed_correlation(validity, toy):
             for _, g in part.groupby("run")
             if len(g) >= 3 and g[q].nunique() > 1 and g["extraction_rate"].nunique() > 1
         ]
+        if q in validity.GEOMETRY and part["train_ce"].nunique() > 1:
+            # partial given the train cross-entropy, by the residuals of ranks (see above)
+            rx, ry, rz = (rankdata(part[c]) for c in (q, "extraction_rate", "train_ce"))
+            design = np.c_[np.ones(len(rz)), rz]
+            res = [r - design @ np.linalg.lstsq(design, r, rcond=None)[0] for r in (rx, ry)]
+            if min(np.std(res[0]), np.std(res[1])) > 1e-9:
+                expected = np.corrcoef(res[0], res[1])[0, 1]
+                assert float(lines[f"rho_partial_{q}"]) == pytest.approx(expected, abs=6e-5), q
         within = float(lines[f"rho_within_{q}"])
         if per_run:
             assert within == pytest.approx(float(np.median(per_run)), abs=6e-5), q
@@ -258,6 +288,20 @@ def test_from_reprints_the_same_lines(validity, toy):
     run_only = ("wall_seconds", "load_average_start", "load_average_end")
     assert not set(run_only) & set(again)
     assert again == {k: v for k, v in lines.items() if k not in run_only}
+
+
+def test_from_reads_the_runs_of_a_grid_cut_short(validity, toy, tmp_path):
+    import contextlib
+    import io
+    import shutil
+
+    lines, out = toy
+    shutil.copytree(out / "runs", tmp_path / "runs")  # no checkpoints.parquet: a cut grid
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+        validity.main(["--from", str(tmp_path), "--boot", "300"])
+    again = _printed(buf.getvalue())
+    assert again["n_runs"] == "4" and again["rho_r_ratio"] == lines["rho_r_ratio"]
 
 
 def test_a_second_run_with_the_same_out_reuses_every_run(validity, toy):
