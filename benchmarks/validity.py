@@ -586,10 +586,10 @@ def capacity_svg(checkpoints: pd.DataFrame, lines: dict[str, float]) -> str:
     lx0, lx1 = math.log2(ns[0]), math.log2(ns[-1])
     W, H, pad, gap = 380, 260, 48, 40
     total_w = 2 * W + gap + 2 * pad
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{H + 2 * pad}" '
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{H + 2 * pad + 20}" '
            'font-family="sans-serif" font-size="12">',
-           f'<rect width="{total_w}" height="{H + 2 * pad}" fill="white"/>']  # fmt: skip
-    ratio_max = max(1.2, float(np.nanmax(fin["r_ratio"])) * 1.05)
+           f'<rect width="{total_w}" height="{H + 2 * pad + 20}" fill="white"/>']  # fmt: skip
+    ratio_max = math.ceil(max(1.2, float(np.nanmax(fin["r_ratio"])) * 1.05) * 2) / 2
     panels = [
         ("extraction_rate", "members' extraction rate (final step)", 0.0, 1.0, MEMORIZED,
          "capacity_observed"),
@@ -614,7 +614,8 @@ def capacity_svg(checkpoints: pd.DataFrame, lines: dict[str, float]) -> str:
             out.append(f'<text x="{px(n):.1f}" y="{pad + H + 16}" text-anchor="middle">{n}</text>')
         out.append(f'<text x="{ox + W / 2}" y="{pad + H + 34}" text-anchor="middle">'
                    'N member sequences (log scale)</text>')  # fmt: skip
-        for v in np.linspace(y0, y1, 5):
+        ticks = np.linspace(y0, y1, 5) if y1 <= 1 else np.arange(y0, y1 + 1e-9, 0.5)
+        for v in ticks:
             out.append(f'<text x="{ox - 6}" y="{py(v) + 4:.1f}" text-anchor="end">{v:.2g}</text>')
         for c, width in enumerate(widths):
             color = colors[c % len(colors)]
@@ -633,6 +634,11 @@ def capacity_svg(checkpoints: pd.DataFrame, lines: dict[str, float]) -> str:
                            f'y2="{pad + H}" stroke="{color}" stroke-dasharray="2 2"/>')  # fmt: skip
             out.append(f'<text x="{ox + W - 8}" y="{pad + 16 + 15 * c}" text-anchor="end" '
                        f'fill="{color}">width {width}</text>')  # fmt: skip
+    out.append(
+        f'<text x="{pad}" y="{H + 2 * pad + 12}" fill="#444">Lines: the mean over seeds '
+        "(dots: each seed). Dotted verticals: the capacity, observed (extraction falls "
+        "below 0.5, left) and predicted (r\u0302 crosses r*, right).</text>"
+    )
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
