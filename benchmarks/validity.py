@@ -428,7 +428,9 @@ def sequence_rows(a: Any, meta: dict[str, Any]) -> list[dict]:
 
 
 def make_jobs(grid: dict[str, Any], *, batch_size: int, lr: float, max_chars: int | None):
-    """One job per (width, N, seed), seed by seed (a grid cut short still has whole seeds)."""
+    """One job per (width, N, seed): seed by seed, and within a seed the sizes and widths
+    middle first, then the middles of each half (:func:`spread_order`), so a grid cut short
+    still spans the sizes and widths."""
     jobs = []
     for width in grid["widths"]:
         for n in grid["sizes"]:
@@ -446,7 +448,25 @@ def make_jobs(grid: dict[str, Any], *, batch_size: int, lr: float, max_chars: in
                         "max_chars": max_chars,
                     }
                 )
-    return sorted(jobs, key=lambda j: (j["seed"], -j["n_members"], -j["width"]))
+    size_rank = {n: i for i, n in enumerate(spread_order(sorted(grid["sizes"])))}
+    width_rank = {w: i for i, w in enumerate(spread_order(sorted(grid["widths"])))}
+    return sorted(
+        jobs, key=lambda j: (j["seed"], size_rank[j["n_members"]], width_rank[j["width"]])
+    )
+
+
+def spread_order(values: Sequence[Any]) -> list[Any]:
+    """``values`` (sorted) middle first, then the middles of the halves, breadth first: any
+    prefix of the result spans the range (``[1, 2, 3, 4, 5, 6]`` -> ``[3, 1, 5, 2, 4, 6]``)."""
+    out, queue = [], [(0, len(values) - 1)]
+    while queue:
+        lo, hi = queue.pop(0)
+        if lo > hi:
+            continue
+        mid = (lo + hi) // 2
+        out.append(values[mid])
+        queue += [(lo, mid - 1), (mid + 1, hi)]
+    return out
 
 
 def _job_file(cache: Path, job: dict[str, Any], kind: str) -> Path:

@@ -317,3 +317,13 @@ def test_a_second_run_with_the_same_out_reuses_every_run(validity, toy):
     run_only = ("wall_seconds", "load_average_start", "load_average_end")
     again = {k: v for k, v in _printed(buf.getvalue()).items() if k not in run_only}
     assert again == {k: v for k, v in lines.items() if k not in run_only}
+
+
+def test_spread_order_spans_the_range_first(validity):
+    assert validity.spread_order([1, 2, 3, 4, 5, 6]) == [3, 1, 5, 2, 4, 6]
+    assert validity.spread_order([16, 32, 64]) == [32, 16, 64]
+    assert validity.spread_order([]) == []
+    grid = {"widths": (16, 64), "sizes": (4, 8, 16), "seeds": (1, 0), "steps": 10,
+            "checkpoints": 2}  # fmt: skip
+    runs = [j["run"] for j in validity.make_jobs(grid, batch_size=8, lr=1e-3, max_chars=None)]
+    assert runs[:3] == ["w16-n8-s0", "w64-n8-s0", "w16-n4-s0"] and len(set(runs)) == 12
