@@ -108,6 +108,7 @@ MEMORIZED = 0.5  # a checkpoint is memorized when at least this fraction of memb
 PREFIX = SUFFIX = 32
 SEQ_LEN = PREFIX + SUFFIX
 
+PACKAGE_DATA = _HERE.parent / "hopaudit" / "views" / "validity.json"
 FULL = dict(widths=(16, 32, 64), sizes=(64, 128, 256, 512, 1024, 2048), seeds=(0, 1),
             steps=4000, checkpoints=6)  # fmt: skip
 QUICK = dict(widths=(32, 64), sizes=(64, 256, 1024), seeds=(0, 1), steps=2000, checkpoints=4)
@@ -691,6 +692,57 @@ def load_tables(src: Path, log: Callable[[str], None]) -> tuple[pd.DataFrame, pd
     return checkpoints, pd.concat([pd.read_parquet(p) for p in seqs], ignore_index=True)
 
 
+#: Each geometric panel's quantity (a column of checkpoints.parquet) and how a line names it.
+PANEL_QUANTITIES = {
+    "distances": ("saturation", "The distance curve's shift from 25 % to 100 % of the patterns"),
+    "radii": ("r_ratio", "r\u0302 / r* at the final layer"),
+    "floor": ("floor_gap", "The cross-entropy's height above the floor F(Z)"),
+    "basins": ("basin_frac", "The share of patterns that are a basin"),
+}  # fmt: skip
+
+
+def package_data(values: dict[str, Any], checkpoints: pd.DataFrame, command: str) -> dict:
+    """The validity file the package ships (hopaudit/views/validity.json): the command,
+    version and date, the grid, and per panel its quantity's rho, interval and partial rho;
+    the basins panel also carries the per-sequence nn / r-hat AUROC."""
+    import datetime
+
+    from hopaudit import __version__
+
+    fin = checkpoints[checkpoints["is_final"]]
+    grid = (
+        f"{fin['run'].nunique()} tiny GPT-2 runs (2 blocks; widths "
+        f"{', '.join(map(str, sorted(fin['width'].unique())))}; N = "
+        f"{', '.join(map(str, sorted(fin['n_members'].unique())))} pydoc sequences; seeds "
+        f"{', '.join(map(str, sorted(fin['seed'].unique())))}; {int(fin['steps'].max())} steps), "
+        f"{len(fin)} checkpoints"
+    )
+    panels = {}
+    for panel, (q, label) in PANEL_QUANTITIES.items():
+        entry: dict[str, Any] = {"quantity": q, "label": label}
+        for stem in (f"rho_{q}", f"rho_partial_{q}"):
+            key = "rho" if stem == f"rho_{q}" else "rho_partial"
+            for s in ("", "_lo", "_hi"):
+                entry[f"{key}{s}"] = round(float(values[f"{stem}{s}"]), 4)
+        panels[panel] = entry
+    panels["basins"]["sequence"] = {
+        "label": "nn / r\u0302",
+        **{k: round(float(values[f"auroc_seq_nn_ratio_final{s}"]), 4)
+           for k, s in (("auroc", ""), ("auroc_lo", "_lo"), ("auroc_hi", "_hi"))},
+    }  # fmt: skip
+    return {
+        "_doc": "What benchmarks/validity.py measured each geometric panel's quantity to "
+        "predict (docs/validity.md); written by its --write-package-data, read by "
+        "hopaudit/views/validity.py.",
+        "command": command,
+        "hopaudit_version": __version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
+        "grid": grid,
+        "doc": "docs/validity.md",
+        "panels": panels,
+    }
+
+
 def cpu_description() -> tuple[bool, str, str]:
     """(native bfloat16, "native-bfloat16" or "avx2-only" or "other", the CPU's model name)."""
     import torch
@@ -729,6 +781,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--max-chars", type=int, help="cut the corpus (toy runs)")
     parser.add_argument("--workers", type=int, default=2, help="processes (1: in this one)")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--write-package-data", nargs="?", const=str(PACKAGE_DATA),
+                        metavar="PATH", help="write the views' validity file (default: "
+                        "hopaudit/views/validity.json)")  # fmt: skip
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     load_start = os.getloadavg()[0]
@@ -760,6 +815,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     for note in notes:
         print(note)
     values = dict(lines)
+    if args.write_package_data:
+        from hopaudit.views.validity import check_validity
+
+        command = "python benchmarks/validity.py " + " ".join(
+            sys.argv[1:] if argv is None else list(argv)
+        )
+        data = check_validity(package_data(values, checkpoints, command.strip()))
+        text = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+        _atomic_write(Path(args.write_package_data), lambda p: p.write_text(text, "utf-8"))
+        log(f"# wrote {args.write_package_data}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
