@@ -44,8 +44,14 @@ alone, without training. Each finished run is also kept in ``DIR/runs/``, and ru
 with the same ``--out`` reuses the runs found there (a grid stopped half-way resumes). Runs
 go to ``--workers`` processes (one torch thread each).
 
-Usage: ``python benchmarks/validity.py [--quick] [--out DIR]``; ``--quick`` is a reduced grid
-(about 5 minutes on two idle cores), the full grid about 30 (docs/validity.md has both).
+``--write-package-data [PATH]`` writes what the views show (hopaudit/views/validity.json: the
+command, version, date, grid, and per geometric panel its quantity's rho, interval and partial
+rho; read by hopaudit/views/validity.py).
+
+Usage: ``python benchmarks/validity.py [--quick] [--out DIR] [--write-package-data]``;
+``--quick`` is a reduced grid (12 runs of 2000 steps: about 5 minutes on two idle cores,
+estimated; 26 minutes measured on the shared machine at a load average of 10 to 14), the full
+grid (36 runs of 4000 steps) about 30 idle. docs/validity.md has the lines.
 """
 
 from __future__ import annotations
