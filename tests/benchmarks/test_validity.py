@@ -327,3 +327,28 @@ def test_spread_order_spans_the_range_first(validity):
             "checkpoints": 2}  # fmt: skip
     runs = [j["run"] for j in validity.make_jobs(grid, batch_size=8, lr=1e-3, max_chars=None)]
     assert runs[:3] == ["w16-n8-s0", "w64-n8-s0", "w16-n4-s0"] and len(set(runs)) == 12
+
+
+def test_write_package_data_writes_a_file_the_views_accept(validity, toy, tmp_path):
+    import contextlib
+    import io
+    import json
+
+    from hopaudit.views.validity import PANELS, check_validity
+
+    lines, out = toy
+    target = tmp_path / "validity.json"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        validity.main(["--from", str(out), "--boot", "300", "--write-package-data", str(target)])
+    data = check_validity(json.loads(target.read_text(encoding="utf-8")))
+    assert data["command"].startswith("python benchmarks/validity.py --from")
+    assert data["grid"].startswith("4 tiny GPT-2 runs") and "12 checkpoints" in data["grid"]
+    for panel in PANELS:
+        entry = data["panels"][panel]
+        q = entry["quantity"]
+        assert entry["rho"] == pytest.approx(float(lines[f"rho_{q}"]), abs=1e-4)
+        partial_hi = float(lines[f"rho_partial_{q}_hi"])
+        assert entry["rho_partial_hi"] == pytest.approx(partial_hi, abs=1e-4)
+    seq = data["panels"]["basins"]["sequence"]
+    assert seq["auroc"] == pytest.approx(float(lines["auroc_seq_nn_ratio_final"]), abs=1e-4)
+    assert not list(tmp_path.glob(".*tmp*"))  # written through a temporary sibling, renamed
