@@ -683,12 +683,15 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def load_tables(src: Path, log: Callable[[str], None]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The two tables of an ``--out`` folder; without them (a grid still running or stopped),
-    the runs finished so far, from ``src/runs/``."""
+    """The two tables of an ``--out`` folder (``checkpoints.parquet`` alone gives every line
+    but the per-sequence AUROCs); without them (a grid still running or stopped), the runs
+    finished so far, from ``src/runs/``."""
     if (src / "checkpoints.parquet").exists():
-        return pd.read_parquet(src / "checkpoints.parquet"), pd.read_parquet(
-            src / "sequences.parquet"
-        )
+        checkpoints = pd.read_parquet(src / "checkpoints.parquet")
+        if not (src / "sequences.parquet").exists():  # the auroc_seq_ lines are then nan
+            log(f"# {src}: no sequences.parquet, so no per-sequence AUROC")
+            return checkpoints, pd.DataFrame(columns=["run", "step", "member", *SEQ_SCORES])
+        return checkpoints, pd.read_parquet(src / "sequences.parquet")
     parts = sorted((src / "runs").glob("*.checkpoints.parquet"))
     if not parts:
         raise SystemExit(f"{src}: no checkpoints.parquet and no finished run in {src / 'runs'}")

@@ -352,3 +352,21 @@ def test_write_package_data_writes_a_file_the_views_accept(validity, toy, tmp_pa
     seq = data["panels"]["basins"]["sequence"]
     assert seq["auroc"] == pytest.approx(float(lines["auroc_seq_nn_ratio_final"]), abs=1e-4)
     assert not list(tmp_path.glob(".*tmp*"))  # written through a temporary sibling, renamed
+
+
+def test_from_the_checkpoint_table_alone_gives_all_but_the_sequences(validity, toy, tmp_path):
+    import contextlib
+    import io
+    import shutil
+
+    lines, out = toy
+    shutil.copy(out / "checkpoints.parquet", tmp_path / "checkpoints.parquet")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+        validity.main(["--from", str(tmp_path), "--boot", "300"])
+    again = _printed(buf.getvalue())
+    for key, value in again.items():
+        if key.startswith("auroc_seq_"):
+            assert value == "nan", key
+        else:
+            assert value == lines[key], key
