@@ -251,6 +251,8 @@ def comparison_state(comparison: Comparison, **options: Any) -> dict[str, Any]:
                 "is_final": [bool(f) for f in final],
                 "stack": [_stack(a, name) for name in a.layer_names],
                 "n_blocks": int(a.n_blocks),
+                # extraction and membership AUROC, drawn on the step axis (docs/validity.md)
+                "evidence": audit_evidence(a),
             }
         )
     packed = _pack_members(states, extras)
@@ -370,6 +372,27 @@ class Timeline(View):
     @property
     def alignment(self) -> pd.DataFrame:
         return pd.DataFrame([vars(a) for a in self._alignment])
+
+    @property
+    def evidence(self) -> pd.DataFrame:
+        """One row per step: the memorization evidence of each audit (:func:`audit_evidence`:
+        extraction rates, the loss score's membership AUROC with its interval; None where the
+        audit had no ``extraction=`` or ``heldout=``), beside the final layer's r_hat / r_star
+        and the cross-entropy against the floor, on the same step axis."""
+        rows = []
+        for a, step in zip(self.audits, self.steps, strict=True):
+            s = a.summary()
+            final = a.layers.iloc[-1]
+            rows.append(
+                {
+                    "step": int(step),
+                    **audit_evidence(a),
+                    "r_ratio_final": float(final["r_ratio"]),
+                    "cross_entropy": s.get("cross_entropy"),
+                    "floor_low": s.get("floor_low"),
+                }
+            )
+        return pd.DataFrame(rows)
 
     _widget = "TimelineWidget"
 
@@ -600,6 +623,29 @@ def _common_boxes(states: list[dict[str, Any]]) -> None:
         st["scatter_xy"] = pack(xy, "uint16")
 
 
+def audit_evidence(a: Audit) -> dict[str, float | None]:
+    """An audit's memorization evidence as plain numbers: the extraction rate of the stored
+    and of the held-out sequences (``extraction=``), and the membership AUROC of the loss
+    score with its 95 % interval (``heldout=``); None for what the audit did not measure."""
+    s = a.summary()
+    out: dict[str, float | None] = {
+        "extraction_rate": s.get("extraction_rate"),
+        "extraction_rate_heldout": s.get("extraction_rate_heldout"),
+        "auroc_loss": None,
+        "auroc_loss_lo": None,
+        "auroc_loss_hi": None,
+    }
+    if getattr(a, "heldout_capture", None) is None:
+        return out
+    table = a.membership
+    loss = table[table["score"] == "loss"] if len(table) else table
+    if len(loss):
+        for key in ("auroc", "auroc_lo", "auroc_hi"):
+            v = float(loss.iloc[0][key])
+            out[f"{key.replace('auroc', 'auroc_loss')}"] = v if math.isfinite(v) else None
+    return out
+
+
 def timeline_state(tl: Timeline, **options: Any) -> dict[str, Any]:
     """The timeline view's traits: one member per step (its single-audit widget state with
     the aligned frames, on one box per layer) and one binary blob; ``steps`` in order."""
@@ -618,6 +664,8 @@ def timeline_state(tl: Timeline, **options: Any) -> dict[str, Any]:
                 "is_final": [bool(f) for f in final],
                 "stack": [_stack(a, name) for name in a.layer_names],
                 "n_blocks": int(a.n_blocks),
+                # extraction and membership AUROC, drawn on the step axis (docs/validity.md)
+                "evidence": audit_evidence(a),
             }
         )
     packed = _pack_members(states, extras)

@@ -60,8 +60,10 @@ _WEIGHT_FILES = (
 def audit_scalars(audit: Any) -> dict[str, float]:
     """The scalars an audit logs: per layer ``hopaudit/<layer>/{r_hat,r_ratio,separated_frac}``,
     the last layer's (``final``) ``log10_floor_low`` (the floor spans tens of orders of
-    magnitude: 1 nat at r_c, 1e31 far from it), ``hopaudit/cross_entropy`` and the audit's
-    seconds. Skipped layers and non-finite values are left out (loggers choke on them)."""
+    magnitude: 1 nat at r_c, 1e31 far from it), ``hopaudit/cross_entropy``, with
+    ``extraction=`` the ``extraction_rate`` (and ``extraction_rate_heldout``), with ``heldout=``
+    the loss score's membership ``auroc_loss``, and the audit's seconds. Skipped layers and
+    non-finite values are left out (loggers choke on them)."""
     out: dict[str, float] = {}
     for row in audit.layers.to_dict("records"):
         for column in LAYER_SCALARS:
@@ -71,6 +73,14 @@ def audit_scalars(audit: Any) -> dict[str, float]:
     if isinstance(floor, (int, float)) and floor > 0:
         _put(out, f"hopaudit/{audit.layer_names[-1]}/log10_floor_low", math.log10(floor))
     _put(out, "hopaudit/cross_entropy", summary.get("cross_entropy"))
+    # the evidence, where the audit measured it (extraction=, heldout=): docs/validity.md
+    _put(out, "hopaudit/extraction_rate", summary.get("extraction_rate"))
+    _put(out, "hopaudit/extraction_rate_heldout", summary.get("extraction_rate_heldout"))
+    if getattr(audit, "heldout_capture", None) is not None:
+        table = audit.membership
+        loss = table[table["score"] == "loss"]
+        if len(loss):
+            _put(out, "hopaudit/auroc_loss", loss.iloc[0]["auroc"])
     _put(out, "hopaudit/audit_seconds", audit.timings.get("total"))
     return out
 
@@ -296,9 +306,13 @@ class AuditCallback(TrainerCallback):
     ``hopaudit.load``) and its scalars (see :func:`audit_scalars`) are logged through the
     trainer: they land in ``trainer.state.log_history`` and reach every reporting integration
     (TensorBoard, W&B, ...) as one extra log event at that step. ``audit_options`` go to
-    :func:`hopaudit.audit` (``max_length``, ``umap_layers``, ``heldout``, ...); the tokenizer is
-    the trainer's ``processing_class`` unless ``tokenizer=`` is given. The evaluation data is
-    tokenized once, at the start of training, so a bad dataset fails before any step is spent.
+    :func:`hopaudit.audit` (``max_length``, ``umap_layers``, ...); the tokenizer is
+    the trainer's ``processing_class`` unless ``tokenizer=`` is given. ``heldout=`` (text never
+    trained on) and ``extraction=`` (True or ``{"prefix": p, "suffix": s}``) go to every audit:
+    each step then logs its extraction rate and the loss score's membership AUROC, and
+    ``hopaudit.timeline`` draws them on the step axis beside r̂ / r* and the floor. The
+    evaluation data (and held-out text) is tokenized once, at the start of training, so a bad
+    dataset fails before any step is spent.
 
     ``on_error="raise"`` (default) stops training when an audit fails; ``"warn"`` catches any
     exception (not KeyboardInterrupt or SystemExit), warns once per distinct message, records it
@@ -326,10 +340,21 @@ class AuditCallback(TrainerCallback):
         on_error: str = "raise",
         keep: str | int = "limit",
         keep_stores: bool = False,
+        heldout: Any = None,
+        extraction: bool | dict[str, int] = False,
         **audit_options: Any,
     ) -> None:
         if every != "save" and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
             raise DataError(f"every must be 'save' or a positive number of steps, got {every!r}")
+        # the evidence beside the geometry at every step: held-out text (membership AUROC) and
+        # extraction, passed on to each audit like the other options
+        if heldout is not None:
+            audit_options["heldout"] = heldout
+        if extraction is not False:
+            from hopaudit.evidence.extract import parse_extraction
+
+            parse_extraction(extraction)  # a bad value fails here, not at the first audit
+            audit_options["extraction"] = extraction
         self.every = every
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.on_error = _check_on_error(on_error)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -337,6 +338,35 @@ NOTEBOOK_STYLE = (
 )
 
 
+#: How each panel is named in the snapshot's validity lines.
+_VALIDITY_PANELS = {
+    "distances": "distances",
+    "radii": "radii",
+    "floor": "floor",
+    "basins": "basins",
+}
+
+
+def _validity_block(state: dict[str, Any]) -> str:
+    """What the validity study measured the geometric panels to predict, one line each."""
+    v = state.get("validity") or {}
+    lines = v.get("lines") or {}
+    if not lines:
+        return ""
+    items = "".join(
+        f'<li data-validity="{html.escape(k)}"><b>{label}</b>: {html.escape(str(lines[k]))}</li>'
+        for k, label in _VALIDITY_PANELS.items()
+        if k in lines
+    )
+    doc = html.escape(str(v.get("doc") or "docs/validity.md"))
+    return (
+        '<h4 style="margin:12px 0 4px">What the geometry predicts (validity study)</h4>'
+        f'<ul class="validity" style="margin:0;padding-left:18px;font-size:12px">{items}</ul>'
+        f'<p style="color:#555;font-size:11px;margin:2px 0">Measured on '
+        f"{html.escape(str(v.get('grid') or ''))}: see {doc} in hopaudit's repository.</p>"
+    )
+
+
 def snapshot_html(state: dict[str, Any], *, token: str | None = None) -> str:
     """The static HTML snapshot of a view's state (no script; see the module docstring).
     With ``token`` (the notebook form) the snapshot carries it as ``data-hopaudit-snapshot``,
@@ -352,6 +382,7 @@ def snapshot_html(state: dict[str, Any], *, token: str | None = None) -> str:
         parts.append(_summary_table(state.get("summary") or {}))
         parts.append('<h4 style="margin:12px 0 4px">Radius per layer: r̂ (dots) and r* (squares)')
         parts.append("</h4>" + radii_img(layer_rows(state)))
+        parts.append(_validity_block(state))
         parts.append(_samples_table(state))
         parts.append(f'<p style="color:#777;font-size:11px">{html.escape(ASK_NOTE)}</p>')
     else:
@@ -392,6 +423,12 @@ def snapshot_text(state: dict[str, Any]) -> str:
             f"{r['name'][:24]:<24} {_num(r.get('r_hat')):>10} {_num(r.get('r_star')):>10} "
             f"{_num(r.get('r_ratio'), 3):>9} {_num(r.get('separated_frac'), 3):>9}"
         )
+    validity = (state.get("validity") or {}).get("lines") or {}
+    if validity:
+        lines.append("what the geometry predicts (validity study, docs/validity.md):")
+        for k in (k for k in _VALIDITY_PANELS if k in validity):
+            lines += textwrap.wrap(f"{k}: {validity[k]}", 98, initial_indent="  ",
+                                   subsequent_indent="    ")  # fmt: skip
     key, rows = sample_rows(state, PLAIN_ROWS)
     if rows:
         lines.append(f"most memorized ({key.replace('_', ' ')}):")

@@ -30,6 +30,7 @@ from hopaudit.jsonable import json_safe
 from hopaudit.layer.measuring import ROW_COLUMNS
 from hopaudit.theory import log_ball_volume, loss_floor
 from hopaudit.views.schema import pack, unpack
+from hopaudit.views.validity import validity_state
 
 STATIC = Path(__file__).parent.parent / "static"
 ESM_PATH = STATIC / "widget.js"
@@ -531,6 +532,8 @@ def widget_state(
     )
 
     state.update(metadata_state(getattr(audit, "metadata", None)))
+    # what the validity study measured each geometric panel to predict (docs/validity.md)
+    state["validity"] = validity_state()
     return state
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +86,8 @@ def train_tiny_gpt2(
     seed: int = 0,
     progress: bool = True,
     threads: int | None = 1,
+    checkpoints: Iterable[int] = (),
+    on_checkpoint: Callable[[int, TinyRun], None] | None = None,
 ) -> TinyRun:
     """Train a tiny GPT-2 on ``fraction`` of ``text`` and return the :class:`TinyRun`.
 
@@ -97,8 +99,16 @@ def train_tiny_gpt2(
     because matrices this small gain nothing from more, and on a busy machine oversubscribed
     threads are many times slower (benchmarks/README.md, "Constants"); ``None`` leaves torch's
     setting alone.
+
+    ``on_checkpoint(step, run)`` is called after each step listed in ``checkpoints`` (1 ..
+    ``steps``), so one run can be audited from under-fit to memorized: ``run`` is a
+    :class:`TinyRun` of the model as it is then (in eval mode during the call, back in
+    training after; ``losses`` so far), with the final run's tokenizer, texts and ids. The
+    call does not change the training: the batches come from their own generator, and
+    dropout is off. Audit ``run.model`` inside the call; it keeps training afterwards.
     """
     _check_arguments(fraction, n_layer, n_embd, n_head, seq_len, vocab_size, steps, batch_size, lr)
+    stops = _check_checkpoints(checkpoints, on_checkpoint, steps)
     bad_threads = isinstance(threads, bool) or not isinstance(threads, (int, type(None)))
     if bad_threads or (threads is not None and threads < 1):
         raise ModelError(f"threads must be a positive integer or None, got {threads!r}")
@@ -137,6 +147,50 @@ def train_tiny_gpt2(
         eos_token_id=eos_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    train_ids = torch.from_numpy(chunks[keep].astype(np.int64))
+    heldout_ids = torch.from_numpy(chunks[left_out].astype(np.int64))
+    train_texts = _decode_rows(tokenizer, train_ids)
+    heldout_texts = _decode_rows(tokenizer, heldout_ids)
+
+    def _run_at(done: int) -> TinyRun:
+        """The run as it stands after ``done`` steps (the model object itself, not a copy)."""
+        model.hopaudit_tokenizer = tokenizer
+        model.hopaudit_name = f"tiny-gpt2 L{n_layer} d{n_embd} ({fraction:.1%} of data)"
+        n_params = sum(p.numel() for p in model.parameters())
+        run_config = {
+            "fraction": fraction,
+            "n_layer": n_layer,
+            "n_embd": n_embd,
+            "n_head": n_head,
+            "seq_len": seq_len,
+            "vocab_size": len(tokenizer),
+            "vocab_size_requested": vocab_size,
+            "steps": steps,
+            "step": done,  # steps trained so far (== steps once training is over)
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "n_documents": len(docs),
+            "n_stream_tokens": len(stream),
+            "n_sequences_total": n_chunks,
+            "n_sequences_train": len(keep),
+            "n_train_tokens": len(keep) * seq_len,
+            "n_params": n_params,
+            "epochs": done * batch_size / len(keep),  # passes over the kept sequences
+            "threads": torch.get_num_threads() if threads is None else threads,
+            "seconds": time.perf_counter() - t_start,
+        }
+        return TinyRun(
+            model=model,
+            tokenizer=tokenizer,
+            losses=list(losses),
+            train_texts=train_texts,
+            config=run_config,
+            train_ids=train_ids,
+            heldout_texts=heldout_texts,
+            heldout_ids=heldout_ids,
+        )
+
     losses: list[float] = []
     with torch.random.fork_rng(devices=[]), _num_threads(threads):
         torch.manual_seed(seed)
@@ -149,7 +203,7 @@ def train_tiny_gpt2(
         starts_t = torch.from_numpy(starts)
         model.train()
         bar = tqdm(range(steps), desc="training tiny GPT-2", disable=not progress, leave=False)
-        for _ in bar:
+        for step in bar:
             pick = starts_t[torch.randint(len(starts_t), (batch_size,), generator=generator)]
             batch = tokens[pick[:, None] + offsets]
             loss = model(input_ids=batch, labels=batch).loss
@@ -160,46 +214,15 @@ def train_tiny_gpt2(
             schedule.step()
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            if step + 1 in stops:
+                model.eval()
+                try:
+                    on_checkpoint(step + 1, _run_at(step + 1))
+                finally:
+                    model.train()
         bar.close()
     model.eval()
-
-    train_ids = torch.from_numpy(chunks[keep].astype(np.int64))
-    heldout_ids = torch.from_numpy(chunks[left_out].astype(np.int64))
-    model.hopaudit_tokenizer = tokenizer
-    model.hopaudit_name = f"tiny-gpt2 L{n_layer} d{n_embd} ({fraction:.1%} of data)"
-    n_params = sum(p.numel() for p in model.parameters())
-    run_config = {
-        "fraction": fraction,
-        "n_layer": n_layer,
-        "n_embd": n_embd,
-        "n_head": n_head,
-        "seq_len": seq_len,
-        "vocab_size": len(tokenizer),
-        "vocab_size_requested": vocab_size,
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-        "n_documents": len(docs),
-        "n_stream_tokens": len(stream),
-        "n_sequences_total": n_chunks,
-        "n_sequences_train": len(keep),
-        "n_train_tokens": len(keep) * seq_len,
-        "n_params": n_params,
-        "epochs": steps * batch_size / len(keep),  # passes over the kept sequences
-        "threads": torch.get_num_threads() if threads is None else threads,
-        "seconds": time.perf_counter() - t_start,
-    }
-    return TinyRun(
-        model=model,
-        tokenizer=tokenizer,
-        losses=losses,
-        train_texts=_decode_rows(tokenizer, train_ids),
-        config=run_config,
-        train_ids=train_ids,
-        heldout_texts=_decode_rows(tokenizer, heldout_ids),
-        heldout_ids=heldout_ids,
-    )
+    return _run_at(steps)
 
 
 # --------------------------------------------------------------------------- pieces
@@ -323,6 +346,23 @@ def _decode_rows(tokenizer: Any, ids: torch.Tensor) -> list[str]:
     if ids.shape[0] == 0:
         return []
     return tokenizer.batch_decode(ids.tolist(), skip_special_tokens=False)
+
+
+def _check_checkpoints(
+    checkpoints: Iterable[int], on_checkpoint: Callable[[int, TinyRun], None] | None, steps: int
+) -> frozenset[int]:
+    """The checkpoint steps as a set; ModelError for steps outside 1..steps or a missing hook."""
+    if isinstance(checkpoints, (str, bytes)) or not isinstance(checkpoints, Iterable):
+        raise ModelError(f"checkpoints must be a list of steps, got {checkpoints!r}")
+    stops = list(checkpoints)
+    for s in stops:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 1 <= s <= steps:
+            raise ModelError(f"checkpoints must be steps in 1..{steps} (steps), got {s!r}")
+    if stops and on_checkpoint is None:
+        raise ModelError("checkpoints were given without on_checkpoint: pass the function to call")
+    if on_checkpoint is not None and not callable(on_checkpoint):
+        raise ModelError(f"on_checkpoint must be callable, got {type(on_checkpoint).__name__}")
+    return frozenset(int(s) for s in stops)
 
 
 def _check_arguments(fraction, n_layer, n_embd, n_head, seq_len, vocab_size, steps, batch_size,

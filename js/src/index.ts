@@ -2,7 +2,7 @@
 // ask box, only with a kernel: hopaudit/views/widget.py's answer_queries).
 import { AskPanel } from "./panels/ask";
 import { BasinsPanel } from "./panels/basins";
-import type { Context, Panel } from "./panels/base";
+import { type Context, type Panel, validityNote } from "./panels/base";
 import { DistancesPanel } from "./panels/distances";
 import { FloorPanel } from "./panels/floor";
 import { MembershipPanel } from "./panels/membership";
@@ -62,6 +62,11 @@ export function mount(model: ModelLike, el: HTMLElement): View {
       new AskPanel(ctx, basins),
     ];
     view.panels = panels;
+    // Each geometric panel says what the validity study measured it to predict (docs/validity.md).
+    for (const p of panels) {
+      const note = validityNote(ctx, p.name);
+      if (note) p.body.append(note);
+    }
     const grid = h("div", { class: "ha-grid" }, ...panels.map((p) => p.el));
     root.append(grid);
     for (const p of panels) drawPanel(p);

@@ -54,6 +54,17 @@ export interface MembershipRow {
   roc_n?: number;
 }
 
+/** What the validity study measured the geometric panels to predict (hopaudit/views/validity.py):
+ *  one sentence per panel ("distances", "radii", "floor", "basins"), where it is described, and
+ *  on what grid; empty where no validity data is shipped. */
+export interface Validity {
+  lines?: Record<string, string>;
+  doc?: string;
+  grid?: string;
+  date?: string;
+  version?: string;
+}
+
 export interface Summary {
   [key: string]: string | number | boolean | null | undefined;
 }
@@ -88,6 +99,7 @@ export class AuditState {
   membership: MembershipRow[];
   membershipNote: string | null;
   rocPoints: Float32Array;
+  validity: Validity;
   private decoder = new TextDecoder();
   private colIndex = new Map<string, number>();
 
@@ -122,6 +134,7 @@ export class AuditState {
     this.membership = model.get("membership") ?? [];
     this.membershipNote = model.get("membership_note") ?? null;
     this.rocPoints = ndarray(model.get("roc_points"), "float32");
+    this.validity = model.get("validity") ?? {};
   }
 
   /** The loss-floor curve of a layer, computed in Python (hopaudit/widget.py, _floor_curves):

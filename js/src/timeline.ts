@@ -196,6 +196,89 @@ class LossOverStepsPanel extends ChartPanel {
   }
 }
 
+/** The evidence of each step (hopaudit.results.comparison.audit_evidence): the members' and
+ *  held-out extraction rates and the loss score's membership AUROC, where the audits measured
+ *  them; null otherwise. */
+interface Evidence {
+  extraction_rate?: number | null;
+  extraction_rate_heldout?: number | null;
+  auroc_loss?: number | null;
+  auroc_loss_lo?: number | null;
+  auroc_loss_hi?: number | null;
+}
+
+const EVIDENCE_SERIES: [keyof Evidence, string][] = [
+  ["extraction_rate", "extraction rate (audited data)"],
+  ["extraction_rate_heldout", "extraction rate (held-out)"],
+  ["auroc_loss", "membership AUROC (loss)"],
+];
+
+function evidenceOf(frame: Frame, i: number): Evidence {
+  return (frame.members.infos[i]?.evidence as Evidence | undefined) ?? {};
+}
+
+/** Whether any step measured extraction or membership: the evidence panel is drawn then. */
+export function hasEvidence(frame: Frame, n: number): boolean {
+  for (let i = 0; i < n; i++) {
+    const e = evidenceOf(frame, i);
+    if (EVIDENCE_SERIES.some(([k]) => Number.isFinite(num(e[k])))) return true;
+  }
+  return false;
+}
+
+/** Extraction rate and membership AUROC over the steps, on the same step axis as r̂/r* and the
+ *  floor: the answer the geometry is read against (docs/validity.md). */
+class EvidenceOverStepsPanel extends ChartPanel {
+  constructor(ctx: Context, private frame: Frame, private steps: number[], private cursor: StepCursor) {
+    super("timeline-evidence", "Memorization evidence over training", ctx);
+    cursor.listeners.push(() => this.render());
+  }
+
+  render(): void {
+    const { frame, steps } = this;
+    const theme = frame.theme;
+    const rows: { step: number; v: number; s: string; lo?: number; hi?: number }[] = [];
+    steps.forEach((step, i) => {
+      const e = evidenceOf(frame, i);
+      for (const [key, label] of EVIDENCE_SERIES) {
+        const v = num(e[key]);
+        if (!Number.isFinite(v)) continue;
+        const row: { step: number; v: number; s: string; lo?: number; hi?: number } = { step, v, s: label };
+        if (key === "auroc_loss") {
+          row.lo = num(e.auroc_loss_lo);
+          row.hi = num(e.auroc_loss_hi);
+        }
+        rows.push(row);
+      }
+    });
+    const current = steps[this.cursor.index];
+    const domain = EVIDENCE_SERIES.map(([, label]) => label);
+    const svg = Plot.plot({
+      width: this.width || this.chart.clientWidth || 460,
+      height: 260,
+      marginLeft: 48,
+      style: { background: "transparent", color: theme.fg, fontSize: "11px" },
+      x: { label: "training step", grid: true, domain: [Math.min(...steps), Math.max(...steps)] },
+      y: { label: "rate or AUROC", grid: true, domain: [0, 1] },
+      color: { domain, range: [theme.lines.ce, theme.lines.rC, theme.lines.rHat], legend: true },
+      marks: [
+        Plot.ruleY([0.5], { stroke: theme.fg, strokeOpacity: 0.3, strokeDasharray: "2,3" }),
+        Plot.ruleX([current], { stroke: theme.accent, strokeWidth: 1.5, strokeDasharray: "4,3" }),
+        Plot.ruleX(rows.filter((r) => Number.isFinite(r.lo ?? NaN) && Number.isFinite(r.hi ?? NaN)), { x: "step", y1: "lo", y2: "hi", stroke: theme.lines.rHat, strokeWidth: 2 }),
+        Plot.line(rows, { x: "step", y: "v", stroke: "s", strokeWidth: 1.8 }),
+        Plot.dot(rows, { x: "step", y: "v", fill: "s", r: 2.5, tip: true, title: (d: any) => `step ${d.step}\n${d.s} = ${fmt(d.v)}${Number.isFinite(d.lo) ? ` (95 % interval ${fmt(d.lo)}–${fmt(d.hi)})` : ""}` }),
+      ],
+    });
+    this.chart.replaceChildren(svg);
+    this.chart.setAttribute("data-step", String(current));
+    const at = evidenceOf(frame, this.cursor.index);
+    this.chart.setAttribute("data-extraction-rate", String(num(at.extraction_rate)));
+    this.chart.setAttribute("data-auroc-loss", String(num(at.auroc_loss)));
+    this.note.textContent = "The ground truth beside the geometry: the share of the audited sequences greedy decoding reproduces (extraction), and how well the loss tells them from the held-out text (AUROC, with its 95 % interval; dotted: chance). Read r̂/r* and the floor above against it: on tiny GPT-2s they tracked training, not which sequences were memorized (docs/validity.md).";
+    this.markReady();
+  }
+}
+
 export function mountTimeline(model: ModelLike, el: HTMLElement): View {
   const m = model as ModelLike & { set?: (k: string, v: unknown) => void; save_changes?: () => void };
   let cursor: StepCursor | null = null;
@@ -233,7 +316,8 @@ export function mountTimeline(model: ModelLike, el: HTMLElement): View {
       }
     });
     v.setStep = (i: number) => cur.set(i);
-    return [slider, radii, loss, dists, scatter] as Panel[];
+    const evidence = hasEvidence(frame, n) ? [new EvidenceOverStepsPanel(base(), frame, steps, cur)] : [];
+    return [slider, radii, loss, ...evidence, dists, scatter] as Panel[];
   });
   const onIndex = () => {
     const i = Number(model.get("step_index"));

@@ -31,6 +31,28 @@ def test_every_panel_draws_without_console_errors(open_report):
     assert p.errors == []
 
 
+def test_each_geometric_panel_says_what_the_validity_study_found(open_report):
+    """distances, radii, floor and basins each carry the line hopaudit/views/validity.json's
+    numbers make (rho with its interval, the link to docs/validity.md); the others none."""
+    from hopaudit.views.validity import PANELS, load_validity, panel_line
+
+    data = load_validity()
+    p = open_report()
+    for name in PANELS:
+        note = p.page.locator(f'[data-panel="{name}"] .ha-validity[data-validity="{name}"]')
+        assert note.count() == 1, name
+        assert note.is_visible(), name
+        text = " ".join(note.inner_text().split())
+        assert text.startswith("Validity study:"), text
+        assert " ".join(panel_line(data["panels"][name]).split()) in text
+        entry = data["panels"][name]
+        assert f"{entry['rho']:.2f} [{entry['rho_lo']:.2f}, {entry['rho_hi']:.2f}]" in text
+        assert "docs/validity.md" in text
+    for name in ("summary", "membership", "samples"):
+        assert p.page.locator(f'[data-panel="{name}"] .ha-validity').count() == 0, name
+    assert p.errors == []
+
+
 def test_summary_shows_the_audit_numbers(open_report, real_audit):
     p = open_report()
     text = p.page.locator('[data-panel="summary"]').inner_text()

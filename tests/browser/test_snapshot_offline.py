@@ -59,6 +59,16 @@ def test_nbconvert_html_offline_shows_the_snapshot(browser, exported):
         box = img.bounding_box()
         assert box["width"] > 300 and box["height"] > 100
         assert snap.locator("table.samples tr").count() == 21  # header + 20 sequences
+        # what the validity study found, one line per geometric panel (docs/validity.md)
+        from hopaudit.views.validity import PANELS, load_validity
+
+        data = load_validity()
+        for name in PANELS:
+            item = snap.locator(f'ul.validity li[data-validity="{name}"]')
+            assert item.count() == 1, name
+            rho = data["panels"][name]["rho"]
+            assert f"{rho:.2f}" in item.inner_text(), name
+        assert "docs/validity.md" in text
         body = page.locator("body").inner_text()
         assert "model not found" not in body and "Error displaying widget" not in body
         # the finished progress bars are their last line of text

@@ -54,7 +54,12 @@ def run_dir(tmp_path_factory):
             disable_tqdm=True,
             seed=0,
         )
-        callback = AuditCallback(eval_rows, every=6, max_length=SEQ, umap_layers=[])
+        # held-out text from other topics, and extraction: every step carries its evidence
+        held_docs = [topics[k] for k in sorted(topics)][8:12]
+        held_stream = torch.from_numpy(_token_stream(tok, held_docs))
+        held_rows = held_stream[: len(held_stream) // SEQ * SEQ].view(-1, SEQ)[:30]
+        evidence = dict(heldout=held_rows, extraction={"prefix": 16, "suffix": 16})
+        callback = AuditCallback(eval_rows, every=6, max_length=SEQ, umap_layers=[], **evidence)
         data = [{"input_ids": r, "labels": r} for r in train_rows]
         Trainer(
             model=GPT2LMHeadModel(config),
@@ -124,6 +129,40 @@ def test_every_panel_draws_and_the_slider_moves_the_histogram(browser, timeline_
         assert page.evaluate("window.hopauditModel.get('step_index')") == 1
         # one WebGL context however often the step changes
         assert page.evaluate("window.__webglContexts") == 1
+        assert errors == []
+    finally:
+        ctx.close()
+
+
+def test_evidence_is_drawn_on_the_step_axis(browser, timeline, timeline_path):
+    """The audits were made with held-out text and extraction: a panel draws their extraction
+    rate and loss AUROC over the same steps as r̂/r*, and follows the slider."""
+    evidence = timeline.evidence.set_index("step")
+    ctx, page, errors = open_counting_webgl(browser, timeline_path)
+    try:
+        panel = page.locator('[data-panel="timeline-evidence"]')
+        assert panel.get_attribute("data-ready") == "true"
+        chart = panel.locator(".ha-chart")
+        last = evidence.loc[STEPS[-1]]
+        assert float(chart.get_attribute("data-auroc-loss")) == pytest.approx(last["auroc_loss"])
+        assert float(chart.get_attribute("data-extraction-rate")) == pytest.approx(
+            last["extraction_rate"]
+        )
+        # one dot per series and step: three series (members, held-out extraction, AUROC)
+        assert panel.locator('svg g[aria-label="dot"] circle').count() == 3 * len(STEPS)
+        ticks = panel.locator('svg g[aria-label="x-axis tick label"] text').all_inner_texts()
+        radii_ticks = page.locator(
+            '[data-panel="timeline-radii"] svg g[aria-label="x-axis tick label"] text'
+        ).all_inner_texts()
+        assert ticks == radii_ticks  # the same step axis
+        page.locator('[data-panel="timeline-slider"] input[type="range"]').focus()
+        page.keyboard.press("Home")
+        page.wait_for_function(
+            "document.querySelector('[data-panel=timeline-evidence] .ha-chart').dataset.step"
+            f" === '{STEPS[0]}'"
+        )
+        first = evidence.loc[STEPS[0]]
+        assert float(chart.get_attribute("data-auroc-loss")) == pytest.approx(first["auroc_loss"])
         assert errors == []
     finally:
         ctx.close()

@@ -437,3 +437,59 @@ def test_an_audit_still_held_answers_queries_after_rotation_deletes_its_folder(c
     a1.save(tmp_path / "again")  # the in-memory index is what is written
     back = hopaudit.load(tmp_path / "again").layer_report("final").index.query(probe, 3)
     np.testing.assert_array_equal(back[0], before[0])
+
+
+def test_heldout_and_extraction_give_every_step_its_evidence(corpus, tmp_path):
+    """AuditCallback(heldout=, extraction=) passes both to every audit: each step logs the
+    extraction rate and the loss score's membership AUROC, which the saved audit's own samples
+    reproduce (AUROC by scikit-learn), and hopaudit.timeline carries them on the step axis."""
+    from sklearn.metrics import roc_auc_score
+
+    from hopaudit.results.comparison import timeline_state
+
+    tok, train_rows, eval_rows = corpus
+    members, heldout = train_rows[:24], eval_rows[:24]
+    callback = AuditCallback(members, every=8, heldout=heldout,
+                             extraction={"prefix": 16, "suffix": 16}, **OPTS)  # fmt: skip
+    _trainer(tok, train_rows, tmp_path, [callback], save_strategy="no").train()
+    entries = _audit_entries(callback.history)
+    assert sorted(entries) == [8, 16, 24]
+    tl = hopaudit.timeline(tmp_path / "hopaudit")
+    evidence = tl.evidence.set_index("step")
+    state = timeline_state(tl)
+    for i, step in enumerate([8, 16, 24]):
+        saved = hopaudit.load(tmp_path / "hopaudit" / f"step-{step}")
+        stored, held = saved.samples, saved.heldout_samples
+        assert len(stored) == 24 and len(held) == 24
+        rate = float(stored["extracted"].mean())
+        labels = [1] * len(stored) + [0] * len(held)
+        auroc = roc_auc_score(labels, list(stored["loss"]) + list(held["loss"]))
+        assert entries[step]["hopaudit/extraction_rate"] == pytest.approx(rate)
+        assert entries[step]["hopaudit/auroc_loss"] == pytest.approx(auroc, abs=1e-9)
+        assert evidence.loc[step, "extraction_rate"] == pytest.approx(rate)
+        assert evidence.loc[step, "auroc_loss"] == pytest.approx(auroc, abs=1e-9)
+        assert evidence.loc[step, "auroc_loss_lo"] <= auroc <= evidence.loc[step, "auroc_loss_hi"]
+        assert evidence.loc[step, "r_ratio_final"] == pytest.approx(
+            float(saved.layers.iloc[-1]["r_ratio"])
+        )
+        member = state["members"][i]
+        assert member["step"] == step
+        assert member["evidence"]["auroc_loss"] == pytest.approx(auroc, abs=1e-9)
+        assert member["evidence"]["extraction_rate"] == pytest.approx(rate)
+    # training made the members more recognizable than at the first audit
+    assert evidence.loc[24, "auroc_loss"] > 0.5
+
+
+def test_audits_without_evidence_say_none():
+    from fakes import fake_audit
+
+    from hopaudit.results.comparison import audit_evidence
+
+    ev = audit_evidence(fake_audit(n_blocks=1, d=30, n=8, seed=4))
+    assert ev == {"extraction_rate": None, "extraction_rate_heldout": None, "auroc_loss": None,
+                  "auroc_loss_lo": None, "auroc_loss_hi": None}  # fmt: skip
+
+
+def test_bad_extraction_fails_at_construction():
+    with pytest.raises(DataError, match="extraction"):
+        AuditCallback(["a text"], extraction="yes")

@@ -153,3 +153,57 @@ def test_logged_loss_is_the_loss_on_the_kept_sequences():
     )
     logged = float(np.mean(run.losses[-10:]))
     assert logged == pytest.approx(run.loss_on(run.train_ids), rel=0.1)
+
+
+def test_checkpoints_see_the_model_as_it_trains_and_change_nothing():
+    """on_checkpoint is called after each listed step with the model as it is then (in eval
+    mode, the losses so far); the calls, even ones that draw from torch's global RNG and run
+    the model, leave the training exactly as a run without them."""
+    seen = []
+
+    def look(step, run):
+        seen.append(
+            {
+                "step": step,
+                "config_step": run.config["step"],
+                "n_losses": len(run.losses),
+                "training": run.model.training,
+                "state": {k: v.clone() for k, v in run.model.state_dict().items()},
+                "loss": run.loss_on(run.train_ids),
+                "n_train": len(run.train_ids),
+            }
+        )
+        torch.rand(100)  # the global RNG: training must not depend on it
+        run.model(input_ids=run.train_ids[:2])
+
+    opts = dict(fraction=0.5, steps=6, seed=2, **TINY)
+    plain = train_tiny_gpt2(TRAIN_DOCS[:8], **opts)
+    hooked = train_tiny_gpt2(TRAIN_DOCS[:8], checkpoints=[6, 2, 4], on_checkpoint=look, **opts)
+    assert [s["step"] for s in seen] == [2, 4, 6]
+    assert all(s["config_step"] == s["step"] == s["n_losses"] for s in seen)
+    assert not any(s["training"] for s in seen)
+    assert all(s["n_train"] == len(plain.train_ids) for s in seen)
+    assert hooked.losses == plain.losses and hooked.config["step"] == 6
+    final = plain.model.state_dict()
+    assert all(torch.equal(final[k], hooked.model.state_dict()[k]) for k in final)
+    assert all(torch.equal(final[k], seen[-1]["state"][k]) for k in final)
+    # earlier checkpoints hold earlier weights: the model moved, and its loss went down
+    assert not all(torch.equal(final[k], seen[0]["state"][k]) for k in final)
+    assert seen[0]["loss"] > seen[-1]["loss"]
+    assert seen[-1]["loss"] == pytest.approx(plain.loss_on(plain.train_ids), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("checkpoints", "hook", "match"),
+    [
+        ([0], print, r"1\.\.3"),
+        ([4], print, r"1\.\.3"),
+        ([1.5], print, r"1\.\.3"),
+        ("12", print, "list of steps"),
+        ([2], None, "without on_checkpoint"),
+        ([2], "print", "callable"),
+    ],
+)
+def test_bad_checkpoints_say_what_is_wrong(checkpoints, hook, match):
+    with pytest.raises(ModelError, match=match):
+        train_tiny_gpt2(DOCS[:2], steps=3, checkpoints=checkpoints, on_checkpoint=hook, **TINY)

@@ -56,3 +56,25 @@ export abstract class Panel {
     for (const c of this.cleanups.splice(0)) c();
   }
 }
+
+/** The panels that carry a validity line (hopaudit/views/validity.py, PANELS). */
+export const VALIDITY_PANELS = ["distances", "radii", "floor", "basins"];
+
+/** The line a geometric panel carries: what the validity study measured its quantity to
+ *  predict, or that it predicted nothing measurable (hopaudit/views/validity.py), with where the
+ *  study is described; null where the state has no line for this panel. */
+export function validityNote(ctx: Context, panel: string): HTMLElement | null {
+  if (!VALIDITY_PANELS.includes(panel)) return null;
+  const v = ctx.state.validity ?? {};
+  const line = v.lines?.[panel];
+  if (!line) return null;
+  const doc = v.doc ?? "docs/validity.md";
+  return h(
+    "p",
+    { class: "ha-note ha-validity", "data-validity": panel, title: v.grid ? `Measured on ${v.grid}` : "" },
+    h("b", { text: "Validity study: " }),
+    `${line} See `,
+    h("code", { text: doc }),
+    " in hopaudit's repository.",
+  );
+}
