@@ -97,7 +97,8 @@ def test_changing_the_layer_changes_the_histogram(open_report, report_state):
     stats = decode(report_state, "layer_stats")
     j = report_state["layer_columns"].index("r_hat")
     two_r_hat = 2 * stats[int(other), j]
-    label = p.page.locator('[data-panel="distances"] text', has_text="2 r̂").first.text_content()
+    marks = p.page.locator('[data-panel="distances"] .ha-legend .ha-mark', has_text="2 r̂")
+    label = marks.first.text_content()  # the marked distances are named in the legend
     assert float(label.split("=")[1]) == float(f"{two_r_hat:.3g}")
     assert p.errors == []
 
