@@ -55,6 +55,7 @@ MAY_BE_EMPTY = {"sequence_ids", "roc_points"}  # roc_points: only with heldout=
 #: front end (the multi-audit widget carries it once).
 NOT_IN_MEMBERS = {
     "selection",  # the view's own state, not the audit's
+    "can_query",  # whether a kernel answers the ask box: the live view's, not the audit's
     "sample_seq",
     "sample_values",
     "sample_columns",
