@@ -185,3 +185,19 @@ def jupyter_lab(root: Path) -> Iterator[tuple[str, str]]:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         log.close()
+
+
+def run_all_cells(page, url: str, token: str, notebook: str) -> None:
+    """Open ``notebook`` in JupyterLab, accept the default kernel if asked, and run every cell."""
+    page.goto(f"{url}/lab/tree/{notebook}?token={token}", timeout=120_000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+    # JupyterLab asks which kernel to start for a notebook it has not seen: the default.
+    dialog = page.locator(".jp-Dialog button.jp-mod-accept", has_text="Select")
+    try:
+        dialog.wait_for(timeout=30_000)
+        dialog.click()
+    except Exception:
+        pass  # no dialog: the kernel was chosen from the notebook's metadata
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from browser_helpers import PANELS, ROOT, SCREENSHOTS, jupyter_lab, write_notebook
+from browser_helpers import PANELS, ROOT, SCREENSHOTS, jupyter_lab, run_all_cells, write_notebook
 
 pytestmark = pytest.mark.slow
 
@@ -37,18 +37,7 @@ def test_notebook_renders_every_panel(browser, lab):
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     try:
-        page.goto(f"{url}/lab/tree/audit.ipynb?token={token}", timeout=120_000)
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
-        # JupyterLab asks which kernel to start for a notebook it has not seen: the default.
-        dialog = page.locator(".jp-Dialog button.jp-mod-accept", has_text="Select")
-        try:
-            dialog.wait_for(timeout=30_000)
-            dialog.click()
-        except Exception:
-            pass  # no dialog: the kernel was chosen from the notebook's metadata
-        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        run_all_cells(page, url, token, "audit.ipynb")
         out = page.locator(".jp-OutputArea-output .hopaudit[data-ready='true']")
         try:
             out.wait_for(timeout=300_000)

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from browser_helpers import ROOT, SCREENSHOTS, jupyter_lab, write_notebook
+from browser_helpers import ROOT, SCREENSHOTS, jupyter_lab, run_all_cells, write_notebook
 
 pytestmark = pytest.mark.slow
 
@@ -38,20 +38,6 @@ def lab(tmp_path):
         yield url, token
 
 
-def _run_all(page, url, token):
-    page.goto(f"{url}/lab/tree/ask.ipynb?token={token}", timeout=120_000)
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
-    dialog = page.locator(".jp-Dialog button.jp-mod-accept", has_text="Select")
-    try:
-        dialog.wait_for(timeout=30_000)
-        dialog.click()
-    except Exception:
-        pass  # no dialog: the kernel was chosen from the notebook's metadata
-    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-
-
 def test_box_round_trip_in_jupyterlab(browser, lab):
     url, token = lab
     ctx = browser.new_context(viewport={"width": 1280, "height": 1400})
@@ -59,7 +45,7 @@ def test_box_round_trip_in_jupyterlab(browser, lab):
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     try:
-        _run_all(page, url, token)
+        run_all_cells(page, url, token, "ask.ipynb")
         out = page.locator(".jp-OutputArea-output .hopaudit[data-ready='true']")
         printed = page.locator(".jp-OutputArea-output pre", has_text="EXPECTED")
         try:
