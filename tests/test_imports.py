@@ -144,3 +144,17 @@ def test_every_folder_is_a_package_with_a_docstring(folder):
     init = PACKAGE / folder / "__init__.py"
     assert init.is_file()
     assert ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
+
+
+def test_every_progress_bar_is_hopaudits():
+    """tqdm's notebook bar stays a widget when it ends, and a notebook saved without widget
+    state then shows a dead widget where it was: every bar goes through hopaudit.progress,
+    which leaves the bar's text behind."""
+    direct = [
+        f"{module}:{line}"
+        for module, path in MODULES.items()
+        if module != "hopaudit.progress"
+        for target, _, line in _imports(module, path)
+        if target.split(".")[0] == "tqdm"
+    ]
+    assert not direct, f"tqdm imported directly (use hopaudit.progress.tqdm): {direct}"

@@ -426,7 +426,7 @@ def measure_layers(
     peak: PeakTracker | None = None,
 ) -> tuple[dict, dict]:
     """Every layer measured by its own Ray task; (reports, skipped) as the local loop gives."""
-    from tqdm.auto import tqdm
+    from hopaudit.progress import tqdm
 
     ray = _ray()
     opts = dict(ray_options or {})

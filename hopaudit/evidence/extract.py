@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from hopaudit.errors import CaptureError, DataError, HopauditError, ModelError
+from hopaudit.progress import tqdm
 
 __all__ = ["ExtractionResult", "check_extraction", "extraction", "extraction_unsupported"]
 

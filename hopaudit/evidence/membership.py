@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from hopaudit.errors import DataError, ModelError
+from hopaudit.progress import tqdm
 
 __all__ = [
     "MEMBERSHIP_COLUMNS",
