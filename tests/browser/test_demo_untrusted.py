@@ -21,6 +21,10 @@ CHARTS = """() => [...document.querySelectorAll('.hopaudit-snapshot img.radii')]
     complete: img.complete, w: img.naturalWidth, h: img.naturalHeight,
     shown: img.getBoundingClientRect().width}))"""
 
+#: the page's text, cells out of view included (innerText leaves out what is not rendered)
+BODY_TEXT = """() => { const b = document.body.cloneNode(true);
+    b.querySelectorAll('script, style').forEach((e) => e.remove()); return b.textContent; }"""
+
 
 @pytest.fixture(autouse=True)
 def _outputs_made_by_this_snapshot():
@@ -49,7 +53,16 @@ def _check_snapshots(page, where: str) -> int:
     snaps = page.locator(".hopaudit-snapshot")
     n = snaps.count()
     assert n >= 2, f"{where}: {n} snapshots"
-    audits = [s for s in snaps.all() if s.inner_text().startswith("hopaudit audit of")]
+    # JupyterLab skips the rendering of cells out of view (content-visibility), and an element
+    # not rendered has no inner text: each snapshot is read in view
+    texts = []
+    for s in snaps.all():
+        s.scroll_into_view_if_needed()
+        page.wait_for_function(
+            "(e) => e.innerText.trim().length > 0", arg=s.element_handle(), timeout=30_000
+        )
+        texts.append(s.inner_text())
+    audits = [t for t in texts if t.startswith("hopaudit audit of")]
     page.wait_for_function(
         "() => [...document.querySelectorAll('.hopaudit-snapshot img.radii')]"
         ".every((i) => i.complete)",
@@ -59,10 +72,9 @@ def _check_snapshots(page, where: str) -> int:
     assert len(charts) == len(audits), (where, charts)  # one chart per audit snapshot
     for c in charts:
         assert c["complete"] and c["w"] >= 300 and c["h"] >= 100 and c["shown"] > 200, (where, c)
-    for s in snaps.all():
-        text = s.inner_text()
+    for text in texts:
         assert not any(t in text for t in SPILLED), (where, text[:400])
-    body = page.locator("body").inner_text()
+    body = page.evaluate(BODY_TEXT)
     assert "model not found" not in body and "Error displaying widget" not in body, where
     assert "hopaudit's interactive view: run the cell" not in body, where  # no fallback line
     assert "$r^*" not in body and "\\hat r" not in body, where  # no raw TeX
