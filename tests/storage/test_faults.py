@@ -304,7 +304,7 @@ def test_full_disk_loses_nothing(saved, tmp_path):
 
 @pytest.mark.slow
 def test_loads_under_a_concurrent_writer_see_one_audit_whole(saved, tmp_path):
-    """Issue 26: one process overwrites an audit with another for 60 s while two load it and
+    """Issue 26: one process overwrites an audit with another for 20 s while two load it and
     query what they loaded: every load is one of the two saved audits whole (texts, capture,
     activations and graph of one audit), none is called damaged, and an audit held across
     later saves still answers from its own index."""
@@ -313,12 +313,12 @@ def test_loads_under_a_concurrent_writer_see_one_audit_whole(saved, tmp_path):
         a=str(saved / "hnsw"),
         b=str(saved / "exact"),
         work=str(tmp_path),
-        seconds=60,
-        saves=12,
+        seconds=20,  # before the fix, about 1 load in 14 was mixed or called damaged
+        saves=8,
         timeout=1800,
     )
     assert res["writer"]["status"] == "ok", res["writer"]
-    assert int(res["writer"]["text"]) >= 12, res["writer"]
+    assert int(res["writer"]["text"]) >= 8, res["writer"]
     for reader in res["readers"]:
         assert reader["status"] == "ok", reader
         seen = json.loads(reader["text"])
