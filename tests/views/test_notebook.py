@@ -49,7 +49,9 @@ CELL_TIMEOUT = 1800  # seconds; SmolLM2's forward pass is minutes on two shared 
 #: The demo as the test runs it: the same cells on less SmolLM2 text (its forward pass and the
 #: extraction's decoding are most of the notebook's time). Each must match exactly once.
 SMALLER = {
-    "extraction=True, max_length=64, max_sequences=800": "extraction=True, max_length=64, max_sequences=160",
+    "extraction=True, max_length=64, max_sequences=800": (
+        "extraction=True, max_length=64, max_sequences=160"
+    ),
     "texts[1::2][:10]": "texts[1::2][:3]",
 }
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
