@@ -62,7 +62,12 @@ from hopaudit.model.blocks import (
     main_input_name,
     vocab_size,
 )
-from hopaudit.model.precision import autocast_context, compute_dtype, describe
+from hopaudit.model.precision import (
+    autocast_context,
+    cast_weights_once,
+    compute_dtype,
+    describe,
+)
 from hopaudit.progress import tqdm
 
 FINAL = "final"
@@ -775,8 +780,14 @@ def capture(
     try:
         bar = tqdm(total=n_seq, unit="seq", desc="capture", disable=not progress, leave=False)
         model.eval()
-        # bfloat16 autocast (amp) for the whole pass, or a no-op context: see precision.py
-        with torch.inference_mode(), autocast_context(amp, device), TraceBlocks(modules, on_output):
+        # bfloat16 autocast (amp) for the whole pass with the weights cast once, or no-op
+        # contexts: see model/precision.py
+        with (
+            torch.inference_mode(),
+            autocast_context(amp, device),
+            cast_weights_once(model, amp),
+            TraceBlocks(modules, on_output),
+        ):
             for start in range(0, n_seq, batch_size):
                 stop = min(n_seq, start + batch_size)
                 inputs, masks, score = feed.batch(start, stop, device)

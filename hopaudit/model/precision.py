@@ -18,6 +18,7 @@ audit's summary (``compute_dtype``).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ from hopaudit.errors import DataError
 __all__ = [
     "AUTOCAST_MODES",
     "autocast_context",
+    "cast_weights_once",
     "check_autocast",
     "compute_dtype",
     "cpu_description",
@@ -106,6 +108,82 @@ def autocast_context(dtype: torch.dtype | None, device: torch.device) -> Any:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+#: Modules whose forward is one of autocast's lower-precision products (linear, addmm) on their
+#: ``weight`` and ``bias``: ``torch.nn.Linear`` and transformers' ``Conv1D`` (GPT-2's).
+_PRODUCT_MODULES = ("Linear", "Conv1D")
+
+
+def _cast_candidates(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Parameter]]:
+    for module in model.modules():
+        if type(module).__name__ not in _PRODUCT_MODULES or hasattr(module, "_hf_hook"):
+            continue  # accelerate's hooks move offloaded weights in and out at each call
+        for name in ("weight", "bias"):
+            p = module._parameters.get(name)
+            if p is not None and p.dtype == torch.float32 and p.device.type != "meta":
+                yield module, name, p
+
+
+def _room_for(params: Any, dtype: torch.dtype | None) -> bool:
+    """Whether copies of ``params`` in ``dtype`` take at most half of the memory still free on
+    each device they sit on (/proc/meminfo's MemAvailable, or the CUDA device's free memory);
+    True where that cannot be read."""
+    if dtype is None:
+        return True
+    need: dict[torch.device, int] = {}
+    for p in params:
+        need[p.device] = need.get(p.device, 0) + p.numel() * dtype.itemsize
+    for device, nbytes in need.items():
+        free = _free_bytes(device)
+        if free is not None and nbytes > free // 2:
+            return False
+    return True
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "cpu":
+            with open("/proc/meminfo", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+    except (OSError, RuntimeError, ValueError, IndexError):
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def cast_weights_once(model: nn.Module, dtype: torch.dtype | None) -> Iterator[int]:
+    """For the length of the block, the float32 weights and biases of ``model``'s matrix
+    products held in ``dtype``, restored after (also on error and Ctrl-C); yields how many.
+
+    Under autocast every call casts its float32 weight to ``dtype`` again (autocast's cache
+    keeps only casts of tensors that require grad, and none under ``inference_mode``): on a
+    CPU that costs more than the products themselves. The cast is the same rounding either way,
+    so for a model that uses these weights only in its products the results are bit for bit
+    those of autocast alone. Does nothing for ``dtype=None``, or when the copies (half the
+    float32 weights' bytes) would take more than half of the memory still free.
+    """
+    swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
+    found = [] if dtype is None else list(_cast_candidates(model))
+    unique = {id(p): p for _, _, p in found}.values()
+    if not _room_for(unique, dtype):
+        found = []  # autocast alone: slower, but no copies that could exhaust the memory
+    try:
+        if found:
+            copies: dict[int, nn.Parameter] = {}  # a tied weight is cast once
+            for module, name, p in found:
+                if id(p) not in copies:
+                    copies[id(p)] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
+                swapped.append((module, name, p))
+                module._parameters[name] = copies[id(p)]
+        yield len(swapped)
+    finally:
+        for module, name, p in reversed(swapped):
+            module._parameters[name] = p
 
 
 def describe(dtype: torch.dtype | None, model: nn.Module) -> str:

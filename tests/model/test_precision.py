@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_capture import _data, _reference, _run
+from capture_helpers import _data, _reference, _run
 from tiny_models import tiny_model
 
 import hopaudit
@@ -71,3 +71,77 @@ def test_bfloat16_capture_stays_close_to_the_float32_model(arch):
     off = _run(model, info, data, positions="all", autocast="off")
     assert off.compute_dtype == "float32"
     assert abs(off.cross_entropy - loss) < 1e-4
+
+
+def _autocast_forward(model, data):
+    """Hidden states and logits under plain torch.autocast, as transformers computes them."""
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(
+            input_ids=data.input_ids, attention_mask=data.attention_mask, output_hidden_states=True
+        )
+    return [h.clone() for h in out.hidden_states], out.logits.clone()
+
+
+@pytest.mark.parametrize(
+    ("arch", "overrides"), [("gpt2", {}), ("llama", {}), ("llama", {"tie_word_embeddings": True})]
+)
+def test_weights_cast_once_give_autocasts_results_bit_for_bit(arch, overrides):
+    """The products see the same bfloat16 weights autocast would cast at every call: every
+    hidden state and the logits are equal, not close; the model gets its own float32
+    parameters back (the same objects), and a tied weight is cast once."""
+    model, _ = tiny_model(arch, **overrides)
+    data = _data([16, 11, 16, 9], seed=2)
+    before = {n: p for n, p in model.named_parameters(remove_duplicate=False)}
+    want_h, want_logits = _autocast_forward(model, data)
+    with (
+        torch.inference_mode(),
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        precision.cast_weights_once(model, torch.bfloat16) as n,
+    ):
+        out = model(
+            input_ids=data.input_ids, attention_mask=data.attention_mask, output_hidden_states=True
+        )
+        head = model.get_output_embeddings().weight
+        assert head.dtype == torch.bfloat16
+        tied = any(
+            p is head for m in model.modules() if m is not model.get_output_embeddings()
+            for p in m._parameters.values()
+        )  # fmt: skip
+    linears = [m for m in model.modules() if type(m).__name__ in ("Linear", "Conv1D")]
+    assert n == sum(m.weight is not None for m in linears) + sum(
+        getattr(m, "bias", None) is not None for m in linears
+    )
+    assert not tied  # the embedding keeps its float32 weight; only the head's product is cast
+    for got, want in zip(out.hidden_states, want_h, strict=True):
+        assert torch.equal(got, want)
+    assert torch.equal(out.logits, want_logits)
+    after = {n: p for n, p in model.named_parameters(remove_duplicate=False)}
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] and after[k].dtype == torch.float32 for k in before)
+
+
+def test_weights_come_back_on_an_error_and_stay_when_memory_is_short(monkeypatch):
+    model, _ = tiny_model("llama")
+    before = list(model.parameters())
+    with pytest.raises(KeyboardInterrupt), precision.cast_weights_once(model, torch.bfloat16) as n:
+        assert n > 0 and model.lm_head.weight.dtype == torch.bfloat16
+        raise KeyboardInterrupt
+    assert all(a is b for a, b in zip(model.parameters(), before, strict=True))
+    monkeypatch.setattr(precision, "_free_bytes", lambda device: 1000)  # copies would not fit
+    with precision.cast_weights_once(model, torch.bfloat16) as n:
+        assert n == 0 and model.lm_head.weight.dtype == torch.float32
+    with precision.cast_weights_once(model, None) as n:
+        assert n == 0
+
+
+def test_capture_runs_its_products_on_weights_cast_once():
+    model, info = tiny_model("llama")
+    seen = []
+    model.lm_head.register_forward_pre_hook(lambda m, a: seen.append(m.weight.dtype))
+    res = _run(model, info, _data([8] * 4), autocast="bfloat16")
+    assert res.compute_dtype == "bfloat16 autocast"
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    seen.clear()
+    _run(model, info, _data([8] * 4), autocast="off")
+    assert set(seen) == {torch.float32}
