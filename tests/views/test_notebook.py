@@ -50,9 +50,9 @@ CELL_TIMEOUT = 1800  # seconds; SmolLM2's forward pass is minutes on two shared 
 #: extraction's decoding are most of the notebook's time). Each must match exactly once.
 SMALLER = {
     "extraction=True, max_length=64, max_sequences=800": (
-        "extraction=True, max_length=64, max_sequences=160"
+        "extraction=True, max_length=64, max_sequences=96"
     ),
-    "texts[1::2][:10]": "texts[1::2][:3]",
+    "texts[1::2][:10]": "texts[1::2][:2]",
 }
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
