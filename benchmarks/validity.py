@@ -31,6 +31,9 @@ checkpoints of all runs:
                                  checkpoints (members' extraction rate >= 0.5): the mean of
                                  their AUROCs, 95 % interval by a bootstrap over runs and,
                                  within each, over sequences
+    auroc_seq_<score>_lo_fw= / _hi_fw=   the same bootstrap's interval at 1 - 0.05 / k for
+                                 the k geometric scores tried (Bonferroni): a score is kept
+                                 only when this family-wise interval excludes 0.5
     n_runs=, n_checkpoints=, n_memorized_checkpoints=, native_bf16=, cpu_kind=, cpu_model=,
     wall_seconds=, load_average_start=, load_average_end= (1-minute load average of the machine)
 
@@ -110,6 +113,9 @@ SEQ_SCORES = (
     "nn2_over_nn",  # log(second / first nearest member distance) at final
     "loss",  # -(mean token NLL): not geometry, the anchor
 )
+#: Coverage of the family-wise intervals: 95 % shared by the geometric scores tried (all but
+#: the loss, the anchor), so one of them excluding 0.5 by chance is at most 5 % likely.
+FAMILY_LEVEL = 1 - 0.05 / (len(SEQ_SCORES) - 1)
 MEMORIZED = 0.5  # a checkpoint is memorized when at least this fraction of members is extracted
 PREFIX = SUFFIX = 32
 SEQ_LEN = PREFIX + SUFFIX
@@ -220,14 +226,19 @@ def auroc(members: Sequence[float], nonmembers: Sequence[float]) -> float:
 
 
 def auroc_over_runs(
-    runs: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], *, n_boot: int = 500, seed: int = 0
-) -> tuple[float, float, float]:
-    """(mean AUROC, 95 % low, high) over checkpoints grouped by run: ``runs[i]`` lists run
+    runs: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]],
+    *,
+    n_boot: int = 500,
+    seed: int = 0,
+    levels: Sequence[float] = (0.95,),
+) -> tuple[float, ...]:
+    """(mean AUROC, low, high) over checkpoints grouped by run: ``runs[i]`` lists run
     i's checkpoints as (member scores, non-member scores). The interval resamples runs, then
-    within every drawn checkpoint its members and non-members (each with replacement)."""
+    within every drawn checkpoint its members and non-members (each with replacement); one
+    (low, high) per entry of ``levels`` (coverage), from the same resamples."""
     runs = [list(r) for r in runs if len(r)]
     if not runs:
-        return math.nan, math.nan, math.nan
+        return (math.nan,) * (1 + 2 * len(levels))
     point = float(np.nanmean([auroc(m, n) for r in runs for m, n in r]))
     rng = np.random.default_rng(seed)
     stats = np.empty(n_boot)
@@ -238,8 +249,11 @@ def auroc_over_runs(
                 values.append(auroc(m[rng.integers(m.size, size=m.size)],
                                     n[rng.integers(n.size, size=n.size)]))  # fmt: skip
         stats[b] = np.nanmean(values)
-    lo, hi = np.percentile(stats[np.isfinite(stats)], [2.5, 97.5])
-    return point, float(lo), float(hi)
+    out = [point]
+    for level in levels:
+        tail = 100 * (1 - level) / 2
+        out += [float(v) for v in np.percentile(stats[np.isfinite(stats)], [tail, 100 - tail])]
+    return tuple(out)
 
 
 def first_crossing(
@@ -583,9 +597,12 @@ def summarize(
                     for _, ck in run_part.groupby("step", sort=True)
                 ]
             )
-        point, lo, hi = auroc_over_runs(grouped, n_boot=max(1, n_boot // 4), seed=seed)
+        point, lo, hi, lo_fw, hi_fw = auroc_over_runs(
+            grouped, n_boot=max(1, n_boot // 4), seed=seed, levels=(0.95, FAMILY_LEVEL)
+        )
         lines += [(f"auroc_seq_{score}", point), (f"auroc_seq_{score}_lo", lo),
-                  (f"auroc_seq_{score}_hi", hi)]  # fmt: skip
+                  (f"auroc_seq_{score}_hi", hi), (f"auroc_seq_{score}_lo_fw", lo_fw),
+                  (f"auroc_seq_{score}_hi_fw", hi_fw)]  # fmt: skip
     return lines, notes
 
 
