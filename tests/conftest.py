@@ -7,10 +7,7 @@ import os
 import pytest
 import torch
 
-from hopaudit.cpus import usable_cpus
-
-#: Pools a test's process or its children (kernels, workers, subprocesses) size at start.
-_POOL_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "RAYON_NUM_THREADS")
+from hopaudit.engines.threads import ENV_CAPS, usable_cpus
 
 
 def _a_share_of_the_cpus_per_worker() -> None:
@@ -21,7 +18,7 @@ def _a_share_of_the_cpus_per_worker() -> None:
     if workers < 2:
         return
     share = max(1, usable_cpus() // workers)
-    for key in _POOL_VARS:
+    for key in ENV_CAPS:  # pools created later, here or in children (kernels, Ray, forks)
         os.environ.setdefault(key, str(share))
     torch.set_num_threads(min(torch.get_num_threads(), share))
 

@@ -161,8 +161,8 @@ def cast_weights_once(model: nn.Module, dtype: torch.dtype | None) -> Iterator[i
     products held in ``dtype``, restored after (also on error and Ctrl-C); yields how many.
 
     Under autocast every call casts its float32 weight to ``dtype`` again (autocast's cache
-    keeps only casts of tensors that require grad, and none under ``inference_mode``): on a
-    CPU that costs more than the products themselves. The cast is the same rounding either way,
+    keeps only casts of tensors that require grad, and none under ``inference_mode``), a large
+    share of a CPU forward (benchmarks/README.md, forward.py). The cast is the same rounding,
     so for a model that uses these weights only in its products the results are bit for bit
     those of autocast alone. Does nothing for ``dtype=None``, or when the copies (half the
     float32 weights' bytes) would take more than half of the memory still free.
