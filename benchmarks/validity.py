@@ -52,9 +52,8 @@ command, version, date, grid, and per geometric panel its quantity's rho, interv
 rho; read by hopaudit/views/validity.py).
 
 Usage: ``python benchmarks/validity.py [--quick] [--out DIR] [--write-package-data]``;
-``--quick`` is a reduced grid (12 runs of 2000 steps: about 5 minutes on two idle cores,
-estimated; 26 minutes measured on the shared machine at a load average of 10 to 14), the full
-grid (36 runs of 4000 steps) about 30 idle. docs/validity.md has the lines.
+``--quick`` is a reduced grid (12 runs of 2000 steps, under 10 minutes on two idle cores),
+the full grid (36 runs of 4000 steps) about 35 idle. docs/validity.md has the lines.
 """
 
 from __future__ import annotations
@@ -756,7 +755,7 @@ def package_data(values: dict[str, Any], checkpoints: pd.DataFrame, command: str
         **{k: round(float(values[f"auroc_seq_nn_ratio_final{s}"]), 4)
            for k, s in (("auroc", ""), ("auroc_lo", "_lo"), ("auroc_hi", "_hi"))},
     }  # fmt: skip
-    return {
+    data = {
         "_doc": "What benchmarks/validity.py measured each geometric panel's quantity to "
         "predict (docs/validity.md); written by its --write-package-data, read by "
         "hopaudit/views/validity.py.",
@@ -766,6 +765,52 @@ def package_data(values: dict[str, Any], checkpoints: pd.DataFrame, command: str
         "grid": grid,
         "doc": "docs/validity.md",
         "panels": panels,
+    }
+    if values.get("n_memorized_checkpoints", 0) > 0 and math.isfinite(values["auroc_seq_loss"]):
+        data["membership"] = membership_data(values)  # else nothing was memorized to score
+    return data
+
+
+#: How the package ships each per-sequence score tried (None: not shipped as its own row):
+#: (its name in Audit.membership, its label, whether the package reverses it).
+SHIPPED_AS = {
+    "nn_ratio_final": ("geometric", "nn / r\u0302 at final", False),
+    "nn_ratio_layers": ("nn_ratio_layers", "nn / r\u0302, mean of layers", False),
+    "norm": ("norm_reversed", "\u2212\u2016h\u2016 at the last block", True),
+    "drift": (None, "the distance moved from layer to layer", False),
+    "member_vs_heldout": ("member_vs_heldout", "nearest held-out / nearest stored", False),
+    "nn2_over_nn": (None, "second over first nearest stored", False),
+}
+
+
+LOSS_KEYS = (("auroc", ""), ("auroc_lo", "_lo"), ("auroc_hi", "_hi"))
+
+
+def membership_data(values: dict[str, Any]) -> dict:
+    """The membership panel's entry: every geometric per-sequence score tried, as the package
+    orients it (``norm`` reversed), its AUROC with its 95 % and family-wise intervals, and
+    whether the rule kept it (family-wise interval excludes 0.5); the loss's AUROC beside."""
+
+    def get(score: str, suffix: str) -> float:
+        return round(float(values[f"auroc_seq_{score}{suffix}"]), 4)
+
+    scores = []
+    for score in SEQ_SCORES[:-1]:
+        name, label, reverse = SHIPPED_AS[score]
+        point, lo, hi, lo_fw, hi_fw = (
+            get(score, s) for s in ("", "_lo", "_hi", "_lo_fw", "_hi_fw")
+        )
+        kept = not lo_fw <= 0.5 <= hi_fw
+        if reverse:
+            point, lo, hi, lo_fw, hi_fw = 1 - point, 1 - hi, 1 - lo, 1 - hi_fw, 1 - lo_fw
+        scores.append({"score": name or score, "label": label, "shipped": name is not None,
+                       "kept": kept, **{k: round(v, 4) for k, v in (
+                           ("auroc", point), ("auroc_lo", lo), ("auroc_hi", hi),
+                           ("auroc_lo_fw", lo_fw), ("auroc_hi_fw", hi_fw))}})  # fmt: skip
+    return {
+        "n_checkpoints": int(values["n_memorized_checkpoints"]),
+        "loss": {k: get("loss", s) for k, s in LOSS_KEYS},
+        "scores": scores,
     }
 
 

@@ -13,9 +13,18 @@ import numpy as np
 import pandas as pd
 
 from hopaudit.errors import HopauditError
+from hopaudit.evidence.geometric import (
+    KEPT_SCORES,
+    layer_mean,
+    log_distance_ratio,
+    nearest_heldout,
+    per_sequence_mean,
+    row_norms,
+)
 from hopaudit.evidence.membership import MEMBERSHIP_COLUMNS, membership_table, roc_curve
 from hopaudit.layer.embedding import Embedding
 from hopaudit.layer.measuring import ROW_COLUMNS, LayerReport
+from hopaudit.layer.patterns import layer_patterns
 from hopaudit.theory import chinchilla_loss, floor_words
 from hopaudit.views.protocol import View
 
@@ -32,7 +41,8 @@ LAYER_COLUMNS = ["layer", "name", "stack", *ROW_COLUMNS, "skipped_reason"]
 #: ``loss`` -(mean token NLL); ``zlib`` -(NLL sum) / zlib bytes of the text (Carlini et al.
 #: 2021); ``min_k`` Min-K% Prob (Shi et al. 2023); ``min_k_pp`` Min-K%++ (Zhang et al. 2024);
 #: ``ref_loss_diff`` NLL under ``reference=`` minus NLL under the model (Carlini et al. 2021).
-#: The geometric score -(nn / r_hat), per layer, is :meth:`Audit.geometric_scores`.
+#: The geometric score -(nn / r_hat), per layer, is :meth:`Audit.geometric_scores`; the
+#: geometric scores the validity study kept (``KEPT_SCORES``) its ``per_layer=False``.
 SCORE_COLUMNS = ("loss", "zlib", "min_k", "min_k_pp", "ref_loss_diff")
 GEOMETRIC = "geometric"
 
@@ -204,17 +214,24 @@ class Audit(View):
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
-    def geometric_scores(self, which: str = "stored") -> pd.DataFrame:
-        """The geometric membership score -(nn / r_hat), sequences x layers (higher = more
-        likely memorized: closer to another stored pattern than is typical at that layer).
+    def geometric_scores(self, which: str = "stored", per_layer: bool = True) -> pd.DataFrame:
+        """The geometric membership scores of each sequence (higher = more likely memorized).
 
-        ``which="stored"``: each stored sequence's distance to its nearest *other* stored
-        pattern; ``"heldout"``: each held-out sequence's distance to its nearest stored
-        pattern. Several rows per sequence (``positions="all"``) are averaged; skipped layers
-        are NaN.
+        ``per_layer=True``: -(nn / r_hat), sequences x layers: closer to another stored pattern
+        than is typical at that layer. ``per_layer=False``: the scores the validity study kept
+        (:data:`hopaudit.evidence.geometric.KEPT_SCORES`, docs/validity.md), one column each:
+        ``nn_ratio_layers`` (the ratio averaged over layers), ``member_vs_heldout`` (log of the
+        nearest held-out over the nearest stored distance at ``final``; NaN without
+        ``heldout=``) and ``norm_reversed`` (minus the last block's pattern norm).
+
+        ``which="stored"``: each stored sequence, its nearest *other* stored pattern;
+        ``"heldout"``: each held-out sequence, its nearest stored pattern. Several rows per
+        sequence (``positions="all"``) are averaged; skipped layers are NaN.
         """
         if which not in ("stored", "heldout"):
             raise HopauditError(f"which must be 'stored' or 'heldout', got {which!r}")
+        if not per_layer:
+            return self._kept_geometric[which].copy()
         heldout = which == "heldout"
         cap = self.heldout_capture if heldout else self.capture
         n = 0 if cap is None else self._n_sequences(heldout)
@@ -222,6 +239,66 @@ class Audit(View):
         frame = pd.DataFrame(data, index=pd.RangeIndex(n, name="sequence"))
         frame.columns.name = "layer"
         return frame
+
+    @cached_property
+    def _kept_geometric(self) -> dict[str, pd.DataFrame]:
+        """The kept geometric scores (``KEPT_SCORES``) of the stored and held-out sequences,
+        computed together: the member-against-held-out score searches both sets once."""
+        out = {}
+        sizes = {w: self._n_sequences(w == "heldout") for w in ("stored", "heldout")}
+        member = self._member_vs_heldout(sizes)
+        for which, n in sizes.items():
+            cap = self.heldout_capture if which == "heldout" else self.capture
+            ratios = self.geometric_scores(which).to_numpy()
+            frame = pd.DataFrame(
+                {
+                    "nn_ratio_layers": layer_mean(ratios) if n else np.zeros(0),
+                    "member_vs_heldout": member[which],
+                    "norm_reversed": -self._norms(cap, n),
+                },
+                index=pd.RangeIndex(n, name="sequence"),
+            )
+            frame.columns.name = "score"
+            out[which] = frame
+        return out
+
+    def _norms(self, cap: Any, n: int) -> np.ndarray:
+        """Each sequence's mean raw pattern norm at the last block (``final`` alone: there)."""
+        name = self.layer_names[-2] if len(self.layer_names) > 1 else self.layer_names[-1]
+        if cap is None or n == 0:
+            return np.full(n, np.nan)
+        try:
+            norms = row_norms(cap.store.get(name))
+        except KeyError:  # a layer the store does not hold
+            return np.full(n, np.nan)
+        finally:
+            release = getattr(cap.store, "release", None)
+            if callable(release):
+                release(name)
+        return per_sequence_mean(norms, _rows_of(cap, name), n)
+
+    def _member_vs_heldout(self, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+        """log(nearest held-out / nearest stored distance) at ``final``, per sequence, for the
+        stored and held-out sets (a pattern is never its own neighbour); NaN where unknown."""
+        out = {w: np.full(n, np.nan) for w, n in sizes.items()}
+        final = self.layer_names[-1]
+        rep, held = self.reports.get(final), self.heldout_capture
+        if rep is None or held is None or rep.nn_queries is None or rep.query_rows is None:
+            return out
+        rows = {"stored": np.asarray(rep.valid_rows), "heldout": np.asarray(rep.query_rows)}
+        if rows["heldout"].size < 2 or rows["stored"].size < 1:
+            return out
+        stored = layer_patterns(self.capture.store, final, rows["stored"], rep.normalize)
+        queries = layer_patterns(held.store, final, rows["heldout"], rep.normalize)
+        to_heldout, among_heldout = nearest_heldout(stored, queries)
+        per_row = {
+            "stored": log_distance_ratio(to_heldout, rep.nn),
+            "heldout": log_distance_ratio(among_heldout, rep.nn_queries),
+        }
+        for which, cap in (("stored", self.capture), ("heldout", held)):
+            seq = _rows_of(cap, final)[rows[which]]
+            out[which] = per_sequence_mean(per_row[which], seq, sizes[which])
+        return out
 
     def _membership_inputs(self) -> tuple[dict, dict]:
         members: dict[tuple[str, str | None], np.ndarray] = {}
@@ -234,15 +311,21 @@ class Audit(View):
         for name in self.layer_names:
             members[(GEOMETRIC, name)] = g_in[name].to_numpy(dtype=np.float64)
             nonmembers[(GEOMETRIC, name)] = g_out[name].to_numpy(dtype=np.float64)
+        k_in, k_out = self._kept_geometric["stored"], self._kept_geometric["heldout"]
+        for col in KEPT_SCORES:
+            members[(col, None)] = k_in[col].to_numpy(dtype=np.float64)
+            nonmembers[(col, None)] = k_out[col].to_numpy(dtype=np.float64)
         return members, nonmembers
 
     @cached_property
     def membership(self) -> pd.DataFrame:
         """How well each score tells stored sequences (members) from held-out ones
-        (non-members): one row per score, and per layer for the geometric score, with the
-        AUROC, its 95 % bootstrap interval over sequences, the TPR at 1 % and 5 % FPR and the
-        class sizes. Every score is oriented higher = member, so 0.5 is chance and 1 perfect.
-        Empty without ``heldout=``; ``membership.attrs["reason"]`` then says why."""
+        (non-members): one row per score (the loss scores, then the geometric scores the
+        validity study kept, ``per_layer=False`` of :meth:`geometric_scores`), and per layer
+        for the geometric score -(nn / r_hat), with the AUROC, its 95 % bootstrap interval
+        over sequences, the TPR at 1 % and 5 % FPR and the class sizes. Every score is
+        oriented higher = member, so 0.5 is chance and 1 perfect. Empty without ``heldout=``;
+        ``membership.attrs["reason"]`` then says why."""
         reason = None
         if self.heldout_capture is None:
             reason = "no held-out data: pass heldout= to audit() to evaluate membership scores"
@@ -268,8 +351,8 @@ class Audit(View):
         key = (score, self._layer_name(layer) if score == GEOMETRIC else None)
         if key not in members or self.heldout_capture is None:
             raise HopauditError(
-                f"no ROC for {score!r}: scores are {list(SCORE_COLUMNS)} and {GEOMETRIC!r} "
-                "(with a layer), and an audit needs heldout= for one"
+                f"no ROC for {score!r}: scores are {list(SCORE_COLUMNS + KEPT_SCORES)} and "
+                f"{GEOMETRIC!r} (with a layer), and an audit needs heldout= for one"
             )
         fpr, tpr, _ = roc_curve(members[key], nonmembers[key])
         return fpr, tpr

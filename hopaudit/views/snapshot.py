@@ -344,6 +344,7 @@ _VALIDITY_PANELS = {
     "radii": "radii",
     "floor": "floor",
     "basins": "basins",
+    "membership": "membership",
 }
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "VALIDITY_PATH",
     "check_validity",
     "load_validity",
+    "membership_line",
     "panel_line",
     "validity_state",
 ]
@@ -51,7 +52,8 @@ def check_validity(data: Any) -> dict[str, Any]:
     """``data`` if it has the validity file's format, else a FormatError naming what is wrong:
     the top keys, a non-empty ``command``, an ISO ``date``, and for every panel of
     :data:`PANELS` its quantity, label and correlations in [-1, 1] with ``lo <= rho <= hi``;
-    an optional ``sequence`` entry (the per-sequence nn / r-hat score) holds AUROCs in [0, 1]."""
+    an optional ``sequence`` entry (the per-sequence nn / r-hat score) holds AUROCs in [0, 1],
+    and an optional top-level ``membership`` entry every per-sequence geometric score tried."""
     if not isinstance(data, dict):
         raise FormatError(f"the validity data must be a JSON object, got {type(data).__name__}")
     missing = [k for k in _TOP_KEYS if k not in data]
@@ -68,7 +70,57 @@ def check_validity(data: Any) -> dict[str, Any]:
         raise FormatError(f"validity data: panels must be exactly {list(PANELS)}, got {got}")
     for name in PANELS:
         _check_panel(name, panels[name])
+    if data.get("membership") is not None:
+        _check_membership(data["membership"])
     return data
+
+
+def _check_membership(entry: Any) -> None:
+    """The optional ``membership`` entry: the memorized checkpoints counted, the loss's AUROC,
+    and every geometric per-sequence score tried with its intervals and whether it was kept."""
+    if not isinstance(entry, dict) or any(
+        k not in entry for k in ("n_checkpoints", "loss", "scores")
+    ):
+        raise FormatError("validity data: membership needs n_checkpoints, loss and scores")
+    n = entry["n_checkpoints"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise FormatError(f"validity data: membership.n_checkpoints must be a count, got {n!r}")
+    _check_aurocs("membership.loss", entry["loss"], ("auroc", "auroc_lo", "auroc_hi"))
+    if not isinstance(entry["scores"], list) or not entry["scores"]:
+        raise FormatError("validity data: membership.scores must be a non-empty list")
+    for i, score in enumerate(entry["scores"]):
+        where = f"membership.scores[{i}]"
+        if not isinstance(score, dict):
+            raise FormatError(f"validity data: {where} must be an object")
+        for key in ("score", "label"):
+            if not isinstance(score.get(key), str) or not score[key]:
+                raise FormatError(f"validity data: {where}.{key} must be a non-empty string")
+        for key in ("shipped", "kept"):
+            if not isinstance(score.get(key), bool):
+                raise FormatError(f"validity data: {where}.{key} must be true or false")
+        _check_aurocs(where, score, _SCORE_AUROCS)
+        if score["kept"] == (score["auroc_lo_fw"] <= 0.5 <= score["auroc_hi_fw"]):
+            raise FormatError(
+                f"validity data: {where}.kept must say whether its family-wise interval "
+                "excludes 0.5"
+            )
+
+
+_SCORE_AUROCS = ("auroc", "auroc_lo", "auroc_hi", "auroc_lo_fw", "auroc_hi_fw")
+
+
+def _check_aurocs(where: str, entry: Any, keys: tuple[str, ...]) -> None:
+    """AUROCs in [0, 1], each point inside its interval(s), a wider family-wise one nesting."""
+    if not isinstance(entry, dict) or any(k not in entry for k in keys):
+        raise FormatError(f"validity data: {where} needs {', '.join(keys)}")
+    v = {k: _number(f"{where}.{k}", entry[k], 0.0, 1.0) for k in keys}
+    if not v["auroc_lo"] <= v["auroc"] <= v["auroc_hi"]:
+        raise FormatError(f"validity data: {where}.auroc lies outside its interval")
+    if (
+        "auroc_lo_fw" in v
+        and not v["auroc_lo_fw"] <= v["auroc_lo"] <= v["auroc_hi"] <= v["auroc_hi_fw"]
+    ):
+        raise FormatError(f"validity data: {where}'s family-wise interval must hold its 95 % one")
 
 
 def _check_panel(name: str, entry: Any) -> None:
@@ -140,14 +192,45 @@ def panel_line(entry: dict[str, Any]) -> str:
     return text
 
 
+def membership_line(entry: dict[str, Any]) -> str:
+    """What the study found the per-sequence geometric scores worth: the kept ones with their
+    family-wise intervals against the loss's AUROC, and the ones tried and dropped."""
+
+    def fw(s: dict[str, Any]) -> str:
+        return f"{s['label']} {_interval(s['auroc'], s['auroc_lo_fw'], s['auroc_hi_fw'], 3)}"
+
+    kept = [s for s in entry["scores"] if s["kept"]]
+    shown = [s for s in entry["scores"] if s["shipped"] and not s["kept"]]
+    dropped = [s for s in entry["scores"] if not s["shipped"] and not s["kept"]]
+    loss = _interval(entry["loss"]["auroc"], entry["loss"]["auroc_lo"], entry["loss"]["auroc_hi"])
+    where = f"on the study's {entry['n_checkpoints']} memorized checkpoints"
+    if kept:
+        text = (f"Per sequence, {where}, the geometric scores kept here told members from "
+                f"held-out text by a few hundredths at most: {'; '.join(fw(s) for s in kept)} "
+                f"(AUROC, family-wise interval), where the loss reached {loss}: measurable, "
+                "not a detector.")  # fmt: skip
+    else:
+        text = (f"Per sequence, {where}, no geometric score told members from held-out text "
+                f"beyond chance, where the loss reached {loss}.")  # fmt: skip
+    if shown:
+        text += f" Shown, but its interval reaches 0.5: {'; '.join(fw(s) for s in shown)}."
+    if dropped:
+        text += f" Tried and dropped (interval reaches 0.5): {'; '.join(fw(s) for s in dropped)}."
+    return text
+
+
 def validity_state(data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The views' ``validity`` trait: ``lines`` (panel -> sentence), ``doc``, ``grid``,
+    """The views' ``validity`` trait: ``lines`` (panel -> sentence; the membership panel's
+    too where the file has it), ``doc``, ``grid``,
     ``date`` and ``version``; empty where no validity data is shipped."""
     data = load_validity() if data is None else check_validity(data)
     if data is None:
         return {}
+    lines = {name: panel_line(data["panels"][name]) for name in PANELS}
+    if data.get("membership") is not None:
+        lines["membership"] = membership_line(data["membership"])
     return {
-        "lines": {name: panel_line(data["panels"][name]) for name in PANELS},
+        "lines": lines,
         "doc": data["doc"],
         "grid": data["grid"],
         "date": data["date"],

@@ -355,6 +355,19 @@ def test_write_package_data_writes_a_file_the_views_accept(validity, toy, tmp_pa
         assert entry["rho_partial_hi"] == pytest.approx(partial_hi, abs=1e-4)
     seq = data["panels"]["basins"]["sequence"]
     assert seq["auroc"] == pytest.approx(float(lines["auroc_seq_nn_ratio_final"]), abs=1e-4)
+    if float(lines["n_memorized_checkpoints"]) > 0:
+        by_name = {s["score"]: s for s in data["membership"]["scores"]}
+        for tried, shipped, flip in (
+            ("nn_ratio_layers", "nn_ratio_layers", False),
+            ("norm", "norm_reversed", True),
+            ("drift", "drift", False),
+        ):
+            got, line = by_name[shipped], float(lines[f"auroc_seq_{tried}"])
+            assert got["auroc"] == pytest.approx(1 - line if flip else line, abs=2e-4)
+            lo_fw, hi_fw = (float(lines[f"auroc_seq_{tried}{s}"]) for s in ("_lo_fw", "_hi_fw"))
+            assert got["kept"] == (not lo_fw <= 0.5 <= hi_fw)
+    else:
+        assert "membership" not in data
     assert not list(tmp_path.glob(".*tmp*"))  # written through a temporary sibling, renamed
 
 

@@ -33,8 +33,9 @@ def test_every_panel_draws_without_console_errors(open_report):
 
 def test_each_geometric_panel_says_what_the_validity_study_found(open_report):
     """distances, radii, floor and basins each carry the line hopaudit/views/validity.json's
-    numbers make (rho with its interval, the link to docs/validity.md); the others none."""
-    from hopaudit.views.validity import PANELS, load_validity, panel_line
+    numbers make (rho with its interval, the link to docs/validity.md), the membership panel
+    the per-sequence scores' line; the others none."""
+    from hopaudit.views.validity import PANELS, load_validity, membership_line, panel_line
 
     data = load_validity()
     p = open_report()
@@ -48,7 +49,11 @@ def test_each_geometric_panel_says_what_the_validity_study_found(open_report):
         entry = data["panels"][name]
         assert f"{entry['rho']:.2f} [{entry['rho_lo']:.2f}, {entry['rho_hi']:.2f}]" in text
         assert "docs/validity.md" in text
-    for name in ("summary", "membership", "samples"):
+    note = p.page.locator('[data-panel="membership"] .ha-validity[data-validity="membership"]')
+    text = " ".join(note.inner_text().split())
+    assert " ".join(membership_line(data["membership"]).split()) in text
+    assert "nn / r̂, mean of layers 0.523" in text and "docs/validity.md" in text
+    for name in ("summary", "samples"):
         assert p.page.locator(f'[data-panel="{name}"] .ha-validity').count() == 0, name
     assert p.errors == []
 
@@ -424,3 +429,28 @@ def test_quick_colour_switches_end_drawn_in_the_last_choice(open_report):
         assert "nn / r̂" in p.page.locator('[data-panel="basins"] .ha-legend').inner_text()
         assert not [e for e in p.errors if "draw" in e], p.errors
     assert shots[0] == shots[1]
+
+
+def test_the_membership_panel_draws_the_kept_geometric_scores(open_report, tmp_path):
+    """With held-out text, the membership panel's ROC legend names the loss scores and the
+    three geometric scores the validity study kept, and its line gives their numbers."""
+    from tiny_models import random_texts, tiny_model, tiny_tokenizer
+
+    import hopaudit
+    from hopaudit.views.report import to_html
+
+    model, _ = tiny_model("gpt2")
+    a = hopaudit.audit(
+        model, random_texts(40), tokenizer=tiny_tokenizer(), heldout=random_texts(25, seed=7),
+        max_length=12, progress=False, umap_layers=[], bootstrap=20,
+    )  # fmt: skip
+    assert {"nn_ratio_layers", "member_vs_heldout", "norm_reversed"} <= set(a.membership["score"])
+    p = open_report(path=to_html(a, tmp_path / "held.html"))
+    panel = p.page.locator('[data-panel="membership"]')
+    assert panel.get_attribute("data-ready") == "true"
+    legend = " ".join(panel.locator(".ha-roc").inner_text().split())
+    for label in ("loss", "Min-K%++", "nn / r̂, mean of layers",
+                  "nearest held-out / nearest stored", "−‖h‖ at the last block"):  # fmt: skip
+        assert label in legend, (label, legend)
+    assert "measurable, not a detector" in panel.locator(".ha-validity").inner_text()
+    assert p.errors == []

@@ -68,6 +68,8 @@ def test_nbconvert_html_offline_shows_the_snapshot(browser, exported):
             assert item.count() == 1, name
             rho = data["panels"][name]["rho"]
             assert f"{rho:.2f}" in item.inner_text(), name
+        item = snap.locator('ul.validity li[data-validity="membership"]')
+        assert "nearest held-out / nearest stored" in item.inner_text()
         assert "docs/validity.md" in text
         body = page.locator("body").inner_text()
         assert "model not found" not in body and "Error displaying widget" not in body

@@ -13,6 +13,13 @@ from tiny_models import random_texts, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.errors import DataError
+from hopaudit.evidence.geometric import (
+    KEPT_SCORES,
+    layer_mean,
+    log_distance_ratio,
+    per_sequence_mean,
+    row_norms,
+)
 from hopaudit.evidence.membership import (
     auroc,
     bootstrap_auroc,
@@ -107,11 +114,14 @@ def test_audit_membership_matches_sklearn(membership_audit):
     ]  # fmt: skip
     stored, held = a.samples, a.heldout_samples
     assert len(held) == a.heldout_capture.seq_nll.size
-    assert set(table["score"]) == {"loss", "zlib", "min_k", "min_k_pp", "geometric"}
+    assert set(table["score"]) == {"loss", "zlib", "min_k", "min_k_pp", "geometric", *KEPT_SCORES}
     for row in table.itertuples():
         if row.score == "geometric":
             m = a.geometric_scores("stored")[row.layer].to_numpy()
             n = a.geometric_scores("heldout")[row.layer].to_numpy()
+        elif row.score in KEPT_SCORES:
+            m = a.geometric_scores("stored", per_layer=False)[row.score].to_numpy()
+            n = a.geometric_scores("heldout", per_layer=False)[row.score].to_numpy()
         else:
             m, n = stored[row.score].to_numpy(), held[row.score].to_numpy()
         y, s = _sk(m, n)
@@ -135,7 +145,7 @@ def test_geometric_scores_are_minus_the_distance_ratio(membership_audit):
     assert list(g.columns) == a.layer_names and len(g) == len(a.texts)
     np.testing.assert_allclose(-g["final"].to_numpy(), a.samples["distance_ratio"].to_numpy())
     # held-out: distance to the nearest stored pattern over r_hat, by brute force
-    rep = a.report("final")
+    rep = a.layer_report("final")
     from hopaudit.geometry import normalize_rows
 
     x = normalize_rows(np.asarray(a.activations("final"), np.float64), "rms")
@@ -144,6 +154,80 @@ def test_geometric_scores_are_minus_the_distance_ratio(membership_audit):
     np.testing.assert_allclose(
         -a.geometric_scores("heldout")["final"].to_numpy(), nearest / rep.r_hat, rtol=1e-4
     )
+
+
+def _pairwise(x, y):
+    return np.sqrt(((x[:, None, :] - y[None, :, :]) ** 2).sum(-1))
+
+
+def test_the_kept_geometric_scores_by_brute_force(membership_audit):
+    """The three scores the validity study kept, recomputed in float64 from the raw
+    activations with all pairwise distances (docs/validity.md gives their definitions)."""
+    from hopaudit.geometry import normalize_rows
+
+    a = membership_audit
+    names = a.layer_names
+    stored = a.geometric_scores("stored", per_layer=False)
+    held = a.geometric_scores("heldout", per_layer=False)
+    assert list(stored.columns) == list(KEPT_SCORES) == list(held.columns)
+    assert len(stored) == len(a.texts) and len(held) == len(a.heldout_samples)
+    raw_s = {n: np.asarray(a.activations(n), np.float64) for n in names}
+    raw_h = {n: np.asarray(a.heldout_capture.store.get(n), np.float64) for n in names}
+    assert raw_s["final"].shape[0] == len(stored)  # one pattern per sequence here
+    # mean over layers of -(nn / r_hat), nn by brute force
+    ratios_s, ratios_h = [], []
+    for n in names:
+        xs, xh = normalize_rows(raw_s[n], "rms"), normalize_rows(raw_h[n], "rms")
+        d_ss = _pairwise(xs, xs)
+        np.fill_diagonal(d_ss, np.inf)
+        r_hat = a.layer_report(n).r_hat
+        ratios_s.append(d_ss.min(1) / r_hat)
+        ratios_h.append(_pairwise(xh, xs).min(1) / r_hat)
+    np.testing.assert_allclose(stored["nn_ratio_layers"], -np.mean(ratios_s, 0), rtol=1e-4)
+    np.testing.assert_allclose(held["nn_ratio_layers"], -np.mean(ratios_h, 0), rtol=1e-4)
+    # log(nearest held-out / nearest stored) at final, never a pattern itself
+    xs, xh = normalize_rows(raw_s["final"], "rms"), normalize_rows(raw_h["final"], "rms")
+    d_ss, d_hh = _pairwise(xs, xs), _pairwise(xh, xh)
+    np.fill_diagonal(d_ss, np.inf)
+    np.fill_diagonal(d_hh, np.inf)
+    d_sh = _pairwise(xs, xh)
+    expect_s = np.log(d_sh.min(1)) - np.log(d_ss.min(1))
+    expect_h = np.log(d_hh.min(1)) - np.log(d_sh.min(0))
+    np.testing.assert_allclose(stored["member_vs_heldout"], expect_s, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(held["member_vs_heldout"], expect_h, rtol=1e-4, atol=1e-5)
+    # minus the raw norm at the last block (the block before final)
+    last = names[-2]
+    np.testing.assert_allclose(stored["norm_reversed"], -np.linalg.norm(raw_s[last], axis=1))
+    np.testing.assert_allclose(held["norm_reversed"], -np.linalg.norm(raw_h[last], axis=1))
+
+
+def test_kept_scores_are_nan_without_heldout_but_for_member_vs_heldout_only():
+    model, _ = tiny_model("gpt2")
+    a = hopaudit.audit(
+        model, random_texts(20), tokenizer=tiny_tokenizer(), max_length=12, progress=False,
+        umap_layers=[],
+    )  # fmt: skip
+    g = a.geometric_scores(per_layer=False)
+    assert g["member_vs_heldout"].isna().all()
+    assert np.isfinite(g["nn_ratio_layers"]).all() and np.isfinite(g["norm_reversed"]).all()
+    assert a.geometric_scores("heldout", per_layer=False).empty
+
+
+def test_per_sequence_mean_and_layer_mean_skip_what_is_not_finite():
+    values = np.array([1.0, 3.0, np.nan, 5.0, np.inf, 2.0])
+    seq = np.array([0, 0, 1, 2, 2, 0])
+    np.testing.assert_allclose(per_sequence_mean(values, seq, 4), [2.0, np.nan, 5.0, np.nan])
+    x = np.array([[1.0, np.nan, 3.0], [np.nan, np.nan, np.nan]])
+    np.testing.assert_allclose(layer_mean(x), [2.0, np.nan])
+
+
+def test_row_norms_and_the_log_ratio_of_a_duplicate():
+    x = np.array([[3.0, 4.0], [np.nan, 1.0], [3e4, 4e4]], np.float16)  # squares beyond float16
+    np.testing.assert_allclose(row_norms(x), [5.0, np.nan, 5e4], rtol=1e-3)
+    got = log_distance_ratio(np.array([2.0, 1.0, np.nan]), np.array([1.0, 0.0, 1.0]))
+    assert got[0] == pytest.approx(math.log(2.0))
+    assert np.isfinite(got[1]) and got[1] > 80  # an exact duplicate: high, but finite
+    assert math.isnan(got[2])
 
 
 def test_membership_without_heldout_is_empty_with_a_reason():

@@ -69,6 +69,11 @@ def test_round_trip_is_exact(audited, tmp_path):
     assert a.samples.equals(b.samples)
     assert a.saturation.equals(b.saturation)
     assert a.summary() == b.summary()
+    # the kept geometric scores are recomputed from the saved stores, held-out ones too
+    for which in ("stored", "heldout"):
+        kept = a.geometric_scores(which, per_layer=False)
+        assert kept.notna().all().all() and kept.equals(b.geometric_scores(which, per_layer=False))
+    assert a.membership.equals(b.membership)
 
 
 def test_a_loaded_audit_maps_its_graphs_instead_of_reading_them(audited, tmp_path):

@@ -18,6 +18,7 @@ from hopaudit.views.validity import (
     VALIDITY_PATH,
     check_validity,
     load_validity,
+    membership_line,
     panel_line,
 )
 
@@ -43,6 +44,20 @@ def test_the_shipped_file_has_the_format(shipped):
     assert load_validity() == shipped
 
 
+def test_the_scores_the_package_keeps_are_those_the_study_kept(shipped):
+    """Audit.membership's geometric scores beside -(nn / r_hat) per layer are exactly those
+    whose family-wise interval excludes 0.5 in the shipped numbers (docs/validity.md)."""
+    from hopaudit.evidence.geometric import KEPT_SCORES
+
+    scores = shipped["membership"]["scores"]
+    kept = {s["score"] for s in scores if s["kept"]}
+    assert kept == set(KEPT_SCORES)
+    for s in scores:
+        assert s["kept"] == (not s["auroc_lo_fw"] <= 0.5 <= s["auroc_hi_fw"]), s["score"]
+        assert s["auroc_lo_fw"] <= s["auroc_lo"] <= s["auroc"] <= s["auroc_hi"] <= s["auroc_hi_fw"]
+    assert {s["score"] for s in scores if s["shipped"]} == {"geometric", *KEPT_SCORES}
+
+
 @pytest.mark.parametrize(
     ("damage", "match"),
     [
@@ -55,6 +70,11 @@ def test_the_shipped_file_has_the_format(shipped):
         (lambda d: d["panels"]["radii"].update(rho="0.8"), "must be a number"),
         (lambda d: d["panels"]["radii"].update(rho_lo=0.9, rho=0.5, rho_hi=0.95), "outside"),
         (lambda d: d["panels"]["basins"]["sequence"].update(auroc=float("nan")), "finite"),
+        (lambda d: d["membership"].pop("loss"), "membership needs"),
+        (lambda d: d["membership"]["scores"][1].update(kept=False), "kept must say"),
+        (lambda d: d["membership"]["scores"][1].update(auroc_lo_fw=0.51), "family-wise"),
+        (lambda d: d["membership"]["scores"][0].update(auroc=0.9), "outside"),
+        (lambda d: d["membership"].update(n_checkpoints=-1), "a count"),
     ],
 )
 def test_a_damaged_file_is_refused_with_what_is_wrong(shipped, damage, match):
@@ -95,11 +115,38 @@ def test_panel_line_says_what_the_intervals_say():
     assert "s separated them at AUROC 0.60 [0.55, 0.65]" in line
 
 
+def _score(name, auroc, lo_fw, hi_fw, kept, shipped=True):
+    return {"score": name, "label": name.upper(), "shipped": shipped, "kept": kept,
+            "auroc": auroc, "auroc_lo": lo_fw + 0.005, "auroc_hi": hi_fw - 0.005,
+            "auroc_lo_fw": lo_fw, "auroc_hi_fw": hi_fw}  # fmt: skip
+
+
+def test_membership_line_names_kept_shown_and_dropped_scores():
+    loss = {"auroc": 1.0, "auroc_lo": 1.0, "auroc_hi": 1.0}
+    entry = {"n_checkpoints": 43, "loss": loss, "scores": [
+        _score("a", 0.523, 0.5006, 0.545, True), _score("b", 0.51, 0.482, 0.539, False),
+        _score("c", 0.495, 0.454, 0.540, False, shipped=False)]}  # fmt: skip
+    line = membership_line(entry)
+    assert "43 memorized checkpoints" in line
+    assert "kept here told members from held-out text by a few hundredths at most: A 0.523 " \
+        "[0.501, 0.545]" in line  # fmt: skip
+    assert "the loss reached 1.00 [1.00, 1.00]" in line
+    assert "Shown, but its interval reaches 0.5: B 0.510 [0.482, 0.539]" in line
+    assert "Tried and dropped (interval reaches 0.5): C 0.495 [0.454, 0.540]" in line
+    entry["scores"] = [entry["scores"][1]]
+    assert "no geometric score told members from held-out text beyond chance" in (
+        membership_line(entry)
+    )
+
+
 def test_widget_state_and_snapshot_carry_one_line_per_panel(shipped):
     state = fake_audit(n_blocks=2, d=60, n=8, seed=1).widget_state()
     v = state["validity"]
-    assert set(v["lines"]) == set(PANELS)
-    assert v["lines"] == {p: panel_line(shipped["panels"][p]) for p in PANELS}
+    assert set(v["lines"]) == {*PANELS, "membership"}
+    assert v["lines"] == {
+        **{p: panel_line(shipped["panels"][p]) for p in PANELS},
+        "membership": membership_line(shipped["membership"]),
+    }
     assert v["doc"] == "docs/validity.md" and v["grid"] == shipped["grid"]
     assert v["version"] == shipped["hopaudit_version"] and v["date"] == shipped["date"]
     page = snapshot_html(state)
@@ -108,6 +155,8 @@ def test_widget_state_and_snapshot_carry_one_line_per_panel(shipped):
         assert found, p
         rho = f"{shipped['panels'][p]['rho']:.2f}"
         assert rho in found.group(1)
+    found = re.search(r'<li data-validity="membership">(.*?)</li>', page)
+    assert found and "nearest held-out / nearest stored 0.535" in found.group(1)
     assert "docs/validity.md" in page
     text = snapshot_text(state)
     assert "validity study" in text and text.count("ρ = ") >= len(PANELS)

@@ -57,8 +57,9 @@ export abstract class Panel {
   }
 }
 
-/** The panels that carry a validity line (hopaudit/views/validity.py, PANELS). */
-export const VALIDITY_PANELS = ["distances", "radii", "floor", "basins"];
+/** The panels that carry a validity line (hopaudit/views/validity.py: PANELS, and the
+ *  membership panel's line on the per-sequence geometric scores). */
+export const VALIDITY_PANELS = ["distances", "radii", "floor", "basins", "membership"];
 
 /** The line a geometric panel carries: what the validity study measured its quantity to
  *  predict, or that it predicted nothing measurable (hopaudit/views/validity.py), with where the

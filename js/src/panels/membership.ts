@@ -14,6 +14,10 @@ const LABELS: Record<string, string> = {
   min_k_pp: "Min-K%++",
   ref_loss_diff: "reference",
   geometric: "nn / r̂",
+  // the geometric scores the validity study kept (hopaudit/evidence/geometric.py, KEPT_SCORES)
+  nn_ratio_layers: "nn / r̂, mean of layers",
+  member_vs_heldout: "nearest held-out / nearest stored",
+  norm_reversed: "−‖h‖ at the last block",
   extracted: "extraction",
 };
 
