@@ -201,18 +201,6 @@ def test_the_kept_geometric_scores_by_brute_force(membership_audit):
     np.testing.assert_allclose(held["norm_reversed"], -np.linalg.norm(raw_h[last], axis=1))
 
 
-def test_kept_scores_are_nan_without_heldout_but_for_member_vs_heldout_only():
-    model, _ = tiny_model("gpt2")
-    a = hopaudit.audit(
-        model, random_texts(20), tokenizer=tiny_tokenizer(), max_length=12, progress=False,
-        umap_layers=[],
-    )  # fmt: skip
-    g = a.geometric_scores(per_layer=False)
-    assert g["member_vs_heldout"].isna().all()
-    assert np.isfinite(g["nn_ratio_layers"]).all() and np.isfinite(g["norm_reversed"]).all()
-    assert a.geometric_scores("heldout", per_layer=False).empty
-
-
 def test_per_sequence_mean_and_layer_mean_skip_what_is_not_finite():
     values = np.array([1.0, 3.0, np.nan, 5.0, np.inf, 2.0])
     seq = np.array([0, 0, 1, 2, 2, 0])
@@ -238,6 +226,10 @@ def test_membership_without_heldout_is_empty_with_a_reason():
     )  # fmt: skip
     assert a.membership.empty
     assert "heldout=" in a.membership.attrs["reason"]
+    g = a.geometric_scores(per_layer=False)  # the kept scores: all but member_vs_heldout
+    assert g["member_vs_heldout"].isna().all()
+    assert np.isfinite(g["nn_ratio_layers"]).all() and np.isfinite(g["norm_reversed"]).all()
+    assert a.geometric_scores("heldout", per_layer=False).empty
     assert a.heldout_samples.empty and list(a.heldout_samples.columns) == list(a.samples.columns)
     with pytest.raises(hopaudit.HopauditError, match="heldout="):
         a.roc("loss")
