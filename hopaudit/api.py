@@ -23,7 +23,12 @@ from hopaudit.engines.memory import PeakTracker
 from hopaudit.engines.options import AuditOptions, umap_layer_names
 from hopaudit.engines.threads import capped_threads
 from hopaudit.errors import DataError, HopauditError
-from hopaudit.evidence.extract import check_extraction, extract, extraction_unsupported
+from hopaudit.evidence.extract import (
+    check_extraction,
+    decoded_tokens,
+    extract,
+    extraction_unsupported,
+)
 from hopaudit.evidence.membership import MIN_PER_CLASS, check_reference, reference_nll
 from hopaudit.layer.embedding import MIN_POINTS
 from hopaudit.layer.files import LayerFiles, layer_files_path
@@ -320,7 +325,7 @@ def _gather_evidence(
             )
             cap.seq_extracted_tokens = ex.extracted_tokens
             info["seconds"] = info.get("seconds", 0.0) + ex.seconds
-            info["tokens"] = info.get("tokens", 0) + ex.generated.size
+            info["tokens"] = info.get("tokens", 0) + decoded_tokens(ex.generated)
             info["cached"] = ex.cached
     if info and info.get("seconds"):
         info["tokens_per_second"] = info["tokens"] / info["seconds"]

@@ -21,7 +21,14 @@ import torch
 from hopaudit.errors import CaptureError, DataError, HopauditError, ModelError
 from hopaudit.progress import tqdm
 
-__all__ = ["ExtractionResult", "check_extraction", "extraction", "extraction_unsupported"]
+__all__ = [
+    "NOT_DECODED",
+    "ExtractionResult",
+    "check_extraction",
+    "decoded_tokens",
+    "extraction",
+    "extraction_unsupported",
+]
 
 DEFAULT_PREFIX = 32
 DEFAULT_SUFFIX = 32
@@ -30,7 +37,9 @@ DEFAULT_SUFFIX = 32
 @dataclass
 class ExtractionResult:
     """Per sequence: ``extracted`` (the whole suffix matched), ``extracted_tokens`` (how many
-    leading suffix tokens matched, 0..suffix) and ``generated`` (the greedy suffix, token ids)."""
+    leading suffix tokens matched, 0..suffix) and ``generated`` (the greedy suffix, token ids,
+    up to and including the first token that differs from the text at least; ``NOT_DECODED``
+    where decoding stopped because every sequence of its batch had diverged)."""
 
     extracted: np.ndarray  # (n,) bool
     extracted_tokens: np.ndarray  # (n,) int64
@@ -131,21 +140,46 @@ def _logits(output: Any) -> torch.Tensor:
     return logits
 
 
+#: What ``generated`` holds after decoding stopped: no token id is negative, so it never matches.
+NOT_DECODED = -1
+
+
 def greedy_suffix(
-    model: Any, prefix_ids: torch.Tensor, suffix: int, cache_arg: str | None
+    model: Any,
+    prefix_ids: torch.Tensor,
+    suffix: int,
+    cache_arg: str | None,
+    target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Greedy continuation of ``suffix`` tokens for a dense (batch, p) prefix batch, with the KV
-    cache passed as ``cache_arg`` (None: the whole growing sequence at every step)."""
+    cache passed as ``cache_arg`` (None: the whole growing sequence at every step).
+
+    With ``target`` (batch, suffix), decoding stops once every row has produced a token that
+    differs from its target: what extraction measures (the longest matching run) is then known,
+    and the rest of the row is ``NOT_DECODED``. A model that memorized nothing diverges within
+    a few tokens, so this saves most of the decoding; a memorized batch decodes to the end.
+    """
     batch = prefix_ids.shape[0]
-    out_tokens = torch.empty(batch, suffix, dtype=torch.long, device=prefix_ids.device)
+    out_tokens = torch.full(
+        (batch, suffix), NOT_DECODED, dtype=torch.long, device=prefix_ids.device
+    )
+    alive = torch.ones(batch, dtype=torch.bool, device=prefix_ids.device)
+
+    def keep(i: int, nxt: torch.Tensor) -> bool:
+        """Write step i's tokens; False when no row can still match its target."""
+        out_tokens[:, i] = nxt
+        if target is None:
+            return True
+        alive.logical_and_(nxt == target[:, i])
+        return bool(alive.any())
+
     if cache_arg is not None:
         mask = torch.ones_like(prefix_ids)
         out = model(input_ids=prefix_ids, attention_mask=mask, use_cache=True)
         past = _cache_of(out)
         nxt = _logits(out)[:, -1].argmax(-1)
         for i in range(suffix):
-            out_tokens[:, i] = nxt
-            if i == suffix - 1:
+            if not keep(i, nxt) or i == suffix - 1:
                 break
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
             kwargs = {cache_arg: past}
@@ -156,9 +190,15 @@ def greedy_suffix(
     ids = prefix_ids
     for i in range(suffix):
         nxt = _logits(model(input_ids=ids, attention_mask=torch.ones_like(ids)))[:, -1].argmax(-1)
-        out_tokens[:, i] = nxt
+        if not keep(i, nxt):
+            break
         ids = torch.cat([ids, nxt[:, None]], dim=1)
     return out_tokens
+
+
+def decoded_tokens(generated: Any) -> int:
+    """How many tokens greedy decoding produced (``NOT_DECODED`` ones are not counted)."""
+    return int((np.asarray(generated) != NOT_DECODED).sum())
 
 
 def extract(
@@ -196,8 +236,11 @@ def extract(
             for start in range(0, n, batch_size):
                 stop = min(n, start + batch_size)
                 batch = ids[start:stop, :prefix].to(device)
+                target = ids[start:stop, prefix : prefix + suffix].to(device)
                 try:
-                    generated[start:stop] = greedy_suffix(model, batch, suffix, cache_arg).cpu()
+                    generated[start:stop] = greedy_suffix(
+                        model, batch, suffix, cache_arg, target
+                    ).cpu()
                 except HopauditError:
                     raise
                 except Exception as e:
@@ -206,7 +249,8 @@ def extract(
                         f"{type(e).__name__}: {e}"
                     ) from e
                 bar.update(stop - start)
-                rate = stop * suffix / max(time.perf_counter() - t0, 1e-9)
+                decoded = int((generated[:stop] != NOT_DECODED).sum())
+                rate = decoded / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
     finally:
         bar.close()
@@ -223,7 +267,7 @@ def extract(
         prefix=prefix,
         suffix=suffix,
         seconds=seconds,
-        tokens_per_second=n * suffix / seconds if seconds > 0 else float("inf"),
+        tokens_per_second=decoded_tokens(generated) / seconds if seconds > 0 else float("inf"),
         cached=cache_arg is not None,
     )
 

@@ -9,7 +9,7 @@ from tiny_models import random_texts, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.errors import DataError
-from hopaudit.evidence.extract import extract
+from hopaudit.evidence.extract import NOT_DECODED, extract
 
 
 def _plain_greedy(model, prefix: torch.Tensor, steps: int) -> torch.Tensor:
@@ -42,14 +42,44 @@ def test_cached_batched_decoding_matches_plain_loop(arch):
         model, ids, torch.ones_like(ids), prefix=prefix, suffix=suffix, batch_size=3, progress=False
     )
     assert r.cached == (arch != "nanogpt")
-    np.testing.assert_array_equal(r.generated, expected.numpy())
     match = (expected == ids[:, prefix : prefix + suffix]).numpy()
     by_hand = [next((j for j, m in enumerate(row) if not m), suffix) for row in match]
+    # every token up to and including each row's first divergence is the oracle's; a batch
+    # decodes to the end while one of its rows still matches, and stops once none does
+    decoded = r.generated != NOT_DECODED
+    np.testing.assert_array_equal(r.generated[decoded], expected.numpy()[decoded])
+    for i, run in enumerate(by_hand):
+        assert decoded[i, : min(run + 1, suffix)].all(), i
+    batches = [range(0, 3), range(3, 6), range(6, 7)]
+    for rows in batches:
+        steps = min(suffix, max(by_hand[i] + 1 for i in rows))
+        assert decoded[list(rows)].sum(1).tolist() == [steps] * len(rows), list(rows)
     assert r.extracted_tokens.tolist() == by_hand
     assert r.extracted.tolist() == [t == suffix for t in by_hand]
     assert r.extracted[:3].all() and r.extracted_tokens[3] == 4
     assert r.rate == pytest.approx(np.mean([t == suffix for t in by_hand]))
     assert r.tokens_per_second > 0
+
+
+def test_decoding_stops_once_every_sequence_has_diverged():
+    """Rows whose first greedy token already differs from the text need one forward (the
+    prefix) and no decoding steps: extracted_tokens is 0 and nothing else is decoded."""
+    model, _ = tiny_model("gpt2")
+    ids = torch.randint(3, 500, (4, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        first = model(input_ids=ids[:, :6]).logits[:, -1].argmax(-1)
+    ids[:, 6] = (first + 1) % 500  # every row diverges at its first suffix token
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        r = extract(model, ids, torch.ones_like(ids), prefix=6, suffix=6, batch_size=4,
+                    progress=False)  # fmt: skip
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # the prefix forward alone
+    assert r.extracted_tokens.tolist() == [0, 0, 0, 0] and not r.extracted.any()
+    np.testing.assert_array_equal(r.generated[:, 0], first.numpy())
+    assert (r.generated[:, 1:] == NOT_DECODED).all()
 
 
 def test_training_flags_come_back():
