@@ -2,8 +2,8 @@
 once every sequence in it has diverged from its text, side by side in one run.
 
 Both decode the same pydoc sequences (``--sequences`` of 64 tokens: 32 of prefix, 32 of
-suffix) in the same batches, with the KV cache, under bfloat16 autocast where the CPU
-multiplies it natively (float32 otherwise), the order alternating round by round. Prints the
+suffix) in the same batches, with the KV cache, in the model's own float32 as the audit's
+extraction does, the order alternating round by round. Prints the
 CPU (``native_bf16``, its flags), the load average at start and end, and::
 
     extraction_full_seconds=     median wall seconds, every suffix decoded to its 32nd token
@@ -34,16 +34,13 @@ sys.path.insert(0, str(_HERE.parent))
 PREFIX = SUFFIX = 32
 
 
-def _decode(model, ids, batch: int, stop: bool, autocast: bool) -> tuple[float, torch.Tensor]:
+def _decode(model, ids, batch: int, stop: bool) -> tuple[float, torch.Tensor]:
     from hopaudit.evidence.extract import _cache_argument, greedy_suffix
 
     cache_arg = _cache_argument(model)
     out = []
     t0 = time.perf_counter()
-    with (
-        torch.inference_mode(),
-        torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
-    ):
+    with torch.inference_mode():
         for start in range(0, ids.shape[0], batch):
             rows = ids[start : start + batch]
             target = rows[:, PREFIX : PREFIX + SUFFIX] if stop else None
@@ -60,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     from hopaudit.data import prepare_data
     from hopaudit.evidence.extract import NOT_DECODED
     from hopaudit.model.loading import load_model
-    from hopaudit.model.precision import cpu_description, native_bf16
+    from hopaudit.model.precision import cpu_description
     from hopaudit.zoo import corpus
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -75,8 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     lines["load_average_start"] = round(os.getloadavg()[0], 2)
     model, tokenizer = load_model("smollm2")
     model.eval()
-    autocast = native_bf16(torch.device("cpu"))
-    lines["dtype"] = "bfloat16 autocast" if autocast else "float32"
+    lines["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     tokens = prepare_data(
         corpus("pydoc"), tokenizer, max_length=PREFIX + SUFFIX, max_sequences=args.sequences
     )
@@ -89,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         order = (False, True) if r % 2 == 0 else (True, False)
         seconds = {}
         for stop in order:
-            seconds[stop], results[stop] = _decode(model, ids, args.batch, stop, autocast)
+            seconds[stop], results[stop] = _decode(model, ids, args.batch, stop)
             times[stop].append(seconds[stop])
         ratios.append(seconds[False] / seconds[True])
     lines["extraction_full_seconds"] = round(statistics.median(times[False]), 3)
