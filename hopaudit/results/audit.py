@@ -265,16 +265,12 @@ class Audit(View):
     def _norms(self, cap: Any, n: int) -> np.ndarray:
         """Each sequence's mean raw pattern norm at the last block (``final`` alone: there)."""
         name = self.layer_names[-2] if len(self.layer_names) > 1 else self.layer_names[-1]
-        if cap is None or n == 0:
+        if cap is None or n == 0 or name not in getattr(cap.store, "layer_names", ()):
             return np.full(n, np.nan)
         try:
             norms = row_norms(cap.store.get(name))
-        except KeyError:  # a layer the store does not hold
-            return np.full(n, np.nan)
         finally:
-            release = getattr(cap.store, "release", None)
-            if callable(release):
-                release(name)
+            cap.store.release(name)  # one layer in memory at a time
         return per_sequence_mean(norms, _rows_of(cap, name), n)
 
     def _member_vs_heldout(self, sizes: dict[str, int]) -> dict[str, np.ndarray]:
