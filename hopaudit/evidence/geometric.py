@@ -77,13 +77,24 @@ def log_distance_ratio(d_heldout: np.ndarray, d_member: np.ndarray) -> np.ndarra
     return np.log(h) - np.log(m)
 
 
+#: Searches of at least this many patterns show a progress bar (smaller ones take a moment).
+PROGRESS_ROWS = 100_000
+
+
 def nearest_heldout(stored: np.ndarray, heldout: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distance of each stored pattern to its nearest held-out pattern, distance of each
     held-out pattern to its nearest *other* held-out pattern), L2, searched exactly or by HNSW
     as ``index="auto"`` picks for the held-out set's size. Needs at least 2 held-out rows."""
+    from hopaudit.progress import tqdm
     from hopaudit.search.backends import build_index, knn_self
 
-    index = build_index(heldout, "auto")
-    _, to_heldout = index.query(stored, 1)
-    _, among = knn_self(index, heldout, 1)
+    total = 2 * len(heldout) + len(stored)
+    bar = tqdm(total=total, desc="membership: nearest held-out", unit="pattern", leave=False,
+               disable=total < PROGRESS_ROWS)  # fmt: skip
+    try:
+        index = build_index(heldout, "auto", progress=bar.update)
+        _, to_heldout = index.query(stored, 1, progress=bar.update)
+        _, among = knn_self(index, heldout, 1, progress=bar.update)
+    finally:
+        bar.close()
     return to_heldout[:, 0].astype(np.float64), among[:, 0].astype(np.float64)

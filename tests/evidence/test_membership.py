@@ -218,6 +218,20 @@ def test_row_norms_and_the_log_ratio_of_a_duplicate():
     assert math.isnan(got[2])
 
 
+def test_nearest_heldout_against_all_pairs_with_its_bar_shown(monkeypatch, capsys):
+    import hopaudit.evidence.geometric as geometric
+
+    monkeypatch.setattr(geometric, "PROGRESS_ROWS", 0)  # the bar's path, shown on stderr
+    rng = np.random.default_rng(5)
+    stored, held = rng.normal(size=(60, 8)), rng.normal(size=(25, 8))
+    to_held, among = geometric.nearest_heldout(stored.astype(np.float32), held.astype(np.float32))
+    d_hh = _pairwise(held, held)
+    np.fill_diagonal(d_hh, np.inf)
+    np.testing.assert_allclose(to_held, _pairwise(stored, held).min(1), rtol=1e-5)
+    np.testing.assert_allclose(among, d_hh.min(1), rtol=1e-5)
+    assert "membership: nearest held-out" in capsys.readouterr().err
+
+
 def test_membership_without_heldout_is_empty_with_a_reason():
     model, _ = tiny_model("gpt2")
     a = hopaudit.audit(
