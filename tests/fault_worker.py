@@ -1,9 +1,9 @@
 """Fault cases for tests/test_faults.py, run as ``python fault_worker.py CASE ARGS_JSON``.
 
-This process imports hopaudit but runs no torch or hnswlib code itself: every case runs in a
-child forked from it (so OpenMP and hnswlib start fresh there), and a case that crashes the
-child (a signal) or hangs is reported as such instead of taking the test run down. Prints one
-JSON list of case results.
+This process imports what the cases use (:func:`preload`) but runs no torch or hnswlib code
+itself: every case runs in a child forked from it (so OpenMP and hnswlib start fresh there),
+and a case that crashes the child (a signal) or hangs is reported as such instead of taking
+the test run down. Prints one JSON list of case results.
 """
 
 from __future__ import annotations
@@ -21,6 +21,32 @@ from pathlib import Path
 
 import hopaudit
 from hopaudit.errors import FormatError
+
+
+def preload() -> None:
+    """Import, once and here, the libraries and modules a case's child uses to load, save,
+    catalog and report an audit (torch, pandas, pyarrow, scipy.stats, hnswlib, hopaudit's
+    own): each forked child inherits them instead of importing them again, which took nearly
+    all of a case's time. Imports only: no tensor operation and no index, so OpenMP's pool and
+    hnswlib's state are still created in each child."""
+    import importlib
+
+    for name in (
+        "torch",
+        "hnswlib",
+        "pandas",
+        "pyarrow.parquet",
+        "scipy.stats",
+        "hopaudit.storage.load",
+        "hopaudit.storage.save",
+        "hopaudit.storage.catalog",
+        "hopaudit.results.audit",
+        "hopaudit.evidence.scores",
+        "hopaudit.evidence.membership",
+        "hopaudit.layer.patterns",
+        "hopaudit.views.report",
+    ):
+        importlib.import_module(name)
 
 
 def in_child(fn, timeout: float = 600.0) -> dict:
@@ -483,4 +509,5 @@ CASES = {
 
 if __name__ == "__main__":
     case, args = sys.argv[1], json.loads(sys.argv[2])
+    preload()
     print(json.dumps(CASES[case](**args)))
