@@ -223,7 +223,19 @@ def concurrent(a: str, b: str, work: str, rounds: int) -> list[dict]:
 
 def concurrent_html(a: str, b: str, work: str, writes: int) -> dict:
     """Two children write reports of audits a and b to one path, ``writes`` times each, while
-    this process reads it: every read must be one of the two complete reports."""
+    this process reads it: every read must be one of the two complete reports. The reports'
+    clock is frozen (in the children too, forked after): a report says the minute it was
+    generated, so one written in the next minute would not be the complete report."""
+    from datetime import datetime
+
+    import hopaudit.views.report as report
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 1, 12, 0, tzinfo=tz)
+
+    report.datetime = Frozen
     target = Path(work) / "report.html"
     complete = {}
     for src in (a, b):
