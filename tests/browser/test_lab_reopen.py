@@ -7,28 +7,31 @@ elsewhere), opened without running it."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import re
 import urllib.request
 
 import pytest
-from browser_helpers import ROOT, SCREENSHOTS, jupyter_lab, write_notebook
+from browser_helpers import (
+    SCREENSHOTS,
+    audit_cells,
+    jupyter_lab,
+    open_notebook,
+    run_all_cells,
+    write_notebook,
+)
 
 pytestmark = pytest.mark.slow
 
-CELLS = [
-    f"import sys\nsys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]",
-    "import hopaudit\n"
-    "from tiny_models import tiny_model, tiny_tokenizer\n"
-    "model, _ = tiny_model('gpt2')\n"
-    "texts = [f'Notebook sequence {i}: pattern {i % 9} sits in basin {i % 4}.'\n"
-    "         for i in range(60)]\n"
-    "a = hopaudit.audit(model, texts, tokenizer=tiny_tokenizer(), max_length=32,\n"
-    "                   chunking='document', umap_layers=['final'], autocast='off')",
+CELLS = audit_cells(
+    60,
     "a",
     "print('selected', a.selected()['sequence'].tolist())",
-]
+    max_length=32,
+    chunking="document",
+    umap_layers=["final"],
+    autocast="off",
+)
 
 
 @pytest.fixture
@@ -42,11 +45,6 @@ def _api(url: str, token: str, method: str, path: str) -> object:
     with urllib.request.urlopen(req, timeout=30) as r:
         body = r.read()
     return json.loads(body) if body else None
-
-
-def _open(page, url: str, token: str, name: str) -> None:
-    page.goto(f"{url}/lab/tree/{name}?token={token}", timeout=120_000)
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
 
 
 def _outputs(page) -> list[str]:
@@ -113,16 +111,7 @@ def test_saved_notebook_reopened_without_kernel(browser, lab):
     ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = ctx.new_page()
     try:
-        _open(page, url, token, "audit.ipynb")
-        dialog = page.locator(".jp-Dialog button.jp-mod-accept", has_text="Select")
-        try:
-            dialog.wait_for(timeout=30_000)
-            dialog.click()
-        except Exception:
-            pass
-        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        run_all_cells(page, url, token, "audit.ipynb")
         page.locator(".jp-OutputArea-output .hopaudit[data-ready='true']").wait_for(timeout=300_000)
         _select_a_box_and_read_it_in_python(page)
         # live: the widget shows, its snapshot (an output of its own) is hidden
@@ -144,9 +133,7 @@ def test_saved_notebook_reopened_without_kernel(browser, lab):
         page.close()
 
         page = ctx.new_page()
-        _open(page, url, token, "audit.ipynb")
-        with contextlib.suppress(Exception):  # no kernel: JupyterLab may ask which to start
-            page.locator(".jp-Dialog button", has_text="No Kernel").click(timeout=15_000)
+        open_notebook(page, url, token, "audit.ipynb", kernel="No Kernel")  # if asked
         page.wait_for_timeout(8000)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "lab-reopen.png"), full_page=True)
@@ -187,9 +174,7 @@ def test_untrusted_notebook_shows_the_snapshot(browser, lab, tmp_path):
     ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = ctx.new_page()
     try:
-        _open(page, url, token, "elsewhere/audit.ipynb")
-        with contextlib.suppress(Exception):
-            page.locator(".jp-Dialog button", has_text="No Kernel").click(timeout=15_000)
+        open_notebook(page, url, token, "elsewhere/audit.ipynb", kernel="No Kernel")  # if asked
         snap = page.locator(".hopaudit-snapshot")
         snap.wait_for(timeout=60_000)
         texts = _outputs(page)
