@@ -53,6 +53,12 @@ def _outputs(page) -> list[str]:
 
 PANEL = """() => document.querySelector('.jp-OutputArea-output .hopaudit').__hopaudit
     .panels.find((q) => q.name === 'basins')"""
+# Every widget model of the notebook, its state messages answered by the kernel: ipywidgets
+# keeps one in flight per model (the rest buffered) and counts it until the kernel is idle
+# after handling it.
+MODELS = f"""async () => {{ const manager = ({PANEL})().ctx.model.widget_manager;
+    window.__models = await Promise.all(Object.values(manager._models)); }}"""
+SYNCED = "() => window.__models.every((m) => m._pending_msgs === 0 && m._msg_buffer === null)"
 
 
 def _select_a_box_and_read_it_in_python(page) -> None:
@@ -91,7 +97,8 @@ def _select_a_box_and_read_it_in_python(page) -> None:
     except Exception:
         page.screenshot(path="/tmp/hopaudit-lab-selection.png")
         raise
-    page.wait_for_timeout(1000)  # the model's change reaches the kernel
+    page.evaluate(MODELS)
+    page.wait_for_function(SYNCED, timeout=60_000)  # the selection reached the kernel
     last = page.locator(".jp-Notebook .jp-Cell").nth(len(CELLS) - 1)  # Shift+Enter adds one
     last.locator(".jp-InputArea-editor").click()
     page.keyboard.press("Shift+Enter")
@@ -119,7 +126,9 @@ def test_saved_notebook_reopened_without_kernel(browser, lab):
         assert not page.locator(".hopaudit-snapshot").is_visible()
         assert page.locator(".jp-OutputArea-output .hopaudit").is_visible()
         page.keyboard.press("Control+s")
-        page.wait_for_timeout(3000)
+        page.wait_for_function(  # saved: the notebook's tab no longer marked as changed
+            "() => !document.querySelector('.lm-TabBar-tab.jp-mod-dirty')", timeout=60_000
+        )
         for kernel in _api(url, token, "GET", "/api/kernels"):
             _api(url, token, "DELETE", f"/api/kernels/{kernel['id']}")
         for session in _api(url, token, "GET", "/api/sessions"):
@@ -134,7 +143,10 @@ def test_saved_notebook_reopened_without_kernel(browser, lab):
 
         page = ctx.new_page()
         open_notebook(page, url, token, "audit.ipynb", kernel="No Kernel")  # if asked
-        page.wait_for_timeout(8000)
+        # the widget's renderer has tried the model the kernel no longer has
+        page.get_by_text("Error displaying widget: model not found").wait_for(
+            state="attached", timeout=60_000
+        )
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "lab-reopen.png"), full_page=True)
         snap = page.locator(".hopaudit-snapshot")
