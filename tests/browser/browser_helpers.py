@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import struct
@@ -215,7 +216,8 @@ def open_notebook(page, url: str, token: str, notebook: str, kernel: str = "Sele
     default, "No Kernel" starts none) or starts the kernel the notebook's metadata names."""
     page.goto(f"{url}/lab/tree/{notebook}?token={token}", timeout=120_000)
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
-    dialog = page.locator(".jp-Dialog").get_by_role("button", name=kernel, exact=True)
+    label = re.compile(rf"^\s*{re.escape(kernel)}\s*$")  # "Select" is labelled "Select Kernel"
+    dialog = page.locator(".jp-Dialog button").filter(has_text=label)
     started = page.get_by_text("Python 3 (ipykernel) | Idle")
     dialog.or_(started).first.wait_for(timeout=120_000)
     if dialog.count():
