@@ -22,30 +22,38 @@ from pathlib import Path
 import hopaudit
 from hopaudit.errors import FormatError
 
+#: What every case's child imports to load an audit.
+LOAD_MODULES = (
+    "hnswlib",
+    "pandas",
+    "pyarrow.parquet",
+    "hopaudit.storage.load",
+    "hopaudit.results.audit",
+)
+#: What a child that gets past the load imports to use, save, catalog and report the audit.
+USE_MODULES = (
+    "torch",
+    "scipy.stats",
+    "hopaudit.storage.save",
+    "hopaudit.storage.catalog",
+    "hopaudit.evidence.scores",
+    "hopaudit.evidence.membership",
+    "hopaudit.layer.patterns",
+    "hopaudit.views.report",
+)
+#: The cases whose children stop at the first FormatError, before they use the audit.
+LOAD_ONLY = {"crafted"}
 
-def preload() -> None:
-    """Import, once and here, the libraries and modules a case's child uses to load, save,
-    catalog and report an audit (torch, pandas, pyarrow, scipy.stats, hnswlib, hopaudit's
-    own): each forked child inherits them instead of importing them again, which took nearly
-    all of a case's time. Imports only: no tensor operation and no index, so OpenMP's pool and
-    hnswlib's state are still created in each child."""
+
+def preload(case: str) -> None:
+    """Import, once and here, the libraries and modules the case's children use (torch,
+    pandas, pyarrow, scipy.stats, hnswlib, hopaudit's own): each forked child inherits them
+    instead of importing them again, which took nearly all of a case's time. Imports only: no
+    tensor operation and no index, so OpenMP's pool and hnswlib's state are still created in
+    each child."""
     import importlib
 
-    for name in (
-        "torch",
-        "hnswlib",
-        "pandas",
-        "pyarrow.parquet",
-        "scipy.stats",
-        "hopaudit.storage.load",
-        "hopaudit.storage.save",
-        "hopaudit.storage.catalog",
-        "hopaudit.results.audit",
-        "hopaudit.evidence.scores",
-        "hopaudit.evidence.membership",
-        "hopaudit.layer.patterns",
-        "hopaudit.views.report",
-    ):
+    for name in LOAD_MODULES + (() if case in LOAD_ONLY else USE_MODULES):
         importlib.import_module(name)
 
 
@@ -521,5 +529,5 @@ CASES = {
 
 if __name__ == "__main__":
     case, args = sys.argv[1], json.loads(sys.argv[2])
-    preload()
+    preload(case)
     print(json.dumps(CASES[case](**args)))
