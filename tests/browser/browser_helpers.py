@@ -213,8 +213,9 @@ def jupyter_lab(root: Path) -> Iterator[tuple[str, str]]:
 def open_notebook(page, url: str, token: str, notebook: str, kernel: str = "Select") -> None:
     """Open ``notebook`` in JupyterLab and wait until its kernel is settled: JupyterLab either
     asks which kernel to start (the dialog's button ``kernel`` is clicked: "Select" takes the
-    default, "No Kernel" starts none) or starts the kernel the notebook's metadata names."""
-    page.goto(f"{url}/lab/tree/{notebook}?token={token}", timeout=120_000)
+    default, "No Kernel" starts none) or starts the kernel the notebook's metadata names. The
+    workspace is reset: what an earlier page on the same server had open is not reopened."""
+    page.goto(f"{url}/lab/tree/{notebook}?reset&token={token}", timeout=120_000)
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
     label = re.compile(rf"^\s*{re.escape(kernel)}\s*$")  # "Select" is labelled "Select Kernel"
     dialog = page.locator(".jp-Dialog button").filter(has_text=label)

@@ -34,10 +34,13 @@ CELLS = audit_cells(
 )
 
 
-@pytest.fixture
-def lab(tmp_path):
-    with jupyter_lab(tmp_path) as (url, token):
-        yield url, token, tmp_path
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """One JupyterLab server for the module's tests (each opens its own notebook, from a reset
+    workspace)."""
+    root = tmp_path_factory.mktemp("lab")
+    with jupyter_lab(root) as (url, token):
+        yield url, token, root
 
 
 def _api(url: str, token: str, method: str, path: str) -> object:
@@ -176,7 +179,7 @@ def test_saved_notebook_reopened_without_kernel(browser, lab):
         ctx.close()
 
 
-def test_untrusted_notebook_shows_the_snapshot(browser, lab, tmp_path):
+def test_untrusted_notebook_shows_the_snapshot(browser, lab):
     from notebooks import executed_notebook
 
     url, token, root = lab
