@@ -40,9 +40,9 @@ def one_torch_thread():
 #: instead of one waiting out a long file at the end. Only the order changes.
 LONGEST_FIRST = (
     "views/test_notebook.py",
+    "storage/test_faults.py",
     "engines/test_ray.py",
     "browser/test_lab_reopen.py",
-    "storage/test_faults.py",
     "browser/test_lab_query.py",
     "browser/test_jupyterlab.py",
     "zoo/test_real_models.py",

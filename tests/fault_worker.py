@@ -1,9 +1,9 @@
 """Fault cases for tests/test_faults.py, run as ``python fault_worker.py CASE ARGS_JSON``.
 
-This process imports hopaudit but runs no torch or hnswlib code itself: every case runs in a
-child forked from it (so OpenMP and hnswlib start fresh there), and a case that crashes the
-child (a signal) or hangs is reported as such instead of taking the test run down. Prints one
-JSON list of case results.
+This process imports what the cases use (:func:`preload`) but runs no torch or hnswlib code
+itself: every case runs in a child forked from it (so OpenMP and hnswlib start fresh there),
+and a case that crashes the child (a signal) or hangs is reported as such instead of taking
+the test run down. Prints one JSON list of case results.
 """
 
 from __future__ import annotations
@@ -21,6 +21,40 @@ from pathlib import Path
 
 import hopaudit
 from hopaudit.errors import FormatError
+
+#: What every case's child imports to load an audit.
+LOAD_MODULES = (
+    "hnswlib",
+    "pandas",
+    "pyarrow.parquet",
+    "hopaudit.storage.load",
+    "hopaudit.results.audit",
+)
+#: What a child that gets past the load imports to use, save, catalog and report the audit.
+USE_MODULES = (
+    "torch",
+    "scipy.stats",
+    "hopaudit.storage.save",
+    "hopaudit.storage.catalog",
+    "hopaudit.evidence.scores",
+    "hopaudit.evidence.membership",
+    "hopaudit.layer.patterns",
+    "hopaudit.views.report",
+)
+#: The cases whose children stop at the first FormatError, before they use the audit.
+LOAD_ONLY = {"crafted"}
+
+
+def preload(case: str) -> None:
+    """Import, once and here, the libraries and modules the case's children use (torch,
+    pandas, pyarrow, scipy.stats, hnswlib, hopaudit's own): each forked child inherits them
+    instead of importing them again, which took nearly all of a case's time. Imports only: no
+    tensor operation and no index, so OpenMP's pool and hnswlib's state are still created in
+    each child."""
+    import importlib
+
+    for name in LOAD_MODULES + (() if case in LOAD_ONLY else USE_MODULES):
+        importlib.import_module(name)
 
 
 def in_child(fn, timeout: float = 600.0) -> dict:
@@ -197,7 +231,19 @@ def concurrent(a: str, b: str, work: str, rounds: int) -> list[dict]:
 
 def concurrent_html(a: str, b: str, work: str, writes: int) -> dict:
     """Two children write reports of audits a and b to one path, ``writes`` times each, while
-    this process reads it: every read must be one of the two complete reports."""
+    this process reads it: every read must be one of the two complete reports. The reports'
+    clock is frozen (in the children too, forked after): a report says the minute it was
+    generated, so one written in the next minute would not be the complete report."""
+    from datetime import datetime
+
+    import hopaudit.views.report as report
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 1, 12, 0, tzinfo=tz)
+
+    report.datetime = Frozen
     target = Path(work) / "report.html"
     complete = {}
     for src in (a, b):
@@ -483,4 +529,5 @@ CASES = {
 
 if __name__ == "__main__":
     case, args = sys.argv[1], json.loads(sys.argv[2])
+    preload(case)
     print(json.dumps(CASES[case](**args)))

@@ -1,10 +1,12 @@
-"""Helpers of the browser tests: paths, a tiny PNG decoder, screenshots, a free port."""
+"""Helpers of the browser tests: paths, a tiny PNG decoder, screenshots, a free port, and
+JupyterLab: a server, the cells of a notebook that audits the tiny GPT-2, opening and running it."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import struct
@@ -123,6 +125,27 @@ def non_background(png: bytes) -> int:
     return int((np.abs(flat - colours[counts.argmax()]).sum(axis=1) > 60).sum())
 
 
+def audit_cells(n_texts: int, *after: str, heldout: int = 0, **options) -> list[str]:
+    """The cells of a notebook that audits the tiny GPT-2 as ``a``: this checkout and tests/
+    put first on ``sys.path``, then ``a = hopaudit.audit(model, texts, **options)`` on
+    ``n_texts`` short texts (the last ``heldout`` of them held out), then the cells ``after``."""
+    cut = n_texts - heldout
+    texts = f"texts[:{cut}], heldout=texts[{cut}:]" if heldout else "texts"
+    args = ", ".join(
+        [texts, "tokenizer=tiny_tokenizer()", *(f"{k}={v!r}" for k, v in options.items())]
+    )
+    return [
+        f"import sys\nsys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]",
+        "import hopaudit\n"
+        "from tiny_models import tiny_model, tiny_tokenizer\n"
+        "model, _ = tiny_model('gpt2')\n"
+        "texts = [f'Notebook sequence {i}: pattern {i % 9} sits in basin {i % 4}.'\n"
+        f"         for i in range({n_texts})]\n"
+        f"a = hopaudit.audit(model, {args})",
+        *after,
+    ]
+
+
 def write_notebook(path: Path, cells: list[str]) -> None:
     """A notebook of ``cells`` (code sources, unexecuted) for the python3 kernel."""
     nb = {
@@ -187,17 +210,24 @@ def jupyter_lab(root: Path) -> Iterator[tuple[str, str]]:
         log.close()
 
 
+def open_notebook(page, url: str, token: str, notebook: str, kernel: str = "Select") -> None:
+    """Open ``notebook`` in JupyterLab and wait until its kernel is settled: JupyterLab either
+    asks which kernel to start (the dialog's button ``kernel`` is clicked: "Select" takes the
+    default, "No Kernel" starts none) or starts the kernel the notebook's metadata names. The
+    workspace is reset: what an earlier page on the same server had open is not reopened."""
+    page.goto(f"{url}/lab/tree/{notebook}?reset&token={token}", timeout=120_000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+    label = re.compile(rf"^\s*{re.escape(kernel)}\s*$")  # "Select" is labelled "Select Kernel"
+    dialog = page.locator(".jp-Dialog button").filter(has_text=label)
+    started = page.get_by_text("Python 3 (ipykernel) | Idle")
+    dialog.or_(started).first.wait_for(timeout=120_000)
+    if dialog.count():
+        dialog.click()
+
+
 def run_all_cells(page, url: str, token: str, notebook: str) -> None:
     """Open ``notebook`` in JupyterLab, accept the default kernel if asked, and run every cell."""
-    page.goto(f"{url}/lab/tree/{notebook}?token={token}", timeout=120_000)
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
-    # JupyterLab asks which kernel to start for a notebook it has not seen: the default.
-    dialog = page.locator(".jp-Dialog button.jp-mod-accept", has_text="Select")
-    try:
-        dialog.wait_for(timeout=30_000)
-        dialog.click()
-    except Exception:
-        pass  # no dialog: the kernel was chosen from the notebook's metadata
+    open_notebook(page, url, token, notebook)
     page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()

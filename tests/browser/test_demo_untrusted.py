@@ -5,11 +5,10 @@ into the page, no TeX is left raw, and no widget error or fallback line shows.""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 
 import pytest
-from browser_helpers import ROOT, jupyter_lab
+from browser_helpers import ROOT, jupyter_lab, open_notebook
 
 pytestmark = pytest.mark.slow
 
@@ -89,10 +88,7 @@ def test_the_demo_opened_untrusted_in_jupyterlab_draws_every_chart(browser, tmp_
         ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
         page = ctx.new_page()
         try:
-            page.goto(f"{url}/lab/tree/demo.ipynb?token={token}", timeout=120_000)
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
-            with contextlib.suppress(Exception):
-                page.locator(".jp-Dialog button", has_text="No Kernel").click(timeout=15_000)
+            open_notebook(page, url, token, "demo.ipynb", kernel="No Kernel")  # if asked
             page.locator(".hopaudit-snapshot").first.wait_for(timeout=60_000)
             # JupyterLab renders cells as they scroll into view: walk the notebook once
             for cell in page.locator(".jp-Notebook .jp-Cell").all():

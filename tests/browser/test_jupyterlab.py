@@ -6,21 +6,18 @@ import os
 from pathlib import Path
 
 import pytest
-from browser_helpers import PANELS, ROOT, SCREENSHOTS, jupyter_lab, run_all_cells, write_notebook
+from browser_helpers import (
+    PANELS,
+    SCREENSHOTS,
+    audit_cells,
+    jupyter_lab,
+    run_all_cells,
+    write_notebook,
+)
 
 pytestmark = pytest.mark.slow
 
-CELLS = [
-    f"import sys\nsys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]",
-    "import hopaudit\n"
-    "from tiny_models import tiny_model, tiny_tokenizer\n"
-    "model, _ = tiny_model('gpt2')\n"
-    "texts = [f'Notebook sequence {i}: pattern {i % 9} sits in basin {i % 4}.'\n"
-    "         for i in range(80)]\n"
-    "a = hopaudit.audit(model, texts, tokenizer=tiny_tokenizer(), max_length=64,\n"
-    "                   chunking='document', progress=False)",
-    "a",
-]
+CELLS = audit_cells(80, "a", max_length=64, chunking="document", progress=False)
 
 
 @pytest.fixture

@@ -8,26 +8,24 @@ import os
 from pathlib import Path
 
 import pytest
-from browser_helpers import ROOT, SCREENSHOTS, jupyter_lab, run_all_cells, write_notebook
+from browser_helpers import SCREENSHOTS, audit_cells, jupyter_lab, run_all_cells, write_notebook
 
 pytestmark = pytest.mark.slow
 
-CELLS = [
-    f"import sys\nsys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]",
-    "import hopaudit\n"
-    "from tiny_models import tiny_model, tiny_tokenizer\n"
-    "model, _ = tiny_model('gpt2')\n"
-    "texts = [f'Notebook sequence {i}: pattern {i % 9} sits in basin {i % 4}.'\n"
-    "         for i in range(80)]\n"
-    "a = hopaudit.audit(model, texts[:64], heldout=texts[64:], tokenizer=tiny_tokenizer(),\n"
-    "                   max_length=64, chunking='document', progress=False,\n"
-    "                   umap_layers=['final'], extraction={'prefix': 4, 'suffix': 4})",
+CELLS = audit_cells(
+    80,
     "a",
     # the kernel-side answer, to compare the card with
     "expected = a.query(['Notebook sequence 12: pattern 3 sits in basin 0.'], k=5)\n"
     "print('EXPECTED', expected.nearest[expected.nearest['name'] == 'final']"
     "['sequence'].tolist())",
-]
+    heldout=16,
+    max_length=64,
+    chunking="document",
+    progress=False,
+    umap_layers=["final"],
+    extraction={"prefix": 4, "suffix": 4},
+)
 ASKED = "Notebook sequence 12: pattern 3 sits in basin 0."
 
 

@@ -7,34 +7,40 @@ elsewhere), opened without running it."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import re
 import urllib.request
 
 import pytest
-from browser_helpers import ROOT, SCREENSHOTS, jupyter_lab, write_notebook
+from browser_helpers import (
+    SCREENSHOTS,
+    audit_cells,
+    jupyter_lab,
+    open_notebook,
+    run_all_cells,
+    write_notebook,
+)
 
 pytestmark = pytest.mark.slow
 
-CELLS = [
-    f"import sys\nsys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]",
-    "import hopaudit\n"
-    "from tiny_models import tiny_model, tiny_tokenizer\n"
-    "model, _ = tiny_model('gpt2')\n"
-    "texts = [f'Notebook sequence {i}: pattern {i % 9} sits in basin {i % 4}.'\n"
-    "         for i in range(60)]\n"
-    "a = hopaudit.audit(model, texts, tokenizer=tiny_tokenizer(), max_length=32,\n"
-    "                   chunking='document', umap_layers=['final'], autocast='off')",
+CELLS = audit_cells(
+    60,
     "a",
     "print('selected', a.selected()['sequence'].tolist())",
-]
+    max_length=32,
+    chunking="document",
+    umap_layers=["final"],
+    autocast="off",
+)
 
 
-@pytest.fixture
-def lab(tmp_path):
-    with jupyter_lab(tmp_path) as (url, token):
-        yield url, token, tmp_path
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """One JupyterLab server for the module's tests (each opens its own notebook, from a reset
+    workspace)."""
+    root = tmp_path_factory.mktemp("lab")
+    with jupyter_lab(root) as (url, token):
+        yield url, token, root
 
 
 def _api(url: str, token: str, method: str, path: str) -> object:
@@ -44,17 +50,18 @@ def _api(url: str, token: str, method: str, path: str) -> object:
     return json.loads(body) if body else None
 
 
-def _open(page, url: str, token: str, name: str) -> None:
-    page.goto(f"{url}/lab/tree/{name}?token={token}", timeout=120_000)
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
-
-
 def _outputs(page) -> list[str]:
     return page.locator(".jp-OutputArea-output").all_inner_texts()
 
 
 PANEL = """() => document.querySelector('.jp-OutputArea-output .hopaudit').__hopaudit
     .panels.find((q) => q.name === 'basins')"""
+# Every widget model of the notebook, its state messages answered by the kernel: ipywidgets
+# keeps one in flight per model (the rest buffered) and counts it until the kernel is idle
+# after handling it.
+MODELS = f"""async () => {{ const manager = ({PANEL})().ctx.model.widget_manager;
+    window.__models = await Promise.all(Object.values(manager._models)); }}"""
+SYNCED = "() => window.__models.every((m) => m._pending_msgs === 0 && m._msg_buffer === null)"
 
 
 def _select_a_box_and_read_it_in_python(page) -> None:
@@ -93,7 +100,8 @@ def _select_a_box_and_read_it_in_python(page) -> None:
     except Exception:
         page.screenshot(path="/tmp/hopaudit-lab-selection.png")
         raise
-    page.wait_for_timeout(1000)  # the model's change reaches the kernel
+    page.evaluate(MODELS)
+    page.wait_for_function(SYNCED, timeout=60_000)  # the selection reached the kernel
     last = page.locator(".jp-Notebook .jp-Cell").nth(len(CELLS) - 1)  # Shift+Enter adds one
     last.locator(".jp-InputArea-editor").click()
     page.keyboard.press("Shift+Enter")
@@ -113,16 +121,7 @@ def test_saved_notebook_reopened_without_kernel(browser, lab):
     ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = ctx.new_page()
     try:
-        _open(page, url, token, "audit.ipynb")
-        dialog = page.locator(".jp-Dialog button.jp-mod-accept", has_text="Select")
-        try:
-            dialog.wait_for(timeout=30_000)
-            dialog.click()
-        except Exception:
-            pass
-        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        run_all_cells(page, url, token, "audit.ipynb")
         page.locator(".jp-OutputArea-output .hopaudit[data-ready='true']").wait_for(timeout=300_000)
         _select_a_box_and_read_it_in_python(page)
         # live: the widget shows, its snapshot (an output of its own) is hidden
@@ -130,7 +129,9 @@ def test_saved_notebook_reopened_without_kernel(browser, lab):
         assert not page.locator(".hopaudit-snapshot").is_visible()
         assert page.locator(".jp-OutputArea-output .hopaudit").is_visible()
         page.keyboard.press("Control+s")
-        page.wait_for_timeout(3000)
+        page.wait_for_function(  # saved: the notebook's tab no longer marked as changed
+            "() => !document.querySelector('.lm-TabBar-tab.jp-mod-dirty')", timeout=60_000
+        )
         for kernel in _api(url, token, "GET", "/api/kernels"):
             _api(url, token, "DELETE", f"/api/kernels/{kernel['id']}")
         for session in _api(url, token, "GET", "/api/sessions"):
@@ -144,10 +145,11 @@ def test_saved_notebook_reopened_without_kernel(browser, lab):
         page.close()
 
         page = ctx.new_page()
-        _open(page, url, token, "audit.ipynb")
-        with contextlib.suppress(Exception):  # no kernel: JupyterLab may ask which to start
-            page.locator(".jp-Dialog button", has_text="No Kernel").click(timeout=15_000)
-        page.wait_for_timeout(8000)
+        open_notebook(page, url, token, "audit.ipynb", kernel="No Kernel")  # if asked
+        # the widget's renderer has tried the model the kernel no longer has
+        page.get_by_text("Error displaying widget: model not found").wait_for(
+            state="attached", timeout=60_000
+        )
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "lab-reopen.png"), full_page=True)
         snap = page.locator(".hopaudit-snapshot")
@@ -177,7 +179,7 @@ def test_saved_notebook_reopened_without_kernel(browser, lab):
         ctx.close()
 
 
-def test_untrusted_notebook_shows_the_snapshot(browser, lab, tmp_path):
+def test_untrusted_notebook_shows_the_snapshot(browser, lab):
     from notebooks import executed_notebook
 
     url, token, root = lab
@@ -187,9 +189,7 @@ def test_untrusted_notebook_shows_the_snapshot(browser, lab, tmp_path):
     ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = ctx.new_page()
     try:
-        _open(page, url, token, "elsewhere/audit.ipynb")
-        with contextlib.suppress(Exception):
-            page.locator(".jp-Dialog button", has_text="No Kernel").click(timeout=15_000)
+        open_notebook(page, url, token, "elsewhere/audit.ipynb", kernel="No Kernel")  # if asked
         snap = page.locator(".hopaudit-snapshot")
         snap.wait_for(timeout=60_000)
         texts = _outputs(page)

@@ -6,8 +6,8 @@ PATH). nbclient records the widget state the kernel sent (``store_widget_state``
 buffers included; each hopaudit widget is then unpacked and checked: every trait
 ``hopaudit.widget.widget_state`` packs is present, every array is non-empty and of the size its
 layout says, and the histograms count the patterns the layer table reports. It runs on less
-SmolLM2 text than the committed notebook (:data:`SMALLER`); the committed outputs are checked
-as they are. Each section's wall time is printed (``pytest -s``).
+text and fewer training steps than the committed notebook (:data:`SMALLER`); the committed
+outputs are checked as they are. Each section's wall time is printed (``pytest -s``).
 
 Set HOPAUDIT_EXECUTED_NOTEBOOK=path to keep the executed notebook (to read its outputs).
 
@@ -46,13 +46,29 @@ ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "demo.ipynb"
 KERNEL = "hopaudit-venv"
 CELL_TIMEOUT = 1800  # seconds; SmolLM2's forward pass is minutes on two shared cores
-#: The demo as the test runs it: the same cells on less SmolLM2 text (its forward pass and the
-#: extraction's decoding are most of the notebook's time). Each must match exactly once.
+#: The demo as the test runs it: the same cells on less text and fewer training steps (SmolLM2's
+#: forward pass and the extraction's greedy decoding are most of the notebook's time, then the
+#: tiny models' training). Every view and table is still made; only the numbers in them
+#: differ. Each must match exactly once.
 SMALLER = {
+    # SmolLM2: 32 audited sequences, one short held-out document (the first odd one alone is
+    # about 40 sequences, each decoded greedily)
     "extraction=True, max_length=64, max_sequences=800": (
-        "extraction=True, max_length=64, max_sequences=96"
+        "extraction=True, max_length=64, max_sequences=32"
     ),
-    "texts[1::2][:10]": "texts[1::2][:2]",
+    "texts[1::2][:10]": "texts[1::2][3:4]",
+    # the four tiny GPT-2s, their audits, the Trainer run (still four checkpoints) and MiniLM
+    "seq_len=16, steps=400": "seq_len=16, steps=100",
+    "max_sequences=2000": "max_sequences=500",
+    "max_steps=400": "max_steps=100",
+    "save_steps=100": "save_steps=25",
+    "logging_steps=100": "logging_steps=25",
+    "full.train_ids[:300]": "full.train_ids[:100]",
+    'max_sequences=800, positions="mean"': 'max_sequences=200, positions="mean"',
+    # the model that memorized half of a text, and its reference
+    "max_chars=40_000": "max_chars=20_000",
+    "fraction=0.5, steps=600": "fraction=0.5, steps=120",
+    "fraction=0.5, steps=150": "fraction=0.5, steps=30",
 }
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
