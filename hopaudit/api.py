@@ -315,6 +315,8 @@ def _gather_evidence(
                 reference, tok.input_ids, tok.attention_mask, progress=progress
             )
         if lengths is not None:
+            # greedy decoding in the numerics of the capture: bfloat16 where it ran so
+            amp = str(cap.compute_dtype or "").startswith("bfloat16 autocast")
             ex = extract(
                 model,
                 tok.input_ids,
@@ -322,8 +324,10 @@ def _gather_evidence(
                 prefix=lengths[0],
                 suffix=lengths[1],
                 progress=progress,
+                autocast=torch.bfloat16 if amp else None,
             )
             cap.seq_extracted_tokens = ex.extracted_tokens
+            info["compute_dtype"] = cap.compute_dtype
             info["seconds"] = info.get("seconds", 0.0) + ex.seconds
             info["tokens"] = info.get("tokens", 0) + decoded_tokens(ex.generated)
             info["cached"] = ex.cached

@@ -211,9 +211,12 @@ def extract(
     batch_size: int | None = None,
     progress: bool = True,
     what: str = "data",
+    autocast: torch.dtype | None = None,
 ) -> ExtractionResult:
-    """Greedy extraction of right-padded token sequences (checked; see :func:`extraction`)."""
+    """Greedy extraction of right-padded token sequences (checked; see :func:`extraction`),
+    under ``autocast`` to that dtype with the weights cast once (None: the model as it is)."""
     from hopaudit.capture.forward import choose_batch_size, model_device
+    from hopaudit.model.precision import autocast_context, cast_weights_once
 
     prefix, suffix = _check_lengths(prefix, suffix)
     ids = torch.as_tensor(input_ids).long()
@@ -232,7 +235,11 @@ def extract(
     bar = tqdm(total=n, unit="seq", desc="extraction", disable=not progress, leave=False)
     try:
         model.eval()
-        with torch.inference_mode():
+        with (
+            torch.inference_mode(),
+            autocast_context(autocast, device),
+            cast_weights_once(model, autocast),
+        ):
             for start in range(0, n, batch_size):
                 stop = min(n, start + batch_size)
                 batch = ids[start:stop, :prefix].to(device)

@@ -82,6 +82,30 @@ def test_decoding_stops_once_every_sequence_has_diverged():
     assert (r.generated[:, 1:] == NOT_DECODED).all()
 
 
+def test_decoding_under_autocast_runs_in_bfloat16_and_gives_the_weights_back():
+    """extract(autocast=bfloat16) runs every product of the decoding in bfloat16 (the
+    numerics of an audit's capture there), the model as it is without, and leaves the model's
+    float32 weights as they were."""
+    model, _ = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    seen = []
+    hook = linear.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    ids = torch.randint(3, 500, (5, 14), generator=torch.Generator().manual_seed(4))
+    try:
+        for amp, want in ((torch.bfloat16, torch.bfloat16), (None, torch.float32)):
+            seen.clear()
+            r = extract(model, ids, torch.ones_like(ids), prefix=6, suffix=8, progress=False,
+                        autocast=amp)  # fmt: skip
+            assert seen and set(seen) == {want}, (amp, set(seen))
+            match = (r.generated == ids[:, 6:14].numpy()).astype(int)
+            assert r.extracted_tokens.tolist() == match.cumprod(1).sum(1).tolist()
+    finally:
+        hook.remove()
+    for k, v in model.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+
+
 def test_training_flags_come_back():
     model, _ = tiny_model("gpt2")
     model.train()
@@ -110,9 +134,13 @@ def test_audit_extraction_columns_and_rates():
     from hopaudit.data import prepare_data
 
     tokens = prepare_data(random_texts(12, words=40), tok, max_length=16, model=model)
+    # the audit decodes in its capture's numerics: bfloat16 autocast where the CPU has it
+    amp = str(cap.compute_dtype).startswith("bfloat16 autocast")
+    assert a.extraction["compute_dtype"] == cap.compute_dtype
     direct = extract(
-        model, tokens.input_ids, tokens.attention_mask, prefix=6, suffix=5, progress=False
-    )
+        model, tokens.input_ids, tokens.attention_mask, prefix=6, suffix=5, progress=False,
+        autocast=torch.bfloat16 if amp else None,
+    )  # fmt: skip
     assert s["extracted_tokens"].tolist() == direct.extracted_tokens.tolist()
     assert s["extracted"].dtype == bool
     assert a.summary()["extraction_rate"] == pytest.approx(direct.rate)
@@ -130,7 +158,10 @@ def test_audit_extraction_columns_and_rates():
         suffix=5,
         progress=False,
     )
-    assert r.extracted_tokens.tolist() == direct.extracted_tokens.tolist()
+    float32 = extract(
+        model, tokens.input_ids, tokens.attention_mask, prefix=6, suffix=5, progress=False
+    )
+    assert r.extracted_tokens.tolist() == float32.extracted_tokens.tolist()  # the model as it is
 
 
 def test_prefix_plus_suffix_longer_than_sequences_is_refused_before_any_forward(monkeypatch):
