@@ -284,6 +284,19 @@ BF16_DOT_ERROR = 2.0**-8 + 2.0**-9 + 2.0**-12
 EXACT_TILES = "auto"
 
 
+def _squared_norms(data, dtype, rows: int):
+    """Squared norms of the rows of a float32 tensor, summed in ``dtype`` and returned in
+    float32, ``rows`` rows at a time: never a ``dtype`` copy of the whole tensor (in float64 on
+    the CPU two such copies, the cast and its square, were four times the data)."""
+    import torch
+
+    out = torch.empty(data.shape[0], dtype=torch.float32, device=data.device)
+    for start in range(0, data.shape[0], rows):
+        part = data[start : start + rows].to(dtype)
+        out[start : start + rows] = (part**2).sum(dim=1).to(torch.float32)
+    return out
+
+
 class ExactIndex:
     """Brute-force search with torch: centred data, tiled matmul for candidates, exact re-rank.
 
@@ -360,7 +373,7 @@ class ExactIndex:
         for s in range(0, arr.shape[0], rows):
             data[start + s : start + s + rows] = self._centred(arr[s : s + rows])
         self._data = data
-        self._sqnorm = (self._data.to(self._rerank_dtype) ** 2).sum(dim=1).to(torch.float32)
+        self._sqnorm = _squared_norms(data, self._rerank_dtype, rows)
         self._count = int(self._data.shape[0])
         if self.tiles == "bfloat16":
             self._data_bf16 = self._data.to(torch.bfloat16)

@@ -64,6 +64,18 @@ def test_exact_is_tiled_correctly(monkeypatch):
     np.testing.assert_allclose(dists, ref_d, rtol=2e-6, atol=1e-6)
 
 
+def test_exact_squared_norms_chunk_by_chunk_equal_the_whole_sum(monkeypatch):
+    # The squared norms are summed in float64 a few rows at a time (no float64 copy of the
+    # whole index): the same numbers as the sum over the whole tensor, also after an add.
+    monkeypatch.setattr(search, "_CHUNK_BYTES", 4 * 16 * 37)  # 37 rows a chunk
+    y = mixture(500, 16, seed=4) * 50
+    index = build_index(y[:301], "exact")
+    index.add(y[301:])
+    whole = (index._data.to(torch.float64) ** 2).sum(dim=1).to(torch.float32)
+    assert index._sqnorm.dtype == torch.float32
+    assert torch.equal(index._sqnorm, whole)
+
+
 def test_exact_centres_away_a_large_common_offset():
     rng = np.random.default_rng(3)
     y = rng.normal(size=(500, 32)) + 1e4  # float64 input far from the origin
