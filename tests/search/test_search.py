@@ -315,3 +315,24 @@ def test_exact_tiles_are_checked():
 
     with pytest.raises(SearchError, match="tiles"):
         ExactIndex(4, tiles="float16")
+
+
+@pytest.mark.parametrize("tiles", ["float32", "bfloat16"])
+def test_exact_query_stored_is_query_of_the_indexed_data(tiles, monkeypatch):
+    # An exact index's search of its own rows gives what querying the data it indexed gives,
+    # bit for bit, so knn_self needs no copy of the patterns beside the index.
+    monkeypatch.setattr(search, "_CHUNK_BYTES", 4 * 16 * 97)  # 97 rows a chunk
+    y = mixture(700, 16, seed=5) * 30 + 5
+    index = search.ExactIndex(16, tiles=tiles)
+    index.add(y[:400])
+    index.add(y[400:])
+    ids, dists = index.query_stored(6)
+    ref_ids, ref_d = index.query(y, 6)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(dists, ref_d)
+    for a, b in zip(knn_self(index, None, 5), knn_self(index, y, 5), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(SearchError, match="integer"):
+        index.query_stored(701)
+    with pytest.raises(SearchError, match="exact index only"):
+        knn_self(build_index(y, "hnsw"), None, 5)
