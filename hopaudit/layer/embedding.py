@@ -245,6 +245,7 @@ def embed_layer(
         sub = normalize_rows(np.asarray(activations[valid[pick]], np.float32), report.normalize)
         idx = build_index(sub, report.index.kind, device=device)
         ids, dists = knn_self(idx, sub, k)
+        del idx  # the subsample's index (a copy of its patterns) is not needed by the layout
         ids = np.concatenate([np.arange(len(pick))[:, None], ids], axis=1)
         dists = np.concatenate([np.zeros((len(pick), 1), dists.dtype), dists], axis=1)
     else:

@@ -25,7 +25,7 @@ import numpy as np
 
 from hopaudit import geometry, theory
 from hopaudit.errors import DataError, SearchError
-from hopaudit.search.backends import NeighborIndex, as_2d, build_index, knn_self
+from hopaudit.search.backends import ExactIndex, NeighborIndex, as_2d, build_index, knn_self
 
 __all__ = ["INTERVAL_COLUMNS", "ROW_COLUMNS", "LayerReport", "bootstrap_intervals", "measure"]
 
@@ -219,8 +219,13 @@ def measure(
         return None if progress is None else (lambda rows: progress(stage, rows))
 
     idx = build_index(x, index, device=device, progress=step("index"))
+    if isinstance(idx, ExactIndex):
+        # the index searches its own rows, so the patterns go now (a layer less while it
+        # searches); the few rows the saturation curve reads again are normalized anew, row
+        # by row as before: the same values
+        x = _PatternRows(raw, valid_rows, nonfinite, normalize)
     kk = min(max(int(k), 2), d - 1)
-    ids, dists = knn_self(idx, x, kk, progress=step("search"))
+    ids, dists = knn_self(idx, None if isinstance(x, _PatternRows) else x, kk, step("search"))
     nn = dists[:, 0].astype(np.float64)
     nn2 = dists[:, 1].astype(np.float64)
     self_col = np.arange(d, dtype=np.int64)[:, None]
@@ -286,6 +291,18 @@ def measure(
         bootstrap=int(bootstrap),
         **intervals,
     )
+
+
+class _PatternRows:
+    """Rows of a layer's normalized patterns, normalized when read (``rows[ids]``): what
+    :func:`measure` keeps of them once an exact index holds its own copy."""
+
+    def __init__(self, raw: np.ndarray, valid_rows: np.ndarray, nonfinite: int, mode: str):
+        self.raw, self.valid_rows, self.nonfinite, self.mode = raw, valid_rows, nonfinite, mode
+
+    def __getitem__(self, ids: np.ndarray) -> np.ndarray:
+        rows = np.asarray(ids) if self.nonfinite == 0 else self.valid_rows[np.asarray(ids)]
+        return geometry.normalize_rows(np.asarray(self.raw[rows]), self.mode)
 
 
 def _components(basin: np.ndarray) -> np.ndarray:
@@ -414,7 +431,7 @@ def _measure_queries(
 
 
 def _saturation(
-    x: np.ndarray,
+    x: np.ndarray | _PatternRows,
     idx: NeighborIndex,
     ids: np.ndarray,
     dists: np.ndarray,
@@ -447,7 +464,7 @@ def _saturation(
 
 
 def _nearest_member(
-    x: np.ndarray,
+    x: np.ndarray | _PatternRows,
     idx: NeighborIndex,
     ids: np.ndarray,
     dists: np.ndarray,

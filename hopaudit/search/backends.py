@@ -284,6 +284,19 @@ BF16_DOT_ERROR = 2.0**-8 + 2.0**-9 + 2.0**-12
 EXACT_TILES = "auto"
 
 
+def _squared_norms(data, dtype, rows: int):
+    """Squared norms of the rows of a float32 tensor, summed in ``dtype`` and returned in
+    float32, ``rows`` rows at a time: never a ``dtype`` copy of the whole tensor (in float64 on
+    the CPU two such copies, the cast and its square, were four times the data)."""
+    import torch
+
+    out = torch.empty(data.shape[0], dtype=torch.float32, device=data.device)
+    for start in range(0, data.shape[0], rows):
+        part = data[start : start + rows].to(dtype)
+        out[start : start + rows] = (part**2).sum(dim=1).to(torch.float32)
+    return out
+
+
 class ExactIndex:
     """Brute-force search with torch: centred data, tiled matmul for candidates, exact re-rank.
 
@@ -360,7 +373,7 @@ class ExactIndex:
         for s in range(0, arr.shape[0], rows):
             data[start + s : start + s + rows] = self._centred(arr[s : s + rows])
         self._data = data
-        self._sqnorm = (self._data.to(self._rerank_dtype) ** 2).sum(dim=1).to(torch.float32)
+        self._sqnorm = _squared_norms(data, self._rerank_dtype, rows)
         self._count = int(self._data.shape[0])
         if self.tiles == "bfloat16":
             self._data_bf16 = self._data.to(torch.bfloat16)
@@ -376,11 +389,35 @@ class ExactIndex:
 
         Ties are broken by the lower id, so results are deterministic.
         """
+        arr = _check_query(self, x, k)
+        rows = _chunk_rows(self.dim)
+
+        def centred():
+            for start in range(0, arr.shape[0], rows):
+                chunk = np.asarray(arr[start : start + rows], dtype=np.float64)
+                _refuse_nonfinite(chunk, start, "queries")
+                yield start, self._centred(chunk)
+
+        return self._search(centred(), arr.shape[0], int(k), progress)
+
+    def query_stored(self, k: int, progress: Progress = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`query` of every stored pattern, read from the index itself: the same ids and
+        distances as ``query(data, k)`` with the indexed ``data`` (each stored row is that
+        row of ``data`` centred as :meth:`query` centres it), without the caller keeping
+        ``data``."""
+        if int(k) != k or not 1 <= k <= self._count:
+            raise SearchError(f"k must be an integer in [1, {self._count}]; got {k!r}.")
+        rows = _chunk_rows(self.dim)
+        chunks = ((s, self._data[s : s + rows]) for s in range(0, self._count, rows))
+        return self._search(chunks, self._count, int(k), progress)
+
+    def _search(
+        self, chunks: Iterator, m: int, k: int, progress: Progress
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, distances) of ``m`` centred queries given as (start, tensor) chunks."""
         import torch
 
-        arr = _check_query(self, x, k)
-        k = int(k)
-        n, m = self._count, arr.shape[0]
+        n = self._count
         # Candidates beyond k absorb the float32 rounding of the matmul scores; the re-rank
         # by direct differences then decides.
         c = min(n, k + max(8, k // 2))
@@ -389,11 +426,7 @@ class ExactIndex:
         ids = np.empty((m, k), dtype=np.int64)
         dists = np.empty((m, k), dtype=np.float32)
         with torch.no_grad():
-            rows = _chunk_rows(self.dim)
-            for start in range(0, m, rows):
-                chunk = np.asarray(arr[start : start + rows], dtype=np.float64)
-                _refuse_nonfinite(chunk, start, "queries")
-                xq_all = self._centred(chunk)
+            for start, xq_all in chunks:
                 for q0 in range(0, xq_all.shape[0], tile_q):
                     xq = xq_all[q0 : q0 + tile_q]
                     i, d = self._search_tile(xq, k, c, tile_s)
@@ -525,18 +558,22 @@ def build_index(
 
 
 def knn_self(
-    index: NeighborIndex, data: np.ndarray, k: int, progress: Progress = None
+    index: NeighborIndex, data: np.ndarray | None, k: int, progress: Progress = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest *other* stored patterns of every stored pattern: (n, k) ids, distances.
 
-    ``data`` must be the indexed set itself, in the same order. Each row is queried with
-    ``k + 1``; the entry whose id is the row's own is dropped (else the last one), so an exact
-    duplicate of a pattern comes back at distance 0 rather than being mistaken for itself.
+    ``data`` must be the indexed set itself, in the same order; an exact index searches its
+    own rows (:meth:`ExactIndex.query_stored`, the same results), so there ``data`` may be
+    None (the caller need not keep the patterns). Each row is queried with ``k + 1``; the
+    entry whose id is the row's own is dropped (else the last one), so an exact duplicate of a
+    pattern comes back at distance 0 rather than being mistaken for itself.
     ``progress(rows)`` is called as the rows are searched.
     """
-    arr = as_2d(data, "patterns")
     n = len(index)
-    if arr.shape[0] != n:
+    if data is None and not isinstance(index, ExactIndex):
+        raise SearchError("knn_self needs the indexed patterns (data=None: an exact index only)")
+    arr = None if data is None else as_2d(data, "patterns")
+    if arr is not None and arr.shape[0] != n:
         raise SearchError(
             f"knn_self needs the indexed patterns themselves: the index holds {n} rows, "
             f"data has {arr.shape[0]}."
@@ -549,7 +586,10 @@ def knn_self(
             f"k={k} nearest other patterns requested but there are only {n} patterns; "
             f"use k <= {n - 1}."
         )
-    ids, dists = index.query(arr, k + 1, progress=progress)
+    if isinstance(index, ExactIndex):  # its own rows: the same queries, no second read
+        ids, dists = index.query_stored(k + 1, progress=progress)
+    else:
+        ids, dists = index.query(arr, k + 1, progress=progress)  # type: ignore[arg-type]
     own = ids == np.arange(n, dtype=np.int64)[:, None]
     has_own = own.any(axis=1)
     drop = np.where(has_own, own.argmax(axis=1), k)

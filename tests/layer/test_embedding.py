@@ -193,3 +193,37 @@ def test_umaps_compiled_functions_are_loaded_from_disk_in_a_new_process(tmp_path
     assert first == (0, 1), first  # compiled
     assert second == (1, 0), second  # loaded
     assert any("optimize_layout_euclidean" in p.name for p in tmp_path.rglob("*.nbi"))
+
+
+def test_a_subsample_s_index_is_freed_before_the_layout(monkeypatch):
+    # embed_layer's subsample gets its own index for its graph; the UMAP fit that follows needs
+    # only the graph, so the index (a float32 copy of the patterns) is gone by then.
+    import gc
+    import weakref
+
+    from hopaudit.layer import embedding
+    from hopaudit.layer.measuring import measure
+    from hopaudit.search import backends
+
+    x = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
+    report = measure(x, bootstrap=0, fractions=())
+    built = []
+    real_build = backends.build_index
+
+    def build(*args, **kwargs):
+        index = real_build(*args, **kwargs)
+        built.append(weakref.ref(index))
+        return index
+
+    alive = []
+
+    def layout(ids, dists, **kwargs):
+        gc.collect()
+        alive.append([ref() is not None for ref in built])
+        return np.zeros((len(ids), 2), np.float32)
+
+    monkeypatch.setattr(backends, "build_index", build)
+    monkeypatch.setattr(embedding, "umap_from_knn", layout)
+    emb = embedding.embed_layer(report, x, np.arange(300), 100, 0, None)
+    assert len(emb.rows) == 100
+    assert alive == [[False]]

@@ -228,3 +228,64 @@ def test_bad_input():
         measure(rng.normal(size=(20, 4)), normalize="l2")
     with pytest.raises(SearchError, match="kind must be"):
         measure(rng.normal(size=(20, 4)), index="annoy")
+
+
+def _report_arrays(rep):
+    """Every array and number of a report (the index aside), for exact comparisons."""
+    out = {}
+    for name, value in vars(rep).items():
+        if name == "index":
+            continue
+        if isinstance(value, dict):
+            value = {k: np.asarray(v).tolist() for k, v in value.items()}
+        elif isinstance(value, np.ndarray):
+            value = (value.dtype.str, value.tolist())
+        out[name] = value
+    return out
+
+
+@pytest.mark.parametrize("normalize", ["rms", "none"])
+@pytest.mark.parametrize("nonfinite", [False, True])
+def test_an_exact_index_searches_without_the_patterns_and_changes_nothing(
+    monkeypatch, normalize, nonfinite
+):
+    # With an exact index, measure lets go of its normalized copy of the patterns before the
+    # search (the index searches its own rows) and normalizes again the few rows the
+    # saturation curve reads (k=2 makes its wider search and brute force run). The report is
+    # the same, number for number, as with the patterns kept (an index of another type).
+    import gc
+    import weakref
+
+    from hopaudit import geometry
+    from hopaudit.layer import measuring
+
+    rng = np.random.default_rng(11)
+    x = (rng.normal(size=(600, 12)) * 7 + 3).astype(np.float16)
+    if nonfinite:
+        x[[5, 99]] = np.nan
+    fractions = (0.02, 0.25, 1.0)
+    copies = []
+    real_normalize = geometry.normalize_rows
+
+    def normalize_rows(a, mode="rms"):
+        out = real_normalize(a, mode)
+        copies.append(weakref.ref(out))
+        return out
+
+    alive = []
+    real_knn = measuring.knn_self
+
+    def knn_self(index, data, k, progress=None):
+        gc.collect()
+        alive.append(copies[0]() is not None)
+        return real_knn(index, data, k, progress)
+
+    monkeypatch.setattr(geometry, "normalize_rows", normalize_rows)
+    monkeypatch.setattr(measuring, "knn_self", knn_self)
+    rep = measure(x, normalize=normalize, index="exact", k=2, fractions=fractions, bootstrap=20)
+    if normalize == "rms":
+        assert alive == [False]  # the layer's normalized copy was gone when the search ran
+    monkeypatch.setattr(measuring, "ExactIndex", type("NotExact", (), {}))  # the patterns kept
+    copies.clear()
+    kept = measure(x, normalize=normalize, index="exact", k=2, fractions=fractions, bootstrap=20)
+    assert _report_arrays(rep) == _report_arrays(kept)

@@ -64,6 +64,18 @@ def test_exact_is_tiled_correctly(monkeypatch):
     np.testing.assert_allclose(dists, ref_d, rtol=2e-6, atol=1e-6)
 
 
+def test_exact_squared_norms_chunk_by_chunk_equal_the_whole_sum(monkeypatch):
+    # The squared norms are summed in float64 a few rows at a time (no float64 copy of the
+    # whole index): the same numbers as the sum over the whole tensor, also after an add.
+    monkeypatch.setattr(search, "_CHUNK_BYTES", 4 * 16 * 37)  # 37 rows a chunk
+    y = mixture(500, 16, seed=4) * 50
+    index = build_index(y[:301], "exact")
+    index.add(y[301:])
+    whole = (index._data.to(torch.float64) ** 2).sum(dim=1).to(torch.float32)
+    assert index._sqnorm.dtype == torch.float32
+    assert torch.equal(index._sqnorm, whole)
+
+
 def test_exact_centres_away_a_large_common_offset():
     rng = np.random.default_rng(3)
     y = rng.normal(size=(500, 32)) + 1e4  # float64 input far from the origin
@@ -303,3 +315,24 @@ def test_exact_tiles_are_checked():
 
     with pytest.raises(SearchError, match="tiles"):
         ExactIndex(4, tiles="float16")
+
+
+@pytest.mark.parametrize("tiles", ["float32", "bfloat16"])
+def test_exact_query_stored_is_query_of_the_indexed_data(tiles, monkeypatch):
+    # An exact index's search of its own rows gives what querying the data it indexed gives,
+    # bit for bit, so knn_self needs no copy of the patterns beside the index.
+    monkeypatch.setattr(search, "_CHUNK_BYTES", 4 * 16 * 97)  # 97 rows a chunk
+    y = mixture(700, 16, seed=5) * 30 + 5
+    index = search.ExactIndex(16, tiles=tiles)
+    index.add(y[:400])
+    index.add(y[400:])
+    ids, dists = index.query_stored(6)
+    ref_ids, ref_d = index.query(y, 6)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(dists, ref_d)
+    for a, b in zip(knn_self(index, None, 5), knn_self(index, y, 5), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(SearchError, match="integer"):
+        index.query_stored(701)
+    with pytest.raises(SearchError, match="exact index only"):
+        knn_self(build_index(y, "hnsw"), None, 5)
