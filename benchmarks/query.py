@@ -100,8 +100,9 @@ def _queries(run, n: int, rng: np.random.Generator):
     for m in (1, 2, 4):
         kinds[f"perturbed_{m}"] = perturb(members, m, vocab, rng)
     ex = extract(
-        run.model, members, torch.ones_like(members), prefix=PREFIX, suffix=SUFFIX, progress=False
-    )
+        run.model, members, torch.ones_like(members), prefix=PREFIX, suffix=SUFFIX,
+        progress=False, full=True,
+    )  # fmt: skip
     kinds["generated"] = torch.cat([members[:, :PREFIX], torch.as_tensor(ex.generated)], 1)
     heldout = run.heldout_ids[: max(n, 2)]
     return kinds, heldout

@@ -212,9 +212,12 @@ def extract(
     progress: bool = True,
     what: str = "data",
     autocast: torch.dtype | None = None,
+    full: bool = False,
 ) -> ExtractionResult:
     """Greedy extraction of right-padded token sequences (checked; see :func:`extraction`),
-    under ``autocast`` to that dtype with the weights cast once (None: the model as it is)."""
+    under ``autocast`` to that dtype with the weights cast once (None: the model as it is).
+    ``full=True`` decodes every suffix to its end, so ``generated`` holds the whole greedy
+    continuation (by default a batch stops once all its rows have diverged from their text)."""
     from hopaudit.capture.forward import choose_batch_size, model_device
     from hopaudit.model.precision import autocast_context, cast_weights_once
 
@@ -243,7 +246,7 @@ def extract(
             for start in range(0, n, batch_size):
                 stop = min(n, start + batch_size)
                 batch = ids[start:stop, :prefix].to(device)
-                target = ids[start:stop, prefix : prefix + suffix].to(device)
+                target = None if full else ids[start:stop, prefix : prefix + suffix].to(device)
                 try:
                     generated[start:stop] = greedy_suffix(
                         model, batch, suffix, cache_arg, target

@@ -77,6 +77,10 @@ def test_decoding_stops_once_every_sequence_has_diverged():
     finally:
         hook.remove()
     assert len(calls) == 1  # the prefix forward alone
+    whole = extract(model, ids, torch.ones_like(ids), prefix=6, suffix=6, progress=False,
+                    full=True)  # fmt: skip
+    assert (whole.generated != NOT_DECODED).all()  # full=True: the whole greedy continuation
+    assert whole.extracted_tokens.tolist() == r.extracted_tokens.tolist()
     assert r.extracted_tokens.tolist() == [0, 0, 0, 0] and not r.extracted.any()
     np.testing.assert_array_equal(r.generated[:, 0], first.numpy())
     assert (r.generated[:, 1:] == NOT_DECODED).all()
