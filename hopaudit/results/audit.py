@@ -209,10 +209,7 @@ class Audit(View):
         else:
             rows, dist = np.asarray(rep.valid_rows), np.asarray(rep.nn)
         seq = _rows_of(cap, layer)[rows]  # the layer's own stack's rows (encoder-decoders)
-        sums = np.bincount(seq, weights=dist / rep.r_hat, minlength=n)[:n]
-        counts = np.bincount(seq, minlength=n)[:n]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        return per_sequence_mean(dist / rep.r_hat, seq, n)
 
     def geometric_scores(self, which: str = "stored", per_layer: bool = True) -> pd.DataFrame:
         """The geometric membership scores of each sequence (higher = more likely memorized).
@@ -252,7 +249,7 @@ class Audit(View):
             ratios = self.geometric_scores(which).to_numpy()
             frame = pd.DataFrame(
                 {
-                    "nn_ratio_layers": layer_mean(ratios) if n else np.zeros(0),
+                    "nn_ratio_layers": layer_mean(ratios),
                     "member_vs_heldout": member[which],
                     "norm_reversed": -self._norms(cap, n),
                 },
