@@ -23,7 +23,7 @@ from hopaudit.errors import HopauditError
 
 FORMATS = ("table", "json", "csv")
 
-DEMO_SEQUENCES = 256  # with the held-out ones about 25 000 tokens: half a minute on 2 cores
+DEMO_SEQUENCES = 256  # with the held-out ones about 25 000 tokens (its time: benchmarks/README.md)
 DEMO_LENGTH = 64
 DEMO_HELDOUT_CHARS = 24_000  # about 130 held-out sequences of 64 tokens
 
