@@ -191,13 +191,21 @@ def audit(
     _track(None if scratch is None else types.SimpleNamespace(store=scratch))
     dtype = getattr(torch, dtype_name)
     stored = _track(
-        runner.capture(model, tokens, stacks, where=where, store_dtype=dtype, peak=peak)
+        runner.capture(
+            model, tokens, stacks, where=where, store_dtype=dtype, peak=peak, extraction=lengths
+        )
     )
     held = None
     if held_tokens is not None:
         held_where = None if where is None else f"{where}/heldout"
         held = runner.capture(
-            model, held_tokens, stacks, where=held_where, store_dtype=dtype, peak=peak
+            model,
+            held_tokens,
+            stacks,
+            where=held_where,
+            store_dtype=dtype,
+            peak=peak,
+            extraction=lengths,
         )
         _track(held)
     t["capture"] = time.perf_counter()
@@ -299,14 +307,19 @@ def _extraction_plan(
     for what, toks in (("data", tokens), ("heldout data", held_tokens)):
         if toks is not None:
             check_extraction(toks.attention_mask.sum(1).numpy(), *lengths, what)
+            if not bool((toks.attention_mask[:, : sum(lengths)] != 0).all()):
+                raise DataError(f"extraction needs right-padded {what} (real tokens first)")
     return {"prefix": lengths[0], "suffix": lengths[1]}, lengths
 
 
 def _gather_evidence(
     model: Any, reference: Any, pairs: Any, lengths: Any, info: dict | None, progress: bool
 ) -> None:
-    """The reference model's NLL and the greedy extraction of every sequence, onto each
-    capture (stored and held-out); the extraction's cost into ``info``."""
+    """The reference model's NLL and the extraction of every sequence, onto each capture
+    (stored and held-out); how the extraction was computed, and its cost, into ``info``.
+
+    The capture's own pass gives the extraction (its top-1 hits: docs/theory.md §6); a
+    capture that scored no next token (no logits) is decoded greedily instead."""
     for tok, cap in pairs:
         if tok is None:
             continue
@@ -314,23 +327,28 @@ def _gather_evidence(
             cap.seq_ref_nll = reference_nll(
                 reference, tok.input_ids, tok.attention_mask, progress=progress
             )
-        if lengths is not None:
-            # greedy decoding in the numerics of the capture: bfloat16 where it ran so
-            amp = str(cap.compute_dtype or "").startswith("bfloat16 autocast")
-            ex = extract(
-                model,
-                tok.input_ids,
-                tok.attention_mask,
-                prefix=lengths[0],
-                suffix=lengths[1],
-                progress=progress,
-                autocast=torch.bfloat16 if amp else None,
-            )
-            cap.seq_extracted_tokens = ex.extracted_tokens
-            info["compute_dtype"] = cap.compute_dtype
-            info["seconds"] = info.get("seconds", 0.0) + ex.seconds
-            info["tokens"] = info.get("tokens", 0) + decoded_tokens(ex.generated)
-            info["cached"] = ex.cached
+        if lengths is None:
+            continue
+        info["compute_dtype"] = cap.compute_dtype
+        if cap.seq_extracted_tokens is not None:
+            info["method"] = "teacher-forced"  # read off the capture: no forward of its own
+            continue
+        # greedy decoding in the numerics of the capture: bfloat16 where it ran so
+        amp = str(cap.compute_dtype or "").startswith("bfloat16 autocast")
+        ex = extract(
+            model,
+            tok.input_ids,
+            tok.attention_mask,
+            prefix=lengths[0],
+            suffix=lengths[1],
+            progress=progress,
+            autocast=torch.bfloat16 if amp else None,
+        )
+        cap.seq_extracted_tokens = ex.extracted_tokens
+        info["method"] = "greedy decoding"
+        info["seconds"] = info.get("seconds", 0.0) + ex.seconds
+        info["tokens"] = info.get("tokens", 0) + decoded_tokens(ex.generated)
+        info["cached"] = ex.cached
     if info and info.get("seconds"):
         info["tokens_per_second"] = info["tokens"] / info["seconds"]
 

@@ -51,7 +51,7 @@ from torch import nn
 from hopaudit.capture.result import CaptureResult
 from hopaudit.capture.store import ActivationStore, normalize_dtype
 from hopaudit.errors import CaptureError, DataError, HopauditError, ModelError
-from hopaudit.evidence.scores import sequence_statistics, token_statistics
+from hopaudit.evidence.scores import greedy_runs, sequence_statistics, token_statistics
 from hopaudit.model.blocks import (
     ENCODER_FINAL,
     Stack,
@@ -704,6 +704,7 @@ def capture(
     progress: bool = True,
     min_k: float = 0.2,
     autocast: str = "off",
+    extraction: tuple[int, int] | None = None,
 ) -> CaptureResult:
     """Run ``data`` through ``model`` once, storing each block's (and the final norm's, as layer
     ``"final"``) activations at ``positions``, and scoring each sequence from the logits.
@@ -718,7 +719,9 @@ def capture(
     (:func:`choose_batch_size`). The model stays on its device(s), runs in eval mode under
     ``torch.inference_mode()``, and gets its training flags back afterwards, also on error.
     ``autocast`` is ``"off"`` (the model as it is), ``"bfloat16"`` or ``"auto"`` (see
-    :mod:`hopaudit.precision`).
+    :mod:`hopaudit.precision`). ``extraction=(prefix, suffix)`` also gives each sequence's
+    ``seq_extracted_tokens`` from the same pass's top-1 hits (a causal LM's right-padded
+    sequences: :func:`hopaudit.evidence.scores.greedy_runs`), with no decoding.
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"model must be a torch nn.Module, got {type(model).__name__}")
@@ -858,7 +861,7 @@ def capture(
             bar.close()
     seconds = time.perf_counter() - t0
 
-    seq_nll = seq_min_k = seq_top1 = None
+    seq_nll = seq_min_k = seq_top1 = extracted = None
     cross_entropy = None
     n_predicted = 0
     extra: dict[str, np.ndarray] = {}
@@ -869,6 +872,8 @@ def capture(
         seq_nll, seq_min_k, seq_top1 = sequence_scores(seq_a, lp_a, hit_a, n_seq, float(min_k))
         z_a = torch.cat(tok_z).numpy().astype(np.float64)
         extra = sequence_statistics(seq_a, lp_a, z_a, n_seq, float(min_k))
+        if extraction is not None and feed.labels is None:  # next-token (shifted) predictions
+            extracted = greedy_runs(seq_a, hit_a, n_seq, *extraction)[0]
         n_predicted = int(lp_a.size)
         cross_entropy = float(-lp_a.sum() / n_predicted) if n_predicted else math.nan
         if not n_predicted:
@@ -909,6 +914,7 @@ def capture(
         stack_position=poss if len(stacks) > 1 else {},
         seq_min_k_pp=extra.get("min_k_pp"),
         seq_n_predicted=extra.get("n_predicted"),
+        seq_extracted_tokens=extracted,
     )
 
 

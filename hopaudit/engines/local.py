@@ -36,7 +36,15 @@ class LocalEngine:
         return store, None
 
     def capture(
-        self, model: Any, tokens: Any, stacks: list, *, where: Any, store_dtype: Any, peak: Any
+        self,
+        model: Any,
+        tokens: Any,
+        stacks: list,
+        *,
+        where: Any,
+        store_dtype: Any,
+        peak: Any,
+        extraction: tuple[int, int] | None = None,
     ) -> Any:
         o = self.options
         return capture(
@@ -49,6 +57,7 @@ class LocalEngine:
             batch_size=o.batch_size,
             progress=o.progress,
             autocast=o.autocast,
+            extraction=extraction,
         )
 
     def measure(

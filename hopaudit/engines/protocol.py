@@ -24,9 +24,18 @@ class Engine(Protocol):
         """(where the capture goes, a scratch folder to discard at the end or None)."""
 
     def capture(
-        self, model: Any, tokens: Any, stacks: list, *, where: Any, store_dtype: Any, peak: Any
+        self,
+        model: Any,
+        tokens: Any,
+        stacks: list,
+        *,
+        where: Any,
+        store_dtype: Any,
+        peak: Any,
+        extraction: tuple[int, int] | None = None,
     ) -> Any:
-        """One pass over ``tokens``: a CaptureResult whose store holds every layer's rows."""
+        """One pass over ``tokens``: a CaptureResult whose store holds every layer's rows
+        (and, with ``extraction=(prefix, suffix)``, each sequence's extracted tokens)."""
 
     def measure(
         self, stored: Any, held: Any, layer_files: Any, measure_kwargs: dict, peak: Any

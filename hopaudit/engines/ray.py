@@ -234,6 +234,7 @@ class _CaptureActor:
             progress=False,
             min_k=o["min_k"],
             autocast=o["autocast"],
+            extraction=o["extraction"],
         )
         fields = {
             f.name: getattr(cap, f.name) for f in dataclasses.fields(cap) if f.name != "store"
@@ -258,6 +259,7 @@ def capture_ray(
     ray_options: dict | None,
     min_k: float = 0.2,
     peak: PeakTracker | None = None,
+    extraction: tuple[int, int] | None = None,
 ) -> CaptureResult:
     """The capture of ``tokens`` by a Ray Data actor pool, assembled into a store at ``store``
     (rows in the same order as the local engine). Shards are always deleted; on a failure that
@@ -300,6 +302,7 @@ def capture_ray(
             "shards": str(shards),
             "min_k": min_k,
             "autocast": autocast,
+            "extraction": extraction,
             "num_gpus": num_gpus,
             "before_batch": opts.get("before_batch"),
         }
@@ -384,6 +387,7 @@ def _join_captures(
         seq_top1=cat("seq_top1"),
         seq_min_k_pp=cat("seq_min_k_pp"),
         seq_n_predicted=cat("seq_n_predicted"),
+        seq_extracted_tokens=cat("seq_extracted_tokens"),
         cross_entropy=ce,
         n_tokens=n_tokens,
         seconds=seconds,
@@ -601,7 +605,15 @@ class RayEngine:
         return scratch.store, scratch
 
     def capture(
-        self, model: Any, tokens: Any, stacks: list, *, where: Any, store_dtype: Any, peak: Any
+        self,
+        model: Any,
+        tokens: Any,
+        stacks: list,
+        *,
+        where: Any,
+        store_dtype: Any,
+        peak: Any,
+        extraction: tuple[int, int] | None = None,
     ) -> Any:
         o = self.options
         return capture_ray(
@@ -617,6 +629,7 @@ class RayEngine:
             autocast=o.autocast,
             ray_options=self.ray_options,
             peak=peak,
+            extraction=extraction,
         )
 
     def measure(

@@ -5,6 +5,8 @@ next s tokens exactly. :func:`extraction` decodes every sequence's suffix in bat
 model's KV cache (one forward over the prefixes, then one single-token forward per suffix
 token); models whose forward takes no cache (a hand-written nanoGPT) are decoded by running
 the whole growing sequence at every step, which gives the same tokens, only slower.
+``audit()`` and ``Audit.query`` do not decode: they read the same runs off their capture's
+top-1 hits (:func:`hopaudit.evidence.scores.greedy_runs`, docs/theory.md §6).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ import torch
 
 __all__ = [
     "SCORE_CHUNK_VALUES",
+    "greedy_runs",
     "lowest_fraction_mean",
     "sequence_statistics",
     "token_statistics",
@@ -153,3 +154,29 @@ def zlib_score(nll_sum: np.ndarray, texts: list[str]) -> np.ndarray:
         raise ValueError(f"{nll_sum.shape[0]} NLL sums for {len(texts)} texts")
     lengths = np.array([zlib_length(t) for t in texts], dtype=np.float64)
     return -nll_sum / lengths
+
+
+def greedy_runs(
+    seq: np.ndarray, hit: np.ndarray, n_sequences: int, prefix: int, suffix: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(extracted_tokens, compared_tokens) per sequence, read off a teacher-forced pass.
+
+    Greedy decoding from x[:p] gives x[p] exactly when the argmax of the logits at position
+    p-1 is x[p]; having given x[p..p+j), its next input is x[:p+j], the same as teacher forcing,
+    so by induction it reproduces x[p..p+j] exactly when the top-1 prediction is right at every
+    position p-1 .. p+j-1 (docs/theory.md §6). ``hit`` holds each next-token prediction's top-1
+    hit, ordered by sequence (``seq``), then position, every sequence's from its first token
+    (right-padded: :func:`token_statistics`'s order). The run is
+    capped at ``suffix`` and at the tokens a sequence holds after its prefix
+    (``compared_tokens``).
+    """
+    seq = np.asarray(seq, dtype=np.int64)
+    hit = np.asarray(hit, dtype=bool)
+    counts = np.bincount(seq, minlength=n_sequences)[:n_sequences]
+    starts = np.cumsum(counts) - counts
+    compared = np.clip(counts - (prefix - 1), 0, suffix).astype(np.int64)
+    steps = np.arange(suffix)
+    within = steps[None, :] < compared[:, None]
+    at = np.where(within, starts[:, None] + prefix - 1 + steps[None, :], 0)
+    run = hit[at] & within if hit.size else within
+    return np.cumprod(run, axis=1).sum(1).astype(np.int64), compared

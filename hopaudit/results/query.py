@@ -310,7 +310,7 @@ def run_query(
     seconds: dict[str, float] = {}
 
     t = time.perf_counter()
-    cap = _capture(audit, model, tokens, batch_size)
+    cap = _capture(audit, model, tokens, batch_size, lengths)
     seconds["forward"] = time.perf_counter() - t
     _check_rows(cap, names, tokens.num_sequences, audit.options.get("positions", "last"))
     t = time.perf_counter()
@@ -320,9 +320,7 @@ def run_query(
 
         ref_nll = reference_nll(reference, tokens.input_ids, tokens.attention_mask, progress=False)
     seconds["reference"] = time.perf_counter() - t
-    t = time.perf_counter()
-    extracted = None if lengths is None else _extract(model, tokens, lengths, batch_size)
-    seconds["extraction"] = time.perf_counter() - t
+    extracted = None if lengths is None else _extracted(cap, tokens, lengths)
 
     t = time.perf_counter()
     scores = _scores_frame(audit, tokens, cap, ref_nll, extracted)
@@ -425,8 +423,15 @@ def _plan_extraction(
     return lengths, {"prefix": prefix, "suffix": suffix}
 
 
-def _capture(audit: Audit, model: Any, tokens: Any, batch_size: int | None) -> Any:
-    """The audit's own capture of the query texts (blocks, positions, dtype, precision)."""
+def _capture(
+    audit: Audit,
+    model: Any,
+    tokens: Any,
+    batch_size: int | None,
+    extraction: tuple[int, int] | None = None,
+) -> Any:
+    """The audit's own capture of the query texts (blocks, positions, dtype, precision), with
+    each text's extraction read off the same pass when ``extraction`` is given."""
     from hopaudit.capture.forward import capture
     from hopaudit.model.blocks import find_stacks
 
@@ -453,6 +458,7 @@ def _capture(audit: Audit, model: Any, tokens: Any, batch_size: int | None) -> A
         batch_size=batch_size,
         progress=False,
         autocast="bfloat16" if compute.startswith("bfloat16 autocast") else "off",
+        extraction=extraction,
     )
 
 
@@ -467,38 +473,17 @@ def _check_rows(cap: Any, names: list[str], n: int, positions: Any) -> None:
             )
 
 
-def _extract(model: Any, tokens: Any, lengths: tuple[int, int], batch_size: int | None) -> dict:
-    """Greedy decoding from each text's first ``prefix`` tokens, against what the text holds
-    after them (up to ``suffix`` tokens)."""
-    from hopaudit.evidence.extract import extract
-
+def _extracted(cap: Any, tokens: Any, lengths: tuple[int, int]) -> dict:
+    """Each text's extraction, read off its capture's top-1 hits (docs/theory.md §6): how many
+    of the (up to ``suffix``) tokens after its first ``prefix`` greedy decoding reproduces."""
     prefix, suffix = lengths
-    ids = tokens.input_ids
-    n = ids.shape[0]
-    width = prefix + suffix
-    padded = torch.full((n, width), int(tokens.pad_token_id or 0), dtype=torch.long)
-    padded[:, : min(width, ids.shape[1])] = ids[:, :width]
-    ex = extract(
-        model,
-        padded,
-        torch.ones_like(padded),
-        prefix=prefix,
-        suffix=suffix,
-        batch_size=batch_size,
-        progress=False,
-        what="query texts",
-    )
     counts = tokens.attention_mask.sum(1).numpy()
     compared = np.minimum(counts - prefix, suffix).astype(np.int64)
-    target = padded[:, prefix:].numpy()
-    match = ex.generated == target
-    within = np.arange(suffix)[None, :] < compared[:, None]
-    matched = np.cumprod(match & within, axis=1).sum(1).astype(np.int64)
+    matched = np.asarray(cap.seq_extracted_tokens, dtype=np.int64)
     return {
         "extracted": matched == suffix,
         "extracted_tokens": matched,
         "compared_tokens": compared,
-        "generated": ex.generated,
     }
 
 

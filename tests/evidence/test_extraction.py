@@ -151,7 +151,7 @@ def test_audit_extraction_columns_and_rates():
     assert a.summary()["extraction_rate_heldout"] is not None
     assert "extracted" in a.heldout_samples
     assert cap.seq_extracted_tokens is not None
-    assert a.extraction["tokens_per_second"] > 0
+    assert a.extraction["method"] == "teacher-forced"  # read off the capture, no decoding
     # and the public function on texts
     r = hopaudit.extraction(
         model,
@@ -166,6 +166,50 @@ def test_audit_extraction_columns_and_rates():
         model, tokens.input_ids, tokens.attention_mask, prefix=6, suffix=5, progress=False
     )
     assert r.extracted_tokens.tolist() == float32.extracted_tokens.tolist()  # the model as it is
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_audit_reads_extraction_off_its_capture_as_greedy_decoding_gives_it(arch):
+    """The audit's extracted tokens (the capture's top-1 hits, no decoding) against the
+    oracle (one sequence at a time, no cache) on sequences that hold the model's own greedy
+    continuation in full, in part, or not at all; float64, so no near-tie can differ."""
+    model, _ = tiny_model(arch)
+    model = model.double()
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, 500, (12, 18), generator=gen)
+    prefix, suffix = 6, 8
+    expected = _plain_greedy(model, ids[:, :prefix], suffix)
+    ids[:5, prefix : prefix + suffix] = expected[:5]  # extracted
+    for i, run in zip(range(5, 10), (1, 3, 4, 6, 7)):  # a run of `run` tokens, then a miss
+        ids[i, prefix : prefix + run] = expected[i, :run]
+        ids[i, prefix + run] = (expected[i, run] + 1) % 500
+    a = hopaudit.audit(model, ids, progress=False, umap_layers=[], bootstrap=0,
+                       extraction={"prefix": prefix, "suffix": suffix})  # fmt: skip
+    match = (expected == ids[:, prefix : prefix + suffix]).numpy()
+    by_hand = [next((j for j, m in enumerate(row) if not m), suffix) for row in match]
+    assert by_hand[:10] == [8] * 5 + [1, 3, 4, 6, 7]
+    assert a.samples["extracted_tokens"].tolist() == by_hand
+    assert a.extraction["method"] == "teacher-forced"
+    assert a.summary()["extraction_rate"] == pytest.approx(np.mean(np.array(by_hand) == suffix))
+
+
+def test_greedy_runs_against_a_loop_over_sequences():
+    """greedy_runs on ragged sequences (1 to 12 predictions each) against a plain loop."""
+    from hopaudit.evidence.scores import greedy_runs
+
+    rng = np.random.default_rng(5)
+    counts = rng.integers(0, 13, size=40)
+    seq = np.repeat(np.arange(40), counts)
+    hit = rng.random(seq.size) < 0.8
+    for prefix, suffix in ((1, 1), (3, 4), (5, 20)):
+        got, compared = greedy_runs(seq, hit, 41, prefix, suffix)  # sequence 40 has none
+        for i in range(41):
+            own = hit[seq == i][prefix - 1 : prefix - 1 + suffix]
+            assert compared[i] == own.size, (prefix, suffix, i)
+            run = 0
+            while run < own.size and own[run]:
+                run += 1
+            assert got[i] == run, (prefix, suffix, i)
 
 
 def test_prefix_plus_suffix_longer_than_sequences_is_refused_before_any_forward(monkeypatch):

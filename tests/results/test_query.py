@@ -128,7 +128,7 @@ def test_scores_match_the_models_loss_and_a_greedy_loop(setup):
         assert r.scores.loc[i, "loss"] == pytest.approx(-loss, abs=1e-4)
         # greedy decoding by hand, without a cache
         cur = ids[:, :PREFIX]
-        with torch.no_grad():  # extraction decodes in the model's own precision
+        with torch.no_grad(), _precision(audit):  # the query's capture's numerics
             for _ in range(SUFFIX):
                 cur = torch.cat([cur, model(cur).logits[:, -1].argmax(-1, keepdim=True)], 1)
         same = (cur[0, PREFIX:] == ids[0, PREFIX : PREFIX + SUFFIX]).long()
