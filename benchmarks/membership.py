@@ -9,7 +9,7 @@ score (members = the trained half) and the extraction rates of both halves. Prin
     auroc_<score>=                every score of Audit.membership (geometric: per layer)
     extraction_rate_members=      fraction of trained sequences reproduced from 32 tokens
     extraction_rate_nonmembers=   the same for the held-out half
-    extraction_tokens_per_second= greedy decoding with the KV cache
+    extraction_method=            "teacher-forced": read off the capture (docs/theory.md §6)
     with_scores_seconds=          audit with Min-K%++, zlib, bootstrap=200, Audit.membership
     without_scores_seconds=       audit with the old per-token scores and bootstrap=0
     scores_overhead_ratio=        with / without (target <= 1.10)
@@ -133,7 +133,7 @@ def main() -> None:
     s = a.summary()
     print(f"extraction_rate_members={s['extraction_rate']:.4f}")
     print(f"extraction_rate_nonmembers={s['extraction_rate_heldout']:.4f}")
-    print(f"extraction_tokens_per_second={a.extraction['tokens_per_second']:.0f}")
+    print(f"extraction_method={a.extraction['method']}")
     print(f"train_loss_members={target.loss_on(target.train_ids):.4f}")
     print(f"loss_nonmembers={target.loss_on(target.heldout_ids):.4f}")
 

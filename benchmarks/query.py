@@ -25,8 +25,8 @@ within its radius nn/2": the balls of docs/theory.md do not overlap.
 
 ``--smollm2``: SmolLM2-135M audited on 256 pydoc sequences of 64 tokens (UMAP of four layers),
 then a query of 10 texts timed after one untimed warm-up, ``--rounds`` times; prints the median
-of ``smollm2_query_forward_seconds`` (the hooked forward), ``smollm2_query_extraction_seconds``
-(greedy decoding), ``smollm2_query_beyond_seconds`` (everything else: tokenizing, checks,
+of ``smollm2_query_forward_seconds`` (the hooked forward, which also gives the extraction:
+docs/theory.md §6), ``smollm2_query_beyond_seconds`` (everything else: tokenizing, checks,
 search of every layer, placement on the UMAPs; target <= 2 s) and the total. ``--umap-cost N``
 prints what keeping umap's fitted ``UMAP`` object for an N-point layer would cost
 (``umap_object_pickle_mb``, ``umap_object_fit_seconds``) against what the audit keeps for
@@ -205,13 +205,12 @@ def smollm2_timing(args: argparse.Namespace) -> None:
     print(f"cpu_native_bf16={native_bf16(torch.device('cpu'))} "
           f"compute_dtype={audit.summary()['compute_dtype']!r}")  # fmt: skip
     audit.query(texts)  # warm-up: numba's jit of the placement, indexes, caches
-    parts: dict[str, list[float]] = {"forward": [], "extraction": [], "beyond": [], "total": []}
+    parts: dict[str, list[float]] = {"forward": [], "beyond": [], "total": []}
     for _ in range(args.rounds):
         r = audit.query(texts)
         s = r.seconds
         parts["forward"].append(s["forward"])
-        parts["extraction"].append(s["extraction"])
-        parts["beyond"].append(s["total"] - s["forward"] - s["extraction"])
+        parts["beyond"].append(s["total"] - s["forward"])
         parts["total"].append(s["total"])
     for key, values in parts.items():
         print(f"smollm2_query_{key}_seconds={statistics.median(values):.3f}")

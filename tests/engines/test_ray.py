@@ -137,14 +137,19 @@ def test_workers_run_at_the_drivers_niceness(cluster):
 
 def test_ray_equals_local_with_the_exact_index(cluster, model):
     texts = random_texts(40, words=20)
-    local = hopaudit.audit(model, texts, **_options())
+    ex = {"extraction": {"prefix": 2, "suffix": 6}}  # read off each shard's pass, then joined
+    local = hopaudit.audit(model, texts, **_options(**ex))
     remote = hopaudit.audit(
-        model, texts, engine="ray", ray_options={"concurrency": 2}, **_options()
+        model, texts, engine="ray", ray_options={"concurrency": 2}, **_options(**ex)
     )
     _same_layers(local, remote, rtol=1e-6)
     np.testing.assert_array_equal(remote.capture.row_sequence, local.capture.row_sequence)
     np.testing.assert_array_equal(remote.capture.row_position, local.capture.row_position)
     np.testing.assert_allclose(remote.capture.seq_nll, local.capture.seq_nll, rtol=1e-6)
+    assert remote.extraction["method"] == local.extraction["method"] == "teacher-forced"
+    np.testing.assert_array_equal(
+        remote.capture.seq_extracted_tokens, local.capture.seq_extracted_tokens
+    )
     assert remote.summary()["cross_entropy"] == pytest.approx(
         local.summary()["cross_entropy"], rel=1e-9
     )

@@ -180,7 +180,8 @@ def test_audit_reads_extraction_off_its_capture_as_greedy_decoding_gives_it(arch
     prefix, suffix = 6, 8
     expected = _plain_greedy(model, ids[:, :prefix], suffix)
     ids[:5, prefix : prefix + suffix] = expected[:5]  # extracted
-    for i, run in zip(range(5, 10), (1, 3, 4, 6, 7)):  # a run of `run` tokens, then a miss
+    # a run of `run` tokens, then a miss
+    for i, run in zip(range(5, 10), (1, 3, 4, 6, 7), strict=True):
         ids[i, prefix : prefix + run] = expected[i, :run]
         ids[i, prefix + run] = (expected[i, run] + 1) % 500
     a = hopaudit.audit(model, ids, progress=False, umap_layers=[], bootstrap=0,
