@@ -32,6 +32,12 @@ from typing import Any
 import torch
 
 from hopaudit.errors import ZooError
+from hopaudit.zoo.converted import (
+    converted_folder,
+    read_converted,
+    remove_stale,
+    write_converted,
+)
 
 __all__ = [
     "CORPORA",
@@ -399,23 +405,53 @@ def smollm2(
     ``model.hopaudit_name`` and ``model.hopaudit_gguf_file`` are set so the audit finds them.
     The file is fetched once (see :func:`smollm2_path`). Needs ``gguf`` and ``accelerate``.
 
-    Loading takes time because transformers dequantizes every tensor in Python and, left
-    alone, parses the GGUF metadata (49152 token strings) four times and rebuilds gguf's
-    tensor-name table 397 times; :func:`_faster_gguf_load` shares both during the load, which
-    halves it (benchmarks/README.md, "Constants"). The float32 model holds 0.54 GB of weights.
+    The first float32 load converts the GGUF file (transformers dequantizes every tensor in
+    Python and, left alone, parses the GGUF metadata, 49152 token strings, four times and
+    rebuilds gguf's tensor-name table 397 times; :func:`_faster_gguf_load` shares both) and
+    keeps a verified copy that later loads read in a fraction of the time
+    (:mod:`hopaudit.zoo.converted`). The float32 model holds 0.54 GB of weights.
     """
     dtype = _torch_dtype(dtype)
     _require_gguf_loading()
     path = smollm2_path(cache_dir=cache_dir)
+    loaded = None
+    if dtype == torch.float32:  # the converted copy (hopaudit/zoo/converted.py), made once
+        folder = converted_folder(path, SMOLLM2.sha256)
+        loaded = _guarded(path, lambda: read_converted(folder, SMOLLM2.sha256))
+    if loaded is None:
+        loaded = _guarded(path, lambda: _load_gguf(path, dtype))
+        if dtype == torch.float32:
+            with contextlib.suppress(OSError), _file_lock(path.parent / ".lock"):
+                remove_stale(path.parent, keep=folder)
+                if not folder.exists():
+                    write_converted(*loaded, folder, SMOLLM2.sha256)
+    model, tokenizer = loaded
+    model.config._name_or_path = str(path.parent)  # as transformers names it from the GGUF
+    _ensure_pad_token(tokenizer)
+    model.eval()
+    model.hopaudit_tokenizer = tokenizer
+    model.hopaudit_name = SMOLLM2_NAME
+    model.hopaudit_gguf_file = str(path)
+    return model, tokenizer
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source, kwargs = str(path.parent), {"gguf_file": path.name}
+    with _faster_gguf_load(), _text_progress_bars():
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, **kwargs, **_dense_gguf_options(), **{_dtype_kwarg(): dtype}
+        )
+    return model, tokenizer
+
+
+def _guarded(path: Path, load: Any) -> Any:
+    """``load()``, with transformers' and gguf's failures as one :class:`ZooError` saying what
+    to do."""
     try:
-        with _faster_gguf_load(), _text_progress_bars():
-            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(
-                source, **kwargs, **_dense_gguf_options(), **{_dtype_kwarg(): dtype}
-            )
+        return load()
     except ImportError as exc:
         raise ZooError(
             f"loading a GGUF file needs the gguf and accelerate packages ({exc}); "
@@ -426,12 +462,6 @@ def smollm2(
             f"transformers cannot load {path} ({str(exc).splitlines()[0]}); delete the file "
             "and call again to fetch a fresh copy, or upgrade transformers and gguf"
         ) from exc
-    _ensure_pad_token(tokenizer)
-    model.eval()
-    model.hopaudit_tokenizer = tokenizer
-    model.hopaudit_name = SMOLLM2_NAME
-    model.hopaudit_gguf_file = str(path)
-    return model, tokenizer
 
 
 def minilm_path() -> Path:
