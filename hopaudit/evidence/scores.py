@@ -85,24 +85,29 @@ def _chunk_statistics(
     y: torch.Tensor, target: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log p of the target, top-1 hit, Min-K%++ z) of each row of logits ``y`` (a copy this
-    function may overwrite), in few passes over the row.
+    function may overwrite), in few passes over the row and no other buffer of its size.
 
     With y shifted by its row maximum and e = exp(y), sum(e) = Z: log p(target) = y_t - log Z,
     mu = E_p[log p] = E_p[y] - log Z, and sigma^2 = Var_p[log p] = Var_p[y] (log Z shifts
-    both alike), each E_p a dot product with e over Z. The shift keeps exp in range.
+    both alike), E_p[y] and E_p[y^2] the sums of e*y and e*y*y over Z, multiplied in place.
+    The shift keeps exp in range. The top-1 hit is argmax's: the target holds the row's
+    maximum and no token before it does (greedy decoding picks the first of tied maxima).
     """
-    top, arg = y.max(1)
-    y.sub_(top[:, None])
+    y.sub_(y.amax(1, keepdim=True))
+    y_t = y.gather(1, target[:, None])[:, 0]
     e = torch.exp(y)
     total = e.sum(1)
-    log_z = total.log()
-    y_t = y.gather(1, target[:, None])[:, 0]
-    mean_y = torch.linalg.vecdot(e, y) / total
-    second = torch.linalg.vecdot(e, y.square_()) / total  # y is not needed after this
+    mean_y = e.mul_(y).sum(1) / total
+    second = e.mul_(y).sum(1) / total
     sigma = (second - mean_y * mean_y).clamp_min(0).sqrt()
-    lp_t = y_t - log_z
+    lp_t = y_t - total.log()
     z = torch.where(sigma > 0, (y_t - mean_y) / sigma, torch.zeros_like(sigma))
-    return lp_t, arg == target, z
+    hit = y_t == 0
+    tied = hit.nonzero()[:, 0]
+    if tied.numel():
+        tied = tied[(y[tied] == 0).sum(1) > 1]  # rows whose target ties with another token
+        hit[tied] = y[tied].argmax(1) == target[tied]
+    return lp_t, hit, z
 
 
 def lowest_fraction_mean(

@@ -121,6 +121,20 @@ def test_one_hot_prediction_has_z_zero():
     assert lp[1].item() == pytest.approx(-1e4, rel=1e-12)
 
 
+def test_top1_hit_is_argmaxs_when_the_maximum_is_tied():
+    """bfloat16 logits tie often: the hit is the first of the tied tokens, as argmax (and so
+    greedy decoding) picks it; a target tied with an earlier token is not a hit."""
+    logits = torch.zeros(1, 5, 16, dtype=torch.bfloat16)
+    logits[0, 0, [3, 9]] = 2.0  # target 9 ties with 3, earlier: argmax is 3
+    logits[0, 1, [3, 9]] = 2.0  # target 3 ties with 9, later: a hit
+    logits[0, 2, 7] = 1.0  # no tie: target 7 is the maximum
+    logits[0, 3, [0, 1, 2]] = 5.0  # a three-way tie, target 2: not a hit
+    ids = torch.tensor([[0, 9, 3, 7, 2]])
+    _, _, hit, _ = token_statistics(logits, ids, torch.ones(1, 5, dtype=torch.long))
+    want = logits[0, :4].float().argmax(-1) == ids[0, 1:]
+    assert hit.tolist() == want.tolist() == [False, True, True, False]
+
+
 def test_lowest_fraction_mean_matches_sorting_by_hand():
     rng = np.random.default_rng(1)
     seq = rng.integers(0, 4, size=50)
