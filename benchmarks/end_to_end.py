@@ -15,7 +15,13 @@ hopaudit runs with its defaults, so its forward pass uses bfloat16 autocast wher
 multiplies bfloat16 natively (``compute_dtype`` says what ran); a third run with
 ``autocast="off"`` (float32, as by hand) shows what that choice is worth.
 
-Prints ``wall_ratio=`` (by hand / hopaudit; target >= 2), ``wall_ratio_autocast_off=``,
+A fourth subprocess runs only the forward pass over the same tokens, in the numerics and batches
+hopaudit's capture uses (bfloat16 autocast with the weights cast once where the CPU multiplies
+bfloat16 natively, float32 otherwise): ``plain_forward_seconds=`` and ``non_forward_share=``
+(hopaudit's seconds over it: what everything but the forward costs; issue 25's target on a
+float32-only CPU is 1.10).
+
+Prints the CPU, ``wall_ratio=`` (by hand / hopaudit; target >= 2), ``wall_ratio_autocast_off=``,
 ``peak_rss_ratio=`` (hopaudit / by hand; target <= 0.5), ``peak_rss_above_model_ratio=`` (the
 same, less the loaded model), and ``max_rel_diff_median_nn=`` (per-layer median nearest
 distances against the float32 ones by hand; target <= 0.01), for both hopaudit runs.
@@ -101,6 +107,28 @@ def worker_manual(n_seq: int, length: int) -> dict:
     return {"wall": wall, "rss": _rss_mb(), "rss_model": rss_model, "medians": medians}
 
 
+def worker_plain(n_seq: int, length: int) -> dict:
+    """The forward alone, as hopaudit's capture runs it: its numerics, its batch size."""
+    import torch
+
+    import hopaudit
+    from hopaudit.capture.forward import choose_batch_size
+    from hopaudit.model.precision import autocast_context, cast_weights_once, compute_dtype
+
+    model, tok = hopaudit.zoo.smollm2()
+    data = _tokens(tok, n_seq, length)
+    device = torch.device("cpu")
+    amp = compute_dtype(model, device, "auto")
+    batch = choose_batch_size(model, int(data.input_ids.shape[1]), data.num_sequences, device)
+    t = time.perf_counter()
+    with torch.inference_mode(), autocast_context(amp, device), cast_weights_once(model, amp):
+        for start in range(0, data.num_sequences, batch):
+            stop = start + batch
+            model(input_ids=data.input_ids[start:stop],
+                  attention_mask=data.attention_mask[start:stop], use_cache=False)  # fmt: skip
+    return {"wall": time.perf_counter() - t, "dtype": str(amp), "batch": batch}
+
+
 def _run_worker(kind: str, n_seq: int, length: int) -> dict:
     out = subprocess.run(
         [
@@ -124,13 +152,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sequences", type=int, default=1000)
     p.add_argument("--length", type=int, default=64)
-    p.add_argument("--worker", choices=["hopaudit", "hopaudit_off", "manual"])
+    p.add_argument("--worker", choices=["hopaudit", "hopaudit_off", "manual", "plain"])
     args = p.parse_args()
     if args.worker:
         fns = {
             "hopaudit": worker_hopaudit,
             "hopaudit_off": lambda n, m: worker_hopaudit(n, m, autocast="off"),
             "manual": worker_manual,
+            "plain": worker_plain,
         }
         print(json.dumps(fns[args.worker](args.sequences, args.length)))
         return
@@ -138,17 +167,26 @@ def main() -> None:
     hop = _run_worker("hopaudit", args.sequences, args.length)
     man = _run_worker("manual", args.sequences, args.length)
     off = _run_worker("hopaudit_off", args.sequences, args.length)
+    plain = _run_worker("plain", args.sequences, args.length)
     common = sorted(set(hop["medians"]) & set(man["medians"]))
 
     def max_rel(run: dict) -> float:
         return max(abs(run["medians"][k] - man["medians"][k]) / man["medians"][k] for k in common)
 
     rel = max_rel(hop)
+    from hopaudit.model.precision import cpu_description
+
+    cpu = cpu_description()
+    print(" ".join(f"{k}={v}" for k, v in cpu.items() if not isinstance(v, (list, dict))))
     print(f"sequences={args.sequences} length={args.length} layers_compared={len(common)}")
     print(f"hopaudit_compute_dtype={hop['compute_dtype']}")
     timings = " ".join(f"{k}={v:.1f}" for k, v in hop["timings"].items())
     print(f"hopaudit_seconds={hop['wall']:.1f} ({timings})")
     print(f"by_hand_seconds={man['wall']:.1f}")
+    print(
+        f"plain_forward_seconds={plain['wall']:.1f} (dtype {plain['dtype']}, batch "
+        f"{plain['batch']}) non_forward_share={hop['wall'] / plain['wall']:.3f}"
+    )
     print(f"wall_ratio={man['wall'] / hop['wall']:.2f}  (by hand / hopaudit; target >= 2)")
     print(
         f"hopaudit_autocast_off_seconds={off['wall']:.1f} "
