@@ -37,6 +37,8 @@ __all__ = [
     "AUTO_EXACT_MAX",
     "BF16_DOT_ERROR",
     "DEFAULT_EF",
+    "DEFAULT_EF_CONSTRUCTION",
+    "DEFAULT_M",
     "EXACT_TILES",
     "ExactIndex",
     "HnswIndex",
@@ -55,6 +57,11 @@ AUTO_EXACT_MAX = 35_000
 #: that reached recall@1 = 1 on clustered data, a margin for real activations
 #: (benchmarks/README.md, "Constants").
 DEFAULT_EF = 64
+#: HNSW's graph degree and build-time candidate list: at 1e5 patterns the fastest build and
+#: search with recall@1 >= 0.995 on synthetic and real activations, a margin for larger
+#: layers (``benchmarks/hnsw_params.py``; benchmarks/README.md, "Constants").
+DEFAULT_M = 16
+DEFAULT_EF_CONSTRUCTION = 100
 #: Bytes of float32 handed to hnswlib or torch per chunk: bounds the temporary copies (a float64
 #: one twice this size), small beside one layer at 1e5 x 576 (230 MB), thousands of rows per call.
 _CHUNK_BYTES = 16 << 20
@@ -176,8 +183,8 @@ class HnswIndex:
         dim: int,
         *,
         max_elements: int,
-        M: int = 16,
-        ef_construction: int = 200,
+        M: int = DEFAULT_M,
+        ef_construction: int = DEFAULT_EF_CONSTRUCTION,
         ef: int | None = None,
         threads: int | None = None,
         seed: int = 100,
@@ -523,8 +530,8 @@ def build_index(
     kind: str = "auto",
     *,
     device: object = None,
-    M: int = 16,
-    ef_construction: int = 200,
+    M: int = DEFAULT_M,
+    ef_construction: int = DEFAULT_EF_CONSTRUCTION,
     ef: int | None = None,
     threads: int | None = None,
     progress: Progress = None,
