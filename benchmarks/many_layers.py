@@ -10,7 +10,12 @@ tokens x 768 x 4 bytes. Prints the CPU and the load average at start and end, an
     one_layer_mb=                       one layer's float32 patterns
     peak_anon_mb_<blocks>=              peak anonymous memory above the model, during the audit
     peak_anon_over_one_layer_<blocks>=  the two over each other (target <= 3, equal for 4 and 12)
-    peak_stage_<blocks>=                the audit's stage at the peak (its progress marks)
+    peak_stage_<blocks>=                the audit's stage at the peak
+    stage_peaks_<blocks>=               the largest peak of each kind of stage, in layers
+
+A stage is what ``hopaudit.engines.memory.PeakTracker.mark`` names once it ends ("capture",
+"measuring <layer>", "UMAP <layer>"): the benchmark records when each mark is taken, and the
+stage a sample belongs to is the first mark taken after it.
 
 Usage: ``python benchmarks/many_layers.py [--blocks 4 12] [--sequences 400]``.
 """
@@ -43,19 +48,50 @@ def rss_anon_mb() -> float:
 
 
 class AnonSampler:
-    """The peak of ``RssAnon`` over a block, sampled every 20 ms, with the time it happened."""
+    """``RssAnon`` over a block, sampled every 20 ms: the peak, when it happened (perf_counter
+    seconds), and every sample (to give each stage its own peak)."""
 
     def __init__(self) -> None:
         self.peak, self.when = 0.0, 0.0
+        self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        t0 = time.perf_counter()
         while not self._stop.wait(0.02):
-            now = rss_anon_mb()
+            now, t = rss_anon_mb(), time.perf_counter()
+            self.samples.append((t, now))
             if now > self.peak:
-                self.peak, self.when = now, time.perf_counter() - t0
+                self.peak, self.when = now, t
+
+
+def record_marks() -> list[tuple[float, str]]:
+    """(perf_counter seconds, stage) of every ``PeakTracker.mark`` the audit takes from now."""
+    from hopaudit.engines.memory import PeakTracker
+
+    marks: list[tuple[float, str]] = []
+    mark = PeakTracker.mark
+
+    def timed(self: PeakTracker, stage: str) -> None:
+        marks.append((time.perf_counter(), stage))
+        mark(self, stage)
+
+    PeakTracker.mark = timed  # type: ignore[method-assign]
+    return marks
+
+
+def stage_at(marks: list[tuple[float, str]], t: float) -> str:
+    """The stage running at ``t``: the first one marked after it."""
+    return next((stage for when, stage in marks if when >= t), "after the last mark")
+
+
+def stage_peaks(samples: list, marks: list, base: float) -> dict[str, float]:
+    """The peak above ``base`` (MB) of each kind of stage ("measuring", "UMAP", ...)."""
+    out: dict[str, float] = {}
+    for t, mb in samples:
+        kind = stage_at(marks, t).split(" ")[0]
+        out[kind] = max(out.get(kind, 0.0), mb - base)
+    return out
 
     def __enter__(self) -> AnonSampler:
         self._thread.start()
@@ -78,6 +114,7 @@ def child(blocks: int, n_seq: int) -> None:
     ids = torch.randint(0, config.vocab_size, (n_seq, SEQ_LEN))
     with torch.inference_mode():
         model(ids[:2])  # first allocations of the forward, before the baseline
+    marks = record_marks()
     with tempfile.TemporaryDirectory(prefix="hopaudit-layers-") as tmp:
         base = rss_anon_mb()
         t0 = time.perf_counter()
@@ -85,11 +122,13 @@ def child(blocks: int, n_seq: int) -> None:
             audit = hopaudit.audit(
                 model, ids, positions="all", store=f"{tmp}/store", progress=False, bootstrap=0
             )
-        marks = audit.summary().get("memory") or {}
         seconds = time.perf_counter() - t0
         print(json.dumps({
-            "peak": sampler.peak - base, "base": base, "when": sampler.when,
-            "seconds": seconds, "tokens": int(audit.n_tokens), "marks": str(marks)[:400],
+            "peak": sampler.peak - base, "base": base, "when": sampler.when - t0,
+            "stage": stage_at(marks, sampler.when),
+            "stages": stage_peaks(sampler.samples, marks, base),
+            "seconds": seconds, "capture_seconds": audit.capture.seconds,
+            "batch_size": audit.capture.batch_size, "tokens": int(audit.n_tokens),
         }))  # fmt: skip
 
 
@@ -117,7 +156,10 @@ def main() -> None:
         got = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"# {blocks} blocks: {got}", flush=True)
         print(f"peak_anon_mb_{blocks}={got['peak']:.1f}")
-        print(f"peak_anon_over_one_layer_{blocks}={got['peak'] / one:.2f}", flush=True)
+        print(f"peak_anon_over_one_layer_{blocks}={got['peak'] / one:.2f}")
+        print(f"peak_stage_{blocks}={got['stage']}")
+        layers = {k: round(v / one, 2) for k, v in got["stages"].items()}
+        print(f"stage_peaks_{blocks}={json.dumps(layers)}", flush=True)
     print(f"loadavg_end={os.getloadavg()[0]:.2f}")
 
 
