@@ -17,7 +17,13 @@ A stage is what ``hopaudit.engines.memory.PeakTracker.mark`` names once it ends 
 "measuring <layer>", "UMAP <layer>"): the benchmark records when each mark is taken, and the
 stage a sample belongs to is the first mark taken after it.
 
-Usage: ``python benchmarks/many_layers.py [--blocks 4 12] [--sequences 400]``.
+``--speed SEQUENCES`` instead times the capture alone (4 blocks, ``SEQUENCES`` x 64 tokens,
+``positions="all"``) at the batch sizes chosen under the logits budget for this audit and for a
+``positions="last"`` one, and at the 512 MiB cap's, in alternated rounds (``--rounds``), and
+prints each best time and ``capture_seconds_ratio_batch<b>_over_batch<cap>``.
+
+Usage: ``python benchmarks/many_layers.py [--blocks 4 12] [--sequences 400]``,
+``python benchmarks/many_layers.py --speed 123 [--rounds 2]``.
 """
 
 from __future__ import annotations
@@ -132,11 +138,45 @@ def child(blocks: int, n_seq: int) -> None:
         }))  # fmt: skip
 
 
+def speed(n_seq: int, rounds: int, sequences: int) -> None:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hopaudit.capture.forward import capture, choose_batch_size, layer_bytes
+    from hopaudit.data.prepare import prepare_data
+    from hopaudit.model.blocks import find_stacks
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=4, n_embd=WIDTH, n_head=12, n_positions=SEQ_LEN)
+    model = GPT2LMHeadModel(config).eval()
+    tokens = prepare_data(torch.randint(0, config.vocab_size, (n_seq, SEQ_LEN)), None, model=model)
+    audit_size = prepare_data(torch.zeros(sequences, SEQ_LEN, dtype=torch.long), None, model=model)
+    sizes = [choose_batch_size(model, SEQ_LEN, sequences, "cpu")]  # the cap's
+    for positions in ("all", "last"):
+        one = layer_bytes(model, audit_size, positions)
+        sizes.append(choose_batch_size(model, SEQ_LEN, sequences, "cpu", one))
+    sizes = list(dict.fromkeys(sizes))
+    print(f"batch_sizes={sizes} (the cap's, then {sequences} x {SEQ_LEN} all, last)")
+    best = dict.fromkeys(sizes, float("inf"))
+    stacks = find_stacks(model)
+    for _ in range(rounds):
+        for b in sizes:
+            cap = capture(model, tokens, stacks, positions="all", store_dtype=torch.float32,
+                          batch_size=b, progress=False, autocast="auto")  # fmt: skip
+            best[b] = min(best[b], cap.seconds)
+    for b in sizes:
+        print(f"capture_seconds_batch{b}={best[b]:.2f}")
+    for b in sizes[1:]:
+        print(f"capture_seconds_ratio_batch{b}_over_batch{sizes[0]}={best[b] / best[sizes[0]]:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--blocks", type=int, nargs="+", default=[4, 12])
     ap.add_argument("--sequences", type=int, default=400)
     ap.add_argument("--child", type=int)
+    ap.add_argument("--speed", type=int, help="time the capture at SPEED x 64 tokens instead")
+    ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     if args.child:
         child(args.child, args.sequences)
@@ -146,6 +186,10 @@ def main() -> None:
     for key, value in cpu_description().items():
         print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
     print(f"loadavg_start={os.getloadavg()[0]:.2f}", flush=True)
+    if args.speed:
+        speed(args.speed, args.rounds, args.sequences)
+        print(f"loadavg_end={os.getloadavg()[0]:.2f}")
+        return
     one = args.sequences * SEQ_LEN * WIDTH * 4 / 2**20
     print(f"one_layer_mb={one:.1f}")
     for blocks in args.blocks:
