@@ -70,6 +70,14 @@ class AnonSampler:
             if now > self.peak:
                 self.peak, self.when = now, t
 
+    def __enter__(self) -> AnonSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
 
 def record_marks() -> list[tuple[float, str]]:
     """(perf_counter seconds, stage) of every ``PeakTracker.mark`` the audit takes from now."""
@@ -88,7 +96,7 @@ def record_marks() -> list[tuple[float, str]]:
 
 def stage_at(marks: list[tuple[float, str]], t: float) -> str:
     """The stage running at ``t``: the first one marked after it."""
-    return next((stage for when, stage in marks if when >= t), "after the last mark")
+    return next((stage for when, stage in marks if when >= t), "end (after the last mark)")
 
 
 def stage_peaks(samples: list, marks: list, base: float) -> dict[str, float]:
@@ -98,14 +106,6 @@ def stage_peaks(samples: list, marks: list, base: float) -> dict[str, float]:
         kind = stage_at(marks, t).split(" ")[0]
         out[kind] = max(out.get(kind, 0.0), mb - base)
     return out
-
-    def __enter__(self) -> AnonSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def child(blocks: int, n_seq: int) -> None:
