@@ -10,9 +10,20 @@ tokens x 768 x 4 bytes. Prints the CPU and the load average at start and end, an
     one_layer_mb=                       one layer's float32 patterns
     peak_anon_mb_<blocks>=              peak anonymous memory above the model, during the audit
     peak_anon_over_one_layer_<blocks>=  the two over each other (target <= 3, equal for 4 and 12)
-    peak_stage_<blocks>=                the audit's stage at the peak (its progress marks)
+    peak_stage_<blocks>=                the audit's stage at the peak
+    stage_peaks_<blocks>=               the largest peak of each kind of stage, in layers
 
-Usage: ``python benchmarks/many_layers.py [--blocks 4 12] [--sequences 400]``.
+A stage is what ``hopaudit.engines.memory.PeakTracker.mark`` names once it ends ("capture",
+"measuring <layer>", "UMAP <layer>"): the benchmark records when each mark is taken, and the
+stage a sample belongs to is the first mark taken after it.
+
+``--speed SEQUENCES`` instead times the capture alone (4 blocks, ``SEQUENCES`` x 64 tokens,
+``positions="all"``) at the batch sizes chosen under the logits budget for this audit and for a
+``positions="last"`` one, and at the 512 MiB cap's, in alternated rounds (``--rounds``), and
+prints each best time and ``capture_seconds_ratio_batch<b>_over_batch<cap>``.
+
+Usage: ``python benchmarks/many_layers.py [--blocks 4 12] [--sequences 400]``,
+``python benchmarks/many_layers.py --speed 123 [--rounds 2]``.
 """
 
 from __future__ import annotations
@@ -43,19 +54,21 @@ def rss_anon_mb() -> float:
 
 
 class AnonSampler:
-    """The peak of ``RssAnon`` over a block, sampled every 20 ms, with the time it happened."""
+    """``RssAnon`` over a block, sampled every 20 ms: the peak, when it happened (perf_counter
+    seconds), and every sample (to give each stage its own peak)."""
 
     def __init__(self) -> None:
         self.peak, self.when = 0.0, 0.0
+        self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        t0 = time.perf_counter()
         while not self._stop.wait(0.02):
-            now = rss_anon_mb()
+            now, t = rss_anon_mb(), time.perf_counter()
+            self.samples.append((t, now))
             if now > self.peak:
-                self.peak, self.when = now, time.perf_counter() - t0
+                self.peak, self.when = now, t
 
     def __enter__(self) -> AnonSampler:
         self._thread.start()
@@ -64,6 +77,35 @@ class AnonSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def record_marks() -> list[tuple[float, str]]:
+    """(perf_counter seconds, stage) of every ``PeakTracker.mark`` the audit takes from now."""
+    from hopaudit.engines.memory import PeakTracker
+
+    marks: list[tuple[float, str]] = []
+    mark = PeakTracker.mark
+
+    def timed(self: PeakTracker, stage: str) -> None:
+        marks.append((time.perf_counter(), stage))
+        mark(self, stage)
+
+    PeakTracker.mark = timed  # type: ignore[method-assign]
+    return marks
+
+
+def stage_at(marks: list[tuple[float, str]], t: float) -> str:
+    """The stage running at ``t``: the first one marked after it."""
+    return next((stage for when, stage in marks if when >= t), "end (after the last mark)")
+
+
+def stage_peaks(samples: list, marks: list, base: float) -> dict[str, float]:
+    """The peak above ``base`` (MB) of each kind of stage ("measuring", "UMAP", ...)."""
+    out: dict[str, float] = {}
+    for t, mb in samples:
+        kind = stage_at(marks, t).split(" ")[0]
+        out[kind] = max(out.get(kind, 0.0), mb - base)
+    return out
 
 
 def child(blocks: int, n_seq: int) -> None:
@@ -78,6 +120,7 @@ def child(blocks: int, n_seq: int) -> None:
     ids = torch.randint(0, config.vocab_size, (n_seq, SEQ_LEN))
     with torch.inference_mode():
         model(ids[:2])  # first allocations of the forward, before the baseline
+    marks = record_marks()
     with tempfile.TemporaryDirectory(prefix="hopaudit-layers-") as tmp:
         base = rss_anon_mb()
         t0 = time.perf_counter()
@@ -85,12 +128,46 @@ def child(blocks: int, n_seq: int) -> None:
             audit = hopaudit.audit(
                 model, ids, positions="all", store=f"{tmp}/store", progress=False, bootstrap=0
             )
-        marks = audit.summary().get("memory") or {}
         seconds = time.perf_counter() - t0
         print(json.dumps({
-            "peak": sampler.peak - base, "base": base, "when": sampler.when,
-            "seconds": seconds, "tokens": int(audit.n_tokens), "marks": str(marks)[:400],
+            "peak": sampler.peak - base, "base": base, "when": sampler.when - t0,
+            "stage": stage_at(marks, sampler.when),
+            "stages": stage_peaks(sampler.samples, marks, base),
+            "seconds": seconds, "capture_seconds": audit.capture.seconds,
+            "batch_size": audit.capture.batch_size, "tokens": int(audit.n_tokens),
         }))  # fmt: skip
+
+
+def speed(n_seq: int, rounds: int, sequences: int) -> None:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hopaudit.capture.forward import capture, choose_batch_size, layer_bytes
+    from hopaudit.data.prepare import prepare_data
+    from hopaudit.model.blocks import find_stacks
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=4, n_embd=WIDTH, n_head=12, n_positions=SEQ_LEN)
+    model = GPT2LMHeadModel(config).eval()
+    tokens = prepare_data(torch.randint(0, config.vocab_size, (n_seq, SEQ_LEN)), None, model=model)
+    audit_size = prepare_data(torch.zeros(sequences, SEQ_LEN, dtype=torch.long), None, model=model)
+    sizes = [choose_batch_size(model, SEQ_LEN, sequences, "cpu")]  # the cap's
+    for positions in ("all", "last"):
+        one = layer_bytes(model, audit_size, positions)
+        sizes.append(choose_batch_size(model, SEQ_LEN, sequences, "cpu", one))
+    sizes = list(dict.fromkeys(sizes))
+    print(f"batch_sizes={sizes} (the cap's, then {sequences} x {SEQ_LEN} all, last)")
+    best = dict.fromkeys(sizes, float("inf"))
+    stacks = find_stacks(model)
+    for _ in range(rounds):
+        for b in sizes:
+            cap = capture(model, tokens, stacks, positions="all", store_dtype=torch.float32,
+                          batch_size=b, progress=False, autocast="auto")  # fmt: skip
+            best[b] = min(best[b], cap.seconds)
+    for b in sizes:
+        print(f"capture_seconds_batch{b}={best[b]:.2f}")
+    for b in sizes[1:]:
+        print(f"capture_seconds_ratio_batch{b}_over_batch{sizes[0]}={best[b] / best[sizes[0]]:.2f}")
 
 
 def main() -> None:
@@ -98,6 +175,8 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, nargs="+", default=[4, 12])
     ap.add_argument("--sequences", type=int, default=400)
     ap.add_argument("--child", type=int)
+    ap.add_argument("--speed", type=int, help="time the capture at SPEED x 64 tokens instead")
+    ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     if args.child:
         child(args.child, args.sequences)
@@ -107,6 +186,10 @@ def main() -> None:
     for key, value in cpu_description().items():
         print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
     print(f"loadavg_start={os.getloadavg()[0]:.2f}", flush=True)
+    if args.speed:
+        speed(args.speed, args.rounds, args.sequences)
+        print(f"loadavg_end={os.getloadavg()[0]:.2f}")
+        return
     one = args.sequences * SEQ_LEN * WIDTH * 4 / 2**20
     print(f"one_layer_mb={one:.1f}")
     for blocks in args.blocks:
@@ -117,7 +200,10 @@ def main() -> None:
         got = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"# {blocks} blocks: {got}", flush=True)
         print(f"peak_anon_mb_{blocks}={got['peak']:.1f}")
-        print(f"peak_anon_over_one_layer_{blocks}={got['peak'] / one:.2f}", flush=True)
+        print(f"peak_anon_over_one_layer_{blocks}={got['peak'] / one:.2f}")
+        print(f"peak_stage_{blocks}={got['stage']}")
+        layers = {k: round(v / one, 2) for k, v in got["stages"].items()}
+        print(f"stage_peaks_{blocks}={json.dumps(layers)}", flush=True)
     print(f"loadavg_end={os.getloadavg()[0]:.2f}")
 
 

@@ -72,9 +72,12 @@ from hopaudit.progress import tqdm
 
 FINAL = "final"
 
-# CPU batch sizing: tokens per batch, and the float32 logits a batch may hold.
+# CPU batch sizing: tokens per batch, and the float32 logits a batch may hold: about one
+# layer's float32 patterns (the audit's own size, :func:`logits_budget`), never less than the
+# floor (small audits still batch) nor more than the cap.
 CPU_TOKENS_PER_BATCH = 8192
 LOGITS_BUDGET_BYTES = 512 * 2**20
+LOGITS_FLOOR_BYTES = 64 * 2**20
 # Log-softmax works on at most this many logit values at once (float32: 64 MiB).
 # Rows leave a GPU by an asynchronous copy into pinned memory, so the forward never waits for
 # them; False copies them blocking (benchmarks/gpu.py measures both: gpu_async_copy_speedup).
@@ -279,13 +282,54 @@ def _config_int(model: nn.Module, *names: str) -> int | None:
     return None
 
 
-def choose_batch_size(model: nn.Module, seq_len: int, n_sequences: int, device: Any) -> int:
+def layer_rows(data: Any, positions: Any) -> int:
+    """The rows one layer of ``data`` stores at ``positions``: every real token for ``"all"``
+    (by the attention mask, or the labels of a seq2seq decoder when more), else one row per
+    sequence and position. Sizes budgets (the store's dtype, a CPU batch); not exact for
+    image or audio encoders, whose positions are only known after their first block."""
+    pos = parse_positions(positions)
+    n = int(getattr(data, "num_sequences", 0) or 0)
+    if pos != "all":
+        return n * (len(pos) if isinstance(pos, list) else 1)
+    mask = getattr(data, "attention_mask", None)
+    rows = int(mask.sum()) if mask is not None else n
+    labels = getattr(data, "labels", None)
+    if labels is not None:
+        rows = max(rows, int((labels != -100).sum()))
+    return rows
+
+
+def layer_bytes(model: nn.Module, data: Any, positions: Any) -> int | None:
+    """One layer's rows of ``data`` in float32 (rows x hidden size x 4), None when the model's
+    config names no hidden size: what :func:`logits_budget` scales with."""
+    hidden = _config_int(model, "hidden_size", "n_embd", "d_model")
+    return None if hidden is None else layer_rows(data, positions) * hidden * 4
+
+
+def logits_budget(one_layer: int | None = None) -> int:
+    """The float32 logits one CPU batch may hold: ``one_layer`` bytes (one layer's float32
+    patterns, :func:`layer_bytes`), at least ``LOGITS_FLOOR_BYTES`` (64 MiB: a small audit
+    still batches) and at most ``LOGITS_BUDGET_BYTES`` (512 MiB); the cap when unknown.
+
+    A batch's logits were the capture's peak, and with the cap alone they were 7 layers of a
+    GPT-2's 400 x 64 patterns (benchmarks/many_layers.py); a budget of one layer keeps the
+    capture's peak near the measuring's, which holds a layer or two (docs/performance.md)."""
+    if one_layer is None:
+        return LOGITS_BUDGET_BYTES
+    return int(min(LOGITS_BUDGET_BYTES, max(LOGITS_FLOOR_BYTES, int(one_layer))))
+
+
+def choose_batch_size(
+    model: nn.Module, seq_len: int, n_sequences: int, device: Any, one_layer: int | None = None
+) -> int:
     """A batch size that keeps memory modest.
 
     CPU: about 8192 tokens per batch (fewer past 512 tokens per sequence, since attention grows
-    with the square of the length), and at most 512 MiB of float32 logits per batch. CUDA: half
-    the free memory, divided by a rough per-sequence cost (float32 logits x 3, 32 hidden-size
-    float32 activations per token, and one float32 attention matrix per head).
+    with the square of the length), and at most :func:`logits_budget` bytes of float32 logits
+    per batch (``one_layer``: one layer's float32 patterns, :func:`layer_bytes`; None: the
+    512 MiB cap). CUDA: half the free memory, divided by a rough per-sequence cost (float32
+    logits x 3, 32 hidden-size float32 activations per token, and one float32 attention
+    matrix per head).
     """
     device = torch.device(device)
     seq_len = max(1, seq_len)
@@ -302,7 +346,7 @@ def choose_batch_size(model: nn.Module, seq_len: int, n_sequences: int, device: 
             tokens = max(seq_len, CPU_TOKENS_PER_BATCH * 512 // seq_len)
         bs = tokens // seq_len
         if vocab:
-            bs = min(bs, LOGITS_BUDGET_BYTES // (seq_len * vocab * 4))
+            bs = min(bs, logits_budget(one_layer) // (seq_len * vocab * 4))
     return int(max(1, min(bs, n_sequences)))
 
 
@@ -716,7 +760,8 @@ def capture(
     an ``InputData`` (images, audio: rows are chosen over patches or frames; no loss).
     ``store`` is None (RAM), a directory (memory-mapped files, for captures bigger than RAM)
     or a fresh :class:`ActivationStore`. ``batch_size=None`` chooses one
-    (:func:`choose_batch_size`). The model stays on its device(s), runs in eval mode under
+    (:func:`choose_batch_size`: a batch's logits within one layer's float32 rows,
+    :func:`logits_budget`). The model stays on its device(s), runs in eval mode under
     ``torch.inference_mode()``, and gets its training flags back afterwards, also on error.
     ``autocast`` is ``"off"`` (the model as it is), ``"bfloat16"`` or ``"auto"`` (see
     :mod:`hopaudit.precision`). ``extraction=(prefix, suffix)`` also gives each sequence's
@@ -751,7 +796,8 @@ def capture(
     seq_len = int(feed.ids.shape[1]) if feed.ids is not None else 1
     device = model_device(model)
     if batch_size is None:
-        batch_size = choose_batch_size(model, seq_len, n_seq, device)
+        one_layer = layer_bytes(model, data, pos)
+        batch_size = choose_batch_size(model, seq_len, n_seq, device, one_layer)
         if feed.ids is None:  # images or audio: a few samples per batch
             batch_size = min(batch_size, 16)
     elif not isinstance(batch_size, int) or batch_size < 1:
@@ -849,6 +895,10 @@ def capture(
                 elapsed = time.perf_counter() - t0
                 bar.set_postfix_str(f"{n_tokens / max(elapsed, 1e-9):,.0f} tok/s", refresh=False)
         st.finalize()
+        # the weights' bfloat16 copies (model/precision.py) went with the pass: their heap
+        # pages go back now, not after the first layer is measured (at 12 GPT-2 blocks 250 MB
+        # stayed resident into the first layer's measure)
+        release_freed_memory()
     except BaseException:
         if owned:
             st.discard()

@@ -37,6 +37,7 @@ from hopaudit.capture.forward import (
     CaptureResult,
     capture,
     choose_batch_size,
+    layer_bytes,
     model_device,
     storage_dtypes,
 )
@@ -271,7 +272,9 @@ def capture_ray(
     n_seq = tokens.num_sequences
     device = model_device(model)
     if batch_size is None:
-        batch_size = choose_batch_size(model, tokens.seq_len, n_seq, device)
+        # the local engine's batches: logits within one layer of the whole audit's rows
+        one_layer = layer_bytes(model, tokens, positions)
+        batch_size = choose_batch_size(model, tokens.seq_len, n_seq, device, one_layer)
     gpus = ray.cluster_resources().get("GPU", 0)
     num_gpus = opts.get("num_gpus", 1 if gpus else 0)
     # one actor per GPU; on CPUs half of them: Ray Data keeps part of the cluster for its own

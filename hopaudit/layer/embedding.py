@@ -235,7 +235,7 @@ def embed_layer(
 ) -> Embedding:
     """UMAP of one layer on the kNN graph its search built (a fresh graph for a subsample)."""
     from hopaudit.geometry import normalize_rows
-    from hopaudit.search.backends import build_index, knn_self
+    from hopaudit.search.backends import ExactIndex, build_index, knn_self
 
     valid = np.asarray(report.valid_rows)
     n = len(valid)
@@ -244,8 +244,14 @@ def embed_layer(
         pick = np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
         sub = normalize_rows(np.asarray(activations[valid[pick]], np.float32), report.normalize)
         idx = build_index(sub, report.index.kind, device=device)
+        if isinstance(idx, ExactIndex):
+            # an exact index searches its own rows (the same graph), so the subsample goes
+            # while it searches and is read again, the same values, for the layout's start
+            sub = None
         ids, dists = knn_self(idx, sub, k)
         del idx  # the subsample's index (a copy of its patterns) is not needed by the layout
+        if sub is None:
+            sub = normalize_rows(np.asarray(activations[valid[pick]], np.float32), report.normalize)
         ids = np.concatenate([np.arange(len(pick))[:, None], ids], axis=1)
         dists = np.concatenate([np.zeros((len(pick), 1), dists.dtype), dists], axis=1)
     else:

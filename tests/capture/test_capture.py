@@ -19,6 +19,7 @@ from hopaudit.capture import TraceBlocks, capture, select_positions
 from hopaudit.capture.store import ActivationStore
 from hopaudit.data import TokenData
 from hopaudit.errors import CaptureError, DataError, FormatError, ModelError
+from hopaudit.model.blocks import find_stacks
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -428,6 +429,48 @@ def test_chosen_batch_size_follows_its_documented_budgets():
     big, _ = tiny_model("llama", vocab_size=200_000)
     bs = choose_batch_size(big, 128, 1000, "cpu")
     assert bs * 128 * 200_000 * 4 <= LOGITS_BUDGET_BYTES < (bs + 1) * 128 * 200_000 * 4
+
+
+def test_batch_logits_stay_within_one_layer_of_the_audit():
+    """A CPU batch's float32 logits stay within one layer's float32 rows (clamped to the floor
+    and the cap), so the capture's peak follows the audit's size (benchmarks/many_layers.py:
+    with the cap alone a GPT-2's 400 x 64 positions held 7 layers of logits at once)."""
+    from hopaudit.capture import (
+        LOGITS_BUDGET_BYTES,
+        LOGITS_FLOOR_BYTES,
+        choose_batch_size,
+        layer_bytes,
+        layer_rows,
+        logits_budget,
+    )
+
+    assert logits_budget(None) == LOGITS_BUDGET_BYTES
+    assert logits_budget(1) == LOGITS_FLOOR_BYTES
+    assert logits_budget(100 * 2**20) == 100 * 2**20
+    assert logits_budget(10 * 2**30) == LOGITS_BUDGET_BYTES
+    big, _ = tiny_model("llama", vocab_size=200_000)
+    hidden, seq_len = big.config.hidden_size, 16
+    n = 300_000  # 3.6 M positions: one layer (hidden 32) is 440 MiB, between floor and cap
+    ids = torch.ones(n, seq_len, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[:, 12:] = 0  # 12 real tokens a sequence
+    data = TokenData(ids, mask, [""] * n)
+    assert layer_rows(data, "all") == n * 12
+    assert layer_rows(data, "last") == n and layer_rows(data, [0, -1]) == 2 * n
+    for positions, rows in (("all", n * 12), ("last", n), ([0, 1, 2], 3 * n)):
+        one = layer_bytes(big, data, positions)
+        assert one == rows * hidden * 4
+        budget = min(LOGITS_BUDGET_BYTES, max(LOGITS_FLOOR_BYTES, one))
+        assert logits_budget(one) == budget
+        per_seq = seq_len * 200_000 * 4
+        bs = choose_batch_size(big, seq_len, n, "cpu", one)
+        assert bs == max(1, min(8192 // seq_len, budget // per_seq)), positions
+    assert LOGITS_FLOOR_BYTES < layer_bytes(big, data, "all") < LOGITS_BUDGET_BYTES
+    # what capture() chooses: the same formula on its own data
+    small = TokenData(ids[:40], mask[:40], [""] * 40)
+    res = capture(big, small, find_stacks(big), positions="all", progress=False)
+    per_seq = seq_len * 200_000 * 4
+    assert res.batch_size == logits_budget(40 * 12 * hidden * 4) // per_seq == 5  # the floor
 
 
 def test_progress_bar_reports_tokens_per_second(monkeypatch):

@@ -227,3 +227,47 @@ def test_a_subsample_s_index_is_freed_before_the_layout(monkeypatch):
     emb = embedding.embed_layer(report, x, np.arange(300), 100, 0, None)
     assert len(emb.rows) == 100
     assert alive == [[False]]
+
+
+def test_a_subsample_s_exact_search_runs_without_its_patterns(monkeypatch):
+    # with an exact index the subsample's patterns are let go while the index searches its own
+    # rows, then read again for the layout's PCA start: the same graph and the same values
+    import gc
+    import weakref
+
+    from hopaudit.geometry import normalize_rows
+    from hopaudit.layer import embedding
+    from hopaudit.layer.measuring import measure
+    from hopaudit.search import backends
+
+    x = np.random.default_rng(1).normal(size=(300, 16)).astype(np.float32)
+    report = measure(x, bootstrap=0, fractions=())
+    assert report.index.kind == "exact"
+    subs, during, got = [], [], {}
+    real_build, real_knn = backends.build_index, backends.knn_self
+
+    def build(data, *args, **kwargs):
+        subs.append(weakref.ref(data))
+        return real_build(data, *args, **kwargs)
+
+    def knn(index, data, k, progress=None):
+        gc.collect()
+        during.append((data, subs[-1]() is not None))
+        return real_knn(index, data, k, progress)
+
+    def layout(ids, dists, **kwargs):
+        got.update(ids=ids, dists=dists, data=kwargs["data"])
+        return np.zeros((len(ids), 2), np.float32)
+
+    monkeypatch.setattr(backends, "build_index", build)
+    monkeypatch.setattr(backends, "knn_self", knn)
+    monkeypatch.setattr(embedding, "umap_from_knn", layout)
+    emb = embedding.embed_layer(report, x, np.arange(300), 100, 0, None)
+    assert during == [(None, False)]  # searched from the index alone, the patterns gone
+    pick = np.sort(np.random.default_rng(0).choice(300, size=100, replace=False))
+    sub = normalize_rows(x[pick], "rms")
+    assert np.array_equal(emb.rows, pick)
+    assert np.array_equal(got["data"], sub)  # the layout's start: the same values
+    index = real_build(sub, "exact")
+    ids, dists = real_knn(index, sub, report.knn_ids.shape[1] - 1)
+    assert np.array_equal(got["ids"][:, 1:], ids) and np.array_equal(got["dists"][:, 1:], dists)
