@@ -77,7 +77,9 @@ FINAL = "final"
 # floor (small audits still batch) nor more than the cap.
 CPU_TOKENS_PER_BATCH = 8192
 LOGITS_BUDGET_BYTES = 512 * 2**20
-LOGITS_FLOOR_BYTES = 64 * 2**20
+# the floor keeps a positions='last' SmolLM2 audit at 21 sequences a batch, 1.05x the cap's
+# time (5 sequences at 64 MiB: 1.49x; benchmarks/batch_size.py, benchmarks/README.md)
+LOGITS_FLOOR_BYTES = 256 * 2**20
 # Log-softmax works on at most this many logit values at once (float32: 64 MiB).
 # Rows leave a GPU by an asynchronous copy into pinned memory, so the forward never waits for
 # them; False copies them blocking (benchmarks/gpu.py measures both: gpu_async_copy_speedup).
@@ -308,8 +310,8 @@ def layer_bytes(model: nn.Module, data: Any, positions: Any) -> int | None:
 
 def logits_budget(one_layer: int | None = None) -> int:
     """The float32 logits one CPU batch may hold: ``one_layer`` bytes (one layer's float32
-    patterns, :func:`layer_bytes`), at least ``LOGITS_FLOOR_BYTES`` (64 MiB: a small audit
-    still batches) and at most ``LOGITS_BUDGET_BYTES`` (512 MiB); the cap when unknown.
+    patterns, :func:`layer_bytes`), at least ``LOGITS_FLOOR_BYTES`` (256 MiB: a small audit
+    still batches at speed) and at most ``LOGITS_BUDGET_BYTES`` (512 MiB); the cap when unknown.
 
     A batch's logits were the capture's peak, and with the cap alone they were 7 layers of a
     GPT-2's 400 x 64 patterns (benchmarks/many_layers.py); a budget of one layer keeps the

@@ -446,7 +446,7 @@ def test_batch_logits_stay_within_one_layer_of_the_audit():
 
     assert logits_budget(None) == LOGITS_BUDGET_BYTES
     assert logits_budget(1) == LOGITS_FLOOR_BYTES
-    assert logits_budget(100 * 2**20) == 100 * 2**20
+    assert logits_budget(300 * 2**20) == 300 * 2**20
     assert logits_budget(10 * 2**30) == LOGITS_BUDGET_BYTES
     big, _ = tiny_model("llama", vocab_size=200_000)
     hidden, seq_len = big.config.hidden_size, 16
@@ -470,7 +470,8 @@ def test_batch_logits_stay_within_one_layer_of_the_audit():
     small = TokenData(ids[:40], mask[:40], [""] * 40)
     res = capture(big, small, find_stacks(big), positions="all", progress=False)
     per_seq = seq_len * 200_000 * 4
-    assert res.batch_size == logits_budget(40 * 12 * hidden * 4) // per_seq == 5  # the floor
+    assert res.batch_size == logits_budget(40 * 12 * hidden * 4) // per_seq
+    assert res.batch_size == LOGITS_FLOOR_BYTES // per_seq  # the floor
 
 
 def test_progress_bar_reports_tokens_per_second(monkeypatch):
