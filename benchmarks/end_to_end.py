@@ -112,14 +112,17 @@ def worker_plain(n_seq: int, length: int) -> dict:
     import torch
 
     import hopaudit
-    from hopaudit.capture.forward import choose_batch_size
+    from hopaudit.capture.forward import choose_batch_size, layer_bytes
     from hopaudit.model.precision import autocast_context, cast_weights_once, compute_dtype
 
     model, tok = hopaudit.zoo.smollm2()
     data = _tokens(tok, n_seq, length)
     device = torch.device("cpu")
     amp = compute_dtype(model, device, "auto")
-    batch = choose_batch_size(model, int(data.input_ids.shape[1]), data.num_sequences, device)
+    one_layer = layer_bytes(model, data, "last")  # the batch hopaudit's capture chooses
+    batch = choose_batch_size(
+        model, int(data.input_ids.shape[1]), data.num_sequences, device, one_layer
+    )
     t = time.perf_counter()
     with torch.inference_mode(), autocast_context(amp, device), cast_weights_once(model, amp):
         for start in range(0, data.num_sequences, batch):
