@@ -90,10 +90,12 @@ def _chunk_statistics(
     With y shifted by its row maximum and e = exp(y), sum(e) = Z: log p(target) = y_t - log Z,
     mu = E_p[log p] = E_p[y] - log Z, and sigma^2 = Var_p[log p] = Var_p[y] (log Z shifts
     both alike), E_p[y] and E_p[y^2] the sums of e*y and e*y*y over Z, multiplied in place.
-    The shift keeps exp in range. The top-1 hit is argmax's: the target holds the row's
-    maximum and no token before it does (greedy decoding picks the first of tied maxima).
+    The shift keeps exp in range. The top-1 hit is argmax's (the first of tied maxima, as
+    greedy decoding picks): one ``max`` gives both, where a separate tie check over the rows
+    whose target holds the maximum cost more than it saved.
     """
-    y.sub_(y.amax(1, keepdim=True))
+    top, arg = y.max(1)  # arg: the first of tied maxima, as argmax and greedy decoding pick
+    y.sub_(top[:, None])
     y_t = y.gather(1, target[:, None])[:, 0]
     e = torch.exp(y)
     total = e.sum(1)
@@ -102,12 +104,7 @@ def _chunk_statistics(
     sigma = (second - mean_y * mean_y).clamp_min(0).sqrt()
     lp_t = y_t - total.log()
     z = torch.where(sigma > 0, (y_t - mean_y) / sigma, torch.zeros_like(sigma))
-    hit = y_t == 0
-    tied = hit.nonzero()[:, 0]
-    if tied.numel():
-        tied = tied[(y[tied] == 0).sum(1) > 1]  # rows whose target ties with another token
-        hit[tied] = y[tied].argmax(1) == target[tied]
-    return lp_t, hit, z
+    return lp_t, arg == target, z
 
 
 def lowest_fraction_mean(
