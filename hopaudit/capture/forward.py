@@ -77,8 +77,8 @@ FINAL = "final"
 # floor (small audits still batch) nor more than the cap.
 CPU_TOKENS_PER_BATCH = 8192
 LOGITS_BUDGET_BYTES = 512 * 2**20
-# the floor keeps a positions='last' SmolLM2 audit at 21 sequences a batch, 1.05x the cap's
-# time (5 sequences at 64 MiB: 1.49x; benchmarks/batch_size.py, benchmarks/README.md)
+# the floor keeps small audits' batches big enough to run near the cap's speed
+# (benchmarks/batch_size.py; benchmarks/README.md, "Constants")
 LOGITS_FLOOR_BYTES = 256 * 2**20
 # Log-softmax works on at most this many logit values at once (float32: 64 MiB).
 # Rows leave a GPU by an asynchronous copy into pinned memory, so the forward never waits for
@@ -313,9 +313,9 @@ def logits_budget(one_layer: int | None = None) -> int:
     patterns, :func:`layer_bytes`), at least ``LOGITS_FLOOR_BYTES`` (256 MiB: a small audit
     still batches at speed) and at most ``LOGITS_BUDGET_BYTES`` (512 MiB); the cap when unknown.
 
-    A batch's logits were the capture's peak, and with the cap alone they were 7 layers of a
-    GPT-2's 400 x 64 patterns (benchmarks/many_layers.py); a budget of one layer keeps the
-    capture's peak near the measuring's, which holds a layer or two (docs/performance.md)."""
+    With the cap alone a batch's logits were the capture's peak, several layers of a small
+    positions="all" audit; a budget of one layer keeps the capture's peak near the measuring's
+    (docs/performance.md, benchmarks/many_layers.py)."""
     if one_layer is None:
         return LOGITS_BUDGET_BYTES
     return int(min(LOGITS_BUDGET_BYTES, max(LOGITS_FLOOR_BYTES, int(one_layer))))
@@ -898,8 +898,7 @@ def capture(
                 bar.set_postfix_str(f"{n_tokens / max(elapsed, 1e-9):,.0f} tok/s", refresh=False)
         st.finalize()
         # the weights' bfloat16 copies (model/precision.py) went with the pass: their heap
-        # pages go back now, not after the first layer is measured (at 12 GPT-2 blocks 250 MB
-        # stayed resident into the first layer's measure)
+        # pages go back now, not after the first layer is measured
         release_freed_memory()
     except BaseException:
         if owned:

@@ -1,9 +1,9 @@
 """A verified float32 copy of the embedded SmolLM2, converted from its GGUF file once.
 
 transformers loads a GGUF file by parsing its metadata (49 152 token strings) and
-dequantizing every tensor in Python: about 8 s on two cores, each time. The same weights,
-config and tokenizer saved with ``save_pretrained`` (safetensors, 0.54 GB) load in a quarter
-of a second, bit for bit the same model (tests/zoo/test_converted.py). The copy sits beside
+dequantizing every tensor in Python, each time. The same weights, config and tokenizer saved
+with ``save_pretrained`` (safetensors) load several times faster (``benchmarks/load.py``), bit
+for bit the same model (tests/zoo/test_converted.py). The copy sits beside
 the GGUF file in a folder named for the source's digest and the transformers and gguf
 releases that converted it (another release converts again), and a manifest lists each
 file's size and BLAKE3, checked before transformers reads a byte of it. It is written into a
@@ -55,34 +55,35 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
-def _problem(folder: Path, source_sha256: str) -> str | None:
-    """Why ``folder`` is not a complete, intact copy (None when every file checks out)."""
+def _problem(folder: Path, source_sha256: str) -> tuple[str | None, dict]:
+    """(why ``folder`` is not a complete, intact copy or None, the manifest's record)."""
     from hopaudit.storage.manifest import hash_all
 
     manifest = folder / MANIFEST
+    record: dict = {}
     try:
         if manifest.stat().st_size > MANIFEST_MAX_BYTES:
-            return f"{MANIFEST} is larger than {MANIFEST_MAX_BYTES} bytes"
+            return f"{MANIFEST} is larger than {MANIFEST_MAX_BYTES} bytes", record
         record = json.loads(manifest.read_text(encoding="utf-8"))
         files = record["files"]
         if record.get("source_sha256") != source_sha256 or not files:
-            return "its manifest names another source"
+            return "its manifest names another source", record
         if not isinstance(record["architectures"], (list, type(None))):
-            return "its manifest's architectures is neither a list nor null"
+            return "its manifest's architectures is neither a list nor null", record
         names = sorted(files)
         for name in names:
             if Path(name).name != name:
-                return f"its manifest names {name!r}, not a file of the folder"
+                return f"its manifest names {name!r}, not a file of the folder", record
             size = (folder / name).stat().st_size
             if size != int(files[name]["size"]):
-                return f"{name} has {size} bytes, its manifest says {files[name]['size']}"
+                return f"{name} has {size} bytes, its manifest says {files[name]['size']}", record
         digests = hash_all([folder / n for n in names], "blake3")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"{type(exc).__name__}: {exc}"
+        return f"{type(exc).__name__}: {exc}", record
     for name, digest in zip(names, digests, strict=True):
         if digest != files[name]["blake3"]:
-            return f"{name}'s BLAKE3 is not its manifest's"
-    return None
+            return f"{name}'s BLAKE3 is not its manifest's", record
+    return None, record
 
 
 def read_converted(folder: Path, source_sha256: str) -> tuple[Any, Any] | None:
@@ -90,7 +91,7 @@ def read_converted(folder: Path, source_sha256: str) -> tuple[Any, Any] | None:
     removed, with a warning, so that the caller converts again)."""
     if not folder.is_dir():
         return None
-    problem = _problem(folder, source_sha256)
+    problem, record = _problem(folder, source_sha256)
     if problem is not None:
         warnings.warn(
             f"the converted copy {folder} is damaged ({problem}); converting again",
@@ -106,7 +107,7 @@ def read_converted(folder: Path, source_sha256: str) -> tuple[Any, Any] | None:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     # save_pretrained names the class in the config; the GGUF load did not
-    model.config.architectures = json.loads((folder / MANIFEST).read_text())["architectures"]
+    model.config.architectures = record["architectures"]
     return model, tokenizer
 
 
@@ -157,8 +158,8 @@ def write_converted(model: Any, tokenizer: Any, folder: Path, source_sha256: str
 
 @contextlib.contextmanager
 def _quiet_bars() -> Iterator[None]:
-    """No transformers bar for the length of the block (a load of a quarter second, a save of
-    half a second: a bar would only flash), the setting put back after."""
+    """No transformers bar for the length of the block (the copy loads and saves too fast for a
+    bar to be more than a flash), the setting put back after."""
     from transformers.utils import logging
 
     was = logging.is_progress_bar_enabled()
