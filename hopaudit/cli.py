@@ -61,7 +61,7 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
         help="token positions stored per sequence: last, all, mean, or integers (1,5,-1)",
     )
     p.add_argument("--normalize", choices=["rms", "none"], default="rms")
-    p.add_argument("--index", choices=["auto", "hnsw", "exact"], default="auto")
+    p.add_argument("--index", choices=["auto", "hnsw", "exact", "clustered"], default="auto")
     p.add_argument(
         "--autocast",
         choices=["auto", "bfloat16", "off"],

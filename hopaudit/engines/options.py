@@ -26,7 +26,7 @@ from hopaudit.results.metadata import check_metadata
 __all__ = ["ENGINES", "INDEX_KINDS", "NORMALIZE_MODES", "AuditOptions", "umap_layer_names"]
 
 NORMALIZE_MODES = ("rms", "none")
-INDEX_KINDS = ("auto", "hnsw", "exact")
+INDEX_KINDS = ("auto", "hnsw", "exact", "clustered")
 ENGINES = ("local", "ray")
 
 

@@ -235,7 +235,7 @@ def embed_layer(
 ) -> Embedding:
     """UMAP of one layer on the kNN graph its search built (a fresh graph for a subsample)."""
     from hopaudit.geometry import normalize_rows
-    from hopaudit.search.backends import ExactIndex, build_index, knn_self
+    from hopaudit.search.backends import build_index, keeps_rows, knn_self
 
     valid = np.asarray(report.valid_rows)
     n = len(valid)
@@ -243,8 +243,9 @@ def embed_layer(
     if max_points and n > max_points:
         pick = np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
         sub = normalize_rows(np.asarray(activations[valid[pick]], np.float32), report.normalize)
-        idx = build_index(sub, report.index.kind, device=device)
-        if isinstance(idx, ExactIndex):
+        kind = "auto" if report.index.kind == "clustered" else report.index.kind
+        idx = build_index(sub, kind, device=device)
+        if keeps_rows(idx):
             # an exact index searches its own rows (the same graph), so the subsample goes
             # while it searches and is read again, the same values, for the layout's start
             sub = None

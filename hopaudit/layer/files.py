@@ -153,6 +153,8 @@ class LayerFiles:
         def open_exact() -> NeighborIndex:
             from hopaudit.search.backends import ExactIndex
 
+            if meta["kind"] == "clustered":  # the same lists again: seeded
+                return load_index(meta, self.path, patterns=patterns)
             exact = ExactIndex(int(meta["dim"]), device=device)
             exact.add(patterns())
             return exact

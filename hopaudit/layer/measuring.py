@@ -25,7 +25,7 @@ import numpy as np
 
 from hopaudit import geometry, theory
 from hopaudit.errors import DataError, SearchError
-from hopaudit.search.backends import ExactIndex, NeighborIndex, as_2d, build_index, knn_self
+from hopaudit.search.backends import NeighborIndex, as_2d, build_index, keeps_rows, knn_self
 
 __all__ = ["INTERVAL_COLUMNS", "ROW_COLUMNS", "LayerReport", "bootstrap_intervals", "measure"]
 
@@ -219,7 +219,7 @@ def measure(
         return None if progress is None else (lambda rows: progress(stage, rows))
 
     idx = build_index(x, index, device=device, progress=step("index"))
-    if isinstance(idx, ExactIndex):
+    if keeps_rows(idx):
         # the index searches its own rows, so the patterns go now (a layer less while it
         # searches); the few rows the saturation curve reads again are normalized anew, row
         # by row as before: the same values

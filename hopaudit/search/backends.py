@@ -40,12 +40,14 @@ __all__ = [
     "DEFAULT_EF_CONSTRUCTION",
     "DEFAULT_M",
     "EXACT_TILES",
+    "INDEX_KINDS",
     "ExactIndex",
     "HnswIndex",
     "LazyIndex",
     "NeighborIndex",
     "build_index",
     "default_threads",
+    "keeps_rows",
     "knn_self",
 ]
 
@@ -345,6 +347,22 @@ class ExactIndex:
     def __repr__(self) -> str:
         return f"ExactIndex(len={self._count}, dim={self.dim}, device={self.device})"
 
+    @classmethod
+    def wrapping(cls, data, *, tiles: str | None = None) -> ExactIndex:
+        """An exact index over ``data``, a float32 tensor of rows already centred (shared,
+        not copied): what another backend uses to search its own rows exactly."""
+        import torch
+
+        index = cls(int(data.shape[1]), device=data.device, tiles=tiles)
+        index._center = np.zeros(index.dim)
+        index._data = data
+        index._count = int(data.shape[0])
+        index._sqnorm = _squared_norms(data, index._rerank_dtype, _chunk_rows(index.dim))
+        if index.tiles == "bfloat16":
+            index._data_bf16 = data.to(torch.bfloat16)
+            index._max_norm = float(index._sqnorm.double().max().sqrt())
+        return index
+
     def _centred(self, chunk: np.ndarray):
         """Subtract the centre in float64 from the *original* values, then go to float32."""
         import torch
@@ -515,9 +533,21 @@ class ExactIndex:
 # --------------------------------------------------------------------------- public API
 
 
+def keeps_rows(index: object) -> bool:
+    """Whether the index holds its own copy of the patterns and searches them itself
+    (``query_stored``: exact and clustered), so the caller need not keep them."""
+    return hasattr(index, "query_stored")
+
+
+#: The index kinds :func:`build_index` takes.
+INDEX_KINDS = ("auto", "hnsw", "exact", "clustered")
+
+
 def _resolve_kind(kind: str, n: int, device: object) -> str:
-    if kind not in ("auto", "hnsw", "exact"):
-        raise SearchError(f"index kind must be 'auto', 'hnsw' or 'exact'; got {kind!r}.")
+    if kind not in INDEX_KINDS:
+        raise SearchError(
+            f"index kind must be one of {', '.join(map(repr, INDEX_KINDS))}; got {kind!r}."
+        )
     if kind != "auto":
         return kind
     if device is not None and str(device).startswith("cuda"):
@@ -556,6 +586,10 @@ def build_index(
     index: NeighborIndex
     if chosen == "exact":
         index = ExactIndex(dim, device=device)
+    elif chosen == "clustered":
+        from hopaudit.search.clustered import ClusteredIndex
+
+        index = ClusteredIndex(dim, device=device)
     else:
         index = HnswIndex(
             dim, max_elements=n, M=M, ef_construction=ef_construction, ef=ef, threads=threads
@@ -577,8 +611,11 @@ def knn_self(
     ``progress(rows)`` is called as the rows are searched.
     """
     n = len(index)
-    if data is None and not isinstance(index, ExactIndex):
-        raise SearchError("knn_self needs the indexed patterns (data=None: an exact index only)")
+    own_rows = keeps_rows(index)
+    if data is None and not own_rows:
+        raise SearchError(
+            "knn_self needs the indexed patterns (data=None: an exact or clustered index only)"
+        )
     arr = None if data is None else as_2d(data, "patterns")
     if arr is not None and arr.shape[0] != n:
         raise SearchError(
@@ -593,7 +630,7 @@ def knn_self(
             f"k={k} nearest other patterns requested but there are only {n} patterns; "
             f"use k <= {n - 1}."
         )
-    if isinstance(index, ExactIndex):  # its own rows: the same queries, no second read
+    if own_rows:  # its own rows: the same queries, no second read
         ids, dists = index.query_stored(k + 1, progress=progress)
     else:
         ids, dists = index.query(arr, k + 1, progress=progress)  # type: ignore[arg-type]
@@ -718,6 +755,16 @@ def save_index(index: NeighborIndex, path: Path) -> dict:
         }
     if isinstance(index, ExactIndex):
         return {"kind": "exact", "dim": index.dim, "count": index._count}
+    if getattr(index, "kind", None) == "clustered":  # rebuilt from the patterns, seeded
+        return {
+            "kind": "clustered",
+            "dim": index.dim,
+            "count": len(index),
+            "lists": index.lists,
+            "probes": index.probes,
+            "seed": index.seed,
+            "recall": index.recall,
+        }
     raise SearchError(f"cannot save an index of type {type(index).__name__}")
 
 
@@ -729,6 +776,16 @@ def load_index(meta: dict, path: Path, *, patterns) -> NeighborIndex:
     if kind == "exact":
         index = ExactIndex(int(meta["dim"]))
         index.add(patterns())
+        return index
+    if kind == "clustered":
+        from hopaudit.search.clustered import ClusteredIndex
+
+        index = ClusteredIndex(
+            int(meta["dim"]), lists=meta.get("lists"), probes=meta.get("probes"),
+            seed=int(meta.get("seed", 0)),
+        )  # fmt: skip
+        index.add(patterns())
+        index.recall = meta.get("recall")
         return index
     if kind != "hnsw":
         raise SearchError(f"{path}: unknown index kind {kind!r}")

@@ -1,0 +1,353 @@
+"""Nearest-neighbour search over k-means lists that measures its own recall (torch, any device).
+
+For layers too large for exact search. The stored patterns are split into lists by their
+nearest k-means centroid (about sqrt(n) lists); a query is compared with the patterns of its
+``probes`` nearest lists only, with matrix tiles (bfloat16 where the CPU multiplies it
+natively, float32 otherwise), and the best candidates are re-ranked by exact distances from the
+float32 patterns. The distances returned are exact; a neighbour can be missed when it sits in a
+list farther than the ``probes`` nearest.
+
+How many lists to probe is not guessed: unless given, it is chosen on the layer itself. A
+seeded sample of the stored patterns is searched exactly (brute force) and with 4, 8, 16, ...
+probes, and the smallest count whose recall@1 and recall@k on the sample reach
+``RECALL_AT_1`` and ``RECALL_AT_K`` is kept; ``index.recall`` reports the sample, the count
+and both recalls, so an audit shows what its search found (docs/theory.md, "Search").
+
+The bfloat16 tiles score ``|q - y|^2 - |q - c_j|^2`` for a list j as one matrix product: each
+stored row is kept as ``[y - c_j, hi, lo]`` where hi + lo is ``|y - c_j|^2 + 2 c_j.(y - c_j)``
+split into two bfloat16 numbers, and each query as ``[-2 q, 1, 1]``; the rows stay near their
+centroid, so the rounding is relative to the list's spread, not to the patterns' norms.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from hopaudit.cpus import cpu_bf16_native
+from hopaudit.errors import SearchError
+from hopaudit.search.backends import (
+    ExactIndex,
+    Progress,
+    _check_query,
+    _chunk_rows,
+    _column_mean,
+    _refuse_nonfinite,
+    as_2d,
+)
+
+__all__ = ["RECALL_AT_1", "RECALL_AT_K", "ClusteredIndex", "default_lists"]
+
+#: Recall on the calibration sample the chosen probe count must reach: a margin above the
+#: 0.99 and 0.95 an audit promises, for the sample's noise.
+RECALL_AT_1 = 0.995
+RECALL_AT_K = 0.97
+#: Stored patterns searched exactly to choose the probe count (seeded).
+CALIBRATION_SAMPLE = 512
+#: The probe counts tried, in order, until the recall holds (then all lists: exact).
+PROBE_STEPS = (4, 8, 16, 32, 64, 128)
+#: Lloyd iterations and sampled patterns per list for the centroids: the lists need to be
+#: compact, not optimal.
+KMEANS_ITERATIONS = 10
+KMEANS_SAMPLE_PER_LIST = 40
+#: Rows of queries or patterns per (rows x lists) float32 tile of centroid distances.
+_ROWS = 4096
+
+
+def default_lists(n: int) -> int:
+    """About sqrt(n) lists: the centroid work (n x lists) balances a probe's list reads."""
+    return max(1, round(math.sqrt(n)))
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+class ClusteredIndex:
+    """Search over k-means lists, exact distances, recall measured on a sample (module doc)."""
+
+    kind = "clustered"
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        lists: int | None = None,
+        probes: int | None = None,
+        device: object = None,
+        tiles: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        torch = _torch()
+        self.dim = int(dim)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        tiles = "auto" if tiles is None else tiles
+        if tiles not in ("auto", "float32", "bfloat16"):
+            raise SearchError(f"tiles must be 'auto', 'float32' or 'bfloat16'; got {tiles!r}.")
+        if tiles == "auto":
+            native = self.device.type == "cpu" and cpu_bf16_native()
+            tiles = "bfloat16" if native else "float32"
+        if lists is not None and (int(lists) != lists or lists < 1):
+            raise SearchError(f"lists must be a positive integer; got {lists!r}.")
+        if probes is not None and (int(probes) != probes or probes < 1):
+            raise SearchError(f"probes must be a positive integer; got {probes!r}.")
+        self.tiles = tiles
+        self.lists = None if lists is None else int(lists)
+        self.probes = None if probes is None else int(probes)
+        self.seed = int(seed)
+        self.recall: dict | None = None  # set when the probe count is chosen
+        self._count = 0
+        self._data = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __repr__(self) -> str:
+        return (
+            f"ClusteredIndex(len={self._count}, dim={self.dim}, lists={self.lists}, "
+            f"probes={self.probes}, tiles={self.tiles})"
+        )
+
+    # ------------------------------------------------------------------ building
+
+    def add(self, data: np.ndarray, progress: Progress = None) -> None:
+        """Index the patterns, once (the lists are trained on them); ``progress(rows)`` at the
+        end."""
+        torch = _torch()
+        if self._data is not None:
+            raise SearchError("a clustered index is built once; build a new one to add rows.")
+        arr = as_2d(data, "patterns")
+        if arr.shape[1] != self.dim:
+            raise SearchError(
+                f"patterns have dimension {arr.shape[1]}; this index holds dimension {self.dim}."
+            )
+        n = arr.shape[0]
+        if n == 0:
+            return
+        rows = _chunk_rows(self.dim)
+        self._center = _column_mean(arr, rows, "patterns")  # validates every row too
+        gen = torch.Generator().manual_seed(self.seed)
+        nlist = min(n, self.lists or default_lists(n))
+        sample = np.sort(torch.randperm(n, generator=gen)[: KMEANS_SAMPLE_PER_LIST * nlist].numpy())
+        centroids = _kmeans(self._centred(arr[sample]), nlist, gen)
+        assign = np.empty(n, dtype=np.int64)
+        for s in range(0, n, rows):
+            assign[s : s + rows] = _nearest(self._centred(arr[s : s + rows]), centroids, 1)[:, 0]
+        counts = np.bincount(assign, minlength=nlist)
+        kept = counts > 0  # a centroid no pattern chose holds no list
+        centroids = centroids[torch.from_numpy(kept).to(self.device)]
+        assign = (np.cumsum(kept) - 1)[assign]
+        counts = counts[kept]
+        order = np.argsort(assign, kind="stable")
+        position = np.empty(n, dtype=np.int64)
+        position[order] = np.arange(n)
+        data = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
+        for s in range(0, n, rows):
+            where = torch.from_numpy(position[s : s + rows]).to(self.device)
+            data[where] = self._centred(arr[s : s + rows])
+        self._data = data
+        self._ids = torch.from_numpy(order).to(self.device)
+        self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._centroids = centroids
+        self._aug = self._augmented(data, centroids)
+        self.lists = int(centroids.shape[0])
+        self._count = n
+        if progress is not None:
+            progress(n)
+
+    def _centred(self, chunk):
+        """Rows minus the stored set's mean, in float64 from the original values, as float32."""
+        torch = _torch()
+        out = (np.asarray(chunk, dtype=np.float64) - self._center).astype(np.float32)
+        return torch.from_numpy(out).to(self.device)
+
+    def _augmented(self, data, centroids):
+        """Each row as [y - c_j, hi, lo] in the tiles' dtype (module docstring)."""
+        torch = _torch()
+        dt = torch.bfloat16 if self.tiles == "bfloat16" else torch.float32
+        aug = torch.empty((data.shape[0], self.dim + 2), dtype=dt, device=self.device)
+        for j, (a, b) in enumerate(zip(self._offsets[:-1], self._offsets[1:], strict=True)):
+            for s in range(int(a), int(b), _ROWS):
+                e = min(int(b), s + _ROWS)
+                r = data[s:e] - centroids[j]
+                extra = (r * r).sum(1, dtype=torch.float64) + 2.0 * (
+                    r.double() @ centroids[j].double()
+                )
+                hi = extra.to(dt)
+                aug[s:e, : self.dim] = r.to(dt)
+                aug[s:e, self.dim] = hi
+                aug[s:e, self.dim + 1] = (extra - hi.double()).to(dt)
+        return aug
+
+    # ------------------------------------------------------------------ searching
+
+    def query(
+        self, x: np.ndarray, k: int, progress: Progress = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest stored patterns of each row of ``x``: (ids int64, L2 float32,
+        ascending; exact distances, ties to the lower id); ``progress(rows)`` per chunk."""
+        arr = _check_query(self, x, k)
+        k = int(k)
+        self._calibrate(k)
+        m = arr.shape[0]
+        ids = np.empty((m, k), dtype=np.int64)
+        dists = np.empty((m, k), dtype=np.float32)
+        rows = _chunk_rows(self.dim)
+        for s in range(0, m, rows):
+            chunk = np.asarray(arr[s : s + rows], dtype=np.float64)
+            _refuse_nonfinite(chunk, s, "queries")
+            ids[s : s + len(chunk)], dists[s : s + len(chunk)] = self._search(
+                self._centred(chunk), k, self.probes
+            )
+            if progress is not None:
+                progress(len(chunk))
+        return ids, dists
+
+    def query_stored(self, k: int, progress: Progress = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`query` of every stored pattern, read from the index's own rows."""
+        if int(k) != k or not 1 <= k <= self._count:
+            raise SearchError(f"k must be an integer in [1, {self._count}]; got {k!r}.")
+        k = int(k)
+        self._calibrate(k)
+        ids = np.empty((self._count, k), dtype=np.int64)
+        dists = np.empty((self._count, k), dtype=np.float32)
+        order = self._ids.cpu().numpy()
+        ids[order], dists[order] = self._search(self._data, k, self.probes, progress)
+        return ids, dists
+
+    def _calibrate(self, k: int) -> None:
+        """Choose ``probes`` on a seeded sample searched exactly (module docstring)."""
+        torch = _torch()
+        if self.probes is not None and self.recall is not None:
+            return
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        size = min(self._count, CALIBRATION_SAMPLE)
+        rows = torch.randperm(self._count, generator=gen)[:size].to(self.device)
+        q = self._data[rows]
+        exact = ExactIndex.wrapping(self._data, tiles="float32")
+        _, true_d = exact._search(iter([(0, q)]), size, k, None)
+        steps = [self.probes] if self.probes is not None else list(PROBE_STEPS)
+        steps = [p for p in steps if p < self.lists] + [self.lists]
+        for p in steps:
+            _, d = self._search(q, k, p)
+            r1, rk = _recall(d, true_d)
+            if self.probes is not None or (r1 >= RECALL_AT_1 and rk >= RECALL_AT_K):
+                break
+        self.probes = p
+        self.recall = {"sample": size, "probes": p, "k": k, "recall_at_1": r1, "recall_at_k": rk}
+
+    def _search(self, q, k: int, probes: int, progress: Progress = None):
+        """(original ids, distances) of the k nearest of centred float32 queries ``q``."""
+        torch = _torch()
+        m = q.shape[0]
+        c = min(self._count, k + max(8, k // 2))
+        p = min(probes, self.lists)
+        near, dc = _nearest(q, self._centroids, p, distances=True)  # (m, p) each
+        dt = self._aug.dtype
+        qb = torch.empty((m, self.dim + 2), dtype=dt, device=self.device)  # [-2 q, 1, 1]
+        for s in range(0, m, _ROWS):
+            qb[s : s + _ROWS, : self.dim] = q[s : s + _ROWS] * -2.0
+        qb[:, self.dim :] = 1.0
+        best_d = torch.full((m, c), math.inf, dtype=torch.float32, device=self.device)
+        best_i = torch.full((m, c), -1, dtype=torch.int64, device=self.device)
+        # pairs (list, query, slot), grouped by list: the nearest list of every query first
+        for first in (True, False):
+            slots = near[:, :1] if first else near[:, 1:]
+            if slots.shape[1] == 0:
+                break
+            flat = slots.reshape(-1)
+            order = torch.argsort(flat, stable=True)
+            lists, counts = torch.unique_consecutive(flat[order], return_counts=True)
+            qi_all = order // slots.shape[1]
+            const_all = dc[:, :1].reshape(-1)[order] if first else dc[:, 1:].reshape(-1)[order]
+            pos = 0
+            for j, cnt in zip(lists.tolist(), counts.tolist(), strict=True):
+                qi = qi_all[pos : pos + cnt]
+                const = const_all[pos : pos + cnt]
+                pos += cnt
+                a, b = int(self._offsets[j]), int(self._offsets[j + 1])
+                est = torch.mm(qb.index_select(0, qi), self._aug[a:b].T)  # |q-y|^2 - |q-c_j|^2
+                if not first:  # only the queries this list can improve
+                    thr = best_d[:, -1].index_select(0, qi) - const
+                    keep = (est.amin(1).float() < thr).nonzero()[:, 0]
+                    if keep.numel() == 0:
+                        continue
+                    qi, const, est = qi[keep], const[keep], est[keep]
+                vals, cols = torch.topk(est, min(c, b - a), dim=1, largest=False, sorted=False)
+                vals = vals.float() + const[:, None]
+                alld = torch.cat([best_d.index_select(0, qi), vals], dim=1)
+                alli = torch.cat([best_i.index_select(0, qi), cols + a], dim=1)
+                top, at = torch.topk(alld, c, dim=1, largest=False, sorted=True)
+                best_d.index_copy_(0, qi, top)
+                best_i.index_copy_(0, qi, alli.gather(1, at))
+                if progress is not None and first:
+                    progress(cnt)
+        short = torch.nonzero(best_i[:, k - 1] < 0)[:, 0]  # fewer than k read: read all lists
+        ids, dists = self._rerank(q, best_i, k)
+        if short.numel() and p < self.lists:
+            ids[short.cpu().numpy()], dists[short.cpu().numpy()] = self._search(
+                q[short], k, self.lists
+            )
+        return ids, dists
+
+    def _rerank(self, q, cand, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact distances of the candidates by direct differences (float64 sums on the CPU);
+        the k smallest, the lower original id first on ties. Empty slots (-1) never win."""
+        torch = _torch()
+        acc = torch.float64 if self.device.type == "cpu" else torch.float32
+        empty = cand < 0
+        orig = torch.where(empty, self._count, self._ids[cand.clamp_min(0)])
+        orig, perm = torch.sort(orig, dim=1)
+        cand, empty = cand.gather(1, perm).clamp_min(0), empty.gather(1, perm)
+        d = torch.empty(cand.shape, dtype=acc, device=self.device)
+        step = max(1, (1 << 22) // max(1, cand.shape[1] * self.dim))
+        for s in range(0, cand.shape[0], step):
+            diff = self._data[cand[s : s + step]] - q[s : s + step].unsqueeze(1)
+            d[s : s + step] = torch.linalg.vector_norm(diff, dim=2, dtype=acc)
+        d[empty] = math.inf
+        at = torch.sort(d, dim=1, stable=True).indices[:, :k]
+        return orig.gather(1, at).cpu().numpy(), d.gather(1, at).float().cpu().numpy()
+
+
+def _recall(found: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+    """recall@1 and recall@k by distance: a found neighbour counts when it is no farther than
+    the true one of its rank (ties are interchangeable)."""
+    tol = 1e-6 * np.maximum(true, 1e-30)
+    r1 = float(np.mean(found[:, 0] <= true[:, 0] + tol[:, 0]))
+    rk = float(np.mean(found <= true[:, -1:] + tol[:, -1:]))
+    return r1, rk
+
+
+def _nearest(x, centroids, p: int, distances: bool = False):
+    """Each row's ``p`` nearest centroids (float32 distances by |x|^2 - 2 x.c + |c|^2), nearest
+    first; with ``distances`` also their squared distances."""
+    torch = _torch()
+    csq = (centroids * centroids).sum(1).unsqueeze(0)
+    ids, ds = [], []
+    for s in range(0, x.shape[0], _ROWS):
+        xs = x[s : s + _ROWS]
+        d = torch.addmm(csq, xs, centroids.T, alpha=-2.0)
+        d.add_((xs * xs).sum(1, keepdim=True))
+        v, i = torch.topk(d, p, dim=1, largest=False, sorted=True)
+        ids.append(i)
+        ds.append(v.clamp_min_(0))
+    ids_t = torch.cat(ids)
+    if not distances:
+        return ids_t.cpu().numpy()
+    return ids_t, torch.cat(ds)
+
+
+def _kmeans(x, nlist: int, gen):
+    """Lloyd's k-means on ``x`` (float32 rows), from distinct sampled rows; returns centroids."""
+    torch = _torch()
+    c = x[torch.randperm(x.shape[0], generator=gen)[:nlist].to(x.device)].clone()
+    for _ in range(KMEANS_ITERATIONS):
+        a = torch.from_numpy(_nearest(x, c, 1)[:, 0]).to(x.device)
+        sums = torch.zeros_like(c).index_add_(0, a, x)
+        cnt = torch.bincount(a, minlength=nlist).to(x.dtype)
+        filled = cnt > 0
+        c[filled] = sums[filled] / cnt[filled, None]
+    return c
