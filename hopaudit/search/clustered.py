@@ -13,10 +13,13 @@ probes, and the smallest count whose recall@1 and recall@k on the sample reach
 ``RECALL_AT_1`` and ``RECALL_AT_K`` is kept; ``index.recall`` reports the sample, the count
 and both recalls, so an audit shows what its search found (docs/theory.md, "Search").
 
-The bfloat16 tiles score ``|q - y|^2 - |q - c_j|^2`` for a list j as one matrix product: each
-stored row is kept as ``[y - c_j, hi, lo]`` where hi + lo is ``|y - c_j|^2 + 2 c_j.(y - c_j)``
-split into two bfloat16 numbers, and each query as ``[-2 q, 1, 1]``; the rows stay near their
-centroid, so the rounding is relative to the list's spread, not to the patterns' norms.
+One matrix product scores a query against a list j: each stored row is kept as
+``[y - c_j, e, 1]`` and each query as ``[-2 q, 1, |q - c_j|^2]``, where ``e`` is
+``|y - c_j|^2 + 2 c_j.(y - c_j)`` and the numbers in ``e`` and ``|q - c_j|^2`` are each split
+into three of the tiles' dtype (``_PARTS``), so the product is ``|q - y|^2`` itself: small for
+near neighbours, where a bfloat16 product rounds to 2^-9 of its size. A stored row is held
+relative to its list's centroid, so the rounding of its coordinates is relative to the list's
+spread, not to the patterns' norms.
 """
 
 from __future__ import annotations
@@ -53,6 +56,11 @@ KMEANS_ITERATIONS = 10
 KMEANS_SAMPLE_PER_LIST = 40
 #: Rows of queries or patterns per (rows x lists) float32 tile of centroid distances.
 _ROWS = 4096
+#: Numbers (of the tiles' dtype) that carry one float64 sum into a product: three bfloat16
+#: hold it to 2^-27 of its size, below the rounding of the products themselves.
+_PARTS = 3
+#: Scores per (queries x patterns) tile of a list: bounds the memory a large list costs.
+_TILE = 1 << 24
 
 
 def default_lists(n: int) -> int:
@@ -132,24 +140,18 @@ class ClusteredIndex:
         gen = torch.Generator().manual_seed(self.seed)
         nlist = min(n, self.lists or default_lists(n))
         sample = np.sort(torch.randperm(n, generator=gen)[: KMEANS_SAMPLE_PER_LIST * nlist].numpy())
-        centroids = _kmeans(self._centred(arr[sample]), nlist, gen)
-        assign = np.empty(n, dtype=np.int64)
+        data = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
         for s in range(0, n, rows):
-            assign[s : s + rows] = _nearest(self._centred(arr[s : s + rows]), centroids, 1)[:, 0]
+            data[s : s + rows] = self._centred(arr[s : s + rows])
+        centroids = _kmeans(data[torch.from_numpy(sample).to(self.device)], nlist, gen)
+        assign = _nearest(data, centroids, 1)[:, 0]
         counts = np.bincount(assign, minlength=nlist)
         kept = counts > 0  # a centroid no pattern chose holds no list
         centroids = centroids[torch.from_numpy(kept).to(self.device)]
         assign = (np.cumsum(kept) - 1)[assign]
         counts = counts[kept]
-        order = np.argsort(assign, kind="stable")
-        position = np.empty(n, dtype=np.int64)
-        position[order] = np.arange(n)
-        data = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
-        for s in range(0, n, rows):
-            where = torch.from_numpy(position[s : s + rows]).to(self.device)
-            data[where] = self._centred(arr[s : s + rows])
-        self._data = data
-        self._ids = torch.from_numpy(order).to(self.device)
+        self._data = data  # in the patterns' order; the lists are read from self._aug
+        self._ids = torch.from_numpy(np.argsort(assign, kind="stable")).to(self.device)
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._centroids = centroids
         self._aug = self._augmented(data, centroids)
@@ -165,21 +167,21 @@ class ClusteredIndex:
         return torch.from_numpy(out).to(self.device)
 
     def _augmented(self, data, centroids):
-        """Each row as [y - c_j, hi, lo] in the tiles' dtype (module docstring)."""
+        """Each row as [y - c_j, e, 1] in the tiles' dtype, list after list (module doc)."""
         torch = _torch()
         dt = torch.bfloat16 if self.tiles == "bfloat16" else torch.float32
-        aug = torch.empty((data.shape[0], self.dim + 2), dtype=dt, device=self.device)
+        d = self.dim
+        aug = torch.empty((data.shape[0], d + 2 * _PARTS), dtype=dt, device=self.device)
+        aug[:, d + _PARTS :] = 1.0
         for j, (a, b) in enumerate(zip(self._offsets[:-1], self._offsets[1:], strict=True)):
             for s in range(int(a), int(b), _ROWS):
                 e = min(int(b), s + _ROWS)
-                r = data[s:e] - centroids[j]
+                r = data.index_select(0, self._ids[s:e]) - centroids[j]
                 extra = (r * r).sum(1, dtype=torch.float64) + 2.0 * (
                     r.double() @ centroids[j].double()
                 )
-                hi = extra.to(dt)
-                aug[s:e, : self.dim] = r.to(dt)
-                aug[s:e, self.dim] = hi
-                aug[s:e, self.dim + 1] = (extra - hi.double()).to(dt)
+                aug[s:e, :d] = r.to(dt)
+                aug[s:e, d : d + _PARTS] = _split(extra, dt)
         return aug
 
     # ------------------------------------------------------------------ searching
@@ -212,11 +214,7 @@ class ClusteredIndex:
             raise SearchError(f"k must be an integer in [1, {self._count}]; got {k!r}.")
         k = int(k)
         self._calibrate(k)
-        ids = np.empty((self._count, k), dtype=np.int64)
-        dists = np.empty((self._count, k), dtype=np.float32)
-        order = self._ids.cpu().numpy()
-        ids[order], dists[order] = self._search(self._data, k, self.probes, progress)
-        return ids, dists
+        return self._search(self._data, k, self.probes, progress)
 
     def _calibrate(self, k: int) -> None:
         """Choose ``probes`` on a seeded sample searched exactly (module docstring)."""
@@ -247,10 +245,11 @@ class ClusteredIndex:
         p = min(probes, self.lists)
         near, dc = _nearest(q, self._centroids, p, distances=True)  # (m, p) each
         dt = self._aug.dtype
-        qb = torch.empty((m, self.dim + 2), dtype=dt, device=self.device)  # [-2 q, 1, 1]
+        d = self.dim
+        qb = torch.empty((m, d + 2 * _PARTS), dtype=dt, device=self.device)  # [-2 q, 1, .]
         for s in range(0, m, _ROWS):
-            qb[s : s + _ROWS, : self.dim] = q[s : s + _ROWS] * -2.0
-        qb[:, self.dim :] = 1.0
+            qb[s : s + _ROWS, :d] = q[s : s + _ROWS] * -2.0
+        qb[:, d : d + _PARTS] = 1.0
         best_d = torch.full((m, c), math.inf, dtype=torch.float32, device=self.device)
         best_i = torch.full((m, c), -1, dtype=torch.int64, device=self.device)
         # pairs (list, query, slot), grouped by list: the nearest list of every query first
@@ -269,20 +268,16 @@ class ClusteredIndex:
                 const = const_all[pos : pos + cnt]
                 pos += cnt
                 a, b = int(self._offsets[j]), int(self._offsets[j + 1])
-                est = torch.mm(qb.index_select(0, qi), self._aug[a:b].T)  # |q-y|^2 - |q-c_j|^2
-                if not first:  # only the queries this list can improve
-                    thr = best_d[:, -1].index_select(0, qi) - const
-                    keep = (est.amin(1).float() < thr).nonzero()[:, 0]
-                    if keep.numel() == 0:
-                        continue
-                    qi, const, est = qi[keep], const[keep], est[keep]
-                vals, cols = torch.topk(est, min(c, b - a), dim=1, largest=False, sorted=False)
-                vals = vals.float() + const[:, None]
-                alld = torch.cat([best_d.index_select(0, qi), vals], dim=1)
-                alli = torch.cat([best_i.index_select(0, qi), cols + a], dim=1)
-                top, at = torch.topk(alld, c, dim=1, largest=False, sorted=True)
-                best_d.index_copy_(0, qi, top)
-                best_i.index_copy_(0, qi, alli.gather(1, at))
+                # tiles of at most _TILE scores, however many queries and patterns the list has
+                cols_step = min(b - a, _TILE // 64)
+                rows_step = max(64, _TILE // cols_step)
+                for r in range(0, cnt, rows_step):
+                    qr, cr = qi[r : r + rows_step], const[r : r + rows_step]
+                    qa = qb.index_select(0, qr)
+                    qa[:, d + _PARTS :] = _split(cr.double(), dt)  # + |q - c_j|^2
+                    for s in range(a, b, cols_step):
+                        e = min(b, s + cols_step)
+                        self._merge(qa, qr, s, e, best_d, best_i, not first or s > a)
                 if progress is not None and first:
                     progress(cnt)
         short = torch.nonzero(best_i[:, k - 1] < 0)[:, 0]  # fewer than k read: read all lists
@@ -293,23 +288,57 @@ class ClusteredIndex:
             )
         return ids, dists
 
-    def _rerank(self, q, cand, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact distances of the candidates by direct differences (float64 sums on the CPU);
-        the k smallest, the lower original id first on ties. Empty slots (-1) never win."""
+    def _merge(self, qa, qi, a: int, b: int, best_d, best_i, prune: bool) -> None:
+        """Score queries ``qi`` (their rows ``qa``) against stored rows a..b and merge each
+        query's best into ``best_d``/``best_i``; with ``prune``, queries whose best score
+        here cannot enter their current best are skipped."""
         torch = _torch()
-        acc = torch.float64 if self.device.type == "cpu" else torch.float32
+        c = best_d.shape[1]
+        est = torch.mm(qa, self._aug[a:b].T)  # |q - y|^2, rounded
+        if prune:
+            thr = best_d[:, -1].index_select(0, qi)
+            keep = (est.amin(1).float() < thr).nonzero()[:, 0]
+            if keep.numel() == 0:
+                return
+            if keep.numel() < len(qi):
+                qi, est = qi[keep], est[keep]
+        vals, cols = torch.topk(est, min(c, b - a), dim=1, largest=False, sorted=False)
+        vals = vals.float()
+        alld = torch.cat([best_d.index_select(0, qi), vals], dim=1)
+        alli = torch.cat([best_i.index_select(0, qi), cols + a], dim=1)
+        top, at = torch.topk(alld, c, dim=1, largest=False, sorted=True)
+        best_d.index_copy_(0, qi, top)
+        best_i.index_copy_(0, qi, alli.gather(1, at))
+
+    def _rerank(self, q, cand, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact distances of the candidates (positions in the lists) by direct differences
+        from the float32 patterns; the k smallest, the lower id first on ties. Empty slots
+        (-1) never win."""
+        torch = _torch()
         empty = cand < 0
         orig = torch.where(empty, self._count, self._ids[cand.clamp_min(0)])
         orig, perm = torch.sort(orig, dim=1)
-        cand, empty = cand.gather(1, perm).clamp_min(0), empty.gather(1, perm)
-        d = torch.empty(cand.shape, dtype=acc, device=self.device)
+        empty = empty.gather(1, perm)
+        d = torch.empty(cand.shape, dtype=torch.float32, device=self.device)
+        rows = orig.clamp_max(self._count - 1)
         step = max(1, (1 << 22) // max(1, cand.shape[1] * self.dim))
         for s in range(0, cand.shape[0], step):
-            diff = self._data[cand[s : s + step]] - q[s : s + step].unsqueeze(1)
-            d[s : s + step] = torch.linalg.vector_norm(diff, dim=2, dtype=acc)
+            diff = self._data[rows[s : s + step]] - q[s : s + step].unsqueeze(1)
+            d[s : s + step] = torch.linalg.vector_norm(diff, dim=2)
         d[empty] = math.inf
         at = torch.sort(d, dim=1, stable=True).indices[:, :k]
-        return orig.gather(1, at).cpu().numpy(), d.gather(1, at).float().cpu().numpy()
+        return orig.gather(1, at).cpu().numpy(), d.gather(1, at).cpu().numpy()
+
+
+def _split(v, dt):
+    """(len(v), _PARTS) numbers of dtype ``dt`` summing to ``v`` (float64) nearly exactly."""
+    torch = _torch()
+    out = torch.empty((v.shape[0], _PARTS), dtype=dt, device=v.device)
+    rest = v
+    for i in range(_PARTS):
+        out[:, i] = rest.to(dt)
+        rest = rest - out[:, i].double()
+    return out
 
 
 def _recall(found: np.ndarray, true: np.ndarray) -> tuple[float, float]:
