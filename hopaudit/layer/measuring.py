@@ -63,6 +63,8 @@ ROW_COLUMNS = (
     "floor_gauss",
     "twonn_id",
     "nonfinite",
+    "search_recall_at_1",
+    "search_recall_at_k",
     "normalize",
     *INTERVAL_COLUMNS,
 )
@@ -109,6 +111,11 @@ class LayerReport:
     query_rows: np.ndarray | None = None  # rows of the query input that were used
     nonfinite_queries: int = 0  # query rows dropped for NaN/inf
     twonn_zero_pairs: int = 0  # patterns with an exact duplicate, left out of TwoNN
+    # the search's recall@1 and recall@k on a seeded sample of the layer searched exactly
+    # (docs/theory.md, "Search"): 1 for exact search, measured for the clustered search,
+    # nan where not measured (HNSW)
+    search_recall_at_1: float = math.nan
+    search_recall_at_k: float = math.nan
     # 95 % bootstrap intervals (docs/theory.md §7); nan when bootstrap=0
     bootstrap: int = 0  # resamples behind the intervals
     r_hat_lo: float = math.nan
@@ -149,6 +156,8 @@ class LayerReport:
             "floor_gauss": self.floor_gauss,
             "twonn_id": self.twonn_id,
             "nonfinite": self.nonfinite,
+            "search_recall_at_1": self.search_recall_at_1,
+            "search_recall_at_k": self.search_recall_at_k,
             "normalize": self.normalize,
         }
         values.update({c: getattr(self, c) for c in INTERVAL_COLUMNS})
@@ -226,6 +235,7 @@ def measure(
         x = _PatternRows(raw, valid_rows, nonfinite, normalize)
     kk = min(max(int(k), 2), d - 1)
     ids, dists = knn_self(idx, None if isinstance(x, _PatternRows) else x, kk, step("search"))
+    recall = _search_recall(idx)
     nn = dists[:, 0].astype(np.float64)
     nn2 = dists[:, 1].astype(np.float64)
     self_col = np.arange(d, dtype=np.int64)[:, None]
@@ -288,9 +298,22 @@ def measure(
         query_rows=report_q.get("query_rows"),
         nonfinite_queries=report_q.get("nonfinite_queries", 0),
         twonn_zero_pairs=twonn_zero_pairs,
+        search_recall_at_1=recall[0],
+        search_recall_at_k=recall[1],
         bootstrap=int(bootstrap),
         **intervals,
     )
+
+
+def _search_recall(index: NeighborIndex) -> tuple[float, float]:
+    """(recall@1, recall@k) of the layer's search: 1 for exact search, the clustered index's
+    own measurement on its sample, nan where nothing measured it (HNSW)."""
+    if index.kind == "exact":
+        return 1.0, 1.0
+    measured = getattr(index, "recall", None)
+    if not measured:
+        return math.nan, math.nan
+    return float(measured["recall_at_1"]), float(measured["recall_at_k"])
 
 
 class _PatternRows:

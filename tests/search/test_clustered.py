@@ -131,3 +131,40 @@ def test_errors_say_what_is_wrong():
     with pytest.raises(SearchError, match="k must be an integer"):
         index.query_stored(0)
     assert "clustered" in backends.INDEX_KINDS
+
+
+def test_measure_reports_the_search_recall_of_each_kind():
+    from hopaudit.layer.measuring import measure
+
+    x = mixture(2500, 16, centres=25, seed=10)
+    clustered = measure(x, index="clustered", k=5, bootstrap=0)
+    assert clustered.index.kind == "clustered"
+    assert clustered.search_recall_at_1 == clustered.index.recall["recall_at_1"] >= 0.99
+    assert clustered.search_recall_at_k == clustered.index.recall["recall_at_k"] >= 0.95
+    exact = measure(x, index="exact", k=5, bootstrap=0)
+    assert (exact.search_recall_at_1, exact.search_recall_at_k) == (1.0, 1.0)
+    assert np.isnan(measure(x, index="hnsw", k=5, bootstrap=0).row()["search_recall_at_1"])
+    # the nearest distances agree with exact search where the recall says they should
+    agree = np.isclose(clustered.nn, exact.nn, rtol=1e-5).mean()
+    assert agree >= 0.99
+
+
+def test_an_audit_with_the_clustered_search_saves_loads_and_answers_queries(tmp_path):
+    from tiny_models import random_texts, tiny_model, tiny_tokenizer
+
+    import hopaudit
+
+    model, _ = tiny_model("gpt2")
+    tok = tiny_tokenizer()
+    a = hopaudit.audit(
+        model, random_texts(120), tokenizer=tok, max_length=16, positions="all",
+        index="clustered", progress=False, umap_layers=["final"], bootstrap=0,
+    )  # fmt: skip
+    assert (a.layers["search_recall_at_1"] >= 0.99).all()
+    assert (a.layers["search_recall_at_k"] >= 0.95).all()
+    b = hopaudit.load(a.save(tmp_path / "a"))
+    assert a.layers.equals(b.layers)
+    texts = random_texts(3, seed=4)
+    qa = a.query(texts, extraction=False)
+    qb = b.query(texts, model, tokenizer=tok, extraction=False)
+    assert qa.nearest.equals(qb.nearest)  # the same lists again (seeded), the same answers

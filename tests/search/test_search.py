@@ -173,16 +173,16 @@ def test_hnsw_query_ef_covers_k():
 
 def test_auto_kind_and_threads(monkeypatch):
     assert search._resolve_kind("auto", AUTO_EXACT_MAX, None) == "exact"
-    assert search._resolve_kind("auto", AUTO_EXACT_MAX + 1, None) == "hnsw"
-    assert search._resolve_kind("auto", AUTO_EXACT_MAX + 1, "cpu") == "hnsw"
+    assert search._resolve_kind("auto", AUTO_EXACT_MAX + 1, None) == "clustered"
+    assert search._resolve_kind("auto", AUTO_EXACT_MAX + 1, "cpu") == "clustered"
     assert search._resolve_kind("auto", 10**7, "cuda") == "exact"
     assert search._resolve_kind("auto", 10**7, torch.device("cuda", 0)) == "exact"
     assert search._resolve_kind("hnsw", 10, None) == "hnsw"
     monkeypatch.setattr(search, "AUTO_EXACT_MAX", 100)
     y = np.random.default_rng(11).normal(size=(101, 3)).astype(np.float32)
     assert build_index(y[:100]).kind == "exact"
-    hnsw = build_index(y)
-    assert hnsw.kind == "hnsw"
+    assert build_index(y).kind == "clustered"
+    hnsw = build_index(y, "hnsw")
     import os
 
     assert hnsw.threads == len(os.sched_getaffinity(0))
