@@ -7,12 +7,12 @@
 Synthetic part: for each size n, a fresh process writes ``--layers`` layers of n activation-like
 576-d patterns (SmolLM2's width; a low-rank signal plus noise, float16) into an activation store
 on disk, then measures them as ``audit(store=...)`` does, one layer at a time (``measure``, then
-the layer's index and graph moved to ``<store>.layers/``), with the HNSW index at every size so
-the sizes compare, and a UMAP of one layer on ``audit()``'s default subsample. It prints
+the layer's index and graph moved to ``<store>.layers/``), with ``--index`` (default ``auto``)
+at every size, and a UMAP of one layer on ``audit()``'s default subsample. It prints
 ``seconds_<stage>_<n>=`` for the stages index, search (the self kNN), geometry (the rest of
 ``measure``) and umap, per layer, ``peak_rss_mb_<n>=`` (the process's high-water mark while
 measuring), and ``peak_rss_over_one_layer_<n>=``: the peak above the process before measuring,
-over one layer's float32 vectors plus its index (the size hnswlib's saved file has). Then the
+over one layer's float32 vectors plus its saved index (hnswlib's file; none for others). Then the
 fitted ``growth_exponent_<stage>=`` (slope of log seconds on log n; target for index and
 search <= 1.15) and ``peak_rss_over_one_layer=`` at the largest size (target <= 1.5).
 
@@ -21,12 +21,17 @@ a store on disk, blocks 0, 15 and 29 plus the final norm: ``seconds_capture_smol
 ``patterns_per_layer_smollm2=``, ``seconds_measure_smollm2=``, ``peak_rss_mb_smollm2=`` and
 where the peak was reached. Needs the model in the zoo's cache.
 
-``--all-tokens N`` (e.g. 1e6): ``audit(positions="all", store=...)`` of N tokens, so N patterns
-per layer, with SmolLM2's real weights cut after its first block (the forward pass is one block
-deep, so the capture takes minutes, not hours, on two cores: the measuring is what grows with
-N), on CPython's own standard-library source: ``patterns_per_layer_all=``,
-``seconds_capture_all=``, ``seconds_measure_per_layer_all=``, ``seconds_umap_all=``,
-``peak_rss_mb_all=`` and its stage, ``peak_rss_over_one_layer_all=``.
+``--all-tokens N`` (e.g. 1e6; or ``1e4,1e5,1e6``, each in a fresh process, then
+``growth_exponent_<stage>_all``): ``audit(positions="all", store=..., index=--index)`` of N
+tokens, so N patterns per layer, with SmolLM2's real weights cut after its first block (the
+forward pass is one block deep, so the capture takes minutes, not hours, on two cores: the
+measuring is what grows with N), on CPython's own standard-library source:
+``patterns_per_layer_all=``, ``seconds_capture_all=``, ``seconds_measure_per_layer_all=`` (of
+it ``seconds_index_per_layer_all=`` and ``seconds_search_per_layer_all=``), ``seconds_umap_all=``,
+``peak_rss_mb_all=``, ``peak_rss_over_one_layer_all=``; per layer the recall the audit reports
+(``reported_recall_at_1_<layer>_all=``) and the recall of its kNN graph on 1 000 sampled
+patterns against exact search, by distance (``recall_at_1_<layer>_all=``,
+``recall_at_k_<layer>_all=``).
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ def write_layers(store_path: Path, n: int, layers: int, seed: int = 0):
     return st
 
 
-def child(n: int, layers: int) -> dict:
+def child(n: int, layers: int, index: str) -> dict:
     """One size in this process: returns stage seconds and memory."""
     import hopaudit.layer.measuring  # noqa: F401  (sys.modules below needs it imported)
     from hopaudit.engines.local import settle
@@ -109,7 +114,7 @@ def child(n: int, layers: int) -> dict:
 
         # warm: the imports and allocator pools of a first measure() are not one layer's cost
         warm = np.random.default_rng(1).normal(size=(64, WIDTH)).astype(np.float16)
-        measure_mod.measure(warm, index="hnsw", k=15)
+        measure_mod.measure(warm, index=index, k=15)
         del warm
         times.update(dict.fromkeys(STAGES, 0.0))
         gc.collect()
@@ -118,14 +123,15 @@ def child(n: int, layers: int) -> dict:
         reports = {}
         t_all = time.perf_counter()
         for i, name in enumerate(st.layer_names):
-            rep = measure_mod.measure(st.get(name), index="hnsw", k=15, n_blocks=layers)
+            rep = measure_mod.measure(st.get(name), index=index, k=15, n_blocks=layers)
             reports[name] = settle(rep, i, name, stored, files, "float32")
             del rep
             st.release(name)
         measured = time.perf_counter() - t_all
         peak = peak_rss()
         times["geometry"] = measured - times["index"] - times["search"]
-        index_bytes = (work / "store.layers" / "layer_000.bin").stat().st_size
+        saved = work / "store.layers" / "layer_000.bin"  # an HNSW graph; other kinds: none
+        index_bytes = saved.stat().st_size if saved.exists() else 0
         t = time.perf_counter()
         name = st.layer_names[0]
         embed_layer(reports[name], st.get(name), np.zeros(n, np.int64), 20_000, 0, None)
@@ -220,7 +226,58 @@ def stdlib_source(chars: int) -> list[str]:
     return docs
 
 
-def all_tokens(n_tokens: int) -> None:
+class StageTimer:
+    """Seconds spent in ``measure``'s index build and self search, by wrapping the two."""
+
+    def __init__(self) -> None:
+        import hopaudit.layer.measuring  # noqa: F401  (sys.modules below needs it imported)
+
+        self.mod = sys.modules["hopaudit.layer.measuring"]
+        self.seconds = {"index": 0.0, "search": 0.0}
+        self.real = (self.mod.build_index, self.mod.knn_self)
+
+    def _timed(self, stage, fn):
+        def wrapped(*a, **kw):
+            t = time.perf_counter()
+            out = fn(*a, **kw)
+            self.seconds[stage] += time.perf_counter() - t
+            return out
+
+        return wrapped
+
+    def __enter__(self) -> StageTimer:
+        self.mod.build_index = self._timed("index", self.real[0])
+        self.mod.knn_self = self._timed("search", self.real[1])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.mod.build_index, self.mod.knn_self = self.real
+
+
+def sample_recall(a, name: str, sample: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """recall@1 and recall@k of the audit's kNN graph for layer ``name`` on a seeded sample,
+    against exact search of the same normalized patterns (hopaudit's ExactIndex, float32
+    tiles, exact re-rank), by distance (ties interchangeable)."""
+    from hopaudit.layer.patterns import layer_patterns
+    from hopaudit.search.backends import ExactIndex
+
+    rep = a.report(name)
+    x = layer_patterns(a.capture.store, name, rep.valid_rows, rep.normalize)
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), min(sample, len(x)), False))
+    k = rep.knn_dists.shape[1] - 1
+    exact = ExactIndex(x.shape[1], tiles="float32")
+    exact.add(x)
+    ids, d = exact.query(x[rows], k + 1)
+    own = ids == rows[:, None]  # dropped as knn_self drops it: by id, else the last
+    true = np.stack([d[i][~own[i]][:k] if own[i].any() else d[i][:k] for i in range(len(rows))])
+    found = np.asarray(rep.knn_dists[rows])[:, 1:]
+    tol = 1e-5 * np.maximum(true, 1e-12)
+    r1 = float(np.mean(found[:, 0] <= true[:, 0] + tol[:, 0]))
+    rk = float(np.mean(found <= true[:, -1:] + tol[:, -1:]))
+    return r1, rk
+
+
+def all_tokens(n_tokens: int, index: str) -> dict:
     """positions="all" over n_tokens tokens: a real audit, n_tokens patterns per layer."""
     import hopaudit
     from hopaudit.data import prepare_data
@@ -233,34 +290,49 @@ def all_tokens(n_tokens: int) -> None:
     data = prepare_data(
         stdlib_source(8 * n_tokens), tok, max_length=seq, max_sequences=-(-n_tokens // seq)
     )
+    out = {}
     with tempfile.TemporaryDirectory() as tmp:
         base = current_rss()  # the model and the tokens: not the audit's
-        a = hopaudit.audit(
-            model,
-            data,
-            positions="all",
-            store=f"{tmp}/store",
-            index="hnsw",
-            progress=True,
-            umap_layers=["final"],
-        )
+        with StageTimer() as timer:
+            a = hopaudit.audit(
+                model,
+                data,
+                positions="all",
+                store=f"{tmp}/store",
+                index=index,
+                progress=True,
+                umap_layers=["final"],
+            )
         s = a.summary()
         n = int(a.layers["n_patterns"].min())
-        index_bytes = max(p.stat().st_size for p in Path(f"{tmp}/store.layers").glob("*.bin"))
-        one_layer = n * a.layers["n"].iloc[0] * 4 + index_bytes
-        say("tokens_all", a.n_tokens)
-        say("patterns_per_layer_all", n)
-        say("layers_all", len(a.layer_names))
-        say("seconds_capture_all", a.timings["capture"])
-        say("seconds_measure_per_layer_all", a.timings["measure"] / len(a.layer_names))
-        say("seconds_umap_all", a.timings.get("umap", math.nan))
-        say("peak_rss_mb_all", s["peak_rss_mb"])
-        say("one_layer_mb_all", one_layer / 2**20)
-        say("peak_rss_over_one_layer_all", (s["peak_rss_mb"] * 2**20 - base) / one_layer)
+        layers = len(a.layer_names)
+        files = [p.stat().st_size for p in Path(f"{tmp}/store.layers").glob("*.bin")]
+        one_layer = n * a.layers["n"].iloc[0] * 4 + max(files, default=0)
+        out["tokens"] = a.n_tokens
+        out["patterns_per_layer"] = n
+        out["layers"] = layers
+        out["index_kind"] = a.report(a.layer_names[0]).index.kind
+        out["seconds_capture"] = a.timings["capture"]
+        out["seconds_measure_per_layer"] = a.timings["measure"] / layers
+        out["seconds_index_per_layer"] = timer.seconds["index"] / layers
+        out["seconds_search_per_layer"] = timer.seconds["search"] / layers
+        out["seconds_umap"] = a.timings.get("umap", math.nan)
+        out["peak_rss_mb"] = s["peak_rss_mb"]
+        out["one_layer_mb"] = one_layer / 2**20
+        out["peak_rss_over_one_layer"] = (s["peak_rss_mb"] * 2**20 - base) / one_layer
+        for name in a.layer_names:
+            tag = name.replace(".", "_")
+            row = a.layers.set_index("name").loc[name]
+            out[f"reported_recall_at_1_{tag}"] = float(row["search_recall_at_1"])
+            out[f"reported_recall_at_k_{tag}"] = float(row["search_recall_at_k"])
+            r1, rk = sample_recall(a, name)
+            out[f"recall_at_1_{tag}"], out[f"recall_at_k_{tag}"] = r1, rk
         print(
             f"# peak reached in: {s['peak_rss_stage']}; the process held {base / 2**20:.0f} MB "
-            "(model, tokens) before the audit, left out of the ratio as in the synthetic part"
+            "(model, tokens) before the audit, left out of the ratio as in the synthetic part",
+            file=sys.stderr,
         )
+    return out
 
 
 def fit(ns: list[int], seconds: list[float]) -> float:
@@ -275,10 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smollm2", action="store_true", help="also the real SmolLM2 audit")
     p.add_argument(
         "--all-tokens",
-        type=float,
         default=None,
-        help='only a real positions="all" audit of this many tokens (one SmolLM2 block)',
+        help='only real positions="all" audits of this many tokens (one SmolLM2 block), '
+        "comma separated (then growth exponents too)",
     )
+    p.add_argument("--all-tokens-child", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--index", default="auto", help="the index kind (default auto)")
     p.add_argument(
         "--gpu-tokens-per-second",
         type=float,
@@ -296,16 +370,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
-        print(json.dumps(child(args.child, args.layers)))
+        print(json.dumps(child(args.child, args.layers, args.index)))
+        return 0
+    if args.all_tokens_child is not None:
+        print(json.dumps(all_tokens(args.all_tokens_child, args.index)))
         return 0
     if args.all_tokens:
-        all_tokens(int(args.all_tokens))
+        sizes = [int(float(v)) for v in args.all_tokens.split(",")]
+        found = {}
+        for n in sizes:  # each size in a fresh process
+            cmd = [sys.executable, __file__, "--all-tokens-child", str(n), "--index", args.index]
+            run = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, text=True)
+            if run.returncode:
+                return 2
+            found[n] = json.loads(run.stdout.strip().splitlines()[-1])
+            suffix = "_all" if len(sizes) == 1 else f"_all_{n}"
+            for key, value in found[n].items():
+                say(f"{key}{suffix}", value)
+        if len(sizes) > 1:
+            for stage in ("index", "search", "measure"):
+                seconds = [found[n][f"seconds_{stage}_per_layer"] for n in sizes]
+                say(f"growth_exponent_{stage}_all", fit(sizes, seconds))
         return 0
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     results = {}
     for n in sizes:
         out = subprocess.run(
-            [sys.executable, __file__, "--child", str(n), "--layers", str(args.layers)],
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(n),
+                "--layers",
+                str(args.layers),
+                "--index",
+                args.index,
+            ],
             check=False,
             capture_output=True,
             text=True,

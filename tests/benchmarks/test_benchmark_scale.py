@@ -49,3 +49,27 @@ def test_toy_sizes_print_every_stage_and_the_projection():
     assert v["projected_fig2_capture_seconds_8_gpu_workers"] == pytest.approx(capture, rel=1e-3)
     assert v["projected_fig2_measure_seconds_8_gpu_workers"] == pytest.approx(measure, rel=1e-3)
     assert "not a measurement" in proc.stdout
+
+
+@pytest.mark.slow  # SmolLM2's first block over 40 000 tokens, two fresh processes
+def test_all_tokens_crosses_into_the_clustered_search_with_the_recall_it_reports():
+    """Real activations on both sides of ``AUTO_EXACT_MAX``: exact search below it, the
+    clustered search above, whose kNN graph the script checks against exact search on a
+    sample; the recall the audit reports and the one checked both meet the targets."""
+    env = {**os.environ, "PYTHONPATH": str(SCRIPT.parent.parent), "TQDM_DISABLE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--all-tokens", "3000,40000"],
+        capture_output=True, text=True, timeout=1800, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    v = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    assert v["index_kind_all_3000"] == "exact" and v["index_kind_all_40000"] == "clustered"
+    for n in (3000, 40000):
+        assert int(v[f"patterns_per_layer_all_{n}"]) >= n
+        for layer in ("model_layers_0", "final"):
+            assert float(v[f"recall_at_1_{layer}_all_{n}"]) >= 0.99
+            assert float(v[f"recall_at_k_{layer}_all_{n}"]) >= 0.95
+            assert float(v[f"reported_recall_at_1_{layer}_all_{n}"]) >= 0.99
+    assert float(v["reported_recall_at_1_final_all_3000"]) == 1.0  # exact search
+    for stage in ("index", "search", "measure"):
+        assert math.isfinite(float(v[f"growth_exponent_{stage}_all"]))
