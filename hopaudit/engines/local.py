@@ -120,9 +120,11 @@ def _layer_bar(name: str, rows: int, show: bool) -> Iterator[Any]:
         yield None
         return
     bar = tqdm(total=2 * rows, desc=f"{name}: index", unit="pattern", leave=False)
+    shown = ["index"]  # the stage named, kept here: a disabled bar (TQDM_DISABLE) has no desc
 
     def step(stage: str, done: int) -> None:
-        if bar.desc != f"{name}: {stage}":
+        if shown[0] != stage:
+            shown[0] = stage
             bar.set_description_str(f"{name}: {stage}")
         bar.update(done)
 

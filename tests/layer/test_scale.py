@@ -235,3 +235,19 @@ def test_a_large_layer_gets_a_bar_over_its_index_and_search(monkeypatch, capsys)
     assert rows >= 100
     for stage in ("index", "search"):  # shown when the bar opens and when the step changes
         assert f"final: {stage}" in err and f"/{2 * rows} [" in err, err[-2000:]
+
+
+def test_a_large_layer_s_bar_switched_off_by_tqdm_disable(monkeypatch, capsys):
+    """TQDM_DISABLE=1 (tqdm's own switch, read when tqdm is imported) gives disabled bars,
+    which have no description to compare: the layer's bar still follows its steps, silently."""
+    import functools
+
+    monkeypatch.setattr(local, "LAYER_BAR_ROWS", 100)
+    monkeypatch.setattr(local, "tqdm", functools.partial(local.tqdm, disable=True))
+    model, _ = tiny_model("gpt2")
+    a = hopaudit.audit(
+        model, random_texts(40, words=20), tokenizer=tiny_tokenizer(), max_length=16,
+        positions="all", umap_layers=[], progress=True,
+    )  # fmt: skip
+    assert int(a.layers["n_patterns"].iloc[-1]) >= 100
+    assert "final: index" not in capsys.readouterr().err
