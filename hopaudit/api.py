@@ -125,6 +125,10 @@ def audit(
     ``store_dtype`` ("auto", "float16", "bfloat16", "float32" or a torch dtype): ``"auto"`` keeps
     float32 while the activations fit ``STORE_BUDGET_BYTES`` (2 GiB), float16 beyond;
     ``summary()["store_dtype"]`` names the one used.
+    ``index`` is the nearest-neighbour search (docs/theory.md, "Search"): ``"auto"`` searches
+    exactly up to ``search.AUTO_EXACT_MAX`` patterns a layer (and on a GPU), with k-means
+    lists above (``"clustered"``: each layer's recall measured on a sample of it, in
+    ``audit.layers``); ``"exact"``, ``"clustered"`` or ``"hnsw"`` choose one.
     ``autocast="auto"`` runs a float32 model's forward in bfloat16 autocast where the hardware
     multiplies bfloat16 natively (faster; :mod:`hopaudit.model.precision` says what it changes);
     ``"off"`` runs the model as it is.

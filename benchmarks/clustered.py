@@ -1,0 +1,134 @@
+"""The three searches side by side on real activations and on synthetic ones: seconds and recall.
+
+For each size, ``build_index`` + ``knn_self(k=15)`` as ``measure`` runs them, with exact search
+(the ground truth, and the default below ``search.AUTO_EXACT_MAX``), the clustered search
+(the default above) and HNSW (M 16, ef_construction 100), on:
+
+- ``real``: SmolLM2's ``final`` rows (rms-normalized, as ``measure`` normalizes) at every
+  position of CPython's standard-library source, SmolLM2 cut after block 0 (the data of
+  ``benchmarks/scale.py --all-tokens``);
+- ``synthetic``: the Gaussian mixture of benchmarks/hnsw_params.py (anisotropic clusters, hard
+  for both approximate searches).
+
+Prints ``seconds_<kind>_<data>_<n>=``, ``recall_at_1_<kind>_<data>_<n>=`` and
+``recall_at_15_<kind>_<data>_<n>=`` (against exact, over every pattern, by distance),
+``probes_clustered_<data>_<n>=`` (the count the clustered search measured and chose),
+``clustered_over_hnsw_<data>_<n>=`` and ``exact_over_clustered_<data>_<n>=`` (time ratios), and
+``exact_clustered_crossover_<data>=`` (log-log interpolated size where exact and clustered cost
+the same; ``none`` when one was faster at every size). Each kind runs in this process in turn,
+in the order exact, clustered, hnsw, after a warm-up.
+
+    python benchmarks/clustered.py --sizes 20000 50000 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+sys.path.insert(1, str(_HERE))
+
+K = 15
+
+
+def say(name: str, value: object) -> None:
+    print(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}", flush=True)
+
+
+def real_rows(n: int) -> np.ndarray:
+    """SmolLM2 (cut after block 0) ``final`` rows at every position of stdlib source."""
+    import torch
+    from scale import stdlib_source
+
+    import hopaudit
+    from hopaudit.capture.forward import capture
+    from hopaudit.data import prepare_data
+    from hopaudit.model.blocks import find_stacks
+
+    model, tok = hopaudit.zoo.smollm2()
+    model.model.layers = model.model.layers[:1]
+    model.config.num_hidden_layers = 1
+    data = prepare_data(stdlib_source(8 * n), tok, max_length=256, max_sequences=-(-n // 256))
+    stack = find_stacks(model)[-1]
+    cap = capture(
+        model, data, [stack], positions="all", store_dtype=torch.float16, progress=False,
+        autocast="auto",
+    )  # fmt: skip
+    return np.asarray(cap.store.get("final"))[:n]
+
+
+def timed(x: np.ndarray, kind: str):
+    from hopaudit.search import build_index, knn_self
+
+    t = time.perf_counter()
+    index = build_index(x, kind)
+    _, d = knn_self(index, None if hasattr(index, "query_stored") else x, K)
+    return time.perf_counter() - t, d, index
+
+
+def recall(found: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+    tol = 1e-5 * np.maximum(true, 1e-12)
+    return (
+        float(np.mean(found[:, 0] <= true[:, 0] + tol[:, 0])),
+        float(np.mean(found <= true[:, -1:] + tol[:, -1:])),
+    )
+
+
+def crossover(sizes: list[int], ratios: list[float]) -> str:
+    """Where exact / clustered crosses 1, log-log interpolated between measured sizes."""
+    points = list(zip(sizes, ratios, strict=True))
+    for (n0, r0), (n1, r1) in itertools.pairwise(points):
+        if (r0 - 1) * (r1 - 1) <= 0 and r0 != r1:
+            f = math.log(r0) / (math.log(r0) - math.log(r1))
+            return f"{math.exp(math.log(n0) + f * (math.log(n1) - math.log(n0))):.0f}"
+    return "none"
+
+
+def main(argv: list[str] | None = None) -> None:
+    from hnsw_params import synthetic
+
+    from hopaudit.cpus import cpu_bf16_native
+    from hopaudit.geometry import normalize_rows
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[20000, 50000, 100000])
+    p.add_argument("--data", nargs="+", default=["real", "synthetic"])
+    args = p.parse_args(argv)
+    say("native_bf16", cpu_bf16_native())
+    biggest = max(args.sizes)
+    timed(np.random.default_rng(0).normal(size=(2000, 576)).astype(np.float32), "clustered")
+    for data in args.data:
+        raw = real_rows(biggest) if data == "real" else synthetic(biggest)
+        ratios = []
+        for n in args.sizes:
+            x = normalize_rows(np.asarray(raw[:n], np.float32), "rms")
+            seconds, true, _ = timed(x, "exact")
+            say(f"seconds_exact_{data}_{n}", seconds)
+            found = {"exact": seconds}
+            for kind in ("clustered", "hnsw"):
+                seconds, d, index = timed(x, kind)
+                found[kind] = seconds
+                r1, rk = recall(d, true)
+                say(f"seconds_{kind}_{data}_{n}", seconds)
+                say(f"recall_at_1_{kind}_{data}_{n}", r1)
+                say(f"recall_at_15_{kind}_{data}_{n}", rk)
+                if kind == "clustered":
+                    say(f"probes_clustered_{data}_{n}", index.probes)
+                    say(f"lists_clustered_{data}_{n}", index.lists)
+            say(f"clustered_over_hnsw_{data}_{n}", found["clustered"] / found["hnsw"])
+            ratios.append(found["exact"] / found["clustered"])
+            say(f"exact_over_clustered_{data}_{n}", ratios[-1])
+        say(f"exact_clustered_crossover_{data}", crossover(args.sizes, ratios))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""benchmarks/clustered.py at toy sizes: every line benchmarks/README.md reads is printed, and
+the recall it prints is that of the searches against exact search."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "clustered.py"
+
+
+def test_toy_sizes_print_every_line(capsys):
+    spec = importlib.util.spec_from_file_location("clustered_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--sizes", "2000", "4000", "--data", "synthetic"])
+    lines = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines() if "=" in line)
+    for n in (2000, 4000):
+        for kind in ("exact", "clustered", "hnsw"):
+            assert float(lines[f"seconds_{kind}_synthetic_{n}"]) > 0
+        for kind in ("clustered", "hnsw"):
+            assert 0.9 <= float(lines[f"recall_at_1_{kind}_synthetic_{n}"]) <= 1.0
+        assert int(lines[f"probes_clustered_synthetic_{n}"]) >= 1
+    crossing = lines["exact_clustered_crossover_synthetic"]
+    assert crossing == "none" or 2000 <= float(crossing) <= 4000
+    # the interpolation itself, by hand: ratios 2 and 0.5 cross halfway in log space
+    assert module.crossover([1000, 4000], [2.0, 0.5]) == "2000"
+    assert module.crossover([1000, 4000], [2.0, 1.5]) == "none"
