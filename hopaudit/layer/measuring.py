@@ -227,7 +227,9 @@ def measure(
     def step(stage: str) -> Callable[[int], object] | None:
         return None if progress is None else (lambda rows: progress(stage, rows))
 
-    idx = build_index(x, index, device=device, progress=step("index"))
+    # a copy of our own (normalized, or the finite rows) may be taken over by the index
+    own = x is not raw and not np.may_share_memory(x, raw)
+    idx = build_index(x, index, device=device, progress=step("index"), adopt=own)
     if keeps_rows(idx):
         # the index searches its own rows, so the patterns go now (a layer less while it
         # searches); the few rows the saturation curve reads again are normalized anew, row

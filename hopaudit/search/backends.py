@@ -566,6 +566,7 @@ def build_index(
     ef: int | None = None,
     threads: int | None = None,
     progress: Progress = None,
+    adopt: bool = False,
 ) -> NeighborIndex:
     """Index the rows of ``data`` (n, dim; any float dtype, memmaps welcome) for L2 search.
 
@@ -575,7 +576,8 @@ def build_index(
     ``M``, ``ef_construction``, ``ef`` (query-time candidate list,
     default ``DEFAULT_EF``) and ``threads`` (default: the CPUs this process may use) are
     HNSW parameters; ``device`` is the torch device of the exact backend. Ids are row numbers.
-    ``progress(rows)`` is called as the rows go in.
+    ``progress(rows)`` is called as the rows go in. ``adopt=True`` lets a clustered index
+    keep ``data`` itself (a float32 array the caller no longer reads: it is centred in place).
     """
     arr = as_2d(data, "patterns")
     n, dim = arr.shape
@@ -593,6 +595,8 @@ def build_index(
         from hopaudit.search.clustered import ClusteredIndex
 
         index = ClusteredIndex(dim, device=device)
+        index.add(arr, progress=progress, adopt=adopt)
+        return index
     else:
         index = HnswIndex(
             dim, max_elements=n, M=M, ef_construction=ef_construction, ef=ef, threads=threads

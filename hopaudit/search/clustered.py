@@ -121,9 +121,10 @@ class ClusteredIndex:
 
     # ------------------------------------------------------------------ building
 
-    def add(self, data: np.ndarray, progress: Progress = None) -> None:
+    def add(self, data: np.ndarray, progress: Progress = None, *, adopt: bool = False) -> None:
         """Index the patterns, once (the lists are trained on them); ``progress(rows)`` at the
-        end."""
+        end. ``adopt=True``: ``data`` is a float32 array no one reads afterwards (``measure``'s
+        own normalized copy), centred in place and kept instead of copied (a layer less)."""
         torch = _torch()
         if self._data is not None:
             raise SearchError("a clustered index is built once; build a new one to add rows.")
@@ -140,9 +141,15 @@ class ClusteredIndex:
         gen = torch.Generator().manual_seed(self.seed)
         nlist = min(n, self.lists or default_lists(n))
         sample = np.sort(torch.randperm(n, generator=gen)[: KMEANS_SAMPLE_PER_LIST * nlist].numpy())
-        data = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
-        for s in range(0, n, rows):
-            data[s : s + rows] = self._centred(arr[s : s + rows])
+        owned = adopt and self.device.type == "cpu" and arr.dtype == np.float32
+        if owned and arr.flags.c_contiguous and arr.flags.writeable:
+            for s in range(0, n, rows):  # the same values as _centred gives
+                arr[s : s + rows] = np.asarray(arr[s : s + rows], np.float64) - self._center
+            data = torch.from_numpy(arr)
+        else:
+            data = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
+            for s in range(0, n, rows):
+                data[s : s + rows] = self._centred(arr[s : s + rows])
         centroids = _kmeans(data[torch.from_numpy(sample).to(self.device)], nlist, gen)
         assign = _nearest(data, centroids, 1)[:, 0]
         counts = np.bincount(assign, minlength=nlist)
@@ -252,6 +259,15 @@ class ClusteredIndex:
         qb[:, d : d + _PARTS] = 1.0
         best_d = torch.full((m, c), math.inf, dtype=torch.float32, device=self.device)
         best_i = torch.full((m, c), -1, dtype=torch.int64, device=self.device)
+        done = [0, 0]  # (query, list) pairs read, and queries reported: m once all p are read
+
+        def advance(pairs: int) -> None:
+            done[0] += pairs
+            reached = done[0] // p
+            if progress is not None and reached > done[1]:
+                progress(reached - done[1])
+            done[1] = reached
+
         # pairs (list, query, slot), grouped by list: the nearest list of every query first
         for first in (True, False):
             slots = near[:, :1] if first else near[:, 1:]
@@ -278,8 +294,7 @@ class ClusteredIndex:
                     for s in range(a, b, cols_step):
                         e = min(b, s + cols_step)
                         self._merge(qa, qr, s, e, best_d, best_i, not first or s > a)
-                if progress is not None and first:
-                    progress(cnt)
+                advance(cnt)
         short = torch.nonzero(best_i[:, k - 1] < 0)[:, 0]  # fewer than k read: read all lists
         ids, dists = self._rerank(q, best_i, k)
         if short.numel() and p < self.lists:
