@@ -35,9 +35,18 @@ import numpy as np
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
-sys.path.insert(1, str(_HERE))
 
 K = 15
+
+
+def sibling(name: str):
+    """Another script of benchmarks/ as a module (they each keep benchmarks/ off sys.path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", _HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def say(name: str, value: object) -> None:
@@ -47,7 +56,6 @@ def say(name: str, value: object) -> None:
 def real_rows(n: int) -> np.ndarray:
     """SmolLM2 (cut after block 0) ``final`` rows at every position of stdlib source."""
     import torch
-    from scale import stdlib_source
 
     import hopaudit
     from hopaudit.capture.forward import capture
@@ -57,7 +65,9 @@ def real_rows(n: int) -> np.ndarray:
     model, tok = hopaudit.zoo.smollm2()
     model.model.layers = model.model.layers[:1]
     model.config.num_hidden_layers = 1
-    data = prepare_data(stdlib_source(8 * n), tok, max_length=256, max_sequences=-(-n // 256))
+    data = prepare_data(
+        sibling("scale").stdlib_source(8 * n), tok, max_length=256, max_sequences=-(-n // 256)
+    )
     stack = find_stacks(model)[-1]
     cap = capture(
         model, data, [stack], positions="all", store_dtype=torch.float16, progress=False,
@@ -94,8 +104,6 @@ def crossover(sizes: list[int], ratios: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from hnsw_params import synthetic
-
     from hopaudit.cpus import cpu_bf16_native
     from hopaudit.geometry import normalize_rows
 
@@ -107,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     biggest = max(args.sizes)
     timed(np.random.default_rng(0).normal(size=(2000, 576)).astype(np.float32), "clustered")
     for data in args.data:
-        raw = real_rows(biggest) if data == "real" else synthetic(biggest)
+        raw = real_rows(biggest) if data == "real" else sibling("hnsw_params").synthetic(biggest)
         ratios = []
         for n in args.sizes:
             x = normalize_rows(np.asarray(raw[:n], np.float32), "rms")
