@@ -1,8 +1,10 @@
-"""Nearest-neighbour search behind one protocol: hnswlib (approximate) and exact (torch)."""
+"""Nearest-neighbour search behind one protocol: exact (torch), clustered (k-means lists, recall
+measured on the layer) and HNSW (hnswlib)."""
 
 from hopaudit.search.backends import (
     AUTO_EXACT_MAX,
     DEFAULT_EF,
+    ClusteredIndex,
     ExactIndex,
     HnswIndex,
     LazyIndex,
@@ -18,6 +20,7 @@ from hopaudit.search.backends import (
 __all__ = [
     "AUTO_EXACT_MAX",
     "DEFAULT_EF",
+    "ClusteredIndex",
     "ExactIndex",
     "HnswIndex",
     "LazyIndex",

@@ -30,14 +30,14 @@ import numpy as np
 
 from hopaudit.cpus import cpu_bf16_native
 from hopaudit.errors import SearchError
-from hopaudit.search.backends import (
-    ExactIndex,
+from hopaudit.search.exact import ExactIndex
+from hopaudit.search.rows import (
     Progress,
-    _check_query,
-    _chunk_rows,
-    _column_mean,
-    _refuse_nonfinite,
     as_2d,
+    check_query,
+    chunk_rows,
+    column_mean,
+    refuse_nonfinite,
 )
 
 __all__ = ["RECALL_AT_1", "RECALL_AT_K", "ClusteredIndex", "default_lists"]
@@ -136,8 +136,8 @@ class ClusteredIndex:
         n = arr.shape[0]
         if n == 0:
             return
-        rows = _chunk_rows(self.dim)
-        self._center = _column_mean(arr, rows, "patterns")  # validates every row too
+        rows = chunk_rows(self.dim)
+        self._center = column_mean(arr, rows, "patterns")  # validates every row too
         gen = torch.Generator().manual_seed(self.seed)
         nlist = min(n, self.lists or default_lists(n))
         sample = np.sort(torch.randperm(n, generator=gen)[: KMEANS_SAMPLE_PER_LIST * nlist].numpy())
@@ -198,16 +198,16 @@ class ClusteredIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest stored patterns of each row of ``x``: (ids int64, L2 float32,
         ascending; exact distances, ties to the lower id); ``progress(rows)`` per chunk."""
-        arr = _check_query(self, x, k)
+        arr = check_query(self, x, k)
         k = int(k)
         self._calibrate(k)
         m = arr.shape[0]
         ids = np.empty((m, k), dtype=np.int64)
         dists = np.empty((m, k), dtype=np.float32)
-        rows = _chunk_rows(self.dim)
+        rows = chunk_rows(self.dim)
         for s in range(0, m, rows):
             chunk = np.asarray(arr[s : s + rows], dtype=np.float64)
-            _refuse_nonfinite(chunk, s, "queries")
+            refuse_nonfinite(chunk, s, "queries")
             ids[s : s + len(chunk)], dists[s : s + len(chunk)] = self._search(
                 self._centred(chunk), k, self.probes
             )

@@ -8,8 +8,9 @@ import torch
 from search_helpers import brute, mixture
 
 from hopaudit.errors import SearchError
-from hopaudit.search import AUTO_EXACT_MAX, build_index, knn_self
+from hopaudit.search import AUTO_EXACT_MAX, build_index, exact, knn_self
 from hopaudit.search import backends as search
+from hopaudit.search import rows as row_chunks
 
 # --------------------------------------------------------------------------- exact backend
 
@@ -29,8 +30,8 @@ def test_exact_matches_numpy_brute_force():
 
 def test_exact_is_tiled_correctly(monkeypatch):
     # Tiny tiles and chunks force many query tiles, stored tiles and candidate merges.
-    monkeypatch.setattr(search, "_TILE_ELEMS", 1 << 14)
-    monkeypatch.setattr(search, "_CHUNK_BYTES", 4 * 16 * 37)
+    monkeypatch.setattr(exact, "_TILE_ELEMS", 1 << 14)
+    monkeypatch.setattr(row_chunks, "_CHUNK_BYTES", 4 * 16 * 37)
     y = mixture(1500, 16, seed=2)
     index = build_index(y, "exact")
     ids, dists = knn_self(index, y, 5)
@@ -42,7 +43,7 @@ def test_exact_is_tiled_correctly(monkeypatch):
 def test_exact_squared_norms_chunk_by_chunk_equal_the_whole_sum(monkeypatch):
     # The squared norms are summed in float64 a few rows at a time (no float64 copy of the
     # whole index): the same numbers as the sum over the whole tensor, also after an add.
-    monkeypatch.setattr(search, "_CHUNK_BYTES", 4 * 16 * 37)  # 37 rows a chunk
+    monkeypatch.setattr(row_chunks, "_CHUNK_BYTES", 4 * 16 * 37)  # 37 rows a chunk
     y = mixture(500, 16, seed=4) * 50
     index = build_index(y[:301], "exact")
     index.add(y[301:])
@@ -123,7 +124,7 @@ def test_add_extends_ids():
 def test_hnsw_recall_at_1_and_true_l2_distances(monkeypatch):
     y = mixture(20000, 64, centres=60, spread=0.35, seed=7).astype(np.float16)
     # Small float32 chunks: the build and the queries cross many chunk boundaries.
-    monkeypatch.setattr(search, "_CHUNK_BYTES", 4 * 64 * 3000)
+    monkeypatch.setattr(row_chunks, "_CHUNK_BYTES", 4 * 64 * 3000)
     hnsw = build_index(y, "hnsw", threads=2)
     assert (hnsw.kind, len(hnsw), hnsw.dim) == ("hnsw", 20000, 64)
     ids, dists = knn_self(hnsw, y, 5)
@@ -220,8 +221,8 @@ def test_errors_say_what_is_wrong(kind):
 def test_progress_counts_every_row_once_in_chunks(kind, monkeypatch):
     """A large layer's bar follows the build and the search: each row is reported once per
     step, over several chunks, and the results are those of a search without a bar."""
-    monkeypatch.setattr(search, "_CHUNK_BYTES", 4 * 16 * 200)  # 200 rows a chunk
-    monkeypatch.setattr(search, "_TILE_ELEMS", 1 << 14)
+    monkeypatch.setattr(row_chunks, "_CHUNK_BYTES", 4 * 16 * 200)  # 200 rows a chunk
+    monkeypatch.setattr(exact, "_TILE_ELEMS", 1 << 14)
     y = mixture(1500, 16, seed=4)
     added, searched = [], []
     index = build_index(y, kind, progress=added.append)
@@ -296,7 +297,7 @@ def test_exact_tiles_are_checked():
 def test_exact_query_stored_is_query_of_the_indexed_data(tiles, monkeypatch):
     # An exact index's search of its own rows gives what querying the data it indexed gives,
     # bit for bit, so knn_self needs no copy of the patterns beside the index.
-    monkeypatch.setattr(search, "_CHUNK_BYTES", 4 * 16 * 97)  # 97 rows a chunk
+    monkeypatch.setattr(row_chunks, "_CHUNK_BYTES", 4 * 16 * 97)  # 97 rows a chunk
     y = mixture(700, 16, seed=5) * 30 + 5
     index = search.ExactIndex(16, tiles=tiles)
     index.add(y[:400])

@@ -1,0 +1,279 @@
+"""Exact search with torch on any device: centred data, tiled products, exact re-rank.
+
+Data are centred on the stored set's mean (distances are shift invariant; centring removes the
+cancellation of ``|x|^2 - 2x.y + |y|^2`` when the patterns sit far from the origin), candidates
+come from tiled matrix products (bfloat16 where the CPU multiplies it natively, each query's
+choice certified by a rounding bound, else float32), and the final ``k`` are re-ranked by
+direct difference norms (float64 on the CPU). ``torch.cdist`` is never used and float16 is
+never used for squared norms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from hopaudit.cpus import cpu_bf16_native
+from hopaudit.errors import SearchError
+from hopaudit.search.rows import (
+    Progress,
+    as_2d,
+    check_query,
+    chunk_rows,
+    column_mean,
+    refuse_nonfinite,
+)
+
+__all__ = ["BF16_DOT_ERROR", "EXACT_TILES", "ExactIndex"]
+
+#: Elements of one (queries x stored) float32 score tile in the exact backend.
+_TILE_ELEMS = 1 << 22
+
+#: Bound on |x.y - bf16(x).bf16(y) rounded to bfloat16| over |x| |y|: each input rounds by
+#: at most 2^-9 relative per coordinate (2^-8 for the product), the output by 2^-9, and the
+#: float32 accumulation adds far less than the 2^-12 margin (Cauchy-Schwarz gives |x| |y|).
+BF16_DOT_ERROR = 2.0**-8 + 2.0**-9 + 2.0**-12
+
+
+#: The exact backend's candidate tiles by default: bfloat16 where the CPU multiplies it
+#: natively, else float32 (``benchmarks/search.py`` prints ``exact_bf16_speedup_<n>``, the
+#: float32 time over the bfloat16 one; benchmarks/README.md).
+EXACT_TILES = "auto"
+
+
+def _squared_norms(data, dtype, rows: int):
+    """Squared norms of the rows of a float32 tensor, summed in ``dtype`` and returned in
+    float32, ``rows`` rows at a time: never a ``dtype`` copy of the whole tensor (in float64 on
+    the CPU two such copies, the cast and its square, were four times the data)."""
+    import torch
+
+    out = torch.empty(data.shape[0], dtype=torch.float32, device=data.device)
+    for start in range(0, data.shape[0], rows):
+        part = data[start : start + rows].to(dtype)
+        out[start : start + rows] = (part**2).sum(dim=1).to(torch.float32)
+    return out
+
+
+class ExactIndex:
+    """Brute-force search with torch: centred data, tiled matmul for candidates, exact re-rank.
+
+    ``tiles="bfloat16"`` scores the candidates with bfloat16 matrix tiles (``"auto"``: where
+    the CPU multiplies bfloat16 natively, see :func:`hopaudit.cpus.cpu_bf16_native`;
+    the default is ``EXACT_TILES``); a
+    query's candidates are then certified: every stored pattern left out must score, by
+    ``BF16_DOT_ERROR``, worse than the k-th exact distance among those kept, and a query
+    that is not certified is searched again with float32 tiles. Either way the re-rank
+    computes the distances from the float32 patterns, so results are exact.
+    """
+
+    kind = "exact"
+
+    def __init__(self, dim: int, *, device: object = None, tiles: str | None = None) -> None:
+        import torch
+
+        self.dim = int(dim)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._rerank_dtype = torch.float64 if self.device.type == "cpu" else torch.float32
+        tiles = EXACT_TILES if tiles is None else tiles
+        if tiles not in ("auto", "float32", "bfloat16"):
+            raise SearchError(f"tiles must be 'auto', 'float32' or 'bfloat16'; got {tiles!r}.")
+        if tiles == "auto":
+            native = self.device.type == "cpu" and cpu_bf16_native()
+            tiles = "bfloat16" if native else "float32"
+        self.tiles = tiles
+        self._center: np.ndarray | None = None  # float64 (dim,)
+        self._data = None  # centred float32 (n, dim) tensor on the device
+        self._data_bf16 = None  # its bfloat16 copy, for bfloat16 tiles
+        self._max_norm = 0.0  # the largest stored |y|, for the certificate
+        self._sqnorm = None
+        self._count = 0
+        self.uncertified = 0  # queries the bfloat16 tiles could not certify (searched again)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __repr__(self) -> str:
+        return f"ExactIndex(len={self._count}, dim={self.dim}, device={self.device})"
+
+    @classmethod
+    def wrapping(cls, data, *, tiles: str | None = None) -> ExactIndex:
+        """An exact index over ``data``, a float32 tensor of rows already centred (shared,
+        not copied): what another backend uses to search its own rows exactly."""
+        import torch
+
+        index = cls(int(data.shape[1]), device=data.device, tiles=tiles)
+        index._center = np.zeros(index.dim)
+        index._data = data
+        index._count = int(data.shape[0])
+        index._sqnorm = _squared_norms(data, index._rerank_dtype, chunk_rows(index.dim))
+        if index.tiles == "bfloat16":
+            index._data_bf16 = data.to(torch.bfloat16)
+            index._max_norm = float(index._sqnorm.double().max().sqrt())
+        return index
+
+    def _centred(self, chunk: np.ndarray):
+        """Subtract the centre in float64 from the *original* values, then go to float32."""
+        import torch
+
+        centred = np.asarray(chunk, dtype=np.float64) - self._center
+        return torch.from_numpy(centred.astype(np.float32)).to(self.device)
+
+    def add(self, data: np.ndarray, progress: Progress = None) -> None:
+        """Append patterns. The centre is the mean of the first batch (any fixed shift keeps
+        distances exact; the mean of the stored set is the one that removes cancellation).
+        ``progress(rows)`` once they are stored."""
+        import torch
+
+        arr = as_2d(data, "patterns")
+        if arr.shape[1] != self.dim:
+            raise SearchError(
+                f"patterns have dimension {arr.shape[1]}; this index holds dimension {self.dim}."
+            )
+        if arr.shape[0] == 0:
+            return
+        rows = chunk_rows(self.dim)
+        mean = column_mean(arr, rows, "patterns")  # also validates everything before storing
+        if self._center is None:
+            self._center = mean
+        # one float32 tensor filled chunk by chunk: no list of parts and concatenated copy
+        start = 0 if self._data is None else self._count
+        data = torch.empty(
+            (start + arr.shape[0], self.dim), dtype=torch.float32, device=self.device
+        )
+        if self._data is not None:
+            data[:start] = self._data
+            self._data = self._data_bf16 = None
+        for s in range(0, arr.shape[0], rows):
+            data[start + s : start + s + rows] = self._centred(arr[s : s + rows])
+        self._data = data
+        self._sqnorm = _squared_norms(data, self._rerank_dtype, rows)
+        self._count = int(self._data.shape[0])
+        if self.tiles == "bfloat16":
+            self._data_bf16 = self._data.to(torch.bfloat16)
+            self._max_norm = float(self._sqnorm.double().max().sqrt())
+        if progress is not None:
+            progress(arr.shape[0])
+
+    def query(
+        self, x: np.ndarray, k: int, progress: Progress = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest stored patterns of each row of ``x``: (ids int64, L2 float32);
+        ``progress(rows)`` after each tile of queries.
+
+        Ties are broken by the lower id, so results are deterministic.
+        """
+        arr = check_query(self, x, k)
+        rows = chunk_rows(self.dim)
+
+        def centred():
+            for start in range(0, arr.shape[0], rows):
+                chunk = np.asarray(arr[start : start + rows], dtype=np.float64)
+                refuse_nonfinite(chunk, start, "queries")
+                yield start, self._centred(chunk)
+
+        return self._search(centred(), arr.shape[0], int(k), progress)
+
+    def query_stored(self, k: int, progress: Progress = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`query` of every stored pattern, read from the index itself: the same ids and
+        distances as ``query(data, k)`` with the indexed ``data`` (each stored row is that
+        row of ``data`` centred as :meth:`query` centres it), without the caller keeping
+        ``data``."""
+        if int(k) != k or not 1 <= k <= self._count:
+            raise SearchError(f"k must be an integer in [1, {self._count}]; got {k!r}.")
+        rows = chunk_rows(self.dim)
+        chunks = ((s, self._data[s : s + rows]) for s in range(0, self._count, rows))
+        return self._search(chunks, self._count, int(k), progress)
+
+    def _search(
+        self, chunks: Iterator, m: int, k: int, progress: Progress
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, distances) of ``m`` centred queries given as (start, tensor) chunks."""
+        import torch
+
+        n = self._count
+        # Candidates beyond k absorb the float32 rounding of the matmul scores; the re-rank
+        # by direct differences then decides.
+        c = min(n, k + max(8, k // 2))
+        tile_s = min(n, max(1024, _TILE_ELEMS // 256))
+        tile_q = max(1, min(_TILE_ELEMS // tile_s, 4096))
+        ids = np.empty((m, k), dtype=np.int64)
+        dists = np.empty((m, k), dtype=np.float32)
+        with torch.no_grad():
+            for start, xq_all in chunks:
+                for q0 in range(0, xq_all.shape[0], tile_q):
+                    xq = xq_all[q0 : q0 + tile_q]
+                    i, d = self._search_tile(xq, k, c, tile_s)
+                    lo = start + q0
+                    ids[lo : lo + xq.shape[0]] = i
+                    dists[lo : lo + xq.shape[0]] = d
+                    if progress is not None:
+                        progress(xq.shape[0])
+        return ids, dists
+
+    def _search_tile(self, xq, k: int, c: int, tile_s: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, distances) of a tile of queries: bfloat16 candidates, certified, or float32."""
+        import torch
+
+        if self.tiles != "bfloat16" or c >= self._count:
+            return self._rerank(xq, self._candidates(xq, c, tile_s)[1], k)
+        scores, cand = self._candidates(xq, c, tile_s, bf16=True)
+        ids, dists = self._rerank(xq, cand, k)
+        # the best score left out, lowered by the rounding bound, against the k-th kept one
+        xnorm = torch.linalg.vector_norm(xq, dim=1, dtype=torch.float64)
+        top = self._max_norm
+        # the float32 norms and subtraction round too: 2^-20 of the scores' scale covers them
+        bound = 2.0 * BF16_DOT_ERROR * xnorm * top + 2.0**-20 * (top * top + 2 * xnorm * top)
+        left_out = scores.max(dim=1).values.double() - bound
+        kth = torch.from_numpy(dists[:, -1]).to(xq.device, torch.float64) ** 2
+        ok = (left_out > kth * (1 + 1e-6) - xnorm**2).cpu().numpy()
+        redo = np.flatnonzero(~ok)
+        if redo.size:
+            self.uncertified += int(redo.size)
+            xr = xq[torch.from_numpy(redo).to(xq.device)]
+            ids[redo], dists[redo] = self._rerank(xr, self._candidates(xr, c, tile_s)[1], k)
+        return ids, dists
+
+    def _candidates(self, xq, c: int, tile_s: int, bf16: bool = False):
+        """(scores, ids) of the c best stored patterns by the score |y|^2 - 2 x.y: float32
+        tiles, or bfloat16 ones (the products rounded to bfloat16, the scores in float32)."""
+        import torch
+
+        best_s = best_i = None
+        xb = xq.to(torch.bfloat16) if bf16 else None
+        for s0 in range(0, self._count, tile_s):
+            norms = self._sqnorm[s0 : s0 + tile_s].unsqueeze(0)
+            if bf16:
+                dot = torch.mm(xb, self._data_bf16[s0 : s0 + tile_s].T)
+                score = dot.float().mul_(-2.0).add_(norms)
+            else:
+                y = self._data[s0 : s0 + tile_s]
+                score = torch.addmm(norms, xq, y.T, alpha=-2.0)
+            cc = min(c, score.shape[1])
+            s, i = torch.topk(score, cc, dim=1, largest=False, sorted=False)
+            i = i + s0
+            if best_s is not None:
+                s = torch.cat([best_s, s], dim=1)
+                i = torch.cat([best_i, i], dim=1)
+                if s.shape[1] > c:
+                    s, pos = torch.topk(s, c, dim=1, largest=False, sorted=False)
+                    i = torch.gather(i, 1, pos)
+            best_s, best_i = s, i
+        return best_s, best_i
+
+    def _rerank(self, xq, cand, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact distances of the candidates by direct differences; k smallest, lower id on ties."""
+        import torch
+
+        cand, _ = torch.sort(cand, dim=1)  # lower id first, then a stable sort by distance
+        out_d = torch.empty(cand.shape, dtype=self._rerank_dtype, device=cand.device)
+        # Bound the (rows, candidates, dim) difference tensor. The float32 difference of two
+        # float32 vectors is exact to rounding; its squares are summed in the re-rank dtype.
+        step = max(1, _TILE_ELEMS // max(1, cand.shape[1] * self.dim))
+        for r0 in range(0, cand.shape[0], step):
+            diff = self._data[cand[r0 : r0 + step]] - xq[r0 : r0 + step].unsqueeze(1)
+            out_d[r0 : r0 + step] = torch.linalg.vector_norm(diff, dim=2, dtype=self._rerank_dtype)
+        order = torch.sort(out_d, dim=1, stable=True).indices[:, :k]
+        ids = torch.gather(cand, 1, order)
+        d = torch.gather(out_d, 1, order)
+        return ids.cpu().numpy().astype(np.int64), d.to(torch.float32).cpu().numpy()

@@ -1,0 +1,104 @@
+"""Patterns in, checked and chunked: what every search backend does with its input.
+
+Rows arrive as numpy arrays, float16 memmaps or torch tensors; they are read in float32 chunks
+of ``_CHUNK_BYTES`` (never a float32 copy of a whole float16 layer), and a row with NaN or inf
+is refused with its index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from hopaudit.errors import SearchError
+
+__all__ = [
+    "Progress",
+    "as_2d",
+    "check_query",
+    "chunk_rows",
+    "column_mean",
+    "float32_chunks",
+    "refuse_nonfinite",
+]
+
+#: Bytes of float32 handed to hnswlib or torch per chunk: bounds the temporary copies (a float64
+#: one twice this size), small beside one layer at 1e5 x 576 (230 MB), thousands of rows per call.
+_CHUNK_BYTES = 16 << 20
+
+#: Called with the number of rows just added or queried, chunk by chunk (a progress bar's update).
+Progress = Callable[[int], object] | None
+
+
+def as_2d(data: object, what: str) -> np.ndarray:
+    """The input as a 2-D numpy array (memmaps and float16 kept as they are, torch converted)."""
+    if hasattr(data, "detach") and hasattr(data, "cpu"):  # a torch tensor
+        data = data.detach().cpu().numpy()
+    arr = data if isinstance(data, np.ndarray) else np.asarray(data)
+    if arr.ndim != 2:
+        raise SearchError(
+            f"{what} must be a 2-D array (rows, dim); got shape {tuple(arr.shape)}. "
+            "Reshape to one pattern per row."
+        )
+    if arr.dtype.kind not in "fiu":
+        raise SearchError(f"{what} must hold numbers; got dtype {arr.dtype}.")
+    return arr
+
+
+def chunk_rows(dim: int, minimum: int = 1) -> int:
+    return max(minimum, _CHUNK_BYTES // (4 * max(dim, 1)))
+
+
+def refuse_nonfinite(chunk: np.ndarray, start: int, what: str) -> None:
+    finite = np.isfinite(chunk).all(axis=1)
+    if not finite.all():
+        bad = start + np.flatnonzero(~finite)
+        raise SearchError(
+            f"{what} has rows with NaN or inf (first at row {int(bad[0])}; {bad.size} in rows "
+            f"{start}..{start + chunk.shape[0] - 1}). Remove non-finite rows before searching "
+            "(hopaudit.measure drops and counts them)."
+        )
+
+
+def float32_chunks(
+    arr: np.ndarray, rows: int, what: str, center: np.ndarray | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, float32 C-contiguous chunk) pairs, optionally minus ``center`` (subtracted in
+    float64 from the original values); refuses non-finite rows with their index."""
+    for start in range(0, arr.shape[0], rows):
+        if center is None:
+            chunk = np.ascontiguousarray(arr[start : start + rows], dtype=np.float32)
+        else:
+            wide = np.array(arr[start : start + rows], dtype=np.float64)  # a copy: ours to edit
+            wide -= center
+            chunk = np.ascontiguousarray(wide, dtype=np.float32)
+        refuse_nonfinite(chunk, start, what)
+        yield start, chunk
+
+
+def column_mean(arr: np.ndarray, rows: int, what: str) -> np.ndarray:
+    """Float64 mean of the rows, read chunk by chunk; refuses non-finite rows."""
+    total = np.zeros(arr.shape[1], dtype=np.float64)
+    for start in range(0, arr.shape[0], rows):
+        chunk = np.asarray(arr[start : start + rows], dtype=np.float64)
+        refuse_nonfinite(chunk, start, what)
+        total += chunk.sum(axis=0)
+    return total / max(arr.shape[0], 1)
+
+
+def check_query(index: object, x: object, k: int) -> np.ndarray:
+    arr = as_2d(x, "queries")
+    if arr.shape[1] != index.dim:
+        raise SearchError(
+            f"queries have dimension {arr.shape[1]} but the index holds patterns of dimension "
+            f"{index.dim}; query with vectors from the same layer."
+        )
+    n = len(index)
+    if int(k) != k or k < 1:
+        raise SearchError(f"k must be a positive integer; got {k!r}.")
+    if k > n:
+        raise SearchError(
+            f"k={k} neighbours requested but the index holds only {n} patterns; use k <= {n}."
+        )
+    return arr
