@@ -261,7 +261,7 @@ def sample_recall(a, name: str, sample: int = 1000, seed: int = 0) -> tuple[floa
     from hopaudit.layer.patterns import layer_patterns
     from hopaudit.search.backends import ExactIndex
 
-    rep = a.report(name)
+    rep = a.layer_report(name)
     x = layer_patterns(a.capture.store, name, rep.valid_rows, rep.normalize)
     rows = np.sort(np.random.default_rng(seed).choice(len(x), min(sample, len(x)), False))
     k = rep.knn_dists.shape[1] - 1
@@ -311,7 +311,7 @@ def all_tokens(n_tokens: int, index: str) -> dict:
         out["tokens"] = a.n_tokens
         out["patterns_per_layer"] = n
         out["layers"] = layers
-        out["index_kind"] = a.report(a.layer_names[0]).index.kind
+        out["index_kind"] = a.layer_report(a.layer_names[0]).index.kind
         out["seconds_capture"] = a.timings["capture"]
         out["seconds_measure_per_layer"] = a.timings["measure"] / layers
         out["seconds_index_per_layer"] = timer.seconds["index"] / layers
