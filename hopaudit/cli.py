@@ -43,6 +43,8 @@ def demo_split(docs: list[str], heldout_chars: int = DEMO_HELDOUT_CHARS) -> tupl
 
 
 def _add_audit_options(p: argparse.ArgumentParser) -> None:
+    from hopaudit.search.backends import INDEX_KINDS
+
     p.add_argument(
         "--max-length",
         type=int,
@@ -61,7 +63,7 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
         help="token positions stored per sequence: last, all, mean, or integers (1,5,-1)",
     )
     p.add_argument("--normalize", choices=["rms", "none"], default="rms")
-    p.add_argument("--index", choices=["auto", "hnsw", "exact", "clustered"], default="auto")
+    p.add_argument("--index", choices=list(INDEX_KINDS), default="auto")
     p.add_argument(
         "--autocast",
         choices=["auto", "bfloat16", "off"],

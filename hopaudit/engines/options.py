@@ -22,11 +22,11 @@ from hopaudit.layer.embedding import MIN_POINTS
 from hopaudit.layer.files import GRAPH_DIST_DTYPES
 from hopaudit.model.precision import check_autocast
 from hopaudit.results.metadata import check_metadata
+from hopaudit.search.backends import INDEX_KINDS
 
 __all__ = ["ENGINES", "INDEX_KINDS", "NORMALIZE_MODES", "AuditOptions", "umap_layer_names"]
 
 NORMALIZE_MODES = ("rms", "none")
-INDEX_KINDS = ("auto", "hnsw", "exact", "clustered")
 ENGINES = ("local", "ray")
 
 
