@@ -13,6 +13,7 @@ from tiny_models import random_texts, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.errors import CaptureError, HopauditError
+from hopaudit.layer.patterns import layer_patterns
 
 ray = pytest.importorskip("ray", reason="engine='ray' needs pip install 'hopaudit[ray]'")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]  # a cluster start and Ray audits: minutes
@@ -184,6 +185,32 @@ def test_ray_with_hnsw_a_store_and_heldout_saves_and_loads(cluster, model, tmp_p
             back.layer_report(name).index.query(q, 3)[0],
             remote.layer_report(name).index.query(q, 3)[0],
         )
+
+
+def test_ray_with_the_clustered_search_reports_its_recall_and_reopens_it(cluster, model):
+    """Each worker measures its layers with the clustered search: the recall it measured comes
+    back in the rows, and the driver's copy of each index (rebuilt from the seeded parameters,
+    store=None) answers as the local engine's does."""
+    texts = random_texts(40, words=20)
+    opts = _options(index="clustered", umap_layers=[])
+    local = hopaudit.audit(model, texts, **opts)
+    remote = hopaudit.audit(model, texts, engine="ray", **opts)
+    for a in (local, remote):
+        assert (a.layers["search_recall_at_1"] >= 0.99).all()
+        assert (a.layers["search_recall_at_k"] >= 0.95).all()
+    rel = np.abs(remote.layers["nn_median"] - local.layers["nn_median"]) / local.layers["nn_median"]
+    assert rel.max() <= 0.005
+    q = np.random.default_rng(0).normal(size=(4, remote.hidden_size)).astype(np.float32)
+    for name in remote.layer_names:
+        index = remote.layer_report(name).index
+        assert index.kind == "clustered" and index.recall is not None
+        ids, d_remote = index.query(q, 3)
+        rep = remote.layer_report(name)
+        x = layer_patterns(remote.capture.store, name, rep.valid_rows, rep.normalize)
+        exact = np.linalg.norm(x[ids].astype(np.float64) - q[:, None, :], axis=2)
+        np.testing.assert_allclose(d_remote, exact, rtol=1e-5)  # real rows, true distances
+        d_local = local.layer_report(name).index.query(q, 3)[1]
+        np.testing.assert_allclose(d_remote, d_local, rtol=1e-3)
 
 
 def test_an_actor_killed_during_capture_loses_and_doubles_no_row(cluster, model, tmp_path):
