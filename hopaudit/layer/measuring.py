@@ -25,7 +25,14 @@ import numpy as np
 
 from hopaudit import geometry, theory
 from hopaudit.errors import DataError, SearchError
-from hopaudit.search.backends import NeighborIndex, as_2d, build_index, keeps_rows, knn_self
+from hopaudit.search.backends import (
+    NeighborIndex,
+    as_2d,
+    build_index,
+    graph_recall,
+    keeps_rows,
+    knn_self,
+)
 
 __all__ = ["INTERVAL_COLUMNS", "ROW_COLUMNS", "LayerReport", "bootstrap_intervals", "measure"]
 
@@ -112,8 +119,7 @@ class LayerReport:
     nonfinite_queries: int = 0  # query rows dropped for NaN/inf
     twonn_zero_pairs: int = 0  # patterns with an exact duplicate, left out of TwoNN
     # the search's recall@1 and recall@k on a seeded sample of the layer searched exactly
-    # (docs/theory.md, "Search"): 1 for exact search, measured for the clustered search,
-    # nan where not measured (HNSW)
+    # (docs/theory.md, "Search"): 1 for exact search, measured for the others
     search_recall_at_1: float = math.nan
     search_recall_at_k: float = math.nan
     # 95 % bootstrap intervals (docs/theory.md §7); nan when bootstrap=0
@@ -237,7 +243,7 @@ def measure(
         x = _PatternRows(raw, valid_rows, nonfinite, normalize)
     kk = min(max(int(k), 2), d - 1)
     ids, dists = knn_self(idx, None if isinstance(x, _PatternRows) else x, kk, step("search"))
-    recall = _search_recall(idx)
+    recall = _search_recall(idx, x, dists, seed)
     nn = dists[:, 0].astype(np.float64)
     nn2 = dists[:, 1].astype(np.float64)
     self_col = np.arange(d, dtype=np.int64)[:, None]
@@ -307,15 +313,19 @@ def measure(
     )
 
 
-def _search_recall(index: NeighborIndex) -> tuple[float, float]:
+def _search_recall(
+    index: NeighborIndex, x: np.ndarray | _PatternRows, dists: np.ndarray, seed: int
+) -> tuple[float, float]:
     """(recall@1, recall@k) of the layer's search: 1 for exact search, the clustered index's
-    own measurement on its sample, nan where nothing measured it (HNSW)."""
+    own measurement on its sample, and for HNSW one made here on a sample searched exactly."""
     if index.kind == "exact":
         return 1.0, 1.0
     measured = getattr(index, "recall", None)
-    if not measured:
+    if measured:
+        return float(measured["recall_at_1"]), float(measured["recall_at_k"])
+    if isinstance(x, _PatternRows):
         return math.nan, math.nan
-    return float(measured["recall_at_1"]), float(measured["recall_at_k"])
+    return graph_recall(x, dists, seed=seed)
 
 
 class _PatternRows:

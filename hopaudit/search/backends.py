@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from hopaudit.errors import SearchError
-from hopaudit.search.clustered import ClusteredIndex
+from hopaudit.search.clustered import CALIBRATION_SAMPLE, ClusteredIndex, recall_by_distance
 from hopaudit.search.exact import BF16_DOT_ERROR, EXACT_TILES, ExactIndex
 from hopaudit.search.hnsw import (
     DEFAULT_EF,
@@ -53,6 +53,7 @@ __all__ = [
     "Progress",
     "build_index",
     "default_threads",
+    "graph_recall",
     "keeps_rows",
     "knn_self",
     "load_index",
@@ -196,6 +197,26 @@ def knn_self(
     keep = np.ones_like(own)
     keep[np.arange(n), drop] = False
     return ids[keep].reshape(n, k), dists[keep].reshape(n, k)
+
+
+def graph_recall(
+    data: np.ndarray, dists: np.ndarray, *, sample: int = CALIBRATION_SAMPLE, seed: int = 0
+) -> tuple[float, float]:
+    """recall@1 and recall@k of a self-search (``dists``, (n, k), from :func:`knn_self` on
+    ``data``) on a seeded sample of rows searched exactly, each row's own match left out by id
+    as :func:`knn_self` leaves it out; by distance (ties interchangeable)."""
+    import torch
+
+    arr = as_2d(data, "patterns")
+    n, k = dists.shape
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, sample), replace=False))
+    exact = ExactIndex.wrapping(torch.from_numpy(np.ascontiguousarray(arr, np.float32)))
+    ids, d = exact.query(arr[rows], k + 1)
+    own = ids == rows[:, None]
+    drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
+    keep = np.ones_like(own)
+    keep[np.arange(len(rows)), drop] = False
+    return recall_by_distance(np.asarray(dists)[rows], d[keep].reshape(len(rows), k))
 
 
 # --------------------------------------------------------------------------- saving

@@ -40,7 +40,14 @@ from hopaudit.search.rows import (
     refuse_nonfinite,
 )
 
-__all__ = ["RECALL_AT_1", "RECALL_AT_K", "ClusteredIndex", "default_lists"]
+__all__ = [
+    "CALIBRATION_SAMPLE",
+    "RECALL_AT_1",
+    "RECALL_AT_K",
+    "ClusteredIndex",
+    "default_lists",
+    "recall_by_distance",
+]
 
 #: Recall on the calibration sample the chosen probe count must reach: a margin above the
 #: 0.99 and 0.95 an audit promises, for the sample's noise.
@@ -240,7 +247,7 @@ class ClusteredIndex:
         steps = [p for p in steps if p < self.lists] + [self.lists]
         for p in steps:
             _, d = self._search(q, k, p)
-            r1, rk = _recall(d, true_d)
+            r1, rk = recall_by_distance(d, true_d)
             if self.probes is not None or (r1 >= RECALL_AT_1 and rk >= RECALL_AT_K):
                 break
         self.probes = p
@@ -386,7 +393,7 @@ def _split(v, dt):
     return out
 
 
-def _recall(found: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+def recall_by_distance(found: np.ndarray, true: np.ndarray) -> tuple[float, float]:
     """recall@1 and recall@k by distance: a found neighbour counts when it is no farther than
     the true one of its rank (ties are interchangeable)."""
     tol = 1e-6 * np.maximum(true, 1e-30)
