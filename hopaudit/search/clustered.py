@@ -242,7 +242,7 @@ class ClusteredIndex:
         rows = torch.randperm(self._count, generator=gen)[:size].to(self.device)
         q = self._data[rows]
         exact = ExactIndex.wrapping(self._data, tiles="float32")
-        _, true_d = exact._search(iter([(0, q)]), size, k, None)
+        _, true_d = exact.query(q.cpu().numpy(), k)
         steps = [self.probes] if self.probes is not None else list(PROBE_STEPS)
         steps = [p for p in steps if p < self.lists] + [self.lists]
         for p in steps:
