@@ -55,42 +55,24 @@ def say(name: str, value: object) -> None:
 
 def real_rows(n: int) -> np.ndarray:
     """SmolLM2 (cut after block 0) ``final`` rows at every position of stdlib source."""
-    import torch
-
     import hopaudit
-    from hopaudit.capture.forward import capture
     from hopaudit.data import prepare_data
-    from hopaudit.model.blocks import find_stacks
 
     model, tok = hopaudit.zoo.smollm2()
     model.model.layers = model.model.layers[:1]
     model.config.num_hidden_layers = 1
-    data = prepare_data(
-        sibling("scale").stdlib_source(8 * n), tok, max_length=256, max_sequences=-(-n // 256)
-    )
-    stack = find_stacks(model)[-1]
-    cap = capture(
-        model, data, [stack], positions="all", store_dtype=torch.float16, progress=False,
-        autocast="auto",
-    )  # fmt: skip
-    return np.asarray(cap.store.get("final"))[:n]
+    text = sibling("scale").stdlib_source(8 * n)
+    data = prepare_data(text, tok, max_length=256, max_sequences=-(-n // 256))
+    return sibling("hnsw_params").final_rows(model, data, n)
 
 
 def timed(x: np.ndarray, kind: str):
-    from hopaudit.search import build_index, knn_self
+    from hopaudit.search.backends import build_index, keeps_rows, knn_self
 
     t = time.perf_counter()
     index = build_index(x, kind)
-    _, d = knn_self(index, None if hasattr(index, "query_stored") else x, K)
+    _, d = knn_self(index, None if keeps_rows(index) else x, K)
     return time.perf_counter() - t, d, index
-
-
-def recall(found: np.ndarray, true: np.ndarray) -> tuple[float, float]:
-    tol = 1e-5 * np.maximum(true, 1e-12)
-    return (
-        float(np.mean(found[:, 0] <= true[:, 0] + tol[:, 0])),
-        float(np.mean(found <= true[:, -1:] + tol[:, -1:])),
-    )
 
 
 def crossover(sizes: list[int], ratios: list[float]) -> str:
@@ -106,6 +88,7 @@ def crossover(sizes: list[int], ratios: list[float]) -> str:
 def main(argv: list[str] | None = None) -> None:
     from hopaudit.cpus import cpu_bf16_native
     from hopaudit.geometry import normalize_rows
+    from hopaudit.search.clustered import recall_by_distance
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[20000, 50000, 100000])
@@ -125,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             for kind in ("clustered", "hnsw"):
                 seconds, d, index = timed(x, kind)
                 found[kind] = seconds
-                r1, rk = recall(d, true)
+                r1, rk = recall_by_distance(d, true)
                 say(f"seconds_{kind}_{data}_{n}", seconds)
                 say(f"recall_at_1_{kind}_{data}_{n}", r1)
                 say(f"recall_at_15_{kind}_{data}_{n}", rk)

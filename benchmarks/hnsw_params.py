@@ -55,12 +55,9 @@ def synthetic(n: int, dim: int = 576, seed: int = 0) -> np.ndarray:
 
 def smollm2_final(n: int) -> np.ndarray:
     """SmolLM2's ``final`` rows at every position of pydoc sequences of 64 tokens (float16)."""
-    import torch
 
     import hopaudit
-    from hopaudit.capture.forward import capture
     from hopaudit.data import prepare_data
-    from hopaudit.model.blocks import find_stacks
 
     model, tok = hopaudit.zoo.smollm2()
     data = prepare_data(hopaudit.zoo.corpus("pydoc"), tok, max_length=64)
@@ -68,6 +65,17 @@ def smollm2_final(n: int) -> np.ndarray:
     if data.num_sequences < need:
         raise SystemExit(f"pydoc gives {data.num_sequences * 64} tokens, fewer than --n {n}")
     data = prepare_data(hopaudit.zoo.corpus("pydoc"), tok, max_length=64, max_sequences=need)
+    return final_rows(model, data, n)
+
+
+def final_rows(model, data, n: int) -> np.ndarray:
+    """The first ``n`` rows of ``model``'s ``final`` layer at every position of ``data``
+    (float16, the forward as an audit runs it)."""
+    import torch
+
+    from hopaudit.capture.forward import capture
+    from hopaudit.model.blocks import find_stacks
+
     stack = find_stacks(model)[-1]
     cap = capture(
         model, data, [stack], positions="all", store_dtype=torch.float16, progress=False,

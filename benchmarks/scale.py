@@ -92,44 +92,29 @@ def child(n: int, layers: int, index: str) -> dict:
     work = Path(tempfile.mkdtemp(prefix="hopaudit-scale-"))
     try:
         st = write_layers(work / "store", n, layers)
-        times = {s: 0.0 for s in STAGES}
-        real_build, real_knn = measure_mod.build_index, measure_mod.knn_self
-
-        def build(*a, **kw):
-            t = time.perf_counter()
-            out = real_build(*a, **kw)
-            times["index"] += time.perf_counter() - t
-            return out
-
-        def knn(*a, **kw):
-            t = time.perf_counter()
-            out = real_knn(*a, **kw)
-            times["search"] += time.perf_counter() - t
-            return out
-
-        measure_mod.build_index, measure_mod.knn_self = build, knn
         files = LayerFiles(layer_files_path(work / "store"))
         stored = types.SimpleNamespace(store=st)
         import gc
 
-        # warm: the imports and allocator pools of a first measure() are not one layer's cost
-        warm = np.random.default_rng(1).normal(size=(64, WIDTH)).astype(np.float16)
-        measure_mod.measure(warm, index=index, k=15)
-        del warm
-        times.update(dict.fromkeys(STAGES, 0.0))
-        gc.collect()
-        base = current_rss()
-        reset_peak()
-        reports = {}
-        t_all = time.perf_counter()
-        for i, name in enumerate(st.layer_names):
-            rep = measure_mod.measure(st.get(name), index=index, k=15, n_blocks=layers)
-            reports[name] = settle(rep, i, name, stored, files, "float32")
-            del rep
-            st.release(name)
-        measured = time.perf_counter() - t_all
+        with StageTimer() as timer:
+            # warm: the imports and allocator pools of a first measure() are not one layer's cost
+            warm = np.random.default_rng(1).normal(size=(64, WIDTH)).astype(np.float16)
+            measure_mod.measure(warm, index=index, k=15)
+            del warm
+            timer.seconds.update(index=0.0, search=0.0)
+            gc.collect()
+            base = current_rss()
+            reset_peak()
+            reports = {}
+            t_all = time.perf_counter()
+            for i, name in enumerate(st.layer_names):
+                rep = measure_mod.measure(st.get(name), index=index, k=15, n_blocks=layers)
+                reports[name] = settle(rep, i, name, stored, files, "float32")
+                del rep
+                st.release(name)
+            measured = time.perf_counter() - t_all
         peak = peak_rss()
-        times["geometry"] = measured - times["index"] - times["search"]
+        times = {**timer.seconds, "geometry": measured - sum(timer.seconds.values())}
         saved = work / "store.layers" / "layer_000.bin"  # an HNSW graph; other kinds: none
         index_bytes = saved.stat().st_size if saved.exists() else 0
         t = time.perf_counter()
@@ -255,26 +240,14 @@ class StageTimer:
 
 
 def sample_recall(a, name: str, sample: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """recall@1 and recall@k of the audit's kNN graph for layer ``name`` on a seeded sample,
-    against exact search of the same normalized patterns (hopaudit's ExactIndex, float32
-    tiles, exact re-rank), by distance (ties interchangeable)."""
+    """recall@1 and recall@k of the audit's kNN graph for layer ``name`` on a seeded sample of
+    its normalized patterns searched exactly (``search.graph_recall``), by distance."""
     from hopaudit.layer.patterns import layer_patterns
-    from hopaudit.search.backends import ExactIndex
+    from hopaudit.search.backends import graph_recall
 
     rep = a.layer_report(name)
     x = layer_patterns(a.capture.store, name, rep.valid_rows, rep.normalize)
-    rows = np.sort(np.random.default_rng(seed).choice(len(x), min(sample, len(x)), False))
-    k = rep.knn_dists.shape[1] - 1
-    exact = ExactIndex(x.shape[1], tiles="float32")
-    exact.add(x)
-    ids, d = exact.query(x[rows], k + 1)
-    own = ids == rows[:, None]  # dropped as knn_self drops it: by id, else the last
-    true = np.stack([d[i][~own[i]][:k] if own[i].any() else d[i][:k] for i in range(len(rows))])
-    found = np.asarray(rep.knn_dists[rows])[:, 1:]
-    tol = 1e-5 * np.maximum(true, 1e-12)
-    r1 = float(np.mean(found[:, 0] <= true[:, 0] + tol[:, 0]))
-    rk = float(np.mean(found <= true[:, -1:] + tol[:, -1:]))
-    return r1, rk
+    return graph_recall(x, np.asarray(rep.knn_dists)[:, 1:], sample=sample, seed=seed)
 
 
 def all_tokens(n_tokens: int, index: str) -> dict:
