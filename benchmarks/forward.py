@@ -5,21 +5,34 @@ In the dtype the audit computes in (bfloat16 autocast where the CPU multiplies b
 natively, float32 otherwise; the script prints which and why), alternated round by round over
 the same pydoc batches, medians:
 
-- ``autocast``: the model as the audit runs it (its own attention implementation);
+- ``autocast``: the model under autocast alone (its own attention implementation);
 - ``sdpa`` / ``eager``: the attention implementation switched (``config._attn_implementation``);
 - ``bf16_weights``: the weights cast to bfloat16 once, no autocast (native CPUs only);
-- the matrix-multiply peak: a (tokens x 576) @ (576 x 1536) product in the same dtype and
-  threads, timed in the same rounds.
+- ``audit``: as the audit's capture runs it, autocast with the weights cast once
+  (``model.precision.cast_weights_once``);
+- ``compiled``: the same with ``compile=True`` (each block through ``torch.compile``,
+  ``model.compiled.compiled_blocks``); its first call, the compilation, is timed apart;
+- the matrix-multiply peak: each distinct shape of the model's Linear layers at the batch's
+  tokens, in the same dtype and threads, repeated for about 2e11 operations and timed in the
+  same rounds; the peak is the best rate of any (each shape's fastest round).
 
 Prints the CPU and load average, and::
 
     compute_dtype=  why=                       the audit's dtype and the reason
     flops_per_token=                           2 x weights in matmuls + attention scores
-    matmul_peak_gflops=                        the product above, median
+    matmul_gflops_<tokens>x<in>x<out>=          each product's rate
+    matmul_peak_gflops=                        the best of them
     <variant>_tokens_per_second=               median over rounds
-    forward_peak_fraction=                     autocast tokens/s x flops/token / peak
+    forward_peak_fraction=                     audit tokens/s x flops/token / peak
+    forward_peak_fraction_compiled=            the same, compiled
+    products_only_tokens_per_second=           the Linear products alone, each shape at its rate
+    forward_products_fraction[_compiled]=      the share of the forward those products are
+    compile_seconds=                           the compiled variant's first run less a later one
+    compiled_over_audit=                       compile=True's speed-up of the forward
     <variant>_over_autocast=                   tokens/s ratios (above 1: faster)
-    profile_share_<op>=                        self-CPU share of the top ops in one batch
+    profile_share_<op>=                        self-CPU share of the top ops in one batch, as
+                                               the audit runs it; profile_compiled_share_<op>=
+                                               the same, compiled
 
 Usage: ``python benchmarks/forward.py [--rounds 3] [--sequences 64] [--batch 16]``.
 """
@@ -27,6 +40,7 @@ Usage: ``python benchmarks/forward.py [--rounds 3] [--sequences 64] [--batch 16]
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import copy
 import os
@@ -42,6 +56,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 SEQ_LEN = 64
+# each product repeated to about this many operations: a few tenths of a second, as long as a
+# forward variant (a product timed for milliseconds read 2.4 times faster than sustained)
+MATMUL_FLOP_TARGET = 2e11
 
 
 def flops_per_token(model, seq_len: int) -> float:
@@ -50,6 +67,27 @@ def flops_per_token(model, seq_len: int) -> float:
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     cfg = model.config
     return 2.0 * linear + 4.0 * cfg.num_hidden_layers * (seq_len / 2) * cfg.hidden_size
+
+
+def product_shapes(model) -> list[tuple[int, int]]:
+    """The distinct (in, out) shapes of the model's Linear layers: the products its forward
+    runs, whose best rate on this CPU is the peak the forward is held to."""
+    return sorted({tuple(m.weight.shape[::-1]) for m in model.modules()
+                   if isinstance(m, torch.nn.Linear)})  # fmt: skip
+
+
+def product(tokens: int, k_in: int, n_out: int, dtype):
+    """(tokens x k_in) @ (k_in x n_out), repeated to about MATMUL_FLOP_TARGET operations."""
+    a = torch.randn(tokens, k_in, dtype=dtype)
+    b = torch.randn(k_in, n_out, dtype=dtype)
+    reps = max(1, round(MATMUL_FLOP_TARGET / (2.0 * tokens * k_in * n_out)))
+
+    def run() -> None:
+        for _ in range(reps):
+            torch.mm(a, b)
+
+    run.reps = reps
+    return run
 
 
 def timed(fn) -> float:
@@ -66,7 +104,8 @@ def main() -> None:
     args = ap.parse_args()
     import hopaudit
     from hopaudit.data import prepare_data
-    from hopaudit.model.precision import compute_dtype, cpu_description
+    from hopaudit.model.compiled import compiled_blocks
+    from hopaudit.model.precision import cast_weights_once, compute_dtype, cpu_description
 
     desc = cpu_description()
     for key, value in desc.items():
@@ -96,7 +135,20 @@ def main() -> None:
 
         return run
 
+    held = contextlib.ExitStack()  # a capture casts and compiles once for its whole pass
+
+    def as_audit(compiled: bool):
+        """A copy of the model as the capture runs it: the weights cast once (for the whole
+        run, as for a capture's whole pass), the blocks compiled or not, under autocast."""
+        m = copy.deepcopy(model)
+        held.enter_context(cast_weights_once(m, dtype if dtype == torch.bfloat16 else None))
+        held.enter_context(compiled_blocks(list(m.model.layers), compiled))
+        return m
+
+    audit_model, compiled_model = as_audit(False), as_audit(True)
     variants = {"autocast": forward(model, amp)}
+    variants["audit"] = forward(audit_model, amp)
+    variants["compiled"] = forward(compiled_model, amp)
     own = getattr(model.config, "_attn_implementation", None)
     print(f"attn_implementation={own}")
     for impl in ("sdpa", "eager"):
@@ -109,11 +161,14 @@ def main() -> None:
             copy.deepcopy(model).to(torch.bfloat16), contextlib.nullcontext
         )
     tokens = args.batch * ids.shape[1]
-    a = torch.randn(tokens, model.config.hidden_size, dtype=dtype)
-    b = torch.randn(model.config.hidden_size, model.config.intermediate_size, dtype=dtype)
-    variants["matmul"] = lambda: [torch.mm(a, b) for _ in range(20)]
-    for fn in variants.values():
-        fn()  # warm-up
+    shapes = product_shapes(model)
+    for i, (k_in, n_out) in enumerate(shapes):
+        variants[f"matmul_{i}"] = product(tokens, k_in, n_out, dtype)
+    for name, fn in variants.items():
+        first = timed(fn)  # warm-up; the compiled variant's compiles
+        if name == "compiled":
+            compile_seconds = first - timed(fn)
+    print(f"compile_seconds={compile_seconds:.1f}")
     got: dict[str, list[float]] = {k: [] for k in variants}
     names = list(variants)
     for r in range(args.rounds):
@@ -124,24 +179,44 @@ def main() -> None:
             flush=True,
         )
     med = {k: statistics.median(v) for k, v in got.items()}
-    peak = 20 * 2.0 * a.shape[0] * a.shape[1] * b.shape[1] / med.pop("matmul")
+    rates = {}  # a peak is the best a product reached: its fastest round
+    for i, (k_in, n_out) in enumerate(shapes):
+        med.pop(f"matmul_{i}")
+        flops = variants[f"matmul_{i}"].reps * 2.0 * tokens * k_in * n_out
+        rates[(k_in, n_out)] = flops / min(got[f"matmul_{i}"])
+        print(f"matmul_gflops_{tokens}x{k_in}x{n_out}={rates[(k_in, n_out)] / 1e9:.1f}")
+    peak = max(rates.values())
     print(f"matmul_peak_gflops={peak / 1e9:.1f}")
     n_tok = ids.numel()
     tps = {k: n_tok / v for k, v in med.items()}
     for k, v in tps.items():
         print(f"{k}_tokens_per_second={v:.1f}")
-    print(f"forward_peak_fraction={tps['autocast'] * fpt / peak:.3f}")
+    print(f"forward_peak_fraction={tps['audit'] * fpt / peak:.3f}")
+    print(f"forward_peak_fraction_compiled={tps['compiled'] * fpt / peak:.3f}")
+    # the products alone, each at its own shape's measured rate: the time a forward cannot
+    # go below without faster products (the LM head's wide product runs far below the peak)
+    counts = collections.Counter(
+        tuple(m.weight.shape[::-1]) for m in model.modules() if isinstance(m, torch.nn.Linear)
+    )
+    per_token = sum(c * 2.0 * k * n / rates[(k, n)] for (k, n), c in counts.items())
+    print(f"products_only_tokens_per_second={1 / per_token:.1f}")
+    print(f"forward_products_fraction={tps['audit'] * per_token:.3f}")
+    print(f"forward_products_fraction_compiled={tps['compiled'] * per_token:.3f}")
+    print(f"compiled_over_audit={tps['compiled'] / tps['audit']:.3f}")
     for k in tps:
         if k != "autocast":
             print(f"{k}_over_autocast={tps[k] / tps['autocast']:.3f}")
     from torch.profiler import ProfilerActivity, profile
 
-    with torch.inference_mode(), amp(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        model(input_ids=ids[: args.batch], use_cache=False)
-    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
-    total = sum(e.self_cpu_time_total for e in events)
-    for e in events[:8]:
-        print(f"profile_share_{e.key.replace('::', '_')}={e.self_cpu_time_total / total:.3f}")
+    for label, m in (("profile", audit_model), ("profile_compiled", compiled_model)):
+        with torch.inference_mode(), amp(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            m(input_ids=ids[: args.batch], use_cache=False)
+        events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in events)
+        for e in events[:8]:
+            key = e.key.replace("::", "_").replace(" ", "_")
+            print(f"{label}_share_{key}={e.self_cpu_time_total / total:.3f}")
+    held.close()
     print(f"loadavg_end={os.getloadavg()[0]:.2f}")
 
 

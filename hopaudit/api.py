@@ -98,6 +98,7 @@ def audit(
     progress: bool = True,
     seed: int = 0,
     autocast: str = "auto",
+    compile: bool = False,
     processor: Any = None,
     extraction: bool | dict[str, int] = False,
     reference: Any = None,
@@ -131,7 +132,10 @@ def audit(
     ``audit.layers``); ``"exact"``, ``"clustered"`` or ``"hnsw"`` choose one.
     ``autocast="auto"`` runs a float32 model's forward in bfloat16 autocast where the hardware
     multiplies bfloat16 natively (faster; :mod:`hopaudit.model.precision` says what it changes);
-    ``"off"`` runs the model as it is.
+    ``"off"`` runs the model as it is. ``compile=True`` runs each block through
+    ``torch.compile`` (:mod:`hopaudit.model.compiled`): a faster forward after a first batch
+    that waits for the compiler, worth it on long audits; ``summary()["compiled"]`` says what
+    it took.
 
     An encoder-decoder (T5, BART, Whisper, ...) is audited as two stacks, ``encoder`` then
     ``decoder`` (``audit.layers["stack"]``): plain texts go to the encoder and are also the
@@ -164,7 +168,7 @@ def audit(
         normalize=normalize, index=index, store=store, store_dtype=store_dtype,
         batch_size=batch_size, max_sequences=max_sequences, k=k, umap_layers=umap_layers,
         umap_max_points=umap_max_points, progress=progress, seed=seed, autocast=autocast,
-        extraction=extraction, bootstrap=bootstrap, graph_dtype=graph_dtype,
+        compile=compile, extraction=extraction, bootstrap=bootstrap, graph_dtype=graph_dtype,
         saturation_max=saturation_max, engine=engine, ray_options=ray_options, metadata=metadata,
     )  # fmt: skip
     runner = engines.choose(opts)
@@ -408,6 +412,7 @@ def _recorded_options(
         "heldout": heldout is not None,
         "seed": opts.seed,
         "autocast": opts.autocast,
+        "compile": opts.compile,
         "extraction": None if opts.extraction is None else list(opts.extraction),
         "reference": None if reference is None else model_name(reference),
         "bootstrap": int(opts.bootstrap),

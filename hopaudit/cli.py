@@ -70,6 +70,11 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: bfloat16 forward where the hardware has it (about 2x); off: the model as it is",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the blocks through torch.compile: faster on long audits, the first batch waits",
+    )
     p.add_argument("--blocks", help="dotted path of the blocks' ModuleList, if not found")
     p.add_argument("--max-sequences", type=int, help="cap on the number of sequences")
     p.add_argument("--batch-size", type=int)
@@ -435,6 +440,7 @@ def _run(args: argparse.Namespace) -> int:
         normalize=args.normalize,
         index=args.index,
         autocast=args.autocast,
+        compile=args.compile,
         blocks=args.blocks,
         max_sequences=args.max_sequences,
         batch_size=args.batch_size,

@@ -62,6 +62,7 @@ from hopaudit.model.blocks import (
     main_input_name,
     vocab_size,
 )
+from hopaudit.model.compiled import check_compile, compiled_blocks
 from hopaudit.model.precision import (
     autocast_context,
     cast_weights_once,
@@ -751,6 +752,7 @@ def capture(
     min_k: float = 0.2,
     autocast: str = "off",
     extraction: tuple[int, int] | None = None,
+    compile: bool = False,
 ) -> CaptureResult:
     """Run ``data`` through ``model`` once, storing each block's (and the final norm's, as layer
     ``"final"``) activations at ``positions``, and scoring each sequence from the logits.
@@ -769,9 +771,12 @@ def capture(
     :mod:`hopaudit.precision`). ``extraction=(prefix, suffix)`` also gives each sequence's
     ``seq_extracted_tokens`` from the same pass's top-1 hits (a causal LM's right-padded
     sequences: :func:`hopaudit.evidence.scores.greedy_runs`), with no decoding.
+    ``compile=True`` runs each block through ``torch.compile`` (:mod:`hopaudit.model.compiled`;
+    a failed compilation leaves the pass eager, with a warning and ``compiled`` saying why).
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"model must be a torch nn.Module, got {type(model).__name__}")
+    check_compile(compile)
     modules, stack_of = _check_stacks(model, blocks, final)
     names = list(modules)
     stacks = list(dict.fromkeys(stack_of.values()))
@@ -837,30 +842,33 @@ def capture(
             torch.inference_mode(),
             autocast_context(amp, device),
             cast_weights_once(model, amp),
+            compiled_blocks(_blocks_only(modules), compile) as compiled,
             TraceBlocks(modules, on_output),
         ):
             for start in range(0, n_seq, batch_size):
                 stop = min(n_seq, start + batch_size)
                 inputs, masks, score = feed.batch(start, stop, device)
-                batch = _Batch(
-                    stack_of,
-                    masks,
-                    pos,
-                    round_dtype,
-                    out_dtype,
-                    widths,
-                    feed.frame_mask(inputs, start, stop),
-                )
-                state["batch"] = batch
-                try:
-                    output = model(**inputs, **kwargs)
-                except HopauditError:
-                    raise
-                except Exception as e:
-                    raise CaptureError(
-                        f"the forward pass failed on sequences {start}..{stop - 1}: "
-                        f"{type(e).__name__}: {e}"
-                    ) from e
+                frames = feed.frame_mask(inputs, start, stop)
+                if compiled.active and start == 0:
+                    bar.set_postfix_str("compiling the blocks (torch.compile)", refresh=True)
+                for attempt in (0, 1):
+                    batch = _Batch(stack_of, masks, pos, round_dtype, out_dtype, widths, frames)
+                    state["batch"] = batch
+                    try:
+                        output = model(**inputs, **kwargs)
+                        break
+                    except HopauditError:
+                        raise
+                    except Exception as e:
+                        what = f"{type(e).__name__}: {e}"
+                        if attempt or not compiled.active:
+                            raise CaptureError(
+                                f"the forward pass failed on sequences {start}..{stop - 1}: {what}"
+                            ) from e
+                        # a compiled batch failed: the compiler, most likely (no C++ compiler,
+                        # an operation it cannot trace); this batch again and the rest eager
+                        compiled.undo(what[:300])
+                        warnings.warn(f"{compiled.note}; the pass runs eager", stacklevel=2)
                 missing = [n for n in names if n not in batch.rows]
                 if missing:
                     raise ModelError(
@@ -966,7 +974,13 @@ def capture(
         seq_min_k_pp=extra.get("min_k_pp"),
         seq_n_predicted=extra.get("n_predicted"),
         seq_extracted_tokens=extracted,
+        compiled=compiled.note,
     )
+
+
+def _blocks_only(modules: dict[str, nn.Module]) -> list[nn.Module]:
+    """The blocks among the hooked modules: not the final norms (one small operation each)."""
+    return [m for n, m in modules.items() if n not in (FINAL, ENCODER_FINAL)]
 
 
 def _no_loss_reason(model: nn.Module, logits: Any, feed: _Feed) -> str:

@@ -60,3 +60,4 @@ class CaptureResult:
     seq_n_predicted: np.ndarray | None = None  # next-token predictions per sequence
     seq_ref_nll: np.ndarray | None = None  # mean NLL under a reference model (audit(reference=))
     seq_extracted_tokens: np.ndarray | None = None  # leading suffix tokens greedy decoding matched
+    compiled: str | None = None  # compile=True: what torch.compile took, or why the pass ran eager

@@ -58,6 +58,7 @@ class LocalEngine:
             progress=o.progress,
             autocast=o.autocast,
             extraction=extraction,
+            compile=o.compile,
         )
 
     def measure(

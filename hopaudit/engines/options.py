@@ -20,6 +20,7 @@ from hopaudit.errors import DataError
 from hopaudit.evidence.extract import parse_extraction
 from hopaudit.layer.embedding import MIN_POINTS
 from hopaudit.layer.files import GRAPH_DIST_DTYPES
+from hopaudit.model.compiled import check_compile
 from hopaudit.model.precision import check_autocast
 from hopaudit.results.metadata import check_metadata
 from hopaudit.search.backends import INDEX_KINDS
@@ -50,6 +51,7 @@ class AuditOptions:
     progress: bool = True
     seed: int = 0
     autocast: str = "auto"
+    compile: bool = False
     extraction: tuple[int, int] | None = None  # (prefix, suffix) tokens, None: off
     bootstrap: int = 200
     graph_dtype: str = "float32"
@@ -87,6 +89,7 @@ class AuditOptions:
 
     def _check(self) -> None:
         check_autocast(self.autocast)
+        check_compile(self.compile)
         if self.normalize not in NORMALIZE_MODES:
             raise DataError(f"normalize must be one of {NORMALIZE_MODES}, got {self.normalize!r}")
         if self.index not in INDEX_KINDS:

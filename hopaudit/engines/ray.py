@@ -236,6 +236,7 @@ class _CaptureActor:
             min_k=o["min_k"],
             autocast=o["autocast"],
             extraction=o["extraction"],
+            compile=o.get("compile", False),
         )
         fields = {
             f.name: getattr(cap, f.name) for f in dataclasses.fields(cap) if f.name != "store"
@@ -261,6 +262,7 @@ def capture_ray(
     min_k: float = 0.2,
     peak: PeakTracker | None = None,
     extraction: tuple[int, int] | None = None,
+    compile: bool = False,
 ) -> CaptureResult:
     """The capture of ``tokens`` by a Ray Data actor pool, assembled into a store at ``store``
     (rows in the same order as the local engine). Shards are always deleted; on a failure that
@@ -306,6 +308,7 @@ def capture_ray(
             "min_k": min_k,
             "autocast": autocast,
             "extraction": extraction,
+            "compile": compile,
             "num_gpus": num_gpus,
             "before_batch": opts.get("before_batch"),
         }
@@ -402,6 +405,7 @@ def _join_captures(
         min_k=float(parts[0]["min_k"]),
         overflow=overflow,
         compute_dtype=parts[0]["compute_dtype"],
+        compiled=parts[0].get("compiled"),
     )
 
 
@@ -633,6 +637,7 @@ class RayEngine:
             ray_options=self.ray_options,
             peak=peak,
             extraction=extraction,
+            compile=o.compile,
         )
 
     def measure(

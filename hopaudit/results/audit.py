@@ -422,6 +422,7 @@ class Audit(View):
             "normalize": self.options.get("normalize"),
             "positions": self.options.get("positions"),
             "compute_dtype": cap.compute_dtype,
+            "compiled": getattr(cap, "compiled", None),
             "store_dtype": self.options.get("store_dtype"),
             # "encoder,decoder" or one stack's name: a string, as summary values are scalars
             "stacks": _joined(self.options.get("stacks")),
