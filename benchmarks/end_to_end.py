@@ -21,7 +21,11 @@ bfloat16 natively, float32 otherwise): ``plain_forward_seconds=`` and ``non_forw
 (hopaudit's seconds over it: what everything but the forward costs; issue 25's target on a
 float32-only CPU is 1.10).
 
+Then hopaudit with ``compile=True`` twice over one fresh inductor cache: ``_cold`` pays the
+whole compilation (a user's first compiled audit on a machine), ``_warm`` reads the cache.
+
 Prints the CPU, ``wall_ratio=`` (by hand / hopaudit; target >= 2), ``wall_ratio_autocast_off=``,
+``wall_ratio_compile_cold=``, ``wall_ratio_compile_warm=``,
 ``peak_rss_ratio=`` (hopaudit / by hand; target <= 0.5), ``peak_rss_above_model_ratio=`` (the
 same, less the loaded model), and ``max_rel_diff_median_nn=`` (per-layer median nearest
 distances against the float32 ones by hand; target <= 0.01), for both hopaudit runs.
@@ -31,9 +35,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -52,14 +58,16 @@ def _tokens(tokenizer, n_seq: int, length: int):
     )
 
 
-def worker_hopaudit(n_seq: int, length: int, autocast: str = "auto") -> dict:
+def worker_hopaudit(n_seq: int, length: int, autocast: str = "auto", compile: bool = False) -> dict:
     import hopaudit
 
     model, tok = hopaudit.zoo.smollm2()
     data = _tokens(tok, n_seq, length)
     rss_model = _rss_mb()
     t = time.perf_counter()
-    a = hopaudit.audit(model, data, normalize="none", progress=False, autocast=autocast)
+    a = hopaudit.audit(
+        model, data, normalize="none", progress=False, autocast=autocast, compile=compile
+    )
     wall = time.perf_counter() - t
     layers = a.layers
     # hidden_states[i + 1] is block i's raw output for i < L - 1; the last one is `final`.
@@ -132,7 +140,7 @@ def worker_plain(n_seq: int, length: int) -> dict:
     return {"wall": time.perf_counter() - t, "dtype": str(amp), "batch": batch}
 
 
-def _run_worker(kind: str, n_seq: int, length: int) -> dict:
+def _run_worker(kind: str, n_seq: int, length: int, env: dict | None = None) -> dict:
     out = subprocess.run(
         [
             sys.executable,
@@ -147,6 +155,7 @@ def _run_worker(kind: str, n_seq: int, length: int) -> dict:
         check=True,
         capture_output=True,
         text=True,
+        env=None if env is None else {**os.environ, **env},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -155,12 +164,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sequences", type=int, default=1000)
     p.add_argument("--length", type=int, default=64)
-    p.add_argument("--worker", choices=["hopaudit", "hopaudit_off", "manual", "plain"])
+    p.add_argument(
+        "--worker", choices=["hopaudit", "hopaudit_off", "hopaudit_compile", "manual", "plain"]
+    )
     args = p.parse_args()
     if args.worker:
         fns = {
             "hopaudit": worker_hopaudit,
             "hopaudit_off": lambda n, m: worker_hopaudit(n, m, autocast="off"),
+            "hopaudit_compile": lambda n, m: worker_hopaudit(n, m, compile=True),
             "manual": worker_manual,
             "plain": worker_plain,
         }
@@ -171,6 +183,10 @@ def main() -> None:
     man = _run_worker("manual", args.sequences, args.length)
     off = _run_worker("hopaudit_off", args.sequences, args.length)
     plain = _run_worker("plain", args.sequences, args.length)
+    with tempfile.TemporaryDirectory() as cache:  # compile=True, cold then warm cache
+        env = {"TORCHINDUCTOR_CACHE_DIR": cache}
+        cold = _run_worker("hopaudit_compile", args.sequences, args.length, env)
+        warm = _run_worker("hopaudit_compile", args.sequences, args.length, env)
     common = sorted(set(hop["medians"]) & set(man["medians"]))
 
     def max_rel(run: dict) -> float:
@@ -196,6 +212,13 @@ def main() -> None:
         f"wall_ratio_autocast_off={man['wall'] / off['wall']:.2f} "
         f"max_rel_diff_median_nn_autocast_off={max_rel(off):.4f}"
     )
+    for label, run in (("cold", cold), ("warm", warm)):
+        timings = " ".join(f"{k}={v:.1f}" for k, v in run["timings"].items())
+        print(
+            f"hopaudit_compile_{label}_seconds={run['wall']:.1f} ({timings}) "
+            f"wall_ratio_compile_{label}={man['wall'] / run['wall']:.2f} "
+            f"max_rel_diff_median_nn_compile_{label}={max_rel(run):.4f}"
+        )
     print(f"hopaudit_peak_rss_mb={hop['rss']:.0f} by_hand_peak_rss_mb={man['rss']:.0f}")
     print(f"peak_rss_ratio={hop['rss'] / man['rss']:.2f}  (hopaudit / by hand; target <= 0.5)")
     above_h = hop["rss"] - hop["rss_model"]
