@@ -27,7 +27,12 @@ from torch import nn
 
 from hopaudit.errors import DataError
 
-__all__ = ["CompiledBlocks", "check_compile", "compiled_blocks"]
+__all__ = ["RECOMPILE_LIMIT", "CompiledBlocks", "check_compile", "compiled_blocks"]
+
+# transformers wraps every layer class's forward in one shared function, so each model class
+# audited in a process adds a compilation to that function's cache; dynamo's default of 8 would
+# silently run the ninth class eager
+RECOMPILE_LIMIT = 64
 
 
 def check_compile(value: Any) -> None:
@@ -65,19 +70,28 @@ def compiled_blocks(blocks: Iterable[nn.Module], enabled: bool) -> Iterator[Comp
     a block whose ``forward`` is already an attribute of its own (accelerate's offload hooks
     put one there) is left eager. Yields the :class:`CompiledBlocks`; restored after."""
     state = CompiledBlocks()
-    try:
+    with contextlib.ExitStack() as limits:
         if enabled:
-            for m in dict.fromkeys(blocks):  # a module listed twice is compiled once
-                if "forward" in m.__dict__:
-                    state.skipped += 1
-                    continue
-                fn = torch.compile(m.forward, dynamic=True)
-                m.__dict__["forward"] = fn
-                state.modules.append((m, fn))
-            state.note = _describe(len(state.modules), state.skipped)
-        yield state
-    finally:
-        state.undo()
+            # past the limit, an error (the capture then runs eager and says so), not a silent
+            # eager run under a note that claims compiled blocks
+            limits.enter_context(
+                torch._dynamo.config.patch(
+                    recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True
+                )
+            )
+        try:
+            if enabled:
+                for m in dict.fromkeys(blocks):  # a module listed twice is compiled once
+                    if "forward" in m.__dict__:
+                        state.skipped += 1
+                        continue
+                    fn = torch.compile(m.forward, dynamic=True)
+                    m.__dict__["forward"] = fn
+                    state.modules.append((m, fn))
+                state.note = _describe(len(state.modules), state.skipped)
+            yield state
+        finally:
+            state.undo()
 
 
 def _describe(compiled: int, skipped: int) -> str:

@@ -169,3 +169,21 @@ def test_the_audit_records_and_shows_what_was_compiled(monkeypatch):
     )  # fmt: skip
     assert audit.summary()["compiled"] == "torch.compile: 2 blocks"
     assert audit.options["compile"] is True
+
+
+@needs_compiler
+def test_past_dynamos_recompile_limit_the_pass_runs_eager_and_says_so(monkeypatch):
+    # transformers wraps every layer class's forward in one shared function: each class
+    # audited adds a compilation to its cache, and past the limit dynamo would run the blocks
+    # eager while the note still said compiled
+    monkeypatch.setattr(compiled, "RECOMPILE_LIMIT", 1)
+    first, info = tiny_model("llama", num_hidden_layers=2)
+    data = _data([8, 8, 6], seq_len=8)
+    _run(first, info, data, compile=True)  # one entry in the shared function's cache
+    second, info = tiny_model("gpt2", n_layer=2)
+    with pytest.warns(UserWarning, match="torch.compile failed.*FailOnRecompileLimitHit"):
+        cap = _run(second, info, data, compile=True, store_dtype=torch.float32)
+    assert cap.compiled.startswith("eager: torch.compile failed (FailOnRecompileLimitHit")
+    eager = _run(second, info, data, store_dtype=torch.float32)
+    for name in cap.layer_names:
+        np.testing.assert_array_equal(cap.store.get(name), eager.store.get(name))
