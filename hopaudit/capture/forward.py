@@ -81,7 +81,6 @@ LOGITS_BUDGET_BYTES = 512 * 2**20
 # the floor keeps small audits' batches big enough to run near the cap's speed
 # (benchmarks/batch_size.py; benchmarks/README.md, "Constants")
 LOGITS_FLOOR_BYTES = 256 * 2**20
-# Log-softmax works on at most this many logit values at once (float32: 64 MiB).
 # Rows leave a GPU by an asynchronous copy into pinned memory, so the forward never waits for
 # them; False copies them blocking (benchmarks/gpu.py measures both: gpu_async_copy_speedup).
 ASYNC_COPY = True

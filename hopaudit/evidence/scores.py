@@ -36,9 +36,9 @@ __all__ = [
     "zlib_score",
 ]
 
-#: Logit values scored at once (float32: 4 MiB): small enough that the six passes over a chunk
-#: stay in cache, large enough that a chunk holds many positions of a 50K vocabulary.
-SCORE_CHUNK_VALUES = 2**20
+#: Logit values scored at once (float32: 2 MiB, ten rows of a 50K vocabulary): the passes over a
+#: chunk stay in a core's cache, 0.6 to 0.85 of 4 MiB's time (benchmarks/scores.py).
+SCORE_CHUNK_VALUES = 2**19
 
 
 def token_statistics(
