@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: Logit values scored at once (float32: 2 MiB, ten rows of a 50K vocabulary): the passes over a
-#: chunk stay in a core's cache, 0.6 to 0.85 of 4 MiB's time (benchmarks/scores.py).
+#: chunk stay in a core's cache, faster than 4 MiB (benchmarks/README.md, scores.py).
 SCORE_CHUNK_VALUES = 2**19
 
 
