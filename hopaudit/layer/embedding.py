@@ -225,6 +225,18 @@ def umap_from_knn(
     return np.ascontiguousarray(layout, dtype=np.float32)
 
 
+def _normalized_rows(activations: np.ndarray, rows: np.ndarray, normalize: str) -> np.ndarray:
+    """``activations[rows]`` normalized, as one float32 array filled a chunk at a time: no
+    full-size copy in the store's dtype beside it."""
+    from hopaudit.geometry import normalize_rows
+
+    out = np.empty((len(rows), activations.shape[1]), np.float32)
+    step = max(1, (16 << 20) // max(1, 4 * activations.shape[1]))  # 16 MiB of float32 rows
+    for s in range(0, len(rows), step):
+        out[s : s + step] = normalize_rows(activations[rows[s : s + step]], normalize)
+    return out
+
+
 def embed_layer(
     report: Any,
     activations: np.ndarray,
@@ -234,7 +246,6 @@ def embed_layer(
     device: Any,
 ) -> Embedding:
     """UMAP of one layer on the kNN graph its search built (a fresh graph for a subsample)."""
-    from hopaudit.geometry import normalize_rows
     from hopaudit.search.backends import build_index, keeps_rows, knn_self
 
     valid = np.asarray(report.valid_rows)
@@ -242,23 +253,19 @@ def embed_layer(
     k = report.knn_ids.shape[1] - 1
     if max_points and n > max_points:
         pick = np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
-        sub = normalize_rows(np.asarray(activations[valid[pick]], np.float32), report.normalize)
+        sub = _normalized_rows(activations, valid[pick], report.normalize)
         kind = "auto" if report.index.kind == "clustered" else report.index.kind
-        idx = build_index(sub, kind, device=device)
-        if keeps_rows(idx):
-            # an exact index searches its own rows (the same graph), so the subsample goes
-            # while it searches and is read again, the same values, for the layout's start
-            sub = None
-        ids, dists = knn_self(idx, sub, k)
-        del idx  # the subsample's index (a copy of its patterns) is not needed by the layout
-        if sub is None:
-            sub = normalize_rows(np.asarray(activations[valid[pick]], np.float32), report.normalize)
+        # the index keeps the subsample itself, centred in place (exact and clustered on the
+        # CPU; a copy otherwise): the layout's PCA start is the same for centred rows
+        idx = build_index(sub, kind, device=device, adopt=True)
+        ids, dists = knn_self(idx, None if keeps_rows(idx) else sub, k)
+        del idx
         ids = np.concatenate([np.arange(len(pick))[:, None], ids], axis=1)
         dists = np.concatenate([np.zeros((len(pick), 1), dists.dtype), dists], axis=1)
     else:
         pick = np.arange(n)
         ids, dists = report.knn_ids, report.knn_dists
-        sub = normalize_rows(np.asarray(activations[valid], np.float32), report.normalize)
+        sub = _normalized_rows(activations, valid, report.normalize)
     # the patterns give the layout its PCA start (see embedding.py for why, measured)
     n_neighbors, n_epochs = layout_parameters(len(pick), k)
     xy = umap_from_knn(ids, dists, n_neighbors=n_neighbors, seed=seed, data=sub, n_epochs=n_epochs)

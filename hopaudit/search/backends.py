@@ -128,8 +128,9 @@ def build_index(
     ``M``, ``ef_construction``, ``ef`` (query-time candidate list,
     default ``DEFAULT_EF``) and ``threads`` (default: the CPUs this process may use) are
     HNSW parameters; ``device`` is the torch device of the exact backend. Ids are row numbers.
-    ``progress(rows)`` is called as the rows go in. ``adopt=True`` lets a clustered index
-    keep ``data`` itself (a float32 array the caller no longer reads: it is centred in place).
+    ``progress(rows)`` is called as the rows go in. ``adopt=True`` lets an exact or clustered
+    index keep ``data`` itself (a float32 array the caller no longer reads: it is centred in
+    place).
     """
     arr = as_2d(data, "patterns")
     n, dim = arr.shape
@@ -140,17 +141,17 @@ def build_index(
     if dim < 1:
         raise SearchError("patterns have dimension 0; nothing to search.")
     chosen = _resolve_kind(kind, n, device)
-    index: NeighborIndex
     if chosen == "exact":
         index = ExactIndex(dim, device=device)
-    elif chosen == "clustered":
+        index.add(arr, progress=progress, adopt=adopt)
+        return index
+    if chosen == "clustered":
         index = ClusteredIndex(dim, device=device)
         index.add(arr, progress=progress, adopt=adopt)
         return index
-    else:
-        index = HnswIndex(
-            dim, max_elements=n, M=M, ef_construction=ef_construction, ef=ef, threads=threads
-        )
+    index = HnswIndex(
+        dim, max_elements=n, M=M, ef_construction=ef_construction, ef=ef, threads=threads
+    )
     index.add(arr, progress=progress)
     return index
 

@@ -119,10 +119,12 @@ class ExactIndex:
         centred = np.asarray(chunk, dtype=np.float64) - self._center
         return torch.from_numpy(centred.astype(np.float32)).to(self.device)
 
-    def add(self, data: np.ndarray, progress: Progress = None) -> None:
+    def add(self, data: np.ndarray, progress: Progress = None, *, adopt: bool = False) -> None:
         """Append patterns. The centre is the mean of the first batch (any fixed shift keeps
         distances exact; the mean of the stored set is the one that removes cancellation).
-        ``progress(rows)`` once they are stored."""
+        ``progress(rows)`` once they are stored. ``adopt=True``: ``data`` is a float32 array no
+        one reads afterwards, centred in place and kept instead of copied (a layer less), on
+        the CPU and on the first add."""
         import torch
 
         arr = as_2d(data, "patterns")
@@ -136,18 +138,31 @@ class ExactIndex:
         mean = column_mean(arr, rows, "patterns")  # also validates everything before storing
         if self._center is None:
             self._center = mean
-        # one float32 tensor filled chunk by chunk: no list of parts and concatenated copy
-        start = 0 if self._data is None else self._count
-        data = torch.empty(
-            (start + arr.shape[0], self.dim), dtype=torch.float32, device=self.device
+        owned = (
+            adopt
+            and self._data is None
+            and self.device.type == "cpu"
+            and arr.dtype == np.float32
+            and arr.flags.c_contiguous
+            and arr.flags.writeable
         )
-        if self._data is not None:
-            data[:start] = self._data
-            self._data = self._data_bf16 = None
-        for s in range(0, arr.shape[0], rows):
-            data[start + s : start + s + rows] = self._centred(arr[s : s + rows])
-        self._data = data
-        self._sqnorm = _squared_norms(data, self._rerank_dtype, rows)
+        if owned:
+            for s in range(0, arr.shape[0], rows):  # the same values as _centred gives
+                arr[s : s + rows] = np.asarray(arr[s : s + rows], np.float64) - self._center
+            self._data = torch.from_numpy(arr)
+        else:
+            # one float32 tensor filled chunk by chunk: no list of parts and concatenated copy
+            start = 0 if self._data is None else self._count
+            data = torch.empty(
+                (start + arr.shape[0], self.dim), dtype=torch.float32, device=self.device
+            )
+            if self._data is not None:
+                data[:start] = self._data
+                self._data = self._data_bf16 = None
+            for s in range(0, arr.shape[0], rows):
+                data[start + s : start + s + rows] = self._centred(arr[s : s + rows])
+            self._data = data
+        self._sqnorm = _squared_norms(self._data, self._rerank_dtype, rows)
         self._count = int(self._data.shape[0])
         if self.tiles == "bfloat16":
             self._data_bf16 = self._data.to(torch.bfloat16)

@@ -229,30 +229,28 @@ def test_a_subsample_s_index_is_freed_before_the_layout(monkeypatch):
     assert alive == [[False]]
 
 
-def test_a_subsample_s_exact_search_runs_without_its_patterns(monkeypatch):
-    # with an exact index the subsample's patterns are let go while the index searches its own
-    # rows, then read again for the layout's PCA start: the same graph and the same values
-    import gc
-    import weakref
-
+def test_a_subsample_s_exact_index_keeps_the_subsample_itself(monkeypatch):
+    # the subsample's exact index keeps the subsample's own array, centred in place (no copy
+    # beside it), and searches its own rows; the layout starts from those centred rows (the
+    # PCA is the same), and the graph is exact search's on the rows as they were
     from hopaudit.geometry import normalize_rows
     from hopaudit.layer import embedding
     from hopaudit.layer.measuring import measure
     from hopaudit.search import backends
 
-    x = np.random.default_rng(1).normal(size=(300, 16)).astype(np.float32)
+    x = (np.random.default_rng(1).normal(size=(300, 16)) + 5.0).astype(np.float32)
     report = measure(x, bootstrap=0, fractions=())
     assert report.index.kind == "exact"
-    subs, during, got = [], [], {}
+    built, during, got = [], [], {}
     real_build, real_knn = backends.build_index, backends.knn_self
 
     def build(data, *args, **kwargs):
-        subs.append(weakref.ref(data))
-        return real_build(data, *args, **kwargs)
+        index = real_build(data, *args, **kwargs)
+        built.append((data, index))
+        return index
 
     def knn(index, data, k, progress=None):
-        gc.collect()
-        during.append((data, subs[-1]() is not None))
+        during.append(data)
         return real_knn(index, data, k, progress)
 
     def layout(ids, dists, **kwargs):
@@ -263,11 +261,15 @@ def test_a_subsample_s_exact_search_runs_without_its_patterns(monkeypatch):
     monkeypatch.setattr(backends, "knn_self", knn)
     monkeypatch.setattr(embedding, "umap_from_knn", layout)
     emb = embedding.embed_layer(report, x, np.arange(300), 100, 0, None)
-    assert during == [(None, False)]  # searched from the index alone, the patterns gone
+    ((data, index),) = built
+    assert index._data.data_ptr() == data.ctypes.data  # the index holds the subsample itself
+    assert during == [None]  # and searched its own rows
+    assert got["data"] is data  # the layout's start: those rows, centred
     pick = np.sort(np.random.default_rng(0).choice(300, size=100, replace=False))
     sub = normalize_rows(x[pick], "rms")
+    shift = sub - got["data"]  # one vector for every row: the centre
+    np.testing.assert_allclose(shift, np.broadcast_to(shift[0], shift.shape), atol=1e-5)
+    assert np.abs(shift[0]).max() > 0.1  # centred indeed (the rows sit off the origin)
     assert np.array_equal(emb.rows, pick)
-    assert np.array_equal(got["data"], sub)  # the layout's start: the same values
-    index = real_build(sub, "exact")
-    ids, dists = real_knn(index, sub, report.knn_ids.shape[1] - 1)
+    ids, dists = real_knn(real_build(sub, "exact"), sub, report.knn_ids.shape[1] - 1)
     assert np.array_equal(got["ids"][:, 1:], ids) and np.array_equal(got["dists"][:, 1:], dists)

@@ -249,10 +249,11 @@ def _report_arrays(rep):
 def test_an_exact_index_searches_without_the_patterns_and_changes_nothing(
     monkeypatch, normalize, nonfinite
 ):
-    # With an exact index, measure lets go of its normalized copy of the patterns before the
-    # search (the index searches its own rows) and normalizes again the few rows the
-    # saturation curve reads (k=2 makes its wider search and brute force run). The report is
-    # the same, number for number, as with the patterns kept (an index of another type).
+    # With an exact index, measure hands its normalized copy of the patterns to the index
+    # (kept, centred in place, not copied) and no longer reads it: the index searches its own
+    # rows, and the few rows the saturation curve reads are normalized again (k=2 makes its
+    # wider search and brute force run). The report is the same, number for number, as with
+    # the patterns kept (an index of another type).
     import gc
     import weakref
 
@@ -277,15 +278,21 @@ def test_an_exact_index_searches_without_the_patterns_and_changes_nothing(
 
     def knn_self(index, data, k, progress=None):
         gc.collect()
-        alive.append(copies[0]() is not None)
+        copy = copies[0]()  # alive only as the index's own rows (adopted), never beside them
+        alive.append(copy is not None and copy.ctypes.data != index._data.data_ptr())
         return real_knn(index, data, k, progress)
 
     monkeypatch.setattr(geometry, "normalize_rows", normalize_rows)
     monkeypatch.setattr(measuring, "knn_self", knn_self)
     rep = measure(x, normalize=normalize, index="exact", k=2, fractions=fractions, bootstrap=20)
     if normalize == "rms":
-        assert alive == [False]  # the layer's normalized copy was gone when the search ran
-    monkeypatch.setattr(measuring, "keeps_rows", lambda index: False)  # the patterns kept
+        assert alive == [False]  # no copy of the layer beside the index's rows in the search
+    # the patterns kept: an index that neither searches its own rows nor takes the patterns
+    monkeypatch.setattr(measuring, "keeps_rows", lambda index: False)
+    real_build = measuring.build_index
+    monkeypatch.setattr(
+        measuring, "build_index", lambda *a, **kw: real_build(*a, **{**kw, "adopt": False})
+    )
     copies.clear()
     kept = measure(x, normalize=normalize, index="exact", k=2, fractions=fractions, bootstrap=20)
     assert _report_arrays(rep) == _report_arrays(kept)
