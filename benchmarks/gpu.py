@@ -19,7 +19,8 @@ Parts, each printing ``name=value`` lines (``# ...`` lines are commentary):
    audit's default autocast) and a random 1B-class Llama in bfloat16 (TinyLlama's shape: 22
    layers, hidden 2048), 2048 x 256 tokens: ``gpu_capture_overhead_ratio_<model>=``, tokens/s,
    ``torch.cuda.max_memory_allocated()`` of each, and (SmolLM2) the capture with the rows
-   copied out blocking against asynchronously from pinned buffers.
+   copied out blocking against asynchronously from pinned buffers, and ``compile=True``
+   against eager (``gpu_compiled_over_eager_smollm2=``, ``gpu_compile_first_seconds_smollm2=``).
 3. A projection of the paper's Fig. 2 (80 000 chunks x 256 tokens of GPT-2 medium, every layer
    indexed) from the measured capture tokens/s of a GPT-2-medium-sized random config and the
    measured time of one layer's ``measure()`` at 80 000 x 1024: ``projected_fig2_seconds=``.
@@ -286,15 +287,31 @@ def plain_pass(model, data, batch_size: int, device: torch.device, amp) -> None:
             del out
 
 
-def capture_pass(model, data, batch_size: int, autocast: str):
+def capture_pass(model, data, batch_size: int, autocast: str, compile: bool = False):
     from hopaudit.capture import capture
     from hopaudit.model.blocks import find_blocks, find_final_norm
 
     blocks = find_blocks(model)
     final = find_final_norm(model, [p for p, _ in blocks])
     return capture(
-        model, data, blocks, final=final, batch_size=batch_size, progress=False, autocast=autocast
-    )
+        model, data, blocks, final=final, batch_size=batch_size, progress=False,
+        autocast=autocast, compile=compile,
+    )  # fmt: skip
+
+
+def compiled_speedup(label, model, data, bs: int, device, autocast: str, rounds: int) -> None:
+    """``compile=True`` against the eager capture, alternated after one compiled warm-up (the
+    compilation itself, timed apart: inductor's cache may be warm or cold)."""
+    first, res = timed(device, lambda: capture_pass(model, data, bs, autocast, compile=True))
+    say(f"gpu_compile_first_seconds_{label}", first)
+    say(f"gpu_compiled_{label}", repr(res.compiled))
+    del res
+    eager, compiled = [], []
+    for r in range(rounds):
+        for on in (False, True) if r % 2 == 0 else (True, False):
+            seconds = timed(device, lambda on=on: capture_pass(model, data, bs, autocast, on))[0]
+            (compiled if on else eager).append(seconds)
+    say(f"gpu_compiled_over_eager_{label}", sum(eager) / sum(compiled))
 
 
 def scoring_share(model, data, batch_size: int, device: torch.device, amp) -> float:
@@ -362,6 +379,7 @@ def overhead(
             capture_module.ASYNC_COPY = True
         say(f"gpu_blocking_copy_seconds_{label}", blocking)
         say(f"gpu_async_copy_speedup_{label}", blocking / (sum(cap) / len(cap)))
+        compiled_speedup(label, model, data, bs, device, autocast, rounds)
     free_memory(device)
     return tokens * len(cap) / sum(cap)
 

@@ -20,6 +20,7 @@ EXPECTED = [
     "gpu_capture_overhead_ratio_llama_1b", "gpu_plain_tokens_per_second_smollm2",
     "gpu_capture_tokens_per_second_llama_1b", "gpu_peak_mb_plain_llama_1b",
     "gpu_peak_mb_capture_llama_1b", "gpu_async_copy_speedup_smollm2",
+    "gpu_compile_first_seconds_smollm2", "gpu_compiled_over_eager_smollm2",
     "gpu_scoring_over_forward_llama_1b", "fig2_capture_tokens_per_second",
     "fig2_search_seconds_per_pattern", "projected_fig2_seconds", "search_exact_seconds_2000",
     "search_hnsw_seconds_6000", "search_hnsw_recall_at_1_6000", "search_better_default_6000",
