@@ -13,6 +13,8 @@ Same model object, same batches of pydoc tokens, the two precisions alternated r
   the last-position hidden states;
 - ``max_rel_diff_median_nn``: the largest over layers of the relative change of the median
   nearest-other distance (RMS-normalized, exact, float64);
+- the same three with ``_compiled``: bfloat16 autocast with ``compile=True``'s compiled blocks
+  (``hopaudit.model.compiled``), against float32 as well, and ``compiled_tokens_per_second``;
 - ``mm_share_bf16``: with ``--profile``, the share of one bfloat16 batch's CPU time spent in
   ``aten::mm`` (torch.profiler): how much of the forward is matrix products.
 """
@@ -29,6 +31,7 @@ import torch
 
 import hopaudit
 from hopaudit.data import prepare_data
+from hopaudit.model.compiled import compiled_blocks
 from hopaudit.model.precision import native_bf16
 
 
@@ -71,13 +74,24 @@ def main() -> None:
     )
     ids = data.input_ids
     print(f"native_bf16={native_bf16(torch.device('cpu'))} threads={torch.get_num_threads()}")
+
+    @contextlib.contextmanager
+    def compiled():
+        with (
+            torch.autocast("cpu", dtype=torch.bfloat16),
+            compiled_blocks(list(model.model.layers), True),
+        ):
+            yield
+
     runs = {
         "float32": contextlib.nullcontext,
         "bf16": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+        "compiled": compiled,
     }
     speed: dict[str, list[float]] = {k: [] for k in runs}
     out = {}
     forward_all(model, ids[: args.batch], args.batch, contextlib.nullcontext)  # warm up
+    forward_all(model, ids[: args.batch], args.batch, compiled)  # and compile
     for r in range(args.rounds):
         for name in runs if r % 2 == 0 else list(runs)[::-1]:
             tps, states, ce = forward_all(model, ids, args.batch, runs[name])
@@ -88,17 +102,23 @@ def main() -> None:
     print(f"float32_tokens_per_second={med['float32']:.0f}")
     print(f"bf16_tokens_per_second={med['bf16']:.0f}")
     print(f"bf16_speedup={med['bf16'] / med['float32']:.2f}")
+    print(f"compiled_tokens_per_second={med['compiled']:.0f}")
 
-    (h32, ce32), (hbf, cebf) = out["float32"], out["bf16"]
-    print(f"mean_ce_float32={ce32.mean():.4f} mean_ce_bf16={cebf.mean():.4f}")
-    print(f"max_abs_diff_ce_per_sequence={np.abs(ce32 - cebf).max():.4f}")
-    rel_act = [
-        float(np.median(np.linalg.norm(hbf[i] - h32[i], axis=1) / np.linalg.norm(h32[i], axis=1)))
-        for i in range(1, len(h32))
-    ]
-    print(f"median_rel_err_activations_max={max(rel_act):.4f}")
-    rel_nn = [abs(median_nn(hbf[i]) / median_nn(h32[i]) - 1) for i in range(1, len(h32))]
-    print(f"max_rel_diff_median_nn={max(rel_nn):.4f}")
+    h32, ce32 = out["float32"]
+    print(f"mean_ce_float32={ce32.mean():.4f}")
+    for name, suffix in (("bf16", ""), ("compiled", "_compiled")):
+        hbf, cebf = out[name]
+        print(f"mean_ce_{name}={cebf.mean():.4f}")
+        print(f"max_abs_diff_ce_per_sequence{suffix}={np.abs(ce32 - cebf).max():.4f}")
+        rel_act = [
+            float(
+                np.median(np.linalg.norm(hbf[i] - h32[i], axis=1) / np.linalg.norm(h32[i], axis=1))
+            )
+            for i in range(1, len(h32))
+        ]
+        print(f"median_rel_err_activations_max{suffix}={max(rel_act):.4f}")
+        rel_nn = [abs(median_nn(hbf[i]) / median_nn(h32[i]) - 1) for i in range(1, len(h32))]
+        print(f"max_rel_diff_median_nn{suffix}={max(rel_nn):.4f}")
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
