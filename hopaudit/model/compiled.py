@@ -5,7 +5,7 @@ transformers), not the whole model: the blocks of a stack share one code object,
 compilation serves them all, and the capture's hooks stay outside the compiled code (they run
 around ``forward`` in ``nn.Module.__call__``), where a graph break would cost more than they do.
 What it gains, and what the first compilation costs, is ``benchmarks/forward.py``'s
-``compiled_over_eager`` and ``compile_seconds`` (benchmarks/README.md).
+``compiled_over_audit`` and ``compile_seconds`` (benchmarks/README.md).
 
 Opt-in: the first batch waits for the compiler (seconds when its cache in the system's
 temporary folder is warm, tens of seconds when cold) and needs a C++ compiler on a CPU, so it

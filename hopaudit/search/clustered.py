@@ -34,6 +34,7 @@ from hopaudit.search.exact import ExactIndex
 from hopaudit.search.rows import (
     Progress,
     as_2d,
+    centred_in_place,
     check_query,
     chunk_rows,
     column_mean,
@@ -150,11 +151,9 @@ class ClusteredIndex:
         gen = torch.Generator().manual_seed(self.seed)
         nlist = min(n, self.lists or default_lists(n))
         sample = np.sort(torch.randperm(n, generator=gen)[: KMEANS_SAMPLE_PER_LIST * nlist].numpy())
-        owned = adopt and self.device.type == "cpu" and arr.dtype == np.float32
-        if owned and arr.flags.c_contiguous and arr.flags.writeable:
-            for s in range(0, n, rows):  # the same values as _centred gives
-                arr[s : s + rows] = np.asarray(arr[s : s + rows], np.float64) - self._center
-            data = torch.from_numpy(arr)
+        lent = centred_in_place(arr, self._center, rows, self.device, adopt)
+        if lent is not None:
+            data = torch.from_numpy(lent)
         else:
             data = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
             for s in range(0, n, rows):

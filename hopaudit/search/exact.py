@@ -19,6 +19,7 @@ from hopaudit.errors import SearchError
 from hopaudit.search.rows import (
     Progress,
     as_2d,
+    centred_in_place,
     check_query,
     chunk_rows,
     column_mean,
@@ -138,18 +139,11 @@ class ExactIndex:
         mean = column_mean(arr, rows, "patterns")  # also validates everything before storing
         if self._center is None:
             self._center = mean
-        owned = (
-            adopt
-            and self._data is None
-            and self.device.type == "cpu"
-            and arr.dtype == np.float32
-            and arr.flags.c_contiguous
-            and arr.flags.writeable
-        )
-        if owned:
-            for s in range(0, arr.shape[0], rows):  # the same values as _centred gives
-                arr[s : s + rows] = np.asarray(arr[s : s + rows], np.float64) - self._center
-            self._data = torch.from_numpy(arr)
+        lent = None
+        if self._data is None:
+            lent = centred_in_place(arr, self._center, rows, self.device, adopt)
+        if lent is not None:
+            self._data = torch.from_numpy(lent)
         else:
             # one float32 tensor filled chunk by chunk: no list of parts and concatenated copy
             start = 0 if self._data is None else self._count

@@ -16,6 +16,7 @@ from hopaudit.errors import SearchError
 __all__ = [
     "Progress",
     "as_2d",
+    "centred_in_place",
     "check_query",
     "chunk_rows",
     "column_mean",
@@ -85,6 +86,27 @@ def column_mean(arr: np.ndarray, rows: int, what: str) -> np.ndarray:
         refuse_nonfinite(chunk, start, what)
         total += chunk.sum(axis=0)
     return total / max(arr.shape[0], 1)
+
+
+def centred_in_place(
+    arr: np.ndarray, center: np.ndarray, rows: int, device: object, adopt: bool
+) -> np.ndarray | None:
+    """``arr`` itself with ``center`` subtracted (in float64 from the original values, then
+    float32: what an index's own centred copy holds), when its caller lends it (``adopt``) and
+    it can be: a writable, C-contiguous float32 array for an index on the CPU. None otherwise,
+    ``arr`` untouched: the index copies it."""
+    lendable = (
+        adopt
+        and getattr(device, "type", "cpu") == "cpu"
+        and arr.dtype == np.float32
+        and arr.flags.c_contiguous
+        and arr.flags.writeable
+    )
+    if not lendable:
+        return None
+    for s in range(0, arr.shape[0], rows):
+        arr[s : s + rows] = np.asarray(arr[s : s + rows], np.float64) - center
+    return arr
 
 
 def check_query(index: object, x: object, k: int) -> np.ndarray:
