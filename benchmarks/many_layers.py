@@ -12,6 +12,12 @@ tokens x 768 x 4 bytes. Prints the CPU and the load average at start and end, an
     peak_anon_over_one_layer_<blocks>=  the two over each other (target <= 3, equal for 4 and 12)
     peak_stage_<blocks>=                the audit's stage at the peak
     stage_peaks_<blocks>=               the largest peak of each kind of stage, in layers
+    umap_import_over_one_layer=         importing umap and loading its compiled functions, in
+                                        a fresh process after torch and hopaudit (kept for
+                                        the rest of the process: a fixed working set)
+    weight_copies_over_one_layer_<b>=   the bfloat16 copies of the weights the capture casts
+                                        once (model/precision.py), from their sizes
+    logits_over_one_layer_<b>=          one batch's logits in the dtype the forward returns
 
 A stage is what ``hopaudit.engines.memory.PeakTracker.mark`` names once it ends ("capture",
 "measuring <layer>", "UMAP <layer>"): the benchmark records when each mark is taken, and the
@@ -129,13 +135,48 @@ def child(blocks: int, n_seq: int) -> None:
                 model, ids, positions="all", store=f"{tmp}/store", progress=False, bootstrap=0
             )
         seconds = time.perf_counter() - t0
+        amp = str(audit.capture.compute_dtype).startswith("bfloat16")
+        logits = audit.capture.batch_size * SEQ_LEN * config.vocab_size * (2 if amp else 4)
         print(json.dumps({
             "peak": sampler.peak - base, "base": base, "when": sampler.when - t0,
             "stage": stage_at(marks, sampler.when),
             "stages": stage_peaks(sampler.samples, marks, base),
             "seconds": seconds, "capture_seconds": audit.capture.seconds,
             "batch_size": audit.capture.batch_size, "tokens": int(audit.n_tokens),
+            "copies_mb": weight_copies_bytes(model) / 2**20 if amp else 0.0,
+            "logits_mb": logits / 2**20,
         }))  # fmt: skip
+
+
+def weight_copies_bytes(model) -> int:
+    """Bytes of the bfloat16 copies the capture makes of the weights and biases of every Linear
+    and transformers Conv1D (a tied weight once)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    params = {}
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Linear, Conv1D)):
+            for p in (m.weight, m.bias):
+                if p is not None:
+                    params[id(p)] = p
+    return sum(p.numel() * 2 for p in params.values())
+
+
+def umap_import() -> None:
+    """RssAnon that importing umap and loading its compiled functions adds, after torch,
+    transformers and hopaudit (what the audit's process holds before its first layout)."""
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    import hopaudit  # noqa: F401
+    from hopaudit.layer.embedding import cache_umap_jit
+
+    before = rss_anon_mb()
+    import umap  # noqa: F401
+
+    cache_umap_jit()
+    print(json.dumps({"umap_import_mb": rss_anon_mb() - before}))
 
 
 def speed(n_seq: int, rounds: int, sequences: int) -> None:
@@ -175,11 +216,15 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, nargs="+", default=[4, 12])
     ap.add_argument("--sequences", type=int, default=400)
     ap.add_argument("--child", type=int)
+    ap.add_argument("--umap-import", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--speed", type=int, help="time the capture at SPEED x 64 tokens instead")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     if args.child:
         child(args.child, args.sequences)
+        return
+    if args.umap_import:
+        umap_import()
         return
     from hopaudit.model.precision import cpu_description
 
@@ -192,6 +237,11 @@ def main() -> None:
         return
     one = args.sequences * SEQ_LEN * WIDTH * 4 / 2**20
     print(f"one_layer_mb={one:.1f}")
+    out = subprocess.run(
+        [sys.executable, __file__, "--umap-import"], check=True, capture_output=True, text=True
+    )
+    fixed = json.loads(out.stdout.strip().splitlines()[-1])["umap_import_mb"]
+    print(f"umap_import_over_one_layer={fixed / one:.2f}", flush=True)
     for blocks in args.blocks:
         out = subprocess.run(
             [sys.executable, __file__, "--child", str(blocks), "--sequences", str(args.sequences)],
@@ -203,7 +253,9 @@ def main() -> None:
         print(f"peak_anon_over_one_layer_{blocks}={got['peak'] / one:.2f}")
         print(f"peak_stage_{blocks}={got['stage']}")
         layers = {k: round(v / one, 2) for k, v in got["stages"].items()}
-        print(f"stage_peaks_{blocks}={json.dumps(layers)}", flush=True)
+        print(f"stage_peaks_{blocks}={json.dumps(layers)}")
+        print(f"weight_copies_over_one_layer_{blocks}={got['copies_mb'] / one:.2f}")
+        print(f"logits_over_one_layer_{blocks}={got['logits_mb'] / one:.2f}", flush=True)
     print(f"loadavg_end={os.getloadavg()[0]:.2f}")
 
 
