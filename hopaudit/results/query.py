@@ -3,7 +3,9 @@ sequences it lies nearest to at each layer (``Audit.query``).
 
 The texts go through the *same* capture as the audit: the blocks it hooked, its positions,
 its store dtype and its forward precision (bfloat16 autocast exactly when the audit's forward
-ran in it), and the rows are normalized by the one function that made the layer's patterns
+ran in it; eager even after a ``compile=True`` audit, whose compilation would cost a query more
+than it saves: the rows then differ by the compiled kernels' rounding), and the rows are
+normalized by the one function that made the layer's patterns
 (:func:`hopaudit.layer.patterns.layer_patterns`). Each layer's own index answers the search
 (:mod:`hopaudit.layer.nearest` turns nearest patterns into nearest sequences), and for the layers
 with a UMAP the point is placed on the fitted layout (:func:`hopaudit.layer.embedding.place`).
