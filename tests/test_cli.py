@@ -111,6 +111,29 @@ def test_unwritable_output_is_one_line(saved_dir, tmp_path):
     assert blocker.read_text() == "x"
 
 
+def test_audit_compile_flag_compiles_the_blocks_and_the_saved_audit_says_so(
+    model_dir, monkeypatch, tmp_path
+):
+    import torch
+
+    calls = []
+
+    def stand_in(fn, **kwargs):  # torch.compile, counted; the blocks run as they are
+        calls.append(kwargs)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", stand_in)
+    args = ["audit", str(model_dir / "model"), str(model_dir / "data.txt"), "--max-length", "16"]
+    assert main([*args, "--quiet", "--compile", "--save", str(tmp_path / "a")]) == 0
+    assert [c["dynamic"] for c in calls] == [True] * 3  # the three blocks, not the final norm
+    saved = hopaudit.load(tmp_path / "a")
+    assert saved.options["compile"] is True
+    assert saved.summary()["compiled"] == "torch.compile: 3 blocks"
+    calls.clear()
+    assert main([*args, "--quiet", "--save", str(tmp_path / "b")]) == 0
+    assert calls == [] and hopaudit.load(tmp_path / "b").summary()["compiled"] is None
+
+
 def test_damaged_saved_audit_is_one_line(saved_dir, tmp_path):
     import shutil
 
