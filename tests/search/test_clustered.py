@@ -177,30 +177,6 @@ def test_an_audit_with_the_clustered_search_saves_loads_and_answers_queries(tmp_
     assert qa.nearest.equals(qb.nearest)  # the same lists again (seeded), the same answers
 
 
-def test_an_adopted_array_gives_the_same_index_and_the_caller_s_data_is_never_touched():
-    from hopaudit.layer.measuring import measure
-
-    x = mixture(3000, 16, centres=20, seed=11)
-    copied = ClusteredIndex(16)
-    copied.add(x)
-    mine = x.copy()
-    adopted = ClusteredIndex(16)
-    adopted.add(mine, adopt=True)
-    assert adopted._data.data_ptr() == mine.ctypes.data  # kept, not copied
-    np.testing.assert_array_equal(adopted._data.numpy(), copied._data.numpy())
-    for a, b in zip(knn_self(copied, None, 6), knn_self(adopted, None, 6), strict=True):
-        np.testing.assert_array_equal(a, b)
-    # measure lends its own normalized copy, never the caller's patterns (nor a view of them)
-    before = x.copy()
-    for normalize in ("rms", "none"):
-        measure(x, normalize=normalize, index="clustered", k=4, bootstrap=0)
-        np.testing.assert_array_equal(x, before)
-    readonly = x.copy()
-    readonly.flags.writeable = False
-    build_index(readonly, "clustered", adopt=True)  # copied instead: it cannot be written
-    np.testing.assert_array_equal(readonly, before)
-
-
 def test_progress_counts_every_query_once_over_both_passes():
     x = mixture(2500, 12, centres=20, seed=12)
     index = ClusteredIndex(12, probes=5)
