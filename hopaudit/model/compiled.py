@@ -74,11 +74,7 @@ def compiled_blocks(blocks: Iterable[nn.Module], enabled: bool) -> Iterator[Comp
         if enabled:
             # past the limit, an error (the capture then runs eager and says so), not a silent
             # eager run under a note that claims compiled blocks
-            limits.enter_context(
-                torch._dynamo.config.patch(
-                    recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True
-                )
-            )
+            limits.enter_context(torch._dynamo.config.patch(**_limit_settings()))
         try:
             if enabled:
                 for m in dict.fromkeys(blocks):  # a module listed twice is compiled once
@@ -92,6 +88,21 @@ def compiled_blocks(blocks: Iterable[nn.Module], enabled: bool) -> Iterator[Comp
             yield state
         finally:
             state.undo()
+
+
+def _limit_settings() -> dict[str, Any]:
+    """Dynamo's recompile limit at ``RECOMPILE_LIMIT`` and its hit an error, under the names
+    this torch knows (``cache_size_limit`` and ``fail_on_cache_limit_hit`` before 2.6)."""
+    config = torch._dynamo.config
+    out: dict[str, Any] = {}
+    for names, value in (
+        (("recompile_limit", "cache_size_limit"), RECOMPILE_LIMIT),
+        (("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit"), True),
+    ):
+        name = next((n for n in names if hasattr(config, n)), None)
+        if name is not None:
+            out[name] = value
+    return out
 
 
 def _describe(compiled: int, skipped: int) -> str:

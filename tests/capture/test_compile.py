@@ -186,3 +186,15 @@ def test_past_dynamos_recompile_limit_the_pass_runs_eager_and_says_so(monkeypatc
     eager = _run(second, info, data, store_dtype=torch.float32)
     for name in cap.layer_names:
         np.testing.assert_array_equal(cap.store.get(name), eager.store.get(name))
+
+
+def test_the_recompile_limit_is_set_under_the_names_this_torch_knows(monkeypatch):
+    import types
+
+    import torch._dynamo
+
+    older = types.SimpleNamespace(cache_size_limit=8, fail_on_cache_limit_hit=False)
+    monkeypatch.setattr(torch._dynamo, "config", older)  # torch before 2.6 named them so
+    assert compiled._limit_settings() == {"cache_size_limit": 64, "fail_on_cache_limit_hit": True}
+    monkeypatch.setattr(torch._dynamo, "config", types.SimpleNamespace())
+    assert compiled._limit_settings() == {}
