@@ -67,6 +67,21 @@ def test_summary_shows_the_audit_numbers(open_report, real_audit):
     assert f"{s['log10_N']:.3g}" in text
 
 
+def test_summary_names_a_compiled_forward(open_report, real_audit, tmp_path):
+    import copy
+    from pathlib import Path
+
+    audit = copy.copy(real_audit)
+    audit.capture = copy.copy(real_audit.capture)
+    audit.capture.compiled = "torch.compile: 3 blocks"
+    path = Path(audit.to_html(tmp_path / "compiled.html"))
+    text = open_report(path=path).page.locator('[data-panel="summary"]').inner_text()
+    assert "torch.compile: 3 blocks" in text
+    assert str(real_audit.summary()["compute_dtype"]) in text
+    plain = open_report().page.locator('[data-panel="summary"]').inner_text()
+    assert "torch.compile" not in plain and real_audit.summary()["compiled"] is None
+
+
 def test_scatter_canvas_is_not_blank(open_report):
     p = open_report()
     canvas = p.page.locator('[data-panel="basins"] canvas')

@@ -33,7 +33,7 @@ export class SummaryPanel extends Panel {
       card("log10 N vs 2 log10 D", `${fmt(nLog)} vs ${fmt(dLog)}`, regime),
       card("cross-entropy", Number.isFinite(ce) ? `${fmt(ce, 4)} nats` : "n/a", ceSub, below),
       card("normalize", String(s.normalize ?? "–"), s.positions != null ? `positions: ${s.positions}` : ""),
-      card("run time", fmtSeconds(num("total_seconds")), `capture ${fmtSeconds(num("capture_seconds"))} · ${fmtCount(num("tokens_per_second"))} tok/s${s.compute_dtype ? ` · ${s.compute_dtype}` : ""}`),
+      card("run time", fmtSeconds(num("total_seconds")), `capture ${fmtSeconds(num("capture_seconds"))} · ${fmtCount(num("tokens_per_second"))} tok/s${s.compute_dtype ? ` · ${s.compute_dtype}` : ""}${s.compiled ? ` · ${s.compiled}` : ""}`),
     );
     // Extraction, the ground truth (docs/theory.md §6), where it was run.
     const ex = num("extraction_rate");
