@@ -56,8 +56,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 SEQ_LEN = 64
-# each product repeated to about this many operations: a few tenths of a second, as long as a
-# forward variant (a product timed for milliseconds read 2.4 times faster than sustained)
+# each product repeated to about this many operations: a tenth of a second or more, timed as
+# steadily as a forward variant (its outputs dropped at once, never held in a list)
 MATMUL_FLOP_TARGET = 2e11
 
 
