@@ -34,8 +34,6 @@ Sequences with fewer than two real tokens have no prediction: their scores are N
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import inspect
 import math
 import time
@@ -52,6 +50,7 @@ from hopaudit.capture.result import CaptureResult
 from hopaudit.capture.store import ActivationStore, normalize_dtype
 from hopaudit.errors import CaptureError, DataError, HopauditError, ModelError
 from hopaudit.evidence.scores import greedy_runs, sequence_statistics, token_statistics
+from hopaudit.heap import kept_heap, release_freed_memory
 from hopaudit.model.blocks import (
     ENCODER_FINAL,
     Stack,
@@ -350,26 +349,6 @@ def choose_batch_size(
         if vocab:
             bs = min(bs, logits_budget(one_layer) // (seq_len * vocab * 4))
     return int(max(1, min(bs, n_sequences)))
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(None).malloc_trim  # glibc only
-    except (OSError, AttributeError):
-        return None
-
-
-def release_freed_memory() -> None:
-    """Hand the heap pages freed by a batch back to the OS (glibc; a no-op elsewhere).
-
-    A forward pass frees many arrays of a few MB (below glibc's 32 MB mmap limit) in an order
-    that fragments the heap, so the peak resident memory of a long capture kept growing with
-    the number of batches (SmolLM2, 600 x 64 tokens: 6.6 GB; with a trim per batch 2.0 GB).
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 # --------------------------------------------------------------------------------- capture
@@ -838,6 +817,7 @@ def capture(
         # bfloat16 autocast (amp) for the whole pass with the weights cast once, or no-op
         # contexts: see model/precision.py
         with (
+            kept_heap() as heap,
             torch.inference_mode(),
             autocast_context(amp, device),
             cast_weights_once(model, amp),
@@ -898,7 +878,7 @@ def capture(
                     loss_note = _no_loss_reason(model, logits, feed)
                 del output, logits
                 state.clear()
-                release_freed_memory()
+                heap.batch_done()
                 n_tokens += int(batch.sel[stacks[0]][3].sum())
                 bar.update(stop - start)
                 elapsed = time.perf_counter() - t0

@@ -7,9 +7,10 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from hopaudit.capture.forward import capture, release_freed_memory
+from hopaudit.capture.forward import capture
 from hopaudit.engines.options import AuditOptions
 from hopaudit.errors import SearchError
+from hopaudit.heap import release_freed_memory
 from hopaudit.layer.embedding import embed_layer
 from hopaudit.layer.files import LayerFiles, compact_graph
 from hopaudit.layer.measuring import measure
