@@ -869,7 +869,10 @@ def capture(
                 logits = logits_of(output, vocab)
                 if logits is not None and score is not None and not is_masked_lm(model):
                     targets, score_mask, shift = score
-                    b, lp, hit, z = token_statistics(logits, targets, score_mask, shift=shift)
+                    # the logits are read here only: scored in place where no copy is needed
+                    b, lp, hit, z = token_statistics(
+                        logits, targets, score_mask, shift=shift, overwrite=True
+                    )
                     tok_z.append(z.cpu())
                     tok_seq.append(b.cpu() + start)
                     tok_lp.append(lp.cpu())

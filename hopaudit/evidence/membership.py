@@ -247,7 +247,7 @@ def reference_nll(
                         f"the reference {type(reference).__name__} returns no logits; it must "
                         "be a causal LM"
                     )
-                b, lp, _hit, _z = token_statistics(logits, b_ids, b_mask)
+                b, lp, _hit, _z = token_statistics(logits, b_ids, b_mask, overwrite=True)
                 seqs.append(b.cpu().numpy() + start)
                 lps.append(lp.cpu().numpy())
     finally:

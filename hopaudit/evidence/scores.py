@@ -22,6 +22,7 @@ reads it from the logits the forward already produced, in chunks of positions, s
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -48,6 +49,7 @@ def token_statistics(
     *,
     shift: bool = True,
     chunk_values: int = SCORE_CHUNK_VALUES,
+    overwrite: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per next-token prediction within the mask: (sequence index, log p of the true next
     token, top-1 hit, Min-K%++ z), ordered by sequence, then position.
@@ -57,7 +59,8 @@ def token_statistics(
     shifted right), counted where the mask is set. Computed in float32, or
     float64 for float64 logits, over at most ``chunk_values`` logits at once, gathered across
     the batch (one chunk serves many short sequences). z is 0 where the distribution has no
-    spread (sigma = 0: a one-hot prediction).
+    spread (sigma = 0: a one-hot prediction). ``overwrite=True`` lets the work run in place on
+    ``logits`` already in that dtype (the capture's, which nothing reads after).
     """
     m = mask.bool()
     valid = m[:, :-1] & m[:, 1:] if shift else m
@@ -67,34 +70,74 @@ def token_statistics(
     if n == 0:
         empty = torch.empty(0, device=logits.device, dtype=work)
         return b_idx, empty, empty.bool(), empty
-    vocab = logits.shape[-1]
-    chunk = max(1, int(chunk_values) // vocab)
+    chunk = max(1, int(chunk_values) // logits.shape[-1])
     targets = input_ids[b_idx, t_idx + (1 if shift else 0)]
-    lps, hits, zs = [], [], []
+    lp = torch.empty(n, dtype=work, device=logits.device)
+    hit = torch.empty(n, dtype=torch.bool, device=logits.device)
+    z = torch.empty(n, dtype=work, device=logits.device)
+    for s, y in _row_chunks(logits, b_idx, t_idx, chunk, work, overwrite):
+        e = s + y.shape[0]
+        lp[s:e], hit[s:e], z[s:e] = _chunk_statistics(y, targets[s:e])
+    return b_idx, lp, hit, z
+
+
+def _row_chunks(
+    logits: torch.Tensor,
+    b_idx: torch.Tensor,
+    t_idx: torch.Tensor,
+    chunk: int,
+    work: torch.dtype,
+    overwrite: bool,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(first prediction, its ``chunk`` rows of logits in ``work`` dtype) over the predictions.
+
+    The rows of a sequence are consecutive in memory: a chunk is copied from one slice per
+    sequence it spans into one reused buffer (a gather by index cost more than the statistics
+    themselves), or is the slice itself when ``overwrite`` allows and no copy is needed.
+    """
+    n, (b, t, vocab) = b_idx.numel(), logits.shape
+    try:
+        flat = logits.view(b * t, vocab)
+    except RuntimeError:  # strides that do not flatten: gather by index
+        for s in range(0, n, chunk):
+            yield s, logits[b_idx[s : s + chunk], t_idx[s : s + chunk]].to(work)
+        return
+    rows = (b_idx * t + t_idx).cpu().numpy()
+    # run k of consecutive rows covers predictions bounds[k] .. bounds[k + 1]
+    bounds = np.append(np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1), n)
+    in_place = overwrite and logits.dtype == work
+    buf = None
+    k = 0
     for s in range(0, n, chunk):
-        lp_t, hit, z = _chunk_statistics(
-            logits[b_idx[s : s + chunk], t_idx[s : s + chunk]].to(work), targets[s : s + chunk]
-        )
-        lps.append(lp_t)
-        hits.append(hit)
-        zs.append(z)
-    return b_idx, torch.cat(lps), torch.cat(hits), torch.cat(zs)
+        e = min(n, s + chunk)
+        while bounds[k + 1] <= s:
+            k += 1
+        if in_place and bounds[k + 1] >= e:
+            yield s, flat[rows[s] : rows[s] + e - s]
+            continue
+        if buf is None:
+            buf = torch.empty((min(chunk, n), vocab), dtype=work, device=logits.device)
+        y, p, j = buf[: e - s], s, k
+        while p < e:
+            q = min(e, int(bounds[j + 1]))
+            y[p - s : q - s].copy_(flat[rows[p] : rows[p] + q - p])
+            p, j = q, j + 1
+        yield s, y
 
 
 def _chunk_statistics(
     y: torch.Tensor, target: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log p of the target, top-1 hit, Min-K%++ z) of each row of logits ``y`` (a copy this
-    function may overwrite), in few passes over the row and no other buffer of its size.
+    """(log p of the target, top-1 hit, Min-K%++ z) of each row of logits ``y`` (rows this
+    function may overwrite), in few passes over the row and one other buffer of its size.
 
     With y shifted by its row maximum and e = exp(y), sum(e) = Z: log p(target) = y_t - log Z,
     mu = E_p[log p] = E_p[y] - log Z, and sigma^2 = Var_p[log p] = Var_p[y] (log Z shifts
     both alike), E_p[y] and E_p[y^2] the sums of e*y and e*y*y over Z, multiplied in place.
     The shift keeps exp in range. The top-1 hit is argmax's (the first of tied maxima, as
-    greedy decoding picks): one ``max`` gives both, where a separate tie check over the rows
-    whose target holds the maximum cost more than it saved.
+    greedy decoding picks): :func:`_top1_hits`.
     """
-    top, arg = y.max(1)  # arg: the first of tied maxima, as argmax and greedy decoding pick
+    top, hit = _top1_hits(y, target)
     y.sub_(top[:, None])
     y_t = y.gather(1, target[:, None])[:, 0]
     e = torch.exp(y)
@@ -104,7 +147,32 @@ def _chunk_statistics(
     sigma = (second - mean_y * mean_y).clamp_min(0).sqrt()
     lp_t = y_t - total.log()
     z = torch.where(sigma > 0, (y_t - mean_y) / sigma, torch.zeros_like(sigma))
-    return lp_t, arg == target, z
+    return lp_t, hit, z
+
+
+def _top1_hits(
+    y: torch.Tensor, target: torch.Tensor, by_max: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row maximum, whether the target is the row's argmax: the first of tied maxima).
+
+    On a CPU the maximum alone (``amax``) is several times faster than ``max`` with its
+    index, so only the rows whose target holds the maximum are looked at again, each over the
+    tokens before its target for an earlier tie. On other devices, where that loop would wait
+    on the device row by row, ``max`` gives both (``by_max`` chooses either way).
+    """
+    if by_max if by_max is not None else y.device.type != "cpu":
+        top, arg = y.max(1)
+        return top, arg == target
+    top = y.amax(1)
+    hit = y.gather(1, target[:, None])[:, 0] == top
+    rows = hit.nonzero()[:, 0].tolist()
+    if rows:
+        targets, tops = target.tolist(), top.tolist()
+        for r in rows:
+            t = targets[r]
+            if t and float(y[r, :t].amax()) == tops[r]:
+                hit[r] = False  # an earlier token ties: argmax is that one
+    return top, hit
 
 
 def lowest_fraction_mean(

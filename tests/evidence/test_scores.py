@@ -69,6 +69,52 @@ def test_token_statistics_match_float64_loop():
     assert hit.tolist() == hits
 
 
+def _laid_out(logits: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values in another memory layout: rows that flatten with a stride, or not."""
+    if layout == "every_other":  # a strided view: flattens, rows two apart
+        wide = torch.zeros(
+            logits.shape[0], 2 * logits.shape[1], logits.shape[2], dtype=logits.dtype
+        )
+        wide[:, ::2] = logits
+        return wide[:, ::2]
+    if layout == "transposed":  # batch-minor: does not flatten, gathered by index
+        return logits.transpose(0, 1).contiguous().transpose(0, 1)
+    return logits.clone()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "every_other", "transposed"])
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("chunk_rows", [1, 4, 7, 100])
+def test_chunks_across_sequences_and_layouts_equal_the_float64_loop(layout, overwrite, chunk_rows):
+    """Chunks that span sequences, padding and holes, in any layout, in place or copied: the
+    same numbers as the float64 loop, and the logits untouched unless ``overwrite``."""
+    rng = np.random.default_rng(2)
+    batch, seq, vocab = 4, 9, 37
+    base = torch.tensor(rng.normal(scale=3.0, size=(batch, seq, vocab)))
+    ids = torch.tensor(rng.integers(0, vocab, size=(batch, seq)))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[1, 6:] = 0
+    mask[2, 3] = 0
+    mask[3, :] = 0  # a sequence with no prediction at all
+    expected = _loop_stats(base.numpy(), ids.numpy(), mask.numpy())
+    logits = _laid_out(base, layout)
+    seq_i, lp, hit, z = token_statistics(
+        logits, ids, mask, chunk_values=chunk_rows * vocab, overwrite=overwrite
+    )
+    assert seq_i.tolist() == [e[0] for e in expected]
+    np.testing.assert_allclose(lp.numpy(), [e[1] for e in expected], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(z.numpy(), [e[2] for e in expected], rtol=0, atol=1e-10)
+    hits = [
+        int(np.argmax(base.numpy()[b, t])) == int(ids[b, t + 1])
+        for b in range(batch)
+        for t in range(seq - 1)
+        if mask[b, t] and mask[b, t + 1]
+    ]
+    assert hit.tolist() == hits
+    if not overwrite:
+        assert torch.equal(logits, base)
+
+
 def _numpy_stats(logits: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(log p(next), z, top-1 hit) of every position but the last, vectorized in float64."""
     x = logits[:, :-1].astype(np.float64)
@@ -133,6 +179,18 @@ def test_top1_hit_is_argmaxs_when_the_maximum_is_tied():
     _, _, hit, _ = token_statistics(logits, ids, torch.ones(1, 5, dtype=torch.long))
     want = logits[0, :4].float().argmax(-1) == ids[0, 1:]
     assert hit.tolist() == want.tolist() == [False, True, True, False]
+
+
+@pytest.mark.parametrize("by_max", [False, True])  # True: the path devices other than CPUs take
+def test_top1_hits_both_ways_equal_argmax_on_tied_rows(by_max):
+    rng = np.random.default_rng(3)
+    y = torch.tensor(rng.integers(0, 4, size=(40, 23)), dtype=torch.float32)  # many ties
+    target = y.argmax(1)
+    target[::3] = torch.tensor(rng.integers(0, 23, size=14))  # some at another maximum or not
+    top, hit = hopaudit.evidence.scores._top1_hits(y.clone(), target, by_max=by_max)
+    assert torch.equal(top, y.amax(1))
+    assert hit.tolist() == (y.argmax(1) == target).tolist()
+    assert 0 < int(hit.sum()) < 40
 
 
 def test_lowest_fraction_mean_matches_sorting_by_hand():
