@@ -30,6 +30,8 @@ __all__ = ["BF16_DOT_ERROR", "EXACT_TILES", "ExactIndex"]
 
 #: Elements of one (queries x stored) float32 score tile in the exact backend.
 _TILE_ELEMS = 1 << 22
+#: Elements of the re-rank's difference tensor (1 MiB of float32): it stays in a core's cache.
+_RERANK_ELEMS = 1 << 18
 
 #: Bound on |x.y - bf16(x).bf16(y) rounded to bfloat16| over |x| |y|: each input rounds by
 #: at most 2^-9 relative per coordinate (2^-8 for the product), the output by 2^-9, and the
@@ -278,9 +280,12 @@ class ExactIndex:
         out_d = torch.empty(cand.shape, dtype=self._rerank_dtype, device=cand.device)
         # Bound the (rows, candidates, dim) difference tensor. The float32 difference of two
         # float32 vectors is exact to rounding; its squares are summed in the re-rank dtype.
-        step = max(1, _TILE_ELEMS // max(1, cand.shape[1] * self.dim))
+        c = cand.shape[1]
+        step = max(1, _RERANK_ELEMS // max(1, c * self.dim))
         for r0 in range(0, cand.shape[0], step):
-            diff = self._data[cand[r0 : r0 + step]] - xq[r0 : r0 + step].unsqueeze(1)
+            rows = cand[r0 : r0 + step]
+            diff = torch.index_select(self._data, 0, rows.reshape(-1)).view(-1, c, self.dim)
+            diff.sub_(xq[r0 : r0 + step].unsqueeze(1))
             out_d[r0 : r0 + step] = torch.linalg.vector_norm(diff, dim=2, dtype=self._rerank_dtype)
         order = torch.sort(out_d, dim=1, stable=True).indices[:, :k]
         ids = torch.gather(cand, 1, order)
