@@ -817,11 +817,11 @@ def capture(
         # bfloat16 autocast (amp) for the whole pass with the weights cast once, or no-op
         # contexts: see model/precision.py
         with (
-            kept_heap() as heap,
             torch.inference_mode(),
             autocast_context(amp, device),
             cast_weights_once(model, amp),
             compiled_blocks(_blocks_only(modules), compile) as compiled,
+            kept_heap() as heap,  # after the weights' copies: the batches' working set alone
             TraceBlocks(modules, on_output),
         ):
             for start in range(0, n_seq, batch_size):
