@@ -19,11 +19,12 @@ hopaudit runs with its defaults, so its forward pass uses bfloat16 autocast wher
 multiplies bfloat16 natively (``compute_dtype`` says what ran); a third run with
 ``autocast="off"`` (float32, as by hand) shows what that choice is worth.
 
-A fourth subprocess runs only the forward pass over the same tokens, in the numerics and batches
-hopaudit's capture uses (bfloat16 autocast with the weights cast once where the CPU multiplies
-bfloat16 natively, float32 otherwise): ``plain_forward_seconds=`` and ``non_forward_share=``
-(hopaudit's seconds over it: what everything but the forward costs; issue 25's target on a
-float32-only CPU is 1.10).
+A fourth subprocess runs only the forward pass over the same tokens, in the numerics, batches
+and heap hopaudit's capture uses (bfloat16 autocast with the weights cast once where the CPU
+multiplies bfloat16 natively, float32 otherwise; glibc's heap kept, hopaudit/heap.py):
+``plain_forward_seconds=`` and ``non_forward_share=`` (hopaudit's seconds over it: what
+everything but the forward costs; issue 25's target on a float32-only CPU is 1.10). By hand
+runs on glibc's heap as it comes, as a user's own code would.
 
 Then hopaudit with ``compile=True`` twice over one fresh inductor cache: ``_cold`` pays the
 whole compilation (a user's first compiled audit on a machine), ``_warm`` reads the cache.
@@ -121,11 +122,13 @@ def worker_manual(n_seq: int, length: int) -> dict:
 
 
 def worker_plain(n_seq: int, length: int) -> dict:
-    """The forward alone, as hopaudit's capture runs it: its numerics, its batch size."""
+    """The forward alone, as hopaudit's capture runs it: its numerics, its batch size, its
+    kept heap (hopaudit/heap.py)."""
     import torch
 
     import hopaudit
     from hopaudit.capture.forward import choose_batch_size, layer_bytes
+    from hopaudit.heap import kept_heap
     from hopaudit.model.precision import autocast_context, cast_weights_once, compute_dtype
 
     model, tok = hopaudit.zoo.smollm2()
@@ -137,11 +140,17 @@ def worker_plain(n_seq: int, length: int) -> dict:
         model, int(data.input_ids.shape[1]), data.num_sequences, device, one_layer
     )
     t = time.perf_counter()
-    with torch.inference_mode(), autocast_context(amp, device), cast_weights_once(model, amp):
+    with (
+        torch.inference_mode(),
+        autocast_context(amp, device),
+        cast_weights_once(model, amp),
+        kept_heap() as heap,
+    ):
         for start in range(0, data.num_sequences, batch):
             stop = start + batch
             model(input_ids=data.input_ids[start:stop],
                   attention_mask=data.attention_mask[start:stop], use_cache=False)  # fmt: skip
+            heap.batch_done()
     return {"wall": time.perf_counter() - t, "dtype": str(amp), "batch": batch}
 
 

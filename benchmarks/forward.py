@@ -10,6 +10,9 @@ the same pydoc batches, medians:
 - ``bf16_weights``: the weights cast to bfloat16 once, no autocast (native CPUs only);
 - ``audit``: as the audit's capture runs it, autocast with the weights cast once
   (``model.precision.cast_weights_once``);
+
+every variant on the heap the capture keeps (``heap.kept_heap``: large blocks reused, not
+mapped and faulted in anew; ``benchmarks/heap.py`` times that against glibc's default);
 - ``compiled``: the same with ``compile=True`` (each block through ``torch.compile``,
   ``model.compiled.compiled_blocks``); its first call, the compilation, is timed apart;
 - the matrix-multiply peak: each distinct shape of the model's Linear layers at the batch's
@@ -104,6 +107,7 @@ def main() -> None:
     args = ap.parse_args()
     import hopaudit
     from hopaudit.data import prepare_data
+    from hopaudit.heap import kept_heap
     from hopaudit.model.compiled import compiled_blocks
     from hopaudit.model.precision import cast_weights_once, compute_dtype, cpu_description
 
@@ -127,15 +131,18 @@ def main() -> None:
         else contextlib.nullcontext
     )
 
+    held = contextlib.ExitStack()  # a capture casts and compiles once for its whole pass
+    # every variant on the heap a capture keeps (heap.py; benchmarks/heap.py times the default)
+    heap = held.enter_context(kept_heap())
+
     def forward(m, ctx):
         def run() -> None:
             with torch.inference_mode(), ctx():
                 for s in range(0, len(ids), args.batch):
                     m(input_ids=ids[s : s + args.batch], use_cache=False)
+                    heap.batch_done()
 
         return run
-
-    held = contextlib.ExitStack()  # a capture casts and compiles once for its whole pass
 
     def as_audit(compiled: bool):
         """A copy of the model as the capture runs it: the weights cast once (for the whole
