@@ -1,20 +1,22 @@
 """SmolLM2's forward, as the capture runs it, with glibc's heap as it comes against kept
-(hopaudit/heap.py ``kept_heap``), each in a fresh process, alternated.
+(hopaudit/heap.py ``kept_heap``), and as a pass leaves it, each in a fresh process, alternated.
 
     python benchmarks/heap.py [--rounds 3] [--sequences 336] [--batch 21]
 
 Both run the same pydoc batches of 64 tokens under the capture's numerics (bfloat16 autocast
 with the weights cast once where the CPU multiplies bfloat16 natively, float32 otherwise),
-after one warm-up batch; ``kept`` calls the keeper after every batch as the capture does. A
-fresh process each time, since glibc's thresholds, once set, stay set for the process. Prints
-the CPU, then::
+after one warm-up batch; ``kept`` calls the keeper after every batch as the capture does;
+``after`` runs where a pass leaves glibc (one ``kept_heap`` entered and left first: the
+thresholds at 32 MiB and 64 MiB), as a user's own code after an audit would. A fresh process
+each time, since glibc's thresholds, once set, stay set for the process. Prints the CPU, then::
 
-    seconds_<default|kept>=        median wall seconds of the batches over rounds
+    seconds_<default|kept|after>=  median wall seconds of the batches over rounds
     faults_per_batch_<...>=        minor page faults per batch (median)
     peak_rss_mb_<...>=             the process's peak resident set (median)
     trims_kept=                    the keeper's trims over the batches (first round)
     kept_heap_speedup=             seconds_default / seconds_kept (above 1: the kept heap is
                                    faster)
+    after_pass_speedup=            seconds_default / seconds_after
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ def worker(kind: str, n_seq: int, batch: int) -> dict:
     data = prepare_data(hopaudit.zoo.corpus("pydoc"), tok, max_length=64, max_sequences=n_seq)
     device = torch.device("cpu")
     amp = compute_dtype(model, device, "auto")
+    if kind == "after":
+        with kept_heap():
+            pass
     heap = kept_heap() if kind == "kept" else contextlib.nullcontext()
     with (
         torch.inference_mode(),
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sequences", type=int, default=336)
     ap.add_argument("--batch", type=int, default=21)
-    ap.add_argument("--worker", choices=["default", "kept"])
+    ap.add_argument("--worker", choices=["default", "kept", "after"])
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker, args.sequences, args.batch)))
@@ -105,9 +110,10 @@ def main(argv: list[str] | None = None) -> dict:
     for key, value in cpu_description().items():
         print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
     print(f"load_average_start={os.getloadavg()[0]:.2f}", flush=True)
-    got: dict[str, list[dict]] = {"default": [], "kept": []}
+    kinds = ["default", "kept", "after"]
+    got: dict[str, list[dict]] = {k: [] for k in kinds}
     for r in range(args.rounds):
-        for kind in ("default", "kept") if r % 2 == 0 else ("kept", "default"):
+        for kind in kinds[r % 3 :] + kinds[: r % 3]:
             got[kind].append(_run(kind, args.sequences, args.batch))
         print(f"# round {r}: " + ", ".join(
             f"{k} {v[-1]['seconds']:.2f} s" for k, v in got.items()), flush=True)  # fmt: skip
@@ -118,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
             lines[f"{key}_{kind}"] = statistics.median(x[key] for x in runs)
     lines["trims_kept"] = got["kept"][0]["trims"]
     lines["kept_heap_speedup"] = lines["seconds_default"] / lines["seconds_kept"]
+    lines["after_pass_speedup"] = lines["seconds_default"] / lines["seconds_after"]
     for key, value in lines.items():
         print(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}")
     print(f"load_average_end={os.getloadavg()[0]:.2f}")
