@@ -81,10 +81,12 @@ def anon_resident_bytes() -> int | None:
 class HeapKeeper:
     """When to trim a kept heap: after each batch, :meth:`batch_done`.
 
-    The first batch sets the working set (the resident growth it left, at least
-    :data:`MIN_SLACK`); a later batch trims when the resident memory is more than two working
-    sets above what the last trim (or the pass's start) left: one the next batch reuses, one
-    of growth. ``read`` and ``trim`` are the resident reading and the trim (injected in tests).
+    The working set is the resident growth one batch leaves above what the pass's start or a
+    trim left (at least :data:`MIN_SLACK`), the largest seen on a batch right after either: what
+    the next batch reuses. A batch trims when the resident memory exceeds that by more than a
+    quarter of it (kept rows, fragmentation), so what stays resident unused is bounded by a
+    fraction of one batch, and same-shaped batches do not trim. ``read`` and ``trim`` are the
+    resident reading and the trim (injected in tests).
     """
 
     def __init__(
@@ -94,8 +96,9 @@ class HeapKeeper:
     ) -> None:
         self._read, self._trim = read, trim
         self.floor = read()
-        self.slack: int | None = None
+        self.slack = 0
         self.trims = 0
+        self._fresh = True  # the next batch starts from the pass's start or a trim
 
     def batch_done(self) -> None:
         now = self._read()
@@ -103,14 +106,15 @@ class HeapKeeper:
             self._trim()  # nothing to read: trim as before, after every batch
             self.trims += 1
             return
-        if self.slack is None:
-            self.slack = max(MIN_SLACK, now - self.floor)
-            return
-        if now > self.floor + 2 * self.slack:
+        if self._fresh:
+            self.slack = max(self.slack, MIN_SLACK, now - self.floor)
+            self._fresh = False
+        elif now > self.floor + self.slack + max(MIN_SLACK, self.slack // 4):
             self._trim()
             self.trims += 1
             after = self._read()
             self.floor = now if after is None else after
+            self._fresh = True
 
 
 def _set(lib: ctypes.CDLL, mmap: int, trim: int) -> bool:

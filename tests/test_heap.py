@@ -43,18 +43,32 @@ def test_same_shaped_batches_never_trim():
     assert keeper.slack == 200 * MB
 
 
-def test_growth_beyond_one_working_set_trims_and_bounds_the_resident_memory():
+def test_growth_beyond_a_quarter_working_set_trims_and_bounds_what_stays_unused():
     m = _Machine(live=500 * MB)
     keeper = heap.HeapKeeper(read=m.read, trim=m.trim)
-    peak = 0
+    most_unused = 0
     for _ in range(100):
-        m.batch(working=100 * MB, kept=30 * MB)  # rows kept in RAM, and fragmentation
-        m.free += 5 * MB
+        m.batch(working=100 * MB)
+        m.free += 5 * MB  # fragmentation: freed memory the next batch cannot reuse
+        most_unused = max(most_unused, m.free)
         keeper.batch_done()
-        peak = max(peak, m.read() - m.live)
-    assert 5 <= m.trims <= 40
-    # what is free and resident never exceeds two working sets and the batch's growth
-    assert peak <= 2 * 100 * MB + 35 * MB
+    # a trim when a quarter working set grew past it, so neither at every batch nor never
+    assert 5 <= m.trims <= 25
+    assert most_unused <= keeper.slack + keeper.slack // 4 + 5 * MB
+
+
+def test_the_working_set_is_the_largest_a_fresh_batch_left():
+    m = _Machine(live=500 * MB)
+    keeper = heap.HeapKeeper(read=m.read, trim=m.trim)
+    m.batch(working=80 * MB)
+    keeper.batch_done()
+    assert keeper.slack == 80 * MB
+    m.batch(working=200 * MB)  # a larger batch, not fresh: above 80 + 20, so a trim
+    keeper.batch_done()
+    assert m.trims == 1
+    m.batch(working=150 * MB)  # fresh after the trim: the working set grows to it
+    keeper.batch_done()
+    assert keeper.slack == 150 * MB and m.trims == 1
 
 
 def test_tiny_batches_have_a_floor_of_slack():
