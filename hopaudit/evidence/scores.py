@@ -72,12 +72,15 @@ def token_statistics(
         return b_idx, empty, empty.bool(), empty
     chunk = max(1, int(chunk_values) // logits.shape[-1])
     targets = input_ids[b_idx, t_idx + (1 if shift else 0)]
-    lp = torch.empty(n, dtype=work, device=logits.device)
+    # per prediction: y_t, Z, sum(e * y), sum(e * y * y) of the max-shifted row (the chunks'
+    # reductions); everything else on these n numbers at once, not chunk by chunk
+    moments = torch.empty(4, n, dtype=work, device=logits.device)
     hit = torch.empty(n, dtype=torch.bool, device=logits.device)
-    z = torch.empty(n, dtype=work, device=logits.device)
+    exps = torch.empty((min(chunk, n), logits.shape[-1]), dtype=work, device=logits.device)
     for s, y in _row_chunks(logits, b_idx, t_idx, chunk, work, overwrite):
         e = s + y.shape[0]
-        lp[s:e], hit[s:e], z[s:e] = _chunk_statistics(y, targets[s:e])
+        _chunk_moments(y, targets[s:e], hit[s:e], moments[:, s:e], exps[: e - s])
+    lp, z = _log_p_and_z(*moments)
     return b_idx, lp, hit, z
 
 
@@ -125,29 +128,38 @@ def _row_chunks(
         yield s, y
 
 
-def _chunk_statistics(
-    y: torch.Tensor, target: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log p of the target, top-1 hit, Min-K%++ z) of each row of logits ``y`` (rows this
-    function may overwrite), in few passes over the row and one other buffer of its size.
-
-    With y shifted by its row maximum and e = exp(y), sum(e) = Z: log p(target) = y_t - log Z,
-    mu = E_p[log p] = E_p[y] - log Z, and sigma^2 = Var_p[log p] = Var_p[y] (log Z shifts
-    both alike), E_p[y] and E_p[y^2] the sums of e*y and e*y*y over Z, multiplied in place.
-    The shift keeps exp in range. The top-1 hit is argmax's (the first of tied maxima, as
-    greedy decoding picks): :func:`_top1_hits`.
-    """
-    top, hit = _top1_hits(y, target)
+def _chunk_moments(
+    y: torch.Tensor, target: torch.Tensor, hit: torch.Tensor, out: torch.Tensor, exps: torch.Tensor
+) -> None:
+    """The reductions of one chunk of logit rows ``y`` (rows this function may overwrite):
+    ``hit`` gets the top-1 hits (:func:`_top1_hits`), ``out`` (4 x rows) the shifted target
+    logit y_t, Z = sum(e), sum(e * y) and sum(e * y * y), with y shifted by its row maximum and
+    e = exp(y) written into ``exps``; the products multiplied in place, no other buffer."""
+    top, hit_rows = _top1_hits(y, target)
+    hit.copy_(hit_rows)
     y.sub_(top[:, None])
-    y_t = y.gather(1, target[:, None])[:, 0]
-    e = torch.exp(y)
-    total = e.sum(1)
-    mean_y = e.mul_(y).sum(1) / total
-    second = e.mul_(y).sum(1) / total
+    out[0] = y.gather(1, target[:, None])[:, 0]
+    e = torch.exp(y, out=exps)
+    torch.sum(e, 1, out=out[1])
+    torch.sum(e.mul_(y), 1, out=out[2])
+    torch.sum(e.mul_(y), 1, out=out[3])
+
+
+def _log_p_and_z(
+    y_t: torch.Tensor, total: torch.Tensor, sum_ey: torch.Tensor, sum_eyy: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p of the target, Min-K%++ z) from a row's moments (:func:`_chunk_moments`).
+
+    With Z = sum(e): log p(target) = y_t - log Z, mu = E_p[log p] = E_p[y] - log Z, and
+    sigma^2 = Var_p[log p] = Var_p[y] (log Z shifts both alike), E_p[y] and E_p[y^2] the sums
+    over Z. The shift by the row maximum keeps exp in range. z is 0 where sigma is.
+    """
+    mean_y = sum_ey / total
+    second = sum_eyy / total
     sigma = (second - mean_y * mean_y).clamp_min(0).sqrt()
     lp_t = y_t - total.log()
     z = torch.where(sigma > 0, (y_t - mean_y) / sigma, torch.zeros_like(sigma))
-    return lp_t, hit, z
+    return lp_t, z
 
 
 def _top1_hits(

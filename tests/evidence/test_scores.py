@@ -139,11 +139,11 @@ def test_bfloat16_logits_of_a_full_vocabulary_against_float64(monkeypatch, chunk
     ids[0, 5] = int(logits[0, 4].float().argmax())  # one top-1 hit for certain
     mask = torch.ones(batch, seq, dtype=torch.long)
     rows = []
-    chunked = hopaudit.evidence.scores._chunk_statistics  # the function under test, wrapped
+    chunked = hopaudit.evidence.scores._chunk_moments  # the function under test, wrapped
     monkeypatch.setattr(
         hopaudit.evidence.scores,
-        "_chunk_statistics",
-        lambda y, t: rows.append(y.shape) or chunked(y, t),
+        "_chunk_moments",
+        lambda y, *rest: rows.append(y.shape) or chunked(y, *rest),
     )
     _, lp, hit, z = token_statistics(logits, ids, mask, chunk_values=chunk_values)
     assert lp.dtype == torch.float32
