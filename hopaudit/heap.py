@@ -10,7 +10,8 @@ stays there for the next batch, which has the same shapes; the heap is trimmed
 set past what the last trim left plus that working set (kept rows, fragmentation), which bounds
 it as the trim after every batch did, without faulting every batch in again.
 
-Elsewhere than glibc (macOS, musl) all of this is a no-op.
+Elsewhere than glibc (macOS, musl), and where the user set glibc's thresholds through its
+environment variables, the thresholds are left alone and the heap trimmed after every batch.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import ctypes
 import functools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
-__all__ = ["HeapKeeper", "kept_heap", "release_freed_memory"]
+__all__ = ["HeapKeeper", "kept_heap", "release_freed_memory", "user_set_thresholds"]
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -117,6 +118,19 @@ class HeapKeeper:
             self._fresh = True
 
 
+#: Environment variables by which a user sets glibc's malloc thresholds: then they are kept.
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+def user_set_thresholds(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether the process was started with glibc's malloc thresholds set by hand (its
+    environment variables, or ``GLIBC_TUNABLES`` naming them): hopaudit leaves those alone."""
+    tunables = env.get("GLIBC_TUNABLES", "")
+    return any(name in env for name in USER_SETTINGS) or any(
+        f"glibc.malloc.{t}" in tunables for t in ("mmap_threshold", "trim_threshold", "top_pad")
+    )
+
+
 def _set(lib: ctypes.CDLL, mmap: int, trim: int) -> bool:
     ok = bool(lib.mallopt(M_MMAP_THRESHOLD, mmap))
     if not ok and mmap > FALLBACK_MMAP_THRESHOLD:
@@ -128,10 +142,11 @@ def _set(lib: ctypes.CDLL, mmap: int, trim: int) -> bool:
 def kept_heap() -> Iterator[HeapKeeper]:
     """glibc's heap kept for a pass of batches (call ``batch_done()`` after each); on exit the
     thresholds are left at their adapted values (:data:`AFTER_MMAP_THRESHOLD`) and the heap is
-    trimmed. Nested passes keep the outer one's settings. Elsewhere than glibc the keeper trims
-    after every batch, as the capture always did."""
+    trimmed. Nested passes keep the outer one's settings. Elsewhere than glibc, or where the
+    user set glibc's thresholds (:func:`user_set_thresholds`), the thresholds are not touched
+    and the keeper trims after every batch, as the capture always did."""
     global _depth, _kept
-    lib = _glibc()
+    lib = None if user_set_thresholds() else _glibc()
     with _depth_lock:
         if _depth == 0:
             _kept = lib is not None and _set(lib, KEEP_MMAP_THRESHOLD, KEEP_TRIM_THRESHOLD)

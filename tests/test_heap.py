@@ -143,3 +143,32 @@ def test_nested_passes_keep_the_outer_settings_until_the_outer_ends():
         assert heap._depth == 1
         assert heap._kept
     assert heap._depth == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "set_by_user"),
+    [
+        ({}, False),
+        ({"MALLOC_MMAP_THRESHOLD_": "65536"}, True),
+        ({"MALLOC_TRIM_THRESHOLD_": "0"}, True),
+        ({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=4096"}, True),
+        ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, False),
+    ],
+)
+def test_thresholds_a_user_set_are_recognised(env, set_by_user):
+    assert heap.user_set_thresholds(env) is set_by_user
+
+
+def test_with_thresholds_set_by_the_user_the_pass_leaves_them_and_trims_every_batch(monkeypatch):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    calls = []
+    monkeypatch.setattr(heap, "_set", lambda *a: calls.append(a) or True)
+    trims = []
+    monkeypatch.setattr(heap, "release_freed_memory", lambda: trims.append(1))
+    with heap.kept_heap() as keeper:
+        keeper._trim = lambda: trims.append(1)  # the keeper's own trim, counted the same
+        keeper.batch_done()
+        keeper.batch_done()
+    assert calls == []
+    assert keeper.trims == 2
+    assert not heap._kept
