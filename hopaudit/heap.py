@@ -3,12 +3,12 @@
 glibc serves a block above its mmap threshold (128 KiB, adapting up to 32 MiB) with a fresh
 mapping, unmaps it on ``free``, and hands the top of the heap back to the OS past its trim
 threshold. A forward pass allocates and frees tensors of a few MB at every operation, so by
-default each one was page-faulted in anew: most of the forward's element-wise time
+default each one was page-faulted in anew: much of the forward's element-wise time
 (docs/performance.md, "The heap"). Within :func:`kept_heap` every block comes from the heap and
 stays there for the next batch, which has the same shapes; the heap is trimmed
-(``malloc_trim``) only when the resident anonymous memory grew by more than one batch's working
-set past what the last trim left plus that working set (kept rows, fragmentation), which bounds
-it as the trim after every batch did, without faulting every batch in again.
+(``malloc_trim``) only when the resident anonymous memory exceeds what the last trim left by a
+working set and a quarter (:class:`HeapKeeper`: kept rows, fragmentation), not after every
+batch, which made the next one fault its working set in again.
 
 Elsewhere than glibc (macOS, musl), and where the user set glibc's thresholds through its
 environment variables, the thresholds are left alone and the heap trimmed after every batch.
