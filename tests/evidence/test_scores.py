@@ -39,6 +39,17 @@ def _lowest_mean(values: list[float], k: float) -> float:
     return sum(values[:n]) / n
 
 
+def _hits_by_hand(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> list[bool]:
+    """Each counted prediction's top-1 hit: numpy's argmax (the first maximum) is the target."""
+    batch, seq = ids.shape
+    return [
+        int(np.argmax(logits.numpy()[b, t])) == int(ids[b, t + 1])
+        for b in range(batch)
+        for t in range(seq - 1)
+        if mask[b, t] and mask[b, t + 1]
+    ]
+
+
 def test_token_statistics_match_float64_loop():
     rng = np.random.default_rng(0)
     batch, seq, vocab = 3, 9, 37
@@ -59,14 +70,7 @@ def test_token_statistics_match_float64_loop():
     assert lp32.dtype == torch.float32
     np.testing.assert_allclose(lp32.numpy(), [e[1] for e in expected], atol=1e-5)
     np.testing.assert_allclose(z32.numpy(), [e[2] for e in expected], atol=2e-4)
-    # top-1 against the argmax by hand
-    hits = [
-        int(np.argmax(logits.numpy()[b, t])) == int(ids[b, t + 1])
-        for b in range(batch)
-        for t in range(seq - 1)
-        if mask[b, t] and mask[b, t + 1]
-    ]
-    assert hit.tolist() == hits
+    assert hit.tolist() == _hits_by_hand(logits, ids, mask)
 
 
 def _laid_out(logits: torch.Tensor, layout: str) -> torch.Tensor:
@@ -104,13 +108,7 @@ def test_chunks_across_sequences_and_layouts_equal_the_float64_loop(layout, over
     assert seq_i.tolist() == [e[0] for e in expected]
     np.testing.assert_allclose(lp.numpy(), [e[1] for e in expected], rtol=0, atol=1e-10)
     np.testing.assert_allclose(z.numpy(), [e[2] for e in expected], rtol=0, atol=1e-10)
-    hits = [
-        int(np.argmax(base.numpy()[b, t])) == int(ids[b, t + 1])
-        for b in range(batch)
-        for t in range(seq - 1)
-        if mask[b, t] and mask[b, t + 1]
-    ]
-    assert hit.tolist() == hits
+    assert hit.tolist() == _hits_by_hand(base, ids, mask)
     if not overwrite:
         assert torch.equal(logits, base)
 
