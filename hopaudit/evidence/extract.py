@@ -221,6 +221,7 @@ def extract(
     ``full=True`` decodes every suffix to its end, so ``generated`` holds the whole greedy
     continuation (by default a batch stops once all its rows have diverged from their text)."""
     from hopaudit.capture.forward import choose_batch_size, model_device
+    from hopaudit.heap import kept_heap
     from hopaudit.model.precision import autocast_context, cast_weights_once
 
     prefix, suffix = _check_lengths(prefix, suffix)
@@ -244,6 +245,7 @@ def extract(
             torch.inference_mode(),
             autocast_context(autocast, device),
             cast_weights_once(model, autocast),
+            kept_heap() as heap,  # same-shaped batches: freed blocks reused (heap.py)
         ):
             for start in range(0, n, batch_size):
                 stop = min(n, start + batch_size)
@@ -260,6 +262,7 @@ def extract(
                         f"greedy decoding failed on sequences {start}..{stop - 1}: "
                         f"{type(e).__name__}: {e}"
                     ) from e
+                heap.batch_done()
                 bar.update(stop - start)
                 decoded = int((generated[:stop] != NOT_DECODED).sum())
                 rate = decoded / max(time.perf_counter() - t0, 1e-9)

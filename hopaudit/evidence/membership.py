@@ -221,6 +221,7 @@ def reference_nll(
 
     from hopaudit.capture.forward import choose_batch_size, logits_of, model_device
     from hopaudit.evidence.scores import sequence_statistics, token_statistics
+    from hopaudit.heap import kept_heap
     from hopaudit.model.blocks import vocab_size
 
     ids = torch.as_tensor(input_ids).long()
@@ -234,7 +235,7 @@ def reference_nll(
     vocab = vocab_size(reference)
     try:
         reference.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), kept_heap() as heap:  # freed blocks reused (heap.py)
             for start in tqdm(
                 range(0, n_seq, batch_size), desc="reference", disable=not progress, leave=False
             ):
@@ -250,6 +251,8 @@ def reference_nll(
                 b, lp, _hit, _z = token_statistics(logits, b_ids, b_mask, overwrite=True)
                 seqs.append(b.cpu().numpy() + start)
                 lps.append(lp.cpu().numpy())
+                del out, logits
+                heap.batch_done()
     finally:
         for m, f in flags:
             m.training = f
