@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "batch_size.py"
 
 
 @pytest.mark.slow  # SmolLM2's load and a few captures
-def test_toy_run_prints_every_line(capsys):
-    spec = importlib.util.spec_from_file_location("batch_size_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_toy_run_prints_every_line(capsys, benchmark_script):
+    module = benchmark_script("batch_size")
     lines = module.main(["--sequences", "6", "--batches", "6", "2", "--rounds", "1"])
     printed = capsys.readouterr().out
     for key in ("native_bf16", "seconds_batch_6", "seconds_batch_2", "ratio_2_over_6",

@@ -3,16 +3,9 @@ the recall it prints is that of the searches against exact search."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "clustered.py"
-
-
-def test_toy_sizes_print_every_line(capsys):
-    spec = importlib.util.spec_from_file_location("clustered_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_toy_sizes_print_every_line(capsys, benchmark_script):
+    module = benchmark_script("clustered")
     module.main(["--sizes", "2000", "4000", "--data", "synthetic"])
     lines = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines() if "=" in line)
     for n in (2000, 4000):

@@ -3,19 +3,12 @@ stopping early gives every sequence the same matching run as decoding to the end
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "extraction.py"
 
 
 @pytest.mark.slow  # SmolLM2's forward over a few sequences
-def test_toy_run_prints_every_line(capsys):
-    spec = importlib.util.spec_from_file_location("extraction_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_toy_run_prints_every_line(capsys, benchmark_script):
+    module = benchmark_script("extraction")
     lines = module.main(["--rounds", "1", "--sequences", "4", "--batch", "2"])
     printed = capsys.readouterr().out
     for key in ("native_bf16", "dtype", "sequences", "extraction_full_seconds",

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "heap.py"
 
 
 @pytest.mark.slow  # three loads of SmolLM2 in fresh processes
-def test_one_round_prints_every_line(capsys):
-    spec = importlib.util.spec_from_file_location("heap_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_one_round_prints_every_line(capsys, benchmark_script):
+    module = benchmark_script("heap")
     lines = module.main(["--rounds", "1", "--sequences", "6", "--batch", "3"])
     printed = capsys.readouterr().out
     for key in ("native_bf16", "compute_dtype", "seconds_default", "seconds_kept",

@@ -3,21 +3,16 @@ and its ground truth against all pairwise distances."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "hnsw_params.py"
+import pytest
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("hnsw_params_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def hnsw_params(benchmark_script):
+    return benchmark_script("hnsw_params")
 
 
-def test_toy_sweep_prints_every_line_and_picks_a_configuration(capsys):
-    lines = _module().main(["--n", "3000", "--M", "8", "--efc", "50", "--sample", "200",
+def test_toy_sweep_prints_every_line_and_picks_a_configuration(capsys, hnsw_params):
+    lines = hnsw_params.main(["--n", "3000", "--M", "8", "--efc", "50", "--sample", "200",
                             "--data", "synthetic"])  # fmt: skip
     printed = capsys.readouterr().out
     for m, efc in ((8, 50), (16, 200)):  # the grid, and the default always beside it
@@ -29,12 +24,12 @@ def test_toy_sweep_prints_every_line_and_picks_a_configuration(capsys):
     assert (lines["best_M"], lines["best_ef_construction"]) in ((8, 50), (16, 200))
 
 
-def test_the_ground_truth_is_brute_force():
+def test_the_ground_truth_is_brute_force(hnsw_params):
     """The recall's reference: each sampled row's 15 nearest others, itself left out, equal to
     all pairwise distances sorted."""
     import numpy as np
 
-    module = _module()
+    module = hnsw_params
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 8)).astype(np.float32)
     sample = np.arange(0, 400, 10)

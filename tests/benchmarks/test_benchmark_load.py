@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "load.py"
 
 
 @pytest.mark.slow  # two loads of SmolLM2 in fresh processes
-def test_one_round_prints_every_line(capsys):
-    spec = importlib.util.spec_from_file_location("load_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_one_round_prints_every_line(capsys, benchmark_script):
+    module = benchmark_script("load")
     lines = module.main(["--rounds", "1"])
     printed = capsys.readouterr().out
     for key in ("native_bf16", "load_gguf_seconds", "load_copy_seconds", "load_speedup",

@@ -4,7 +4,6 @@ closed form."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -51,10 +50,8 @@ def test_toy_run_prints_every_line():
         assert f"extraction_rate_{kind}" in v
 
 
-def test_wilson_interval_is_the_closed_form():
-    spec = importlib.util.spec_from_file_location("bench_query", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_wilson_interval_is_the_closed_form(benchmark_script):
+    module = benchmark_script("query")
     z = 1.959963984540054
     # no hits in n: the upper end is z^2 / (n + z^2)
     assert module.wilson(0, 8)[2] == pytest.approx(z * z / (8 + z * z))

@@ -4,11 +4,8 @@ the whole script whose every correlation is recomputed here from the table it wr
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,16 +14,10 @@ from scipy.stats import rankdata, spearmanr
 from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "validity.py"
-
 
 @pytest.fixture(scope="module")
-def validity():
-    spec = importlib.util.spec_from_file_location("validity_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def validity(benchmark_script):
+    return benchmark_script("validity")
 
 
 # --------------------------------------------------------------------------- statistics
