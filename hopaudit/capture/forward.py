@@ -34,11 +34,12 @@ Sequences with fewer than two real tokens have no prediction: their scores are N
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from hopaudit.capture.head import HeadChunks, check_head, output_head
 from hopaudit.capture.result import CaptureResult
 from hopaudit.capture.store import ActivationStore, normalize_dtype
 from hopaudit.errors import CaptureError, DataError, HopauditError, ModelError
-from hopaudit.evidence.scores import greedy_runs, sequence_statistics, token_statistics
+from hopaudit.evidence.scores import (
+    greedy_runs,
+    head_statistics,
+    sequence_statistics,
+    token_statistics,
+)
 from hopaudit.heap import kept_heap, release_freed_memory
 from hopaudit.model.blocks import (
     ENCODER_FINAL,
@@ -83,6 +90,9 @@ LOGITS_FLOOR_BYTES = 256 * 2**20
 # Rows leave a GPU by an asynchronous copy into pinned memory, so the forward never waits for
 # them; False copies them blocking (benchmarks/gpu.py measures both: gpu_async_copy_speedup).
 ASYNC_COPY = True
+# The scores run the LM head on their own rows, a chunk at a time, so a batch's logits are never
+# whole (capture/head.py); False keeps them whole (benchmarks compare both).
+HEAD_CHUNKS = True
 
 
 # ------------------------------------------------------------------------------------- hooks
@@ -820,6 +830,7 @@ def capture(
             torch.inference_mode(),
             autocast_context(amp, device),
             cast_weights_once(model, amp),
+            _scored_head(model, feed, kwargs, device, vocab) as head,
             compiled_blocks(_blocks_only(modules), compile) as compiled,
             kept_heap() as heap,  # after the weights' copies: the batches' working set alone
             TraceBlocks(modules, on_output),
@@ -830,17 +841,23 @@ def capture(
                 frames = feed.frame_mask(inputs, start, stop)
                 if compiled.active and start == 0:
                     bar.set_postfix_str("compiling the blocks (torch.compile)", refresh=True)
-                for attempt in (0, 1):
+                for attempt in range(3):
                     batch = _Batch(stack_of, masks, pos, round_dtype, out_dtype, widths, frames)
                     state["batch"] = batch
                     try:
                         output = model(**inputs, **kwargs)
+                        hidden = _head_input(head, score)
                         break
                     except HopauditError:
                         raise
                     except Exception as e:
+                        if head is not None:
+                            # a model that cannot run its head on an empty slice: this batch
+                            # again, and the rest, with the logits whole
+                            head = head.stop()
+                            continue
                         what = f"{type(e).__name__}: {e}"
-                        if attempt or not compiled.active:
+                        if attempt == 2 or not compiled.active:
                             raise CaptureError(
                                 f"the forward pass failed on sequences {start}..{stop - 1}: {what}"
                             ) from e
@@ -867,19 +884,26 @@ def capture(
                     row_seq[s_].append((b_idx + start).numpy())
                     row_pos[s_].append(p_idx.numpy())
                 logits = logits_of(output, vocab)
-                if logits is not None and score is not None and not is_masked_lm(model):
+                scored = hidden is not None or (
+                    logits is not None and score is not None and not is_masked_lm(model)
+                )
+                if scored:
                     targets, score_mask, shift = score
-                    # the logits are read here only: scored in place where no copy is needed
-                    b, lp, hit, z = token_statistics(
-                        logits, targets, score_mask, shift=shift, overwrite=True
-                    )
+                    if hidden is not None:  # the head run on the scored rows, a chunk at a time
+                        b, lp, hit, z = head_statistics(
+                            hidden, head.logits, targets, score_mask, shift=shift
+                        )
+                    else:  # the logits are read here only: scored in place, copied if need be
+                        b, lp, hit, z = token_statistics(
+                            logits, targets, score_mask, shift=shift, overwrite=True
+                        )
                     tok_z.append(z.cpu())
                     tok_seq.append(b.cpu() + start)
                     tok_lp.append(lp.cpu())
                     tok_hit.append(hit.cpu())
                 elif loss_note is None:
                     loss_note = _no_loss_reason(model, logits, feed)
-                del output, logits
+                del output, logits, hidden
                 state.clear()
                 heap.batch_done()
                 n_tokens += int(batch.sel[stacks[0]][3].sum())
@@ -958,6 +982,40 @@ def capture(
         seq_extracted_tokens=extracted,
         compiled=compiled.note,
     )
+
+
+@contextlib.contextmanager
+def _scored_head(
+    model: nn.Module, feed: _Feed, kwargs: dict[str, Any], device: torch.device, vocab: Any
+) -> Iterator[HeadChunks | None]:
+    """The model's LM head intercepted for the pass (capture/head.py) when the capture scores
+    its logits and the first sequence shows they are the head's own output; else None."""
+    head = output_head(model) if HEAD_CHUNKS and not is_masked_lm(model) else None
+    if head is None or (feed.ids is None and feed.labels is None):
+        yield None
+        return
+    inputs, _masks, _score = feed.batch(0, 1, device)
+    reason = check_head(
+        model, head, lambda: model(**inputs, **kwargs), lambda out: logits_of(out, vocab)
+    )
+    if reason is not None:
+        yield None
+        return
+    chunks = HeadChunks(head)
+    with chunks.intercepting():
+        yield chunks
+
+
+def _head_input(head: HeadChunks | None, score: Any) -> torch.Tensor | None:
+    """The LM head's input of the batch that just ran (the scores make its logits), or None
+    when the head is not intercepted; raises when the head did not run once on every scored
+    position, so that the batch runs again with its logits whole."""
+    if head is None:
+        return None
+    hidden = head.take()
+    if score is None or hidden is None or hidden.shape[:2] != score[0].shape:
+        raise RuntimeError("the LM head did not run once on every scored position")
+    return hidden
 
 
 def _blocks_only(modules: dict[str, nn.Module]) -> list[nn.Module]:

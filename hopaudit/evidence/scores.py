@@ -22,14 +22,16 @@ reads it from the logits the forward already produced, in chunks of positions, s
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 
 __all__ = [
+    "HEAD_CHUNK_VALUES",
     "SCORE_CHUNK_VALUES",
     "greedy_runs",
+    "head_statistics",
     "lowest_fraction_mean",
     "sequence_statistics",
     "token_statistics",
@@ -40,6 +42,10 @@ __all__ = [
 #: Logit values scored at once (float32: 2 MiB, ten rows of a 50K vocabulary): the passes over a
 #: chunk stay in a core's cache, faster than 4 MiB (benchmarks/README.md, scores.py).
 SCORE_CHUNK_VALUES = 2**19
+#: Logits the LM head makes at once in :func:`head_statistics` (8M: 170 rows of a 49K
+#: vocabulary, 16 MiB in bfloat16): a product large enough to run at speed, an output that
+#: stays in the last-level cache (benchmarks/README.md, scores.py).
+HEAD_CHUNK_VALUES = 2**23
 
 
 def token_statistics(
@@ -62,26 +68,104 @@ def token_statistics(
     spread (sigma = 0: a one-hot prediction). ``overwrite=True`` lets the work run in place on
     ``logits`` already in that dtype (the capture's, which nothing reads after).
     """
+    b_idx, t_idx, targets = _predictions(input_ids, mask, shift)
+    work = torch.promote_types(logits.dtype, torch.float32)
+    chunk = max(1, int(chunk_values) // logits.shape[-1])
+    chunks = _row_chunks(logits, b_idx, t_idx, chunk, work, overwrite)
+    return (b_idx, *_statistics(chunks, targets, chunk, logits.shape[-1], work))
+
+
+def head_statistics(
+    hidden: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    input_ids: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    shift: bool = True,
+    chunk_values: int = SCORE_CHUNK_VALUES,
+    head_values: int = HEAD_CHUNK_VALUES,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`token_statistics` of the logits ``head`` makes from ``hidden`` (batch x length x
+    width: the LM head's input, :mod:`hopaudit.capture.head`), made for the predictions only,
+    about ``head_values`` logits at a time: the batch's logits are never whole.
+
+    ``head`` maps rows (n x width) to their logits (n x vocabulary); the work dtype is float32,
+    or float64 for float64 logits.
+    """
+    b_idx, t_idx, targets = _predictions(input_ids, mask, shift)
+    rows = hidden[b_idx, t_idx]
+    if b_idx.numel() == 0:
+        return b_idx, *(_empty(hidden.device, torch.promote_types(hidden.dtype, torch.float32)))
+    first = head(rows[:1])
+    vocab = first.shape[-1]
+    work = torch.promote_types(first.dtype, torch.float32)
+    chunk = max(1, int(chunk_values) // vocab)
+    step = max(chunk, int(head_values) // vocab // chunk * chunk)
+    chunks = _head_chunks(rows, head, chunk, step, work)
+    return (b_idx, *_statistics(chunks, targets, chunk, vocab, work))
+
+
+def _predictions(
+    input_ids: torch.Tensor, mask: torch.Tensor, shift: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sequence index, position, target token) of every prediction that counts."""
     m = mask.bool()
     valid = m[:, :-1] & m[:, 1:] if shift else m
     b_idx, t_idx = valid.nonzero(as_tuple=True)
-    n = b_idx.numel()
-    work = torch.promote_types(logits.dtype, torch.float32)
+    return b_idx, t_idx, input_ids[b_idx, t_idx + (1 if shift else 0)]
+
+
+def _empty(device: torch.device, work: torch.dtype) -> tuple[torch.Tensor, ...]:
+    empty = torch.empty(0, device=device, dtype=work)
+    return empty, empty.bool(), empty
+
+
+def _statistics(
+    chunks: Iterator[tuple[int, torch.Tensor]],
+    targets: torch.Tensor,
+    chunk: int,
+    vocab: int,
+    work: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log p of the target, top-1 hit, Min-K%++ z) of the predictions whose logit rows
+    ``chunks`` yields (first prediction, rows in ``work`` dtype that may be overwritten)."""
+    n, device = targets.numel(), targets.device
     if n == 0:
-        empty = torch.empty(0, device=logits.device, dtype=work)
-        return b_idx, empty, empty.bool(), empty
-    chunk = max(1, int(chunk_values) // logits.shape[-1])
-    targets = input_ids[b_idx, t_idx + (1 if shift else 0)]
+        return _empty(device, work)
     # per prediction: y_t, Z, sum(e * y), sum(e * y * y) of the max-shifted row (the chunks'
     # reductions); everything else on these n numbers at once, not chunk by chunk
-    moments = torch.empty(4, n, dtype=work, device=logits.device)
-    hit = torch.empty(n, dtype=torch.bool, device=logits.device)
-    exps = torch.empty((min(chunk, n), logits.shape[-1]), dtype=work, device=logits.device)
-    for s, y in _row_chunks(logits, b_idx, t_idx, chunk, work, overwrite):
+    moments = torch.empty(4, n, dtype=work, device=device)
+    hit = torch.empty(n, dtype=torch.bool, device=device)
+    exps = torch.empty((min(chunk, n), vocab), dtype=work, device=device)
+    for s, y in chunks:
         e = s + y.shape[0]
         _chunk_moments(y, targets[s:e], hit[s:e], moments[:, s:e], exps[: e - s])
     lp, z = _log_p_and_z(*moments)
-    return b_idx, lp, hit, z
+    return lp, hit, z
+
+
+def _head_chunks(
+    rows: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    chunk: int,
+    step: int,
+    work: torch.dtype,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first prediction, its ``chunk`` rows of logits in ``work`` dtype): the head run on
+    ``step`` rows at once (a product large enough to run at speed), each of its ``chunk``-row
+    slices copied into one reused buffer (in place when the head already gives ``work``)."""
+    n = rows.shape[0]
+    buf = None
+    for s in range(0, n, step):
+        logits = head(rows[s : s + step])
+        for a in range(0, logits.shape[0], chunk):
+            y = logits[a : a + chunk]
+            if y.dtype != work:
+                if buf is None:
+                    buf = torch.empty((min(chunk, n), y.shape[1]), dtype=work, device=y.device)
+                y = buf[: y.shape[0]].copy_(y)
+            yield s + a, y
+        del logits
 
 
 def _row_chunks(

@@ -114,12 +114,13 @@ def test_blocks_get_their_forward_back_after_ctrl_c(monkeypatch):
 
     def interrupt(module, args, output):
         seen.append(module.forward)
-        raise KeyboardInterrupt
+        if module.forward.__name__ == "run":  # not the eager check of the LM head before
+            raise KeyboardInterrupt
 
     model.transformer.h[1].register_forward_hook(interrupt)
     with pytest.raises(KeyboardInterrupt):
         _run(model, info, data, compile=True)
-    assert seen and seen[0].__name__ == "run"  # the block ran through the stand-in
+    assert seen and seen[-1].__name__ == "run"  # the block ran through the stand-in
     assert _own_forward_everywhere(model)
     assert not model._forward_hooks and not model.transformer.h[0]._forward_hooks
 

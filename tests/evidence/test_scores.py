@@ -12,7 +12,7 @@ from tiny_models import random_texts, tiny_model, tiny_tokenizer
 
 import hopaudit
 from hopaudit.errors import ModelError
-from hopaudit.evidence.scores import lowest_fraction_mean, token_statistics
+from hopaudit.evidence.scores import head_statistics, lowest_fraction_mean, token_statistics
 
 
 def _loop_stats(logits: np.ndarray, ids: np.ndarray, mask: np.ndarray):
@@ -111,6 +111,67 @@ def test_chunks_across_sequences_and_layouts_equal_the_float64_loop(layout, over
     assert hit.tolist() == _hits_by_hand(base, ids, mask)
     if not overwrite:
         assert torch.equal(logits, base)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 4, 100])
+@pytest.mark.parametrize("head_rows", [1, 5, 100])
+def test_head_statistics_equal_the_float64_loop(chunk_rows, head_rows):
+    """The logits made by the head from the hidden states, a few rows at a time: the float64
+    loop's numbers on the logits computed whole by hand."""
+    rng = np.random.default_rng(3)
+    batch, seq, width, vocab = 4, 9, 6, 37
+    hidden = torch.tensor(rng.normal(size=(batch, seq, width)))
+    weight = torch.tensor(rng.normal(scale=1.5, size=(vocab, width)))
+    ids = torch.tensor(rng.integers(0, vocab, size=(batch, seq)))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[1, 6:] = 0
+    mask[2, 3] = 0
+    mask[3, :] = 0
+    logits = torch.einsum("btw,vw->btv", hidden, weight)
+    expected = _loop_stats(logits.numpy(), ids.numpy(), mask.numpy())
+    rows_seen = []
+
+    def head(rows):
+        rows_seen.append(rows.shape[0])
+        return rows @ weight.T
+
+    seq_i, lp, hit, z = head_statistics(
+        hidden, head, ids, mask, chunk_values=chunk_rows * vocab, head_values=head_rows * vocab
+    )
+    assert seq_i.tolist() == [e[0] for e in expected]
+    np.testing.assert_allclose(lp.numpy(), [e[1] for e in expected], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(z.numpy(), [e[2] for e in expected], rtol=0, atol=1e-10)
+    assert hit.tolist() == _hits_by_hand(logits, ids, mask)
+    assert sum(rows_seen[1:]) == len(expected)  # after the one-row look at the vocabulary
+    assert max(rows_seen) <= max(chunk_rows, head_rows)
+
+
+def test_head_statistics_of_bfloat16_logits_equal_token_statistics_of_them_whole():
+    """A head that returns bfloat16 (autocast's): each chunk copied to float32, the same
+    numbers as the whole logits scored by token_statistics."""
+    rng = np.random.default_rng(4)
+    hidden = torch.tensor(rng.normal(size=(3, 8, 5)), dtype=torch.float32)
+    weight = torch.tensor(rng.normal(scale=2.0, size=(29, 5)), dtype=torch.float32)
+    ids = torch.tensor(rng.integers(0, 29, size=(3, 8)))
+    mask = torch.ones(3, 8, dtype=torch.long)
+    mask[0, 5:] = 0
+
+    def head(rows):
+        return (rows.double() @ weight.double().T).bfloat16()  # the same rounding at any M
+
+    whole = token_statistics(head(hidden.reshape(24, 5)).reshape(3, 8, 29), ids, mask)
+    got = head_statistics(hidden, head, ids, mask, chunk_values=2 * 29, head_values=5 * 29)
+    for a, b in zip(whole, got, strict=True):
+        assert torch.equal(a, b)
+    assert got[1].dtype == torch.float32
+
+
+def test_head_statistics_with_no_prediction():
+    ids = torch.zeros(2, 3, dtype=torch.long)
+    seq_i, lp, hit, z = head_statistics(
+        torch.randn(2, 3, 4), lambda r: r @ torch.randn(4, 7), ids, torch.zeros(2, 3)
+    )
+    assert seq_i.numel() == lp.numel() == hit.numel() == z.numel() == 0
 
 
 def _numpy_stats(logits: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
