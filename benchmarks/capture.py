@@ -5,14 +5,18 @@
    as a hopaudit capture (hooks on 30 blocks and
    the final norm, positions="last", NLL/Min-K%/Min-K%++/top-1 scoring from the logits), and
    as the same capture with the vocabulary-wide scoring replaced by reading the target's logit
-   (``_target_only``), the order rotating round by round (a busy machine gets fewer batches
-   per round so the run keeps to ``--budget``). Prints the CPU (``native_bf16``, its flags)
+   (``_target_only``, the logits whole), and as the capture with the model's logits whole
+   (``HEAD_CHUNKS = False``: the LM head not run by the scores, capture/head.py), the order
+   rotating round by round (a busy machine gets fewer batches per round so the run keeps to
+   ``--budget``). Prints the CPU (``native_bf16``, its flags)
    and the load average at start and end, and::
 
        capture_overhead_ratio=       capture / plain: median over rounds of each round's ratio
                                      of wall seconds (target <= 1.05); _cpu from CPU seconds
        scores_overhead_ratio=        capture / capture without the vocabulary-wide scores
                                      (target <= 1.10); _cpu likewise
+       head_chunks_speedup=          capture with the logits whole / capture (the head run
+                                     by the scores); _cpu likewise
        plain_tokens_per_second=      median wall
        capture_tokens_per_second=    median wall
 
@@ -104,12 +108,22 @@ def _target_only(logits, input_ids, mask, *, shift=True, **_):
 def _capture_noscores(model, data, blocks, final):
     import hopaudit.capture.forward as fwd
 
-    real = fwd.token_statistics
-    fwd.token_statistics = _target_only
+    real, chunks = fwd.token_statistics, fwd.HEAD_CHUNKS
+    fwd.token_statistics, fwd.HEAD_CHUNKS = _target_only, False  # reads the whole logits
     try:
         return _capture(model, data, blocks, final)
     finally:
-        fwd.token_statistics = real
+        fwd.token_statistics, fwd.HEAD_CHUNKS = real, chunks
+
+
+def _capture_whole_logits(model, data, blocks, final):
+    import hopaudit.capture.forward as fwd
+
+    chunks, fwd.HEAD_CHUNKS = fwd.HEAD_CHUNKS, False
+    try:
+        return _capture(model, data, blocks, final)
+    finally:
+        fwd.HEAD_CHUNKS = chunks
 
 
 def speed(model, tokenizer, rounds: int, n_sequences: int, budget: float) -> float:
@@ -126,7 +140,7 @@ def speed(model, tokenizer, rounds: int, n_sequences: int, budget: float) -> flo
     _plain(model, warm)
     per_batch = _capture(model, warm, blocks, final)[0][0]
     # a busy machine gets fewer batches per round, so the run stays within its budget
-    n_batches = max(1, min(-(-n_sequences // BATCH), int(budget / (3 * rounds * per_batch))))
+    n_batches = max(1, min(-(-n_sequences // BATCH), int(budget / (4 * rounds * per_batch))))
     data = data.head(n_batches * BATCH)
     print(f"# {per_batch:.2f} s per capture batch of {BATCH}x{SEQ_LEN}; {n_batches} batches per "
           f"round, {rounds} rounds", flush=True)  # fmt: skip
@@ -134,11 +148,12 @@ def speed(model, tokenizer, rounds: int, n_sequences: int, budget: float) -> flo
         "plain": lambda: _plain(model, data),
         "capture": lambda: _capture(model, data, blocks, final)[0],
         "noscores": lambda: _capture_noscores(model, data, blocks, final)[0],
+        "whole": lambda: _capture_whole_logits(model, data, blocks, final)[0],
     }
     got: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     kinds = list(runs)
     for r in range(rounds):
-        for kind in kinds[r % 3 :] + kinds[: r % 3]:
+        for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
             got[kind].append(runs[kind]())
         print(f"# round {r}: " + ", ".join(
             f"{k} {v[-1][0]:.2f} s ({v[-1][1]:.2f} s CPU)" for k, v in got.items()
@@ -151,6 +166,8 @@ def speed(model, tokenizer, rounds: int, n_sequences: int, budget: float) -> flo
     print(f"capture_overhead_ratio_cpu={ratio('capture', 'plain', 1):.3f}")
     print(f"scores_overhead_ratio={ratio('capture', 'noscores', 0):.3f}")
     print(f"scores_overhead_ratio_cpu={ratio('capture', 'noscores', 1):.3f}")
+    print(f"head_chunks_speedup={ratio('whole', 'capture', 0):.3f}")
+    print(f"head_chunks_speedup_cpu={ratio('whole', 'capture', 1):.3f}")
     n = data.num_tokens
     wall = {k: statistics.median(x[0] for x in v) for k, v in got.items()}
     print(f"plain_tokens_per_second={n / wall['plain']:.1f}")

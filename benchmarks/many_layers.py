@@ -5,7 +5,9 @@ A GPT-2 with random weights (``GPT2Config``: width 768, 12 heads, 4 or 12 blocks
 400 x 64 random tokens with ``store=`` (activations and per-layer files on disk), each size in a
 fresh process. A thread samples ``RssAnon`` from /proc/self/status every 20 ms; the model's and
 the tokens' memory before the audit is subtracted. One layer's float32 patterns are
-tokens x 768 x 4 bytes. Prints the CPU and the load average at start and end, and::
+tokens x 768 x 4 bytes. Each size runs twice: as the audit runs (the LM head run by the scores
+a chunk at a time, capture/head.py) and with the model's logits whole (``HEAD_CHUNKS = False``,
+the lines ending ``_whole_logits``). Prints the CPU and the load average at start and end, and::
 
     one_layer_mb=                       one layer's float32 patterns
     peak_anon_mb_<blocks>=              peak anonymous memory above the model, during the audit
@@ -17,7 +19,9 @@ tokens x 768 x 4 bytes. Prints the CPU and the load average at start and end, an
                                         the rest of the process: a fixed working set)
     weight_copies_over_one_layer_<b>=   the bfloat16 copies of the weights the capture casts
                                         once (model/precision.py), from their sizes
-    logits_over_one_layer_<b>=          one batch's logits in the dtype the forward returns
+    logits_over_one_layer_<b>=          the logits the capture holds at once, in the dtype the
+                                        forward returns: the head's chunk (HEAD_CHUNK_VALUES),
+                                        or one batch's whole
 
 A stage is what ``hopaudit.engines.memory.PeakTracker.mark`` names once it ends ("capture",
 "measuring <layer>", "UMAP <layer>"): the benchmark records when each mark is taken, and the
@@ -114,11 +118,15 @@ def stage_peaks(samples: list, marks: list, base: float) -> dict[str, float]:
     return out
 
 
-def child(blocks: int, n_seq: int) -> None:
+def child(blocks: int, n_seq: int, whole_logits: bool) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     import hopaudit
+    import hopaudit.capture.forward as fwd
+    from hopaudit.evidence.scores import HEAD_CHUNK_VALUES
+
+    fwd.HEAD_CHUNKS = not whole_logits
 
     torch.manual_seed(0)
     config = GPT2Config(n_layer=blocks, n_embd=WIDTH, n_head=12, n_positions=SEQ_LEN)
@@ -136,7 +144,8 @@ def child(blocks: int, n_seq: int) -> None:
             )
         seconds = time.perf_counter() - t0
         amp = str(audit.capture.compute_dtype).startswith("bfloat16")
-        logits = audit.capture.batch_size * SEQ_LEN * config.vocab_size * (2 if amp else 4)
+        values = audit.capture.batch_size * SEQ_LEN * config.vocab_size
+        logits = (values if whole_logits else HEAD_CHUNK_VALUES) * (2 if amp else 4)
         print(json.dumps({
             "peak": sampler.peak - base, "base": base, "when": sampler.when - t0,
             "stage": stage_at(marks, sampler.when),
@@ -216,12 +225,13 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, nargs="+", default=[4, 12])
     ap.add_argument("--sequences", type=int, default=400)
     ap.add_argument("--child", type=int)
+    ap.add_argument("--whole-logits", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--umap-import", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--speed", type=int, help="time the capture at SPEED x 64 tokens instead")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.sequences)
+        child(args.child, args.sequences, args.whole_logits)
         return
     if args.umap_import:
         umap_import()
@@ -243,19 +253,20 @@ def main() -> None:
     fixed = json.loads(out.stdout.strip().splitlines()[-1])["umap_import_mb"]
     print(f"umap_import_over_one_layer={fixed / one:.2f}", flush=True)
     for blocks in args.blocks:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", str(blocks), "--sequences", str(args.sequences)],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        got = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"# {blocks} blocks: {got}", flush=True)
-        print(f"peak_anon_mb_{blocks}={got['peak']:.1f}")
-        print(f"peak_anon_over_one_layer_{blocks}={got['peak'] / one:.2f}")
-        print(f"peak_stage_{blocks}={got['stage']}")
-        layers = {k: round(v / one, 2) for k, v in got["stages"].items()}
-        print(f"stage_peaks_{blocks}={json.dumps(layers)}")
-        print(f"weight_copies_over_one_layer_{blocks}={got['copies_mb'] / one:.2f}")
-        print(f"logits_over_one_layer_{blocks}={got['logits_mb'] / one:.2f}", flush=True)
+        for whole in (False, True):
+            cmd = [sys.executable, __file__, "--child", str(blocks)]
+            cmd += ["--sequences", str(args.sequences)] + (["--whole-logits"] if whole else [])
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            b = f"{blocks}_whole_logits" if whole else str(blocks)
+            print(f"# {b}: {got}", flush=True)
+            print(f"peak_anon_mb_{b}={got['peak']:.1f}")
+            print(f"peak_anon_over_one_layer_{b}={got['peak'] / one:.2f}")
+            print(f"peak_stage_{b}={got['stage']}")
+            layers = {k: round(v / one, 2) for k, v in got["stages"].items()}
+            print(f"stage_peaks_{b}={json.dumps(layers)}")
+            print(f"weight_copies_over_one_layer_{b}={got['copies_mb'] / one:.2f}")
+            print(f"logits_over_one_layer_{b}={got['logits_mb'] / one:.2f}", flush=True)
     print(f"loadavg_end={os.getloadavg()[0]:.2f}")
 
 
