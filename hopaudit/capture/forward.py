@@ -93,6 +93,9 @@ ASYNC_COPY = True
 # The scores run the LM head on their own rows, a chunk at a time, so a batch's logits are never
 # whole (capture/head.py); False keeps them whole (benchmarks compare both).
 HEAD_CHUNKS = True
+# Tokens of the first sequence that show whether the model's logits are its head's output: any
+# length shows it, and a few cost the capture nothing.
+HEAD_CHECK_TOKENS = 4
 
 
 # ------------------------------------------------------------------------------------- hooks
@@ -891,8 +894,9 @@ def capture(
                     targets, score_mask, shift = score
                     if hidden is not None:  # the head run on the scored rows, a chunk at a time
                         b, lp, hit, z = head_statistics(
-                            hidden, head.logits, targets, score_mask, shift=shift
-                        )
+                            hidden, head.logits, targets, score_mask, shift=shift,
+                            vocab=head.vocab, dtype=head.dtype,
+                        )  # fmt: skip
                     else:  # the logits are read here only: scored in place, copied if need be
                         b, lp, hit, z = token_statistics(
                             logits, targets, score_mask, shift=shift, overwrite=True
@@ -995,13 +999,13 @@ def _scored_head(
         yield None
         return
     inputs, _masks, _score = feed.batch(0, 1, device)
-    reason = check_head(
-        model, head, lambda: model(**inputs, **kwargs), lambda out: logits_of(out, vocab)
-    )
-    if reason is not None:
+    for k in ("input_ids", "attention_mask", "decoder_input_ids"):
+        if k in inputs and inputs[k].ndim == 2:
+            inputs[k] = inputs[k][:, :HEAD_CHECK_TOKENS]
+    chunks = check_head(head, lambda: model(**inputs, **kwargs), lambda o: logits_of(o, vocab))
+    if isinstance(chunks, str):
         yield None
         return
-    chunks = HeadChunks(head)
     with chunks.intercepting():
         yield chunks
 

@@ -9,10 +9,11 @@ need, a chunk at a time, while the chunk's logits are still in cache.
 
 That is only the same computation when the model's logits *are* its head's output. Some models
 post-process them (Gemma 2's soft-capping, Cohere's logit scale): :func:`check_head` runs the
-first sequence once as the model is, and keeps the model's own logits unless the head, called
-on the very input it got, gives them back bit for bit. A model that cannot run on an empty
-slice (an error in the intercepted batch) runs that batch again with its logits whole, as does
-every later batch (see capture/forward.py). docs/performance.md, "The logits".
+first tokens of the first sequence once as the model is, and keeps the model's own logits
+unless the head, called on the very input it got, gives them back bit for bit. A model that
+cannot run on an empty slice (an error in the intercepted batch) runs that batch again with its
+logits whole, as does every later batch (capture/forward.py). docs/performance.md, "The
+logits".
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ class HeadChunks:
     runs on an empty slice of it instead, so the model's logits have no positions; ``head`` on
     rows of ``hidden`` gives the logits the model would have made (:func:`check_head`)."""
 
-    def __init__(self, head: nn.Module) -> None:
+    def __init__(self, head: nn.Module, vocab: int, dtype: torch.dtype) -> None:
         self.head = head
+        self.vocab, self.dtype = vocab, dtype  # of the logits it makes
         self.hidden: torch.Tensor | None = None
         self.calls = 0
         self.active = True
@@ -93,14 +95,11 @@ class HeadChunks:
 
 
 def check_head(
-    model: nn.Module,
-    head: nn.Module,
-    run: Callable[[], Any],
-    logits_of: Callable[[Any], torch.Tensor | None],
-) -> str | None:
-    """None when the model's logits are its head's output; else why the capture keeps them
-    whole. ``run()`` is one forward of the model (the first sequence); ``logits_of`` reads the
-    logits from its output."""
+    head: nn.Module, run: Callable[[], Any], logits_of: Callable[[Any], torch.Tensor | None]
+) -> HeadChunks | str:
+    """The head ready to intercept when the model's logits are its head's output; else why
+    the capture keeps them whole. ``run()`` is one forward of the model (a few tokens of the
+    first sequence); ``logits_of`` reads the logits from its output."""
     seen: list[torch.Tensor] = []
 
     def record(module: nn.Module, args: tuple) -> None:
@@ -121,4 +120,4 @@ def check_head(
         return "the LM head does not run once on every position"
     if not torch.equal(head(seen[0]), logits):
         return "the model changes its LM head's output (a scale or soft cap)"
-    return None
+    return HeadChunks(head, int(logits.shape[-1]), logits.dtype)

@@ -84,21 +84,22 @@ def head_statistics(
     shift: bool = True,
     chunk_values: int = SCORE_CHUNK_VALUES,
     head_values: int = HEAD_CHUNK_VALUES,
+    vocab: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`token_statistics` of the logits ``head`` makes from ``hidden`` (batch x length x
     width: the LM head's input, :mod:`hopaudit.capture.head`), made for the predictions only,
     about ``head_values`` logits at a time: the batch's logits are never whole.
 
-    ``head`` maps rows (n x width) to their logits (n x vocabulary); the work dtype is float32,
-    or float64 for float64 logits.
+    ``head`` maps rows (n x width) to their logits (n x ``vocab``, in ``dtype``; both read off
+    one row when not given); the work dtype is float32, or float64 for float64 logits.
     """
     b_idx, t_idx, targets = _predictions(input_ids, mask, shift)
     rows = hidden[b_idx, t_idx]
-    if b_idx.numel() == 0:
-        return b_idx, *(_empty(hidden.device, torch.promote_types(hidden.dtype, torch.float32)))
-    first = head(rows[:1])
-    vocab = first.shape[-1]
-    work = torch.promote_types(first.dtype, torch.float32)
+    if vocab is None or dtype is None:
+        first = head(rows[:1] if len(rows) else hidden[:1, :1].reshape(1, -1))
+        vocab, dtype = first.shape[-1], first.dtype
+    work = torch.promote_types(dtype, torch.float32)
     chunk = max(1, int(chunk_values) // vocab)
     step = max(chunk, int(head_values) // vocab // chunk * chunk)
     chunks = _head_chunks(rows, head, chunk, step, work)

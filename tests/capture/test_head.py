@@ -140,9 +140,7 @@ def test_a_model_that_caps_its_logits_keeps_them_whole(monkeypatch):
     np.testing.assert_allclose(res.seq_nll, nll, rtol=0, atol=1e-5)
     head = output_head(model)
     with torch.inference_mode():
-        reason = check_head(
-            model, head, lambda: model(input_ids=data.input_ids[:1]), lambda out: out.logits
-        )
+        reason = check_head(head, lambda: model(input_ids=data.input_ids[:1]), lambda o: o.logits)
     assert reason == "the model changes its LM head's output (a scale or soft cap)"
 
 
@@ -171,10 +169,10 @@ def test_a_head_called_twice_keeps_the_logits_whole():
         x = torch.randn(1, 3, 4)
         return head(x) + head(x)
 
-    assert check_head(head, head, run, lambda out: out) == (
+    assert check_head(head, run, lambda out: out) == (
         "the LM head does not run once on every position"
     )
-    chunks = HeadChunks(head)
+    chunks = HeadChunks(head, 6, torch.float32)
     with chunks.intercepting():
         run()
     assert chunks.take() is None  # called twice: not the scores' to make
@@ -184,7 +182,9 @@ def test_a_head_called_twice_keeps_the_logits_whole():
 def test_the_intercepted_head_gives_the_models_logits_for_any_rows():
     head = torch.nn.Linear(8, 11)
     hidden = torch.randn(2, 5, 8)
-    chunks = HeadChunks(head)
+    chunks = check_head(head, lambda: head(hidden), lambda out: out)
+    assert isinstance(chunks, HeadChunks)
+    assert (chunks.vocab, chunks.dtype) == (11, torch.float32)
     with chunks.intercepting():
         out = head(hidden)
         assert out.shape == (2, 0, 11)
