@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hopaudit.capture.head import HeadChunks, check_head, output_head
+from hopaudit.capture.head import HeadChunks, intercepted_head
 from hopaudit.capture.result import CaptureResult
 from hopaudit.capture.store import ActivationStore, normalize_dtype
 from hopaudit.errors import CaptureError, DataError, HopauditError, ModelError
@@ -994,19 +994,16 @@ def _scored_head(
 ) -> Iterator[HeadChunks | None]:
     """The model's LM head intercepted for the pass (capture/head.py) when the capture scores
     its logits and the first sequence shows they are the head's own output; else None."""
-    head = output_head(model) if HEAD_CHUNKS and not is_masked_lm(model) else None
-    if head is None or (feed.ids is None and feed.labels is None):
+    if not HEAD_CHUNKS or is_masked_lm(model) or (feed.ids is None and feed.labels is None):
         yield None
         return
     inputs, _masks, _score = feed.batch(0, 1, device)
     for k in ("input_ids", "attention_mask", "decoder_input_ids"):
         if k in inputs and inputs[k].ndim == 2:
             inputs[k] = inputs[k][:, :HEAD_CHECK_TOKENS]
-    chunks = check_head(head, lambda: model(**inputs, **kwargs), lambda o: logits_of(o, vocab))
-    if isinstance(chunks, str):
-        yield None
-        return
-    with chunks.intercepting():
+    with intercepted_head(
+        model, lambda: model(**inputs, **kwargs), lambda o: logits_of(o, vocab)
+    ) as chunks:
         yield chunks
 
 

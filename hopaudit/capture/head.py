@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["HeadChunks", "check_head", "output_head"]
+__all__ = ["HeadChunks", "check_head", "intercepted_head", "output_head"]
 
 
 def output_head(model: nn.Module) -> nn.Module | None:
@@ -121,3 +121,23 @@ def check_head(
     if not torch.equal(head(seen[0]), logits):
         return "the model changes its LM head's output (a scale or soft cap)"
     return HeadChunks(head, int(logits.shape[-1]), logits.dtype)
+
+
+@contextlib.contextmanager
+def intercepted_head(
+    model: nn.Module,
+    run: Callable[[], Any],
+    logits_of: Callable[[Any], torch.Tensor | None],
+    *,
+    enabled: bool = True,
+) -> Iterator[HeadChunks | None]:
+    """``model``'s LM head intercepted for the block when :func:`check_head` (with ``run``,
+    one short forward) shows its logits are the head's output; else (or not ``enabled``) None,
+    the logits whole."""
+    head = output_head(model) if enabled else None
+    chunks = None if head is None else check_head(head, run, logits_of)
+    if not isinstance(chunks, HeadChunks):
+        yield None
+        return
+    with chunks.intercepting():
+        yield chunks

@@ -207,6 +207,22 @@ def check_reference(model: Any, reference: Any) -> None:
         )
 
 
+def _reference_forward(model: Any, head: Any, ids: Any, mask: Any) -> tuple[Any, Any]:
+    """(output, the LM head's input) of one reference batch with its head intercepted, or
+    (output, None) with its logits whole: also when the intercepted batch failed or ran the
+    head other than once on every position (then the head is left alone from now on)."""
+    if head is not None:
+        try:
+            out = model(input_ids=ids, attention_mask=mask)
+        except Exception:  # a model that cannot run its head on an empty slice
+            out = None
+        hidden = head.take()
+        if out is not None and hidden is not None and hidden.shape[:2] == ids.shape:
+            return out, hidden
+        head.stop()
+    return model(input_ids=ids, attention_mask=mask), None
+
+
 def reference_nll(
     reference: Any,
     input_ids: Any,
@@ -215,12 +231,16 @@ def reference_nll(
     batch_size: int | None = None,
     progress: bool = True,
 ) -> np.ndarray:
-    """Mean token NLL (nats) of every sequence under ``reference``: one forward per batch,
-    without hooks, in inference mode; the model's training flags are restored afterwards."""
+    """Mean token NLL (nats) of every sequence under ``reference``: one forward per batch, in
+    inference mode; the model's training flags are restored afterwards. As in the capture, the
+    reference's LM head runs on the scored rows a chunk at a time where its logits are the
+    head's output (capture/head.py), so a batch's logits are never whole."""
     import torch  # here, not at the top: the AUROCs need no torch (hopaudit show)
 
+    from hopaudit.capture import forward
     from hopaudit.capture.forward import choose_batch_size, logits_of, model_device
-    from hopaudit.evidence.scores import sequence_statistics, token_statistics
+    from hopaudit.capture.head import intercepted_head
+    from hopaudit.evidence.scores import head_statistics, sequence_statistics, token_statistics
     from hopaudit.heap import kept_heap
     from hopaudit.model.blocks import vocab_size
 
@@ -233,25 +253,43 @@ def reference_nll(
     flags = [(m, m.training) for m in reference.modules()]
     seqs, lps = [], []
     vocab = vocab_size(reference)
+    few = forward.HEAD_CHECK_TOKENS
+    first = (ids[:1, :few].to(device), mask[:1, :few].to(device))
     try:
         reference.eval()
-        with torch.inference_mode(), kept_heap() as heap:  # freed blocks reused (heap.py)
+        with (
+            torch.inference_mode(),
+            intercepted_head(
+                reference,
+                lambda: reference(input_ids=first[0], attention_mask=first[1]),
+                lambda out: logits_of(out, vocab),
+                enabled=forward.HEAD_CHUNKS,
+            ) as head,
+            kept_heap() as heap,  # freed blocks reused (heap.py)
+        ):
             for start in tqdm(
                 range(0, n_seq, batch_size), desc="reference", disable=not progress, leave=False
             ):
                 stop = min(n_seq, start + batch_size)
                 b_ids, b_mask = ids[start:stop].to(device), mask[start:stop].to(device)
-                out = reference(input_ids=b_ids, attention_mask=b_mask)
-                logits = logits_of(out, vocab)
-                if logits is None:
-                    raise ModelError(
-                        f"the reference {type(reference).__name__} returns no logits; it must "
-                        "be a causal LM"
+                out, hidden = _reference_forward(reference, head, b_ids, b_mask)
+                if hidden is not None:  # the head run on the scored rows, a chunk at a time
+                    b, lp, _hit, _z = head_statistics(
+                        hidden, head.logits, b_ids, b_mask, vocab=head.vocab, dtype=head.dtype
                     )
-                b, lp, _hit, _z = token_statistics(logits, b_ids, b_mask, overwrite=True)
+                else:
+                    logits = logits_of(out, vocab)
+                    if logits is None:
+                        raise ModelError(
+                            f"the reference {type(reference).__name__} returns no logits; it "
+                            "must be a causal LM"
+                        )
+                    b, lp, _hit, _z = token_statistics(logits, b_ids, b_mask, overwrite=True)
+                    del logits
+                    head = None  # a batch ran with its logits whole: so do the rest
                 seqs.append(b.cpu().numpy() + start)
                 lps.append(lp.cpu().numpy())
-                del out, logits
+                del out, hidden
                 heap.batch_done()
     finally:
         for m, f in flags:

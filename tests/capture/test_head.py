@@ -217,3 +217,37 @@ def test_ctrl_c_in_an_intercepted_batch_leaves_no_hook(monkeypatch):
     assert _hooks(model) == 0
     head = model.get_output_embeddings()
     assert head(torch.randn(1, 2, head.in_features)).shape[1] == 2
+
+
+@pytest.mark.parametrize("refuse_empty", [False, True])
+def test_the_reference_pass_scores_the_same_from_its_head(monkeypatch, refuse_empty):
+    """audit(reference=)'s pass (evidence/membership.py) intercepts the reference's head too,
+    and falls back to whole logits where the head cannot run on an empty slice."""
+    import hopaudit.evidence.scores as scores
+    from hopaudit.evidence.membership import reference_nll
+
+    model, _ = tiny_model("llama", seed=4)
+    data = _data(LENGTHS)
+    head = model.get_output_embeddings()
+    if refuse_empty:
+        head.register_forward_hook(lambda m, a, out: 1 / 0 if out.shape[1] == 0 else None)
+    calls = []
+    real = scores.head_statistics
+    monkeypatch.setattr(scores, "head_statistics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = {}
+    for chunks in (False, True):
+        monkeypatch.setattr(forward, "HEAD_CHUNKS", chunks)
+        got[chunks] = reference_nll(
+            model, data.input_ids, data.attention_mask, batch_size=3, progress=False
+        )
+    assert len(calls) == (0 if refuse_empty else 3)
+    np.testing.assert_allclose(got[True], got[False], rtol=0, atol=2e-6)
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=data.input_ids).logits.double(), -1)
+    for b, n in enumerate(LENGTHS):
+        ids = data.input_ids[b]
+        if n > 1:
+            by_hand = -float(sum(lp[b, t, ids[t + 1]] for t in range(n - 1))) / (n - 1)
+            assert got[True][b] == pytest.approx(by_hand, abs=1e-5)
+    head._forward_hooks.clear()
+    assert _hooks(model) == 0
