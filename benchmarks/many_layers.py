@@ -145,7 +145,8 @@ def child(blocks: int, n_seq: int, whole_logits: bool) -> None:
         seconds = time.perf_counter() - t0
         amp = str(audit.capture.compute_dtype).startswith("bfloat16")
         values = audit.capture.batch_size * SEQ_LEN * config.vocab_size
-        logits = (values if whole_logits else HEAD_CHUNK_VALUES) * (2 if amp else 4)
+        size = 2 if amp else 4
+        logits = (values if whole_logits else HEAD_CHUNK_VALUES[size]) * size
         print(json.dumps({
             "peak": sampler.peak - base, "base": base, "when": sampler.when - t0,
             "stage": stage_at(marks, sampler.when),

@@ -42,10 +42,9 @@ __all__ = [
 #: Logit values scored at once (float32: 2 MiB, ten rows of a 50K vocabulary): the passes over a
 #: chunk stay in a core's cache, faster than 4 MiB (benchmarks/README.md, scores.py).
 SCORE_CHUNK_VALUES = 2**19
-#: Logits the LM head makes at once in :func:`head_statistics` (8M: 170 rows of a 49K
-#: vocabulary, 16 MiB in bfloat16): a product large enough to run at speed, an output that
-#: stays in the last-level cache (benchmarks/README.md, scores.py).
-HEAD_CHUNK_VALUES = 2**23
+#: Logits the LM head makes at once in :func:`head_statistics`, by the bytes of a logit: the
+#: fastest of 2**21 to 2**25 on the audit's batch (benchmarks/README.md, head_chunks.py).
+HEAD_CHUNK_VALUES = {2: 2**23, 4: 2**25}
 
 
 def token_statistics(
@@ -83,13 +82,14 @@ def head_statistics(
     *,
     shift: bool = True,
     chunk_values: int = SCORE_CHUNK_VALUES,
-    head_values: int = HEAD_CHUNK_VALUES,
+    head_values: int | None = None,
     vocab: int | None = None,
     dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`token_statistics` of the logits ``head`` makes from ``hidden`` (batch x length x
     width: the LM head's input, :mod:`hopaudit.capture.head`), made for the predictions only,
-    about ``head_values`` logits at a time: the batch's logits are never whole.
+    about ``head_values`` logits at a time (None: :data:`HEAD_CHUNK_VALUES` of the logits'
+    dtype): the batch's logits are never whole.
 
     ``head`` maps rows (n x width) to their logits (n x ``vocab``, in ``dtype``; both read off
     one row when not given); the work dtype is float32, or float64 for float64 logits.
@@ -101,6 +101,8 @@ def head_statistics(
         vocab, dtype = first.shape[-1], first.dtype
     work = torch.promote_types(dtype, torch.float32)
     chunk = max(1, int(chunk_values) // vocab)
+    if head_values is None:
+        head_values = HEAD_CHUNK_VALUES.get(dtype.itemsize, HEAD_CHUNK_VALUES[4])
     step = max(chunk, int(head_values) // vocab // chunk * chunk)
     chunks = _head_chunks(rows, head, chunk, step, work)
     return (b_idx, *_statistics(chunks, targets, chunk, vocab, work))
