@@ -857,7 +857,8 @@ def capture(
                         if head is not None:
                             # a model that cannot run its head on an empty slice: this batch
                             # again, and the rest, with the logits whole
-                            head = head.stop()
+                            head.stop()
+                            head = None
                             continue
                         what = f"{type(e).__name__}: {e}"
                         if attempt == 2 or not compiled.active:

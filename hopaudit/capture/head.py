@@ -73,7 +73,7 @@ class HeadChunks:
             handle.remove()
 
     def stop(self) -> None:
-        """The head left alone from now on (the model's logits whole again); returns None."""
+        """The head left alone from now on (the model's logits whole again)."""
         self.active = False
         self.hidden, self.calls = None, 0
 
