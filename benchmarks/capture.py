@@ -31,8 +31,14 @@
        peak_rss_mmap_mb=  peak_rss_ram_mb=  store_mb= (the stored activations)
        peak_rss_ram_minus_mmap_mb=  rss_before_capture_mb= (weights and runtime, both modes)
 
+``--autocast auto`` times the speed part in the numerics an audit chooses (bfloat16 autocast
+with the weights cast once where the CPU multiplies bfloat16 natively; the plain forward in the
+same), instead of ``capture()``'s default float32; it prints ``autocast=`` and
+``compute_dtype=``.
+
 Usage: ``python benchmarks/capture.py [--rounds 5] [--sequences 32] [--mem-sequences 64]
-[--budget 200]``; under 5 minutes on two busy CPU cores (model load included).
+[--budget 200] [--autocast auto]``; under 5 minutes on two busy CPU cores (model load
+included).
 """
 
 from __future__ import annotations
@@ -69,13 +75,25 @@ def _tokens(tokenizer, n_sequences: int):
     )  # fmt: skip
 
 
+AUTOCAST = "off"  # --autocast: the numerics of every timed pass
+
+
 def _plain(model, data) -> tuple[float, float]:
     """(wall, CPU) seconds of plain forwards over ``data`` in batches of BATCH, on the heap the
-    capture keeps (hopaudit/heap.py; benchmarks/heap.py times that against glibc's default)."""
+    capture keeps (hopaudit/heap.py; benchmarks/heap.py times that against glibc's default), in
+    the capture's numerics (``AUTOCAST``)."""
     from hopaudit.heap import kept_heap
+    from hopaudit.model.precision import autocast_context, cast_weights_once, compute_dtype
 
+    cpu = torch.device("cpu")
+    amp = compute_dtype(model, cpu, AUTOCAST)
     t0, c0 = time.perf_counter(), time.process_time()
-    with torch.inference_mode(), kept_heap() as heap:
+    with (
+        torch.inference_mode(),
+        autocast_context(amp, cpu),
+        cast_weights_once(model, amp),
+        kept_heap() as heap,
+    ):
         for s in range(0, data.num_sequences, BATCH):
             model(
                 input_ids=data.input_ids[s : s + BATCH],
@@ -91,6 +109,7 @@ def _capture(model, data, blocks, final, batch_size=BATCH, **kw):
     from hopaudit.capture import capture
 
     t0, c0 = time.perf_counter(), time.process_time()
+    kw.setdefault("autocast", AUTOCAST)
     res = capture(model, data, blocks, final=final, batch_size=batch_size, progress=False, **kw)
     return (time.perf_counter() - t0, time.process_time() - c0), res
 
@@ -278,7 +297,10 @@ def main() -> None:
     ap.add_argument("--child", choices=["mmap", "ram"])
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--autocast", choices=["off", "auto"], default="off")
     args = ap.parse_args()
+    global AUTOCAST
+    AUTOCAST = args.autocast
     torch.manual_seed(0)
     if args.child:
         child(args.workdir, args.child)
@@ -291,6 +313,10 @@ def main() -> None:
     print(f"loadavg_start={os.getloadavg()[0]:.2f}", flush=True)
     t0 = time.perf_counter()
     model, tokenizer = smollm2()
+    from hopaudit.model.precision import compute_dtype, describe
+
+    amp = compute_dtype(model, torch.device("cpu"), AUTOCAST)
+    print(f"autocast={AUTOCAST} compute_dtype={describe(amp, model)!r}")
     print(f"# loaded SmolLM2 in {time.perf_counter() - t0:.1f} s; torch threads "
           f"{torch.get_num_threads()}", flush=True)  # fmt: skip
     per_sequence = speed(model, tokenizer, args.rounds, args.sequences, 0.5 * args.budget)
