@@ -16,7 +16,9 @@ definitions, with their papers, are in docs/theory.md §6 ("Evidence of memoriza
 
 Min-K%++ needs the whole next-token distribution at every position: :func:`token_statistics`
 reads it from the logits the forward already produced, in chunks of positions, so a
-(batch x length x vocab) float array is never made beyond what the model returned.
+(batch x length x vocab) float array is never made beyond what the model returned;
+:func:`head_statistics` makes those logits itself from the LM head's input, a chunk at a time,
+so the capture never holds them whole (:mod:`hopaudit.capture.head`).
 """
 
 from __future__ import annotations
