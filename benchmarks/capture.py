@@ -124,18 +124,8 @@ def _target_only(logits, input_ids, mask, *, shift=True, **_):
     return b_idx, lp, torch.zeros_like(lp, dtype=torch.bool), torch.zeros_like(lp)
 
 
-def _capture_noscores(model, data, blocks, final):
-    import hopaudit.capture.forward as fwd
-
-    real, chunks = fwd.token_statistics, fwd.HEAD_CHUNKS
-    fwd.token_statistics, fwd.HEAD_CHUNKS = _target_only, False  # reads the whole logits
-    try:
-        return _capture(model, data, blocks, final)
-    finally:
-        fwd.token_statistics, fwd.HEAD_CHUNKS = real, chunks
-
-
 def _capture_whole_logits(model, data, blocks, final):
+    """The capture with the model's logits whole (the LM head not run by the scores)."""
     import hopaudit.capture.forward as fwd
 
     chunks, fwd.HEAD_CHUNKS = fwd.HEAD_CHUNKS, False
@@ -143,6 +133,17 @@ def _capture_whole_logits(model, data, blocks, final):
         return _capture(model, data, blocks, final)
     finally:
         fwd.HEAD_CHUNKS = chunks
+
+
+def _capture_noscores(model, data, blocks, final):
+    """The capture with ``_target_only`` for the scores, which reads the whole logits."""
+    import hopaudit.capture.forward as fwd
+
+    real, fwd.token_statistics = fwd.token_statistics, _target_only
+    try:
+        return _capture_whole_logits(model, data, blocks, final)
+    finally:
+        fwd.token_statistics = real
 
 
 def speed(model, tokenizer, rounds: int, n_sequences: int, budget: float) -> float:
