@@ -210,11 +210,15 @@ class ExactIndex:
         tile_q = max(1, min(_TILE_ELEMS // tile_s, 4096))
         ids = np.empty((m, k), dtype=np.int64)
         dists = np.empty((m, k), dtype=np.float32)
+        # the tiles' products and scores, allocated once: a fresh block of this size for each
+        # tile was page-faulted in anew wherever it was mapped (heap.mapped_heap)
+        scores = torch.empty(tile_q * tile_s, dtype=torch.float32, device=self.device)
+        dots = torch.empty_like(scores, dtype=torch.bfloat16) if self.tiles == "bfloat16" else None
         with torch.no_grad():
             for start, xq_all in chunks:
                 for q0 in range(0, xq_all.shape[0], tile_q):
                     xq = xq_all[q0 : q0 + tile_q]
-                    i, d = self._search_tile(xq, k, c, tile_s)
+                    i, d = self._search_tile(xq, k, c, tile_s, (scores, dots))
                     lo = start + q0
                     ids[lo : lo + xq.shape[0]] = i
                     dists[lo : lo + xq.shape[0]] = d
@@ -222,13 +226,16 @@ class ExactIndex:
                         progress(xq.shape[0])
         return ids, dists
 
-    def _search_tile(self, xq, k: int, c: int, tile_s: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, distances) of a tile of queries: bfloat16 candidates, certified, or float32."""
+    def _search_tile(
+        self, xq, k: int, c: int, tile_s: int, bufs: tuple
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, distances) of a tile of queries: bfloat16 candidates, certified, or float32;
+        ``bufs`` the search's (scores, products) buffers."""
         import torch
 
         if self.tiles != "bfloat16" or c >= self._count:
-            return self._rerank(xq, self._candidates(xq, c, tile_s)[1], k)
-        scores, cand = self._candidates(xq, c, tile_s, bf16=True)
+            return self._rerank(xq, self._candidates(xq, c, tile_s, bufs)[1], k)
+        scores, cand = self._candidates(xq, c, tile_s, bufs, bf16=True)
         ids, dists = self._rerank(xq, cand, k)
         # the best score left out, lowered by the rounding bound, against the k-th kept one
         xnorm = torch.linalg.vector_norm(xq, dim=1, dtype=torch.float64)
@@ -242,24 +249,28 @@ class ExactIndex:
         if redo.size:
             self.uncertified += int(redo.size)
             xr = xq[torch.from_numpy(redo).to(xq.device)]
-            ids[redo], dists[redo] = self._rerank(xr, self._candidates(xr, c, tile_s)[1], k)
+            ids[redo], dists[redo] = self._rerank(xr, self._candidates(xr, c, tile_s, bufs)[1], k)
         return ids, dists
 
-    def _candidates(self, xq, c: int, tile_s: int, bf16: bool = False):
+    def _candidates(self, xq, c: int, tile_s: int, bufs: tuple, bf16: bool = False):
         """(scores, ids) of the c best stored patterns by the score |y|^2 - 2 x.y: float32
         tiles, or bfloat16 ones (the products rounded to bfloat16, the scores in float32)."""
         import torch
 
         best_s = best_i = None
         xb = xq.to(torch.bfloat16) if bf16 else None
+        scores, dots = bufs
         for s0 in range(0, self._count, tile_s):
             norms = self._sqnorm[s0 : s0 + tile_s].unsqueeze(0)
+            shape = (xq.shape[0], norms.shape[1])
+            score = scores[: shape[0] * shape[1]].view(shape)
             if bf16:
-                dot = torch.mm(xb, self._data_bf16[s0 : s0 + tile_s].T)
-                score = dot.float().mul_(-2.0).add_(norms)
+                dot = dots[: shape[0] * shape[1]].view(shape)
+                torch.mm(xb, self._data_bf16[s0 : s0 + tile_s].T, out=dot)
+                score.copy_(dot).mul_(-2.0).add_(norms)
             else:
                 y = self._data[s0 : s0 + tile_s]
-                score = torch.addmm(norms, xq, y.T, alpha=-2.0)
+                torch.addmm(norms, xq, y.T, alpha=-2.0, out=score)
             cc = min(c, score.shape[1])
             s, i = torch.topk(score, cc, dim=1, largest=False, sorted=False)
             i = i + s0
