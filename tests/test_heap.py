@@ -177,3 +177,45 @@ def test_with_thresholds_set_by_the_user_the_pass_leaves_them_and_trims_every_ba
     assert calls == []
     assert keeper.trims == 2
     assert not heap._kept
+
+
+@pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="needs glibc 2.33+ (mallinfo2)")
+@pytest.mark.skipif(heap.user_set_thresholds(), reason=_USER_SET)
+def test_while_layers_are_measured_a_block_of_a_few_mb_is_mapped_and_after_it_comes_from_the_heap():
+    size = 2 * MB  # above the threshold within (1 MiB), below the one left after (32 MiB)
+    with heap.mapped_heap():
+        before = _mmapped_bytes()
+        a = np.ones(size, dtype=np.uint8)
+        inside = _mmapped_bytes() - before
+        del a
+        assert _mmapped_bytes() == before  # unmapped when freed: out of the resident set
+    before = _mmapped_bytes()
+    b = np.ones(size, dtype=np.uint8)
+    after = _mmapped_bytes() - before
+    del b
+    assert inside >= size
+    assert after == 0
+
+
+@pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="needs glibc 2.33+ (mallinfo2)")
+@pytest.mark.skipif(heap.user_set_thresholds(), reason=_USER_SET)
+def test_a_mapped_block_inside_a_pass_keeps_the_pass_settings():
+    with heap.kept_heap():
+        with heap.mapped_heap():
+            before = _mmapped_bytes()
+            a = np.ones(2 * MB, dtype=np.uint8)
+            inside = _mmapped_bytes() - before
+            del a
+        assert heap._depth == 1
+    assert heap._depth == 0
+    assert inside == 0
+
+
+def test_with_thresholds_set_by_the_user_the_mapped_block_leaves_them(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    calls = []
+    monkeypatch.setattr(heap, "_set", lambda *a: calls.append(a) or True)
+    with heap.mapped_heap():
+        pass
+    assert calls == []
+    assert not heap._kept
