@@ -5,12 +5,9 @@ A GPT-2 with random weights (``GPT2Config``: width 768, 12 heads, 4 or 12 blocks
 400 x 64 random tokens with ``store=`` (activations and per-layer files on disk), each size in a
 fresh process. A thread samples ``RssAnon`` from /proc/self/status every 20 ms; the model's and
 the tokens' memory before the audit is subtracted. One layer's float32 patterns are
-tokens x 768 x 4 bytes. Each size runs three times: as the audit runs (the LM head run by the
-scores a chunk at a time, capture/head.py; layers measured and laid out with large blocks
-mapped, heap.mapped_heap), with the model's logits whole (``HEAD_CHUNKS = False``, the lines
-ending ``_whole_logits``), and with glibc's heap left as it adapts while layers are measured
-(the lines ending ``_heap_unmapped``). Prints the CPU and the load average at start and end,
-and::
+tokens x 768 x 4 bytes. Each size runs twice: as the audit runs (the LM head run by the scores
+a chunk at a time, capture/head.py) and with the model's logits whole (``HEAD_CHUNKS = False``,
+the lines ending ``_whole_logits``). Prints the CPU and the load average at start and end, and::
 
     one_layer_mb=                       one layer's float32 patterns
     peak_anon_mb_<blocks>=              peak anonymous memory above the model, during the audit
@@ -25,8 +22,6 @@ and::
     logits_over_one_layer_<b>=          the logits the capture holds at once, in the dtype the
                                         forward returns: the head's chunk (HEAD_CHUNK_VALUES),
                                         or one batch's whole
-    layers_seconds_<b>=                 seconds from the capture's end to the last layout
-    layers_seconds_ratio_<b>=           those of the audit over those of ``_heap_unmapped``
 
 A stage is what ``hopaudit.engines.memory.PeakTracker.mark`` names once it ends ("capture",
 "measuring <layer>", "UMAP <layer>"): the benchmark records when each mark is taken, and the
@@ -123,9 +118,7 @@ def stage_peaks(samples: list, marks: list, base: float) -> dict[str, float]:
     return out
 
 
-def child(blocks: int, n_seq: int, whole_logits: bool, heap_unmapped: bool) -> None:
-    import contextlib
-
+def child(blocks: int, n_seq: int, whole_logits: bool) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -134,10 +127,6 @@ def child(blocks: int, n_seq: int, whole_logits: bool, heap_unmapped: bool) -> N
     from hopaudit.evidence.scores import HEAD_CHUNK_VALUES
 
     fwd.HEAD_CHUNKS = not whole_logits
-    if heap_unmapped:
-        import hopaudit.engines.local as local
-
-        local.mapped_heap = contextlib.nullcontext
 
     torch.manual_seed(0)
     config = GPT2Config(n_layer=blocks, n_embd=WIDTH, n_head=12, n_positions=SEQ_LEN)
@@ -163,7 +152,6 @@ def child(blocks: int, n_seq: int, whole_logits: bool, heap_unmapped: bool) -> N
             "stage": stage_at(marks, sampler.when),
             "stages": stage_peaks(sampler.samples, marks, base),
             "seconds": seconds, "capture_seconds": audit.capture.seconds,
-            "layers_seconds": marks[-1][0] - next(t for t, st in marks if st == "capture"),
             "batch_size": audit.capture.batch_size, "tokens": int(audit.n_tokens),
             "copies_mb": weight_copies_bytes(model) / 2**20 if amp else 0.0,
             "logits_mb": logits / 2**20,
@@ -239,13 +227,12 @@ def main() -> None:
     ap.add_argument("--sequences", type=int, default=400)
     ap.add_argument("--child", type=int)
     ap.add_argument("--whole-logits", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--heap-unmapped", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--umap-import", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--speed", type=int, help="time the capture at SPEED x 64 tokens instead")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.sequences, args.whole_logits, args.heap_unmapped)
+        child(args.child, args.sequences, args.whole_logits)
         return
     if args.umap_import:
         umap_import()
@@ -267,14 +254,12 @@ def main() -> None:
     fixed = json.loads(out.stdout.strip().splitlines()[-1])["umap_import_mb"]
     print(f"umap_import_over_one_layer={fixed / one:.2f}", flush=True)
     for blocks in args.blocks:
-        seconds = {}
-        for variant in ("", "whole_logits", "heap_unmapped"):
+        for whole in (False, True):
             cmd = [sys.executable, __file__, "--child", str(blocks)]
-            cmd += ["--sequences", str(args.sequences)]
-            cmd += [f"--{variant.replace('_', '-')}"] if variant else []
+            cmd += ["--sequences", str(args.sequences)] + (["--whole-logits"] if whole else [])
             out = subprocess.run(cmd, check=True, capture_output=True, text=True)
             got = json.loads(out.stdout.strip().splitlines()[-1])
-            b = f"{blocks}_{variant}" if variant else str(blocks)
+            b = f"{blocks}_whole_logits" if whole else str(blocks)
             print(f"# {b}: {got}", flush=True)
             print(f"peak_anon_mb_{b}={got['peak']:.1f}")
             print(f"peak_anon_over_one_layer_{b}={got['peak'] / one:.2f}")
@@ -282,11 +267,7 @@ def main() -> None:
             layers = {k: round(v / one, 2) for k, v in got["stages"].items()}
             print(f"stage_peaks_{b}={json.dumps(layers)}")
             print(f"weight_copies_over_one_layer_{b}={got['copies_mb'] / one:.2f}")
-            print(f"logits_over_one_layer_{b}={got['logits_mb'] / one:.2f}")
-            print(f"layers_seconds_{b}={got['layers_seconds']:.1f}", flush=True)
-            seconds[variant] = got["layers_seconds"]
-        ratio = seconds[""] / seconds["heap_unmapped"]
-        print(f"layers_seconds_ratio_{blocks}={ratio:.3f}", flush=True)
+            print(f"logits_over_one_layer_{b}={got['logits_mb'] / one:.2f}", flush=True)
     print(f"loadavg_end={os.getloadavg()[0]:.2f}")
 
 
