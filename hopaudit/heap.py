@@ -1,5 +1,4 @@
-"""glibc's heap through the audit's two kinds of work: kept through a pass of same-shaped
-batches, mapped while layers are measured and laid out.
+"""glibc's heap through a pass of same-shaped batches: freed blocks reused, not mapped anew.
 
 glibc serves a block above its mmap threshold (128 KiB, adapting up to 32 MiB) with a fresh
 mapping, unmaps it on ``free``, and hands the top of the heap back to the OS past its trim
@@ -10,12 +9,6 @@ stays there for the next batch, which has the same shapes; the heap is trimmed
 (``malloc_trim``) only when the resident anonymous memory exceeds what the last trim left by a
 working set and a quarter (:class:`HeapKeeper`: kept rows, fragmentation), not after every
 batch, which made the next one fault its working set in again.
-
-Measuring a layer is the other kind: chunks, tiles and copies of many sizes, each allocated a
-few times, which a heap keeps resident after they are freed (blocks just under the adapted
-32 MiB threshold, float64 chunks of 16 MiB float32 ones, came from the heap and stayed). Within
-:func:`mapped_heap` every block of :data:`MAPPED_MMAP_THRESHOLD` or more is mapped, so a freed
-temporary leaves the resident set at once (docs/performance.md, "Memory across many layers").
 
 Elsewhere than glibc (macOS, musl), and where the user set glibc's thresholds through its
 environment variables, the thresholds are left alone and the heap trimmed after every batch.
@@ -30,13 +23,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 
-__all__ = [
-    "HeapKeeper",
-    "kept_heap",
-    "mapped_heap",
-    "release_freed_memory",
-    "user_set_thresholds",
-]
+__all__ = ["HeapKeeper", "kept_heap", "release_freed_memory", "user_set_thresholds"]
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -50,12 +37,6 @@ KEEP_TRIM_THRESHOLD = 2**31 - 1
 #: its adaptation ends for large blocks (DEFAULT_MMAP_THRESHOLD_MAX, and twice it to trim).
 AFTER_MMAP_THRESHOLD = 32 << 20
 AFTER_TRIM_THRESHOLD = 64 << 20
-#: Blocks from 1 MiB are mapped while layers are measured: a search tile, a chunk or a copy
-#: is then unmapped when freed, while the many small blocks (arrays of scalars) share the heap.
-MAPPED_MMAP_THRESHOLD = 1 << 20
-#: Free memory past this at the heap's top goes back to the OS at once (twice the mapping
-#: threshold, as glibc's own adaptation keeps them).
-MAPPED_TRIM_THRESHOLD = 2 << 20
 #: Growth below this never triggers a trim (tiny batches would otherwise trim at every one).
 MIN_SLACK = 16 << 20
 
@@ -158,44 +139,24 @@ def _set(lib: ctypes.CDLL, mmap: int, trim: int) -> bool:
 
 
 @contextlib.contextmanager
-def _thresholds(mmap: int, trim: int) -> Iterator[bool]:
-    """glibc's thresholds set to ``mmap`` and ``trim`` for a block, and left at their adapted
-    values (:data:`AFTER_MMAP_THRESHOLD`) after it, then the heap trimmed; yields whether they
-    were set. Nested blocks keep the outer one's settings. Elsewhere than glibc, or where the
-    user set glibc's thresholds (:func:`user_set_thresholds`), nothing is set."""
-    global _depth, _kept
-    lib = None if user_set_thresholds() else _glibc()
-    with _depth_lock:
-        if _depth == 0:
-            _kept = lib is not None and _set(lib, mmap, trim)
-        _depth += 1
-        kept = _kept
-    try:
-        yield kept
-    finally:
-        with _depth_lock:
-            _depth -= 1
-            if _depth == 0 and _kept and lib is not None:
-                _set(lib, AFTER_MMAP_THRESHOLD, AFTER_TRIM_THRESHOLD)
-        release_freed_memory()
-
-
-@contextlib.contextmanager
 def kept_heap() -> Iterator[HeapKeeper]:
     """glibc's heap kept for a pass of batches (call ``batch_done()`` after each); on exit the
     thresholds are left at their adapted values (:data:`AFTER_MMAP_THRESHOLD`) and the heap is
     trimmed. Nested passes keep the outer one's settings. Elsewhere than glibc, or where the
     user set glibc's thresholds (:func:`user_set_thresholds`), the thresholds are not touched
     and the keeper trims after every batch, as the capture always did."""
-    with _thresholds(KEEP_MMAP_THRESHOLD, KEEP_TRIM_THRESHOLD) as kept:
+    global _depth, _kept
+    lib = None if user_set_thresholds() else _glibc()
+    with _depth_lock:
+        if _depth == 0:
+            _kept = lib is not None and _set(lib, KEEP_MMAP_THRESHOLD, KEEP_TRIM_THRESHOLD)
+        _depth += 1
+        kept = _kept
+    try:
         yield HeapKeeper() if kept else HeapKeeper(read=lambda: None)
-
-
-@contextlib.contextmanager
-def mapped_heap() -> Iterator[None]:
-    """Blocks of :data:`MAPPED_MMAP_THRESHOLD` and more mapped for the block, so each one freed
-    leaves the resident set at once (measuring and laying out layers: module doc); on exit as
-    :func:`kept_heap`. Where the thresholds are not glibc's to set, nothing changes and the
-    callers' trims after each layer remain."""
-    with _thresholds(MAPPED_MMAP_THRESHOLD, MAPPED_TRIM_THRESHOLD):
-        yield
+    finally:
+        with _depth_lock:
+            _depth -= 1
+            if _depth == 0 and _kept and lib is not None:
+                _set(lib, AFTER_MMAP_THRESHOLD, AFTER_TRIM_THRESHOLD)
+        release_freed_memory()

@@ -10,7 +10,7 @@ from typing import Any
 from hopaudit.capture.forward import capture
 from hopaudit.engines.options import AuditOptions
 from hopaudit.errors import SearchError
-from hopaudit.heap import mapped_heap, release_freed_memory
+from hopaudit.heap import release_freed_memory
 from hopaudit.layer.embedding import embed_layer
 from hopaudit.layer.files import LayerFiles, compact_graph
 from hopaudit.layer.measuring import measure
@@ -69,51 +69,46 @@ class LocalEngine:
         reports, skipped = {}, {}
         names = stored.layer_names
         bar = tqdm(names, desc="measuring layers", disable=not progress or not names)
-        # a layer's temporaries leave the resident set when freed (heap.py)
-        with mapped_heap():
-            for i, name in enumerate(bar):
-                rows = stored.store.shape(name)[0]
-                try:
-                    with _layer_bar(name, rows, progress and rows >= LAYER_BAR_ROWS) as step:
-                        rep = measure(
-                            stored.store.get(name),
-                            None if held is None else held.store.get(name),
-                            progress=step,
-                            **measure_kwargs,
-                        )
-                except SearchError as exc:
-                    skipped[name] = str(exc)
-                else:
-                    reports[name] = settle(
-                        rep, i, name, stored, layer_files, self.options.graph_dtype
+        for i, name in enumerate(bar):
+            rows = stored.store.shape(name)[0]
+            try:
+                with _layer_bar(name, rows, progress and rows >= LAYER_BAR_ROWS) as step:
+                    rep = measure(
+                        stored.store.get(name),
+                        None if held is None else held.store.get(name),
+                        progress=step,
+                        **measure_kwargs,
                     )
-                    del rep
-                # one layer at a time: its mapped pages leave the resident set before the next
-                stored.store.release(name)
-                if held is not None:
-                    held.store.release(name)
-                # a layer frees arrays of a few MB (graphs, chunks) that fragment glibc's heap;
-                # without a trim the heap grew by part of a layer for every layer measured
-                release_freed_memory()
-                peak.mark(f"measuring {name}")
+            except SearchError as exc:
+                skipped[name] = str(exc)
+            else:
+                reports[name] = settle(rep, i, name, stored, layer_files, self.options.graph_dtype)
+                del rep
+            # one layer at a time: its mapped pages leave the resident set before the next
+            stored.store.release(name)
+            if held is not None:
+                held.store.release(name)
+            # a layer frees arrays of a few MB (graphs, chunks) that fragment glibc's heap;
+            # without a trim the heap grew by part of a layer for every layer measured
+            release_freed_memory()
+            peak.mark(f"measuring {name}")
         return reports, skipped
 
     def embed(self, stored: Any, reports: dict, names: list[str], device: Any, peak: Any) -> dict:
         o = self.options
         out = {}
-        with mapped_heap():
-            for name in tqdm(names, desc="UMAP", disable=not o.progress or not names):
-                out[name] = embed_layer(
-                    reports[name],
-                    stored.store.get(name),
-                    stored.rows_of(name)[0],
-                    o.umap_max_points,
-                    o.seed,
-                    device,
-                )
-                stored.store.release(name)
-                release_freed_memory()
-                peak.mark(f"UMAP {name}")
+        for name in tqdm(names, desc="UMAP", disable=not o.progress or not names):
+            out[name] = embed_layer(
+                reports[name],
+                stored.store.get(name),
+                stored.rows_of(name)[0],
+                o.umap_max_points,
+                o.seed,
+                device,
+            )
+            stored.store.release(name)
+            release_freed_memory()
+            peak.mark(f"UMAP {name}")
         return out
 
     def finish(self, stored: Any, held: Any, reports: dict, scratch: Any) -> None:

@@ -44,7 +44,6 @@ from hopaudit.capture.forward import (
 from hopaudit.capture.store import ActivationStore
 from hopaudit.engines.memory import PeakTracker, peak_rss, reset_peak
 from hopaudit.errors import CaptureError, HopauditError, SearchError
-from hopaudit.heap import mapped_heap
 from hopaudit.layer.embedding import embed_layer
 from hopaudit.layer.files import LayerFiles
 from hopaudit.layer.patterns import layer_patterns, patterns_of
@@ -422,8 +421,7 @@ def _measure_task(
     st = ActivationStore.open(store)
     queries = None if held is None else ActivationStore.open(held).get(name)
     try:
-        with mapped_heap():  # the layer's temporaries leave the resident set when freed
-            rep = measure(st.get(name), queries, **kwargs)
+        rep = measure(st.get(name), queries, **kwargs)
     except SearchError as exc:
         return {"skipped": str(exc), "peak_rss": peak_rss()}
     lf = LayerFiles(files)
@@ -507,8 +505,7 @@ class _Kind:
 
 def _embed_task(rep: Any, store: str, name: str, row_sequence: np.ndarray, *args: Any) -> Any:
     reset_peak()
-    with mapped_heap():
-        emb = embed_layer(rep, ActivationStore.open(store).get(name), row_sequence, *args)
+    emb = embed_layer(rep, ActivationStore.open(store).get(name), row_sequence, *args)
     return emb, peak_rss()
 
 
