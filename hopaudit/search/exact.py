@@ -39,6 +39,13 @@ _RERANK_ELEMS = 1 << 18
 BF16_DOT_ERROR = 2.0**-8 + 2.0**-9 + 2.0**-12
 
 
+#: Queries a search scores with bfloat16 tiles before it may give them up (a few tiles' worth).
+BF16_TRIAL_QUERIES = 2048
+#: The share of uncertified queries past which a search goes on with float32 tiles alone: each
+#: one is scored twice, and bfloat16 tiles save a half at most (``exact_bf16_speedup``).
+BF16_GIVE_UP = 0.4
+
+
 #: The exact backend's candidate tiles by default: bfloat16 where the CPU multiplies it
 #: natively, else float32 (``benchmarks/search.py`` prints ``exact_bf16_speedup_<n>``, the
 #: float32 time over the bfloat16 one; benchmarks/README.md).
@@ -92,6 +99,7 @@ class ExactIndex:
         self._sqnorm = None
         self._count = 0
         self.uncertified = 0  # queries the bfloat16 tiles could not certify (searched again)
+        self.gave_up = 0  # searches that went on with float32 tiles (BF16_GIVE_UP)
 
     def __len__(self) -> int:
         return self._count
@@ -213,12 +221,19 @@ class ExactIndex:
         # the tiles' products and scores, allocated once a search: a fresh pair for every tile
         # (24 MiB with bfloat16 tiles) left glibc's heap fragmented and resident after it
         scores = torch.empty(tile_q * tile_s, dtype=torch.float32, device=self.device)
-        dots = torch.empty_like(scores, dtype=torch.bfloat16) if self.tiles == "bfloat16" else None
+        bf16 = self.tiles == "bfloat16" and c < n
+        dots = torch.empty_like(scores, dtype=torch.bfloat16) if bf16 else None
+        searched, uncertified = 0, self.uncertified
         with torch.no_grad():
             for start, xq_all in chunks:
                 for q0 in range(0, xq_all.shape[0], tile_q):
                     xq = xq_all[q0 : q0 + tile_q]
-                    i, d = self._search_tile(xq, k, c, tile_s, (scores, dots))
+                    redone = self.uncertified - uncertified
+                    if bf16 and searched >= BF16_TRIAL_QUERIES and redone > BF16_GIVE_UP * searched:
+                        bf16 = False  # too many queries scored twice: float32 tiles alone
+                        self.gave_up += 1
+                    i, d = self._search_tile(xq, k, c, tile_s, (scores, dots), bf16)
+                    searched += xq.shape[0]
                     lo = start + q0
                     ids[lo : lo + xq.shape[0]] = i
                     dists[lo : lo + xq.shape[0]] = d
@@ -227,13 +242,13 @@ class ExactIndex:
         return ids, dists
 
     def _search_tile(
-        self, xq, k: int, c: int, tile_s: int, bufs: tuple
+        self, xq, k: int, c: int, tile_s: int, bufs: tuple, bf16: bool
     ) -> tuple[np.ndarray, np.ndarray]:
         """(ids, distances) of a tile of queries: bfloat16 candidates, certified, or float32;
         ``bufs`` the search's (scores, products) buffers."""
         import torch
 
-        if self.tiles != "bfloat16" or c >= self._count:
+        if not bf16:
             return self._rerank(xq, self._candidates(xq, c, tile_s, bufs)[1], k)
         scores, cand = self._candidates(xq, c, tile_s, bufs, bf16=True)
         ids, dists = self._rerank(xq, cand, k)

@@ -285,6 +285,31 @@ def test_bfloat16_tiles_fall_back_where_rounding_could_hide_a_neighbour():
     assert (ids == want_ids).all()
 
 
+def test_bfloat16_tiles_are_given_up_when_most_queries_are_scored_twice(monkeypatch):
+    """Two tight clusters 20 apart, searched in tiles of 16 queries: bfloat16 products cannot
+    tell the neighbours apart (every query uncertified), so once a trial of 48 queries has had
+    more than BF16_GIVE_UP of them uncertified, the rest of the search runs on float32 tiles
+    alone (no more double scoring), and the answer is still numpy's."""
+    from hopaudit.search import exact
+    from hopaudit.search.backends import ExactIndex
+
+    monkeypatch.setattr(exact, "_TILE_ELEMS", 16 * 1024)  # 16 queries x 1024 patterns a tile
+    monkeypatch.setattr(exact, "BF16_TRIAL_QUERIES", 48)
+    rng = np.random.default_rng(4)
+    side = np.zeros(32)
+    side[0] = 10.0
+    x = np.where(np.arange(1000)[:, None] % 2 == 0, side, -side)
+    data = (x + 0.05 * rng.normal(size=x.shape)).astype(np.float32)
+    index = ExactIndex(32, tiles="bfloat16")
+    index.add(data)
+    ids, dists = index.query(data[:400], 5)
+    assert index.gave_up == 1
+    assert index.uncertified == 48  # the trial's, none after it
+    want_ids, want_d = _brute_force(data, data[:400], 5)
+    np.testing.assert_allclose(dists, want_d, rtol=1e-5, atol=1e-5)
+    assert (ids == want_ids).all()
+
+
 def test_exact_tiles_are_checked():
     from hopaudit.errors import SearchError
     from hopaudit.search.backends import ExactIndex
