@@ -265,17 +265,23 @@ def test_exact_tiles_match_numpy_brute_force(tiles):
     )
 
 
+def _two_tight_clusters(n: int, offset: float) -> np.ndarray:
+    """``n`` 32-d patterns, alternately ``offset`` either side of the origin on one axis, with
+    noise of 0.05: neighbours closer than bfloat16 products resolve."""
+    rng = np.random.default_rng(4)
+    side = np.zeros(32)
+    side[0] = offset
+    x = np.where(np.arange(n)[:, None] % 2 == 0, side, -side)
+    return (x + 0.05 * rng.normal(size=x.shape)).astype(np.float32)
+
+
 def test_bfloat16_tiles_fall_back_where_rounding_could_hide_a_neighbour():
     """Two tight clusters 200 apart (each pattern 100 from the centre): within a cluster the
     neighbours differ by far less than bfloat16 products resolve, the certificate sends those
     queries back to float32 tiles, and the answer is still numpy's."""
     from hopaudit.search.backends import ExactIndex
 
-    rng = np.random.default_rng(4)
-    side = np.zeros(32)
-    side[0] = 100.0
-    x = np.where(np.arange(800)[:, None] % 2 == 0, side, -side)
-    data = (x + 0.05 * rng.normal(size=x.shape)).astype(np.float32)
+    data = _two_tight_clusters(800, 100.0)
     index = ExactIndex(32, tiles="bfloat16")
     index.add(data)
     ids, dists = index.query(data[:100], 5)
@@ -295,11 +301,7 @@ def test_bfloat16_tiles_are_given_up_when_most_queries_are_scored_twice(monkeypa
 
     monkeypatch.setattr(exact, "_TILE_ELEMS", 16 * 1024)  # 16 queries x 1024 patterns a tile
     monkeypatch.setattr(exact, "BF16_TRIAL_QUERIES", 48)
-    rng = np.random.default_rng(4)
-    side = np.zeros(32)
-    side[0] = 10.0
-    x = np.where(np.arange(1000)[:, None] % 2 == 0, side, -side)
-    data = (x + 0.05 * rng.normal(size=x.shape)).astype(np.float32)
+    data = _two_tight_clusters(1000, 10.0)
     index = ExactIndex(32, tiles="bfloat16")
     index.add(data)
     ids, dists = index.query(data[:400], 5)
