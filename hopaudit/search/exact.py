@@ -2,10 +2,10 @@
 
 Data are centred on the stored set's mean (distances are shift invariant; centring removes the
 cancellation of ``|x|^2 - 2x.y + |y|^2`` when the patterns sit far from the origin), candidates
-come from tiled matrix products (bfloat16 where the CPU multiplies it natively, each query's
-choice certified by a rounding bound, else float32), and the final ``k`` are re-ranked by
-direct difference norms (float64 on the CPU). ``torch.cdist`` is never used and float16 is
-never used for squared norms.
+come from tiled matrix products (bfloat16 where the CPU multiplies it natively, else float32),
+each query's choice certified by a rounding bound or scored again a tier finer (float32, then
+float64), and the final ``k`` are re-ranked by direct difference norms (float64 on the CPU).
+``torch.cdist`` is never used and float16 is never used for squared norms.
 """
 
 from __future__ import annotations
@@ -26,24 +26,38 @@ from hopaudit.search.rows import (
     refuse_nonfinite,
 )
 
-__all__ = ["BF16_DOT_ERROR", "EXACT_TILES", "ExactIndex"]
+__all__ = ["BF16_DOT_ERROR", "EXACT_TILES", "TIERS", "ExactIndex", "dot_error"]
 
 #: Elements of one (queries x stored) float32 score tile in the exact backend.
 _TILE_ELEMS = 1 << 22
 #: Elements of the re-rank's difference tensor (1 MiB of float32): it stays in a core's cache.
 _RERANK_ELEMS = 1 << 18
 
-#: Bound on |x.y - bf16(x).bf16(y) rounded to bfloat16| over |x| |y|: each input rounds by
-#: at most 2^-9 relative per coordinate (2^-8 for the product), the output by 2^-9, and the
-#: float32 accumulation adds far less than the 2^-12 margin (Cauchy-Schwarz gives |x| |y|).
+#: Bound on |x.y - bf16(x).bf16(y) rounded to bfloat16| over |x| |y|, beside the float32
+#: accumulation's own: each input rounds by at most 2^-9 relative per coordinate (2^-8 for the
+#: product), the output by 2^-9, and 2^-12 covers the cross terms (Cauchy-Schwarz: |x| |y|).
 BF16_DOT_ERROR = 2.0**-8 + 2.0**-9 + 2.0**-12
 
+#: The candidate tiers, coarsest first: a query a tier cannot certify is scored again by the
+#: next; float64, the last, is kept as it is (its rounding is about 1e-16 of the scores).
+TIERS = ("bfloat16", "float32", "float64")
 
-#: Queries a search scores with bfloat16 tiles before it may give them up (a few tiles' worth).
-BF16_TRIAL_QUERIES = 2048
-#: The share of uncertified queries past which a search goes on with float32 tiles alone: each
-#: one is scored twice, and bfloat16 tiles save a half at most (``exact_bf16_speedup``).
-BF16_GIVE_UP = 0.4
+#: Queries a search scores with one tier before it may give it up (a few tiles' worth).
+TRIAL_QUERIES = 2048
+#: The share of uncertified queries past which a search goes on with the next tier alone: each
+#: one is scored twice, and a coarser tier saves a half at most (``exact_bf16_speedup``).
+GIVE_UP = 0.4
+#: Bytes of one float64 tile of stored rows (cast from the float32 rows as the tier needs it).
+_FLOAT64_TILE_BYTES = 8 << 20
+
+
+def dot_error(tier: str, dim: int) -> float:
+    """A bound on |computed x.y - x.y| over |x| |y| for a tier's products of width ``dim``: the
+    accumulation's gamma_dim = dim u / (1 - dim u) in the tier's unit roundoff u (any summation
+    order), plus ``BF16_DOT_ERROR`` for bfloat16 inputs and output."""
+    unit = 2.0**-53 if tier == "float64" else 2.0**-24
+    gamma = dim * unit / (1.0 - dim * unit)
+    return gamma + (BF16_DOT_ERROR if tier == "bfloat16" else 0.0)
 
 
 #: The exact backend's candidate tiles by default: bfloat16 where the CPU multiplies it
@@ -68,13 +82,15 @@ def _squared_norms(data, dtype, rows: int):
 class ExactIndex:
     """Brute-force search with torch: centred data, tiled matmul for candidates, exact re-rank.
 
-    ``tiles="bfloat16"`` scores the candidates with bfloat16 matrix tiles (``"auto"``: where
-    the CPU multiplies bfloat16 natively, see :func:`hopaudit.cpus.cpu_bf16_native`;
-    the default is ``EXACT_TILES``); a
-    query's candidates are then certified: every stored pattern left out must score, by
-    ``BF16_DOT_ERROR``, worse than the k-th exact distance among those kept, and a query
-    that is not certified is searched again with float32 tiles. Either way the re-rank
+    ``tiles`` is the first tier: ``"bfloat16"`` matrix tiles, ``"float32"`` ones, or
+    ``"auto"`` (bfloat16 where the CPU multiplies it natively, see
+    :func:`hopaudit.cpus.cpu_bf16_native`; the default is ``EXACT_TILES``). A query's
+    candidates are then certified: every stored pattern left out must score, by the tier's
+    :func:`dot_error`, worse than the k-th exact distance among those kept, and a query that
+    is not certified is searched again with the next of ``TIERS`` (float64 last). The re-rank
     computes the distances from the float32 patterns, so results are exact.
+    ``uncertified`` counts the queries each tier sent on, ``gave_up`` the tiers a search left
+    for the next (``GIVE_UP``).
     """
 
     kind = "exact"
@@ -98,8 +114,8 @@ class ExactIndex:
         self._max_norm = 0.0  # the largest stored |y|, for the certificate
         self._sqnorm = None
         self._count = 0
-        self.uncertified = 0  # queries the bfloat16 tiles could not certify (searched again)
-        self.gave_up = 0  # searches that went on with float32 tiles (BF16_GIVE_UP)
+        self.uncertified = dict.fromkeys(TIERS[:-1], 0)  # queries a tier sent on to the next
+        self.gave_up = 0  # tiers a search left for the next one (GIVE_UP)
 
     def __len__(self) -> int:
         return self._count
@@ -118,9 +134,9 @@ class ExactIndex:
         index._data = data
         index._count = int(data.shape[0])
         index._sqnorm = _squared_norms(data, index._rerank_dtype, chunk_rows(index.dim))
+        index._max_norm = float(index._sqnorm.double().max().sqrt())
         if index.tiles == "bfloat16":
             index._data_bf16 = data.to(torch.bfloat16)
-            index._max_norm = float(index._sqnorm.double().max().sqrt())
         return index
 
     def _centred(self, chunk: np.ndarray):
@@ -168,9 +184,9 @@ class ExactIndex:
             self._data = data
         self._sqnorm = _squared_norms(self._data, self._rerank_dtype, rows)
         self._count = int(self._data.shape[0])
+        self._max_norm = float(self._sqnorm.double().max().sqrt())
         if self.tiles == "bfloat16":
             self._data_bf16 = self._data.to(torch.bfloat16)
-            self._max_norm = float(self._sqnorm.double().max().sqrt())
         if progress is not None:
             progress(arr.shape[0])
 
@@ -211,8 +227,8 @@ class ExactIndex:
         import torch
 
         n = self._count
-        # Candidates beyond k absorb the float32 rounding of the matmul scores; the re-rank
-        # by direct differences then decides.
+        # Candidates beyond k absorb the rounding of the tiles' scores; the re-rank by direct
+        # differences then decides, and the certificate checks the margin was enough.
         c = min(n, k + max(8, k // 2))
         tile_s = min(n, max(1024, _TILE_ELEMS // 256))
         tile_q = max(1, min(_TILE_ELEMS // tile_s, 4096))
@@ -221,18 +237,20 @@ class ExactIndex:
         # the tiles' products and scores, allocated once a search: a fresh pair for every tile
         # (24 MiB with bfloat16 tiles) left glibc's heap fragmented and resident after it
         scores = torch.empty(tile_q * tile_s, dtype=torch.float32, device=self.device)
-        bf16 = self.tiles == "bfloat16" and c < n
-        dots = torch.empty_like(scores, dtype=torch.bfloat16) if bf16 else None
-        searched, uncertified = 0, self.uncertified
+        tier = self.tiles if c < n else "float64"  # every pattern a candidate: nothing to certify
+        dots = torch.empty_like(scores, dtype=torch.bfloat16) if tier == "bfloat16" else None
+        searched, before = 0, self.uncertified.get(tier, 0)
         with torch.no_grad():
             for start, xq_all in chunks:
                 for q0 in range(0, xq_all.shape[0], tile_q):
                     xq = xq_all[q0 : q0 + tile_q]
-                    redone = self.uncertified - uncertified
-                    if bf16 and searched >= BF16_TRIAL_QUERIES and redone > BF16_GIVE_UP * searched:
-                        bf16 = False  # too many queries scored twice: float32 tiles alone
+                    sent_on = self.uncertified.get(tier, 0) - before
+                    if searched >= TRIAL_QUERIES and sent_on > GIVE_UP * searched:
+                        # too many queries scored twice: the next tier alone from here
+                        tier = TIERS[TIERS.index(tier) + 1]
+                        searched, before = 0, self.uncertified.get(tier, 0)
                         self.gave_up += 1
-                    i, d = self._search_tile(xq, k, c, tile_s, (scores, dots), bf16)
+                    i, d = self._search_tile(xq, k, c, tile_s, (scores, dots), tier)
                     searched += xq.shape[0]
                     lo = start + q0
                     ids[lo : lo + xq.shape[0]] = i
@@ -242,50 +260,64 @@ class ExactIndex:
         return ids, dists
 
     def _search_tile(
-        self, xq, k: int, c: int, tile_s: int, bufs: tuple, bf16: bool
+        self, xq, k: int, c: int, tile_s: int, bufs: tuple, tier: str
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, distances) of a tile of queries: bfloat16 candidates, certified, or float32;
-        ``bufs`` the search's (scores, products) buffers."""
+        """(ids, distances) of a tile of queries from the ``tier``'s candidates, those it
+        cannot certify searched again by the next tier; ``bufs`` the search's (scores,
+        products) buffers."""
         import torch
 
-        if not bf16:
-            return self._rerank(xq, self._candidates(xq, c, tile_s, bufs)[1], k)
-        scores, cand = self._candidates(xq, c, tile_s, bufs, bf16=True)
+        scores, cand = self._candidates(xq, c, tile_s, bufs, tier)
         ids, dists = self._rerank(xq, cand, k)
+        if tier == TIERS[-1]:
+            return ids, dists
         # the best score left out, lowered by the rounding bound, against the k-th kept one
         xnorm = torch.linalg.vector_norm(xq, dim=1, dtype=torch.float64)
         top = self._max_norm
         # the float32 norms and subtraction round too: 2^-20 of the scores' scale covers them
-        bound = 2.0 * BF16_DOT_ERROR * xnorm * top + 2.0**-20 * (top * top + 2 * xnorm * top)
+        bound = 2.0 * dot_error(tier, self.dim) * xnorm * top
+        bound += 2.0**-20 * (top * top + 2 * xnorm * top)
         left_out = scores.max(dim=1).values.double() - bound
         kth = torch.from_numpy(dists[:, -1]).to(xq.device, torch.float64) ** 2
         ok = (left_out > kth * (1 + 1e-6) - xnorm**2).cpu().numpy()
         redo = np.flatnonzero(~ok)
         if redo.size:
-            self.uncertified += int(redo.size)
+            self.uncertified[tier] += int(redo.size)
             xr = xq[torch.from_numpy(redo).to(xq.device)]
-            ids[redo], dists[redo] = self._rerank(xr, self._candidates(xr, c, tile_s, bufs)[1], k)
+            ids[redo], dists[redo] = self._search_tile(
+                xr, k, c, tile_s, bufs, TIERS[TIERS.index(tier) + 1]
+            )
         return ids, dists
 
-    def _candidates(self, xq, c: int, tile_s: int, bufs: tuple, bf16: bool = False):
-        """(scores, ids) of the c best stored patterns by the score |y|^2 - 2 x.y: float32
-        tiles, or bfloat16 ones (the products rounded to bfloat16, the scores in float32)."""
+    def _candidates(self, xq, c: int, tile_s: int, bufs: tuple, tier: str):
+        """(scores, ids) of the c best stored patterns by the score |y|^2 - 2 x.y in a tier's
+        tiles: bfloat16 products with float32 scores, float32, or float64 (the stored rows
+        and their norms cast a tile at a time, never a float64 copy of them all)."""
         import torch
 
         best_s = best_i = None
-        xb = xq.to(torch.bfloat16) if bf16 else None
         scores, dots = bufs
+        if tier == "float64":
+            xq = xq.to(torch.float64)
+            tile_s = max(1, _FLOAT64_TILE_BYTES // (8 * self.dim))
+        elif tier == "bfloat16":
+            xb = xq.to(torch.bfloat16)
         for s0 in range(0, self._count, tile_s):
-            norms = self._sqnorm[s0 : s0 + tile_s].unsqueeze(0)
-            shape = (xq.shape[0], norms.shape[1])
-            score = scores[: shape[0] * shape[1]].view(shape)
-            if bf16:
-                dot = dots[: shape[0] * shape[1]].view(shape)
-                torch.mm(xb, self._data_bf16[s0 : s0 + tile_s].T, out=dot)
-                score.copy_(dot).mul_(-2.0).add_(norms)
+            if tier == "float64":
+                y = self._data[s0 : s0 + tile_s].to(torch.float64)
+                norms = (y * y).sum(dim=1).unsqueeze(0)
+                score = torch.addmm(norms, xq, y.T, alpha=-2.0)
             else:
-                y = self._data[s0 : s0 + tile_s]
-                torch.addmm(norms, xq, y.T, alpha=-2.0, out=score)
+                norms = self._sqnorm[s0 : s0 + tile_s].unsqueeze(0)
+                shape = (xq.shape[0], norms.shape[1])
+                score = scores[: shape[0] * shape[1]].view(shape)
+                if tier == "bfloat16":
+                    dot = dots[: shape[0] * shape[1]].view(shape)
+                    torch.mm(xb, self._data_bf16[s0 : s0 + tile_s].T, out=dot)
+                    score.copy_(dot).mul_(-2.0).add_(norms)
+                else:
+                    y = self._data[s0 : s0 + tile_s]
+                    torch.addmm(norms, xq, y.T, alpha=-2.0, out=score)
             cc = min(c, score.shape[1])
             s, i = torch.topk(score, cc, dim=1, largest=False, sorted=False)
             i = i + s0

@@ -12,6 +12,7 @@ def test_one_round_prints_every_line(capsys, benchmark_script):
         for v in ("float32", "shipped", "never_given_up"):
             assert float(lines[f"seconds_{v}_{kind}"]) > 0
         assert 0 <= float(lines[f"uncertified_{kind}"]) <= 1
+        assert 0 <= float(lines[f"uncertified_float32_{kind}"]) <= 1
         assert float(lines[f"give_up_speedup_{kind}"]) > 0
         assert float(lines[f"bf16_speedup_{kind}"]) > 0
         assert lines[f"same_distances_{kind}"] == "True"

@@ -285,31 +285,69 @@ def test_bfloat16_tiles_fall_back_where_rounding_could_hide_a_neighbour():
     index = ExactIndex(32, tiles="bfloat16")
     index.add(data)
     ids, dists = index.query(data[:100], 5)
-    assert index.uncertified > 0
+    assert index.uncertified["bfloat16"] > 0
     want_ids, want_d = _brute_force(data, data[:100], 5)
     np.testing.assert_allclose(dists, want_d, rtol=1e-5, atol=1e-5)
     assert (ids == want_ids).all()
 
 
-def test_bfloat16_tiles_are_given_up_when_most_queries_are_scored_twice(monkeypatch):
-    """Two tight clusters 20 apart, searched in tiles of 16 queries: bfloat16 products cannot
-    tell the neighbours apart (every query uncertified), so once a trial of 48 queries has had
-    more than BF16_GIVE_UP of them uncertified, the rest of the search runs on float32 tiles
-    alone (no more double scoring), and the answer is still numpy's."""
+def test_float32_tiles_are_certified_too_and_float64_decides_what_they_cannot():
+    """The same two clusters with float32 tiles: at |y|^2 about 1e4 float32 scores round by
+    about 1e-3, more than the gaps between a query's neighbours, and float32 candidates alone
+    missed a true neighbour for some queries; the certificate sends those to float64 tiles and
+    the answer is numpy's (float64 brute force)."""
+    from hopaudit.search.backends import ExactIndex
+
+    data = _two_tight_clusters(1000, 100.0)
+    index = ExactIndex(32, tiles="float32")
+    index.add(data)
+    ids, dists = index.query(data[:400], 5)
+    assert index.uncertified["float32"] > 0 and index.uncertified["bfloat16"] == 0
+    want_ids, want_d = _brute_force(data, data[:400], 5)
+    np.testing.assert_allclose(dists, want_d, rtol=1e-5, atol=1e-5)
+    assert (ids == want_ids).all()
+
+
+@pytest.mark.parametrize(("tiles", "offset"), [("bfloat16", 10.0), ("float32", 100.0)])
+def test_a_tier_is_given_up_when_most_queries_are_scored_twice(tiles, offset, monkeypatch):
+    """Two tight clusters, searched in tiles of 16 queries: the first tier cannot tell the
+    neighbours apart (every query uncertified), so once a trial of 48 queries has had more than
+    GIVE_UP of them uncertified, the rest of the search runs on the next tier alone (no more
+    double scoring), and the answer is still numpy's."""
     from hopaudit.search import exact
     from hopaudit.search.backends import ExactIndex
 
     monkeypatch.setattr(exact, "_TILE_ELEMS", 16 * 1024)  # 16 queries x 1024 patterns a tile
-    monkeypatch.setattr(exact, "BF16_TRIAL_QUERIES", 48)
-    data = _two_tight_clusters(1000, 10.0)
-    index = ExactIndex(32, tiles="bfloat16")
+    monkeypatch.setattr(exact, "TRIAL_QUERIES", 48)
+    data = _two_tight_clusters(1000, offset)
+    index = ExactIndex(32, tiles=tiles)
     index.add(data)
     ids, dists = index.query(data[:400], 5)
     assert index.gave_up == 1
-    assert index.uncertified == 48  # the trial's, none after it
+    assert index.uncertified[tiles] == 48  # the trial's, none after it
     want_ids, want_d = _brute_force(data, data[:400], 5)
     np.testing.assert_allclose(dists, want_d, rtol=1e-5, atol=1e-5)
     assert (ids == want_ids).all()
+
+
+@pytest.mark.parametrize("tier", ["bfloat16", "float32"])
+def test_a_tier_s_products_stay_within_its_dot_error(tier):
+    """torch's products in a tier's dtype, against float64 ones, never err by more than
+    dot_error times |x| |y|, on rows of mixed scales and signs (the certificate rests on it)."""
+    from hopaudit.search.exact import dot_error
+
+    rng = np.random.default_rng(7)
+    dim = 768
+    x = rng.normal(size=(64, dim)) * rng.lognormal(size=(1, dim)) + 3.0
+    y = rng.normal(size=(512, dim)) * rng.lognormal(size=(1, dim)) - 1.0
+    dtype = getattr(torch, tier)
+    xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y).float()
+    got = (xt.to(dtype) @ yt.to(dtype).T).double().numpy()
+    want = x.astype(np.float32).astype(np.float64) @ y.astype(np.float32).astype(np.float64).T
+    scale = np.linalg.norm(x, axis=1)[:, None] * np.linalg.norm(y, axis=1)[None, :]
+    err = np.abs(got - want) / scale
+    assert err.max() <= dot_error(tier, dim)
+    assert err.max() > dot_error(tier, dim) / 1e4  # the check compares real rounding
 
 
 def test_exact_tiles_are_checked():
