@@ -5,8 +5,9 @@ ones again with float32 tiles, and those in float64 (search/exact.py). Where nei
 closer than bfloat16 products resolve, most queries are scored twice; past ``GIVE_UP`` of the
 first ``TRIAL_QUERIES`` the search goes on with float32 tiles alone. For two kinds of data
 (``--n`` rows of width 768, each row at unit RMS as the audit normalizes them): ``gaussian``
-(no structure: the neighbours' distances crowd together) and ``clustered`` (200 centres), the
-self-search of every row with k = 15 is timed, alternated round by round, with float32 tiles,
+(no structure: the neighbours' distances crowd together), ``clustered`` (200 centres) and, with
+``--kinds real``, ``real`` (SmolLM2's rows of benchmarks/clustered.py, width 576, at unit RMS),
+the self-search of every row with k = 15 is timed, alternated round by round, with float32 tiles,
 with bfloat16 tiles as shipped, and with bfloat16 tiles never given up. Prints the CPU, the
 load average at start and end, and::
 
@@ -19,7 +20,8 @@ load average at start and end, and::
     bf16_speedup_<kind>=             float32 tiles over bfloat16 as shipped
     same_distances_<kind>=           the three variants found the same distances
 
-Usage: ``python benchmarks/exact_give_up.py [--n 20000] [--rounds 2]``.
+Usage: ``python benchmarks/exact_give_up.py [--n 20000] [--rounds 2] [--kinds gaussian
+clustered real]``.
 """
 
 from __future__ import annotations
@@ -42,12 +44,25 @@ K = 15
 
 
 def data(kind: str, n: int, seed: int = 0) -> np.ndarray:
+    if kind == "real":
+        x = sibling("clustered").real_rows(n).astype(np.float32)
+        return x * np.float32(math.sqrt(x.shape[1])) / np.linalg.norm(x, axis=1, keepdims=True)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, DIM), dtype=np.float32)
     if kind == "clustered":
         centres = rng.standard_normal((200, DIM), dtype=np.float32) * 3
         x = x * 0.5 + centres[rng.integers(0, 200, n)]
     return x * np.float32(math.sqrt(DIM)) / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def sibling(name: str):
+    """Another script of benchmarks/ as a module (they each keep benchmarks/ off sys.path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", _HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def search(x: np.ndarray, variant: str) -> tuple[float, np.ndarray, int]:
@@ -58,7 +73,8 @@ def search(x: np.ndarray, variant: str) -> tuple[float, np.ndarray, int]:
     if variant == "never_given_up":
         exact.GIVE_UP = math.inf
     try:
-        index = exact.ExactIndex(DIM, tiles="float32" if variant == "float32" else "bfloat16")
+        tiles = "float32" if variant == "float32" else "bfloat16"
+        index = exact.ExactIndex(x.shape[1], tiles=tiles)
         index.add(x)
         t = time.perf_counter()
         _, dists = index.query_stored(K + 1)
@@ -71,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--kinds", nargs="+", default=["gaussian", "clustered"])
     args = ap.parse_args(argv)
     from hopaudit.model.precision import cpu_description
 
@@ -78,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
     print(f"load_average_start={os.getloadavg()[0]:.2f}")
     variants = ("float32", "shipped", "never_given_up")
-    for kind in ("gaussian", "clustered"):
+    for kind in args.kinds:
         x = data(kind, args.n)
         best = dict.fromkeys(variants, math.inf)
         dists, uncertified = {}, {}

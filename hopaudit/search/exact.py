@@ -60,10 +60,10 @@ def dot_error(tier: str, dim: int) -> float:
     return gamma + (BF16_DOT_ERROR if tier == "bfloat16" else 0.0)
 
 
-#: The exact backend's candidate tiles by default: bfloat16 where the CPU multiplies it
-#: natively, else float32 (``benchmarks/search.py`` prints ``exact_bf16_speedup_<n>``, the
-#: float32 time over the bfloat16 one; benchmarks/README.md).
-EXACT_TILES = "auto"
+#: The exact backend's first tier by default: float32, since on real activations bfloat16
+#: products leave most queries uncertified and their copy costs half a layer
+#: (``bf16_speedup_real`` of ``benchmarks/exact_give_up.py``; benchmarks/README.md).
+EXACT_TILES = "float32"
 
 
 def _squared_norms(data, dtype, rows: int):

@@ -17,3 +17,14 @@ def test_one_round_prints_every_line(capsys, benchmark_script):
         assert float(lines[f"bf16_speedup_{kind}"]) > 0
         assert lines[f"same_distances_{kind}"] == "True"
     assert "load_average_end" in lines
+
+
+def test_real_rows_are_smollm2_s_at_unit_rms(capsys, benchmark_script):
+    module = benchmark_script("exact_give_up")
+    module.main(["--n", "300", "--rounds", "1", "--kinds", "real"])
+    lines = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines() if "=" in line)
+    assert lines["same_distances_real"] == "True"
+    assert 0 <= float(lines["uncertified_float32_real"]) <= 1
+    x = module.data("real", 300)
+    assert x.shape == (300, 576)
+    assert abs(float((x.astype("float64") ** 2).mean()) - 1.0) < 1e-5
