@@ -10,6 +10,7 @@ float64), and the final ``k`` are re-ranked by direct difference norms (float64 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -77,6 +78,21 @@ def _squared_norms(data, dtype, rows: int):
         part = data[start : start + rows].to(dtype)
         out[start : start + rows] = (part**2).sum(dim=1).to(torch.float32)
     return out
+
+
+@contextlib.contextmanager
+def ieee_float32() -> Iterator[None]:
+    """float32 matrix products computed in float32 for the block, whatever the process set
+    (``torch.set_float32_matmul_precision``: TF32 on a GPU, bfloat16 passes on some CPUs),
+    restored after: the certificate's bound is float32's rounding."""
+    import torch
+
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 class ExactIndex:
@@ -240,7 +256,7 @@ class ExactIndex:
         tier = self.tiles if c < n else "float64"  # every pattern a candidate: nothing to certify
         dots = torch.empty_like(scores, dtype=torch.bfloat16) if tier == "bfloat16" else None
         searched, before = 0, self.uncertified.get(tier, 0)
-        with torch.no_grad():
+        with torch.no_grad(), ieee_float32():
             for start, xq_all in chunks:
                 for q0 in range(0, xq_all.shape[0], tile_q):
                     xq = xq_all[q0 : q0 + tile_q]

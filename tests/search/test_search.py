@@ -418,3 +418,29 @@ def test_an_index_adopting_its_array_gives_the_same_search_and_never_the_caller_
         adopted.add(more, adopt=True)
         np.testing.assert_array_equal(more, before[:10])
         assert len(adopted) == 3010
+
+
+def test_the_search_multiplies_in_float32_whatever_the_process_set(monkeypatch):
+    """With the process's float32 products allowed TF32 or bfloat16 passes ("medium"), the
+    exact search still runs its float32 tiles at "highest" (its certificate's bound is float32
+    rounding), and gives the process its own setting back."""
+    from hopaudit.search import exact
+
+    seen = []
+    candidates = exact.ExactIndex._candidates
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.get_float32_matmul_precision())
+        return candidates(self, *args, **kwargs)
+
+    monkeypatch.setattr(exact.ExactIndex, "_candidates", spy)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        index = exact.ExactIndex(16)
+        index.add(mixture(300, 16, seed=2))
+        index.query_stored(4)
+        assert seen and set(seen) == {"highest"}
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
