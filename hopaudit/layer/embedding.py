@@ -11,7 +11,9 @@ give a layout as trustworthy as umap's own spectral start with 200, at a quarter
 the sweep that chose 60 is in benchmarks/README.md (``benchmarks/umap_precomputed.py --epochs
 40,60,100``). So when the patterns are passed (``data``), the layout starts from their PCA; pass
 ``n_epochs=100`` or more for tighter basins. Without the patterns it keeps umap's spectral start
-and epoch count.
+and epoch count. The PCA start is made here (:func:`pca_start`, reading the patterns a chunk at
+a time) and handed to umap as a layout, scaled and jittered as umap scales its own: umap's
+``"pca"`` start copied the patterns twice (its input, indexed whole, and sklearn's centring).
 
 Seeded or not: umap's ``random_state`` forces its optimisation onto one thread, so
 ``seed=None`` allows parallel epochs but gives a different layout every run. The default is
@@ -37,6 +39,7 @@ __all__ = [
     "cache_umap_jit",
     "embed_layer",
     "layout_parameters",
+    "pca_start",
     "place",
     "umap_from_knn",
 ]
@@ -50,6 +53,11 @@ TRANSFORM_SEED = 42
 MIN_POINTS = 4
 #: Epochs when the layout starts from the patterns' PCA or a given layout (see above).
 DEFAULT_EPOCHS = 60
+#: Extra directions and power iterations of :func:`pca_start`'s randomized subspace iteration:
+#: sklearn's randomized PCA defaults for two components.
+PCA_OVERSAMPLES, PCA_ITERATIONS = 10, 7
+#: Bytes of float32 rows :func:`pca_start` reads at once.
+_PCA_CHUNK_BYTES = 16 << 20
 
 _jit_cache_asked = False
 
@@ -131,6 +139,44 @@ def _check_graph(knn_ids: ArrayLike, knn_dists: ArrayLike) -> tuple[np.ndarray, 
     return ids, dists
 
 
+def pca_start(data: ArrayLike, seed: int | None = 0) -> np.ndarray:
+    """The rows of ``data`` (n, d) on their top two principal axes: (n, 2) float32.
+
+    Randomized subspace iteration (Halko, Martinsson and Tropp 2011; ``PCA_OVERSAMPLES``,
+    ``PCA_ITERATIONS``) on the centred rows, never formed: the products read ``data`` 16 MiB
+    at a time, so no copy of the patterns is made. Each axis is signed as sklearn signs its
+    components (its largest coefficient positive); with d = 1 the second coordinate is 0.
+    """
+    x = np.asarray(data)
+    n, d = x.shape
+    step = max(1, _PCA_CHUNK_BYTES // (4 * max(d, 1)))
+    chunks = [slice(s, s + step) for s in range(0, n, step)]
+    mean = sum(x[c].sum(0, dtype=np.float64) for c in chunks) / n
+
+    def times(q: np.ndarray) -> np.ndarray:  # centred rows @ q
+        q32 = q.astype(np.float32)
+        out = np.concatenate([x[c].astype(np.float32, copy=False) @ q32 for c in chunks])
+        return out.astype(np.float64) - mean @ q
+
+    def t_times(y: np.ndarray) -> np.ndarray:  # centred rows.T @ y
+        acc = np.zeros((d, y.shape[1]))
+        for c in chunks:
+            acc += x[c].astype(np.float32, copy=False).T @ y[c].astype(np.float32)
+        return acc - np.outer(mean, y.sum(0))
+
+    r = min(d, n, 2 + PCA_OVERSAMPLES)
+    q = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, r)))[0]
+    for _ in range(PCA_ITERATIONS):
+        q = np.linalg.qr(t_times(times(q)))[0]
+    y = times(q)
+    top = np.linalg.eigh(y.T @ y)[1][:, ::-1][:, :2]  # the covariance within span(q)
+    axes = q @ top
+    signs = np.sign(axes[np.abs(axes).argmax(0), np.arange(axes.shape[1])])
+    out = np.zeros((n, 2), np.float32)
+    out[:, : top.shape[1]] = y @ (top * np.where(signs == 0, 1.0, signs))
+    return out
+
+
 def umap_from_knn(
     knn_ids: ArrayLike,
     knn_dists: ArrayLike,
@@ -179,7 +225,7 @@ def umap_from_knn(
     if n_epochs is not None and (int(n_epochs) != n_epochs or n_epochs < 1):
         raise ValueError(f"n_epochs must be a positive integer or None, got {n_epochs}")
     if init is None:
-        init_arg: str | np.ndarray = "spectral" if data is None else "pca"
+        init_arg: str | np.ndarray = "spectral"
     else:
         init_arg = np.asarray(init, dtype=np.float32)
         if init_arg.shape != (n, 2) or not np.all(np.isfinite(init_arg)):
@@ -187,17 +233,18 @@ def umap_from_knn(
                 f"init must be a finite (n, 2) layout with n = {n} rows, got shape {init_arg.shape}"
             )
 
-    if data is None:
-        # UMAP needs an (n, features) array to fit; with a precomputed graph it reads only its
-        # shape, plus component centroids when the graph is disconnected. One random column
-        # gives those components random, distinct places.
-        x = np.random.default_rng(seed).normal(size=(n, 1)).astype(np.float32)
-    else:
-        x = np.asarray(data, dtype=np.float32)
-        if x.ndim != 2 or x.shape[0] != n:
-            raise ValueError(f"data must have {n} rows like the graph, got shape {x.shape}")
-        if not np.all(np.isfinite(x)):
+    # UMAP needs an (n, features) array to fit; with a precomputed graph and a start of ours it
+    # reads only its shape, and from the spectral start component centroids when the graph is
+    # disconnected. One random column gives those components random, distinct places.
+    x = np.random.default_rng(seed).normal(size=(n, 1)).astype(np.float32)
+    if data is not None:
+        patterns = np.asarray(data)
+        if patterns.ndim != 2 or patterns.shape[0] != n:
+            raise ValueError(f"data must have {n} rows like the graph, got shape {patterns.shape}")
+        if not all(np.isfinite(patterns[s : s + 4096]).all() for s in range(0, n, 4096)):
             raise ValueError("data must be finite (the PCA start cannot use NaN or inf rows)")
+        if init is None:
+            init_arg = _scaled_start(pca_start(patterns, seed), seed)
     if n_epochs is None and not (isinstance(init_arg, str) and init_arg == "spectral"):
         n_epochs = DEFAULT_EPOCHS
 
@@ -223,6 +270,15 @@ def umap_from_knn(
         warnings.filterwarnings("ignore", message=r"Graph is not fully connected")
         layout = reducer.fit_transform(x)
     return np.ascontiguousarray(layout, dtype=np.float32)
+
+
+def _scaled_start(xy: np.ndarray, seed: int | None) -> np.ndarray:
+    """A PCA start as umap scales its own (``noisy_scale_coords``): the largest coordinate 10,
+    and a jitter of 1e-4 that keeps identical patterns apart."""
+    top = float(np.abs(xy).max())
+    scaled = xy * np.float32(10.0 / top) if top > 0 else xy
+    noise = np.random.default_rng(seed).normal(scale=1e-4, size=xy.shape)
+    return (scaled + noise).astype(np.float32)
 
 
 def _normalized_rows(activations: np.ndarray, rows: np.ndarray, normalize: str) -> np.ndarray:

@@ -88,6 +88,53 @@ def test_patterns_give_a_pca_start():
         assert abs(np.corrcoef(y[:, axis], pcs[:, axis])[0, 1]) > 0.95
 
 
+def test_pca_start_is_the_projection_numpy_s_svd_gives(monkeypatch):
+    """pca_start, read in chunks of 97 rows, against numpy's float64 SVD of the centred rows
+    (far from the origin, four distinct variances): the same two coordinates, each axis signed
+    as sklearn signs it (its largest coefficient positive)."""
+    from hopaudit.layer import embedding
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(1500, 40)) * np.r_[9.0, 5.0, 3.0, 2.0, np.ones(36)]
+    x = (x @ np.linalg.qr(rng.normal(size=(40, 40)))[0] + 300.0).astype(np.float32)
+    monkeypatch.setattr(embedding, "_PCA_CHUNK_BYTES", 97 * 4 * 40)
+    xy = embedding.pca_start(x, 0)
+    centred = x.astype(np.float64) - x.astype(np.float64).mean(0)
+    vt = np.linalg.svd(centred, full_matrices=False)[2][:2]
+    vt *= np.sign(vt[np.arange(2), np.abs(vt).argmax(1)])[:, None]
+    want = centred @ vt.T
+    np.testing.assert_allclose(xy, want, atol=1e-3 * np.abs(want).max())
+
+
+def test_pca_start_of_one_feature_and_of_identical_rows():
+    from hopaudit.layer.embedding import pca_start
+
+    x = np.arange(10, dtype=np.float32)[:, None] + 5
+    np.testing.assert_allclose(pca_start(x), np.c_[np.arange(10) - 4.5, np.zeros(10)], atol=1e-5)
+    np.testing.assert_allclose(pca_start(np.ones((8, 3), np.float32)), np.zeros((8, 2)), atol=1e-5)
+
+
+def test_umap_is_handed_the_start_not_the_patterns(monkeypatch):
+    """With the patterns given, umap gets the PCA start as its layout and a one-column stand-in
+    to fit (it copied whatever it was given, and its own PCA centred another copy)."""
+    import umap
+
+    x, _ = clusters(300, 3, 24, seed=2)
+    ids, dists = knn_with_self(x, 15)
+    seen = {}
+    fit = umap.UMAP.fit_transform
+
+    def spy(self, X, *args, **kwargs):
+        seen["shape"], seen["init"] = X.shape, self.init
+        return fit(self, X, *args, **kwargs)
+
+    monkeypatch.setattr(umap.UMAP, "fit_transform", spy)
+    umap_from_knn(ids, dists, seed=0, data=x, n_epochs=1)
+    assert seen["shape"] == (300, 1)
+    assert isinstance(seen["init"], np.ndarray) and seen["init"].shape == (300, 2)
+    assert np.abs(seen["init"]).max() == pytest.approx(10.0, abs=1e-3)
+
+
 def test_pca_start_with_fewer_epochs_is_as_trustworthy_as_umaps_default():
     from sklearn.manifold import trustworthiness
 
