@@ -34,6 +34,7 @@ __all__ = [
 NORMALIZE_MODES = ("rms", "none")
 
 _CHUNK_ROWS = 8192  # rows per chunk: bounds the float32 temporaries of a float16 memmap
+_CHUNK_BYTES = 4 << 20  # and at most this many bytes of a chunk's temporaries (wide rows)
 
 
 def _rows(x: ArrayLike, name: str = "x") -> np.ndarray:
@@ -73,14 +74,16 @@ def normalize_rows(x: ArrayLike, mode: str = "rms") -> np.ndarray:
     dtype = np.float64 if x.dtype == np.float64 else np.float32
     out = np.empty(x.shape, dtype=dtype)
     root_n = math.sqrt(x.shape[1])
-    for start in range(0, x.shape[0], _CHUNK_ROWS):
-        block = np.asarray(x[start : start + _CHUNK_ROWS], dtype=dtype)
+    step = min(_CHUNK_ROWS, max(1, _CHUNK_BYTES // (8 * max(x.shape[1], 1))))
+    for start in range(0, x.shape[0], step):
+        block = np.asarray(x[start : start + step], dtype=dtype)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             peak = np.max(np.abs(block), axis=1) if block.shape[1] else np.zeros(len(block))
             unit = block / np.where(peak > 0, peak, 1.0).astype(dtype)[:, None]  # |unit| <= 1
             norms = np.linalg.norm(unit, axis=1)  # in [1, sqrt(n)]: cannot overflow
             scale = np.where(norms > 0, root_n / norms, 0.0).astype(dtype)
-        out[start : start + _CHUNK_ROWS] = unit * scale[:, None]
+            np.multiply(unit, scale[:, None], out=out[start : start + step])
+        del block, unit
     return out
 
 

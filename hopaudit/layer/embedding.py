@@ -287,7 +287,7 @@ def _normalized_rows(activations: np.ndarray, rows: np.ndarray, normalize: str) 
     from hopaudit.geometry import normalize_rows
 
     out = np.empty((len(rows), activations.shape[1]), np.float32)
-    step = max(1, (16 << 20) // max(1, 4 * activations.shape[1]))  # 16 MiB of float32 rows
+    step = max(1, (4 << 20) // max(1, 4 * activations.shape[1]))  # 4 MiB of float32 rows
     for s in range(0, len(rows), step):
         out[s : s + step] = normalize_rows(activations[rows[s : s + step]], normalize)
     return out

@@ -74,9 +74,11 @@ def _squared_norms(data, dtype, rows: int):
     import torch
 
     out = torch.empty(data.shape[0], dtype=torch.float32, device=data.device)
+    rows = max(1, rows // 4)  # a float64 chunk of a quarter of a float32 chunk's bytes
     for start in range(0, data.shape[0], rows):
         part = data[start : start + rows].to(dtype)
-        out[start : start + rows] = (part**2).sum(dim=1).to(torch.float32)
+        out[start : start + rows] = part.square_().sum(dim=1).to(torch.float32)
+        del part  # before the next chunk's cast: one chunk's copy at a time
     return out
 
 

@@ -79,12 +79,13 @@ def float32_chunks(
 
 
 def column_mean(arr: np.ndarray, rows: int, what: str) -> np.ndarray:
-    """Float64 mean of the rows, read chunk by chunk; refuses non-finite rows."""
+    """Float64 mean of the rows, read chunk by chunk (summed in float64 as they are read, no
+    float64 copy of a chunk); refuses non-finite rows."""
     total = np.zeros(arr.shape[1], dtype=np.float64)
     for start in range(0, arr.shape[0], rows):
-        chunk = np.asarray(arr[start : start + rows], dtype=np.float64)
+        chunk = np.asarray(arr[start : start + rows])
         refuse_nonfinite(chunk, start, what)
-        total += chunk.sum(axis=0)
+        total += chunk.sum(axis=0, dtype=np.float64)
     return total / max(arr.shape[0], 1)
 
 
@@ -104,8 +105,12 @@ def centred_in_place(
     )
     if not lendable:
         return None
-    for s in range(0, arr.shape[0], rows):
-        arr[s : s + rows] = np.asarray(arr[s : s + rows], np.float64) - center
+    step = max(1, rows // 4)  # a float64 block of a quarter of a float32 chunk's bytes
+    for s in range(0, arr.shape[0], step):
+        block = arr[s : s + step].astype(np.float64)
+        block -= center
+        arr[s : s + step] = block
+        del block
     return arr
 
 
