@@ -26,7 +26,9 @@ Parts, each printing ``name=value`` lines (``# ...`` lines are commentary):
    measured time of one layer's ``measure()`` at 80 000 x 1024: ``projected_fig2_seconds=``.
 4. Search: exact torch search on the GPU against hnswlib on the CPU cores at 1e5 and 1e6
    activation-like patterns of width 2048 (k = 15 nearest others): seconds, hnswlib's recall
-   against exact, and which is the better default on a GPU machine. The 1e6 exact search times
+   against exact, the share of queries the exact search's float32 certificate sent to float64
+   tiles (``search_exact_float64_share_<n>``: float64 runs far slower on most GPUs), and which
+   is the better default on a GPU machine. The 1e6 exact search times
    20 000 queries and projects all 1e6 (its cost is linear in the queries); the 1e6 HNSW build
    stops at the time budget and projects the rest from its last insert rate. Lines say which
    numbers are projected.
@@ -479,12 +481,14 @@ def search(
     query_e, (ids_e, _) = timed(device, lambda: exact.query(x[rows], K + 1))
     exact_seconds = build_e + query_e * n / q
     truth = _nearest_others(ids_e, rows, K)
+    float64_share = exact.uncertified["float32"] / q  # scored again in float64 (slow on GPUs)
     exact = None  # its GPU memory back before the HNSW part
     free_memory(device)
     say(f"search_exact_build_seconds_{n}", build_e)
     say(f"search_exact_query_seconds_per_pattern_{n}", f"{query_e / q:.3e}")
     say(f"search_exact_seconds_{n}", exact_seconds)
     say(f"search_exact_projected_{n}", q < n)
+    say(f"search_exact_float64_share_{n}", f"{float64_share:.4f}")
 
     hnsw = HnswIndex(width, max_elements=n)
     chunk = max(1000, n // 20)

@@ -23,6 +23,7 @@ EXPECTED = [
     "gpu_compile_first_seconds_smollm2", "gpu_compiled_over_eager_smollm2",
     "gpu_scoring_over_forward_llama_1b", "fig2_capture_tokens_per_second",
     "fig2_search_seconds_per_pattern", "projected_fig2_seconds", "search_exact_seconds_2000",
+    "search_exact_float64_share_2000",
     "search_hnsw_seconds_6000", "search_hnsw_recall_at_1_6000", "search_better_default_6000",
     "search_auto_agrees", "mismatch", "errors",
 ]  # fmt: skip
