@@ -93,9 +93,6 @@ ASYNC_COPY = True
 # The scores run the LM head on their own rows, a chunk at a time, so a batch's logits are never
 # whole (capture/head.py); False keeps them whole (benchmarks compare both).
 HEAD_CHUNKS = True
-# Tokens of the first sequence that show whether the model's logits are its head's output: any
-# length shows it, and a few cost the capture nothing.
-HEAD_CHECK_TOKENS = 4
 
 
 # ------------------------------------------------------------------------------------- hooks
@@ -833,7 +830,7 @@ def capture(
             torch.inference_mode(),
             autocast_context(amp, device),
             cast_weights_once(model, amp),
-            _scored_head(model, feed, kwargs, device, vocab) as head,
+            _scored_head(model, feed) as head,
             compiled_blocks(_blocks_only(modules), compile) as compiled,
             kept_heap() as heap,  # after the weights' copies: the batches' working set alone
             TraceBlocks(modules, on_output),
@@ -849,14 +846,14 @@ def capture(
                     state["batch"] = batch
                     try:
                         output = model(**inputs, **kwargs)
-                        hidden = _head_input(head, score)
+                        hidden = _head_input(head, score, logits_of(output, vocab))
                         break
                     except HopauditError:
                         raise
                     except Exception as e:
                         if head is not None:
-                            # a model that cannot run its head on an empty slice: this batch
-                            # again, and the rest, with the logits whole
+                            # a model that fails the head's check or cannot run its head on a
+                            # slice: this batch again, and the rest, with the logits whole
                             head.stop()
                             head = None
                             continue
@@ -990,33 +987,27 @@ def capture(
 
 
 @contextlib.contextmanager
-def _scored_head(
-    model: nn.Module, feed: _Feed, kwargs: dict[str, Any], device: torch.device, vocab: Any
-) -> Iterator[HeadChunks | None]:
-    """The model's LM head intercepted for the pass (capture/head.py) when the capture scores
-    its logits and the first sequence shows they are the head's own output; else None."""
+def _scored_head(model: nn.Module, feed: _Feed) -> Iterator[HeadChunks | None]:
+    """The model's LM head intercepted for the pass (capture/head.py; the first batch checks
+    that its logits are the head's own output) when the capture scores them; else None."""
     if not HEAD_CHUNKS or is_masked_lm(model) or (feed.ids is None and feed.labels is None):
         yield None
         return
-    inputs, _masks, _score = feed.batch(0, 1, device)
-    for k in ("input_ids", "attention_mask", "decoder_input_ids"):
-        if k in inputs and inputs[k].ndim == 2:
-            inputs[k] = inputs[k][:, :HEAD_CHECK_TOKENS]
-    with intercepted_head(
-        model, lambda: model(**inputs, **kwargs), lambda o: logits_of(o, vocab)
-    ) as chunks:
+    with intercepted_head(model) as chunks:
         yield chunks
 
 
-def _head_input(head: HeadChunks | None, score: Any) -> torch.Tensor | None:
+def _head_input(
+    head: HeadChunks | None, score: Any, logits: torch.Tensor | None
+) -> torch.Tensor | None:
     """The LM head's input of the batch that just ran (the scores make its logits), or None
     when the head is not intercepted; raises when the head did not run once on every scored
-    position, so that the batch runs again with its logits whole."""
+    position or failed its check, so that the batch runs again with its logits whole."""
     if head is None:
         return None
-    hidden = head.take()
+    hidden = head.take(logits)
     if score is None or hidden is None or hidden.shape[:2] != score[0].shape:
-        raise RuntimeError("the LM head did not run once on every scored position")
+        raise RuntimeError(f"the LM head's logits stay whole: {head.refused or 'other rows'}")
     return hidden
 
 

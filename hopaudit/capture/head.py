@@ -8,24 +8,24 @@ states) and hands the head an empty slice of it; the scores then run the head on
 need, a chunk at a time, while the chunk's logits are still in cache.
 
 That is only the same computation when the model's logits *are* its head's output. Some models
-post-process them (Gemma 2's soft-capping, Cohere's logit scale): :func:`check_head` runs the
-first tokens of the first sequence once as the model is, and keeps the model's own logits
-unless the head, called on the very input it got, gives them back bit for bit. A model that
-cannot run on an empty slice (an error in the intercepted batch) runs that batch again with its
-logits whole, as does every later batch (capture/forward.py). docs/performance.md, "The
-logits".
+post-process them (Gemma 2's soft-capping, Cohere's logit scale), so the first batch is the
+check: its head is handed each sequence's first position instead of none, and
+:meth:`HeadChunks.take` hands the scores the head's input only if the head, called again on that
+very slice, gives the model's logits back bit for bit (no separate forward before the batches).
+A model that fails the check, or cannot run on a slice (an error in the intercepted batch),
+runs that batch again with its logits whole, as does every later batch (capture/forward.py).
+docs/performance.md, "The logits".
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["HeadChunks", "check_head", "intercepted_head", "output_head"]
+__all__ = ["HeadChunks", "intercepted_head", "output_head"]
 
 
 def output_head(model: nn.Module) -> nn.Module | None:
@@ -43,12 +43,17 @@ def output_head(model: nn.Module) -> nn.Module | None:
 
 class HeadChunks:
     """While :meth:`intercepting`, every call of ``head`` records its input (``hidden``) and
-    runs on an empty slice of it instead, so the model's logits have no positions; ``head`` on
-    rows of ``hidden`` gives the logits the model would have made (:func:`check_head`)."""
+    runs on a slice of it instead: each sequence's first position until the check has passed
+    (:meth:`take`), none after, so the model's logits are tiny; ``head`` on rows of ``hidden``
+    gives the logits the model would have made. ``vocab`` and ``dtype`` (of those logits) are
+    known once the check has passed; ``refused`` says why it did not."""
 
-    def __init__(self, head: nn.Module, vocab: int, dtype: torch.dtype) -> None:
+    def __init__(self, head: nn.Module) -> None:
         self.head = head
-        self.vocab, self.dtype = vocab, dtype  # of the logits it makes
+        self.vocab: int | None = None
+        self.dtype: torch.dtype | None = None
+        self.checked = False
+        self.refused: str | None = None
         self.hidden: torch.Tensor | None = None
         self.calls = 0
         self.active = True
@@ -64,7 +69,7 @@ class HeadChunks:
                 return None  # not a (batch, length, hidden) input: left alone
             self.hidden = args[0]
             self.calls += 1
-            return (args[0][:, :0], *args[1:])
+            return (args[0][:, : 0 if self.checked else 1], *args[1:])
 
         handle = self.head.register_forward_pre_hook(pre_hook)
         try:
@@ -77,67 +82,50 @@ class HeadChunks:
         self.active = False
         self.hidden, self.calls = None, 0
 
-    def take(self) -> torch.Tensor | None:
-        """The hidden states of the last forward, when the head ran exactly once on them (None
-        otherwise: its logits are not the scores' to make); forgets them."""
+    def take(self, logits: torch.Tensor | None) -> torch.Tensor | None:
+        """The hidden states of the last forward, whose ``logits`` the model returned, when the
+        head ran exactly once on them and, the first time, the check passed (None otherwise:
+        the logits are not the scores' to make; ``refused`` says why); forgets them."""
         hidden, calls = self.hidden, self.calls
         self.hidden, self.calls = None, 0
-        return hidden if calls == 1 else None
+        if calls != 1 or hidden is None:
+            self.refused = self.refused or "the LM head does not run once on every position"
+            return None
+        if not self.checked:
+            self.refused = self._check(hidden, logits)
+            self.checked = self.refused is None
+        return hidden if self.checked else None
+
+    def _check(self, hidden: torch.Tensor, logits: torch.Tensor | None) -> str | None:
+        """Why the model's ``logits`` of the first positions are not the head's own output on
+        them (the same slice, so the same product bit for bit), or None when they are."""
+        if logits is None:
+            return "the model's output has no logits"
+        if logits.shape[:2] != (hidden.shape[0], 1):
+            return "the LM head does not run once on every position"
+        if not torch.equal(self.logits(hidden[:, :1]), logits):
+            return "the model changes its LM head's output (a scale or soft cap)"
+        self.vocab, self.dtype = int(logits.shape[-1]), logits.dtype
+        return None
 
     def logits(self, rows: torch.Tensor) -> torch.Tensor:
-        """The head's logits for ``rows`` (n x hidden): called as the model calls it, not
-        intercepted."""
+        """The head's logits for ``rows`` (n x hidden, or batch x length x hidden as the model
+        calls it): not intercepted."""
         active, self.active = self.active, False
         try:
-            return self.head(rows[None])[0]
+            return self.head(rows) if rows.ndim == 3 else self.head(rows[None])[0]
         finally:
             self.active = active
 
 
-def check_head(
-    head: nn.Module, run: Callable[[], Any], logits_of: Callable[[Any], torch.Tensor | None]
-) -> HeadChunks | str:
-    """The head ready to intercept when the model's logits are its head's output; else why
-    the capture keeps them whole. ``run()`` is one forward of the model (a few tokens of the
-    first sequence); ``logits_of`` reads the logits from its output."""
-    seen: list[torch.Tensor] = []
-
-    def record(module: nn.Module, args: tuple) -> None:
-        if args and isinstance(args[0], torch.Tensor):
-            seen.append(args[0])
-
-    handle = head.register_forward_pre_hook(record)
-    try:
-        output = run()
-    except Exception as e:  # the capture's own batch fails alike, and says so
-        return f"the first sequence's forward failed ({type(e).__name__})"
-    finally:
-        handle.remove()
-    logits = logits_of(output)
-    if logits is None:
-        return "the model's output has no logits"
-    if len(seen) != 1 or seen[0].ndim != 3 or seen[0].shape[:2] != logits.shape[:2]:
-        return "the LM head does not run once on every position"
-    if not torch.equal(head(seen[0]), logits):
-        return "the model changes its LM head's output (a scale or soft cap)"
-    return HeadChunks(head, int(logits.shape[-1]), logits.dtype)
-
-
 @contextlib.contextmanager
-def intercepted_head(
-    model: nn.Module,
-    run: Callable[[], Any],
-    logits_of: Callable[[Any], torch.Tensor | None],
-    *,
-    enabled: bool = True,
-) -> Iterator[HeadChunks | None]:
-    """``model``'s LM head intercepted for the block when :func:`check_head` (with ``run``,
-    one short forward) shows its logits are the head's output; else (or not ``enabled``) None,
-    the logits whole."""
+def intercepted_head(model: nn.Module, *, enabled: bool = True) -> Iterator[HeadChunks | None]:
+    """``model``'s LM head intercepted for the block (its first batch the check, see
+    :class:`HeadChunks`); None when it has none, is offloaded, or not ``enabled``."""
     head = output_head(model) if enabled else None
-    chunks = None if head is None else check_head(head, run, logits_of)
-    if not isinstance(chunks, HeadChunks):
+    if head is None:
         yield None
         return
+    chunks = HeadChunks(head)
     with chunks.intercepting():
         yield chunks

@@ -207,16 +207,19 @@ def check_reference(model: Any, reference: Any) -> None:
         )
 
 
-def _reference_forward(model: Any, head: Any, ids: Any, mask: Any) -> tuple[Any, Any]:
+def _reference_forward(model: Any, head: Any, ids: Any, mask: Any, vocab: Any) -> tuple[Any, Any]:
     """(output, the LM head's input) of one reference batch with its head intercepted, or
-    (output, None) with its logits whole: also when the intercepted batch failed or ran the
-    head other than once on every position (then the head is left alone from now on)."""
+    (output, None) with its logits whole: also when the intercepted batch failed, ran the head
+    other than once on every position, or failed the head's check (capture/head.py; then the
+    head is left alone from now on)."""
+    from hopaudit.capture.forward import logits_of
+
     if head is not None:
         try:
             out = model(input_ids=ids, attention_mask=mask)
-        except Exception:  # a model that cannot run its head on an empty slice
+        except Exception:  # a model that cannot run its head on a slice
             out = None
-        hidden = head.take()
+        hidden = head.take(None if out is None else logits_of(out, vocab))
         if out is not None and hidden is not None and hidden.shape[:2] == ids.shape:
             return out, hidden
         head.stop()
@@ -253,18 +256,11 @@ def reference_nll(
     flags = [(m, m.training) for m in reference.modules()]
     seqs, lps = [], []
     vocab = vocab_size(reference)
-    few = forward.HEAD_CHECK_TOKENS
-    first = (ids[:1, :few].to(device), mask[:1, :few].to(device))
     try:
         reference.eval()
         with (
             torch.inference_mode(),
-            intercepted_head(
-                reference,
-                lambda: reference(input_ids=first[0], attention_mask=first[1]),
-                lambda out: logits_of(out, vocab),
-                enabled=forward.HEAD_CHUNKS,
-            ) as head,
+            intercepted_head(reference, enabled=forward.HEAD_CHUNKS) as head,
             kept_heap() as heap,  # freed blocks reused (heap.py)
         ):
             for start in tqdm(
@@ -272,7 +268,7 @@ def reference_nll(
             ):
                 stop = min(n_seq, start + batch_size)
                 b_ids, b_mask = ids[start:stop].to(device), mask[start:stop].to(device)
-                out, hidden = _reference_forward(reference, head, b_ids, b_mask)
+                out, hidden = _reference_forward(reference, head, b_ids, b_mask, vocab)
                 if hidden is not None:  # the head run on the scored rows, a chunk at a time
                     b, lp, _hit, _z = head_statistics(
                         hidden, head.logits, b_ids, b_mask, vocab=head.vocab, dtype=head.dtype

@@ -12,7 +12,7 @@ from capture_helpers import _data, _run
 from tiny_models import DECODER_ARCHS, tiny_model
 
 import hopaudit.capture.forward as forward
-from hopaudit.capture.head import HeadChunks, check_head, output_head
+from hopaudit.capture.head import HeadChunks, output_head
 
 
 def _hooks(model):
@@ -138,10 +138,12 @@ def test_a_model_that_caps_its_logits_keeps_them_whole(monkeypatch):
         ids = data.input_ids[b]
         nll.append(-float(sum(lp[b, t, ids[t + 1]] for t in range(n - 1))) / (n - 1))
     np.testing.assert_allclose(res.seq_nll, nll, rtol=0, atol=1e-5)
-    head = output_head(model)
-    with torch.inference_mode():
-        reason = check_head(head, lambda: model(input_ids=data.input_ids[:1]), lambda o: o.logits)
-    assert reason == "the model changes its LM head's output (a scale or soft cap)"
+    chunks = HeadChunks(output_head(model))
+    with torch.inference_mode(), chunks.intercepting():
+        out = model(input_ids=data.input_ids[:2])
+        assert out.logits.shape[:2] == (2, 1)  # the check's slice: each first position
+        assert chunks.take(out.logits) is None
+    assert chunks.refused == "the model changes its LM head's output (a scale or soft cap)"
 
 
 def test_a_head_that_fails_on_an_empty_slice_runs_the_batch_again_whole(monkeypatch):
@@ -157,8 +159,10 @@ def test_a_head_that_fails_on_an_empty_slice_runs_the_batch_again_whole(monkeypa
         whole, chunked, calls = _both_ways(monkeypatch, model, info, _data(LENGTHS), batch_size=3)
     finally:
         handle.remove()
-    assert calls == []  # the first batch failed intercepted: it and the rest ran whole
-    _assert_same_scores(whole, chunked, atol=0)
+    # the first batch (the check's: one position a sequence) ran intercepted; the second
+    # failed on its empty slice, so it and the rest ran whole
+    assert calls == [3]
+    _assert_same_scores(whole, chunked, atol=2e-5)
     assert _hooks(model) == 0
 
 
@@ -169,31 +173,31 @@ def test_a_head_called_twice_keeps_the_logits_whole():
         x = torch.randn(1, 3, 4)
         return head(x) + head(x)
 
-    assert check_head(head, run, lambda out: out) == (
-        "the LM head does not run once on every position"
-    )
-    chunks = HeadChunks(head, 6, torch.float32)
+    chunks = HeadChunks(head)
     with chunks.intercepting():
-        run()
-    assert chunks.take() is None  # called twice: not the scores' to make
+        out = run()
+    assert chunks.take(out) is None  # called twice: not the scores' to make
+    assert chunks.refused == "the LM head does not run once on every position"
     assert not head._forward_pre_hooks
 
 
 def test_the_intercepted_head_gives_the_models_logits_for_any_rows():
     head = torch.nn.Linear(8, 11)
     hidden = torch.randn(2, 5, 8)
-    chunks = check_head(head, lambda: head(hidden), lambda out: out)
-    assert isinstance(chunks, HeadChunks)
-    assert (chunks.vocab, chunks.dtype) == (11, torch.float32)
+    chunks = HeadChunks(head)
     with chunks.intercepting():
+        first = head(hidden)  # the check: each sequence's first position, compared bit for bit
+        assert first.shape == (2, 1, 11)
+        assert chunks.take(first) is hidden
+        assert (chunks.vocab, chunks.dtype, chunks.refused) == (11, torch.float32, None)
         out = head(hidden)
         assert out.shape == (2, 0, 11)
-        got = chunks.take()
+        got = chunks.take(out)
         assert got is hidden
         rows = hidden.reshape(10, 8)[[7, 1, 3]]
         by_hand = rows.double() @ head.weight.double().T + head.bias.double()
         torch.testing.assert_close(chunks.logits(rows).double(), by_hand, rtol=0, atol=1e-5)
-        assert chunks.take() is None  # the logits' own call is not intercepted nor recorded
+        assert chunks.take(None) is None  # the logits' own call is not intercepted nor recorded
         chunks.stop()
         assert head(hidden).shape == (2, 5, 11)  # stopped: the head as it is
     assert not head._forward_pre_hooks
@@ -222,7 +226,8 @@ def test_ctrl_c_in_an_intercepted_batch_leaves_no_hook(monkeypatch):
 @pytest.mark.parametrize("refuse_empty", [False, True])
 def test_the_reference_pass_scores_the_same_from_its_head(monkeypatch, refuse_empty):
     """audit(reference=)'s pass (evidence/membership.py) intercepts the reference's head too,
-    and falls back to whole logits where the head cannot run on an empty slice."""
+    and falls back to whole logits where the head cannot run on an empty slice (after the
+    first batch, the check's, which runs it on one position a sequence)."""
     import hopaudit.evidence.scores as scores
     from hopaudit.evidence.membership import reference_nll
 
@@ -240,7 +245,9 @@ def test_the_reference_pass_scores_the_same_from_its_head(monkeypatch, refuse_em
         got[chunks] = reference_nll(
             model, data.input_ids, data.attention_mask, batch_size=3, progress=False
         )
-    assert len(calls) == (0 if refuse_empty else 3)
+    # refusing an empty slice, only the first batch (the check's one position a sequence) runs
+    # intercepted; the rest run whole
+    assert len(calls) == (1 if refuse_empty else 3)
     np.testing.assert_allclose(got[True], got[False], rtol=0, atol=2e-6)
     with torch.no_grad():
         lp = torch.log_softmax(model(input_ids=data.input_ids).logits.double(), -1)
@@ -251,3 +258,18 @@ def test_the_reference_pass_scores_the_same_from_its_head(monkeypatch, refuse_em
             assert got[True][b] == pytest.approx(by_hand, abs=1e-5)
     head._forward_hooks.clear()
     assert _hooks(model) == 0
+
+
+def test_the_first_batch_is_the_check_no_forward_runs_before_it(monkeypatch):
+    """The head's check rides on the first batch (its first positions), so a capture of 7
+    sequences in batches of 3 runs the model 3 times, and scores every batch from the head."""
+    model, info = tiny_model("gpt2")
+    runs: list[int] = []
+    handle = model.register_forward_pre_hook(lambda m, a, kw: runs.append(1), with_kwargs=True)
+    calls = _chunked_calls(monkeypatch)
+    try:
+        _run(model, info, _data(LENGTHS), batch_size=3)
+    finally:
+        handle.remove()
+    assert len(runs) == 3
+    assert calls == [3, 3, 1]
