@@ -76,7 +76,7 @@ def _squared_norms(data, dtype, rows: int):
     out = torch.empty(data.shape[0], dtype=torch.float32, device=data.device)
     rows = max(1, rows // 4)  # a float64 chunk of a quarter of a float32 chunk's bytes
     for start in range(0, data.shape[0], rows):
-        part = data[start : start + rows].to(dtype)
+        part = data[start : start + rows].to(dtype, copy=True)  # squared in place: ours
         out[start : start + rows] = part.square_().sum(dim=1).to(torch.float32)
         del part  # before the next chunk's cast: one chunk's copy at a time
     return out
@@ -297,7 +297,10 @@ class ExactIndex:
         bound += 2.0**-20 * (top * top + 2 * xnorm * top)
         left_out = scores.max(dim=1).values.double() - bound
         kth = torch.from_numpy(dists[:, -1]).to(xq.device, torch.float64) ** 2
-        ok = (left_out > kth * (1 + 1e-6) - xnorm**2).cpu().numpy()
+        # the k-th distance is the re-rank's: float64 on the CPU, float32 on a GPU (its norm
+        # summed over dim terms, so it may fall short of the true one by dot_error's share)
+        slack = 1e-6 if self._rerank_dtype == torch.float64 else 2 * dot_error("float32", self.dim)
+        ok = (left_out > kth * (1 + slack) - xnorm**2).cpu().numpy()
         redo = np.flatnonzero(~ok)
         if redo.size:
             self.uncertified[tier] += int(redo.size)

@@ -308,6 +308,23 @@ def test_float32_tiles_are_certified_too_and_float64_decides_what_they_cannot():
     assert (ids == want_ids).all()
 
 
+def test_the_gpu_s_float32_re_rank_path_gives_numpy_s_answer():
+    """On a GPU the squared norms and the re-rank are float32 (the certificate's slack then
+    float32's): that path, run on CPU tensors, on the tight clusters gives numpy's neighbours
+    and distances (the squared norms once squared the stored rows in place when no cast
+    copied them)."""
+    from hopaudit.search.backends import ExactIndex
+
+    data = _two_tight_clusters(1000, 100.0)
+    index = ExactIndex(32, tiles="float32")
+    index._rerank_dtype = torch.float32  # what a CUDA index uses
+    index.add(data)
+    ids, dists = index.query(data[:400], 5)
+    want_ids, want_d = _brute_force(data, data[:400], 5)
+    np.testing.assert_allclose(dists, want_d, rtol=1e-5, atol=1e-4)
+    assert (ids == want_ids).mean() > 0.99  # float32 distances may order near-ties otherwise
+
+
 @pytest.mark.parametrize(("tiles", "offset"), [("bfloat16", 10.0), ("float32", 100.0)])
 def test_a_tier_is_given_up_when_most_queries_are_scored_twice(tiles, offset, monkeypatch):
     """Two tight clusters, searched in tiles of 16 queries: the first tier cannot tell the
