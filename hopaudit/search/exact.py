@@ -300,7 +300,9 @@ class ExactIndex:
         # the k-th distance is the re-rank's: float64 on the CPU, float32 on a GPU (its norm
         # summed over dim terms, so it may fall short of the true one by dot_error's share)
         slack = 1e-6 if self._rerank_dtype == torch.float64 else 2 * dot_error("float32", self.dim)
-        ok = (left_out > kth * (1 + slack) - xnorm**2).cpu().numpy()
+        # k exact duplicates (a k-th distance of 0: identical float32 rows differ by exactly 0)
+        # need no bound: no pattern is nearer than 0, whichever tied ones were kept
+        ok = ((left_out > kth * (1 + slack) - xnorm**2) | (kth == 0)).cpu().numpy()
         redo = np.flatnonzero(~ok)
         if redo.size:
             self.uncertified[tier] += int(redo.size)

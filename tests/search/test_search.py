@@ -325,6 +325,26 @@ def test_the_gpu_s_float32_re_rank_path_gives_numpy_s_answer():
     assert (ids == want_ids).mean() > 0.99  # float32 distances may order near-ties otherwise
 
 
+def test_k_exact_duplicates_are_certified_without_a_second_tier():
+    """40 copies of one row among 1000 far from the origin (as a first token's rows are, one
+    per sequence): a copy's k nearest are copies at distance 0, which no bound can separate
+    from the copies left out, and none needs to: nothing is nearer than 0. No query is scored
+    again, and the answer is numpy's."""
+    from hopaudit.search.backends import ExactIndex
+
+    rng = np.random.default_rng(8)
+    data = (rng.normal(size=(1000, 16)) + 50.0).astype(np.float32)
+    copies = rng.choice(1000, 40, replace=False)
+    data[copies] = data[copies[0]]
+    index = ExactIndex(16, tiles="float32")
+    index.add(data)
+    ids, dists = index.query(data[copies], 10)
+    assert index.uncertified == {"bfloat16": 0, "float32": 0}
+    assert (dists == 0).all() and np.isin(ids, copies).all()
+    _, want_d = _brute_force(data, data[copies], 10)
+    np.testing.assert_array_equal(dists, want_d)
+
+
 @pytest.mark.parametrize(("tiles", "offset"), [("bfloat16", 10.0), ("float32", 100.0)])
 def test_a_tier_is_given_up_when_most_queries_are_scored_twice(tiles, offset, monkeypatch):
     """Two tight clusters, searched in tiles of 16 queries: the first tier cannot tell the
