@@ -846,7 +846,8 @@ def capture(
                     state["batch"] = batch
                     try:
                         output = model(**inputs, **kwargs)
-                        hidden = _head_input(head, score, logits_of(output, vocab))
+                        logits = logits_of(output, vocab)
+                        hidden = _head_input(head, score, logits)
                         break
                     except HopauditError:
                         raise
@@ -884,7 +885,6 @@ def capture(
                     b_idx, p_idx, _w, _m = batch.sel[s_]
                     row_seq[s_].append((b_idx + start).numpy())
                     row_pos[s_].append(p_idx.numpy())
-                logits = logits_of(output, vocab)
                 scored = hidden is not None or (
                     logits is not None and score is not None and not is_masked_lm(model)
                 )
