@@ -214,7 +214,9 @@ class ExactIndex:
         """The ``k`` nearest stored patterns of each row of ``x``: (ids int64, L2 float32);
         ``progress(rows)`` after each tile of queries.
 
-        Ties are broken by the lower id, so results are deterministic.
+        Ties among the candidates are broken by the lower id; where more patterns tie than
+        there are candidates (k + max(8, k / 2)), which of them are kept is the selection's
+        (``topk``), their distances the same.
         """
         arr = check_query(self, x, k)
         rows = chunk_rows(self.dim)
