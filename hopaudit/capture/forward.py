@@ -829,7 +829,7 @@ def capture(
         with (
             torch.inference_mode(),
             autocast_context(amp, device),
-            cast_weights_once(model, amp),
+            cast_weights_once(model, amp) as n_cast,
             _scored_head(model, feed) as head,
             compiled_blocks(_blocks_only(modules), compile) as compiled,
             kept_heap() as heap,  # after the weights' copies: the batches' working set alone
@@ -913,9 +913,10 @@ def capture(
                 elapsed = time.perf_counter() - t0
                 bar.set_postfix_str(f"{n_tokens / max(elapsed, 1e-9):,.0f} tok/s", refresh=False)
         st.finalize()
-        # the weights' bfloat16 copies (model/precision.py) went with the pass: their heap
-        # pages go back now, not after the first layer is measured
-        release_freed_memory()
+        if n_cast:
+            # the weights' bfloat16 copies (model/precision.py) went with the pass, after the
+            # kept heap's own trim: their heap pages go back now, not after the first layer
+            release_freed_memory()
     except BaseException:
         if owned:
             st.discard()

@@ -145,3 +145,17 @@ def test_capture_runs_its_products_on_weights_cast_once():
     seen.clear()
     _run(model, info, _data([8] * 4), autocast="off")
     assert set(seen) == {torch.float32}
+
+
+def test_the_capture_trims_after_its_pass_only_when_weights_were_cast(monkeypatch):
+    """The kept heap trims as the pass ends; the weights' bfloat16 copies are freed after that,
+    so a capture trims once more then, and only then (a float32 capture has nothing more)."""
+    import hopaudit.capture.forward as forward
+
+    trims = []
+    monkeypatch.setattr(forward, "release_freed_memory", lambda: trims.append(1))
+    model, info = tiny_model("llama")
+    _run(model, info, _data([8] * 4), autocast="off")
+    assert trims == []
+    _run(model, info, _data([8] * 4), autocast="bfloat16")
+    assert trims == [1]
