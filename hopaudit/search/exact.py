@@ -257,7 +257,7 @@ class ExactIndex:
         # the tiles' products and scores, allocated once a search: a fresh pair for every tile
         # (24 MiB with bfloat16 tiles) left glibc's heap fragmented and resident after it
         scores = torch.empty(tile_q * tile_s, dtype=torch.float32, device=self.device)
-        tier = self.tiles if c < n else "float64"  # every pattern a candidate: nothing to certify
+        tier = self.tiles
         dots = torch.empty_like(scores, dtype=torch.bfloat16) if tier == "bfloat16" else None
         searched, before = 0, self.uncertified.get(tier, 0)
         with torch.no_grad(), ieee_float32():
@@ -289,7 +289,7 @@ class ExactIndex:
 
         scores, cand = self._candidates(xq, c, tile_s, bufs, tier)
         ids, dists = self._rerank(xq, cand, k)
-        if tier == TIERS[-1]:
+        if tier == TIERS[-1] or c >= self._count:  # the last tier, or every pattern kept
             return ids, dists
         # the best score left out, lowered by the rounding bound, against the k-th kept one
         xnorm = torch.linalg.vector_norm(xq, dim=1, dtype=torch.float64)
