@@ -18,7 +18,7 @@ audit's summary (``compute_dtype``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -156,7 +156,13 @@ def _free_bytes(device: torch.device) -> int | None:
 
 
 @contextlib.contextmanager
-def cast_weights_once(model: nn.Module, dtype: torch.dtype | None) -> Iterator[int]:
+def cast_weights_once(
+    model: nn.Module,
+    dtype: torch.dtype | None,
+    *,
+    budget: int | None = None,
+    first: Iterable[nn.Module | None] = (),
+) -> Iterator[int]:
     """For the length of the block, the float32 weights and biases of ``model``'s matrix
     products held in ``dtype``, restored after (also on error and Ctrl-C); yields how many.
 
@@ -164,11 +170,15 @@ def cast_weights_once(model: nn.Module, dtype: torch.dtype | None) -> Iterator[i
     keeps only casts of tensors that require grad, and none under ``inference_mode``), a large
     share of a CPU forward (benchmarks/README.md, forward.py). The cast is the same rounding,
     so for a model that uses these weights only in its products the results are bit for bit
-    those of autocast alone. Does nothing for ``dtype=None``, or when the copies (half the
-    float32 weights' bytes) would take more than half of the memory still free.
+    those of autocast alone, whichever weights are cast here. The modules in ``first`` (the
+    LM head, which the scores call many times a batch) are cast whatever the budget; the rest
+    in the model's order while the copies stay within ``budget`` bytes (None: all), the others
+    left to autocast, one cast a call: a copy of the model would otherwise be what grows with
+    its blocks (docs/performance.md, "Memory across many layers"). Does nothing for
+    ``dtype=None``, or when the copies would take more than half of the memory still free.
     """
     swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
-    found = [] if dtype is None else list(_cast_candidates(model))
+    found = [] if dtype is None else _within_budget(model, dtype, budget, first)
     unique = {id(p): p for _, _, p in found}.values()
     if not _room_for(unique, dtype):
         found = []  # autocast alone: slower, but no copies that could exhaust the memory
@@ -184,6 +194,36 @@ def cast_weights_once(model: nn.Module, dtype: torch.dtype | None) -> Iterator[i
     finally:
         for module, name, p in reversed(swapped):
             module._parameters[name] = p
+
+
+def _within_budget(
+    model: nn.Module,
+    dtype: torch.dtype,
+    budget: int | None,
+    first: Iterable[nn.Module | None],
+) -> list[tuple[nn.Module, str, nn.Parameter]]:
+    """The (module, name, parameter) to cast: ``first``'s, then the model's in order while the
+    copies (a tied weight counted once) fit ``budget`` bytes; a module's weight and bias go
+    together."""
+    found = list(_cast_candidates(model))
+    front = {id(m) for m in first if m is not None}
+    ordered = [c for c in found if id(c[0]) in front] + [c for c in found if id(c[0]) not in front]
+    if budget is None:
+        return ordered
+    by_module: dict[int, list[tuple[nn.Module, str, nn.Parameter]]] = {}
+    for c in ordered:
+        by_module.setdefault(id(c[0]), []).append(c)
+    chosen: list[tuple[nn.Module, str, nn.Parameter]] = []
+    counted: set[int] = set()
+    total = 0
+    for key, entries in by_module.items():
+        extra = sum(p.numel() * dtype.itemsize for _, _, p in entries if id(p) not in counted)
+        if key not in front and total + extra > budget:
+            continue
+        chosen += entries
+        counted.update(id(p) for _, _, p in entries)
+        total += extra
+    return chosen
 
 
 def describe(dtype: torch.dtype | None, model: nn.Module) -> str:

@@ -147,6 +147,79 @@ def test_capture_runs_its_products_on_weights_cast_once():
     assert set(seen) == {torch.float32}
 
 
+def _products(model):
+    """Every Linear of ``model`` with the bytes of its weight and bias in bfloat16."""
+    return [
+        (m, sum(p.numel() * 2 for p in (m.weight, m.bias) if p is not None))
+        for m in model.modules()
+        if type(m).__name__ == "Linear"
+    ]
+
+
+def test_a_budget_casts_the_head_and_then_the_products_in_order_that_fit():
+    """``first`` (the head) is cast whatever the budget; then the model's products in order
+    while the copies, the head's among them, fit; the rest left to autocast: the logits and every hidden state are still
+    autocast's bit for bit (the same rounding, once or at each call)."""
+    model, _ = tiny_model("llama")
+    head = model.get_output_embeddings()
+    body = [(m, b) for m, b in _products(model) if m is not head]
+    head_bytes = dict(_products(model))[head]
+    # the head's copy counts: then two products and half of a third
+    budget = head_bytes + body[0][1] + body[1][1] + body[2][1] // 2
+    # the greedy fill in the model's order: products that fit the room left are cast
+    left, fits = budget - head_bytes, set()
+    for m, b in body:
+        if b <= left:
+            fits.add(id(m))
+            left -= b
+    data = _data([16, 11, 16, 9], seed=5)
+    want_h, want_logits = _autocast_forward(model, data)
+    with (
+        torch.inference_mode(),
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        precision.cast_weights_once(model, torch.bfloat16, budget=budget, first=[head]) as n,
+    ):
+        cast = {id(m) for m, _ in body if m.weight.dtype == torch.bfloat16}
+        assert head.weight.dtype == torch.bfloat16
+        out = model(
+            input_ids=data.input_ids, attention_mask=data.attention_mask, output_hidden_states=True
+        )
+    assert cast == fits and 2 <= len(cast) < len(body)
+    assert n == 1 + len(cast)  # the tiny models' products have no bias
+    for got, want in zip(out.hidden_states, want_h, strict=True):
+        assert torch.equal(got, want)
+    assert torch.equal(out.logits, want_logits)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with precision.cast_weights_once(model, torch.bfloat16, budget=0, first=[head]) as n:
+        assert n == 1 and head.weight.dtype == torch.bfloat16
+    with precision.cast_weights_once(model, torch.bfloat16, budget=0) as n:
+        assert n == 0
+
+
+def test_the_capture_casts_the_blocks_within_one_layer_of_patterns():
+    """A capture's copies of the blocks' weights stay within one layer's float32 patterns:
+    a few sequences keep only the head's copy; positions="all" over more tokens, some blocks'."""
+    model, info = tiny_model("llama")
+    head = model.get_output_embeddings()
+    body = [m for m, _ in _products(model) if m is not head]
+    seen: dict[int, set] = {id(m): set() for m in [head, *body]}
+    for m in [head, *body]:
+        m.register_forward_pre_hook(lambda mod, a: seen[id(mod)].add(mod.weight.dtype))
+    _run(model, info, _data([8] * 4), autocast="bfloat16")  # 4 rows a layer: the head alone
+    assert seen[id(head)] == {torch.bfloat16}
+    assert all(seen[id(m)] == {torch.float32} for m in body)
+    for v in seen.values():
+        v.clear()
+    sizes = dict(_products(model))
+    row = 16 * model.config.hidden_size * 4  # a sequence's float32 patterns in one layer
+    n = -(-(sizes[head] + sum(sizes[m] for m in body) // 2) // row)  # room for half the blocks
+    _run(model, info, _data([16] * n), positions="all", autocast="bfloat16")
+    cast = [m for m in body if seen[id(m)] == {torch.bfloat16}]
+    assert 0 < len(cast) < len(body)
+    assert sizes[head] + sum(sizes[m] for m in cast) <= n * row
+    assert all(seen[id(m)] == {torch.float32} for m in body if m not in cast)
+
+
 def test_the_capture_trims_after_its_pass_only_when_weights_were_cast(monkeypatch):
     """The kept heap trims as the pass ends; the weights' bfloat16 copies are freed after that,
     so a capture trims once more then, and only then (a float32 capture has nothing more)."""
