@@ -144,6 +144,7 @@ def child(blocks: int, n_seq: int, whole_logits: bool) -> None:
             )
         seconds = time.perf_counter() - t0
         amp = str(audit.capture.compute_dtype).startswith("bfloat16")
+        one_layer = n_seq * SEQ_LEN * WIDTH * 4
         values = audit.capture.batch_size * SEQ_LEN * config.vocab_size
         size = 2 if amp else 4
         logits = (values if whole_logits else HEAD_CHUNK_VALUES[size]) * size
@@ -153,24 +154,22 @@ def child(blocks: int, n_seq: int, whole_logits: bool) -> None:
             "stages": stage_peaks(sampler.samples, marks, base),
             "seconds": seconds, "capture_seconds": audit.capture.seconds,
             "batch_size": audit.capture.batch_size, "tokens": int(audit.n_tokens),
-            "copies_mb": weight_copies_bytes(model) / 2**20 if amp else 0.0,
+            "copies_mb": weight_copies_bytes(model, one_layer) / 2**20 if amp else 0.0,
             "logits_mb": logits / 2**20,
         }))  # fmt: skip
 
 
-def weight_copies_bytes(model) -> int:
-    """Bytes of the bfloat16 copies the capture makes of the weights and biases of every Linear
-    and transformers Conv1D (a tied weight once)."""
+def weight_copies_bytes(model, one_layer: int) -> int:
+    """Bytes of the bfloat16 copies the capture makes of the weights and biases of its matrix
+    products (a tied weight once): the LM head's, and the blocks' within one layer's float32
+    patterns (``precision.weights_to_cast``, as ``capture`` calls it)."""
     import torch
-    from transformers.pytorch_utils import Conv1D
 
-    params = {}
-    for m in model.modules():
-        if isinstance(m, (torch.nn.Linear, Conv1D)):
-            for p in (m.weight, m.bias):
-                if p is not None:
-                    params[id(p)] = p
-    return sum(p.numel() * 2 for p in params.values())
+    from hopaudit.capture.head import output_head
+    from hopaudit.model.precision import weights_to_cast
+
+    chosen = weights_to_cast(model, torch.bfloat16, one_layer, [output_head(model)])
+    return sum(p.numel() * 2 for p in {id(p): p for _, _, p in chosen}.values())
 
 
 def umap_import() -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "cpu_description",
     "describe",
     "native_bf16",
+    "weights_to_cast",
 ]
 
 AUTOCAST_MODES = ("auto", "bfloat16", "off")
@@ -178,7 +179,7 @@ def cast_weights_once(
     ``dtype=None``, or when the copies would take more than half of the memory still free.
     """
     swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
-    found = [] if dtype is None else _within_budget(model, dtype, budget, first)
+    found = [] if dtype is None else weights_to_cast(model, dtype, budget, first)
     unique = {id(p): p for _, _, p in found}.values()
     if not _room_for(unique, dtype):
         found = []  # autocast alone: slower, but no copies that could exhaust the memory
@@ -196,15 +197,15 @@ def cast_weights_once(
             module._parameters[name] = p
 
 
-def _within_budget(
+def weights_to_cast(
     model: nn.Module,
     dtype: torch.dtype,
     budget: int | None,
     first: Iterable[nn.Module | None],
 ) -> list[tuple[nn.Module, str, nn.Parameter]]:
-    """The (module, name, parameter) to cast: ``first``'s, then the model's in order while the
-    copies (a tied weight counted once) fit ``budget`` bytes; a module's weight and bias go
-    together."""
+    """The (module, name, parameter) :func:`cast_weights_once` casts: ``first``'s, then the
+    model's in order while the copies (a tied weight counted once) fit ``budget`` bytes; a
+    module's weight and bias go together."""
     found = list(_cast_candidates(model))
     front = {id(m) for m in first if m is not None}
     ordered = [c for c in found if id(c[0]) in front] + [c for c in found if id(c[0]) not in front]

@@ -158,8 +158,9 @@ def _products(model):
 
 def test_a_budget_casts_the_head_and_then_the_products_in_order_that_fit():
     """``first`` (the head) is cast whatever the budget; then the model's products in order
-    while the copies, the head's among them, fit; the rest left to autocast: the logits and every hidden state are still
-    autocast's bit for bit (the same rounding, once or at each call)."""
+    while the copies, the head's among them, fit; the rest left to autocast: the logits and
+    every hidden state are still autocast's bit for bit (the same rounding, once or at each
+    call)."""
     model, _ = tiny_model("llama")
     head = model.get_output_embeddings()
     body = [(m, b) for m, b in _products(model) if m is not head]
