@@ -10,6 +10,8 @@ the same pydoc batches, medians:
 - ``bf16_weights``: the weights cast to bfloat16 once, no autocast (native CPUs only);
 - ``audit``: as the audit's capture runs it, autocast with the weights cast once
   (``model.precision.cast_weights_once``);
+- ``head_only``: autocast with the LM head's weight cast once and the blocks' cast at each call
+  (what the capture does where the memory allows no more copies);
 
 every variant on the heap the capture keeps (``heap.kept_heap``: large blocks reused, not
 mapped and faulted in anew; ``benchmarks/heap.py`` times that against glibc's default);
@@ -32,6 +34,7 @@ Prints the CPU and load average, and::
     forward_products_fraction[_compiled]=      the share of the forward those products are
     compile_seconds=                           the compiled variant's first run less a later one
     compiled_over_audit=                       compile=True's speed-up of the forward
+    audit_over_head_only=                      the blocks' copies' speed-up of the forward
     <variant>_over_autocast=                   tokens/s ratios (above 1: faster)
     profile_share_<op>=                        self-CPU share of the top ops in one batch, as
                                                the audit runs it; profile_compiled_share_<op>=
@@ -144,17 +147,21 @@ def main() -> None:
 
         return run
 
-    def as_audit(compiled: bool):
+    def as_audit(compiled: bool, budget: int | None = None):
         """A copy of the model as the capture runs it: the weights cast once (for the whole
-        run, as for a capture's whole pass), the blocks compiled or not, under autocast."""
+        run, as for a capture's whole pass; the head's, then the blocks' within ``budget``),
+        the blocks compiled or not, under autocast."""
         m = copy.deepcopy(model)
-        held.enter_context(cast_weights_once(m, dtype if dtype == torch.bfloat16 else None))
+        cast = dtype if dtype == torch.bfloat16 else None
+        first = [m.get_output_embeddings()]
+        held.enter_context(cast_weights_once(m, cast, budget=budget, first=first))
         held.enter_context(compiled_blocks(list(m.model.layers), compiled))
         return m
 
     audit_model, compiled_model = as_audit(False), as_audit(True)
     variants = {"autocast": forward(model, amp)}
     variants["audit"] = forward(audit_model, amp)
+    variants["head_only"] = forward(as_audit(False, budget=0), amp)
     variants["compiled"] = forward(compiled_model, amp)
     own = getattr(model.config, "_attn_implementation", None)
     print(f"attn_implementation={own}")
@@ -210,6 +217,7 @@ def main() -> None:
     print(f"forward_products_fraction={tps['audit'] * per_token:.3f}")
     print(f"forward_products_fraction_compiled={tps['compiled'] * per_token:.3f}")
     print(f"compiled_over_audit={tps['compiled'] / tps['audit']:.3f}")
+    print(f"audit_over_head_only={tps['audit'] / tps['head_only']:.3f}")
     for k in tps:
         if k != "autocast":
             print(f"{k}_over_autocast={tps[k] / tps['autocast']:.3f}")

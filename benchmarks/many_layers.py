@@ -5,23 +5,25 @@ A GPT-2 with random weights (``GPT2Config``: width 768, 12 heads, 4 or 12 blocks
 400 x 64 random tokens with ``store=`` (activations and per-layer files on disk), each size in a
 fresh process. A thread samples ``RssAnon`` from /proc/self/status every 20 ms; the model's and
 the tokens' memory before the audit is subtracted. One layer's float32 patterns are
-tokens x 768 x 4 bytes. Each size runs twice: as the audit runs (the LM head run by the scores
-a chunk at a time, capture/head.py) and with the model's logits whole (``HEAD_CHUNKS = False``,
-the lines ending ``_whole_logits``). Prints the CPU and the load average at start and end, and::
+tokens x 768 x 4 bytes. Each size runs twice: as the audit runs it (the weights' bfloat16
+copies made while the memory allows, model/precision.py) and with the copies of the blocks'
+weights held within one layer's float32 patterns (the LM head's always; the other blocks cast by
+autocast at each call: the lines ending ``_one_layer_copies``), the trade the capture's memory
+against its speed. Prints the CPU and the load average at start and end, and::
 
     one_layer_mb=                       one layer's float32 patterns
     peak_anon_mb_<blocks>=              peak anonymous memory above the model, during the audit
     peak_anon_over_one_layer_<blocks>=  the two over each other (target <= 3, equal for 4 and 12)
     peak_stage_<blocks>=                the audit's stage at the peak
     stage_peaks_<blocks>=               the largest peak of each kind of stage, in layers
+    capture_seconds_<blocks>=           the capture's own seconds
     umap_import_over_one_layer=         importing umap and loading its compiled functions, in
                                         a fresh process after torch and hopaudit (kept for
                                         the rest of the process: a fixed working set)
     weight_copies_over_one_layer_<b>=   the bfloat16 copies of the weights the capture casts
-                                        once (model/precision.py), from their sizes
+                                        once (``precision.weights_to_cast``), from their sizes
     logits_over_one_layer_<b>=          the logits the capture holds at once, in the dtype the
-                                        forward returns: the head's chunk (HEAD_CHUNK_VALUES),
-                                        or one batch's whole
+                                        forward returns: the head's chunk (HEAD_CHUNK_VALUES)
 
 A stage is what ``hopaudit.engines.memory.PeakTracker.mark`` names once it ends ("capture",
 "measuring <layer>", "UMAP <layer>"): the benchmark records when each mark is taken, and the
@@ -118,7 +120,9 @@ def stage_peaks(samples: list, marks: list, base: float) -> dict[str, float]:
     return out
 
 
-def child(blocks: int, n_seq: int, whole_logits: bool) -> None:
+def child(blocks: int, n_seq: int, one_layer_copies: bool) -> None:
+    import functools
+
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -126,7 +130,9 @@ def child(blocks: int, n_seq: int, whole_logits: bool) -> None:
     import hopaudit.capture.forward as fwd
     from hopaudit.evidence.scores import HEAD_CHUNK_VALUES
 
-    fwd.HEAD_CHUNKS = not whole_logits
+    one_layer = n_seq * SEQ_LEN * WIDTH * 4
+    budget = one_layer if one_layer_copies else None
+    fwd.cast_weights_once = functools.partial(fwd.cast_weights_once, budget=budget)
 
     torch.manual_seed(0)
     config = GPT2Config(n_layer=blocks, n_embd=WIDTH, n_head=12, n_positions=SEQ_LEN)
@@ -144,31 +150,29 @@ def child(blocks: int, n_seq: int, whole_logits: bool) -> None:
             )
         seconds = time.perf_counter() - t0
         amp = str(audit.capture.compute_dtype).startswith("bfloat16")
-        one_layer = n_seq * SEQ_LEN * WIDTH * 4
-        values = audit.capture.batch_size * SEQ_LEN * config.vocab_size
         size = 2 if amp else 4
-        logits = (values if whole_logits else HEAD_CHUNK_VALUES[size]) * size
+        logits = HEAD_CHUNK_VALUES[size] * size
         print(json.dumps({
             "peak": sampler.peak - base, "base": base, "when": sampler.when - t0,
             "stage": stage_at(marks, sampler.when),
             "stages": stage_peaks(sampler.samples, marks, base),
             "seconds": seconds, "capture_seconds": audit.capture.seconds,
             "batch_size": audit.capture.batch_size, "tokens": int(audit.n_tokens),
-            "copies_mb": weight_copies_bytes(model, one_layer) / 2**20 if amp else 0.0,
+            "copies_mb": weight_copies_bytes(model, budget) / 2**20 if amp else 0.0,
             "logits_mb": logits / 2**20,
         }))  # fmt: skip
 
 
-def weight_copies_bytes(model, one_layer: int) -> int:
+def weight_copies_bytes(model, budget: int | None) -> int:
     """Bytes of the bfloat16 copies the capture makes of the weights and biases of its matrix
-    products (a tied weight once): the LM head's, and the blocks' within one layer's float32
-    patterns (``precision.weights_to_cast``, as ``capture`` calls it)."""
+    products (a tied weight once): the LM head's, then the blocks' within ``budget``
+    (``precision.weights_to_cast`` as ``capture`` calls it, on a machine with room for all)."""
     import torch
 
     from hopaudit.capture.head import output_head
     from hopaudit.model.precision import weights_to_cast
 
-    chosen = weights_to_cast(model, torch.bfloat16, one_layer, [output_head(model)])
+    chosen = weights_to_cast(model, torch.bfloat16, budget, [output_head(model)])
     return sum(p.numel() * 2 for p in {id(p): p for _, _, p in chosen}.values())
 
 
@@ -225,13 +229,13 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, nargs="+", default=[4, 12])
     ap.add_argument("--sequences", type=int, default=400)
     ap.add_argument("--child", type=int)
-    ap.add_argument("--whole-logits", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--one-layer-copies", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--umap-import", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--speed", type=int, help="time the capture at SPEED x 64 tokens instead")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.sequences, args.whole_logits)
+        child(args.child, args.sequences, args.one_layer_copies)
         return
     if args.umap_import:
         umap_import()
@@ -253,18 +257,19 @@ def main() -> None:
     fixed = json.loads(out.stdout.strip().splitlines()[-1])["umap_import_mb"]
     print(f"umap_import_over_one_layer={fixed / one:.2f}", flush=True)
     for blocks in args.blocks:
-        for whole in (False, True):
+        for within in (False, True):
             cmd = [sys.executable, __file__, "--child", str(blocks)]
-            cmd += ["--sequences", str(args.sequences)] + (["--whole-logits"] if whole else [])
+            cmd += ["--sequences", str(args.sequences)] + (["--one-layer-copies"] if within else [])
             out = subprocess.run(cmd, check=True, capture_output=True, text=True)
             got = json.loads(out.stdout.strip().splitlines()[-1])
-            b = f"{blocks}_whole_logits" if whole else str(blocks)
+            b = f"{blocks}_one_layer_copies" if within else str(blocks)
             print(f"# {b}: {got}", flush=True)
             print(f"peak_anon_mb_{b}={got['peak']:.1f}")
             print(f"peak_anon_over_one_layer_{b}={got['peak'] / one:.2f}")
             print(f"peak_stage_{b}={got['stage']}")
             layers = {k: round(v / one, 2) for k, v in got["stages"].items()}
             print(f"stage_peaks_{b}={json.dumps(layers)}")
+            print(f"capture_seconds_{b}={got['capture_seconds']:.2f}")
             print(f"weight_copies_over_one_layer_{b}={got['copies_mb'] / one:.2f}")
             print(f"logits_over_one_layer_{b}={got['logits_mb'] / one:.2f}", flush=True)
     print(f"loadavg_end={os.getloadavg()[0]:.2f}")

@@ -790,8 +790,8 @@ def capture(
     n_seq = feed.n
     seq_len = int(feed.ids.shape[1]) if feed.ids is not None else 1
     device = model_device(model)
-    one_layer = layer_bytes(model, data, pos)
     if batch_size is None:
+        one_layer = layer_bytes(model, data, pos)
         batch_size = choose_batch_size(model, seq_len, n_seq, device, one_layer)
         if feed.ids is None:  # images or audio: a few samples per batch
             batch_size = min(batch_size, 16)
@@ -825,12 +825,12 @@ def capture(
         bar = tqdm(total=n_seq, unit="seq", desc="capture", disable=not progress, leave=False)
         model.eval()
         # bfloat16 autocast (amp) for the whole pass, or no-op contexts: the LM head's weights
-        # cast once, and the blocks' while their copies stay within one layer's float32
-        # patterns (the rest cast by autocast at each call): see model/precision.py
+        # cast once, then the blocks' while the memory allows (the rest cast by autocast at
+        # each call): see model/precision.py
         with (
             torch.inference_mode(),
             autocast_context(amp, device),
-            cast_weights_once(model, amp, budget=one_layer, first=[output_head(model)]) as n_cast,
+            cast_weights_once(model, amp, first=[output_head(model)]) as n_cast,
             _scored_head(model, feed) as head,
             compiled_blocks(_blocks_only(modules), compile) as compiled,
             kept_heap() as heap,  # after the weights' copies: the batches' working set alone

@@ -18,7 +18,7 @@ audit's summary (``compute_dtype``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -126,22 +126,6 @@ def _cast_candidates(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Para
                 yield module, name, p
 
 
-def _room_for(params: Any, dtype: torch.dtype | None) -> bool:
-    """Whether copies of ``params`` in ``dtype`` take at most half of the memory still free on
-    each device they sit on (/proc/meminfo's MemAvailable, or the CUDA device's free memory);
-    True where that cannot be read."""
-    if dtype is None:
-        return True
-    need: dict[torch.device, int] = {}
-    for p in params:
-        need[p.device] = need.get(p.device, 0) + p.numel() * dtype.itemsize
-    for device, nbytes in need.items():
-        free = _free_bytes(device)
-        if free is not None and nbytes > free // 2:
-            return False
-    return True
-
-
 def _free_bytes(device: torch.device) -> int | None:
     try:
         if device.type == "cuda":
@@ -171,26 +155,21 @@ def cast_weights_once(
     keeps only casts of tensors that require grad, and none under ``inference_mode``), a large
     share of a CPU forward (benchmarks/README.md, forward.py). The cast is the same rounding,
     so for a model that uses these weights only in its products the results are bit for bit
-    those of autocast alone, whichever weights are cast here. The modules in ``first`` (the
-    LM head, which the scores call many times a batch) are cast whatever the budget; the rest
-    in the model's order while the copies stay within ``budget`` bytes (None: all), the others
-    left to autocast, one cast a call: a copy of the model would otherwise be what grows with
-    its blocks (docs/performance.md, "Memory across many layers"). Does nothing for
-    ``dtype=None``, or when the copies would take more than half of the memory still free.
+    those of autocast alone, whichever weights are cast here. Which are
+    (:func:`weights_to_cast`): the modules in ``first`` (the LM head, which the scores call
+    many times a batch), then the rest in the model's order while the copies take at most half
+    of the memory still free on their device and ``budget`` bytes (None: no limit); the others
+    are left to autocast, one cast a call. Does nothing for ``dtype=None``.
     """
     swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
-    found = [] if dtype is None else weights_to_cast(model, dtype, budget, first)
-    unique = {id(p): p for _, _, p in found}.values()
-    if not _room_for(unique, dtype):
-        found = []  # autocast alone: slower, but no copies that could exhaust the memory
+    found = [] if dtype is None else weights_to_cast(model, dtype, budget, first, _half_free)
     try:
-        if found:
-            copies: dict[int, nn.Parameter] = {}  # a tied weight is cast once
-            for module, name, p in found:
-                if id(p) not in copies:
-                    copies[id(p)] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
-                swapped.append((module, name, p))
-                module._parameters[name] = copies[id(p)]
+        copies: dict[int, nn.Parameter] = {}  # a tied weight is cast once
+        for module, name, p in found:
+            if id(p) not in copies:
+                copies[id(p)] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
+            swapped.append((module, name, p))
+            module._parameters[name] = copies[id(p)]
         yield len(swapped)
     finally:
         for module, name, p in reversed(swapped):
@@ -200,31 +179,49 @@ def cast_weights_once(
 def weights_to_cast(
     model: nn.Module,
     dtype: torch.dtype,
-    budget: int | None,
-    first: Iterable[nn.Module | None],
+    budget: int | None = None,
+    first: Iterable[nn.Module | None] = (),
+    room: Callable[[torch.device], int | None] | None = None,
 ) -> list[tuple[nn.Module, str, nn.Parameter]]:
     """The (module, name, parameter) :func:`cast_weights_once` casts: ``first``'s, then the
-    model's in order while the copies (a tied weight counted once) fit ``budget`` bytes; a
-    module's weight and bias go together."""
+    model's in order, each module's weight and bias together while their copies (a tied weight
+    counted once) fit: at most ``room(device)`` bytes on each device (None: no limit), and
+    ``budget`` bytes in all, which ``first``'s count towards but need not fit. A module that
+    does not fit is skipped and a later, smaller one may still be cast."""
     found = list(_cast_candidates(model))
     front = {id(m) for m in first if m is not None}
     ordered = [c for c in found if id(c[0]) in front] + [c for c in found if id(c[0]) not in front]
-    if budget is None:
-        return ordered
     by_module: dict[int, list[tuple[nn.Module, str, nn.Parameter]]] = {}
     for c in ordered:
         by_module.setdefault(id(c[0]), []).append(c)
+    limits: dict[torch.device, int | None] = {}
+    used: dict[torch.device, int] = {}
     chosen: list[tuple[nn.Module, str, nn.Parameter]] = []
     counted: set[int] = set()
     total = 0
     for key, entries in by_module.items():
-        extra = sum(p.numel() * dtype.itemsize for _, _, p in entries if id(p) not in counted)
-        if key not in front and total + extra > budget:
+        fresh = {id(p): p for _, _, p in entries if id(p) not in counted}.values()
+        extra = sum(p.numel() * dtype.itemsize for p in fresh)
+        device = entries[0][2].device
+        if device not in limits:
+            limits[device] = None if room is None else room(device)
+        limit = limits[device]
+        if limit is not None and used.get(device, 0) + extra > limit:
+            continue  # no copies that could exhaust the memory: autocast casts these at each call
+        if key not in front and budget is not None and total + extra > budget:
             continue
         chosen += entries
-        counted.update(id(p) for _, _, p in entries)
+        counted.update(id(p) for p in fresh)
+        used[device] = used.get(device, 0) + extra
         total += extra
     return chosen
+
+
+def _half_free(device: torch.device) -> int | None:
+    """Half of the memory still free on ``device`` (/proc/meminfo's MemAvailable, or the CUDA
+    device's free memory); None where that cannot be read."""
+    free = _free_bytes(device)
+    return None if free is None else free // 2
 
 
 def describe(dtype: torch.dtype | None, model: nn.Module) -> str:

@@ -197,28 +197,30 @@ def test_a_budget_casts_the_head_and_then_the_products_in_order_that_fit():
         assert n == 0
 
 
-def test_the_capture_casts_the_blocks_within_one_layer_of_patterns():
-    """A capture's copies of the blocks' weights stay within one layer's float32 patterns:
-    a few sequences keep only the head's copy; positions="all" over more tokens, some blocks'."""
+def test_the_capture_casts_the_head_first_and_the_blocks_the_memory_allows(monkeypatch):
+    """With room, a capture casts every product's weights; with half the free memory enough for
+    the head's copy and about half the blocks', the head and the blocks that fit (before, none:
+    the head cast again at every one of its calls)."""
     model, info = tiny_model("llama")
     head = model.get_output_embeddings()
-    body = [m for m, _ in _products(model) if m is not head]
-    seen: dict[int, set] = {id(m): set() for m in [head, *body]}
-    for m in [head, *body]:
+    sizes = dict(_products(model))
+    body = [m for m in sizes if m is not head]
+    seen: dict[int, set] = {id(m): set() for m in sizes}
+    for m in sizes:
         m.register_forward_pre_hook(lambda mod, a: seen[id(mod)].add(mod.weight.dtype))
-    _run(model, info, _data([8] * 4), autocast="bfloat16")  # 4 rows a layer: the head alone
-    assert seen[id(head)] == {torch.bfloat16}
-    assert all(seen[id(m)] == {torch.float32} for m in body)
+    _run(model, info, _data([8] * 4), autocast="bfloat16")
+    assert all(v == {torch.bfloat16} for v in seen.values())
     for v in seen.values():
         v.clear()
-    sizes = dict(_products(model))
-    row = 16 * model.config.hidden_size * 4  # a sequence's float32 patterns in one layer
-    n = -(-(sizes[head] + sum(sizes[m] for m in body) // 2) // row)  # room for half the blocks
-    _run(model, info, _data([16] * n), positions="all", autocast="bfloat16")
+    room = sizes[head] + sum(sizes[m] for m in body) // 2
+    monkeypatch.setattr(precision, "_free_bytes", lambda device: 2 * room)
+    _run(model, info, _data([8] * 4), autocast="bfloat16")
+    assert seen[id(head)] == {torch.bfloat16}
     cast = [m for m in body if seen[id(m)] == {torch.bfloat16}]
     assert 0 < len(cast) < len(body)
-    assert sizes[head] + sum(sizes[m] for m in cast) <= n * row
+    assert sizes[head] + sum(sizes[m] for m in cast) <= room
     assert all(seen[id(m)] == {torch.float32} for m in body if m not in cast)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_the_capture_trims_after_its_pass_only_when_weights_were_cast(monkeypatch):
