@@ -61,10 +61,9 @@ __all__ = [
 ]
 
 #: ``kind="auto"`` uses exact search up to this many patterns on the CPU (the clustered search
-#: above): up to about here exact costs no more than HNSW and has no misses. The crossover
-#: ``benchmarks/search.py`` prints (``exact_hnsw_crossover``), rounded down
-#: (benchmarks/README.md, "Constants").
-AUTO_EXACT_MAX = 35_000
+#: above): between the crossovers with the clustered search that ``benchmarks/clustered.py``
+#: prints on real and synthetic rows (benchmarks/README.md, "Constants").
+AUTO_EXACT_MAX = 10_000
 
 
 @runtime_checkable
