@@ -977,7 +977,7 @@ def capture(
         positions=pos,
         min_k=float(min_k),
         overflow={n: c for n, c in overflow.items() if c},
-        compute_dtype=describe(amp, model),
+        compute_dtype=describe(amp, model, n_cast),
         layer_stacks=dict(stack_of),
         stack_sequence=seqs if len(stacks) > 1 else {},
         stack_position=poss if len(stacks) > 1 else {},

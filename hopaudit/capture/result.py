@@ -37,7 +37,7 @@ class CaptureResult:
     positions: Any = "last"
     min_k: float = 0.2
     overflow: dict[str, int] = field(default_factory=dict)  # rows finite before the cast only
-    compute_dtype: str | None = None  # "bfloat16 autocast" or the model's own dtype
+    compute_dtype: str | None = None  # "bfloat16 autocast[, weights cast once]" or the dtype
     # Encoder-decoders: layer name -> its stack ("encoder"/"decoder"; one stack otherwise),
     # and each stack's own rows (row_sequence/row_position are those of the last stack).
     layer_stacks: dict[str, str] = field(default_factory=dict)

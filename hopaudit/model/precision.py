@@ -224,9 +224,18 @@ def _half_free(device: torch.device) -> int | None:
     return None if free is None else free // 2
 
 
-def describe(dtype: torch.dtype | None, model: nn.Module) -> str:
-    """What the summary shows: ``"bfloat16 autocast"`` or the model's own dtype."""
+def describe(dtype: torch.dtype | None, model: nn.Module, cast: int | None = None) -> str:
+    """What the summary shows: ``"bfloat16 autocast"`` or the model's own dtype; with ``cast``
+    (how many weights :func:`cast_weights_once` cast), which of the weights were cast once:
+    ``"bfloat16 autocast, weights cast once"``, or ``", 3 of 9 weights cast once (memory)"``
+    where the memory allowed no more."""
     if dtype is not None:
-        return f"{str(dtype).removeprefix('torch.')} autocast"
+        what = f"{str(dtype).removeprefix('torch.')} autocast"
+        total = sum(1 for _ in _cast_candidates(model)) if cast else 0
+        if cast and cast >= total:
+            return f"{what}, weights cast once"
+        if cast:
+            return f"{what}, {cast} of {total} weights cast once (memory)"
+        return what
     own = _param_dtype(model)
     return "unknown" if own is None else str(own).removeprefix("torch.")

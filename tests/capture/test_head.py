@@ -72,7 +72,7 @@ def test_bfloat16_autocast_scores_the_same_from_its_head(monkeypatch):
     assert calls == [4, 3]
     # bfloat16 logits either way; a product over fewer rows may round a logit differently
     _assert_same_scores(whole, chunked, atol=2e-2)
-    assert whole.compute_dtype == chunked.compute_dtype == "bfloat16 autocast"
+    assert whole.compute_dtype == chunked.compute_dtype == "bfloat16 autocast, weights cast once"
 
 
 def test_seq2seq_decoder_scores_the_same_from_its_head(monkeypatch):

@@ -57,7 +57,7 @@ def test_bfloat16_capture_stays_close_to_the_float32_model(arch):
     with torch.no_grad():
         loss = model(input_ids=data.input_ids, labels=data.input_ids).loss.item()
     res = _run(model, info, data, positions="all", autocast="bfloat16")
-    assert res.compute_dtype == "bfloat16 autocast"
+    assert res.compute_dtype == "bfloat16 autocast, weights cast once"
     # autocast left no trace on the model: its weights are still float32
     assert all(p.dtype == torch.float32 for p in model.parameters())
     for name in res.layer_names:
@@ -139,7 +139,7 @@ def test_capture_runs_its_products_on_weights_cast_once():
     seen = []
     model.lm_head.register_forward_pre_hook(lambda m, a: seen.append(m.weight.dtype))
     res = _run(model, info, _data([8] * 4), autocast="bfloat16")
-    assert res.compute_dtype == "bfloat16 autocast"
+    assert res.compute_dtype == "bfloat16 autocast, weights cast once"
     assert seen and set(seen) == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in model.parameters())
     seen.clear()
@@ -214,13 +214,16 @@ def test_the_capture_casts_the_head_first_and_the_blocks_the_memory_allows(monke
         v.clear()
     room = sizes[head] + sum(sizes[m] for m in body) // 2
     monkeypatch.setattr(precision, "_free_bytes", lambda device: 2 * room)
-    _run(model, info, _data([8] * 4), autocast="bfloat16")
+    res = _run(model, info, _data([8] * 4), autocast="bfloat16")
     assert seen[id(head)] == {torch.bfloat16}
     cast = [m for m in body if seen[id(m)] == {torch.bfloat16}]
     assert 0 < len(cast) < len(body)
     assert sizes[head] + sum(sizes[m] for m in cast) <= room
     assert all(seen[id(m)] == {torch.float32} for m in body if m not in cast)
     assert all(p.dtype == torch.float32 for p in model.parameters())
+    # the summary names the trade (the tiny models' products have weights and no biases)
+    want = f"bfloat16 autocast, {1 + len(cast)} of {len(sizes)} weights cast once (memory)"
+    assert res.compute_dtype == want
 
 
 def test_the_capture_trims_after_its_pass_only_when_weights_were_cast(monkeypatch):
