@@ -221,6 +221,7 @@ def extract(
     ``full=True`` decodes every suffix to its end, so ``generated`` holds the whole greedy
     continuation (by default a batch stops once all its rows have diverged from their text)."""
     from hopaudit.capture.forward import choose_batch_size, model_device
+    from hopaudit.capture.head import output_head
     from hopaudit.heap import kept_heap
     from hopaudit.model.precision import autocast_context, cast_weights_once
 
@@ -244,7 +245,7 @@ def extract(
         with (
             torch.inference_mode(),
             autocast_context(autocast, device),
-            cast_weights_once(model, autocast),
+            cast_weights_once(model, autocast, first=[output_head(model)]),  # head: every step
             kept_heap() as heap,  # same-shaped batches: freed blocks reused (heap.py)
         ):
             for start in range(0, n, batch_size):
