@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hopaudit.capture.columns import Column
 from hopaudit.capture.head import HeadChunks, intercepted_head, output_head
 from hopaudit.capture.result import CaptureResult
 from hopaudit.capture.store import ActivationStore, normalize_dtype
@@ -804,14 +805,15 @@ def capture(
     flags = [(m, m.training) for m in model.modules()]
     st, owned = _open_store(store, names, np_dtype)
     bar = None
-    row_seq: dict[str, list[np.ndarray]] = {s_: [] for s_ in stacks}
-    row_pos: dict[str, list[np.ndarray]] = {s_: [] for s_ in stacks}
+    # what each batch keeps goes into arrays made now, not between its large blocks (columns.py)
+    n_rows = layer_rows(data, pos)
+    row_seq = {s_: Column(np.int64, n_rows) for s_ in stacks}
+    row_pos = {s_: Column(np.int64, n_rows) for s_ in stacks}
+    n_pred = n_seq * seq_len if feed.ids is not None else 0
+    tok_seq, tok_lp = Column(np.int64, n_pred), Column(np.float64, n_pred)
+    tok_hit, tok_z = Column(np.bool_, n_pred), Column(np.float64, n_pred)
     nonfinite = dict.fromkeys(names, 0)
     overflow = dict.fromkeys(names, 0)
-    tok_seq: list[torch.Tensor] = []
-    tok_lp: list[torch.Tensor] = []
-    tok_hit: list[torch.Tensor] = []
-    tok_z: list[torch.Tensor] = []
     loss_note: str | None = None
     state: dict[str, _Batch] = {}
     widths: dict[tuple[str, str], int] = {}
@@ -884,8 +886,8 @@ def capture(
                         overflow[n] += int(batch.overflow[n])
                 for s_ in stacks:
                     b_idx, p_idx, _w, _m = batch.sel[s_]
-                    row_seq[s_].append((b_idx + start).numpy())
-                    row_pos[s_].append(p_idx.numpy())
+                    row_seq[s_].extend(b_idx, offset=start)
+                    row_pos[s_].extend(p_idx)
                 scored = hidden is not None or (
                     logits is not None and score is not None and not is_masked_lm(model)
                 )
@@ -900,10 +902,10 @@ def capture(
                         b, lp, hit, z = token_statistics(
                             logits, targets, score_mask, shift=shift, overwrite=True
                         )
-                    tok_z.append(z.cpu())
-                    tok_seq.append(b.cpu() + start)
-                    tok_lp.append(lp.cpu())
-                    tok_hit.append(hit.cpu())
+                    tok_z.extend(z)
+                    tok_seq.extend(b, offset=start)
+                    tok_lp.extend(lp)
+                    tok_hit.extend(hit)
                 elif loss_note is None:
                     loss_note = _no_loss_reason(model, logits, feed)
                 del output, logits, hidden
@@ -935,11 +937,9 @@ def capture(
     n_predicted = 0
     extra: dict[str, np.ndarray] = {}
     if loss_note is None:
-        seq_a = torch.cat(tok_seq).numpy().astype(np.int64)
-        lp_a = torch.cat(tok_lp).numpy().astype(np.float64)
-        hit_a = torch.cat(tok_hit).numpy()
+        seq_a, lp_a, hit_a = tok_seq.values(), tok_lp.values(), tok_hit.values()
         seq_nll, seq_min_k, seq_top1 = sequence_scores(seq_a, lp_a, hit_a, n_seq, float(min_k))
-        z_a = torch.cat(tok_z).numpy().astype(np.float64)
+        z_a = tok_z.values()
         extra = sequence_statistics(seq_a, lp_a, z_a, n_seq, float(min_k))
         if extraction is not None and feed.labels is None:  # next-token (shifted) predictions
             extracted = greedy_runs(seq_a, hit_a, n_seq, *extraction)[0]
@@ -955,8 +955,8 @@ def capture(
                 RuntimeWarning,
                 stacklevel=2,
             )
-    seqs = {s_: np.concatenate(row_seq[s_]).astype(np.int64) for s_ in stacks}
-    poss = {s_: np.concatenate(row_pos[s_]).astype(np.int64) for s_ in stacks}
+    seqs = {s_: row_seq[s_].values() for s_ in stacks}
+    poss = {s_: row_pos[s_].values() for s_ in stacks}
     last = stack_of[names[-1]]
     return CaptureResult(
         store=st,

@@ -2,8 +2,8 @@
 
 For layers too large for exact search. The stored patterns are split into lists by their
 nearest k-means centroid (about sqrt(n) lists); a query is compared with the patterns of its
-``probes`` nearest lists only, with matrix tiles (bfloat16 where the CPU multiplies it
-natively, float32 otherwise), and the best candidates are re-ranked by exact distances from the
+``probes`` nearest lists only, with matrix tiles (float32 by default, :data:`TILES`; bfloat16
+on request), and the best candidates are re-ranked by exact distances from the
 float32 patterns. The distances returned are exact; a neighbour can be missed when it sits in a
 list farther than the ``probes`` nearest.
 
@@ -45,6 +45,7 @@ __all__ = [
     "CALIBRATION_SAMPLE",
     "RECALL_AT_1",
     "RECALL_AT_K",
+    "TILES",
     "ClusteredIndex",
     "default_lists",
     "recall_by_distance",
@@ -62,6 +63,10 @@ PROBE_STEPS = (4, 8, 16, 32, 64, 128)
 #: compact, not optimal.
 KMEANS_ITERATIONS = 10
 KMEANS_SAMPLE_PER_LIST = 40
+#: The products' dtype by default: float32 (the BLAS's). bfloat16 tiles (``"auto"`` on a CPU
+#: that multiplies bfloat16 natively) are oneDNN's, which keeps memory for every product shape,
+#: and each list's product has its own (benchmarks/README.md, tiles_memory.py).
+TILES = "float32"
 #: Rows of queries or patterns per (rows x lists) float32 tile of centroid distances.
 _ROWS = 4096
 #: Numbers (of the tiles' dtype) that carry one float64 sum into a product: three bfloat16
@@ -102,7 +107,7 @@ class ClusteredIndex:
         torch = _torch()
         self.dim = int(dim)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        tiles = "auto" if tiles is None else tiles
+        tiles = TILES if tiles is None else tiles
         if tiles not in ("auto", "float32", "bfloat16"):
             raise SearchError(f"tiles must be 'auto', 'float32' or 'bfloat16'; got {tiles!r}.")
         if tiles == "auto":

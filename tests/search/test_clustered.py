@@ -117,6 +117,17 @@ def test_saved_and_loaded_gives_the_same_answers(tmp_path):
     np.testing.assert_array_equal(d2, d)
 
 
+def test_tiles_are_float32_unless_asked(monkeypatch):
+    """float32 products by default (oneDNN keeps memory for each bfloat16 product shape, and
+    every list has its own); ``"auto"`` still takes bfloat16 where the CPU has it natively."""
+    assert ClusteredIndex(4).tiles == "float32" == cl.TILES
+    monkeypatch.setattr(cl, "cpu_bf16_native", lambda: True)
+    assert ClusteredIndex(4).tiles == "float32"
+    assert ClusteredIndex(4, tiles="auto").tiles == "bfloat16"
+    monkeypatch.setattr(cl, "cpu_bf16_native", lambda: False)
+    assert ClusteredIndex(4, tiles="auto").tiles == "float32"
+
+
 def test_errors_say_what_is_wrong():
     x = mixture(100, 4, seed=9)
     with pytest.raises(SearchError, match="tiles"):
