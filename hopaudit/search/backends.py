@@ -61,9 +61,10 @@ __all__ = [
 ]
 
 #: ``kind="auto"`` uses exact search up to this many patterns on the CPU (the clustered search
-#: above): between the crossovers with the clustered search that ``benchmarks/clustered.py``
-#: prints on real and synthetic rows (benchmarks/README.md, "Constants").
-AUTO_EXACT_MAX = 10_000
+#: above): the lower of the crossovers with the clustered search that
+#: ``benchmarks/clustered.py`` prints on real and synthetic rows, rounded down
+#: (benchmarks/README.md, "Constants").
+AUTO_EXACT_MAX = 6_000
 
 
 @runtime_checkable
