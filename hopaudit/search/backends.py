@@ -61,10 +61,9 @@ __all__ = [
 ]
 
 #: ``kind="auto"`` uses exact search up to this many patterns on the CPU (the clustered search
-#: above): the lower of the crossovers with the clustered search that
-#: ``benchmarks/clustered.py`` prints on real and synthetic rows, rounded down
-#: (benchmarks/README.md, "Constants").
-AUTO_EXACT_MAX = 6_000
+#: above). Above the clustered search's crossover (about 6 000), kept for memory: its buffers
+#: hold several layers where exact holds about one (benchmarks/README.md, "Constants").
+AUTO_EXACT_MAX = 35_000
 
 
 @runtime_checkable
