@@ -61,8 +61,8 @@ __all__ = [
 ]
 
 #: ``kind="auto"`` uses exact search up to this many patterns on the CPU (the clustered search
-#: above). Above the clustered search's crossover (about 6 000), kept for memory: its buffers
-#: hold several layers where exact holds about one (benchmarks/README.md, "Constants").
+#: above): above the clustered search's measured crossover, for memory, since its buffers hold
+#: several layers where exact holds about one (benchmarks/README.md, "Constants").
 AUTO_EXACT_MAX = 35_000
 
 
