@@ -8,8 +8,8 @@ the tokens' memory before the audit is subtracted. One layer's float32 patterns 
 tokens x 768 x 4 bytes. Each size runs twice: as the audit runs it (the weights' bfloat16
 copies made while the memory allows, model/precision.py) and with the copies of the blocks'
 weights held within one layer's float32 patterns (the LM head's always; the other blocks cast by
-autocast at each call: the lines ending ``_one_layer_copies``), the trade the capture's memory
-against its speed. Prints the CPU and the load average at start and end, and::
+autocast at each call: the lines ending ``_one_layer_copies``): the capture's memory against
+its speed. Prints the CPU and the load average at start and end, and::
 
     one_layer_mb=                       one layer's float32 patterns
     peak_anon_mb_<blocks>=              peak anonymous memory above the model, during the audit
