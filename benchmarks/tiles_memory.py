@@ -4,7 +4,7 @@ The clustered search (``hopaudit/search/clustered.py``) multiplies each list's q
 patterns: a product of a different shape for every list. In bfloat16 on a CPU those products are
 oneDNN's, which keeps a primitive (and memory) per shape; in float32 they are the BLAS's. Each
 tile kind runs in a fresh process: a Gaussian mixture of ``--n`` patterns (576-d) is indexed and
-searched (``build_index(kind="clustered")`` + ``knn_self(k=15)``) ``--layers`` times, as an
+searched (``ClusteredIndex(tiles=...)`` + ``knn_self(k=15)``) ``--layers`` times, as an
 audit measures layers one after another; after each, everything is deleted, collected and the
 heap trimmed, and ``RssAnon`` read. Prints the CPU and load average, and per tile kind::
 
