@@ -13,13 +13,15 @@ probes, and the smallest count whose recall@1 and recall@k on the sample reach
 ``RECALL_AT_1`` and ``RECALL_AT_K`` is kept; ``index.recall`` reports the sample, the count
 and both recalls, so an audit shows what its search found (docs/theory.md, "Search").
 
-One matrix product scores a query against a list j: each stored row is kept as
-``[y - c_j, e, 1]`` and each query as ``[-2 q, 1, |q - c_j|^2]``, where ``e`` is
+The lists are the patterns themselves, reordered list after list: a float32 index holds one
+copy of its layer, as the exact search does. In float32 tiles one matrix product scores the
+queries against a list, ``|y|^2 - 2 q.y`` (the query's own ``|q|^2`` added to none, so the
+scores rank and prune alike). In bfloat16 tiles each stored row is also kept as
+``[-2 (y - c_j), e, 1]`` and each query as ``[q, 1, |q - c_j|^2]``, where ``e`` is
 ``|y - c_j|^2 + 2 c_j.(y - c_j)`` and the numbers in ``e`` and ``|q - c_j|^2`` are each split
-into three of the tiles' dtype (``_PARTS``), so the product is ``|q - y|^2`` itself: small for
-near neighbours, where a bfloat16 product rounds to 2^-9 of its size. A stored row is held
-relative to its list's centroid, so the rounding of its coordinates is relative to the list's
-spread, not to the patterns' norms.
+into three bfloat16 (``_PARTS``), so the product is ``|q - y|^2`` itself: small for near
+neighbours, where a bfloat16 product rounds to 2^-9 of its size; a stored row held relative to
+its list's centroid rounds relative to the list's spread, not to the patterns' norms.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from hopaudit.search.exact import ExactIndex
 from hopaudit.search.rows import (
     Progress,
     as_2d,
-    centred_in_place,
     check_query,
     chunk_rows,
     column_mean,
@@ -72,10 +73,11 @@ _ROWS = 4096
 #: Numbers (of the tiles' dtype) that carry one float64 sum into a product: three bfloat16
 #: hold it to 2^-27 of its size, below the rounding of the products themselves.
 _PARTS = 3
-#: Scores per (queries x patterns) tile of a list: bounds the memory a large list costs.
-_TILE = 1 << 24
-#: Queries per tile (their rows are gathered into one buffer of this many).
-_QUERY_ROWS = 16384
+#: Bytes of one (queries x patterns) tile of scores: bounds what a large list costs. The
+#: buffers are sized to the largest tile a search needs, never more than these.
+_TILE_BYTES = 16 << 20
+#: Bytes of the queries' rows gathered for one tile.
+_QUERY_BYTES = 8 << 20
 
 
 def default_lists(n: int) -> int:
@@ -138,8 +140,9 @@ class ClusteredIndex:
 
     def add(self, data: np.ndarray, progress: Progress = None, *, adopt: bool = False) -> None:
         """Index the patterns, once (the lists are trained on them); ``progress(rows)`` at the
-        end. ``adopt=True``: ``data`` is a float32 array no one reads afterwards (``measure``'s
-        own normalized copy), centred in place and kept instead of copied (a layer less)."""
+        end. The index keeps its own copy, list after list, made a chunk at a time from
+        ``data``, which is read and never changed: ``adopt`` (what :func:`build_index` passes
+        every index) gains nothing here, the reordered copy being the only one."""
         torch = _torch()
         if self._data is not None:
             raise SearchError("a clustered index is built once; build a new one to add rows.")
@@ -156,25 +159,44 @@ class ClusteredIndex:
         gen = torch.Generator().manual_seed(self.seed)
         nlist = min(n, self.lists or default_lists(n))
         sample = np.sort(torch.randperm(n, generator=gen)[: KMEANS_SAMPLE_PER_LIST * nlist].numpy())
-        lent = centred_in_place(arr, self._center, rows, self.device, adopt)
-        if lent is not None:
-            data = torch.from_numpy(lent)
-        else:
-            data = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
-            for s in range(0, n, rows):
-                data[s : s + rows] = self._centred(arr[s : s + rows])
-        centroids = _kmeans(data[torch.from_numpy(sample).to(self.device)], nlist, gen)
-        assign = _nearest(data, centroids, 1)[:, 0]
+
+        step = max(1, rows // 4)  # float64 blocks of a quarter of a float32 chunk's bytes
+
+        def centred(at) -> np.ndarray:  # rows (a slice, or ids) in float64, minus the mean
+            out = arr[at].astype(np.float64, copy=isinstance(at, slice))  # never arr itself
+            out -= self._center
+            return out
+
+        def as_rows(block: np.ndarray):
+            return torch.from_numpy(block.astype(np.float32)).to(self.device)
+
+        centroids = _kmeans(as_rows(centred(sample)), nlist, gen)
+        assign = np.concatenate(
+            [
+                _nearest(as_rows(centred(slice(s, s + step))), centroids, 1)[:, 0]
+                for s in range(0, n, step)
+            ]
+        )
         counts = np.bincount(assign, minlength=nlist)
         kept = counts > 0  # a centroid no pattern chose holds no list
         centroids = centroids[torch.from_numpy(kept).to(self.device)]
         assign = (np.cumsum(kept) - 1)[assign]
         counts = counts[kept]
-        self._data = data  # in the patterns' order; the lists are read from self._aug
-        self._ids = torch.from_numpy(np.argsort(assign, kind="stable")).to(self.device)
+        order = np.argsort(assign, kind="stable")
+        # the patterns list after list, and their squared norms: the index's one copy
+        data = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
+        sqnorm = torch.empty(n, dtype=torch.float32, device=self.device)
+        for s in range(0, n, step):
+            block = centred(order[s : s + step])
+            data[s : s + step] = torch.from_numpy(block)
+            sqnorm[s : s + step] = torch.from_numpy(np.einsum("ij,ij->i", block, block))
+            del block
+        self._data = data
+        self._sqnorm = sqnorm
+        self._ids = torch.from_numpy(order).to(self.device)  # list position -> pattern id
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._centroids = centroids
-        self._aug = self._augmented(data, centroids)
+        self._aug = self._augmented(data, centroids) if self.tiles == "bfloat16" else None
         self.lists = int(centroids.shape[0])
         self._count = n
         if progress is not None:
@@ -187,20 +209,20 @@ class ClusteredIndex:
         return torch.from_numpy(out).to(self.device)
 
     def _augmented(self, data, centroids):
-        """Each row as [y - c_j, e, 1] in the tiles' dtype, list after list (module doc)."""
+        """Each row (list after list) as [-2 (y - c_j), e, 1] in bfloat16 (module doc)."""
         torch = _torch()
-        dt = torch.bfloat16 if self.tiles == "bfloat16" else torch.float32
+        dt = torch.bfloat16
         d = self.dim
         aug = torch.empty((data.shape[0], d + 2 * _PARTS), dtype=dt, device=self.device)
         aug[:, d + _PARTS :] = 1.0
         for j, (a, b) in enumerate(zip(self._offsets[:-1], self._offsets[1:], strict=True)):
             for s in range(int(a), int(b), _ROWS):
                 e = min(int(b), s + _ROWS)
-                r = data.index_select(0, self._ids[s:e]) - centroids[j]
+                r = data[s:e] - centroids[j]
                 extra = (r * r).sum(1, dtype=torch.float64) + 2.0 * (
                     r.double() @ centroids[j].double()
                 )
-                aug[s:e, :d] = r.to(dt)
+                aug[s:e, :d] = r.mul_(-2.0).to(dt)  # times -2: exact in any dtype
                 aug[s:e, d : d + _PARTS] = _split(extra, dt)
         return aug
 
@@ -234,7 +256,11 @@ class ClusteredIndex:
             raise SearchError(f"k must be an integer in [1, {self._count}]; got {k!r}.")
         k = int(k)
         self._calibrate(k)
-        return self._search(self._data, k, self.probes, progress)
+        found_ids, found_d = self._search(self._data, k, self.probes, progress)
+        ids, dists = np.empty_like(found_ids), np.empty_like(found_d)
+        order = self._ids.cpu().numpy()  # the rows searched are in list order
+        ids[order], dists[order] = found_ids, found_d
+        return ids, dists
 
     def _calibrate(self, k: int) -> None:
         """Choose ``probes`` on a seeded sample searched exactly (module docstring)."""
@@ -244,7 +270,7 @@ class ClusteredIndex:
         gen = torch.Generator().manual_seed(self.seed + 1)
         size = min(self._count, CALIBRATION_SAMPLE)
         rows = torch.randperm(self._count, generator=gen)[:size].to(self.device)
-        q = self._data[rows]
+        q = self._data[torch.argsort(self._ids)[rows]]  # those patterns, wherever their list is
         exact = ExactIndex.wrapping(self._data, tiles="float32")
         _, true_d = exact.query(q.cpu().numpy(), k)
         steps = [self.probes] if self.probes is not None else list(PROBE_STEPS)
@@ -264,15 +290,26 @@ class ClusteredIndex:
         c = min(self._count, k + max(8, k // 2))
         p = min(probes, self.lists)
         near, dc = _nearest(q, self._centroids, p, distances=True)  # (m, p) each
-        dt = self._aug.dtype
+        dt = torch.float32 if self._aug is None else self._aug.dtype
         d = self.dim
-        qb = torch.empty((m, d + 2 * _PARTS), dtype=dt, device=self.device)  # [-2 q, 1, .]
-        for s in range(0, m, _ROWS):
-            qb[s : s + _ROWS, :d] = q[s : s + _ROWS] * -2.0
-        qb[:, d : d + _PARTS] = 1.0
         best_d = torch.full((m, c), math.inf, dtype=torch.float32, device=self.device)
         best_i = torch.full((m, c), -1, dtype=torch.int64, device=self.device)
-        bufs = _Buffers(d + 2 * _PARTS, dt, self.device)
+        # pairs (list, query, slot), grouped by list: the nearest list of every query first
+        passes = []
+        for first in (True, False):
+            slots = near[:, :1] if first else near[:, 1:]
+            if slots.shape[1] == 0:
+                break
+            flat = slots.reshape(-1)
+            order = torch.argsort(flat, stable=True)
+            lists, counts = torch.unique_consecutive(flat[order], return_counts=True)
+            consts = dc[:, :1] if first else dc[:, 1:]
+            passes.append(
+                (first, order // slots.shape[1], consts.reshape(-1)[order], lists, counts)
+            )
+        sizes = np.diff(self._offsets)
+        needs = [(sizes[j.cpu().numpy()], n.cpu().numpy()) for *_, j, n in passes]
+        bufs = _Buffers(d, 0 if self._aug is None else 2 * _PARTS, dt, self.device, needs)
         done = [0, 0]  # (query, list) pairs read, and queries reported: m once all p are read
 
         def advance(pairs: int) -> None:
@@ -282,29 +319,19 @@ class ClusteredIndex:
                 progress(reached - done[1])
             done[1] = reached
 
-        # pairs (list, query, slot), grouped by list: the nearest list of every query first
-        for first in (True, False):
-            slots = near[:, :1] if first else near[:, 1:]
-            if slots.shape[1] == 0:
-                break
-            flat = slots.reshape(-1)
-            order = torch.argsort(flat, stable=True)
-            lists, counts = torch.unique_consecutive(flat[order], return_counts=True)
-            qi_all = order // slots.shape[1]
-            const_all = dc[:, :1].reshape(-1)[order] if first else dc[:, 1:].reshape(-1)[order]
+        for first, qi_all, const_all, lists, counts in passes:
             pos = 0
             for j, cnt in zip(lists.tolist(), counts.tolist(), strict=True):
                 qi = qi_all[pos : pos + cnt]
                 const = const_all[pos : pos + cnt]
                 pos += cnt
                 a, b = int(self._offsets[j]), int(self._offsets[j + 1])
-                # tiles of at most _TILE scores, however many queries and patterns the list has
-                cols_step = min(b - a, _TILE // 64)
-                rows_step = min(_QUERY_ROWS, max(64, _TILE // cols_step))
+                rows_step, cols_step = bufs.tile(b - a)
                 for r in range(0, cnt, rows_step):
                     qr, cr = qi[r : r + rows_step], const[r : r + rows_step]
-                    qa = torch.index_select(qb, 0, qr, out=bufs.rows(len(qr)))
-                    qa[:, d + _PARTS :] = _split(cr.double(), dt)  # + |q - c_j|^2
+                    qa = bufs.rows(q, qr)
+                    if self._aug is not None:  # [q, 1, |q - c_j|^2]
+                        qa[:, d + _PARTS :] = _split(cr.double(), dt)
                     for s in range(a, b, cols_step):
                         e = min(b, s + cols_step)
                         self._merge(qa, qr, s, e, best_d, best_i, not first or s > a, bufs)
@@ -323,7 +350,11 @@ class ClusteredIndex:
         here cannot enter their current best are skipped."""
         torch = _torch()
         c = best_d.shape[1]
-        est = torch.mm(qa, self._aug[a:b].T, out=bufs.scores(len(qi), b - a))  # |q - y|^2
+        out = bufs.scores(len(qi), b - a)
+        if self._aug is None:  # |y|^2 - 2 q.y
+            est = torch.addmm(self._sqnorm[a:b], qa, self._data[a:b].T, alpha=-2.0, out=out)
+        else:  # |q - y|^2
+            est = torch.mm(qa, self._aug[a:b].T, out=out)
         if prune:
             thr = best_d[:, -1].index_select(0, qi)
             keep = (est.amin(1).float() < thr).nonzero()[:, 0]
@@ -356,9 +387,10 @@ class ClusteredIndex:
     def _rerank_rows(self, q, cand, k: int) -> tuple[np.ndarray, np.ndarray]:
         torch = _torch()
         empty = cand < 0
-        orig = torch.where(empty, self._count, self._ids[cand.clamp_min(0)])
+        at = cand.clamp_min(0)
+        orig = torch.where(empty, self._count, self._ids[at])
         orig, perm = torch.sort(orig, dim=1)
-        diff = self._data[orig.clamp_max(self._count - 1)] - q.unsqueeze(1)
+        diff = self._data[at.gather(1, perm)] - q.unsqueeze(1)
         d = torch.linalg.vector_norm(diff, dim=2)
         d[empty.gather(1, perm)] = math.inf
         at = torch.sort(d, dim=1, stable=True).indices[:, :k]
@@ -366,18 +398,49 @@ class ClusteredIndex:
 
 
 class _Buffers:
-    """The search's large temporaries, allocated once and viewed at each tile's size: tiles of
-    a few MB allocated anew between small live arrays fragment glibc's heap."""
+    """A search's large temporaries, allocated once and viewed at each tile's size (tiles of a
+    few MB allocated anew between small live arrays fragment glibc's heap), each sized to the
+    largest tile the search's lists need and at most ``_TILE_BYTES`` or ``_QUERY_BYTES``.
 
-    def __init__(self, width: int, dtype, device) -> None:
+    The queries' rows are ``dim`` wide, and ``extra`` columns more (bfloat16 tiles: the ones and
+    the split ``|q - c_j|^2``, module doc); ``needs`` is, for each pass over the lists, (the
+    lists' sizes, the queries probing each).
+    """
+
+    def __init__(self, dim: int, extra: int, dtype, device, needs) -> None:
         torch = _torch()
-        self.width = width
-        self._rows = torch.empty((_QUERY_ROWS, width), dtype=dtype, device=device)
-        self._scores = torch.empty(_TILE, dtype=dtype, device=device)
-        self._kept = torch.empty(_TILE, dtype=dtype, device=device)
+        self.dim = dim
+        self.tile_values = max(64, _TILE_BYTES // dtype.itemsize)
+        self.query_rows = max(64, _QUERY_BYTES // ((dim + extra) * dtype.itemsize))
+        rows, scores = 1, 1
+        for sizes, counts in needs:
+            for size, count in zip(sizes.tolist(), counts.tolist(), strict=True):
+                rows_step, cols_step = self.tile(size)
+                rows = max(rows, min(count, rows_step))
+                scores = max(scores, min(count, rows_step) * cols_step)
+        self._rows = torch.empty((rows, dim + extra), dtype=dtype, device=device)
+        self._rows[:, dim : dim + extra // 2] = 1.0
+        self._gathered = None
+        if dtype != torch.float32:  # the queries' float32 rows, gathered before their cast
+            self._gathered = torch.empty((rows, dim), dtype=torch.float32, device=device)
+        self._scores = torch.empty(scores, dtype=dtype, device=device)
+        self._kept = torch.empty(scores, dtype=dtype, device=device)
 
-    def rows(self, n: int):
-        return self._rows[:n]
+    def tile(self, size: int) -> tuple[int, int]:
+        """(queries, patterns) per tile of a list of ``size`` patterns: at most
+        ``tile_values`` scores, however many queries and patterns the list has."""
+        cols = max(1, min(size, self.tile_values // 64))
+        return min(self.query_rows, max(64, self.tile_values // cols)), cols
+
+    def rows(self, q, qi):
+        """Rows ``qi`` of the queries ``q`` in the tiles' dtype, before the extra columns."""
+        torch = _torch()
+        out = self._rows[: len(qi)]
+        if self._gathered is None:  # gathered straight into the tile's rows
+            torch.index_select(q, 0, qi, out=out[:, : self.dim])
+        else:
+            out[:, : self.dim] = torch.index_select(q, 0, qi, out=self._gathered[: len(qi)])
+        return out
 
     def scores(self, n: int, m: int):
         return self._scores[: n * m].view(n, m)

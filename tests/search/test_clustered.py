@@ -95,7 +95,9 @@ def test_duplicates_and_offset_data():
     from the origin keep their small differences (centred in float64)."""
     x = mixture(800, 10, centres=8, seed=7).astype(np.float64) + 1e4
     x[400:420] = x[0]
+    before = x.copy()
     index = build_index(x, "clustered")
+    np.testing.assert_array_equal(x, before)  # read, never centred in place
     ids, d = knn_self(index, None, 3)
     assert (d[400:420, 0] == 0).all() and (d[0, :3] == 0).all()
     np.testing.assert_allclose(d, distances_to(x, ids, x), rtol=1e-4, atol=1e-4)
