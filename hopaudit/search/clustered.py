@@ -13,13 +13,13 @@ probes, and the smallest count whose recall@1 and recall@k on the sample reach
 ``RECALL_AT_1`` and ``RECALL_AT_K`` is kept; ``index.recall`` reports the sample, the count
 and both recalls, so an audit shows what its search found (docs/theory.md, "Search").
 
-The lists are the patterns themselves, reordered list after list: a float32 index holds one
-copy of its layer, as the exact search does. In float32 tiles one matrix product scores the
-queries against a list, ``|y|^2 - 2 q.y`` (the query's own ``|q|^2`` added to none, so the
-scores rank and prune alike). In bfloat16 tiles each stored row is also kept as
-``[-2 (y - c_j), e, 1]`` and each query as ``[q, 1, |q - c_j|^2]``, where ``e`` is
-``|y - c_j|^2 + 2 c_j.(y - c_j)`` and the numbers in ``e`` and ``|q - c_j|^2`` are each split
-into three bfloat16 (``_PARTS``), so the product is ``|q - y|^2`` itself: small for near
+A float32 index holds one copy of its layer (the patterns, centred, in their own order), as
+the exact search does; a list's rows are gathered a tile at a time. In float32 tiles one matrix
+product scores the queries against them, ``|y|^2 - 2 q.y`` (the query's own ``|q|^2`` added to
+none, so the scores rank and prune alike). In bfloat16 tiles each stored row is also kept, list
+after list, as ``[-2 (y - c_j), e, 1]`` and each query as ``[q, 1, |q - c_j|^2]``, where ``e``
+is ``|y - c_j|^2 + 2 c_j.(y - c_j)`` and the numbers in ``e`` and ``|q - c_j|^2`` are each
+split into three bfloat16 (``_PARTS``), so the product is ``|q - y|^2`` itself: small for near
 neighbours, where a bfloat16 product rounds to 2^-9 of its size; a stored row held relative to
 its list's centroid rounds relative to the list's spread, not to the patterns' norms.
 """
@@ -36,6 +36,7 @@ from hopaudit.search.exact import ExactIndex
 from hopaudit.search.rows import (
     Progress,
     as_2d,
+    centred_in_place,
     check_query,
     chunk_rows,
     column_mean,
@@ -140,9 +141,8 @@ class ClusteredIndex:
 
     def add(self, data: np.ndarray, progress: Progress = None, *, adopt: bool = False) -> None:
         """Index the patterns, once (the lists are trained on them); ``progress(rows)`` at the
-        end. The index keeps its own copy, list after list, made a chunk at a time from
-        ``data``, which is read and never changed: ``adopt`` (what :func:`build_index` passes
-        every index) gains nothing here, the reordered copy being the only one."""
+        end. ``adopt=True``: ``data`` is a float32 array no one reads afterwards (``measure``'s
+        own normalized copy), centred in place and kept instead of copied (a layer less)."""
         torch = _torch()
         if self._data is not None:
             raise SearchError("a clustered index is built once; build a new one to add rows.")
@@ -159,41 +159,28 @@ class ClusteredIndex:
         gen = torch.Generator().manual_seed(self.seed)
         nlist = min(n, self.lists or default_lists(n))
         sample = np.sort(torch.randperm(n, generator=gen)[: KMEANS_SAMPLE_PER_LIST * nlist].numpy())
-
+        lent = centred_in_place(arr, self._center, rows, self.device, adopt)
         step = max(1, rows // 4)  # float64 blocks of a quarter of a float32 chunk's bytes
-
-        def centred(at) -> np.ndarray:  # rows (a slice, or ids) in float64, minus the mean
-            out = arr[at].astype(np.float64, copy=isinstance(at, slice))  # never arr itself
-            out -= self._center
-            return out
-
-        def as_rows(block: np.ndarray):
-            return torch.from_numpy(block.astype(np.float32)).to(self.device)
-
-        centroids = _kmeans(as_rows(centred(sample)), nlist, gen)
-        assign = np.concatenate(
-            [
-                _nearest(as_rows(centred(slice(s, s + step))), centroids, 1)[:, 0]
-                for s in range(0, n, step)
-            ]
-        )
+        if lent is not None:
+            data = torch.from_numpy(lent)
+        else:
+            data = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
+            for s in range(0, n, step):
+                data[s : s + step] = self._centred(arr[s : s + step])
+        sqnorm = torch.empty(n, dtype=torch.float32, device=self.device)
+        for s in range(0, n, step):
+            torch.linalg.vector_norm(data[s : s + step], dim=1, out=sqnorm[s : s + step])
+        sqnorm.square_()
+        centroids = _kmeans(data[torch.from_numpy(sample).to(self.device)], nlist, gen)
+        assign = _nearest(data, centroids, 1)[:, 0]
         counts = np.bincount(assign, minlength=nlist)
         kept = counts > 0  # a centroid no pattern chose holds no list
         centroids = centroids[torch.from_numpy(kept).to(self.device)]
         assign = (np.cumsum(kept) - 1)[assign]
         counts = counts[kept]
-        order = np.argsort(assign, kind="stable")
-        # the patterns list after list, and their squared norms: the index's one copy
-        data = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
-        sqnorm = torch.empty(n, dtype=torch.float32, device=self.device)
-        for s in range(0, n, step):
-            block = centred(order[s : s + step])
-            data[s : s + step] = torch.from_numpy(block)
-            sqnorm[s : s + step] = torch.from_numpy(np.einsum("ij,ij->i", block, block))
-            del block
-        self._data = data
+        self._data = data  # in the patterns' order; a list's rows gathered by self._ids
         self._sqnorm = sqnorm
-        self._ids = torch.from_numpy(order).to(self.device)  # list position -> pattern id
+        self._ids = torch.from_numpy(np.argsort(assign, kind="stable")).to(self.device)
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._centroids = centroids
         self._aug = self._augmented(data, centroids) if self.tiles == "bfloat16" else None
@@ -218,7 +205,7 @@ class ClusteredIndex:
         for j, (a, b) in enumerate(zip(self._offsets[:-1], self._offsets[1:], strict=True)):
             for s in range(int(a), int(b), _ROWS):
                 e = min(int(b), s + _ROWS)
-                r = data[s:e] - centroids[j]
+                r = data.index_select(0, self._ids[s:e]) - centroids[j]
                 extra = (r * r).sum(1, dtype=torch.float64) + 2.0 * (
                     r.double() @ centroids[j].double()
                 )
@@ -256,11 +243,7 @@ class ClusteredIndex:
             raise SearchError(f"k must be an integer in [1, {self._count}]; got {k!r}.")
         k = int(k)
         self._calibrate(k)
-        found_ids, found_d = self._search(self._data, k, self.probes, progress)
-        ids, dists = np.empty_like(found_ids), np.empty_like(found_d)
-        order = self._ids.cpu().numpy()  # the rows searched are in list order
-        ids[order], dists[order] = found_ids, found_d
-        return ids, dists
+        return self._search(self._data, k, self.probes, progress)
 
     def _calibrate(self, k: int) -> None:
         """Choose ``probes`` on a seeded sample searched exactly (module docstring)."""
@@ -270,7 +253,7 @@ class ClusteredIndex:
         gen = torch.Generator().manual_seed(self.seed + 1)
         size = min(self._count, CALIBRATION_SAMPLE)
         rows = torch.randperm(self._count, generator=gen)[:size].to(self.device)
-        q = self._data[torch.argsort(self._ids)[rows]]  # those patterns, wherever their list is
+        q = self._data[rows]
         exact = ExactIndex.wrapping(self._data, tiles="float32")
         _, true_d = exact.query(q.cpu().numpy(), k)
         steps = [self.probes] if self.probes is not None else list(PROBE_STEPS)
@@ -327,14 +310,15 @@ class ClusteredIndex:
                 pos += cnt
                 a, b = int(self._offsets[j]), int(self._offsets[j + 1])
                 rows_step, cols_step = bufs.tile(b - a)
-                for r in range(0, cnt, rows_step):
-                    qr, cr = qi[r : r + rows_step], const[r : r + rows_step]
-                    qa = bufs.rows(q, qr)
-                    if self._aug is not None:  # [q, 1, |q - c_j|^2]
-                        qa[:, d + _PARTS :] = _split(cr.double(), dt)
-                    for s in range(a, b, cols_step):
-                        e = min(b, s + cols_step)
-                        self._merge(qa, qr, s, e, best_d, best_i, not first or s > a, bufs)
+                for s in range(a, b, cols_step):
+                    e = min(b, s + cols_step)
+                    listed = self._list_rows(s, e, bufs)
+                    for r in range(0, cnt, rows_step):
+                        qr, cr = qi[r : r + rows_step], const[r : r + rows_step]
+                        qa = bufs.rows(q, qr)
+                        if self._aug is not None:  # [q, 1, |q - c_j|^2]
+                            qa[:, d + _PARTS :] = _split(cr.double(), dt)
+                        self._merge(qa, qr, listed, s, best_d, best_i, not first or s > a, bufs)
                 advance(cnt)
         short = torch.nonzero(best_i[:, k - 1] < 0)[:, 0]  # fewer than k read: read all lists
         ids, dists = self._rerank(q, best_i, k)
@@ -344,17 +328,33 @@ class ClusteredIndex:
             )
         return ids, dists
 
-    def _merge(self, qa, qi, a: int, b: int, best_d, best_i, prune: bool, bufs) -> None:
-        """Score queries ``qi`` (their rows ``qa``) against stored rows a..b and merge each
-        query's best into ``best_d``/``best_i``; with ``prune``, queries whose best score
-        here cannot enter their current best are skipped."""
+    def _list_rows(self, a: int, b: int, bufs):
+        """The stored rows at list positions a..b as a product reads them: (their rows, their
+        squared norms) gathered into ``bufs`` in float32 tiles, the augmented rows' slice in
+        bfloat16 (None for the norms)."""
+        torch = _torch()
+        if self._aug is not None:
+            return self._aug[a:b], None
+        ids = self._ids[a:b]
+        rows, norms = bufs.listed(b - a)
+        torch.index_select(self._data, 0, ids, out=rows)
+        torch.index_select(self._sqnorm, 0, ids, out=norms)
+        return rows, norms
+
+    def _merge(self, qa, qi, listed, a: int, best_d, best_i, prune: bool, bufs) -> None:
+        """Score queries ``qi`` (their rows ``qa``) against the stored rows ``listed``
+        (:meth:`_list_rows`, list positions from ``a``) and merge each query's best into
+        ``best_d``/``best_i``; with ``prune``, queries whose best score here cannot enter
+        their current best are skipped."""
         torch = _torch()
         c = best_d.shape[1]
+        rows, norms = listed
+        b = a + rows.shape[0]
         out = bufs.scores(len(qi), b - a)
-        if self._aug is None:  # |y|^2 - 2 q.y
-            est = torch.addmm(self._sqnorm[a:b], qa, self._data[a:b].T, alpha=-2.0, out=out)
+        if norms is not None:  # |y|^2 - 2 q.y
+            est = torch.addmm(norms, qa, rows.T, alpha=-2.0, out=out)
         else:  # |q - y|^2
-            est = torch.mm(qa, self._aug[a:b].T, out=out)
+            est = torch.mm(qa, rows.T, out=out)
         if prune:
             thr = best_d[:, -1].index_select(0, qi)
             keep = (est.amin(1).float() < thr).nonzero()[:, 0]
@@ -387,10 +387,9 @@ class ClusteredIndex:
     def _rerank_rows(self, q, cand, k: int) -> tuple[np.ndarray, np.ndarray]:
         torch = _torch()
         empty = cand < 0
-        at = cand.clamp_min(0)
-        orig = torch.where(empty, self._count, self._ids[at])
+        orig = torch.where(empty, self._count, self._ids[cand.clamp_min(0)])
         orig, perm = torch.sort(orig, dim=1)
-        diff = self._data[at.gather(1, perm)] - q.unsqueeze(1)
+        diff = self._data[orig.clamp_max(self._count - 1)] - q.unsqueeze(1)
         d = torch.linalg.vector_norm(diff, dim=2)
         d[empty.gather(1, perm)] = math.inf
         at = torch.sort(d, dim=1, stable=True).indices[:, :k]
@@ -402,9 +401,10 @@ class _Buffers:
     few MB allocated anew between small live arrays fragment glibc's heap), each sized to the
     largest tile the search's lists need and at most ``_TILE_BYTES`` or ``_QUERY_BYTES``.
 
-    The queries' rows are ``dim`` wide, and ``extra`` columns more (bfloat16 tiles: the ones and
-    the split ``|q - c_j|^2``, module doc); ``needs`` is, for each pass over the lists, (the
-    lists' sizes, the queries probing each).
+    A tile's stored rows are gathered into one buffer in float32 tiles (bfloat16 tiles read
+    their augmented rows in place). The queries' rows are ``dim`` wide, and ``extra`` columns
+    more (bfloat16 tiles: the ones and the split ``|q - c_j|^2``, module doc); ``needs`` is,
+    for each pass over the lists, (the lists' sizes, the queries probing each).
     """
 
     def __init__(self, dim: int, extra: int, dtype, device, needs) -> None:
@@ -412,12 +412,17 @@ class _Buffers:
         self.dim = dim
         self.tile_values = max(64, _TILE_BYTES // dtype.itemsize)
         self.query_rows = max(64, _QUERY_BYTES // ((dim + extra) * dtype.itemsize))
-        rows, scores = 1, 1
+        rows, cols, scores = 1, 1, 1
         for sizes, counts in needs:
             for size, count in zip(sizes.tolist(), counts.tolist(), strict=True):
                 rows_step, cols_step = self.tile(size)
                 rows = max(rows, min(count, rows_step))
+                cols = max(cols, cols_step)
                 scores = max(scores, min(count, rows_step) * cols_step)
+        self._listed = None
+        if dtype == torch.float32:  # a list's float32 rows and norms, gathered for a tile
+            self._listed = torch.empty((cols, dim), dtype=dtype, device=device)
+            self._norms = torch.empty(cols, dtype=dtype, device=device)
         self._rows = torch.empty((rows, dim + extra), dtype=dtype, device=device)
         self._rows[:, dim : dim + extra // 2] = 1.0
         self._gathered = None
@@ -428,9 +433,12 @@ class _Buffers:
 
     def tile(self, size: int) -> tuple[int, int]:
         """(queries, patterns) per tile of a list of ``size`` patterns: at most
-        ``tile_values`` scores, however many queries and patterns the list has."""
-        cols = max(1, min(size, self.tile_values // 64))
+        ``tile_values`` scores and ``query_rows`` rows of either, however large the list."""
+        cols = max(1, min(size, self.query_rows, self.tile_values // 64))
         return min(self.query_rows, max(64, self.tile_values // cols)), cols
+
+    def listed(self, m: int):
+        return self._listed[:m], self._norms[:m]
 
     def rows(self, q, qi):
         """Rows ``qi`` of the queries ``q`` in the tiles' dtype, before the extra columns."""

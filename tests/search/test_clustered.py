@@ -130,6 +130,45 @@ def test_tiles_are_float32_unless_asked(monkeypatch):
     assert ClusteredIndex(4, tiles="auto").tiles == "float32"
 
 
+@pytest.mark.parametrize("tiles", TILES)
+def test_the_index_holds_one_copy_of_the_layer(tiles):
+    """What a built index keeps: its one float32 copy of the patterns, and for bfloat16 tiles
+    their augmented bfloat16 rows (half a layer more); the rest (centroids, norms, ids) is small
+    beside a layer."""
+    import torch
+
+    n, dim = 3000, 64
+    x = mixture(n, dim, centres=12, seed=4)
+    index = ClusteredIndex(dim, tiles=tiles)
+    index.add(x)
+    held = sum(
+        v.numel() * v.element_size() if isinstance(v, torch.Tensor) else v.nbytes
+        for v in vars(index).values()
+        if isinstance(v, (torch.Tensor, np.ndarray))
+    )
+    layer = n * dim * 4
+    extra = (dim + 2 * cl._PARTS) * 2 / (dim * 4) if tiles == "bfloat16" else 0.0
+    assert layer <= held <= layer * (1.1 + extra)
+
+
+def test_the_search_buffers_fit_the_largest_tile_and_never_exceed_their_bytes():
+    """Sized to the largest (queries x patterns) tile the lists need, and no more than
+    ``_TILE_BYTES`` of scores or ``_QUERY_BYTES`` of query rows however large a list is."""
+    import torch
+
+    small = cl._Buffers(10, 0, torch.float32, "cpu", [(np.array([5, 300]), np.array([7, 2]))])
+    assert small._scores.numel() == max(7 * 5, 2 * 300) and small._rows.shape == (7, 10)
+    for dtype, extra in ((torch.float32, 0), (torch.bfloat16, 2 * cl._PARTS)):
+        huge = [(np.array([10**6, 3]), np.array([10**5, 10**6]))]
+        big = cl._Buffers(768, extra, dtype, "cpu", huge)
+        assert big._scores.numel() * dtype.itemsize <= cl._TILE_BYTES
+        assert big._rows.numel() * dtype.itemsize <= cl._QUERY_BYTES
+        if big._listed is not None:  # float32: a tile's gathered stored rows
+            assert big._listed.numel() * 4 <= cl._QUERY_BYTES
+        rows, cols = big.tile(10**6)
+        assert rows * cols <= big._scores.numel() and rows <= big._rows.shape[0]
+
+
 def test_errors_say_what_is_wrong():
     x = mixture(100, 4, seed=9)
     with pytest.raises(SearchError, match="tiles"):
