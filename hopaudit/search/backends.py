@@ -61,9 +61,8 @@ __all__ = [
 ]
 
 #: ``kind="auto"`` uses exact search up to this many patterns on the CPU (the clustered search
-#: above): above the clustered search's measured crossover, for memory, since its buffers hold
-#: several layers where exact holds about one (benchmarks/README.md, "Constants").
-AUTO_EXACT_MAX = 35_000
+#: above): the measured crossover of their times (benchmarks/README.md, "Constants").
+AUTO_EXACT_MAX = 5_500
 
 
 @runtime_checkable
