@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -86,7 +87,6 @@ def crossover(sizes: list[int], ratios: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from hopaudit.cpus import cpu_bf16_native
     from hopaudit.geometry import normalize_rows
     from hopaudit.search.clustered import recall_by_distance
 
@@ -94,7 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[20000, 50000, 100000])
     p.add_argument("--data", nargs="+", default=["real", "synthetic"])
     args = p.parse_args(argv)
-    say("native_bf16", cpu_bf16_native())
+    from hopaudit.model.precision import cpu_description
+
+    for key, value in cpu_description().items():  # which machine the lines come from
+        print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
+    print(f"loadavg_start={os.getloadavg()[0]:.2f}", flush=True)
     biggest = max(args.sizes)
     timed(np.random.default_rng(0).normal(size=(2000, 576)).astype(np.float32), "clustered")
     for data in args.data:
@@ -119,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
             ratios.append(found["exact"] / found["clustered"])
             say(f"exact_over_clustered_{data}_{n}", ratios[-1])
         say(f"exact_clustered_crossover_{data}", crossover(args.sizes, ratios))
+    print(f"loadavg_end={os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -348,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.all_tokens_child is not None:
         print(json.dumps(all_tokens(args.all_tokens_child, args.index)))
         return 0
+    from hopaudit.model.precision import cpu_description
+
+    for key, value in cpu_description().items():  # which machine the lines come from
+        print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
+    print(f"loadavg_start={os.getloadavg()[0]:.2f}", flush=True)
     if args.all_tokens:
         sizes = [int(float(v)) for v in args.all_tokens.split(",")]
         found = {}
@@ -364,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             for stage in ("index", "search", "measure"):
                 seconds = [found[n][f"seconds_{stage}_per_layer"] for n in sizes]
                 say(f"growth_exponent_{stage}_all", fit(sizes, seconds))
+        print(f"loadavg_end={os.getloadavg()[0]:.2f}")
         return 0
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     results = {}
@@ -424,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in project_fig2(per_pattern, WIDTH, tps, 8).items():
                 say(f"projected_fig2_{key}_seconds_8_{where}_workers", value)
         print("# a projection from the costs measured above, not a measurement")
+    print(f"loadavg_end={os.getloadavg()[0]:.2f}")
     return 0 if math.isfinite(results[max(sizes)]["over_one_layer"]) else 1
 
 
