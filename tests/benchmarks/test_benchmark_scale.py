@@ -24,10 +24,10 @@ def test_toy_sizes_print_every_stage_and_the_projection():
         capture_output=True, text=True, timeout=1800, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    v = {
-        k: float(x)
-        for k, x in (line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
-    }
+    lines = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    machine = {k: lines.pop(k) for k in ("cpu", "native_bf16", "cpu_flags", "cpus_usable")}
+    assert machine["native_bf16"] in ("True", "False") and int(machine["cpus_usable"]) >= 1
+    v = {k: float(x) for k, x in lines.items()}
     for n in SIZES:
         for stage in ("index", "search", "geometry", "umap"):
             assert v[f"seconds_{stage}_{n}"] > 0
