@@ -8,7 +8,8 @@ searched (``ClusteredIndex(tiles=...)`` + ``knn_self(k=15)``) ``--layers`` times
 audit measures layers one after another; after each, everything is deleted, collected and the
 heap trimmed, and ``RssAnon`` read. Prints the CPU and load average, and per tile kind::
 
-    retained_anon_mb_<tiles>=        RssAnon above the start after the last search, all freed
+    retained_anon_mb_<tiles>=        RssAnon above the start (numpy and torch imported) after
+                                     the last search, all freed
     retained_over_one_layer_<tiles>= the same over one layer's float32 patterns
     seconds_<tiles>=                 the searches' seconds (the first one's warm-up included)
 
@@ -41,6 +42,7 @@ def rss_anon_mb() -> float:
 
 def child(tiles: str, n: int, layers: int) -> None:
     import numpy as np
+    import torch  # noqa: F401  (imported before the start: the search imports it lazily)
 
     import hopaudit.search.clustered as clustered
     from hopaudit.heap import release_freed_memory
