@@ -37,10 +37,10 @@ from hopaudit.search.rows import (
     Progress,
     as_2d,
     centred_in_place,
+    centred_rows,
     check_query,
     chunk_rows,
     column_mean,
-    refuse_nonfinite,
 )
 
 __all__ = [
@@ -162,16 +162,15 @@ class ClusteredIndex:
         nlist = min(n, self.lists or default_lists(n))
         sample = np.sort(torch.randperm(n, generator=gen)[: KMEANS_SAMPLE_PER_LIST * nlist].numpy())
         lent = centred_in_place(arr, self._center, rows, self.device, adopt)
-        step = max(1, rows // 4)  # float64 blocks of a quarter of a float32 chunk's bytes
         if lent is not None:
             data = torch.from_numpy(lent)
         else:
             data = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
-            for s in range(0, n, step):
-                data[s : s + step] = self._centred(arr[s : s + step])
+            for s in range(0, n, rows):
+                data[s : s + rows] = self._centred(arr, s, s + rows)
         sqnorm = torch.empty(n, dtype=torch.float32, device=self.device)
-        for s in range(0, n, step):
-            torch.linalg.vector_norm(data[s : s + step], dim=1, out=sqnorm[s : s + step])
+        for s in range(0, n, rows):
+            torch.linalg.vector_norm(data[s : s + rows], dim=1, out=sqnorm[s : s + rows])
         sqnorm.square_()
         centroids = _kmeans(data[torch.from_numpy(sample).to(self.device)], nlist, gen)
         assign = _nearest(data, centroids, 1)[:, 0]
@@ -191,11 +190,11 @@ class ClusteredIndex:
         if progress is not None:
             progress(n)
 
-    def _centred(self, chunk):
-        """Rows minus the stored set's mean, in float64 from the original values, as float32."""
+    def _centred(self, arr, start: int, stop: int, what: str = "patterns"):
+        """Rows start:stop minus the stored set's mean, in float64 from the original values, as
+        float32 (:func:`~hopaudit.search.rows.centred_rows`), on the index's device."""
         torch = _torch()
-        out = (np.asarray(chunk, dtype=np.float64) - self._center).astype(np.float32)
-        return torch.from_numpy(out).to(self.device)
+        return torch.from_numpy(centred_rows(arr, start, stop, self._center, what)).to(self.device)
 
     def _augmented(self, data, centroids):
         """Each row (list after list) as [-2 (y - c_j), e, 1] in bfloat16 (module doc)."""
@@ -230,11 +229,8 @@ class ClusteredIndex:
         dists = np.empty((m, k), dtype=np.float32)
         rows = chunk_rows(self.dim)
         for s in range(0, m, rows):
-            chunk = np.asarray(arr[s : s + rows], dtype=np.float64)
-            refuse_nonfinite(chunk, s, "queries")
-            ids[s : s + len(chunk)], dists[s : s + len(chunk)] = self._search(
-                self._centred(chunk), k, self.probes
-            )
+            chunk = self._centred(arr, s, s + rows, "queries")
+            ids[s : s + len(chunk)], dists[s : s + len(chunk)] = self._search(chunk, k, self.probes)
             if progress is not None:
                 progress(len(chunk))
         return ids, dists

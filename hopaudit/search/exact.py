@@ -21,10 +21,10 @@ from hopaudit.search.rows import (
     Progress,
     as_2d,
     centred_in_place,
+    centred_rows,
     check_query,
     chunk_rows,
     column_mean,
-    refuse_nonfinite,
 )
 
 __all__ = ["BF16_DOT_ERROR", "EXACT_TILES", "TIERS", "ExactIndex", "dot_error"]
@@ -157,12 +157,12 @@ class ExactIndex:
             index._data_bf16 = data.to(torch.bfloat16)
         return index
 
-    def _centred(self, chunk: np.ndarray):
-        """Subtract the centre in float64 from the *original* values, then go to float32."""
+    def _centred(self, arr: np.ndarray, start: int, stop: int, what: str = "patterns"):
+        """Rows start:stop minus the centre, in float64 from the *original* values, as float32
+        (:func:`~hopaudit.search.rows.centred_rows`), on the index's device."""
         import torch
 
-        centred = np.asarray(chunk, dtype=np.float64) - self._center
-        return torch.from_numpy(centred.astype(np.float32)).to(self.device)
+        return torch.from_numpy(centred_rows(arr, start, stop, self._center, what)).to(self.device)
 
     def add(self, data: np.ndarray, progress: Progress = None, *, adopt: bool = False) -> None:
         """Append patterns. The centre is the mean of the first batch (any fixed shift keeps
@@ -198,7 +198,7 @@ class ExactIndex:
                 data[:start] = self._data
                 self._data = self._data_bf16 = None
             for s in range(0, arr.shape[0], rows):
-                data[start + s : start + s + rows] = self._centred(arr[s : s + rows])
+                data[start + s : start + s + rows] = self._centred(arr, s, s + rows)
             self._data = data
         self._sqnorm = _squared_norms(self._data, self._rerank_dtype, rows)
         self._count = int(self._data.shape[0])
@@ -223,9 +223,7 @@ class ExactIndex:
 
         def centred():
             for start in range(0, arr.shape[0], rows):
-                chunk = np.asarray(arr[start : start + rows], dtype=np.float64)
-                refuse_nonfinite(chunk, start, "queries")
-                yield start, self._centred(chunk)
+                yield start, self._centred(arr, start, start + rows, "queries")
 
         return self._search(centred(), arr.shape[0], int(k), progress)
 

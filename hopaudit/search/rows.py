@@ -17,6 +17,7 @@ __all__ = [
     "Progress",
     "as_2d",
     "centred_in_place",
+    "centred_rows",
     "check_query",
     "chunk_rows",
     "column_mean",
@@ -66,16 +67,34 @@ def float32_chunks(
     arr: np.ndarray, rows: int, what: str, center: np.ndarray | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(start, float32 C-contiguous chunk) pairs, optionally minus ``center`` (subtracted in
-    float64 from the original values); refuses non-finite rows with their index."""
+    float64 from the original values, :func:`centred_rows`); refuses non-finite rows with their
+    index."""
     for start in range(0, arr.shape[0], rows):
         if center is None:
             chunk = np.ascontiguousarray(arr[start : start + rows], dtype=np.float32)
+            refuse_nonfinite(chunk, start, what)
         else:
-            wide = np.array(arr[start : start + rows], dtype=np.float64)  # a copy: ours to edit
-            wide -= center
-            chunk = np.ascontiguousarray(wide, dtype=np.float32)
-        refuse_nonfinite(chunk, start, what)
+            chunk = centred_rows(arr, start, start + rows, center, what)
         yield start, chunk
+
+
+def centred_rows(
+    arr: np.ndarray, start: int, stop: int, center: np.ndarray, what: str
+) -> np.ndarray:
+    """Rows ``start:stop`` of ``arr`` minus ``center``, subtracted in float64 from the original
+    values, as a new float32 array; the float64 work in blocks of a quarter of a float32
+    chunk's bytes (a whole chunk in float64 was twice the chunk, twice over). Refuses
+    non-finite rows with their index; ``arr`` is only read."""
+    stop = min(stop, arr.shape[0])
+    out = np.empty((max(0, stop - start), arr.shape[1]), dtype=np.float32)
+    step = max(1, chunk_rows(arr.shape[1]) // 8)  # float64: a quarter of a chunk's bytes
+    for s in range(start, stop, step):
+        e = min(stop, s + step)
+        block = np.array(arr[s:e], dtype=np.float64)  # a copy: ours to edit
+        refuse_nonfinite(block, s, what)
+        block -= center
+        out[s - start : e - start] = block
+    return out
 
 
 def column_mean(arr: np.ndarray, rows: int, what: str) -> np.ndarray:

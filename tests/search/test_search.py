@@ -481,3 +481,23 @@ def test_the_search_multiplies_in_float32_whatever_the_process_set(monkeypatch):
         assert torch.get_float32_matmul_precision() == "medium"
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_centred_rows_match_float64_and_read_their_input_only(monkeypatch):
+    """Rows minus a centre, subtracted in float64 from the original values and rounded once to
+    float32, however many float64 blocks the rows take; the input is never written, and a
+    non-finite row is refused with its own index."""
+    monkeypatch.setattr(row_chunks, "_CHUNK_BYTES", 8 * 4 * 7 * 3)  # float64 blocks of 3 rows
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(20, 7)) * 1e3 + 1e6  # float64: a view of it would be editable
+    before = x.copy()
+    center = x.mean(axis=0)
+    got = row_chunks.centred_rows(x, 4, 17, center, "queries")
+    want = (x[4:17] - center).astype(np.float32)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(x, before)
+    assert row_chunks.centred_rows(x, 18, 40, center, "queries").shape == (2, 7)
+    x[11, 3] = np.nan
+    with pytest.raises(SearchError, match="11"):
+        row_chunks.centred_rows(x, 4, 17, center, "queries")
