@@ -83,17 +83,18 @@ def centred_rows(
 ) -> np.ndarray:
     """Rows ``start:stop`` of ``arr`` minus ``center``, subtracted in float64 from the original
     values, as a new float32 array; the float64 work in blocks of a quarter of a float32
-    chunk's bytes (a whole chunk in float64 was twice the chunk, twice over). Refuses
-    non-finite rows with their index; ``arr`` is only read."""
+    chunk's bytes (a whole chunk in float64 was twice the chunk, twice over). Refuses rows that
+    are not finite in float32 with their index; ``arr`` is only read."""
     stop = min(stop, arr.shape[0])
     out = np.empty((max(0, stop - start), arr.shape[1]), dtype=np.float32)
     step = max(1, chunk_rows(arr.shape[1]) // 8)  # float64: a quarter of a chunk's bytes
     for s in range(start, stop, step):
         e = min(stop, s + step)
         block = np.array(arr[s:e], dtype=np.float64)  # a copy: ours to edit
-        refuse_nonfinite(block, s, what)
         block -= center
-        out[s - start : e - start] = block
+        with np.errstate(over="ignore", invalid="ignore"):  # refused just below, by row
+            out[s - start : e - start] = block
+        refuse_nonfinite(out[s - start : e - start], s, what)  # also what overflowed float32
     return out
 
 

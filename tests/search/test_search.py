@@ -501,3 +501,6 @@ def test_centred_rows_match_float64_and_read_their_input_only(monkeypatch):
     x[11, 3] = np.nan
     with pytest.raises(SearchError, match="11"):
         row_chunks.centred_rows(x, 4, 17, center, "queries")
+    x[11, 3], x[13, 0] = before[11, 3], 1e39  # finite in float64, not in float32
+    with pytest.raises(SearchError, match="13"):
+        row_chunks.centred_rows(x, 4, 17, center, "queries")
