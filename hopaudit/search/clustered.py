@@ -161,7 +161,7 @@ class ClusteredIndex:
         gen = torch.Generator().manual_seed(self.seed)
         nlist = min(n, self.lists or default_lists(n))
         sample = np.sort(torch.randperm(n, generator=gen)[: KMEANS_SAMPLE_PER_LIST * nlist].numpy())
-        lent = centred_in_place(arr, self._center, rows, self.device, adopt)
+        lent = centred_in_place(arr, self._center, self.device, adopt)
         if lent is not None:
             data = torch.from_numpy(lent)
         else:

@@ -185,7 +185,7 @@ class ExactIndex:
             self._center = mean
         lent = None
         if self._data is None:
-            lent = centred_in_place(arr, self._center, rows, self.device, adopt)
+            lent = centred_in_place(arr, self._center, self.device, adopt)
         if lent is not None:
             self._data = torch.from_numpy(lent)
         else:

@@ -79,14 +79,21 @@ def float32_chunks(
 
 
 def centred_rows(
-    arr: np.ndarray, start: int, stop: int, center: np.ndarray, what: str
+    arr: np.ndarray,
+    start: int,
+    stop: int,
+    center: np.ndarray,
+    what: str,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rows ``start:stop`` of ``arr`` minus ``center``, subtracted in float64 from the original
-    values, as a new float32 array; the float64 work in blocks of a quarter of a float32
+    values, as float32: into ``out`` (``stop - start`` float32 rows; ``arr`` itself centres it
+    in place), else a new array. The float64 work goes in blocks of a quarter of a float32
     chunk's bytes (a whole chunk in float64 was twice the chunk, twice over). Refuses rows that
-    are not finite in float32 with their index; ``arr`` is only read."""
+    are not finite in float32 with their index."""
     stop = min(stop, arr.shape[0])
-    out = np.empty((max(0, stop - start), arr.shape[1]), dtype=np.float32)
+    if out is None:
+        out = np.empty((max(0, stop - start), arr.shape[1]), dtype=np.float32)
     step = max(1, chunk_rows(arr.shape[1]) // 8)  # float64: a quarter of a chunk's bytes
     for s in range(start, stop, step):
         e = min(stop, s + step)
@@ -110,12 +117,12 @@ def column_mean(arr: np.ndarray, rows: int, what: str) -> np.ndarray:
 
 
 def centred_in_place(
-    arr: np.ndarray, center: np.ndarray, rows: int, device: object, adopt: bool
+    arr: np.ndarray, center: np.ndarray, device: object, adopt: bool
 ) -> np.ndarray | None:
-    """``arr`` itself with ``center`` subtracted (in float64 from the original values, then
-    float32: what an index's own centred copy holds), when its caller lends it (``adopt``) and
-    it can be: a writable, C-contiguous float32 array for an index on the CPU. None otherwise,
-    ``arr`` untouched: the index copies it."""
+    """``arr`` itself with ``center`` subtracted (:func:`centred_rows`: what an index's own
+    centred copy holds), when its caller lends it (``adopt``) and it can be: a writable,
+    C-contiguous float32 array for an index on the CPU. None otherwise, ``arr`` untouched: the
+    index copies it."""
     lendable = (
         adopt
         and getattr(device, "type", "cpu") == "cpu"
@@ -125,13 +132,7 @@ def centred_in_place(
     )
     if not lendable:
         return None
-    step = max(1, rows // 4)  # a float64 block of a quarter of a float32 chunk's bytes
-    for s in range(0, arr.shape[0], step):
-        block = arr[s : s + step].astype(np.float64)
-        block -= center
-        arr[s : s + step] = block
-        del block
-    return arr
+    return centred_rows(arr, 0, arr.shape[0], center, "patterns", out=arr)
 
 
 def check_query(index: object, x: object, k: int) -> np.ndarray:
