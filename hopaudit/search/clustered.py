@@ -32,7 +32,7 @@ import numpy as np
 
 from hopaudit.cpus import cpu_bf16_native
 from hopaudit.errors import SearchError
-from hopaudit.search.exact import ExactIndex
+from hopaudit.search.exact import ExactIndex, _squared_norms
 from hopaudit.search.rows import (
     Progress,
     as_2d,
@@ -167,11 +167,7 @@ class ClusteredIndex:
         else:
             data = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
             for s in range(0, n, rows):
-                data[s : s + rows] = self._centred(arr, s, s + rows)
-        sqnorm = torch.empty(n, dtype=torch.float32, device=self.device)
-        for s in range(0, n, rows):
-            torch.linalg.vector_norm(data[s : s + rows], dim=1, out=sqnorm[s : s + rows])
-        sqnorm.square_()
+                data[s : s + rows] = self._centred(arr, s, s + rows, None)  # checked above
         centroids = _kmeans(data[torch.from_numpy(sample).to(self.device)], nlist, gen)
         assign = _nearest(data, centroids, 1)[:, 0]
         counts = np.bincount(assign, minlength=nlist)
@@ -180,7 +176,10 @@ class ClusteredIndex:
         assign = (np.cumsum(kept) - 1)[assign]
         counts = counts[kept]
         self._data = data  # in the patterns' order; a list's rows gathered by self._ids
-        self._sqnorm = sqnorm
+        # the float32 tiles' |y|^2 (bfloat16 tiles carry theirs in the augmented rows)
+        self._sqnorm = (
+            _squared_norms(data, torch.float32, rows) if self.tiles == "float32" else None
+        )
         self._ids = torch.from_numpy(np.argsort(assign, kind="stable")).to(self.device)
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._centroids = centroids
@@ -190,7 +189,7 @@ class ClusteredIndex:
         if progress is not None:
             progress(n)
 
-    def _centred(self, arr, start: int, stop: int, what: str = "patterns"):
+    def _centred(self, arr, start: int, stop: int, what: str | None):
         """Rows start:stop minus the stored set's mean, in float64 from the original values, as
         float32 (:func:`~hopaudit.search.rows.centred_rows`), on the index's device."""
         torch = _torch()

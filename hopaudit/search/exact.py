@@ -157,7 +157,7 @@ class ExactIndex:
             index._data_bf16 = data.to(torch.bfloat16)
         return index
 
-    def _centred(self, arr: np.ndarray, start: int, stop: int, what: str = "patterns"):
+    def _centred(self, arr: np.ndarray, start: int, stop: int, what: str | None):
         """Rows start:stop minus the centre, in float64 from the *original* values, as float32
         (:func:`~hopaudit.search.rows.centred_rows`), on the index's device."""
         import torch
@@ -198,7 +198,7 @@ class ExactIndex:
                 data[:start] = self._data
                 self._data = self._data_bf16 = None
             for s in range(0, arr.shape[0], rows):
-                data[start + s : start + s + rows] = self._centred(arr, s, s + rows)
+                data[start + s : start + s + rows] = self._centred(arr, s, s + rows, None)
             self._data = data
         self._sqnorm = _squared_norms(self._data, self._rerank_dtype, rows)
         self._count = int(self._data.shape[0])

@@ -83,14 +83,15 @@ def centred_rows(
     start: int,
     stop: int,
     center: np.ndarray,
-    what: str,
+    what: str | None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rows ``start:stop`` of ``arr`` minus ``center``, subtracted in float64 from the original
     values, as float32: into ``out`` (``stop - start`` float32 rows; ``arr`` itself centres it
     in place), else a new array. The float64 work goes in blocks of a quarter of a float32
     chunk's bytes (a whole chunk in float64 was twice the chunk, twice over). Refuses rows that
-    are not finite in float32 with their index."""
+    are not finite in float32 with their index, as ``what`` ("queries"); None: rows already
+    checked (:func:`column_mean`), not read again."""
     stop = min(stop, arr.shape[0])
     if out is None:
         out = np.empty((max(0, stop - start), arr.shape[1]), dtype=np.float32)
@@ -99,9 +100,10 @@ def centred_rows(
         e = min(stop, s + step)
         block = np.array(arr[s:e], dtype=np.float64)  # a copy: ours to edit
         block -= center
-        with np.errstate(over="ignore", invalid="ignore"):  # refused just below, by row
+        with np.errstate(over="ignore", invalid="ignore"):  # checked just below, given `what`
             out[s - start : e - start] = block
-        refuse_nonfinite(out[s - start : e - start], s, what)  # also what overflowed float32
+        if what is not None:  # also what overflowed float32
+            refuse_nonfinite(out[s - start : e - start], s, what)
     return out
 
 
@@ -132,7 +134,7 @@ def centred_in_place(
     )
     if not lendable:
         return None
-    return centred_rows(arr, 0, arr.shape[0], center, "patterns", out=arr)
+    return centred_rows(arr, 0, arr.shape[0], center, None, out=arr)  # column_mean checked
 
 
 def check_query(index: object, x: object, k: int) -> np.ndarray:
