@@ -32,7 +32,7 @@ import numpy as np
 
 from hopaudit.cpus import cpu_bf16_native
 from hopaudit.errors import SearchError
-from hopaudit.search.exact import ExactIndex, _squared_norms
+from hopaudit.search.exact import ExactIndex
 from hopaudit.search.rows import (
     Progress,
     as_2d,
@@ -41,6 +41,7 @@ from hopaudit.search.rows import (
     check_query,
     chunk_rows,
     column_mean,
+    squared_norms,
 )
 
 __all__ = [
@@ -177,9 +178,7 @@ class ClusteredIndex:
         counts = counts[kept]
         self._data = data  # in the patterns' order; a list's rows gathered by self._ids
         # the float32 tiles' |y|^2 (bfloat16 tiles carry theirs in the augmented rows)
-        self._sqnorm = (
-            _squared_norms(data, torch.float32, rows) if self.tiles == "float32" else None
-        )
+        self._sqnorm = squared_norms(data, torch.float32, rows) if self.tiles == "float32" else None
         self._ids = torch.from_numpy(np.argsort(assign, kind="stable")).to(self.device)
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._centroids = centroids

@@ -25,6 +25,7 @@ from hopaudit.search.rows import (
     check_query,
     chunk_rows,
     column_mean,
+    squared_norms,
 )
 
 __all__ = ["BF16_DOT_ERROR", "EXACT_TILES", "TIERS", "ExactIndex", "dot_error"]
@@ -65,21 +66,6 @@ def dot_error(tier: str, dim: int) -> float:
 #: products leave most queries uncertified and their copy costs half a layer
 #: (``bf16_speedup_real`` of ``benchmarks/exact_give_up.py``; benchmarks/README.md).
 EXACT_TILES = "float32"
-
-
-def _squared_norms(data, dtype, rows: int):
-    """Squared norms of the rows of a float32 tensor, summed in ``dtype`` and returned in
-    float32, ``rows`` rows at a time: never a ``dtype`` copy of the whole tensor (in float64 on
-    the CPU two such copies, the cast and its square, were four times the data)."""
-    import torch
-
-    out = torch.empty(data.shape[0], dtype=torch.float32, device=data.device)
-    rows = max(1, rows // 4)  # a float64 chunk of a quarter of a float32 chunk's bytes
-    for start in range(0, data.shape[0], rows):
-        part = data[start : start + rows].to(dtype, copy=True)  # squared in place: ours
-        out[start : start + rows] = part.square_().sum(dim=1).to(torch.float32)
-        del part  # before the next chunk's cast: one chunk's copy at a time
-    return out
 
 
 @contextlib.contextmanager
@@ -151,7 +137,7 @@ class ExactIndex:
         index._center = np.zeros(index.dim)
         index._data = data
         index._count = int(data.shape[0])
-        index._sqnorm = _squared_norms(data, index._rerank_dtype, chunk_rows(index.dim))
+        index._sqnorm = squared_norms(data, index._rerank_dtype, chunk_rows(index.dim))
         index._max_norm = float(index._sqnorm.double().max().sqrt())
         if index.tiles == "bfloat16":
             index._data_bf16 = data.to(torch.bfloat16)
@@ -200,7 +186,7 @@ class ExactIndex:
             for s in range(0, arr.shape[0], rows):
                 data[start + s : start + s + rows] = self._centred(arr, s, s + rows, None)
             self._data = data
-        self._sqnorm = _squared_norms(self._data, self._rerank_dtype, rows)
+        self._sqnorm = squared_norms(self._data, self._rerank_dtype, rows)
         self._count = int(self._data.shape[0])
         self._max_norm = float(self._sqnorm.double().max().sqrt())
         if self.tiles == "bfloat16":

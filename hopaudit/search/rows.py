@@ -23,6 +23,7 @@ __all__ = [
     "column_mean",
     "float32_chunks",
     "refuse_nonfinite",
+    "squared_norms",
 ]
 
 #: Bytes of float32 handed to hnswlib or torch per chunk: bounds the temporary copies (a float64
@@ -104,6 +105,21 @@ def centred_rows(
             out[s - start : e - start] = block
         if what is not None:  # also what overflowed float32
             refuse_nonfinite(out[s - start : e - start], s, what)
+    return out
+
+
+def squared_norms(data, dtype, rows: int):
+    """Squared norms of the rows of a float32 tensor, summed in ``dtype`` and returned in
+    float32, ``rows`` rows at a time: never a ``dtype`` copy of the whole tensor (in float64 on
+    the CPU two such copies, the cast and its square, were four times the data)."""
+    import torch
+
+    out = torch.empty(data.shape[0], dtype=torch.float32, device=data.device)
+    rows = max(1, rows // 4)  # a float64 chunk of a quarter of a float32 chunk's bytes
+    for start in range(0, data.shape[0], rows):
+        part = data[start : start + rows].to(dtype, copy=True)  # squared in place: ours
+        out[start : start + rows] = part.square_().sum(dim=1).to(torch.float32)
+        del part  # before the next chunk's cast: one chunk's copy at a time
     return out
 
 
