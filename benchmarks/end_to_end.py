@@ -127,7 +127,7 @@ def worker_plain(n_seq: int, length: int) -> dict:
     import torch
 
     import hopaudit
-    from hopaudit.capture.forward import choose_batch_size, layer_bytes
+    from hopaudit.capture.batching import choose_batch_size, layer_bytes
     from hopaudit.heap import kept_heap
     from hopaudit.model.precision import autocast_context, cast_weights_once, compute_dtype
 

@@ -196,7 +196,8 @@ def speed(n_seq: int, rounds: int, sequences: int) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from hopaudit.capture.forward import capture, choose_batch_size, layer_bytes
+    from hopaudit.capture.batching import choose_batch_size, layer_bytes
+    from hopaudit.capture.forward import capture
     from hopaudit.data.prepare import prepare_data
     from hopaudit.model.blocks import find_stacks
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from hopaudit.capture.batching import model_device
 from hopaudit.capture.dtype import STORE_BUDGET_BYTES, resolve_store_dtype
-from hopaudit.capture.forward import model_device
 from hopaudit.data.prepare import prepare_data
 from hopaudit.engines import protocol as engines
 from hopaudit.engines.memory import PeakTracker

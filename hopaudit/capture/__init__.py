@@ -1,36 +1,41 @@
 """One hooked forward pass: hooks on every block, the positions kept, the per-layer store.
 
-The names below are capture/forward.py's, resolved on first use: ``hopaudit.capture.store`` and
-``hopaudit.capture.result`` (what loading a saved audit needs) import without torch."""
+Laid out by the pass's steps: ``hooks`` (what is hooked, and the hooks), ``positions`` (which
+rows a batch keeps), ``batching`` (how many sequences a batch holds), ``feed`` (the data as
+each batch's inputs), ``forward`` (the pass itself), ``head`` (the LM head run by the scores),
+``store``, ``columns`` and ``result`` (what the pass keeps). The names below resolve on first
+use, so that ``hopaudit.capture.store`` and ``hopaudit.capture.result`` (what loading a saved
+audit needs) import without torch."""
 
+import importlib
 from typing import Any
 
-__all__ = [
-    "ASYNC_COPY",
-    "CPU_TOKENS_PER_BATCH",
-    "FINAL",
-    "LOGITS_BUDGET_BYTES",
-    "LOGITS_FLOOR_BYTES",
-    "CaptureResult",
-    "TraceBlocks",
-    "block_output_tensor",
-    "capture",
-    "check_positions_fit",
-    "choose_batch_size",
-    "layer_bytes",
-    "layer_rows",
-    "logits_budget",
-    "model_device",
-    "parse_positions",
-    "release_freed_memory",
-    "select_positions",
-    "sequence_scores",
-]
+#: public name -> the module of this package that defines it
+_HOMES = {
+    "ASYNC_COPY": "forward",
+    "CPU_TOKENS_PER_BATCH": "batching",
+    "FINAL": "hooks",
+    "LOGITS_BUDGET_BYTES": "batching",
+    "LOGITS_FLOOR_BYTES": "batching",
+    "CaptureResult": "result",
+    "TraceBlocks": "hooks",
+    "block_output_tensor": "hooks",
+    "capture": "forward",
+    "check_positions_fit": "positions",
+    "choose_batch_size": "batching",
+    "layer_bytes": "batching",
+    "layer_rows": "batching",
+    "logits_budget": "batching",
+    "model_device": "batching",
+    "parse_positions": "positions",
+    "select_positions": "positions",
+}
+
+__all__ = sorted(_HOMES)
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from hopaudit.capture import forward
-
-        return getattr(forward, name)
-    raise AttributeError(f"module 'hopaudit.capture' has no attribute {name!r}")
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'hopaudit.capture' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hopaudit.capture.forward import parse_positions
+from hopaudit.capture.positions import parse_positions
 from hopaudit.errors import DataError
 
 __all__ = ["STORE_BUDGET_BYTES", "STORE_DTYPES", "resolve_store_dtype", "store_dtype_name"]

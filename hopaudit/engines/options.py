@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from hopaudit.capture.dtype import store_dtype_name
-from hopaudit.capture.forward import parse_positions
+from hopaudit.capture.positions import parse_positions
 from hopaudit.errors import DataError
 from hopaudit.evidence.extract import parse_extraction
 from hopaudit.layer.embedding import MIN_POINTS

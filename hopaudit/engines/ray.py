@@ -33,14 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from hopaudit.capture.forward import (
-    CaptureResult,
-    capture,
-    choose_batch_size,
-    layer_bytes,
-    model_device,
-    storage_dtypes,
-)
+from hopaudit.capture.batching import choose_batch_size, layer_bytes, model_device
+from hopaudit.capture.forward import capture, storage_dtypes
+from hopaudit.capture.result import CaptureResult
 from hopaudit.capture.store import ActivationStore
 from hopaudit.engines.memory import PeakTracker, peak_rss, reset_peak
 from hopaudit.errors import CaptureError, HopauditError, SearchError

@@ -220,7 +220,7 @@ def extract(
     under ``autocast`` to that dtype with the weights cast once (None: the model as it is).
     ``full=True`` decodes every suffix to its end, so ``generated`` holds the whole greedy
     continuation (by default a batch stops once all its rows have diverged from their text)."""
-    from hopaudit.capture.forward import choose_batch_size, model_device
+    from hopaudit.capture.batching import choose_batch_size, model_device
     from hopaudit.capture.head import output_head
     from hopaudit.heap import kept_heap
     from hopaudit.model.precision import autocast_context, cast_weights_once

@@ -241,7 +241,8 @@ def reference_nll(
     import torch  # here, not at the top: the AUROCs need no torch (hopaudit show)
 
     from hopaudit.capture import forward
-    from hopaudit.capture.forward import choose_batch_size, logits_of, model_device
+    from hopaudit.capture.batching import choose_batch_size, model_device
+    from hopaudit.capture.forward import logits_of
     from hopaudit.capture.head import intercepted_head
     from hopaudit.evidence.scores import head_statistics, sequence_statistics, token_statistics
     from hopaudit.heap import kept_heap

@@ -35,6 +35,7 @@ __all__ = [
     "greedy_runs",
     "head_statistics",
     "lowest_fraction_mean",
+    "sequence_scores",
     "sequence_statistics",
     "token_statistics",
     "zlib_length",
@@ -295,6 +296,25 @@ def lowest_fraction_mean(
     idx = np.flatnonzero(counts > 0)
     out[idx] = (cum[starts[idx] + k[idx]] - cum[starts[idx]]) / k[idx]
     return out
+
+
+def sequence_scores(
+    seq: np.ndarray, logp: np.ndarray, hit: np.ndarray, n_sequences: int, min_k: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean NLL, Min-K% Prob, top-1) per sequence from per-token values; NaN without tokens.
+
+    Min-K% Prob is the mean of the lowest ``max(1, floor(min_k * n))`` token log-probs.
+    """
+    seq = np.asarray(seq, dtype=np.int64)
+    counts = np.bincount(seq, minlength=n_sequences)
+    has = counts > 0
+    nll = np.full(n_sequences, np.nan)
+    top1 = np.full(n_sequences, np.nan)
+    sums = np.bincount(seq, weights=np.asarray(logp, np.float64), minlength=n_sequences)
+    hits = np.bincount(seq, weights=np.asarray(hit, np.float64), minlength=n_sequences)
+    nll[has] = -sums[has] / counts[has]
+    top1[has] = hits[has] / counts[has]
+    return nll, lowest_fraction_mean(seq, logp, n_sequences, min_k), top1
 
 
 def sequence_statistics(
