@@ -533,7 +533,7 @@ def test_a_streaming_dataset_with_unknown_features(tok):
 
 
 def test_ids_a_tokenizer_cannot_decode_are_shown_as_ids_with_a_warning():
-    from hopaudit.data.prepare import _decode
+    from hopaudit.data.tokenizer import decode_rows
 
     class Broken:
         def batch_decode(self, rows, **kwargs):
@@ -541,7 +541,7 @@ def test_ids_a_tokenizer_cannot_decode_are_shown_as_ids_with_a_warning():
 
     rows = [torch.tensor([5, 6, 7])]
     with pytest.warns(UserWarning, match="could not decode.*IndexError.*shown as token ids"):
-        assert _decode(rows, Broken()) == ["<3 token ids: 5 6 7>"]
+        assert decode_rows(rows, Broken()) == ["<3 token ids: 5 6 7>"]
 
 
 def test_an_endless_generator_with_a_huge_cap_is_refused_before_reading():
