@@ -306,11 +306,10 @@ def main() -> None:
     if args.child:
         child(args.workdir, args.child)
         return
-    from hopaudit.model.precision import cpu_description
+    from hopaudit.model.precision import cpu_lines
     from hopaudit.zoo import smollm2
 
-    for key, value in cpu_description().items():
-        print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
+    print(*cpu_lines(), sep="\n")  # which machine the lines come from
     print(f"loadavg_start={os.getloadavg()[0]:.2f}", flush=True)
     t0 = time.perf_counter()
     model, tokenizer = smollm2()

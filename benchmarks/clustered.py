@@ -94,10 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[20000, 50000, 100000])
     p.add_argument("--data", nargs="+", default=["real", "synthetic"])
     args = p.parse_args(argv)
-    from hopaudit.model.precision import cpu_description
+    from hopaudit.model.precision import cpu_lines
 
-    for key, value in cpu_description().items():  # which machine the lines come from
-        print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
+    print(*cpu_lines(), sep="\n")  # which machine the lines come from
     print(f"loadavg_start={os.getloadavg()[0]:.2f}", flush=True)
     biggest = max(args.sizes)
     timed(np.random.default_rng(0).normal(size=(2000, 576)).astype(np.float32), "clustered")

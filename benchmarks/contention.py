@@ -36,14 +36,6 @@ sys.path.insert(0, str(_HERE.parent))
 SEQ_LEN = 64
 
 
-def machine_lines() -> list[str]:
-    """Which CPU this is (native bfloat16 or not): lines every benchmark of issue 25 prints."""
-    from hopaudit.model.precision import cpu_description
-
-    desc = cpu_description()
-    return [f"{k}={v!r}" if k == "cpu" else f"{k}={v}" for k, v in desc.items()]
-
-
 def loadavg() -> float:
     return os.getloadavg()[0]
 
@@ -106,8 +98,9 @@ def main() -> None:
     ap.add_argument("--sequences", type=int, default=64)
     ap.add_argument("--smollm2", action="store_true")
     args = ap.parse_args()
-    for line in machine_lines():
-        print(line)
+    from hopaudit.model.precision import cpu_lines
+
+    print(*cpu_lines(), sep="\n")
     print(f"loadavg_start={loadavg():.2f}", flush=True)
     model, ids = build(args.smollm2, args.sequences)
     one_audit(model, ids[:16])  # warm-up: imports, numba's cache, first allocations

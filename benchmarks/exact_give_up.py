@@ -89,10 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--kinds", nargs="+", default=["gaussian", "clustered"])
     args = ap.parse_args(argv)
-    from hopaudit.model.precision import cpu_description
+    from hopaudit.model.precision import cpu_lines
 
-    for key, value in cpu_description().items():
-        print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
+    print(*cpu_lines(), sep="\n")  # which machine the lines come from
     print(f"load_average_start={os.getloadavg()[0]:.2f}")
     variants = ("float32", "shipped", "never_given_up")
     for kind in args.kinds:

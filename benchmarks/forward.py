@@ -112,11 +112,15 @@ def main() -> None:
     from hopaudit.data import prepare_data
     from hopaudit.heap import kept_heap
     from hopaudit.model.compiled import compiled_blocks
-    from hopaudit.model.precision import cast_weights_once, compute_dtype, cpu_description
+    from hopaudit.model.precision import (
+        cast_weights_once,
+        compute_dtype,
+        cpu_description,
+        cpu_lines,
+    )
 
     desc = cpu_description()
-    for key, value in desc.items():
-        print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
+    print(*cpu_lines(), sep="\n")  # which machine the lines come from
     print(f"loadavg_start={os.getloadavg()[0]:.2f}", flush=True)
     model, tok = hopaudit.zoo.smollm2()
     model.eval()

@@ -105,10 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.worker:
         print(json.dumps(worker(args.worker, args.sequences, args.batch)))
         return {}
-    from hopaudit.model.precision import cpu_description
+    from hopaudit.model.precision import cpu_lines
 
-    for key, value in cpu_description().items():
-        print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
+    print(*cpu_lines(), sep="\n")  # which machine the lines come from
     print(f"load_average_start={os.getloadavg()[0]:.2f}", flush=True)
     kinds = ["default", "kept", "after"]
     got: dict[str, list[dict]] = {k: [] for k in kinds}

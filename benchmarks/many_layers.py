@@ -241,10 +241,9 @@ def main() -> None:
     if args.umap_import:
         umap_import()
         return
-    from hopaudit.model.precision import cpu_description
+    from hopaudit.model.precision import cpu_lines
 
-    for key, value in cpu_description().items():
-        print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
+    print(*cpu_lines(), sep="\n")  # which machine the lines come from
     print(f"loadavg_start={os.getloadavg()[0]:.2f}", flush=True)
     if args.speed:
         speed(args.speed, args.rounds, args.sequences)

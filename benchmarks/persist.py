@@ -137,11 +137,10 @@ def main() -> None:
     parser.add_argument("--sequences", type=int, default=1000)
     args = parser.parse_args()
 
-    from hopaudit.model.precision import cpu_description
+    from hopaudit.model.precision import cpu_lines
     from hopaudit.storage.manifest import hash_all
 
-    for key, value in cpu_description().items():
-        print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
+    print(*cpu_lines(), sep="\n")  # which machine the lines come from
     print(f"loadavg_start={os.getloadavg()[0]:.2f}", flush=True)
     audit = synthetic_audit(args.sequences)
     work = Path(tempfile.mkdtemp(prefix="hopaudit-persist-"))

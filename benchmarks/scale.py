@@ -348,10 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.all_tokens_child is not None:
         print(json.dumps(all_tokens(args.all_tokens_child, args.index)))
         return 0
-    from hopaudit.model.precision import cpu_description
+    from hopaudit.model.precision import cpu_lines
 
-    for key, value in cpu_description().items():  # which machine the lines come from
-        print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
+    print(*cpu_lines(), sep="\n")  # which machine the lines come from
     print(f"loadavg_start={os.getloadavg()[0]:.2f}", flush=True)
     if args.all_tokens:
         sizes = [int(float(v)) for v in args.all_tokens.split(",")]

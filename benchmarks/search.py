@@ -185,10 +185,9 @@ def main() -> None:
     )
     parser.add_argument("--exact-sample", type=int, default=5000)
     args = parser.parse_args()
-    from hopaudit.model.precision import cpu_description
+    from hopaudit.model.precision import cpu_lines
 
-    for key, value in cpu_description().items():
-        print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
+    print(*cpu_lines(), sep="\n")  # which machine the lines come from
     print(f"loadavg_start={os.getloadavg()[0]:.2f}", flush=True)
     ratios, ratios_bf16 = {}, {}
     with tempfile.TemporaryDirectory(prefix="hopaudit-bench-") as tmp:

@@ -75,10 +75,9 @@ def main() -> None:
     if args.child:
         child(args.child, args.n, args.layers)
         return
-    from hopaudit.model.precision import cpu_description
+    from hopaudit.model.precision import cpu_lines
 
-    for key, value in cpu_description().items():
-        print(f"{key}={value!r}" if key == "cpu" else f"{key}={value}")
+    print(*cpu_lines(), sep="\n")  # which machine the lines come from
     print(f"loadavg_start={os.getloadavg()[0]:.2f}", flush=True)
     one = args.n * 576 * 4 / 2**20
     got = {}

@@ -34,6 +34,7 @@ __all__ = [
     "check_autocast",
     "compute_dtype",
     "cpu_description",
+    "cpu_lines",
     "describe",
     "native_bf16",
     "weights_to_cast",
@@ -75,6 +76,12 @@ def cpu_description() -> dict[str, object]:
         "cpus_usable": usable_cpus(),
     }
 
+
+
+def cpu_lines() -> list[str]:
+    """:func:`cpu_description` as the ``key=value`` lines a benchmark prints first (the CPU's
+    name quoted), so that every measured line says which machine it came from."""
+    return [f"{k}={v!r}" if k == "cpu" else f"{k}={v}" for k, v in cpu_description().items()]
 
 def _param_dtype(model: nn.Module) -> torch.dtype | None:
     for p in model.parameters():
