@@ -77,11 +77,11 @@ def cpu_description() -> dict[str, object]:
     }
 
 
-
 def cpu_lines() -> list[str]:
     """:func:`cpu_description` as the ``key=value`` lines a benchmark prints first (the CPU's
     name quoted), so that every measured line says which machine it came from."""
     return [f"{k}={v!r}" if k == "cpu" else f"{k}={v}" for k, v in cpu_description().items()]
+
 
 def _param_dtype(model: nn.Module) -> torch.dtype | None:
     for p in model.parameters():
