@@ -12,9 +12,16 @@ rotating, ``--rounds`` rounds. Prints the CPU, the load average at start and end
     head_seconds_<dtype>_<values>=         head_statistics with HEAD_CHUNK_VALUES = values
     head_chunks_speedup_<dtype>_<values>=  whole over chunked, the median of the rounds' ratios
     best_head_values_<dtype>=              the fastest chunk size
+    columns_seconds_<dtype>=               head_statistics given the head's weight
+                                           (``linear=``): every row at once, a slice of the
+                                           vocabulary at a time, as the capture runs a plain
+                                           ``nn.Linear`` head
+    columns_speedup_<dtype>=               whole over columns, likewise
+    columns_over_rows_<dtype>=             rows at the shipped HEAD_CHUNK_VALUES over columns
     max_abs_diff_log_p_<dtype>=            largest |log p| difference from the whole logits'
-                                           over every chunk size (a product over fewer rows may
-                                           round a logit differently: up to bfloat16's step)
+                                           over every chunk size and the columns (a product of
+                                           another shape may round a logit differently: up to
+                                           bfloat16's step)
     hit_mismatches_<dtype>=                top-1 hits that differ from the whole logits'
 
 Usage: ``python benchmarks/head_chunks.py [--rounds 7] [--batch 21] [--length 64]``.
@@ -40,7 +47,7 @@ VALUES = (2**21, 2**22, 2**23, 2**24, 2**25)
 def main(argv: list[str] | None = None) -> dict[str, object]:
     import torch
 
-    from hopaudit.evidence.scores import head_statistics, token_statistics
+    from hopaudit.evidence.scores import HEAD_CHUNK_VALUES, head_statistics, token_statistics
     from hopaudit.model.precision import cpu_description
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -81,6 +88,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             runs[str(v)] = lambda v=v, head=head, hidden=hidden, dt=dtype: head_statistics(
                 hidden, head, ids, mask, head_values=v, vocab=args.vocab, dtype=dt
             )
+        runs["columns"] = lambda head=head, hidden=hidden, dt=dtype, w=weight: head_statistics(
+            hidden, head, ids, mask, dtype=dt, linear=(w, None)
+        )
         first = {k: f() for k, f in runs.items()}  # warm, and the scores compared
         base = first["whole"]
         diff = max(float((first[k][1] - base[1]).abs().max()) for k in runs)
@@ -101,6 +111,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             )
             say(f"head_chunks_speedup_{name}_{v}", round(ratio, 3))
         say(f"best_head_values_{name}", min(VALUES, key=lambda v: statistics.median(times[str(v)])))
+        shipped = str(HEAD_CHUNK_VALUES[dtype.itemsize])
+
+        def ratio_of(a: str, b: str, times: dict = times) -> float:
+            pairs = zip(times[a], times[b], strict=True)
+            return round(statistics.median(x / y for x, y in pairs), 3)
+
+        say(f"columns_seconds_{name}", round(statistics.median(times["columns"]), 4))
+        say(f"columns_speedup_{name}", ratio_of("whole", "columns"))
+        say(f"columns_over_rows_{name}", ratio_of(shipped, "columns"))
         say(f"max_abs_diff_log_p_{name}", round(diff, 6))
         say(f"hit_mismatches_{name}", mismatches)
     say("load_average_end", round(os.getloadavg()[0], 2))

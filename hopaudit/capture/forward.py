@@ -395,7 +395,7 @@ def capture(
                     if hidden is not None:  # the head run on the scored rows, a chunk at a time
                         b, lp, hit, z = head_statistics(
                             hidden, head.logits, targets, score_mask, shift=shift,
-                            vocab=head.vocab, dtype=head.dtype,
+                            vocab=head.vocab, dtype=head.dtype, linear=head.linear,
                         )  # fmt: skip
                     else:  # the logits are read here only: scored in place, copied if need be
                         b, lp, hit, z = token_statistics(

@@ -108,6 +108,19 @@ class HeadChunks:
         self.vocab, self.dtype = int(logits.shape[-1]), logits.dtype
         return None
 
+    @property
+    def linear(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """(weight, bias) when the head is a plain ``nn.Linear`` with no hook but this one's, so
+        that its logits may be made from its weight a slice of the vocabulary at a time
+        (:func:`hopaudit.evidence.scores.head_statistics`); None otherwise (a subclass, an
+        adapter, a hook of the user's: the head is called as the model calls it)."""
+        head = self.head
+        if type(head) is not nn.Linear or head._forward_hooks or len(head._forward_pre_hooks) > 1:
+            return None
+        if _global_hooks():
+            return None
+        return head.weight, head.bias
+
     def logits(self, rows: torch.Tensor) -> torch.Tensor:
         """The head's logits for ``rows`` (n x hidden, or batch x length x hidden as the model
         calls it): not intercepted."""
@@ -116,6 +129,14 @@ class HeadChunks:
             return self.head(rows) if rows.ndim == 3 else self.head(rows[None])[0]
         finally:
             self.active = active
+
+
+def _global_hooks() -> bool:
+    """Whether hooks are registered for every module (``register_module_forward_hook``)."""
+    from torch.nn.modules import module as m
+
+    names = ("_global_forward_hooks", "_global_forward_pre_hooks")
+    return any(bool(getattr(m, name, None)) for name in names)
 
 
 @contextlib.contextmanager

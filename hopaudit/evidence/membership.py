@@ -272,8 +272,9 @@ def reference_nll(
                 out, hidden = _reference_forward(reference, head, b_ids, b_mask, vocab)
                 if hidden is not None:  # the head run on the scored rows, a chunk at a time
                     b, lp, _hit, _z = head_statistics(
-                        hidden, head.logits, b_ids, b_mask, vocab=head.vocab, dtype=head.dtype
-                    )
+                        hidden, head.logits, b_ids, b_mask, vocab=head.vocab, dtype=head.dtype,
+                        linear=head.linear,
+                    )  # fmt: skip
                 else:
                     logits = logits_of(out, vocab)
                     if logits is None:

@@ -23,11 +23,13 @@ so the capture never holds them whole (:mod:`hopaudit.capture.head`).
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 __all__ = [
     "HEAD_CHUNK_VALUES",
@@ -88,6 +90,7 @@ def head_statistics(
     head_values: int | None = None,
     vocab: int | None = None,
     dtype: torch.dtype | None = None,
+    linear: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`token_statistics` of the logits ``head`` makes from ``hidden`` (batch x length x
     width: the LM head's input, :mod:`hopaudit.capture.head`), made for the predictions only,
@@ -96,9 +99,17 @@ def head_statistics(
 
     ``head`` maps rows (n x width) to their logits (n x ``vocab``, in ``dtype``; both read off
     one row when not given); the work dtype is float32, or float64 for float64 logits.
+    ``linear=(weight, bias)`` says that ``head`` is that linear map (``weight`` vocab x width):
+    the logits are then made a slice of the vocabulary at a time for many rows at once
+    (:func:`_column_statistics`), products whose output stays in cache.
     """
     b_idx, t_idx, targets = _predictions(input_ids, mask, shift)
     rows = hidden[b_idx, t_idx]
+    if linear is not None:
+        if dtype is None:
+            dtype = head(rows[:1] if len(rows) else hidden[:1, :1].reshape(1, -1)).dtype
+        work = torch.promote_types(dtype, torch.float32)
+        return (b_idx, *_column_statistics(rows, *linear, targets, int(chunk_values), work))
     if vocab is None or dtype is None:
         first = head(rows[:1] if len(rows) else hidden[:1, :1].reshape(1, -1))
         vocab, dtype = first.shape[-1], first.dtype
@@ -148,6 +159,100 @@ def _statistics(
         _chunk_moments(y, targets[s:e], hit[s:e], moments[:, s:e], exps[: e - s])
     lp, z = _log_p_and_z(*moments)
     return lp, hit, z
+
+
+#: Rows the LM head runs on at once when it is made a slice of the vocabulary at a time: enough
+#: for products at speed, few enough that a slice's columns stay wide (at least ``_MIN_COLUMNS``).
+_COLUMN_ROWS = 2048
+_MIN_COLUMNS = 256
+
+
+def _column_statistics(
+    rows: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    chunk_values: int,
+    work: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log p of the target, top-1 hit, Min-K%++ z) of the logits ``rows @ weight.T + bias``,
+    made a slice of the vocabulary at a time for up to ``_COLUMN_ROWS`` rows at once.
+
+    A whole row of logits is never held: each slice's reductions (:func:`_chunk_moments`'s,
+    shifted by the slice's running maximum m) are folded into per-row sums in float64. When m
+    rises by d < 0 (old minus new), the sums of the old slices move to the new shift as
+    Z' = a Z, S1' = a (S1 + d Z), S2' = a (S2 + 2 d S1 + d^2 Z) with a = exp(d). The top-1 hit
+    is the target being the first index of the row's maximum: the index where m last rose
+    (a later tie keeps the earlier one), so slices go in vocabulary order. The products of a
+    slice write about ``chunk_values`` logits, which stay in cache, where a whole row's
+    (vocabulary-wide) output went to memory: faster on a CPU (benchmarks/head_chunks.py).
+    """
+    n, device = targets.numel(), targets.device
+    if n == 0:
+        return _empty(device, work)
+    vocab, acc = int(weight.shape[0]), torch.float64
+    lp = torch.empty(n, dtype=work, device=device)
+    z = torch.empty(n, dtype=work, device=device)
+    hit = torch.empty(n, dtype=torch.bool, device=device)
+    blocks = -(-n // _COLUMN_ROWS)
+    step = -(-n // blocks)  # rows a block, the blocks alike
+    cols = min(vocab, max(_MIN_COLUMNS, chunk_values // step // 64 * 64))
+    buf = torch.empty(step * cols, dtype=work, device=device)
+    exps = torch.empty(step * cols, dtype=work, device=device)
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        lp[s:e], hit[s:e], z[s:e] = _column_block(
+            rows[s:e], weight, bias, targets[s:e], cols, work, acc, buf, exps
+        )
+    return lp, hit, z
+
+
+def _column_block(rows, weight, bias, target, cols, work, acc, buf, exps):
+    """:func:`_column_statistics` of one block of rows (``buf`` and ``exps`` flat buffers of at
+    least rows x ``cols`` values in ``work`` dtype)."""
+    n, vocab, device = rows.shape[0], int(weight.shape[0]), rows.device
+    top = torch.full((n,), -math.inf, dtype=work, device=device)
+    first = torch.zeros(n, dtype=torch.long, device=device)
+    y_t = torch.empty(n, dtype=work, device=device)
+    sums = torch.zeros(3, n, dtype=acc, device=device)  # Z, S1, S2 shifted by ``top``
+    part = torch.empty(3, n, dtype=work, device=device)
+    order = torch.argsort(target)
+    edges = torch.searchsorted(target[order], torch.arange(0, vocab + cols, cols, device=device))
+    edges = edges.tolist()
+    on_cpu = device.type == "cpu"
+    for k, c0 in enumerate(range(0, vocab, cols)):
+        c1 = min(vocab, c0 + cols)
+        y = F.linear(rows, weight[c0:c1], None if bias is None else bias[c0:c1])
+        if y.dtype != work:
+            y = buf[: n * (c1 - c0)].view(n, c1 - c0).copy_(y)
+        here = order[edges[k] : edges[k + 1]]  # the rows whose target is in this slice
+        y_t[here] = y[here, target[here] - c0]
+        if on_cpu:  # amax is several times faster than max with its index (_top1_hits)
+            high = y.amax(1)
+            rose = (high > top).nonzero()[:, 0]
+            if len(rose):
+                first[rose] = y[rose].argmax(1) + c0
+        else:
+            high, arg = y.max(1)
+            first = torch.where(high > top, arg + c0, first)
+        new = torch.maximum(top, high)
+        if c0:  # the sums so far, shifted to the new maximum
+            d = (top - new).to(acc)
+            a = d.exp()
+            z0, s1, s2 = sums
+            sums[2] = a * (s2 + 2 * d * s1 + d * d * z0)
+            sums[1] = a * (s1 + d * z0)
+            sums[0] = a * z0
+        top = new
+        y.sub_(top[:, None])
+        e = torch.exp(y, out=exps[: n * (c1 - c0)].view(n, c1 - c0))
+        torch.sum(e, 1, out=part[0])
+        torch.sum(e.mul_(y), 1, out=part[1])
+        torch.sum(e.mul_(y), 1, out=part[2])
+        sums += part
+    lp, z = _log_p_and_z(y_t.to(acc) - top.to(acc), *sums)
+    hit = (first == target) & ~torch.isnan(top)
+    return lp.to(work), hit, z.to(work)
 
 
 def _head_chunks(

@@ -84,7 +84,9 @@ def test_a_compiler_failure_leaves_the_pass_eager_with_a_warning(monkeypatch):
     for name in cap.layer_names:
         np.testing.assert_array_equal(cap.store.get(name), eager.store.get(name))
     np.testing.assert_array_equal(cap.row_sequence, eager.row_sequence)
-    assert cap.cross_entropy == eager.cross_entropy
+    # the retried pass scores from the whole logits (a failed batch stops the head's
+    # interception) and eager from the head a slice at a time: float32 sums in another order
+    assert cap.cross_entropy == pytest.approx(eager.cross_entropy, rel=1e-6)
 
 
 def test_an_error_of_the_model_itself_is_still_a_capture_error(monkeypatch):

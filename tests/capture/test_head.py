@@ -203,6 +203,47 @@ def test_the_intercepted_head_gives_the_models_logits_for_any_rows():
     assert not head._forward_pre_hooks
 
 
+def test_a_plain_linear_head_is_made_a_slice_at_a_time_and_any_other_is_called(monkeypatch):
+    """A plain ``nn.Linear`` head is made from its weight a slice of the vocabulary at a time
+    (scores._column_statistics); with a hook of the user's on it, or as a subclass, it is
+    called as the model calls it. The scores are the same either way."""
+    import hopaudit.evidence.scores as scores
+
+    model, info = tiny_model("llama")
+    head = model.get_output_embeddings()
+    assert type(head) is torch.nn.Linear
+    sliced = []
+    real = scores._column_statistics
+    monkeypatch.setattr(
+        scores, "_column_statistics", lambda rows, *a: sliced.append(len(rows)) or real(rows, *a)
+    )
+    data = _data(LENGTHS)
+    whole, by_slices, calls = _both_ways(monkeypatch, model, info, data, batch_size=4)
+    assert calls == [4, 3]  # a batch's predictions, its sequences' lengths less one each:
+    assert sliced == [sum(n - 1 for n in LENGTHS[:4]), sum(n - 1 for n in LENGTHS[4:])]
+    _assert_same_scores(whole, by_slices, atol=2e-5)
+    seen = []
+    handle = head.register_forward_hook(lambda m, a, out: seen.append(out.shape[0]))
+    try:
+        sliced.clear()
+        hooked = _run(model, info, data, batch_size=4)
+    finally:
+        handle.remove()
+    assert not sliced and seen  # the user's hook saw every call of the head
+    _assert_same_scores(whole, hooked, atol=2e-5)
+
+    class Scaled(torch.nn.Linear):
+        pass
+
+    chunks = HeadChunks(Scaled(4, 7))
+    with chunks.intercepting():
+        assert chunks.linear is None
+    plain = torch.nn.Linear(4, 7)
+    chunks = HeadChunks(plain)
+    with chunks.intercepting():
+        assert chunks.linear == (plain.weight, plain.bias)
+
+
 def test_ctrl_c_in_an_intercepted_batch_leaves_no_hook(monkeypatch):
     model, info = tiny_model("gpt2")
     calls = {"n": 0}

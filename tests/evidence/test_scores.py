@@ -146,6 +146,81 @@ def test_head_statistics_equal_the_float64_loop(chunk_rows, head_rows):
     assert max(rows_seen) <= max(chunk_rows, head_rows)
 
 
+@pytest.mark.parametrize("column_rows", [1, 5, 1024])
+@pytest.mark.parametrize("chunk_values", [1, 2**19])
+def test_a_linear_head_made_a_slice_at_a_time_equals_the_float64_loop(
+    monkeypatch, column_rows, chunk_values
+):
+    """``linear=(weight, bias)``: the vocabulary in slices of 256 columns (600 tokens: three,
+    the last narrower) or whole, the rows in blocks of ``column_rows``; the sums folded across
+    slices give the float64 loop's numbers, and every maximum tied across two slices counts
+    for the earlier token, as argmax does."""
+    monkeypatch.setattr(hopaudit.evidence.scores, "_COLUMN_ROWS", column_rows)
+    rng = np.random.default_rng(5)
+    batch, seq, width, vocab = 4, 9, 6, 600
+    hidden = torch.tensor(rng.normal(size=(batch, seq, width)))
+    weight = torch.tensor(rng.normal(scale=1.5, size=(vocab, width)))
+    bias = torch.tensor(rng.normal(size=vocab))
+    hidden[0, 2] = hidden[0, 1]
+    weight[10] = 10 * hidden[0, 1] / hidden[0, 1].norm()  # token 10 the maximum at [0, 1:3]
+    weight[300], bias[300] = weight[10], bias[10]  # token 300 (second slice) ties token 10
+    weight[599], bias[599] = weight[280], bias[280]  # and 599 (third) ties 280 (second)
+    ids = torch.tensor(rng.integers(0, vocab, size=(batch, seq)))
+    ids[0, 2], ids[0, 3] = 300, 10  # the targets there: the tie's later token, its earlier one
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[1, 6:] = 0
+    mask[2, 3] = 0
+    logits = torch.einsum("btw,vw->btv", hidden, weight) + bias
+    assert logits[0, 1].argmax() == 10 and logits[0, 1, 10] == logits[0, 1, 300]
+    expected = _loop_stats(logits.numpy(), ids.numpy(), mask.numpy())
+    slices = []
+    real = torch.nn.functional.linear
+    scores = hopaudit.evidence.scores
+    monkeypatch.setattr(scores.F, "linear", lambda x, w, b: slices.append(w.shape) or real(x, w, b))
+    seq_i, lp, hit, z = head_statistics(
+        hidden, None, ids, mask, chunk_values=chunk_values, dtype=torch.float64,
+        linear=(weight, bias),
+    )  # fmt: skip
+    assert seq_i.tolist() == [e[0] for e in expected]
+    np.testing.assert_allclose(lp.numpy(), [e[1] for e in expected], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(z.numpy(), [e[2] for e in expected], rtol=0, atol=1e-10)
+    hits = _hits_by_hand(logits, ids, mask)
+    assert hit.tolist() == hits
+    assert hits[1] is False and hits[2] is True  # the later tied token misses, the earlier hits
+    n_blocks = -(-len(expected) // column_rows)
+    widths = [256, 256, 88] if chunk_values == 1 else [vocab]
+    assert [w[0] for w in slices] == widths * n_blocks
+
+
+def test_a_linear_head_under_bfloat16_autocast_against_float64():
+    """Under autocast the slices' products are bfloat16, as the head's own call: each copied
+    to float32 and reduced; the numbers of those bfloat16 logits in float64, and a row whose
+    hidden state is not finite gives what the rows' path gives: NaN, no hit, z 0."""
+    rng = np.random.default_rng(6)
+    hidden = torch.tensor(rng.integers(-2, 3, size=(3, 8, 6)), dtype=torch.float32)
+    weight = torch.tensor(rng.integers(-2, 3, size=(700, 6)), dtype=torch.float32)
+    hidden[2, 4, 0] = float("nan")
+    ids = torch.tensor(rng.integers(0, 700, size=(3, 8)))
+    mask = torch.ones(3, 8, dtype=torch.long)
+    logits = torch.einsum("btw,vw->btv", hidden, weight)  # small integers: exact in bfloat16
+    expected = _loop_stats(logits.double().numpy(), ids.numpy(), mask.numpy())
+    bf16 = weight.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, lp, hit, z = head_statistics(
+            hidden, None, ids, mask, chunk_values=1, dtype=torch.bfloat16, linear=(bf16, None)
+        )
+    assert lp.dtype == torch.float32
+    nan = 2 * 7 + 4  # sequence 2, position 4
+    whole = token_statistics(logits.bfloat16(), ids, mask)  # the row path, for the NaN row
+    assert math.isnan(lp[nan]) and math.isnan(whole[1][nan]) and not hit[nan] | whole[2][nan]
+    assert z[nan] == whole[3][nan] == 0  # no spread found: z is 0, as for a one-hot row
+    keep = [i for i in range(len(expected)) if i != nan]
+    np.testing.assert_allclose(lp.numpy()[keep], [expected[i][1] for i in keep], atol=1e-5)
+    np.testing.assert_allclose(z.numpy()[keep], [expected[i][2] for i in keep], atol=1e-4)
+    hits = _hits_by_hand(logits, ids, mask)
+    assert [hit.tolist()[i] for i in keep] == [hits[i] for i in keep]
+
+
 def test_head_statistics_of_bfloat16_logits_equal_token_statistics_of_them_whole():
     """A head that returns bfloat16 (autocast's): each chunk copied to float32, the same
     numbers as the whole logits scored by token_statistics."""

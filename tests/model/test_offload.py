@@ -58,7 +58,9 @@ def _same_audit(got, want):
     assert got.options["final"] == "model.norm"
     for name in want.layer_names:
         np.testing.assert_array_equal(got.activations(name), want.activations(name))
-    assert got.capture.cross_entropy == want.capture.cross_entropy
+    # an offloaded LM head keeps its logits whole (capture/head.py), the undispatched one is
+    # made a slice of the vocabulary at a time: the same loss, its float sums in another order
+    assert got.capture.cross_entropy == pytest.approx(want.capture.cross_entropy, rel=1e-7)
     cols = ["r_hat_mean", "r_star", "separated_frac", "floor_low", "twonn_id"]
     np.testing.assert_array_equal(got.layers[cols].to_numpy(), want.layers[cols].to_numpy())
 
