@@ -178,7 +178,7 @@ def _column_statistics(
     """(log p of the target, top-1 hit, Min-K%++ z) of the logits ``rows @ weight.T + bias``,
     made a slice of the vocabulary at a time for up to ``_COLUMN_ROWS`` rows at once.
 
-    A whole row of logits is never held: each slice's reductions (:func:`_chunk_moments`'s,
+    A whole row of logits is never held: each slice's reductions (:func:`_exp_moments`,
     shifted by the slice's running maximum m) are folded into per-row sums in float64. When m
     rises by d < 0 (old minus new), the sums of the old slices move to the new shift as
     Z' = a Z, S1' = a (S1 + d Z), S2' = a (S2 + 2 d S1 + d^2 Z) with a = exp(d). The top-1 hit
@@ -223,7 +223,7 @@ def _column_block(rows, weight, bias, target, cols, work, acc, buf, exps):
     for k, c0 in enumerate(range(0, vocab, cols)):
         c1 = min(vocab, c0 + cols)
         y = F.linear(rows, weight[c0:c1], None if bias is None else bias[c0:c1])
-        if y.dtype != work:
+        if y.dtype != work:  # a copy, then in place: faster than mixed-dtype operations
             y = buf[: n * (c1 - c0)].view(n, c1 - c0).copy_(y)
         here = order[edges[k] : edges[k + 1]]  # the rows whose target is in this slice
         y_t[here] = y[here, target[here] - c0]
@@ -245,10 +245,7 @@ def _column_block(rows, weight, bias, target, cols, work, acc, buf, exps):
             sums[0] = a * z0
         top = new
         y.sub_(top[:, None])
-        e = torch.exp(y, out=exps[: n * (c1 - c0)].view(n, c1 - c0))
-        torch.sum(e, 1, out=part[0])
-        torch.sum(e.mul_(y), 1, out=part[1])
-        torch.sum(e.mul_(y), 1, out=part[2])
+        _exp_moments(y, part, exps[: n * (c1 - c0)].view(n, c1 - c0))
         sums += part
     lp, z = _log_p_and_z(y_t.to(acc) - top.to(acc), *sums)
     hit = (first == target) & ~torch.isnan(top)
@@ -334,10 +331,16 @@ def _chunk_moments(
     hit.copy_(hit_rows)
     y.sub_(top[:, None])
     out[0] = y.gather(1, target[:, None])[:, 0]
+    _exp_moments(y, out[1:], exps)
+
+
+def _exp_moments(y: torch.Tensor, out: torch.Tensor, exps: torch.Tensor) -> None:
+    """``out`` (3 x rows) = sum(e), sum(e * y), sum(e * y * y) of shifted logit rows ``y``, with
+    e = exp(y) written into ``exps`` and multiplied there in place."""
     e = torch.exp(y, out=exps)
-    torch.sum(e, 1, out=out[1])
+    torch.sum(e, 1, out=out[0])
+    torch.sum(e.mul_(y), 1, out=out[1])
     torch.sum(e.mul_(y), 1, out=out[2])
-    torch.sum(e.mul_(y), 1, out=out[3])
 
 
 def _log_p_and_z(
