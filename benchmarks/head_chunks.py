@@ -12,12 +12,14 @@ rotating, ``--rounds`` rounds. Prints the CPU, the load average at start and end
     head_seconds_<dtype>_<values>=         head_statistics with HEAD_CHUNK_VALUES = values
     head_chunks_speedup_<dtype>_<values>=  whole over chunked, the median of the rounds' ratios
     best_head_values_<dtype>=              the fastest chunk size
-    columns_seconds_<dtype>=               head_statistics given the head's weight
-                                           (``linear=``): every row at once, a slice of the
-                                           vocabulary at a time, as the capture runs a plain
-                                           ``nn.Linear`` head
-    columns_speedup_<dtype>=               whole over columns, likewise
-    columns_over_rows_<dtype>=             rows at the shipped HEAD_CHUNK_VALUES over columns
+    columns_seconds_<dtype>_<values>=      head_statistics given the head's weight
+                                           (``linear=``): every row at once, a slice of
+                                           ``values`` logits at a time, as the capture runs a
+                                           plain ``nn.Linear`` head
+    best_column_values_<dtype>=            the fastest slice size
+    columns_speedup_<dtype>=               whole over columns at the shipped COLUMN_VALUES
+    columns_over_rows_<dtype>=             rows at the shipped HEAD_CHUNK_VALUES over columns at
+                                           the shipped COLUMN_VALUES
     max_abs_diff_log_p_<dtype>=            largest |log p| difference from the whole logits'
                                            over every chunk size and the columns (a product of
                                            another shape may round a logit differently: up to
@@ -42,12 +44,18 @@ sys.path.insert(0, str(_HERE.parent))
 
 WIDTH, VOCAB = 576, 49_152
 VALUES = (2**21, 2**22, 2**23, 2**24, 2**25)
+COLUMNS = (2**19, 2**20, 2**21)  # logits a slice of the vocabulary holds (linear=)
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     import torch
 
-    from hopaudit.evidence.scores import HEAD_CHUNK_VALUES, head_statistics, token_statistics
+    from hopaudit.evidence.scores import (
+        COLUMN_VALUES,
+        HEAD_CHUNK_VALUES,
+        head_statistics,
+        token_statistics,
+    )
     from hopaudit.model.precision import cpu_description
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -88,9 +96,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             runs[str(v)] = lambda v=v, head=head, hidden=hidden, dt=dtype: head_statistics(
                 hidden, head, ids, mask, head_values=v, vocab=args.vocab, dtype=dt
             )
-        runs["columns"] = lambda head=head, hidden=hidden, dt=dtype, w=weight: head_statistics(
-            hidden, head, ids, mask, dtype=dt, linear=(w, None)
-        )
+        for v in COLUMNS:
+            runs[f"columns_{v}"] = lambda v=v, h=head, x=hidden, dt=dtype, w=weight: (
+                head_statistics(x, h, ids, mask, head_values=v, dtype=dt, linear=(w, None))
+            )
         first = {k: f() for k, f in runs.items()}  # warm, and the scores compared
         base = first["whole"]
         diff = max(float((first[k][1] - base[1]).abs().max()) for k in runs)
@@ -117,9 +126,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             pairs = zip(times[a], times[b], strict=True)
             return round(statistics.median(x / y for x, y in pairs), 3)
 
-        say(f"columns_seconds_{name}", round(statistics.median(times["columns"]), 4))
-        say(f"columns_speedup_{name}", ratio_of("whole", "columns"))
-        say(f"columns_over_rows_{name}", ratio_of(shipped, "columns"))
+        for v in COLUMNS:
+            say(f"columns_seconds_{name}_{v}", round(statistics.median(times[f"columns_{v}"]), 4))
+        fastest = min(COLUMNS, key=lambda v: statistics.median(times[f"columns_{v}"]))
+        say(f"best_column_values_{name}", fastest)
+        say(f"columns_speedup_{name}", ratio_of("whole", f"columns_{COLUMN_VALUES}"))
+        say(f"columns_over_rows_{name}", ratio_of(shipped, f"columns_{COLUMN_VALUES}"))
         say(f"max_abs_diff_log_p_{name}", round(diff, 6))
         say(f"hit_mismatches_{name}", mismatches)
     say("load_average_end", round(os.getloadavg()[0], 2))

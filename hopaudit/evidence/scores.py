@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "COLUMN_VALUES",
     "HEAD_CHUNK_VALUES",
     "SCORE_CHUNK_VALUES",
     "greedy_runs",
@@ -50,6 +51,10 @@ SCORE_CHUNK_VALUES = 2**19
 #: Logits the LM head makes at once in :func:`head_statistics`, by the bytes of a logit: the
 #: fastest of 2**21 to 2**25 on the audit's batch (benchmarks/README.md, head_chunks.py).
 HEAD_CHUNK_VALUES = {2: 2**23, 4: 2**25}
+#: Logits a slice of the vocabulary holds when the scores make a linear head's logits a slice at a
+#: time (:func:`head_statistics` ``linear=``): the fastest of 2**19 to 2**21 in both dtypes
+#: (benchmarks/README.md, head_chunks.py).
+COLUMN_VALUES = 2**20
 
 
 def token_statistics(
@@ -100,8 +105,9 @@ def head_statistics(
     ``head`` maps rows (n x width) to their logits (n x ``vocab``, in ``dtype``; both read off
     one row when not given); the work dtype is float32, or float64 for float64 logits.
     ``linear=(weight, bias)`` says that ``head`` is that linear map (``weight`` vocab x width):
-    the logits are then made a slice of the vocabulary at a time for many rows at once
-    (:func:`_column_statistics`), products whose output stays in cache.
+    the logits are then made a slice of the vocabulary at a time for many rows at once, about
+    ``head_values`` logits a slice (None: :data:`COLUMN_VALUES`; :func:`_column_statistics`),
+    products whose output stays in cache.
     """
     b_idx, t_idx, targets = _predictions(input_ids, mask, shift)
     rows = hidden[b_idx, t_idx]
@@ -109,7 +115,8 @@ def head_statistics(
         if dtype is None:
             dtype = head(rows[:1] if len(rows) else hidden[:1, :1].reshape(1, -1)).dtype
         work = torch.promote_types(dtype, torch.float32)
-        return (b_idx, *_column_statistics(rows, *linear, targets, int(chunk_values), work))
+        values = COLUMN_VALUES if head_values is None else int(head_values)
+        return (b_idx, *_column_statistics(rows, *linear, targets, values, work))
     if vocab is None or dtype is None:
         first = head(rows[:1] if len(rows) else hidden[:1, :1].reshape(1, -1))
         vocab, dtype = first.shape[-1], first.dtype
@@ -172,7 +179,7 @@ def _column_statistics(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     targets: torch.Tensor,
-    chunk_values: int,
+    values: int,
     work: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log p of the target, top-1 hit, Min-K%++ z) of the logits ``rows @ weight.T + bias``,
@@ -184,7 +191,7 @@ def _column_statistics(
     Z' = a Z, S1' = a (S1 + d Z), S2' = a (S2 + 2 d S1 + d^2 Z) with a = exp(d). The top-1 hit
     is the target being the first index of the row's maximum: the index where m last rose
     (a later tie keeps the earlier one), so slices go in vocabulary order. The products of a
-    slice write about ``chunk_values`` logits, which stay in cache, where a whole row's
+    slice write about ``values`` logits, which stay in cache, where a whole row's
     (vocabulary-wide) output went to memory: faster on a CPU (benchmarks/head_chunks.py).
     """
     n, device = targets.numel(), targets.device
@@ -196,7 +203,7 @@ def _column_statistics(
     hit = torch.empty(n, dtype=torch.bool, device=device)
     blocks = -(-n // _COLUMN_ROWS)
     step = -(-n // blocks)  # rows a block, the blocks alike
-    cols = min(vocab, max(_MIN_COLUMNS, chunk_values // step // 64 * 64))
+    cols = min(vocab, max(_MIN_COLUMNS, values // step // 64 * 64))
     buf = torch.empty(step * cols, dtype=work, device=device)
     exps = torch.empty(step * cols, dtype=work, device=device)
     for s in range(0, n, step):

@@ -15,7 +15,9 @@ def test_one_round_prints_every_line(capsys, benchmark_script):
             assert lines[f"head_seconds_{dtype}_{v}"] > 0
             assert lines[f"head_chunks_speedup_{dtype}_{v}"] > 0
         assert lines[f"best_head_values_{dtype}"] in module.VALUES
-        assert lines[f"columns_seconds_{dtype}"] > 0
+        for v in module.COLUMNS:
+            assert lines[f"columns_seconds_{dtype}_{v}"] > 0
+        assert lines[f"best_column_values_{dtype}"] in module.COLUMNS
         assert lines[f"columns_speedup_{dtype}"] > 0 and lines[f"columns_over_rows_{dtype}"] > 0
     # the same scores: float32 to its rounding, bfloat16 to its step (a logit of a few units)
     assert lines["max_abs_diff_log_p_float32"] <= 1e-4

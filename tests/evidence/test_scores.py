@@ -147,9 +147,9 @@ def test_head_statistics_equal_the_float64_loop(chunk_rows, head_rows):
 
 
 @pytest.mark.parametrize("column_rows", [1, 5, 1024])
-@pytest.mark.parametrize("chunk_values", [1, 2**19])
+@pytest.mark.parametrize("head_values", [1, None])
 def test_a_linear_head_made_a_slice_at_a_time_equals_the_float64_loop(
-    monkeypatch, column_rows, chunk_values
+    monkeypatch, column_rows, head_values
 ):
     """``linear=(weight, bias)``: the vocabulary in slices of 256 columns (600 tokens: three,
     the last narrower) or whole, the rows in blocks of ``column_rows``; the sums folded across
@@ -178,7 +178,7 @@ def test_a_linear_head_made_a_slice_at_a_time_equals_the_float64_loop(
     scores = hopaudit.evidence.scores
     monkeypatch.setattr(scores.F, "linear", lambda x, w, b: slices.append(w.shape) or real(x, w, b))
     seq_i, lp, hit, z = head_statistics(
-        hidden, None, ids, mask, chunk_values=chunk_values, dtype=torch.float64,
+        hidden, None, ids, mask, head_values=head_values, dtype=torch.float64,
         linear=(weight, bias),
     )  # fmt: skip
     assert seq_i.tolist() == [e[0] for e in expected]
@@ -188,7 +188,7 @@ def test_a_linear_head_made_a_slice_at_a_time_equals_the_float64_loop(
     assert hit.tolist() == hits
     assert hits[1] is False and hits[2] is True  # the later tied token misses, the earlier hits
     n_blocks = -(-len(expected) // column_rows)
-    widths = [256, 256, 88] if chunk_values == 1 else [vocab]
+    widths = [256, 256, 88] if head_values == 1 else [vocab]
     assert [w[0] for w in slices] == widths * n_blocks
 
 
@@ -207,7 +207,7 @@ def test_a_linear_head_under_bfloat16_autocast_against_float64():
     bf16 = weight.bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, lp, hit, z = head_statistics(
-            hidden, None, ids, mask, chunk_values=1, dtype=torch.bfloat16, linear=(bf16, None)
+            hidden, None, ids, mask, head_values=1, dtype=torch.bfloat16, linear=(bf16, None)
         )
     assert lp.dtype == torch.float32
     nan = 2 * 7 + 4  # sequence 2, position 4
