@@ -105,18 +105,18 @@ def head_statistics(
     ``head`` maps rows (n x width) to their logits (n x ``vocab``, in ``dtype``; both read off
     one row when not given); the work dtype is float32, or float64 for float64 logits.
     ``linear=(weight, bias)`` says that ``head`` is that linear map (``weight`` vocab x width):
-    the logits are then made a slice of the vocabulary at a time for many rows at once, about
-    ``head_values`` logits a slice (None: :data:`COLUMN_VALUES`; :func:`_column_statistics`),
-    products whose output stays in cache.
+    float32 (or float64) logits are then made a slice of the vocabulary at a time for many rows
+    at once, about ``head_values`` logits a slice (None: :data:`COLUMN_VALUES`;
+    :func:`_column_statistics`), products whose output stays in cache; bfloat16 ones still a
+    few rows at a time, which ran faster (benchmarks/README.md, head_chunks.py).
     """
     b_idx, t_idx, targets = _predictions(input_ids, mask, shift)
     rows = hidden[b_idx, t_idx]
-    if linear is not None:
-        if dtype is None:
-            dtype = head(rows[:1] if len(rows) else hidden[:1, :1].reshape(1, -1)).dtype
-        work = torch.promote_types(dtype, torch.float32)
+    if linear is not None and dtype is None:
+        dtype = head(rows[:1] if len(rows) else hidden[:1, :1].reshape(1, -1)).dtype
+    if linear is not None and dtype.itemsize >= 4:  # bfloat16 logits: rows ran faster
         values = COLUMN_VALUES if head_values is None else int(head_values)
-        return (b_idx, *_column_statistics(rows, *linear, targets, values, work))
+        return (b_idx, *_column_statistics(rows, *linear, targets, values, dtype))
     if vocab is None or dtype is None:
         first = head(rows[:1] if len(rows) else hidden[:1, :1].reshape(1, -1))
         vocab, dtype = first.shape[-1], first.dtype
@@ -204,19 +204,18 @@ def _column_statistics(
     blocks = -(-n // _COLUMN_ROWS)
     step = -(-n // blocks)  # rows a block, the blocks alike
     cols = min(vocab, max(_MIN_COLUMNS, values // step // 64 * 64))
-    buf = torch.empty(step * cols, dtype=work, device=device)
     exps = torch.empty(step * cols, dtype=work, device=device)
     for s in range(0, n, step):
         e = min(n, s + step)
         lp[s:e], hit[s:e], z[s:e] = _column_block(
-            rows[s:e], weight, bias, targets[s:e], cols, work, acc, buf, exps
+            rows[s:e], weight, bias, targets[s:e], cols, work, acc, exps
         )
     return lp, hit, z
 
 
-def _column_block(rows, weight, bias, target, cols, work, acc, buf, exps):
-    """:func:`_column_statistics` of one block of rows (``buf`` and ``exps`` flat buffers of at
-    least rows x ``cols`` values in ``work`` dtype)."""
+def _column_block(rows, weight, bias, target, cols, work, acc, exps):
+    """:func:`_column_statistics` of one block of rows (``exps`` a flat buffer of at least
+    rows x ``cols`` values in ``work`` dtype, the logits' own)."""
     n, vocab, device = rows.shape[0], int(weight.shape[0]), rows.device
     top = torch.full((n,), -math.inf, dtype=work, device=device)
     first = torch.zeros(n, dtype=torch.long, device=device)
@@ -229,9 +228,7 @@ def _column_block(rows, weight, bias, target, cols, work, acc, buf, exps):
     on_cpu = device.type == "cpu"
     for k, c0 in enumerate(range(0, vocab, cols)):
         c1 = min(vocab, c0 + cols)
-        y = F.linear(rows, weight[c0:c1], None if bias is None else bias[c0:c1])
-        if y.dtype != work:  # a copy, then in place: faster than mixed-dtype operations
-            y = buf[: n * (c1 - c0)].view(n, c1 - c0).copy_(y)
+        y = F.linear(rows, weight[c0:c1], None if bias is None else bias[c0:c1]).to(work)
         here = order[edges[k] : edges[k + 1]]  # the rows whose target is in this slice
         y_t[here] = y[here, target[here] - c0]
         if on_cpu:  # amax is several times faster than max with its index (_top1_hits)
