@@ -15,7 +15,8 @@ rotating, ``--rounds`` rounds. Prints the CPU, the load average at start and end
     columns_seconds_<dtype>_<values>=      head_statistics given the head's weight
                                            (``linear=``): every row at once, a slice of
                                            ``values`` logits at a time, as the capture runs a
-                                           plain ``nn.Linear`` head
+                                           plain ``nn.Linear`` head (in bfloat16 too, where
+                                           the scores choose the rows: ``COLUMN_BYTES``)
     best_column_values_<dtype>=            the fastest slice size
     columns_speedup_<dtype>=               whole over columns at the shipped COLUMN_VALUES
     columns_over_rows_<dtype>=             rows at the shipped HEAD_CHUNK_VALUES over columns at
@@ -50,6 +51,7 @@ COLUMNS = (2**19, 2**20, 2**21)  # logits a slice of the vocabulary holds (linea
 def main(argv: list[str] | None = None) -> dict[str, object]:
     import torch
 
+    import hopaudit.evidence.scores as scores
     from hopaudit.evidence.scores import (
         COLUMN_VALUES,
         HEAD_CHUNK_VALUES,
@@ -80,6 +82,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ids = torch.randint(0, args.vocab, (args.batch, args.length), generator=gen)
     mask = torch.ones_like(ids)
     mask[1, args.length // 2 :] = 0  # a padded sequence, as a batch has
+
+    def columns(*args, **kwargs):
+        """head_statistics made to take the slices whatever the logits' dtype."""
+        chosen, scores.COLUMN_BYTES = scores.COLUMN_BYTES, 1
+        try:
+            return head_statistics(*args, **kwargs)
+        finally:
+            scores.COLUMN_BYTES = chosen
+
     for dtype in (torch.float32, torch.bfloat16):
         name = str(dtype).removeprefix("torch.")
         weight, hidden = weight32.to(dtype), hidden32.to(dtype)
@@ -96,9 +107,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             runs[str(v)] = lambda v=v, head=head, hidden=hidden, dt=dtype: head_statistics(
                 hidden, head, ids, mask, head_values=v, vocab=args.vocab, dtype=dt
             )
-        for v in COLUMNS:
-            runs[f"columns_{v}"] = lambda v=v, h=head, x=hidden, dt=dtype, w=weight: (
-                head_statistics(x, h, ids, mask, head_values=v, dtype=dt, linear=(w, None))
+        for v in COLUMNS:  # the slices in either dtype, whichever the scores choose
+            runs[f"columns_{v}"] = lambda v=v, h=head, x=hidden, dt=dtype, w=weight: columns(
+                x, h, ids, mask, head_values=v, dtype=dt, linear=(w, None)
             )
         first = {k: f() for k, f in runs.items()}  # warm, and the scores compared
         base = first["whole"]

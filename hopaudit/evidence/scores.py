@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "COLUMN_BYTES",
     "COLUMN_VALUES",
     "HEAD_CHUNK_VALUES",
     "SCORE_CHUNK_VALUES",
@@ -55,6 +56,9 @@ HEAD_CHUNK_VALUES = {2: 2**23, 4: 2**25}
 #: time (:func:`head_statistics` ``linear=``): the fastest of 2**19 to 2**21 in both dtypes
 #: (benchmarks/README.md, head_chunks.py).
 COLUMN_VALUES = 2**20
+#: The bytes a logit needs for the slices: bfloat16 logits ran faster made a few rows at a time
+#: (benchmarks/README.md, head_chunks.py ``columns_over_rows_bfloat16``).
+COLUMN_BYTES = 4
 
 
 def token_statistics(
@@ -114,7 +118,7 @@ def head_statistics(
     rows = hidden[b_idx, t_idx]
     if linear is not None and dtype is None:
         dtype = head(rows[:1] if len(rows) else hidden[:1, :1].reshape(1, -1)).dtype
-    if linear is not None and dtype.itemsize >= 4:  # bfloat16 logits: rows ran faster
+    if linear is not None and dtype.itemsize >= COLUMN_BYTES:
         values = COLUMN_VALUES if head_values is None else int(head_values)
         return (b_idx, *_column_statistics(rows, *linear, targets, values, dtype))
     if vocab is None or dtype is None:
