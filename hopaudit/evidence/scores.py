@@ -223,7 +223,7 @@ def _column_block(rows, weight, bias, target, cols, work, acc, exps):
     n, vocab, device = rows.shape[0], int(weight.shape[0]), rows.device
     top = torch.full((n,), -math.inf, dtype=work, device=device)
     first = torch.zeros(n, dtype=torch.long, device=device)
-    y_t = torch.empty(n, dtype=work, device=device)
+    y_t = torch.full((n,), math.nan, dtype=work, device=device)  # a target past the head: NaN
     sums = torch.zeros(3, n, dtype=acc, device=device)  # Z, S1, S2 shifted by ``top``
     part = torch.empty(3, n, dtype=work, device=device)
     order = torch.argsort(target)

@@ -405,3 +405,18 @@ def test_reference_with_another_vocabulary_is_refused_before_any_forward():
             reference=ref,
         )  # fmt: skip
     assert calls == []
+
+
+def test_a_target_past_a_linear_heads_rows_scores_nan_not_garbage():
+    """A target id the head has no row for (a config larger than the head) lies in no slice:
+    its log p is NaN and it is no hit; the other predictions are scored as usual."""
+    rng = np.random.default_rng(7)
+    hidden = torch.tensor(rng.normal(size=(1, 3, 4)))
+    weight = torch.tensor(rng.normal(size=(5, 4)))
+    ids = torch.tensor([[0, 5, 1]])
+    _, lp, hit, _ = head_statistics(
+        hidden, None, ids, torch.ones(1, 3), dtype=torch.float64, linear=(weight, None)
+    )
+    assert math.isnan(lp[0]) and not hit[0]
+    logits = (hidden[0, 1] @ weight.T).numpy()
+    assert lp[1].item() == pytest.approx(logits[1] - np.log(np.exp(logits).sum()), abs=1e-12)
