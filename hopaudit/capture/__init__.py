@@ -7,7 +7,6 @@ each batch's inputs), ``forward`` (the pass itself), ``head`` (the LM head run b
 use, so that ``hopaudit.capture.store`` and ``hopaudit.capture.result`` (what loading a saved
 audit needs) import without torch."""
 
-import importlib
 from typing import Any
 
 #: public name -> the module of this package that defines it
@@ -38,4 +37,8 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'hopaudit.capture' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    from hopaudit.capture import batching, forward, hooks, positions, result
+
+    modules = {"batching": batching, "forward": forward, "hooks": hooks}
+    modules.update(positions=positions, result=result)
+    return getattr(modules[home], name)
