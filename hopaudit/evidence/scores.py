@@ -185,6 +185,7 @@ def _column_statistics(
     targets: torch.Tensor,
     values: int,
     work: torch.dtype,
+    by_max: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log p of the target, top-1 hit, Min-K%++ z) of the logits ``rows @ weight.T + bias``,
     made a slice of the vocabulary at a time for up to ``_COLUMN_ROWS`` rows at once.
@@ -197,6 +198,7 @@ def _column_statistics(
     (a later tie keeps the earlier one), so slices go in vocabulary order. The products of a
     slice write about ``values`` logits, which stay in cache, where a whole row's
     (vocabulary-wide) output went to memory: faster on a CPU (benchmarks/head_chunks.py).
+    ``by_max`` chooses how the index of a new maximum is found, as in :func:`_top1_hits`.
     """
     n, device = targets.numel(), targets.device
     if n == 0:
@@ -212,12 +214,12 @@ def _column_statistics(
     for s in range(0, n, step):
         e = min(n, s + step)
         lp[s:e], hit[s:e], z[s:e] = _column_block(
-            rows[s:e], weight, bias, targets[s:e], cols, work, acc, exps
+            rows[s:e], weight, bias, targets[s:e], cols, work, acc, exps, by_max
         )
     return lp, hit, z
 
 
-def _column_block(rows, weight, bias, target, cols, work, acc, exps):
+def _column_block(rows, weight, bias, target, cols, work, acc, exps, by_max):
     """:func:`_column_statistics` of one block of rows (``exps`` a flat buffer of at least
     rows x ``cols`` values in ``work`` dtype, the logits' own)."""
     n, vocab, device = rows.shape[0], int(weight.shape[0]), rows.device
@@ -229,20 +231,20 @@ def _column_block(rows, weight, bias, target, cols, work, acc, exps):
     order = torch.argsort(target)
     edges = torch.searchsorted(target[order], torch.arange(0, vocab + cols, cols, device=device))
     edges = edges.tolist()
-    on_cpu = device.type == "cpu"
+    by_max = by_max if by_max is not None else device.type != "cpu"
     for k, c0 in enumerate(range(0, vocab, cols)):
         c1 = min(vocab, c0 + cols)
         y = F.linear(rows, weight[c0:c1], None if bias is None else bias[c0:c1]).to(work)
         here = order[edges[k] : edges[k + 1]]  # the rows whose target is in this slice
         y_t[here] = y[here, target[here] - c0]
-        if on_cpu:  # amax is several times faster than max with its index (_top1_hits)
+        if by_max:  # on a device, no wait for the rows that rose
+            high, arg = y.max(1)
+            first = torch.where(high > top, arg + c0, first)
+        else:  # on a CPU amax is several times faster than max with its index (_top1_hits)
             high = y.amax(1)
             rose = (high > top).nonzero()[:, 0]
             if len(rose):
                 first[rose] = y[rose].argmax(1) + c0
-        else:
-            high, arg = y.max(1)
-            first = torch.where(high > top, arg + c0, first)
         new = torch.maximum(top, high)
         if c0:  # the sums so far, shifted to the new maximum
             d = (top - new).to(acc)

@@ -420,3 +420,22 @@ def test_a_target_past_a_linear_heads_rows_scores_nan_not_garbage():
     assert math.isnan(lp[0]) and not hit[0]
     logits = (hidden[0, 1] @ weight.T).numpy()
     assert lp[1].item() == pytest.approx(logits[1] - np.log(np.exp(logits).sum()), abs=1e-12)
+
+
+@pytest.mark.parametrize("by_max", [False, True])  # True: the path devices other than CPUs take
+def test_the_slices_top1_hits_both_ways_equal_argmax_on_tied_rows(by_max):
+    """Logits of a few values (many ties within and across slices of 256): the hit is argmax's
+    whichever way the index of a new maximum is found."""
+    rng = np.random.default_rng(8)
+    rows = torch.tensor(rng.integers(0, 3, size=(40, 3)), dtype=torch.float32)
+    weight = torch.tensor(rng.integers(0, 3, size=(700, 3)), dtype=torch.float32)
+    logits = rows @ weight.T
+    target = logits.argmax(1)
+    target[::3] = torch.tensor(rng.integers(0, 700, size=14))  # some at a later tie or not
+    lp, hit, _ = hopaudit.evidence.scores._column_statistics(
+        rows, weight, None, target, 256 * 40, torch.float32, by_max=by_max
+    )
+    assert hit.tolist() == (logits.argmax(1) == target).tolist()
+    assert 0 < int(hit.sum()) < 40
+    want = torch.log_softmax(logits.double(), 1).gather(1, target[:, None])[:, 0]
+    np.testing.assert_allclose(lp.numpy(), want.numpy(), atol=1e-5)
