@@ -53,8 +53,8 @@ SCORE_CHUNK_VALUES = 2**19
 #: fastest of 2**21 to 2**25 on the audit's batch (benchmarks/README.md, head_chunks.py).
 HEAD_CHUNK_VALUES = {2: 2**23, 4: 2**25}
 #: Logits a slice of the vocabulary holds when the scores make a linear head's logits a slice at a
-#: time (:func:`head_statistics` ``linear=``): the fastest of 2**19 to 2**21 in both dtypes
-#: (benchmarks/README.md, head_chunks.py).
+#: time (:func:`head_statistics` ``linear=``): in float32, 2**19 to 2**21 ran alike; 2**20 the
+#: fastest of them in bfloat16 (benchmarks/README.md, head_chunks.py).
 COLUMN_VALUES = 2**20
 #: The bytes a logit needs for the slices: bfloat16 logits ran faster made a few rows at a time
 #: (benchmarks/README.md, head_chunks.py ``columns_over_rows_bfloat16``).
