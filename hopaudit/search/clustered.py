@@ -82,6 +82,9 @@ _TILE_BYTES = 16 << 20
 _QUERY_BYTES = 8 << 20
 #: Float32 differences the re-rank makes at once (4 MiB): freed pages a heap keeps stay few.
 _RERANK_VALUES = 1 << 20
+#: (query, list) pairs searched at once: a block's probe lists, their order and its candidates
+#: take a few tens of bytes a pair, so a layer's queries go a block at a time (about 16 MiB).
+_SEARCH_PAIRS = 1 << 19
 
 
 def default_lists(n: int) -> int:
@@ -263,7 +266,21 @@ class ClusteredIndex:
         self.recall = {"sample": size, "probes": p, "k": k, "recall_at_1": r1, "recall_at_k": rk}
 
     def _search(self, q, k: int, probes: int, progress: Progress = None):
-        """(original ids, distances) of the k nearest of centred float32 queries ``q``."""
+        """(original ids, distances) of the k nearest of centred float32 queries ``q``, a block
+        of ``_SEARCH_PAIRS`` (query, list) pairs at a time (each query's search is its own)."""
+        m = q.shape[0]
+        step = max(1, _SEARCH_PAIRS // min(probes, self.lists))
+        if m <= step:
+            return self._search_block(q, k, probes, progress)
+        ids = np.empty((m, k), dtype=np.int64)
+        dists = np.empty((m, k), dtype=np.float32)
+        for s in range(0, m, step):
+            ids[s : s + step], dists[s : s + step] = self._search_block(
+                q[s : s + step], k, probes, progress
+            )
+        return ids, dists
+
+    def _search_block(self, q, k: int, probes: int, progress: Progress = None):
         torch = _torch()
         m = q.shape[0]
         c = min(self._count, k + max(8, k // 2))

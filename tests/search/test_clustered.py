@@ -236,3 +236,37 @@ def test_progress_counts_every_query_once_over_both_passes():
     seen = []
     index.query_stored(4, progress=seen.append)
     assert sum(seen) == len(x) and len(seen) > 5
+
+
+@pytest.mark.parametrize("tiles", TILES)
+def test_queries_searched_a_block_at_a_time_give_every_row_its_own_answer(monkeypatch, tiles):
+    """A layer's queries go ``_SEARCH_PAIRS`` (query, list) pairs at a time: with blocks of a
+    few queries (the last one short), every list probed is still brute force row for row, and
+    with fewer probes each query's answer is the one it gets searched alone."""
+    x = mixture(900, 16, centres=15, seed=13)
+    whole = ClusteredIndex(16, tiles=tiles, lists=12, probes=12)
+    whole.add(x.copy())
+    monkeypatch.setattr(cl, "_SEARCH_PAIRS", 12 * 37)  # 37 queries a block, 900 = 24 * 37 + 12
+    sizes = []
+    block = ClusteredIndex._search_block
+
+    def counted(self, q, *args, **kwargs):
+        sizes.append(q.shape[0])
+        return block(self, q, *args, **kwargs)
+
+    monkeypatch.setattr(ClusteredIndex, "_search_block", counted)
+    seen = []
+    ids, d = whole.query_stored(6, progress=seen.append)
+    assert sizes[-25:] == [37] * 24 + [12]  # after the calibration sample's own searches
+    true_ids, true_d = brute(x, x, 6)
+    np.testing.assert_array_equal(ids, true_ids)
+    np.testing.assert_allclose(d, true_d, rtol=2e-6, atol=1e-6)
+    assert sum(seen) == len(x)
+
+    few = ClusteredIndex(16, tiles=tiles, lists=12, probes=3)
+    few.add(x.copy())
+    blocked = few.query_stored(6)
+    alone = [few._search(few._data[i : i + 1], 6, 3) for i in (0, 455, 899)]
+    for i, (a_ids, a_d) in zip((0, 455, 899), alone, strict=True):
+        np.testing.assert_array_equal(blocked[0][i], a_ids[0])
+        np.testing.assert_array_equal(blocked[1][i], a_d[0])
