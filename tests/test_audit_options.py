@@ -128,7 +128,7 @@ def test_a_failed_audit_removes_the_store_it_created(tmp_path, monkeypatch, when
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(local, "measure" if when == "measure" else "embed_layer", interrupt)
+    monkeypatch.setattr(local, "measure" if when == "measure" else "lay_out", interrupt)
     with pytest.raises(KeyboardInterrupt):
         hopaudit.audit(
             model,

@@ -11,7 +11,7 @@ from hopaudit.capture.forward import capture
 from hopaudit.engines.options import AuditOptions
 from hopaudit.errors import SearchError
 from hopaudit.heap import release_freed_memory
-from hopaudit.layer.embedding import embed_layer
+from hopaudit.layer.embedding import lay_out, layout_inputs
 from hopaudit.layer.files import LayerFiles, compact_graph
 from hopaudit.layer.measuring import measure
 from hopaudit.layer.patterns import patterns_of
@@ -95,18 +95,21 @@ class LocalEngine:
         return reports, skipped
 
     def embed(self, stored: Any, reports: dict, names: list[str], device: Any, peak: Any) -> dict:
+        """Every chosen layer's neighbours and start first, then the layouts: umap's import (a
+        fixed working set, docs/performance.md) is never held beside a layer's patterns."""
         o = self.options
-        out = {}
-        for name in tqdm(names, desc="UMAP", disable=not o.progress or not names):
-            out[name] = embed_layer(
-                reports[name],
-                stored.store.get(name),
-                stored.rows_of(name)[0],
-                o.umap_max_points,
-                o.seed,
-                device,
+        inputs = {}
+        bar = tqdm(names, desc="UMAP neighbours", disable=not o.progress or not names)
+        for name in bar:
+            inputs[name] = layout_inputs(
+                reports[name], stored.store.get(name), o.umap_max_points, o.seed, device
             )
             stored.store.release(name)
+            release_freed_memory()
+            peak.mark(f"UMAP neighbours {name}")
+        out = {}
+        for name in tqdm(names, desc="UMAP", disable=not o.progress or not names):
+            out[name] = lay_out(reports[name], inputs.pop(name), stored.rows_of(name)[0], o.seed)
             release_freed_memory()
             peak.mark(f"UMAP {name}")
         return out

@@ -36,8 +36,11 @@ __all__ = [
     "DEFAULT_EPOCHS",
     "MIN_POINTS",
     "Embedding",
+    "LayoutInputs",
     "cache_umap_jit",
     "embed_layer",
+    "lay_out",
+    "layout_inputs",
     "layout_parameters",
     "pca_start",
     "place",
@@ -238,11 +241,7 @@ def umap_from_knn(
     # disconnected. One random column gives those components random, distinct places.
     x = np.random.default_rng(seed).normal(size=(n, 1)).astype(np.float32)
     if data is not None:
-        patterns = np.asarray(data)
-        if patterns.ndim != 2 or patterns.shape[0] != n:
-            raise ValueError(f"data must have {n} rows like the graph, got shape {patterns.shape}")
-        if not all(np.isfinite(patterns[s : s + 4096]).all() for s in range(0, n, 4096)):
-            raise ValueError("data must be finite (the PCA start cannot use NaN or inf rows)")
+        patterns = _checked_patterns(data, n)
         if init is None:
             init_arg = _scaled_start(pca_start(patterns, seed), seed)
     if n_epochs is None and not (isinstance(init_arg, str) and init_arg == "spectral"):
@@ -272,6 +271,16 @@ def umap_from_knn(
     return np.ascontiguousarray(layout, dtype=np.float32)
 
 
+def _checked_patterns(data: ArrayLike, n: int) -> np.ndarray:
+    """``data`` as an array of ``n`` finite rows, or a ValueError that says what is wrong."""
+    patterns = np.asarray(data)
+    if patterns.ndim != 2 or patterns.shape[0] != n:
+        raise ValueError(f"data must have {n} rows like the graph, got shape {patterns.shape}")
+    if not all(np.isfinite(patterns[s : s + 4096]).all() for s in range(0, n, 4096)):
+        raise ValueError("data must be finite (the PCA start cannot use NaN or inf rows)")
+    return patterns
+
+
 def _scaled_start(xy: np.ndarray, seed: int | None) -> np.ndarray:
     """A PCA start as umap scales its own (``noisy_scale_coords``): the largest coordinate 10,
     and a jitter of 1e-4 that keeps identical patterns apart."""
@@ -293,15 +302,25 @@ def _normalized_rows(activations: np.ndarray, rows: np.ndarray, normalize: str) 
     return out
 
 
-def embed_layer(
-    report: Any,
-    activations: np.ndarray,
-    row_sequence: np.ndarray,
-    max_points: int,
-    seed: int,
-    device: Any,
-) -> Embedding:
-    """UMAP of one layer on the kNN graph its search built (a fresh graph for a subsample)."""
+@dataclass
+class LayoutInputs:
+    """What a layer's layout starts from, made before umap is imported: the points (``pick``,
+    positions among the layer's valid rows), their kNN graph (self in column 0) and the PCA
+    start of their patterns, scaled as umap scales its own. The patterns themselves are gone."""
+
+    pick: np.ndarray
+    knn_ids: np.ndarray
+    knn_dists: np.ndarray
+    start: np.ndarray | None
+    n_neighbors: int
+    n_epochs: int
+
+
+def layout_inputs(
+    report: Any, activations: np.ndarray, max_points: int, seed: int, device: Any
+) -> LayoutInputs:
+    """A layer's :class:`LayoutInputs`: at most ``max_points`` of its valid patterns (a seeded
+    subsample, with a fresh graph among them), their graph and their PCA start."""
     from hopaudit.search.backends import build_index, keeps_rows, knn_self
 
     valid = np.asarray(report.valid_rows)
@@ -322,10 +341,27 @@ def embed_layer(
         pick = np.arange(n)
         ids, dists = report.knn_ids, report.knn_dists
         sub = _normalized_rows(activations, valid, report.normalize)
-    # the patterns give the layout its PCA start (see embedding.py for why, measured)
     n_neighbors, n_epochs = layout_parameters(len(pick), k)
-    xy = umap_from_knn(ids, dists, n_neighbors=n_neighbors, seed=seed, data=sub, n_epochs=n_epochs)
-    rows = valid[pick]
+    # the patterns give the layout its PCA start (module docstring: why, measured); too few
+    # points get none, and umap_from_knn says why it cannot lay them out
+    start = None
+    if len(pick) >= MIN_POINTS:
+        start = _scaled_start(pca_start(_checked_patterns(sub, len(pick)), seed), seed)
+    return LayoutInputs(pick, ids, dists, start, n_neighbors, n_epochs)
+
+
+def lay_out(report: Any, inputs: LayoutInputs, row_sequence: np.ndarray, seed: int) -> Embedding:
+    """A layer's UMAP :class:`Embedding` from its :class:`LayoutInputs`."""
+    pick = inputs.pick
+    xy = umap_from_knn(
+        inputs.knn_ids,
+        inputs.knn_dists,
+        n_neighbors=inputs.n_neighbors,
+        seed=seed,
+        init=inputs.start,
+        n_epochs=inputs.n_epochs,
+    )
+    rows = np.asarray(report.valid_rows)[pick]
     ratio = report.nn[pick] / report.r_hat if report.r_hat > 0 else np.full(len(pick), np.nan)
     return Embedding(
         xy=np.asarray(xy, dtype=np.float32),
@@ -333,10 +369,24 @@ def embed_layer(
         sequence=row_sequence[rows],
         basin=np.asarray(report.basin)[pick],
         ratio=np.asarray(ratio, dtype=np.float32),
-        n_total=n,
-        n_neighbors=n_neighbors,
-        n_epochs=n_epochs,
+        n_total=len(report.valid_rows),
+        n_neighbors=inputs.n_neighbors,
+        n_epochs=inputs.n_epochs,
     )
+
+
+def embed_layer(
+    report: Any,
+    activations: np.ndarray,
+    row_sequence: np.ndarray,
+    max_points: int,
+    seed: int,
+    device: Any,
+) -> Embedding:
+    """UMAP of one layer on the kNN graph its search built (a fresh graph for a subsample):
+    :func:`layout_inputs`, then :func:`lay_out`."""
+    inputs = layout_inputs(report, activations, max_points, seed, device)
+    return lay_out(report, inputs, row_sequence, seed)
 
 
 def layout_parameters(n_points: int, k: int) -> tuple[int, int]:

@@ -278,8 +278,8 @@ def test_a_subsample_s_index_is_freed_before_the_layout(monkeypatch):
 
 def test_a_subsample_s_exact_index_keeps_the_subsample_itself(monkeypatch):
     # the subsample's exact index keeps the subsample's own array, centred in place (no copy
-    # beside it), and searches its own rows; the layout starts from those centred rows (the
-    # PCA is the same), and the graph is exact search's on the rows as they were
+    # beside it), and searches its own rows; the layout starts from those centred rows' PCA
+    # (the same as the rows' own), and the graph is exact search's on the rows as they were
     from hopaudit.geometry import normalize_rows
     from hopaudit.layer import embedding
     from hopaudit.layer.measuring import measure
@@ -288,8 +288,8 @@ def test_a_subsample_s_exact_index_keeps_the_subsample_itself(monkeypatch):
     x = (np.random.default_rng(1).normal(size=(300, 16)) + 5.0).astype(np.float32)
     report = measure(x, bootstrap=0, fractions=())
     assert report.index.kind == "exact"
-    built, during, got = [], [], {}
-    real_build, real_knn = backends.build_index, backends.knn_self
+    built, during, got, pca_of = [], [], {}, []
+    real_build, real_knn, real_pca = backends.build_index, backends.knn_self, embedding.pca_start
 
     def build(data, *args, **kwargs):
         index = real_build(data, *args, **kwargs)
@@ -300,23 +300,31 @@ def test_a_subsample_s_exact_index_keeps_the_subsample_itself(monkeypatch):
         during.append(data)
         return real_knn(index, data, k, progress)
 
+    def pca(data, seed=0):
+        pca_of.append(data)
+        return real_pca(data, seed)
+
     def layout(ids, dists, **kwargs):
-        got.update(ids=ids, dists=dists, data=kwargs["data"])
+        got.update(ids=ids, dists=dists, init=kwargs["init"], data=kwargs.get("data"))
         return np.zeros((len(ids), 2), np.float32)
 
     monkeypatch.setattr(backends, "build_index", build)
     monkeypatch.setattr(backends, "knn_self", knn)
+    monkeypatch.setattr(embedding, "pca_start", pca)
     monkeypatch.setattr(embedding, "umap_from_knn", layout)
     emb = embedding.embed_layer(report, x, np.arange(300), 100, 0, None)
     ((data, index),) = built
     assert index._data.data_ptr() == data.ctypes.data  # the index holds the subsample itself
     assert during == [None]  # and searched its own rows
-    assert got["data"] is data  # the layout's start: those rows, centred
+    assert pca_of == [data] and got["data"] is None  # the start: those rows, not kept after
     pick = np.sort(np.random.default_rng(0).choice(300, size=100, replace=False))
     sub = normalize_rows(x[pick], "rms")
-    shift = sub - got["data"]  # one vector for every row: the centre
+    shift = sub - data  # one vector for every row: the centre
     np.testing.assert_allclose(shift, np.broadcast_to(shift[0], shift.shape), atol=1e-5)
     assert np.abs(shift[0]).max() > 0.1  # centred indeed (the rows sit off the origin)
+    # the start is the rows' own PCA, scaled to 10 and jittered by 1e-4 as umap scales its own
+    own = real_pca(sub, 0)
+    np.testing.assert_allclose(got["init"], own * (10 / np.abs(own).max()), atol=1e-3)
     assert np.array_equal(emb.rows, pick)
     ids, dists = real_knn(real_build(sub, "exact"), sub, report.knn_ids.shape[1] - 1)
     assert np.array_equal(got["ids"][:, 1:], ids) and np.array_equal(got["dists"][:, 1:], dists)
