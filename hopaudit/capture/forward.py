@@ -407,10 +407,12 @@ def capture(
                     tok_hit.extend(hit)
                 elif loss_note is None:
                     loss_note = _no_loss_reason(model, logits, feed)
-                del output, logits, hidden
+                n_tokens += int(batch.sel[stacks[0]][3].sum())
+                # the batch's rows are in the store: freed before the keeper reads the heap, so
+                # a trim's floor does not hold a batch of rows that its working set counts again
+                del output, logits, hidden, batch
                 state.clear()
                 heap.batch_done()
-                n_tokens += int(batch.sel[stacks[0]][3].sum())
                 bar.update(stop - start)
                 elapsed = time.perf_counter() - t0
                 bar.set_postfix_str(f"{n_tokens / max(elapsed, 1e-9):,.0f} tok/s", refresh=False)
