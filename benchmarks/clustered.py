@@ -18,7 +18,14 @@ Prints ``seconds_<kind>_<data>_<n>=``, ``recall_at_1_<kind>_<data>_<n>=`` and
 the same; ``none`` when one was faster at every size). Each kind runs in this process in turn,
 in the order exact, clustered, hnsw, after a warm-up.
 
+``--blocks ROUNDS`` instead times the clustered search's ``knn_self`` with its queries a block
+of ``_SEARCH_PAIRS`` (query, list) pairs at a time (as committed) against all in one block,
+alternated over ``ROUNDS`` rounds on one index each: ``seconds_blocks_<data>_<n>=`` and
+``seconds_one_block_<data>_<n>=`` (each the median), ``blocks_over_one_block_<data>_<n>=``,
+``query_blocks_<data>_<n>=`` and ``blocks_mismatched_ids_<data>_<n>=`` (ids that differ).
+
     python benchmarks/clustered.py --sizes 20000 50000 100000
+    python benchmarks/clustered.py --blocks 5 --sizes 25600 100000
 """
 
 from __future__ import annotations
@@ -76,6 +83,35 @@ def timed(x: np.ndarray, kind: str):
     return time.perf_counter() - t, d, index
 
 
+def blocks(x: np.ndarray, data: str, rounds: int) -> None:
+    """The clustered search's query blocks against one block, alternated on one index."""
+    import statistics
+
+    from hopaudit.search import clustered
+    from hopaudit.search.backends import build_index, knn_self
+
+    committed = clustered._SEARCH_PAIRS
+    index = build_index(x.copy(), "clustered")
+    knn_self(index, None, K)  # the probe count chosen, once
+    seconds: dict[int, list[float]] = {committed: [], 1 << 62: []}
+    found = {}
+    for _ in range(rounds):
+        for pairs in seconds:
+            clustered._SEARCH_PAIRS = pairs
+            t = time.perf_counter()
+            found[pairs] = knn_self(index, None, K)[0]
+            seconds[pairs].append(time.perf_counter() - t)
+    clustered._SEARCH_PAIRS = committed
+    n = len(x)
+    mid = {p: statistics.median(v) for p, v in seconds.items()}
+    say(f"probes_clustered_{data}_{n}", index.probes)
+    say(f"query_blocks_{data}_{n}", -(-n // max(1, committed // index.probes)))
+    say(f"seconds_blocks_{data}_{n}", mid[committed])
+    say(f"seconds_one_block_{data}_{n}", mid[1 << 62])
+    say(f"blocks_over_one_block_{data}_{n}", mid[committed] / mid[1 << 62])
+    say(f"blocks_mismatched_ids_{data}_{n}", int((found[committed] != found[1 << 62]).sum()))
+
+
 def crossover(sizes: list[int], ratios: list[float]) -> str:
     """Where exact / clustered crosses 1, log-log interpolated between measured sizes."""
     points = list(zip(sizes, ratios, strict=True))
@@ -93,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[20000, 50000, 100000])
     p.add_argument("--data", nargs="+", default=["real", "synthetic"])
+    p.add_argument("--blocks", type=int, metavar="ROUNDS", help="query blocks against one block")
     args = p.parse_args(argv)
     from hopaudit.model.precision import cpu_lines
 
@@ -102,6 +139,10 @@ def main(argv: list[str] | None = None) -> None:
     timed(np.random.default_rng(0).normal(size=(2000, 576)).astype(np.float32), "clustered")
     for data in args.data:
         raw = real_rows(biggest) if data == "real" else sibling("hnsw_params").synthetic(biggest)
+        if args.blocks:
+            for n in args.sizes:
+                blocks(normalize_rows(np.asarray(raw[:n], np.float32), "rms"), data, args.blocks)
+            continue
         ratios = []
         for n in args.sizes:
             x = normalize_rows(np.asarray(raw[:n], np.float32), "rms")

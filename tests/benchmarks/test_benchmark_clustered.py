@@ -19,3 +19,19 @@ def test_toy_sizes_print_every_line(capsys, benchmark_script):
     # the interpolation itself, by hand: ratios 2 and 0.5 cross halfway in log space
     assert module.crossover([1000, 4000], [2.0, 0.5]) == "2000"
     assert module.crossover([1000, 4000], [2.0, 1.5]) == "none"
+
+
+def test_blocks_mode_times_both_and_finds_the_same_neighbours(
+    capsys, benchmark_script, monkeypatch
+):
+    from hopaudit.search import clustered
+
+    monkeypatch.setattr(clustered, "_SEARCH_PAIRS", 4096)  # several blocks at a toy size
+    module = benchmark_script("clustered")
+    module.main(["--blocks", "2", "--sizes", "3000", "--data", "synthetic"])
+    lines = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines() if "=" in line)
+    assert int(lines["query_blocks_synthetic_3000"]) > 1
+    assert float(lines["seconds_blocks_synthetic_3000"]) > 0
+    assert float(lines["seconds_one_block_synthetic_3000"]) > 0
+    assert int(lines["blocks_mismatched_ids_synthetic_3000"]) == 0
+    assert clustered._SEARCH_PAIRS == 4096  # put back as it was
