@@ -135,7 +135,9 @@ class _Batch:
     chosen at the stack's first block. Index tensors go to the device each block runs on.
     """
 
-    def __init__(self, stack_of, masks, positions, round_dtype, out_dtype, widths, frame_mask):
+    def __init__(
+        self, stack_of, masks, positions, round_dtype, out_dtype, widths, frame_mask, write=None
+    ):
         self.widths = widths  # (stack, name) -> hidden size seen, shared across batches
         self.stack_of = stack_of
         self.masks = masks  # stack -> (batch, seq) mask on the CPU, or None
@@ -146,7 +148,10 @@ class _Batch:
         self.round_dtype = round_dtype
         self.out_dtype = out_dtype
         self.pending: set[torch.device] = set()  # GPUs with copies in flight: synchronize
-        self.rows: dict[str, torch.Tensor] = {}
+        # write(name, rows): rows in host memory go to the store as their block ends, so a
+        # batch holds one layer's rows at a time, not every layer's (None in ``rows``)
+        self.write = write
+        self.rows: dict[str, torch.Tensor | None] = {}
         self.bad: dict[str, torch.Tensor] = {}
         self.overflow: dict[str, torch.Tensor] = {}
 
@@ -223,6 +228,9 @@ class _Batch:
             rows = host
         elif rows.device.type != "cpu":
             rows = rows.cpu()
+        if self.write is not None and not rows.is_pinned():
+            self.write(name, rows)
+            rows = None
         self.rows[name] = rows
 
 
@@ -321,6 +329,9 @@ def capture(
     def on_output(name: str, out: torch.Tensor) -> None:
         state["batch"].collect(name, out)
 
+    def write(name: str, rows: torch.Tensor) -> None:
+        st.append(name, rows.numpy(), copy=False)  # a fresh array: the store may keep it
+
     t0 = time.perf_counter()
     try:
         bar = tqdm(total=n_seq, unit="seq", desc="capture", disable=not progress, leave=False)
@@ -343,8 +354,11 @@ def capture(
                 frames = feed.frame_mask(inputs, start, stop)
                 if compiled.active and start == 0:
                     bar.set_postfix_str("compiling the blocks (torch.compile)", refresh=True)
+                held = {n: st.shape(n)[0] for n in names}
                 for attempt in range(3):
-                    batch = _Batch(stack_of, masks, pos, round_dtype, out_dtype, widths, frames)
+                    batch = _Batch(
+                        stack_of, masks, pos, round_dtype, out_dtype, widths, frames, write
+                    )
                     state["batch"] = batch
                     try:
                         output = model(**inputs, **kwargs)
@@ -354,6 +368,8 @@ def capture(
                     except HopauditError:
                         raise
                     except Exception as e:
+                        for n, rows in held.items():  # the rows this attempt wrote go
+                            st.truncate(n, rows)
                         if head is not None:
                             # a model that fails the head's check or cannot run its head on a
                             # slice: this batch again, and the rest, with the logits whole
@@ -378,8 +394,10 @@ def capture(
                 for gpu in batch.pending:  # every copy has landed before the rows are read
                     torch.cuda.synchronize(gpu)
                 for n in names:
-                    # pinned buffers go back to torch's cache; the store keeps a pageable copy
-                    st.append(n, batch.rows[n].numpy(), copy=batch.rows[n].is_pinned())
+                    rows = batch.rows[n]
+                    if rows is not None:  # held until now: a GPU's copy in flight
+                        # pinned buffers go back to torch's cache; the store keeps a pageable copy
+                        st.append(n, rows.numpy(), copy=rows.is_pinned())
                     nonfinite[n] += int(batch.bad[n])
                     if n in batch.overflow:
                         overflow[n] += int(batch.overflow[n])

@@ -187,6 +187,34 @@ class ActivationStore:
             f.write(out.data)
         self._rows[layer] += int(out.shape[0])
 
+    def truncate(self, layer: str, rows: int) -> None:
+        """Drop what was appended to ``layer`` after it held ``rows`` rows (a batch that runs
+        again, :func:`hopaudit.capture.capture`); only whole appends, before :meth:`finalize`."""
+        if self._finalized:
+            raise DataError("this activation store is finalized (read-only)")
+        if layer not in self._index:
+            raise DataError(f"unknown layer {layer!r}; this store holds {self.layer_names}")
+        if not 0 <= rows <= self._rows[layer]:
+            raise DataError(f"layer {layer!r} holds {self._rows[layer]} rows, not {rows} or more")
+        if self.path is None:
+            chunks = self._chunks[layer]
+            keep, total = len(chunks), self._rows[layer]
+            while keep and total - len(chunks[keep - 1]) >= rows:
+                keep -= 1
+                total -= len(chunks[keep])
+            if total != rows:
+                raise DataError(f"layer {layer!r} cannot be cut within an append, at row {rows}")
+            del chunks[keep:]
+            self._rows[layer] = rows
+            return
+        f = self._files.get(layer)
+        if f is not None:
+            f.flush()
+            size = rows * int(self._hidden[layer] or 0) * self.dtype.itemsize
+            f.truncate(size)
+            f.seek(size)
+        self._rows[layer] = rows
+
     def finalize(self) -> None:
         """Flush and close the files (or join the chunks) and switch to read mode."""
         if self._finalized:

@@ -166,6 +166,43 @@ def test_a_head_that_fails_on_an_empty_slice_runs_the_batch_again_whole(monkeypa
     assert _hooks(model) == 0
 
 
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_a_batch_run_again_keeps_none_of_its_first_attempt_s_rows(monkeypatch, tmp_path, on_disk):
+    """Rows go to the store as each block ends; the batch that runs again (its head refused an
+    empty slice after every block had written) takes back what its first attempt wrote, in RAM
+    and on disk: every layer holds each real token once, as a pass that never ran again."""
+    model, info = tiny_model("gpt2")
+    head = model.get_output_embeddings()
+
+    def refuse_empty(module, args, output):
+        if output.shape[1] == 0:
+            raise ValueError("no positions")
+
+    runs: list[int] = []
+    handles = [
+        head.register_forward_hook(refuse_empty),
+        model.register_forward_pre_hook(lambda m, a: runs.append(1)),
+    ]
+    caps = {}
+    try:
+        for chunks in (True, False):
+            monkeypatch.setattr(forward, "HEAD_CHUNKS", chunks)
+            store = str(tmp_path / f"store_{chunks}") if on_disk else None
+            caps[chunks] = _run(model, info, _data(LENGTHS), positions="all", store=store,
+                                store_dtype=torch.float32, batch_size=3)  # fmt: skip
+            runs.append(0)
+    finally:
+        for h in handles:
+            h.remove()
+    assert runs == [1, 1, 1, 1, 0, 1, 1, 1, 0]  # the second batch ran twice, then not again
+    width = model.config.n_embd
+    for name in caps[True].layer_names:
+        got = caps[True].store.get(name)
+        assert got.shape == (sum(LENGTHS), width)
+        np.testing.assert_array_equal(got, caps[False].store.get(name))
+    np.testing.assert_array_equal(caps[True].row_sequence, caps[False].row_sequence)
+
+
 def test_a_head_called_twice_keeps_the_logits_whole():
     head = torch.nn.Linear(4, 6)
 

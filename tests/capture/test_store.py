@@ -47,6 +47,35 @@ def test_round_trip_matches_concatenation(tmp_path, on_disk):
         np.testing.assert_array_equal(raw, expected["final"])
 
 
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_truncate_takes_back_whole_appends(tmp_path, on_disk):
+    """What a batch that runs again wrote is cut (capture/forward.py): the store then holds the
+    rows before it and what comes after, as if the cut appends never happened."""
+    rng = np.random.default_rng(3)
+    store = ActivationStore(NAMES[:1], dtype=np.float32, path=tmp_path / "s" if on_disk else None)
+    name = NAMES[0]
+    kept, cut, after = _chunks(rng, 6, [4, 3, 5])
+    store.append(name, kept)
+    store.truncate(name, 4)  # nothing after row 4: nothing to cut
+    store.append(name, cut)
+    store.append(name, cut[:1])
+    if not on_disk:  # in RAM only whole appends, and a refused cut cuts nothing
+        with pytest.raises(DataError, match="within an append"):
+            store.truncate(name, 6)
+        assert store.shape(name) == (8, 6)
+    store.truncate(name, 4)
+    assert store.shape(name) == (4, 6)
+    store.append(name, after)
+    with pytest.raises(DataError, match="holds 9 rows"):
+        store.truncate(name, 10)
+    store.finalize()
+    np.testing.assert_array_equal(store.get(name), np.concatenate([kept, after]))
+    with pytest.raises(DataError, match="finalized"):
+        store.truncate(name, 0)
+    if on_disk:
+        assert (tmp_path / "s" / "layer_000.f32").stat().st_size == 9 * 6 * 4
+
+
 def test_appends_stream_to_disk_before_finalize(tmp_path):
     store = ActivationStore(["a"], path=tmp_path / "s")
     store.append("a", np.ones((4, 6), dtype=np.float32))
