@@ -5,11 +5,12 @@ A GPT-2 with random weights (``GPT2Config``: width 768, 12 heads, 4 or 12 blocks
 400 x 64 random tokens with ``store=`` (activations and per-layer files on disk), each size in a
 fresh process. A thread samples ``RssAnon`` from /proc/self/status every 20 ms; the model's and
 the tokens' memory before the audit is subtracted. One layer's float32 patterns are
-tokens x 768 x 4 bytes. Each size runs twice: as the audit runs it (the weights' bfloat16
-copies made while the memory allows, model/precision.py) and with the copies of the blocks'
-weights held within one layer's float32 patterns (the LM head's always; the other blocks cast by
-autocast at each call: the lines ending ``_one_layer_copies``): the capture's memory against
-its speed. Prints the CPU and the load average at start and end, and::
+tokens x 768 x 4 bytes. Each size runs twice: as the audit runs it (with ``store=``, the
+weights' bfloat16 copies held within one layer's float32 patterns, the LM head's first: at this
+size the head's alone, the blocks cast by autocast at each call; model/precision.py) and with
+every copy the memory allows, as an audit in RAM makes them (the lines ending ``_all_copies``):
+the capture's memory against its speed. Prints the CPU and the load average at start and end,
+and::
 
     one_layer_mb=                       one layer's float32 patterns
     peak_anon_mb_<blocks>=              peak anonymous memory above the model, during the audit
@@ -120,9 +121,7 @@ def stage_peaks(samples: list, marks: list, base: float) -> dict[str, float]:
     return out
 
 
-def child(blocks: int, n_seq: int, one_layer_copies: bool) -> None:
-    import functools
-
+def child(blocks: int, n_seq: int, all_copies: bool) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -131,8 +130,14 @@ def child(blocks: int, n_seq: int, one_layer_copies: bool) -> None:
     from hopaudit.evidence.scores import HEAD_CHUNK_VALUES
 
     one_layer = n_seq * SEQ_LEN * WIDTH * 4
-    budget = one_layer if one_layer_copies else None
-    fwd.cast_weights_once = functools.partial(fwd.cast_weights_once, budget=budget)
+    budget = None if all_copies else one_layer
+    if all_copies:
+        cast = fwd.cast_weights_once
+
+        def every_copy(*args, **kwargs):  # as an audit in RAM: the memory alone bounds them
+            return cast(*args, **{**kwargs, "budget": None})
+
+        fwd.cast_weights_once = every_copy
 
     torch.manual_seed(0)
     config = GPT2Config(n_layer=blocks, n_embd=WIDTH, n_head=12, n_positions=SEQ_LEN)
@@ -230,13 +235,13 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, nargs="+", default=[4, 12])
     ap.add_argument("--sequences", type=int, default=400)
     ap.add_argument("--child", type=int)
-    ap.add_argument("--one-layer-copies", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--all-copies", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--umap-import", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--speed", type=int, help="time the capture at SPEED x 64 tokens instead")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.sequences, args.one_layer_copies)
+        child(args.child, args.sequences, args.all_copies)
         return
     if args.umap_import:
         umap_import()
@@ -257,12 +262,12 @@ def main() -> None:
     fixed = json.loads(out.stdout.strip().splitlines()[-1])["umap_import_mb"]
     print(f"umap_import_over_one_layer={fixed / one:.2f}", flush=True)
     for blocks in args.blocks:
-        for within in (False, True):
+        for every in (False, True):
             cmd = [sys.executable, __file__, "--child", str(blocks)]
-            cmd += ["--sequences", str(args.sequences)] + (["--one-layer-copies"] if within else [])
+            cmd += ["--sequences", str(args.sequences)] + (["--all-copies"] if every else [])
             out = subprocess.run(cmd, check=True, capture_output=True, text=True)
             got = json.loads(out.stdout.strip().splitlines()[-1])
-            b = f"{blocks}_one_layer_copies" if within else str(blocks)
+            b = f"{blocks}_all_copies" if every else str(blocks)
             print(f"# {b}: {got}", flush=True)
             print(f"peak_anon_mb_{b}={got['peak']:.1f}")
             print(f"peak_anon_over_one_layer_{b}={got['peak'] / one:.2f}")

@@ -311,6 +311,9 @@ def capture(
 
     flags = [(m, m.training) for m in model.modules()]
     st, owned = _open_store(store, names, np_dtype)
+    # a store on disk keeps the audit's memory to about one layer's (docs/architecture.md): the
+    # weights' bfloat16 copies then stay within one layer's float32 rows, the LM head's first
+    copies_budget = layer_bytes(model, data, pos) if st.path is not None else None
     bar = None
     # what each batch keeps goes into arrays made now, not between its large blocks (columns.py)
     n_rows = layer_rows(data, pos)
@@ -342,7 +345,9 @@ def capture(
         with (
             torch.inference_mode(),
             autocast_context(amp, device),
-            cast_weights_once(model, amp, first=[output_head(model)]) as n_cast,
+            cast_weights_once(
+                model, amp, budget=copies_budget, first=[output_head(model)]
+            ) as n_cast,
             _scored_head(model, feed) as head,
             compiled_blocks(_blocks_only(modules), compile) as compiled,
             kept_heap() as heap,  # after the weights' copies: the batches' working set alone

@@ -226,6 +226,38 @@ def test_the_capture_casts_the_head_first_and_the_blocks_the_memory_allows(monke
     assert res.compute_dtype == want
 
 
+def test_a_capture_into_a_store_on_disk_holds_copies_within_one_layer(monkeypatch, tmp_path):
+    """``store=PATH`` keeps the audit's memory to about a layer's: the weights' copies then stay
+    within one layer's float32 rows (every real token x hidden x 4 bytes with
+    positions="all"), the head's first; in RAM the memory alone bounds them."""
+    model, info = tiny_model("llama")
+    head = model.get_output_embeddings()
+    sizes = dict(_products(model))
+    budgets = []
+    real = precision.weights_to_cast
+
+    def spy(model, dtype, budget=None, first=(), room=None):
+        budgets.append(budget)
+        return real(model, dtype, budget, first, room)
+
+    monkeypatch.setattr(precision, "weights_to_cast", spy)
+    seen: dict[int, set] = {id(m): set() for m in sizes}
+    for m in sizes:
+        m.register_forward_pre_hook(lambda mod, a: seen[id(mod)].add(mod.weight.dtype))
+    lengths = [16, 11, 16, 9] * 6
+    one_layer = sum(lengths) * model.config.hidden_size * 4
+    assert sizes[head] < one_layer < sum(sizes.values())  # room for some of the blocks, not all
+    kw = dict(autocast="bfloat16", positions="all", store_dtype=torch.float32)
+    res = _run(model, info, _data(lengths), store=str(tmp_path / "s"), **kw)
+    assert budgets == [one_layer]
+    cast = [m for m in sizes if seen[id(m)] == {torch.bfloat16}]
+    assert head in cast and 1 < len(cast) < len(sizes)
+    assert sum(sizes[m] for m in cast) <= one_layer
+    assert res.compute_dtype.endswith(f"{len(cast)} of {len(sizes)} weights cast once (memory)")
+    _run(model, info, _data(lengths), **kw)
+    assert budgets == [one_layer, None]
+
+
 def test_the_capture_trims_after_its_pass_only_when_weights_were_cast(monkeypatch):
     """The kept heap trims as the pass ends; the weights' bfloat16 copies are freed after that,
     so a capture trims once more then, and only then (a float32 capture has nothing more)."""
