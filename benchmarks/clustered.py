@@ -19,7 +19,7 @@ the same; ``none`` when one was faster at every size). Each kind runs in this pr
 in the order exact, clustered, hnsw, after a warm-up.
 
 ``--blocks ROUNDS`` instead times the clustered search's ``knn_self`` with its queries a block
-of ``_SEARCH_PAIRS`` (query, list) pairs at a time (as committed) against all in one block,
+at a time (``ClusteredIndex.query_block``, as committed) against all in one block,
 alternated over ``ROUNDS`` rounds on one index each: ``seconds_blocks_<data>_<n>=`` and
 ``seconds_one_block_<data>_<n>=`` (each the median), ``blocks_over_one_block_<data>_<n>=``,
 ``query_blocks_<data>_<n>=`` and ``blocks_mismatched_ids_<data>_<n>=`` (ids that differ).
@@ -105,7 +105,7 @@ def blocks(x: np.ndarray, data: str, rounds: int) -> None:
     n = len(x)
     mid = {p: statistics.median(v) for p, v in seconds.items()}
     say(f"probes_clustered_{data}_{n}", index.probes)
-    say(f"query_blocks_{data}_{n}", -(-n // max(1, committed // index.probes)))
+    say(f"query_blocks_{data}_{n}", -(-n // index.query_block(index.probes)))
     say(f"seconds_blocks_{data}_{n}", mid[committed])
     say(f"seconds_one_block_{data}_{n}", mid[1 << 62])
     say(f"blocks_over_one_block_{data}_{n}", mid[committed] / mid[1 << 62])

@@ -82,9 +82,12 @@ _TILE_BYTES = 16 << 20
 _QUERY_BYTES = 8 << 20
 #: Float32 differences the re-rank makes at once (4 MiB): freed pages a heap keeps stay few.
 _RERANK_VALUES = 1 << 20
-#: (query, list) pairs searched at once: a block's probe lists, their order and its candidates
-#: take a few tens of bytes a pair, so a layer's queries go a block at a time (about 16 MiB).
+#: (query, list) pairs searched at once, at least: a block's probe lists, their order and its
+#: candidates take about ``_PAIR_BYTES`` a pair, so a layer's queries go a block at a time.
 _SEARCH_PAIRS = 1 << 19
+#: Bytes a (query, list) pair takes while searched; a block takes up to a quarter of the
+#: layer's float32 bytes, so a large layer with few probes is still one block.
+_PAIR_BYTES = 48
 
 
 def default_lists(n: int) -> int:
@@ -267,9 +270,9 @@ class ClusteredIndex:
 
     def _search(self, q, k: int, probes: int, progress: Progress = None):
         """(original ids, distances) of the k nearest of centred float32 queries ``q``, a block
-        of ``_SEARCH_PAIRS`` (query, list) pairs at a time (each query's search is its own)."""
+        of :meth:`query_block` queries at a time (each query's search is its own)."""
         m = q.shape[0]
-        step = max(1, _SEARCH_PAIRS // min(probes, self.lists))
+        step = self.query_block(probes)
         if m <= step:
             return self._search_block(q, k, probes, progress)
         ids = np.empty((m, k), dtype=np.int64)
@@ -279,6 +282,12 @@ class ClusteredIndex:
                 q[s : s + step], k, probes, progress
             )
         return ids, dists
+
+    def query_block(self, probes: int) -> int:
+        """Queries searched at once with ``probes`` lists each: ``_SEARCH_PAIRS`` pairs, or up to
+        a quarter of the layer's float32 bytes at ``_PAIR_BYTES`` a pair where that is more."""
+        pairs = max(_SEARCH_PAIRS, self._count * self.dim // _PAIR_BYTES)
+        return max(1, pairs // min(probes, self.lists))
 
     def _search_block(self, q, k: int, probes: int, progress: Progress = None):
         torch = _torch()

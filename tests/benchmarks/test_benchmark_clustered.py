@@ -27,6 +27,7 @@ def test_blocks_mode_times_both_and_finds_the_same_neighbours(
     from hopaudit.search import clustered
 
     monkeypatch.setattr(clustered, "_SEARCH_PAIRS", 4096)  # several blocks at a toy size
+    monkeypatch.setattr(clustered, "_PAIR_BYTES", 1 << 20)
     module = benchmark_script("clustered")
     module.main(["--blocks", "2", "--sizes", "3000", "--data", "synthetic"])
     lines = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines() if "=" in line)

@@ -247,6 +247,10 @@ def test_queries_searched_a_block_at_a_time_give_every_row_its_own_answer(monkey
     whole = ClusteredIndex(16, tiles=tiles, lists=12, probes=12)
     whole.add(x.copy())
     monkeypatch.setattr(cl, "_SEARCH_PAIRS", 12 * 37)  # 37 queries a block, 900 = 24 * 37 + 12
+    assert whole.query_block(12) == 37  # a quarter of this small layer would be fewer pairs
+    big = ClusteredIndex(576, lists=1000)
+    big._count = 10**6  # a million real rows need few probes: one block, as before the blocks
+    assert big.query_block(8) >= 10**6 and big.query_block(1000) < 10**6
     sizes = []
     block = ClusteredIndex._search_block
 
