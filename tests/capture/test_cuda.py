@@ -259,3 +259,27 @@ def test_copy_out_leaves_cpu_rows_right_and_calls_no_cuda(monkeypatch, async_cop
     seq, pos = res.row_sequence, res.row_position
     for name, acts in ref.items():  # on the CPU the float32 rows are the same computation
         np.testing.assert_allclose(res.store.get(name), acts[seq, pos], rtol=1e-5, atol=1e-5)
+
+
+def test_rows_held_to_the_batch_end_as_a_gpu_s_are_stored_the_same(monkeypatch):
+    """A GPU's rows (copied asynchronously into pinned memory) are held until the batch's
+    synchronization and stored then; a CPU's go to the store as each block ends. Held on the
+    CPU too (no writer), every layer's rows are the same, in the same order."""
+    model, info = tiny_model("llama")
+    data = _data(7, 20)
+    blocks, final = _parts(model, info)
+    kw = dict(final=final, positions="all", store_dtype=torch.float32, batch_size=3,
+              progress=False)  # fmt: skip
+    written = capture(model, data, blocks, **kw)
+
+    class Held(capture_module._Batch):
+        def __init__(self, *args):
+            super().__init__(*args[:7])  # no writer: every layer's rows kept to the batch's end
+
+    monkeypatch.setattr(capture_module, "_Batch", Held)
+    held = capture(model, data, blocks, **kw)
+    ref = _reference(model, info, data)
+    seq, pos = held.row_sequence, held.row_position
+    for name, acts in ref.items():
+        np.testing.assert_array_equal(held.store.get(name), written.store.get(name))
+        np.testing.assert_allclose(held.store.get(name), acts[seq, pos], rtol=1e-5, atol=1e-5)
