@@ -72,6 +72,8 @@ KMEANS_SAMPLE_PER_LIST = 40
 TILES = "float32"
 #: Rows of queries or patterns per (rows x lists) float32 tile of centroid distances.
 _ROWS = 4096
+#: Sampled rows k-means gathers at once (3 MiB of 768-d float32 rows).
+_KMEANS_TILE = 1024
 #: Numbers (of the tiles' dtype) that carry one float64 sum into a product: three bfloat16
 #: hold it to 2^-27 of its size, below the rounding of the products themselves.
 _PARTS = 3
@@ -175,7 +177,7 @@ class ClusteredIndex:
             data = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
             for s in range(0, n, rows):
                 data[s : s + rows] = self._centred(arr, s, s + rows, None)  # checked above
-        centroids = _kmeans(data[torch.from_numpy(sample).to(self.device)], nlist, gen)
+        centroids = _kmeans(data, torch.from_numpy(sample).to(self.device), nlist, gen)
         assign = _nearest(data, centroids, 1)[:, 0]
         counts = np.bincount(assign, minlength=nlist)
         kept = counts > 0  # a centroid no pattern chose holds no list
@@ -524,14 +526,21 @@ def _nearest(x, centroids, p: int, distances: bool = False):
     return ids, ds.clamp_min_(0)
 
 
-def _kmeans(x, nlist: int, gen):
-    """Lloyd's k-means on ``x`` (float32 rows), from distinct sampled rows; returns centroids."""
+def _kmeans(data, rows, nlist: int, gen):
+    """Lloyd's k-means on the float32 ``data[rows]``, from distinct sampled rows; returns the
+    centroids. The rows are gathered ``_KMEANS_TILE`` at a time, never all at once (a sample of
+    ``KMEANS_SAMPLE_PER_LIST`` rows a list is a quarter of a layer at 160 lists)."""
     torch = _torch()
-    c = x[torch.randperm(x.shape[0], generator=gen)[:nlist].to(x.device)].clone()
+    c = data[rows[torch.randperm(rows.shape[0], generator=gen)[:nlist].to(rows.device)]]
+    tiles = [rows[s : s + _KMEANS_TILE] for s in range(0, rows.shape[0], _KMEANS_TILE)]
     for _ in range(KMEANS_ITERATIONS):
-        a = torch.from_numpy(_nearest(x, c, 1)[:, 0]).to(x.device)
-        sums = torch.zeros_like(c).index_add_(0, a, x)
-        cnt = torch.bincount(a, minlength=nlist).to(x.dtype)
+        sums = torch.zeros_like(c)
+        cnt = torch.zeros(nlist, dtype=torch.int64, device=c.device)
+        for t in tiles:
+            x = data[t]
+            a = torch.from_numpy(_nearest(x, c, 1)[:, 0]).to(c.device)
+            sums.index_add_(0, a, x)
+            cnt += torch.bincount(a, minlength=nlist)
         filled = cnt > 0
-        c[filled] = sums[filled] / cnt[filled, None]
+        c[filled] = sums[filled] / cnt[filled, None].to(c.dtype)
     return c
