@@ -240,9 +240,10 @@ def test_progress_counts_every_query_once_over_both_passes():
 
 @pytest.mark.parametrize("tiles", TILES)
 def test_queries_searched_a_block_at_a_time_give_every_row_its_own_answer(monkeypatch, tiles):
-    """A layer's queries go ``_SEARCH_PAIRS`` (query, list) pairs at a time: with blocks of a
-    few queries (the last one short), every list probed is still brute force row for row, and
-    with fewer probes each query's answer is the one it gets searched alone."""
+    """A layer's queries go ``query_block`` queries at a time (at least ``_SEARCH_PAIRS``
+    (query, list) pairs): with blocks of a few queries (the last one short), every list probed
+    is still brute force row for row, and with fewer probes each query's answer is the one it
+    gets searched alone."""
     x = mixture(900, 16, centres=15, seed=13)
     whole = ClusteredIndex(16, tiles=tiles, lists=12, probes=12)
     whole.add(x.copy())
